@@ -1,0 +1,3 @@
+//! Expiry: the clock, the hierarchical timing wheel and the `Expiry` trait.
+
+pub(crate) mod wheel;
