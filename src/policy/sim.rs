@@ -142,15 +142,21 @@ pub(super) fn larder_ratio(trace: &[u64], capacity: u64) -> f64 {
 
 /// Hit ratio (percent) of `moka::sync::Cache`.
 fn moka_ratio(trace: &[u64], capacity: u64) -> f64 {
-    let cache = moka::sync::Cache::<u64, ()>::builder().max_capacity(capacity).build();
+    let cache = moka::sync::Cache::<u64, ()>::builder()
+        .max_capacity(capacity)
+        .build();
     let mut hits = 0;
+    let every: usize = std::env::var("LARDER_SIM_MOKA_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     for (i, &key) in trace.iter().enumerate() {
         if cache.get(&key).is_some() {
             hits += 1;
         } else {
             cache.insert(key, ());
         }
-        if i % 64 == 63 {
+        if i % every == every - 1 {
             cache.run_pending_tasks();
         }
     }
@@ -256,7 +262,12 @@ fn arc_trace(name: &str) -> Option<Vec<u64>> {
 /// A LIRS trace (one block per line, `*` lines skipped).
 fn lirs_trace(name: &str) -> Option<Vec<u64>> {
     let lines = decompress("gzip", &format!("{}/lirs/{name}.trace.gz", trace_dir()))?;
-    Some(lines.filter_map(|l| l.trim().parse().ok()).take(MAX_ACCESSES).collect())
+    Some(
+        lines
+            .filter_map(|l| l.trim().parse().ok())
+            .take(MAX_ACCESSES)
+            .collect(),
+    )
 }
 
 /// One workload: a name, its trace (if available) and the capacities to try.
@@ -264,16 +275,32 @@ type Workload = (String, Option<Vec<u64>>, Vec<u64>);
 
 /// Every workload of the report.
 fn workloads() -> Vec<Workload> {
+    let only = std::env::var("LARDER_SIM_ONLY").ok();
+    let wanted = |n: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n));
     let mut w: Vec<Workload> = Vec::new();
     for s in [0.8, 1.0, 1.2] {
-        w.push((format!("zipf {s}"), Some(zipf(1_000_000, s, 2_000_000, 42)), vec![10_000, 100_000]));
+        let name = format!("zipf {s}");
+        let trace = wanted(&name).then(|| zipf(1_000_000, s, 2_000_000, 42));
+        w.push((name, trace, vec![10_000, 100_000]));
     }
-    w.push(("hot+scans".into(), Some(hot_and_scans(8_000, 20_000, 20_000, 40)), vec![10_000]));
+    w.push((
+        "hot+scans".into(),
+        Some(hot_and_scans(8_000, 20_000, 20_000, 40)),
+        vec![10_000],
+    ));
     w.push(("loop 1.1x".into(), Some(looping(1_100, 300)), vec![1_000]));
     w.push(("loop 1.5x".into(), Some(looping(1_500, 300)), vec![1_000]));
-    w.push(("OLTP".into(), arc_trace("OLTP"), vec![1_000, 5_000]));
+    w.push((
+        "OLTP".into(),
+        wanted("OLTP").then(|| arc_trace("OLTP")).flatten(),
+        vec![1_000, 5_000],
+    ));
     for p in ["P3", "P6", "P12"] {
-        w.push((p.into(), arc_trace(p), vec![10_000, 50_000]));
+        w.push((
+            p.into(),
+            wanted(p).then(|| arc_trace(p)).flatten(),
+            vec![10_000, 50_000],
+        ));
     }
     let lirs: [(&str, &[u64]); 9] = [
         ("loop", &[256, 512]),
@@ -287,7 +314,11 @@ fn workloads() -> Vec<Workload> {
         ("zigzag", &[500]),
     ];
     for (name, sizes) in lirs {
-        w.push((name.into(), lirs_trace(name), sizes.to_vec()));
+        w.push((
+            name.into(),
+            wanted(name).then(|| lirs_trace(name)).flatten(),
+            sizes.to_vec(),
+        ));
     }
     w
 }
@@ -295,29 +326,49 @@ fn workloads() -> Vec<Workload> {
 #[test]
 #[ignore = "hit-ratio report: slow, run with --release --ignored --nocapture"]
 fn report() {
-    println!("{:<12} {:>8} {:>9} {:>9} {:>9} {:>7}", "workload", "capacity", "larder%", "moka%", "quick%", "delta");
+    println!(
+        "{:<12} {:>8} {:>9} {:>9} {:>9} {:>7}",
+        "workload", "capacity", "larder%", "moka%", "quick%", "delta"
+    );
     let (mut sums, mut rows, mut worst) = ([0.0; 3], 0, f64::MAX);
+    let only = std::env::var("LARDER_SIM_ONLY").ok();
+    let larder_only = std::env::var("LARDER_SIM_LARDER_ONLY").is_ok();
     for (name, trace, capacities) in workloads() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == name))
+        {
+            continue;
+        }
         let Some(trace) = trace else {
             println!("{name:<12} (trace missing, skipped)");
             continue;
         };
         for capacity in capacities {
-            let (larder, moka, quick) = std::thread::scope(|s| {
-                let moka = s.spawn(|| moka_ratio(&trace, capacity));
-                let larder = larder_ratio(&trace, capacity);
-                let quick = quick_ratio(&trace, capacity);
-                (larder, moka.join().expect("moka run"), quick)
-            });
+            let (larder, moka, quick) = if larder_only {
+                (larder_ratio(&trace, capacity), 0.0, 0.0)
+            } else {
+                std::thread::scope(|s| {
+                    let moka = s.spawn(|| moka_ratio(&trace, capacity));
+                    let larder = larder_ratio(&trace, capacity);
+                    let quick = quick_ratio(&trace, capacity);
+                    (larder, moka.join().expect("moka run"), quick)
+                })
+            };
             let delta = larder - moka.max(quick);
             worst = worst.min(delta);
             for (sum, v) in sums.iter_mut().zip([larder, moka, quick]) {
                 *sum += v;
             }
             rows += 1;
-            println!("{name:<12} {capacity:>8} {larder:>9.2} {moka:>9.2} {quick:>9.2} {delta:>+7.2}");
+            println!(
+                "{name:<12} {capacity:>8} {larder:>9.2} {moka:>9.2} {quick:>9.2} {delta:>+7.2}"
+            );
         }
     }
     let [l, m, q] = sums.map(|s| s / f64::from(rows.max(1)));
-    println!("{:<12} {:>8} {l:>9.2} {m:>9.2} {q:>9.2} worst {worst:+.2}", "mean", rows);
+    println!(
+        "{:<12} {:>8} {l:>9.2} {m:>9.2} {q:>9.2} worst {worst:+.2}",
+        "mean", rows
+    );
 }
