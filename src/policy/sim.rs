@@ -1,0 +1,380 @@
+//! Hit-ratio simulator: replays traces through [`TinyLfu`] (driven by a
+//! single-threaded model of the shard), `moka` and `quick_cache`.
+//!
+//! The report is an ignored test:
+//! `CARGO_TARGET_DIR=/work/target-policy cargo test --release --lib policy::sim -- --ignored --nocapture`
+//!
+//! Traces are read at run time from `$LARDER_TRACES` (default
+//! `/work/shared/cache-traces`); rows whose trace is missing are skipped.
+//! Other knobs: `LARDER_SIM_ONLY=name,name` keeps only those workloads,
+//! `LARDER_SIM_LARDER_ONLY=1` skips the two reference caches (for tuning),
+//! `LARDER_SIM_MOKA_EVERY=n` runs moka's maintenance every `n` accesses
+//! (default 64). Between two runs moka holds its pending inserts beyond its
+//! capacity, which is worth up to 4 points on 100-entry caches; `1` gives
+//! the strict comparison.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use super::TinyLfu;
+
+/// Longest replay of one trace, in accesses.
+const MAX_ACCESSES: usize = 4_000_000;
+
+/// A small deterministic PRNG (splitmix64).
+#[derive(Debug, Clone)]
+pub(super) struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub(super) fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub(super) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform float in [0, 1).
+    pub(super) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform integer in `0..n`.
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// The shard model: a key map and dense ids with swap-remove, exactly the
+/// protocol the real shard follows with the policy.
+#[derive(Debug)]
+pub(super) struct Model {
+    /// Key to id.
+    map: HashMap<u64, u32>,
+    /// Id to key.
+    keys: Vec<u64>,
+    /// Id to hash.
+    hashes: Vec<u64>,
+    /// The policy under test.
+    pub(super) policy: TinyLfu,
+    /// Read hits so far.
+    pub(super) hits: u64,
+    /// Misses so far.
+    pub(super) misses: u64,
+}
+
+/// The hash the model gives a key (fixed seeds: runs are reproducible).
+pub(super) fn hash_key(key: u64) -> u64 {
+    ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(key)
+}
+
+impl Model {
+    /// An empty model of `capacity` entries.
+    pub(super) fn new(capacity: u64) -> Self {
+        Model {
+            map: HashMap::new(),
+            keys: Vec::new(),
+            hashes: Vec::new(),
+            policy: TinyLfu::new(capacity, false, capacity as usize + 1),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// A get, then an insert on a miss. Returns whether it hit.
+    pub(super) fn access(&mut self, key: u64) -> bool {
+        if let Some(&id) = self.map.get(&key) {
+            self.policy.touch(id);
+            self.hits += 1;
+            return true;
+        }
+        self.misses += 1;
+        let id = self.keys.len() as u32;
+        let hash = hash_key(key);
+        self.keys.push(key);
+        self.hashes.push(hash);
+        self.map.insert(key, id);
+        self.policy.insert(id, hash, 1);
+        self.policy.record_sample(self.hits, self.misses);
+        self.evict();
+        false
+    }
+
+    /// The shard's eviction loop.
+    pub(super) fn evict(&mut self) {
+        loop {
+            let hashes = &self.hashes;
+            let Some(id) = self.policy.victim(&|i| hashes[i as usize]) else {
+                break;
+            };
+            self.policy.remove(id);
+            self.swap_remove(id);
+        }
+    }
+
+    /// Removes `id` from the model, moving the last id into its place.
+    pub(super) fn swap_remove(&mut self, id: u32) {
+        let last = self.keys.len() as u32 - 1;
+        self.map.remove(&self.keys[id as usize]);
+        self.keys.swap_remove(id as usize);
+        self.hashes.swap_remove(id as usize);
+        if id != last {
+            self.map.insert(self.keys[id as usize], id);
+            self.policy.relocate(last, id);
+        }
+    }
+
+    /// Whether `key` is cached (no side effect).
+    pub(super) fn contains(&self, key: u64) -> bool {
+        self.map.contains_key(&key)
+    }
+}
+
+/// Hit ratio (percent) of larder's policy on `trace`.
+pub(super) fn larder_ratio(trace: &[u64], capacity: u64) -> f64 {
+    let mut model = Model::new(capacity);
+    for &key in trace {
+        model.access(key);
+    }
+    percent(model.hits, trace.len())
+}
+
+/// Hit ratio (percent) of `moka::sync::Cache`.
+fn moka_ratio(trace: &[u64], capacity: u64) -> f64 {
+    let cache = moka::sync::Cache::<u64, ()>::builder()
+        .max_capacity(capacity)
+        .build();
+    let mut hits = 0;
+    let every: usize = std::env::var("LARDER_SIM_MOKA_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    for (i, &key) in trace.iter().enumerate() {
+        if cache.get(&key).is_some() {
+            hits += 1;
+        } else {
+            cache.insert(key, ());
+        }
+        if i % every == every - 1 {
+            cache.run_pending_tasks();
+        }
+    }
+    percent(hits, trace.len())
+}
+
+/// Hit ratio (percent) of `quick_cache::unsync::Cache`.
+fn quick_ratio(trace: &[u64], capacity: u64) -> f64 {
+    let mut cache = quick_cache::unsync::Cache::<u64, ()>::new(capacity as usize);
+    let mut hits = 0;
+    for &key in trace {
+        if cache.get(&key).is_some() {
+            hits += 1;
+        } else {
+            cache.insert(key, ());
+        }
+    }
+    percent(hits, trace.len())
+}
+
+/// `hits` as a percentage of `total`.
+fn percent(hits: u64, total: usize) -> f64 {
+    100.0 * hits as f64 / total.max(1) as f64
+}
+
+// ----- workloads -----
+
+/// Zipf(`s`) over `keys` keys, `len` draws.
+pub(super) fn zipf(keys: usize, s: f64, len: usize, seed: u64) -> Vec<u64> {
+    let mut cdf = Vec::with_capacity(keys);
+    let mut sum = 0.0;
+    for rank in 1..=keys {
+        sum += 1.0 / (rank as f64).powf(s);
+        cdf.push(sum);
+    }
+    let mut rng = Rng::new(seed);
+    (0..len)
+        .map(|_| {
+            let x = rng.next_f64() * sum;
+            // Scatter ranks over the key space so key order means nothing.
+            let rank = cdf.partition_point(|&c| c < x) as u64;
+            rank.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        })
+        .collect()
+}
+
+/// `passes` sequential passes over `length` keys.
+pub(super) fn looping(length: u64, passes: usize) -> Vec<u64> {
+    (0..passes).flat_map(|_| 0..length).collect()
+}
+
+/// A hot set read uniformly in bursts of `burst`, each followed by a scan of
+/// `scan` never-seen keys.
+pub(super) fn hot_and_scans(hot: u64, burst: usize, scan: usize, rounds: usize) -> Vec<u64> {
+    let mut rng = Rng::new(7);
+    let mut next_cold = 1u64 << 40;
+    let mut trace = Vec::with_capacity(rounds * (burst + scan));
+    for _ in 0..rounds {
+        trace.extend((0..burst).map(|_| rng.below(hot)));
+        trace.extend(next_cold..next_cold + scan as u64);
+        next_cold += scan as u64;
+    }
+    trace
+}
+
+/// The trace directory.
+fn trace_dir() -> String {
+    std::env::var("LARDER_TRACES").unwrap_or_else(|_| "/work/shared/cache-traces".into())
+}
+
+/// Runs `program args` and returns its stdout lines, or `None` on failure.
+fn decompress(program: &str, path: &str) -> Option<impl Iterator<Item = String> + use<>> {
+    if !std::path::Path::new(path).exists() {
+        return None;
+    }
+    let child = Command::new(program)
+        .args(["-dc", path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(BufReader::new(child.stdout?).lines().map_while(Result::ok))
+}
+
+/// An ARC trace (`start count _ _` per line), capped at [`MAX_ACCESSES`].
+fn arc_trace(name: &str) -> Option<Vec<u64>> {
+    let lines = decompress("zstd", &format!("{}/arc/{name}.lis.zst", trace_dir()))?;
+    let mut trace = Vec::new();
+    for line in lines {
+        let mut fields = line.split_whitespace().map(|f| f.parse::<u64>());
+        let (Some(Ok(start)), Some(Ok(count))) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        trace.extend(start..start + count);
+        if trace.len() >= MAX_ACCESSES {
+            trace.truncate(MAX_ACCESSES);
+            break;
+        }
+    }
+    Some(trace)
+}
+
+/// A LIRS trace (one block per line, `*` lines skipped).
+fn lirs_trace(name: &str) -> Option<Vec<u64>> {
+    let lines = decompress("gzip", &format!("{}/lirs/{name}.trace.gz", trace_dir()))?;
+    Some(
+        lines
+            .filter_map(|l| l.trim().parse().ok())
+            .take(MAX_ACCESSES)
+            .collect(),
+    )
+}
+
+/// One workload: a name, its trace (if available) and the capacities to try.
+type Workload = (String, Option<Vec<u64>>, Vec<u64>);
+
+/// Every workload of the report.
+fn workloads() -> Vec<Workload> {
+    let only = std::env::var("LARDER_SIM_ONLY").ok();
+    let wanted = |n: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n));
+    let mut w: Vec<Workload> = Vec::new();
+    for s in [0.8, 1.0, 1.2] {
+        let name = format!("zipf {s}");
+        let trace = wanted(&name).then(|| zipf(1_000_000, s, 2_000_000, 42));
+        w.push((name, trace, vec![10_000, 100_000]));
+    }
+    w.push((
+        "hot+scans".into(),
+        Some(hot_and_scans(8_000, 20_000, 20_000, 40)),
+        vec![10_000],
+    ));
+    w.push(("loop 1.1x".into(), Some(looping(1_100, 300)), vec![1_000]));
+    w.push(("loop 1.5x".into(), Some(looping(1_500, 300)), vec![1_000]));
+    w.push((
+        "OLTP".into(),
+        wanted("OLTP").then(|| arc_trace("OLTP")).flatten(),
+        vec![1_000, 5_000],
+    ));
+    for p in ["P3", "P6", "P12"] {
+        w.push((
+            p.into(),
+            wanted(p).then(|| arc_trace(p)).flatten(),
+            vec![10_000, 50_000],
+        ));
+    }
+    let lirs: [(&str, &[u64]); 9] = [
+        ("loop", &[256, 512]),
+        ("gli", &[500, 1000]),
+        ("multi2", &[500, 1000]),
+        ("sprite", &[100, 500]),
+        ("cs", &[500]),
+        ("ps", &[500]),
+        ("2_pools", &[500]),
+        ("cpp", &[100]),
+        ("zigzag", &[500]),
+    ];
+    for (name, sizes) in lirs {
+        w.push((
+            name.into(),
+            wanted(name).then(|| lirs_trace(name)).flatten(),
+            sizes.to_vec(),
+        ));
+    }
+    w
+}
+
+#[test]
+#[ignore = "hit-ratio report: slow, run with --release --ignored --nocapture"]
+fn report() {
+    println!(
+        "{:<12} {:>8} {:>9} {:>9} {:>9} {:>7}",
+        "workload", "capacity", "larder%", "moka%", "quick%", "delta"
+    );
+    let (mut sums, mut rows, mut worst) = ([0.0; 3], 0, f64::MAX);
+    let only = std::env::var("LARDER_SIM_ONLY").ok();
+    let larder_only = std::env::var("LARDER_SIM_LARDER_ONLY").is_ok();
+    for (name, trace, capacities) in workloads() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == name))
+        {
+            continue;
+        }
+        let Some(trace) = trace else {
+            println!("{name:<12} (trace missing, skipped)");
+            continue;
+        };
+        for capacity in capacities {
+            let (larder, moka, quick) = if larder_only {
+                (larder_ratio(&trace, capacity), 0.0, 0.0)
+            } else {
+                std::thread::scope(|s| {
+                    let moka = s.spawn(|| moka_ratio(&trace, capacity));
+                    let larder = larder_ratio(&trace, capacity);
+                    let quick = quick_ratio(&trace, capacity);
+                    (larder, moka.join().expect("moka run"), quick)
+                })
+            };
+            let delta = larder - moka.max(quick);
+            worst = worst.min(delta);
+            for (sum, v) in sums.iter_mut().zip([larder, moka, quick]) {
+                *sum += v;
+            }
+            rows += 1;
+            println!(
+                "{name:<12} {capacity:>8} {larder:>9.2} {moka:>9.2} {quick:>9.2} {delta:>+7.2}"
+            );
+        }
+    }
+    let [l, m, q] = sums.map(|s| s / f64::from(rows.max(1)));
+    println!(
+        "{:<12} {:>8} {l:>9.2} {m:>9.2} {q:>9.2} worst {worst:+.2}",
+        "mean", rows
+    );
+}

@@ -1,0 +1,208 @@
+//! Behavioural tests of the policy (hit-ratio properties on small synthetic
+//! workloads, fast in debug builds) and a proptest model test of its
+//! structural invariants.
+
+use std::collections::{HashMap, VecDeque};
+
+use proptest::prelude::*;
+
+use super::TinyLfu;
+use super::sim::{Model, Rng, hot_and_scans, looping, zipf};
+
+/// Hit ratio (0..1) of the policy on `trace`.
+fn ratio(trace: &[u64], capacity: u64) -> f64 {
+    let mut model = Model::new(capacity);
+    for &key in trace {
+        model.access(key);
+    }
+    model.hits as f64 / trace.len() as f64
+}
+
+/// Hit ratio (0..1) of an exact LRU of `capacity` entries.
+fn lru_ratio(trace: &[u64], capacity: usize) -> f64 {
+    let mut stamp = HashMap::new();
+    let mut order = VecDeque::new();
+    let (mut hits, mut clock) = (0, 0u64);
+    for &key in trace {
+        clock += 1;
+        if stamp.insert(key, clock).is_some() {
+            hits += 1;
+        }
+        order.push_back((key, clock));
+        while stamp.len() > capacity {
+            let (old, at) = order.pop_front().expect("order covers the map");
+            if stamp.get(&old) == Some(&at) {
+                stamp.remove(&old);
+            }
+        }
+    }
+    hits as f64 / trace.len() as f64
+}
+
+#[test]
+fn loop_slightly_larger_than_cache_still_hits() {
+    // LRU gets exactly 0 here; an ideal policy gets ~capacity/length.
+    let trace = looping(250, 40);
+    assert_eq!(lru_ratio(&trace, 200), 0.0);
+    let hit = ratio(&trace, 200);
+    assert!(hit > 0.5 * 200.0 / 250.0, "loop hit ratio {hit:.3}");
+}
+
+#[test]
+fn zipf_beats_lru() {
+    let trace = zipf(50_000, 1.0, 60_000, 3);
+    let (ours, lru) = (ratio(&trace, 500), lru_ratio(&trace, 500));
+    assert!(ours > lru + 0.03, "tinylfu {ours:.3} vs lru {lru:.3}");
+}
+
+#[test]
+fn scans_do_not_flush_the_hot_set() {
+    let mut model = Model::new(1_000);
+    for &key in &hot_and_scans(500, 20_000, 0, 1) {
+        model.access(key);
+    }
+    for key in 1_000_000..1_020_000 {
+        model.access(key);
+    }
+    let kept = (0..500).filter(|&k| model.contains(k)).count();
+    assert!(kept >= 480, "only {kept}/500 hot keys survived the scan");
+}
+
+#[test]
+fn recency_burst_is_served_by_the_window() {
+    // Each new key is read a few times right after its insert, then never:
+    // only the window (and the climber growing it) can catch these hits.
+    let mut trace = Vec::new();
+    for key in 0..20_000u64 {
+        trace.extend([key, key, key]);
+    }
+    assert!(ratio(&trace, 100) > 0.6);
+}
+
+#[test]
+fn weights_bound_the_size() {
+    let mut policy = TinyLfu::new(100, true, 0);
+    let mut len = 0u32;
+    let mut rng = Rng::new(5);
+    for _ in 0..200 {
+        let weight = 1 + rng.below(30) as u32;
+        policy.insert(len, rng.next_u64(), weight);
+        len += 1;
+        while let Some(victim) = policy.victim(&|i| u64::from(i) * 31) {
+            policy.remove(victim);
+            len -= 1;
+            policy.relocate(len, victim);
+        }
+        assert!(policy.weighted_size() <= 100);
+        policy.check_invariants(len as usize);
+    }
+}
+
+/// One step of the model test.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Insert a new id with this weight (capped at capacity).
+    Insert(u32),
+    /// Update the id at this index (mod len) with this weight.
+    Update(usize, u32),
+    /// Touch the id at this index (mod len), this many times.
+    Touch(usize, u8),
+    /// Remove the id at this index (mod len) and relocate the last into it.
+    Remove(usize),
+    /// Ask for a victim, and remove it if any.
+    Victim,
+    /// Report hit/miss counts.
+    Sample(u16, u16),
+    /// Clear everything.
+    Clear,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u32..8).prop_map(Op::Insert),
+        2 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Update(i, w)),
+        4 => (any::<usize>(), 1u8..20).prop_map(|(i, n)| Op::Touch(i, n)),
+        2 => any::<usize>().prop_map(Op::Remove),
+        5 => Just(Op::Victim),
+        1 => (0u16..200, 0u16..200).prop_map(|(h, m)| Op::Sample(h, m)),
+        1 => Just(Op::Clear),
+    ]
+}
+
+/// Hash of an id's key in the model test: ids move, so the key is tracked.
+fn key_hash(key: u64) -> u64 {
+    key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn invariants_hold(capacity in 0u64..24, weighted: bool, ops in prop::collection::vec(op(), 1..300)) {
+        let mut policy = TinyLfu::new(capacity, weighted, 8);
+        // keys[id] = the key living at id; weights mirror the policy's.
+        let (mut keys, mut weights): (Vec<u64>, Vec<u32>) = (Vec::new(), Vec::new());
+        let (mut next_key, mut hits, mut misses) = (0u64, 0u64, 0u64);
+        for op in ops {
+            let len = keys.len();
+            match op {
+                Op::Insert(w) => {
+                    let w = if weighted { w.min(capacity as u32) } else { 1 };
+                    if u64::from(w) > capacity { continue; }
+                    policy.insert(len as u32, key_hash(next_key), w);
+                    keys.push(next_key);
+                    weights.push(w);
+                    next_key += 1;
+                }
+                Op::Update(i, w) if len > 0 => {
+                    let w = if weighted { w.min(capacity as u32) } else { 1 };
+                    policy.update((i % len) as u32, key_hash(keys[i % len]), w);
+                    weights[i % len] = w;
+                }
+                Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| policy.touch((i % len) as u32)),
+                Op::Remove(i) if len > 0 => {
+                    policy.remove((i % len) as u32);
+                    remove_model(&mut policy, &mut keys, &mut weights, (i % len) as u32);
+                }
+                Op::Victim => {
+                    let over = policy.weighted_size() > capacity;
+                    let k = keys.clone();
+                    let victim = policy.victim(&|id| key_hash(k[id as usize]));
+                    prop_assert_eq!(victim.is_some(), over, "victim vs size {}", policy.weighted_size());
+                    if let Some(id) = victim {
+                        prop_assert!((id as usize) < len, "victim {} of {}", id, len);
+                        policy.remove(id);
+                        remove_model(&mut policy, &mut keys, &mut weights, id);
+                    }
+                }
+                Op::Sample(h, m) => {
+                    hits += u64::from(h);
+                    misses += u64::from(m);
+                    policy.record_sample(hits, misses);
+                }
+                Op::Clear => {
+                    policy.clear();
+                    keys.clear();
+                    weights.clear();
+                }
+                _ => {}
+            }
+            policy.check_invariants(keys.len());
+            let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+            prop_assert_eq!(policy.weighted_size(), total);
+            for (id, &w) in weights.iter().enumerate() {
+                prop_assert_eq!(policy.weight(id as u32), w);
+            }
+        }
+    }
+}
+
+/// The shard's side of a removal: swap-remove in the model, then relocate.
+fn remove_model(policy: &mut TinyLfu, keys: &mut Vec<u64>, weights: &mut Vec<u32>, id: u32) {
+    let last = keys.len() as u32 - 1;
+    keys.swap_remove(id as usize);
+    weights.swap_remove(id as usize);
+    if id != last {
+        policy.relocate(last, id);
+    }
+}

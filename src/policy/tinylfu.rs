@@ -1,0 +1,564 @@
+//! Adaptive W-TinyLFU over dense `u32` ids, with CLOCK-style queues.
+//!
+//! See the [module documentation](super) for the algorithm; this file holds
+//! the data structure: three intrusive doubly linked queues threaded through
+//! one `[u32; 2]` per id, a queue tag byte per id, an atomic touch counter
+//! per id, optional weights, the frequency sketch and the window climber.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::climber::HillClimber;
+use super::sketch::FrequencySketch;
+
+/// "No id": end of a queue.
+const NIL: u32 = u32::MAX;
+
+/// Queue tag: the admission window.
+const WINDOW: u8 = 0;
+/// Queue tag: main space, probation segment.
+const PROBATION: u8 = 1;
+/// Queue tag: main space, protected segment.
+const PROTECTED: u8 = 2;
+/// Tag of an id removed but not yet refilled by `relocate`.
+const VACANT: u8 = 3;
+
+/// Saturation value of the per-id touch counter: enough to carry a key from
+/// "new" to "hot" in the 4-bit sketch in one fold; once reached, reads stop
+/// writing the counter's cache line.
+const TOUCH_MAX: u8 = 15;
+
+/// Candidates at least this warm win a lost duel against a [`SATURATED`]
+/// victim with probability 1/128, so an attacker who floods the sketch to make
+/// one victim look hot cannot pin it.
+const WARM_CANDIDATE: u8 = 6;
+
+/// A victim frequency this high may be forged by hash flooding (see
+/// [`WARM_CANDIDATE`]). Caffeine lets any warm candidate win 1 in 128 lost
+/// duels; restricting that to saturated victims was measured to recover
+/// about 2 points on loop traces, where the random admissions evict keys of
+/// a stable resident set.
+const SATURATED: u8 = 15;
+
+/// Share of the main space given to the protected segment, in percent.
+const PROTECTED_PERCENT: u64 = 80;
+
+/// Slot of the previous id in a link pair.
+const PREV: usize = 0;
+/// Slot of the next id in a link pair.
+const NEXT: usize = 1;
+
+/// One queue: its ends (oldest at `head`) and its total weight.
+#[derive(Debug, Clone, Copy)]
+struct Queue {
+    /// Oldest id, examined first; `NIL` when empty.
+    head: u32,
+    /// Newest id; `NIL` when empty.
+    tail: u32,
+    /// Sum of the weights of the ids in the queue.
+    weight: u64,
+}
+
+impl Queue {
+    /// An empty queue.
+    const EMPTY: Queue = Queue {
+        head: NIL,
+        tail: NIL,
+        weight: 0,
+    };
+}
+
+/// The adaptive W-TinyLFU policy of one shard.
+pub(crate) struct TinyLfu {
+    /// `[prev, next]` per id, within the id's queue.
+    links: Vec<[u32; 2]>,
+    /// Queue tag per id (`WINDOW`, `PROBATION`, `PROTECTED`, `VACANT`).
+    tags: Vec<u8>,
+    /// Reads since the id was last examined (saturating, lossy).
+    touches: Vec<AtomicU8>,
+    /// Weight per id; empty (every weight is 1) when not weighted.
+    weights: Vec<u32>,
+    /// Whether the cache is weighted.
+    weighted: bool,
+    /// Window, probation and protected queues, indexed by tag.
+    queues: [Queue; 3],
+    /// Maximum total weight.
+    capacity: u64,
+    /// Target weight of the window (the climber moves it).
+    window_max: u64,
+    /// Target weight of the protected segment.
+    protected_max: u64,
+    /// Ids removed but not yet refilled by `relocate`.
+    vacant: usize,
+    /// Whether the cache has been full once (the climber samples from then).
+    warm: bool,
+    /// Frequency estimates for admission.
+    sketch: FrequencySketch,
+    /// Window sizing.
+    climber: HillClimber,
+    /// State of the xorshift generator behind the anti-flooding admissions.
+    rng: u64,
+}
+
+impl fmt::Debug for TinyLfu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TinyLfu")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("weighted_size", &self.weighted_size())
+            .field("window", &(self.queues[0].weight, self.window_max))
+            .field("probation", &self.queues[1].weight)
+            .field("protected", &(self.queues[2].weight, self.protected_max))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TinyLfu {
+    /// A policy for `capacity` weight units (entries when not `weighted`),
+    /// with per-id vectors sized for exactly `expected_ids` ids.
+    pub(crate) fn new(capacity: u64, weighted: bool, expected_ids: usize) -> Self {
+        let mut policy = Self {
+            links: Vec::with_capacity(expected_ids),
+            tags: Vec::with_capacity(expected_ids),
+            touches: Vec::with_capacity(expected_ids),
+            weights: Vec::with_capacity(if weighted { expected_ids } else { 0 }),
+            weighted,
+            queues: [Queue::EMPTY; 3],
+            capacity,
+            window_max: 0,
+            protected_max: 0,
+            vacant: 0,
+            warm: false,
+            sketch: FrequencySketch::new(Self::initial_sketch_size(
+                capacity,
+                weighted,
+                expected_ids,
+            )),
+            climber: HillClimber::new(capacity),
+            rng: 0x2545_f491_4f6c_dd1d,
+        };
+        policy.set_window_max(capacity.div_ceil(100));
+        policy
+    }
+
+    /// Entries the sketch starts sized for: the capacity when counting
+    /// entries (capped by `expected_ids` when that is smaller but sensible,
+    /// the sketch grows on demand), else a guess grown as the cache fills.
+    fn initial_sketch_size(capacity: u64, weighted: bool, expected_ids: usize) -> u64 {
+        let guess = (expected_ids as u64).max(64);
+        if weighted {
+            guess
+        } else {
+            capacity.min(guess.max(1024))
+        }
+    }
+
+    /// Sets the window target and derives the protected one from the rest.
+    fn set_window_max(&mut self, window_max: u64) {
+        self.window_max = window_max.min(self.capacity);
+        let main = self.capacity - self.window_max;
+        self.protected_max = main / 100 * PROTECTED_PERCENT + main % 100 * PROTECTED_PERCENT / 100;
+    }
+
+    /// Records a read hit on `id`: bumps its touch counter unless saturated.
+    /// Lossy under races, which only loses a little frequency information.
+    #[inline]
+    pub(crate) fn touch(&self, id: u32) {
+        if let Some(counter) = self.touches.get(id as usize) {
+            let seen = counter.load(Ordering::Relaxed);
+            if seen < TOUCH_MAX {
+                counter.store(seen + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Adds the new id `id` (equal to the current number of ids) to the
+    /// window, and counts the write in the sketch.
+    pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
+        debug_assert_eq!(id as usize, self.tags.len(), "ids must stay dense");
+        self.links.push([NIL, NIL]);
+        self.tags.push(WINDOW);
+        self.touches.push(AtomicU8::new(0));
+        if self.weighted {
+            self.weights.push(weight);
+        }
+        self.push_tail(WINDOW, id);
+        self.grow_sketch_if_needed();
+        self.sketch.increment(hash, 1);
+    }
+
+    /// Records a write to the existing id `id`: an access (exact LRU move,
+    /// since the lock is exclusive here) and possibly a new weight.
+    pub(crate) fn update(&mut self, id: u32, hash: u64, weight: u32) {
+        let pending = self.take_touches(id);
+        self.sketch.increment(hash, pending.saturating_add(1));
+        let tag = self.tags[id as usize];
+        if self.weighted {
+            let old = std::mem::replace(&mut self.weights[id as usize], weight);
+            let queue = &mut self.queues[tag as usize];
+            queue.weight = queue.weight - u64::from(old) + u64::from(weight);
+        }
+        self.unlink(id);
+        let target = if tag == PROBATION { PROTECTED } else { tag };
+        self.push_tail(target, id);
+    }
+
+    /// Unlinks `id`. If it was the last id it is dropped at once; otherwise
+    /// its slot waits for `relocate(last, id)`.
+    pub(crate) fn remove(&mut self, id: u32) {
+        self.unlink(id);
+        let index = id as usize;
+        if index + 1 == self.tags.len() {
+            self.pop_last();
+        } else {
+            self.tags[index] = VACANT;
+            self.vacant += 1;
+        }
+    }
+
+    /// Moves the last id `from` into the vacant slot `to`.
+    pub(crate) fn relocate(&mut self, from: u32, to: u32) {
+        if from == to {
+            return;
+        }
+        let (f, t) = (from as usize, to as usize);
+        debug_assert_eq!(f + 1, self.tags.len(), "only the last id moves");
+        debug_assert_eq!(self.tags[t], VACANT, "relocate into a removed id");
+        let tag = self.tags[f];
+        let [prev, next] = self.links[f];
+        self.links[t] = [prev, next];
+        self.tags[t] = tag;
+        let touched = self.touches[f].load(Ordering::Relaxed);
+        self.touches[t].store(touched, Ordering::Relaxed);
+        if self.weighted {
+            self.weights[t] = self.weights[f];
+        }
+        if tag != VACANT {
+            let queue = &mut self.queues[tag as usize];
+            if prev == NIL {
+                queue.head = to
+            } else {
+                self.links[prev as usize][NEXT] = to
+            }
+            let queue = &mut self.queues[tag as usize];
+            if next == NIL {
+                queue.tail = to
+            } else {
+                self.links[next as usize][PREV] = to
+            }
+        }
+        self.vacant -= 1;
+        self.pop_last();
+    }
+
+    /// Drops the last slot of every per-id vector.
+    fn pop_last(&mut self) {
+        self.links.pop();
+        self.tags.pop();
+        self.touches.pop();
+        if self.weighted {
+            self.weights.pop();
+        }
+    }
+
+    /// Feeds the shard's cumulative hit and miss counts to the climber, and
+    /// applies the window change it decides.
+    pub(crate) fn record_sample(&mut self, hits: u64, misses: u64) {
+        let climbed = self
+            .climber
+            .record(hits, misses, self.warm, self.window_max);
+        if let Some(window) = climbed {
+            self.set_window_max(window);
+        }
+    }
+
+    /// Total weight of the ids held.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.queues.iter().map(|q| q.weight).sum()
+    }
+
+    /// Maximum total weight.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Number of ids held.
+    pub(crate) fn len(&self) -> usize {
+        self.tags.len() - self.vacant
+    }
+
+    /// Weight of `id` (1 when the cache is not weighted).
+    pub(crate) fn weight(&self, id: u32) -> u32 {
+        if self.weighted {
+            self.weights[id as usize]
+        } else {
+            1
+        }
+    }
+
+    /// Forgets all ids, frequencies and the window climb.
+    pub(crate) fn clear(&mut self) {
+        self.links.clear();
+        self.tags.clear();
+        self.touches.clear();
+        self.weights.clear();
+        self.queues = [Queue::EMPTY; 3];
+        self.vacant = 0;
+        self.warm = false;
+        self.sketch.clear();
+        self.climber.clear();
+        self.set_window_max(self.capacity.div_ceil(100));
+    }
+
+    /// Rebuilds a larger sketch when more ids are held than it was sized
+    /// for (weighted caches, or a capacity larger than the first guess). The
+    /// counts restart from zero, which costs a little accuracy once per
+    /// doubling.
+    fn grow_sketch_if_needed(&mut self) {
+        let held = self.len() as u64;
+        let sized = self.sketch.sized_for();
+        let limit = if self.weighted {
+            u64::MAX
+        } else {
+            self.capacity
+        };
+        if held > sized && sized < limit {
+            self.sketch = FrequencySketch::new(sized.saturating_mul(2).min(limit));
+        }
+    }
+
+    // ----- queues -----
+
+    /// Weight of `id`, widened.
+    #[inline]
+    fn weight_of(&self, id: u32) -> u64 {
+        u64::from(self.weight(id))
+    }
+
+    /// Appends `id` (unlinked) to queue `tag`.
+    fn push_tail(&mut self, tag: u8, id: u32) {
+        let weight = self.weight_of(id);
+        let queue = &mut self.queues[tag as usize];
+        let old_tail = queue.tail;
+        queue.tail = id;
+        queue.weight += weight;
+        if old_tail == NIL {
+            queue.head = id;
+        }
+        self.links[id as usize] = [old_tail, NIL];
+        if old_tail != NIL {
+            self.links[old_tail as usize][NEXT] = id;
+        }
+        self.tags[id as usize] = tag;
+    }
+
+    /// Removes `id` from its queue (its tag is left as is).
+    fn unlink(&mut self, id: u32) {
+        let weight = self.weight_of(id);
+        let [prev, next] = self.links[id as usize];
+        let tag = self.tags[id as usize];
+        debug_assert!(tag < VACANT, "unlinking a vacant id");
+        let queue = &mut self.queues[tag as usize];
+        queue.weight -= weight;
+        if prev == NIL {
+            queue.head = next
+        } else {
+            self.links[prev as usize][NEXT] = next
+        }
+        let queue = &mut self.queues[tag as usize];
+        if next == NIL {
+            queue.tail = prev
+        } else {
+            self.links[next as usize][PREV] = prev
+        }
+        self.links[id as usize] = [NIL, NIL];
+    }
+
+    /// Moves `id` to the tail of queue `tag`.
+    fn move_to(&mut self, tag: u8, id: u32) {
+        self.unlink(id);
+        self.push_tail(tag, id);
+    }
+
+    /// Reads and clears the touch counter of `id`.
+    #[inline]
+    fn take_touches(&self, id: u32) -> u8 {
+        let counter = &self.touches[id as usize];
+        match counter.load(Ordering::Relaxed) {
+            0 => 0,
+            n => {
+                counter.store(0, Ordering::Relaxed);
+                n
+            }
+        }
+    }
+
+    // ----- eviction -----
+
+    /// The next id to evict, or `None` while the cache fits its capacity.
+    /// On the way it settles queue heads CLOCK-style (a touched head is
+    /// moved on instead of evicted, and its touches are folded into the
+    /// sketch), drains the window into the main space while there is room,
+    /// and runs the TinyLFU duel when the window overflows a full main space.
+    pub(crate) fn victim(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+        self.shrink_protected(hash_of);
+        self.drain_window(hash_of);
+        if self.weighted_size() <= self.capacity {
+            return None;
+        }
+        self.warm = true;
+        loop {
+            if self.queues[WINDOW as usize].weight <= self.window_max {
+                // The window fits: the main space is over its share.
+                return self
+                    .main_victim(hash_of)
+                    .or_else(|| self.window_head(hash_of));
+            }
+            let candidate = self.window_head(hash_of)?;
+            let Some(victim) = self.main_victim(hash_of) else {
+                // Empty main space: the candidate goes in without a duel.
+                self.move_to(PROBATION, candidate);
+                continue;
+            };
+            return Some(if self.admit(hash_of(candidate), hash_of(victim)) {
+                self.move_to(PROBATION, candidate);
+                victim
+            } else {
+                candidate
+            });
+        }
+    }
+
+    /// TinyLFU admission: whether the window's candidate should replace the
+    /// main space's victim.
+    fn admit(&mut self, candidate: u64, victim: u64) -> bool {
+        let candidate_freq = self.sketch.estimate(candidate);
+        let victim_freq = self.sketch.estimate(victim);
+        if candidate_freq > victim_freq {
+            return true;
+        }
+        if candidate_freq < WARM_CANDIDATE || victim_freq < SATURATED {
+            return false;
+        }
+        // xorshift64: cheap, and good enough for a 1-in-128 coin.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng & 127 == 0
+    }
+
+    /// Folds the touches of `id` into the sketch; true if it had any.
+    fn fold(&mut self, id: u32, hash_of: &impl Fn(u32) -> u64) -> bool {
+        let touches = self.take_touches(id);
+        if touches > 0 {
+            self.sketch.increment(hash_of(id), touches);
+        }
+        touches > 0
+    }
+
+    /// The window's untouched head, after giving touched heads a second
+    /// chance at the window's tail (the CLOCK stand-in for LRU order).
+    fn window_head(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+        loop {
+            let head = self.queues[WINDOW as usize].head;
+            if head == NIL || !self.fold(head, hash_of) {
+                return (head != NIL).then_some(head);
+            }
+            self.move_to(WINDOW, head);
+        }
+    }
+
+    /// The main space's untouched probation head: touched probation heads
+    /// are promoted to protected (SLRU's hit rule, applied late), and an
+    /// empty probation is refilled from the protected head.
+    fn main_victim(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+        loop {
+            let head = self.queues[PROBATION as usize].head;
+            if head == NIL {
+                let demoted = self.protected_head(hash_of)?;
+                self.move_to(PROBATION, demoted);
+                continue;
+            }
+            if !self.fold(head, hash_of) {
+                return Some(head);
+            }
+            self.move_to(PROTECTED, head);
+            self.shrink_protected(hash_of);
+        }
+    }
+
+    /// The protected segment's untouched head, touched heads recycled to
+    /// its tail.
+    fn protected_head(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+        loop {
+            let head = self.queues[PROTECTED as usize].head;
+            if head == NIL || !self.fold(head, hash_of) {
+                return (head != NIL).then_some(head);
+            }
+            self.move_to(PROTECTED, head);
+        }
+    }
+
+    /// Demotes protected heads to probation while protected is over target.
+    fn shrink_protected(&mut self, hash_of: &impl Fn(u32) -> u64) {
+        while self.queues[PROTECTED as usize].weight > self.protected_max {
+            let Some(head) = self.protected_head(hash_of) else {
+                return;
+            };
+            self.move_to(PROBATION, head);
+        }
+    }
+
+    /// Moves the window's oldest (untouched) ids into probation while the
+    /// window is over target and the main space has room for them.
+    fn drain_window(&mut self, hash_of: &impl Fn(u32) -> u64) {
+        let main_max = self.capacity - self.window_max;
+        while self.queues[WINDOW as usize].weight > self.window_max {
+            let Some(head) = self.window_head(hash_of) else {
+                return;
+            };
+            let main =
+                self.queues[PROBATION as usize].weight + self.queues[PROTECTED as usize].weight;
+            if main + self.weight_of(head) > main_max {
+                return;
+            }
+            self.move_to(PROBATION, head);
+        }
+    }
+}
+
+#[allow(unexpected_cfgs)]
+impl TinyLfu {
+    /// Checks every structural invariant against the shard's `len`; panics
+    /// with a description of the first violation.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn check_invariants(&self, len: usize) {
+        assert_eq!(self.len(), len, "policy len disagrees with the shard");
+        assert_eq!(self.vacant, 0, "a removed id was never relocated");
+        assert_eq!(self.links.len(), self.tags.len(), "links/tags length");
+        assert_eq!(self.touches.len(), self.tags.len(), "touches/tags length");
+        let expected_weights = if self.weighted { self.tags.len() } else { 0 };
+        assert_eq!(self.weights.len(), expected_weights, "weights length");
+        let mut seen = 0;
+        for (tag, queue) in self.queues.iter().enumerate() {
+            let (mut id, mut prev, mut weight) = (queue.head, NIL, 0);
+            while id != NIL {
+                let index = id as usize;
+                assert!(index < self.tags.len(), "queue {tag} links to dead id {id}");
+                assert_eq!(self.tags[index] as usize, tag, "id {id} tag vs queue {tag}");
+                assert_eq!(self.links[index][PREV], prev, "id {id} prev link");
+                weight += self.weight_of(id);
+                seen += 1;
+                assert!(seen <= self.tags.len(), "queue {tag} has a cycle");
+                (prev, id) = (id, self.links[index][NEXT]);
+            }
+            assert_eq!(queue.tail, prev, "queue {tag} tail");
+            assert_eq!(queue.weight, weight, "queue {tag} weight");
+        }
+        assert_eq!(seen, len, "ids linked vs held");
+        assert!(
+            self.window_max <= self.capacity,
+            "window target over capacity"
+        );
+    }
+}
