@@ -1,5 +1,37 @@
 //! larder: an in-process, concurrent, in-memory cache engine.
+//!
+//! See the README for the tour. The crate's items:
+//!
+//! - [`Cache`] and its [`CacheBuilder`] ([`BuildError`] for bad settings);
+//! - [`Expiry`] for per-entry lifetimes, [`RemovalCause`] for the listener,
+//!   [`CacheStats`] for the counters;
+//! - [`clock::MockClock`] (feature `test-util`) to drive time in tests.
+//!
+//! # Cargo features
+//!
+//! | feature | what it adds | cost |
+//! |---|---|---|
+//! | `test-util` | [`clock::MockClock`] and `Cache::check_invariants` | one branch per clock read |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
+mod cache;
 mod expiry;
+mod load;
+mod maintenance;
+mod notify;
 mod policy;
+mod shard;
+mod stats;
+
+pub use builder::{BuildError, CacheBuilder};
+pub use cache::Cache;
+pub use expiry::Expiry;
+pub use notify::RemovalCause;
+pub use stats::CacheStats;
+
+/// Time sources for tests.
+#[cfg(feature = "test-util")]
+pub mod clock {
+    pub use crate::expiry::clock::MockClock;
+}

@@ -1,3 +1,246 @@
-//! Expiry: the clock, the hierarchical timing wheel and the `Expiry` trait.
+//! Expiry: the clock, the hierarchical timing wheel and the [`Expiry`] trait.
+//!
+//! Every entry carries one deadline (nanoseconds since the cache's clock
+//! origin, [`NEVER`] when it has none). Readers compare it with the clock and
+//! treat a passed deadline as a miss, so an expired entry is never returned
+//! whether or not it has been reaped; the [wheel](wheel) only decides when the
+//! memory is reclaimed and the listener told.
+//!
+//! Deadlines come from, in order of precedence: a per-entry TTL
+//! (`insert_with_ttl`), the user's [`Expiry`] hooks, or the cache-wide
+//! `time_to_live`; `time_to_idle` then caps the result at "last access plus
+//! idle time". With both TTL and TTI the write-based deadline is kept apart
+//! (the *hard* deadline) so that reads can slide the idle deadline without
+//! going past it. `ttl_jitter` spreads every deadline computed on a write by a
+//! random factor in `1 ± jitter`.
 
+pub(crate) mod clock;
 pub(crate) mod wheel;
+
+use std::{cell::Cell, fmt, time::Duration};
+
+use clock::{Clock, saturating_nanos};
+pub(crate) use wheel::NEVER;
+
+/// Decides, entry by entry, how long an entry lives.
+///
+/// Give it to [`CacheBuilder::expire_after`](crate::CacheBuilder::expire_after).
+/// Each hook returns the time left to live from now: `None` means "never
+/// expires". The hooks run without any lock of the cache held; the read hook
+/// runs on every read hit, so keep it cheap.
+///
+/// # Examples
+///
+/// ```
+/// use larder::{Cache, Expiry, clock::MockClock};
+/// use std::time::Duration;
+///
+/// /// Errors are cached for a second, everything else for a minute.
+/// struct ShortErrors;
+/// impl Expiry<String, Result<u32, String>> for ShortErrors {
+///     fn expire_after_create(&self, _: &String, value: &Result<u32, String>) -> Option<Duration> {
+///         Some(if value.is_ok() { Duration::from_secs(60) } else { Duration::from_secs(1) })
+///     }
+/// }
+///
+/// let clock = MockClock::new();
+/// let cache = Cache::builder().expire_after(ShortErrors).clock(clock.clone()).build().unwrap();
+/// cache.insert("a".to_string(), Ok(1));
+/// cache.insert("b".to_string(), Err("down".to_string()));
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(cache.get("a"), Some(Ok(1)));
+/// assert_eq!(cache.get("b"), None);
+/// ```
+pub trait Expiry<K, V>: Send + Sync + 'static {
+    /// Time to live for a newly inserted entry; `None` for no expiry.
+    fn expire_after_create(&self, key: &K, value: &V) -> Option<Duration>;
+
+    /// New time to live after a read hit, given what was `remaining`.
+    /// The default keeps the current deadline.
+    fn expire_after_read(&self, key: &K, value: &V, remaining: Option<Duration>) -> Option<Duration> {
+        let _ = (key, value);
+        remaining
+    }
+
+    /// New time to live after the entry's value is replaced, given what was
+    /// `remaining` for the old value. The default keeps the current deadline.
+    fn expire_after_update(&self, key: &K, value: &V, remaining: Option<Duration>) -> Option<Duration> {
+        let _ = (key, value);
+        remaining
+    }
+}
+
+/// The deadlines one write gives an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    /// When the entry expires (ns since the clock origin), or [`NEVER`].
+    pub(crate) at: u64,
+    /// The write-based cap that idle-time sliding may not pass.
+    pub(crate) hard: u64,
+}
+
+impl Deadline {
+    /// No expiry at all.
+    pub(crate) const NONE: Deadline = Deadline { at: NEVER, hard: NEVER };
+}
+
+/// The user's hooks, with the key cloner the read hook needs.
+pub(crate) type Hooks<K, V> = (Box<dyn Expiry<K, V>>, fn(&K) -> K);
+
+/// A cache's expiry settings and clock: turns writes and reads into deadlines.
+pub(crate) struct Timing<K, V> {
+    pub(crate) clock: Clock,
+    ttl: Option<u64>,
+    tti: Option<u64>,
+    jitter: f64,
+    expiry: Option<Box<dyn Expiry<K, V>>>,
+    clone_key: Option<fn(&K) -> K>,
+}
+
+impl<K, V> fmt::Debug for Timing<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timing")
+            .field("clock", &self.clock)
+            .field("ttl", &self.ttl)
+            .field("tti", &self.tti)
+            .field("jitter", &self.jitter)
+            .field("expiry", &self.expiry.is_some())
+            .finish()
+    }
+}
+
+/// What a write needs to know about the entry it replaces, for `expire_after_update`.
+pub(crate) type Remaining = Option<Duration>;
+
+impl<K, V> Timing<K, V> {
+    /// Settings checked by the builder: durations are non-zero, jitter in `0..1`.
+    pub(crate) fn new(
+        clock: Clock,
+        ttl: Option<Duration>,
+        tti: Option<Duration>,
+        jitter: f64,
+        expiry: Option<Hooks<K, V>>,
+    ) -> Self {
+        let nanos = |d: Duration| saturating_nanos(d.as_nanos()).max(1);
+        let (expiry, clone_key) = match expiry {
+            Some((e, c)) => (Some(e), Some(c)),
+            None => (None, None),
+        };
+        Timing { clock, ttl: ttl.map(nanos), tti: tti.map(nanos), jitter, expiry, clone_key }
+    }
+
+    /// True when entries get deadlines without `insert_with_ttl`.
+    pub(crate) fn is_timed(&self) -> bool {
+        self.ttl.is_some() || self.tti.is_some() || self.expiry.is_some()
+    }
+
+    /// Idle time in ns, if reads slide deadlines.
+    #[inline]
+    pub(crate) fn tti(&self) -> Option<u64> {
+        self.tti
+    }
+
+    /// The user's expiry hooks with the key cloner they need, if configured.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn hooks(&self) -> Option<(&dyn Expiry<K, V>, fn(&K) -> K)> {
+        Some((self.expiry.as_deref()?, self.clone_key?))
+    }
+
+    /// Deadlines for a write at `now`: `ttl` is a per-entry TTL, `hook` the
+    /// result of an expiry hook (`Some(None)` = the hook said "never").
+    pub(crate) fn on_write(&self, now: u64, ttl: Option<Duration>, hook: Option<Remaining>) -> Deadline {
+        let hard = match (ttl, hook) {
+            (Some(ttl), _) => self.after(now, saturating_nanos(ttl.as_nanos())),
+            (None, Some(Some(d))) => self.after(now, saturating_nanos(d.as_nanos())),
+            (None, Some(None)) => NEVER,
+            (None, None) => self.ttl.map_or(NEVER, |t| self.after(now, t)),
+        };
+        let at = self.tti.map_or(hard, |tti| hard.min(self.after(now, tti)));
+        Deadline { at, hard }
+    }
+
+    /// `now + duration`, spread by the jitter and saturating at [`NEVER`].
+    pub(crate) fn after(&self, now: u64, duration: u64) -> u64 {
+        let spread = if self.jitter > 0.0 && duration > 0 {
+            let factor = 1.0 + self.jitter * (2.0 * unit_random() - 1.0);
+            ((duration as f64) * factor) as u64
+        } else {
+            duration
+        };
+        now.saturating_add(spread.max(1)).min(NEVER - 1)
+    }
+}
+
+/// Time left until `deadline` at `now`, as the hooks see it.
+pub(crate) fn remaining(now: u64, deadline: u64) -> Remaining {
+    (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)))
+}
+
+/// A uniform number in `[0, 1)` from a per-thread xorshift generator.
+fn unit_random() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// A non-zero per-thread seed.
+fn seed() -> u64 {
+    ahash::RandomState::new().hash_one(std::thread::current().id()) | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(ttl: Option<u64>, tti: Option<u64>, jitter: f64) -> Timing<u32, u32> {
+        let s = |n: u64| Duration::from_secs(n);
+        Timing::new(Clock::system(), ttl.map(s), tti.map(s), jitter, None)
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn ttl_and_tti_combine_to_the_earlier_deadline() {
+        let t = timing(Some(10), Some(3), 0.0);
+        assert_eq!(t.on_write(0, None, None), Deadline { at: 3 * SEC, hard: 10 * SEC });
+        let only_ttl = timing(Some(10), None, 0.0);
+        assert_eq!(only_ttl.on_write(SEC, None, None), Deadline { at: 11 * SEC, hard: 11 * SEC });
+    }
+
+    #[test]
+    fn per_entry_ttl_and_hooks_override_the_cache_ttl() {
+        let t = timing(Some(10), None, 0.0);
+        assert_eq!(t.on_write(0, Some(Duration::from_secs(2)), None).at, 2 * SEC);
+        assert_eq!(t.on_write(0, None, Some(None)).at, NEVER);
+        assert_eq!(t.on_write(0, None, Some(Some(Duration::from_secs(4)))).at, 4 * SEC);
+        assert_eq!(timing(None, None, 0.0).on_write(5, None, None), Deadline::NONE);
+    }
+
+    #[test]
+    fn jitter_spreads_deadlines_within_bounds() {
+        let t = timing(Some(100), None, 0.1);
+        let ats: Vec<u64> = (0..1000).map(|_| t.on_write(0, None, None).at).collect();
+        assert!(ats.iter().all(|&a| (90 * SEC..=110 * SEC).contains(&a)));
+        let distinct: std::collections::HashSet<_> = ats.iter().collect();
+        assert!(distinct.len() > 900, "jitter should spread deadlines");
+        let (lo, hi) = (ats.iter().min().unwrap(), ats.iter().max().unwrap());
+        assert!(*lo < 92 * SEC && *hi > 108 * SEC, "spread covers the range: {lo}..{hi}");
+    }
+
+    #[test]
+    fn huge_durations_saturate_below_never() {
+        let t = timing(None, None, 0.0);
+        assert_eq!(t.after(u64::MAX - 5, u64::MAX), NEVER - 1);
+        assert_eq!(remaining(10, NEVER), None);
+        assert_eq!(remaining(10, 4), Some(Duration::ZERO));
+    }
+}

@@ -64,7 +64,6 @@
 //! `u32` weight only for weighted caches: 10 bytes (14 weighted). The sketch
 //! takes [`FrequencySketch::BYTES_PER_ENTRY`](sketch::FrequencySketch) bytes
 //! per entry of capacity, rounded up to a power of two (see [`sketch`]).
-#![allow(dead_code)]
 
 mod climber;
 mod sketch;
@@ -75,6 +74,4 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-// Nothing outside the module uses it yet; the integrator removes this allow.
-#[allow(unused_imports)]
 pub(crate) use tinylfu::TinyLfu;

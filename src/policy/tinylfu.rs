@@ -527,11 +527,10 @@ impl TinyLfu {
     }
 }
 
-#[allow(unexpected_cfgs)]
 impl TinyLfu {
     /// Checks every structural invariant against the shard's `len`; panics
     /// with a description of the first violation.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn check_invariants(&self, len: usize) {
         assert_eq!(self.len(), len, "policy len disagrees with the shard");
         assert_eq!(self.vacant, 0, "a removed id was never relocated");

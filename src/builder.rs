@@ -1,0 +1,309 @@
+//! [`CacheBuilder`]: settings, their validation, and [`BuildError`].
+
+use std::{fmt, hash::Hash, sync::Arc, time::Duration};
+
+use crate::{
+    Cache, Expiry, RemovalCause,
+    expiry::{Hooks, Timing, clock::Clock},
+    notify::Listener,
+};
+
+/// The user's weigher.
+pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+
+/// Most shards a cache may have.
+const MAX_SHARDS: usize = 1 << 16;
+
+/// Default shards hold at least this much capacity, so that small caches keep
+/// one policy with enough entries to learn from.
+const MIN_SHARD_CAPACITY: u64 = 512;
+
+/// Why [`CacheBuilder::build`] refused its settings.
+///
+/// # Examples
+///
+/// ```
+/// use larder::{BuildError, Cache};
+/// let err = Cache::<u32, u32>::builder().num_shards(0).build().unwrap_err();
+/// assert_eq!(err, BuildError::ZeroShards);
+/// assert_eq!(err.to_string(), "num_shards must be at least 1");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `num_shards(0)`.
+    ZeroShards,
+    /// `num_shards` above 65,536; holds the value given.
+    TooManyShards(usize),
+    /// `time_to_live(Duration::ZERO)`: nothing could ever be read back.
+    ZeroTimeToLive,
+    /// `time_to_idle(Duration::ZERO)`.
+    ZeroTimeToIdle,
+    /// `ttl_jitter` outside `0.0..1.0` (or NaN); holds the value given.
+    JitterOutOfRange(f64),
+    /// `expire_after` together with `time_to_live` or `time_to_idle`: the hooks
+    /// decide every deadline, so the fixed durations would be ignored.
+    ExpiryConflict,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::ZeroShards => write!(f, "num_shards must be at least 1"),
+            BuildError::TooManyShards(n) => write!(f, "num_shards is {n}, more than the limit of {MAX_SHARDS}"),
+            BuildError::ZeroTimeToLive => write!(f, "time_to_live must be longer than zero"),
+            BuildError::ZeroTimeToIdle => write!(f, "time_to_idle must be longer than zero"),
+            BuildError::JitterOutOfRange(j) => write!(f, "ttl_jitter is {j}, outside 0.0..1.0"),
+            BuildError::ExpiryConflict => {
+                write!(f, "expire_after cannot be combined with time_to_live or time_to_idle")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Settings for a [`Cache`]; `build()` checks them.
+///
+/// Every setter is optional. Without any, a cache is unbounded, never
+/// expires entries, and has one shard per 512 entries of capacity up to four
+/// per CPU.
+///
+/// # Examples
+///
+/// ```
+/// use larder::Cache;
+/// use std::time::Duration;
+///
+/// let cache: Cache<String, String> = Cache::builder()
+///     .max_capacity(10_000)
+///     .time_to_live(Duration::from_secs(300))
+///     .build()
+///     .expect("valid settings");
+/// cache.insert("k".into(), "v".into());
+/// assert_eq!(cache.get("k"), Some("v".to_string()));
+/// ```
+#[must_use]
+pub struct CacheBuilder<K, V> {
+    max_capacity: u64,
+    weigher: Option<Weigher<K, V>>,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    expiry: Option<Hooks<K, V>>,
+    jitter: f64,
+    listener: Option<Listener<K, V>>,
+    num_shards: Option<usize>,
+    clock: Clock,
+}
+
+impl<K, V> fmt::Debug for CacheBuilder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("max_capacity", &self.max_capacity)
+            .field("weigher", &self.weigher.is_some())
+            .field("time_to_live", &self.ttl)
+            .field("time_to_idle", &self.tti)
+            .field("expire_after", &self.expiry.is_some())
+            .field("ttl_jitter", &self.jitter)
+            .field("eviction_listener", &self.listener.is_some())
+            .field("num_shards", &self.num_shards)
+            .finish()
+    }
+}
+
+impl<K, V> Default for CacheBuilder<K, V> {
+    fn default() -> Self {
+        CacheBuilder {
+            max_capacity: u64::MAX,
+            weigher: None,
+            ttl: None,
+            tti: None,
+            expiry: None,
+            jitter: 0.0,
+            listener: None,
+            num_shards: None,
+            clock: Clock::system(),
+        }
+    }
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The bound on the cache: a number of entries, or a total weight when a
+    /// [`weigher`](Self::weigher) is set. Default: unbounded (`u64::MAX`).
+    /// `0` is allowed and makes a cache that keeps nothing.
+    ///
+    /// The bound is split evenly over the shards and each shard enforces its
+    /// part, so the cache never holds more than `max_capacity` (it may evict a
+    /// little before reaching it when keys crowd one shard).
+    pub fn max_capacity(mut self, max_capacity: u64) -> Self {
+        self.max_capacity = max_capacity;
+        self
+    }
+
+    /// Weighs each entry (unit: whatever `max_capacity` counts, e.g. bytes).
+    /// Default: every entry weighs 1. Called on every insert, without any lock
+    /// held. An entry heavier than its shard's share of the capacity is not
+    /// stored (the listener sees it as a `Size` eviction).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .max_capacity(1_000)
+    ///     .weigher(|_k: &u32, v: &String| v.len() as u32)
+    ///     .num_shards(1)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, "x".repeat(600));
+    /// cache.insert(2, "y".repeat(300));
+    /// cache.run_pending_tasks();
+    /// assert!(cache.weighted_size() <= 1_000);
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// Entries expire this long after they were inserted or last updated.
+    /// Default: never. Must be longer than zero.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Entries expire this long after they were last read or written
+    /// (sliding expiry); combined with `time_to_live`, whichever comes first.
+    /// Default: never. Must be longer than zero. Reads move the deadline in
+    /// steps of about a millisecond.
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.tti = Some(tti);
+        self
+    }
+
+    /// Per-entry expiry decided by `expiry`'s hooks on create, read and
+    /// update. Cannot be combined with `time_to_live` / `time_to_idle`.
+    /// Keys must be `Clone`: the read hook runs outside the lock on a copy.
+    pub fn expire_after(mut self, expiry: impl Expiry<K, V>) -> Self
+    where
+        K: Clone,
+    {
+        self.expiry = Some((Box::new(expiry), K::clone));
+        self
+    }
+
+    /// Spreads every deadline computed on a write by a random factor in
+    /// `1 ± jitter`, so entries written together do not all expire together.
+    /// Default `0.0`; range `0.0..1.0` (e.g. `0.1` for ±10 %).
+    pub fn ttl_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Called once for every entry that leaves the cache, with its cause.
+    /// Default: none. It runs on the thread that caused the removal (or the
+    /// maintenance thread for expiry), after every lock is released, so it may
+    /// call back into the cache. A panic in it is caught and discarded; the
+    /// removal stands and other notifications are still delivered.
+    pub fn eviction_listener(mut self, listener: impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Number of independently locked shards, rounded up to a power of two.
+    /// Default: one per 512 units of capacity, at most four per CPU. Range
+    /// `1..=65536`. More shards, less contention; fewer, a better hit ratio
+    /// for small caches.
+    pub fn num_shards(mut self, num_shards: usize) -> Self {
+        self.num_shards = Some(num_shards);
+        self
+    }
+
+    /// Reads time from `clock` instead of the system clock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder().time_to_idle(Duration::from_secs(5)).clock(clock.clone()).build().unwrap();
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(4));
+    /// assert_eq!(cache.get(&1), Some(1)); // the read slides the deadline
+    /// clock.advance(Duration::from_secs(4));
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
+    #[cfg(feature = "test-util")]
+    pub fn clock(mut self, clock: crate::clock::MockClock) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Checks the settings and builds the cache, starting its
+    /// `larder-maintenance` thread.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the first setting that is out of range.
+    pub fn build(self) -> Result<Cache<K, V>, BuildError> {
+        let shards = self.shard_count()?;
+        if self.ttl == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroTimeToLive);
+        }
+        if self.tti == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroTimeToIdle);
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(BuildError::JitterOutOfRange(self.jitter));
+        }
+        if self.expiry.is_some() && (self.ttl.is_some() || self.tti.is_some()) {
+            return Err(BuildError::ExpiryConflict);
+        }
+        let timing = Timing::new(self.clock, self.ttl, self.tti, self.jitter, self.expiry);
+        Ok(Cache::from_parts(crate::cache::Parts {
+            shards,
+            capacity: self.max_capacity,
+            timing,
+            weigher: self.weigher,
+            listener: self.listener,
+        }))
+    }
+
+    fn shard_count(&self) -> Result<usize, BuildError> {
+        match self.num_shards {
+            Some(0) => Err(BuildError::ZeroShards),
+            Some(n) if n > MAX_SHARDS => Err(BuildError::TooManyShards(n)),
+            Some(n) => Ok(n.next_power_of_two()),
+            None => Ok(default_shards(self.max_capacity)),
+        }
+    }
+}
+
+/// One shard per [`MIN_SHARD_CAPACITY`], at most four per CPU, a power of two.
+fn default_shards(capacity: u64) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let by_cpu = (cpus * 4).next_power_of_two();
+    let by_capacity = (capacity / MIN_SHARD_CAPACITY).max(1);
+    let by_capacity = 1usize << by_capacity.ilog2().min(16);
+    by_cpu.min(by_capacity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_shards_follow_capacity_then_cpus() {
+        assert_eq!(default_shards(0), 1);
+        assert_eq!(default_shards(1_000), 1);
+        assert_eq!(default_shards(1_024), 2);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_shards(u64::MAX), (cpus * 4).next_power_of_two());
+    }
+}

@@ -1,0 +1,700 @@
+//! [`Cache`]: the thin public face. Each method finds the key's shard and
+//! delegates; the work lives in [`shard`](crate::shard),
+//! [`load`](crate::load) and [`maintenance`](crate::maintenance).
+
+use std::{
+    borrow::Borrow,
+    convert::Infallible,
+    fmt,
+    hash::Hash,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    CacheBuilder, CacheStats, RemovalCause,
+    builder::Weigher,
+    expiry::{Deadline, Remaining, Timing, remaining},
+    load::flight::{Flights, Outcome, Role},
+    maintenance::{Maintained, Maintenance},
+    notify::{Listener, Removed},
+    shard::{Now, ShardCell, Shards, Write},
+    stats::LoadCounters,
+};
+
+/// A concurrent, bounded, expiring in-memory cache.
+///
+/// `Cache` is a cheap handle: clones share the same entries. It is `Send` and
+/// `Sync`. Reads return clones of values (wrap large values in an `Arc`); no
+/// method hands out a guard, so no caller can hold a lock of the cache.
+///
+/// **Locking:** entries are spread over shards, each behind a
+/// `parking_lot::RwLock`. A read hit takes its shard's lock shared; writes,
+/// evictions and reaping take it exclusive for a bounded time. User code
+/// (weigher, expiry hooks, listener, loaders, predicates) always runs with no
+/// lock held.
+///
+/// # Examples
+///
+/// ```
+/// use larder::Cache;
+/// use std::sync::Arc;
+///
+/// let cache: Cache<u64, Arc<String>> = Cache::new(10_000);
+/// cache.insert(7, Arc::new("seven".to_string()));
+/// assert_eq!(cache.get(&7).as_deref().map(String::as_str), Some("seven"));
+/// assert_eq!(cache.get(&8), None);
+/// ```
+pub struct Cache<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Cache { inner: self.inner.clone() }
+    }
+}
+
+impl<K, V> fmt::Debug for Cache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("entry_count", &self.entry_count())
+            .field("weighted_size", &self.weighted_size())
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the builder hands to [`Cache::from_parts`].
+pub(crate) struct Parts<K, V> {
+    pub(crate) shards: usize,
+    pub(crate) capacity: u64,
+    pub(crate) timing: Timing<K, V>,
+    pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) listener: Option<Listener<K, V>>,
+}
+
+/// Everything the handles share.
+struct Inner<K, V> {
+    shards: Shards<K, V>,
+    timing: Timing<K, V>,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    flights: Flights<K, V>,
+    loads: LoadCounters,
+    maintenance: Maintenance,
+}
+
+impl<K, V> Drop for Inner<K, V> {
+    fn drop(&mut self) {
+        self.maintenance.stop();
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A cache bounded to `max_capacity` entries, with default settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(2);
+    /// cache.insert("a", 1);
+    /// assert_eq!(cache.get("a"), Some(1));
+    /// ```
+    pub fn new(max_capacity: u64) -> Self {
+        Self::builder()
+            .max_capacity(max_capacity)
+            .build()
+            .expect("default settings with any capacity are valid")
+    }
+
+    /// A [`CacheBuilder`] with every setting at its default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(5).build().unwrap();
+    /// assert_eq!(cache.entry_count(), 0);
+    /// ```
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder::default()
+    }
+
+    pub(crate) fn from_parts(parts: Parts<K, V>) -> Self {
+        let now = parts.timing.clock.now();
+        let weighted = parts.weigher.is_some();
+        let sliding = parts.timing.tti().is_some();
+        let inner = Arc::new(Inner {
+            shards: Shards::new(parts.shards, parts.capacity, weighted, now, sliding),
+            timing: parts.timing,
+            weigher: parts.weigher,
+            listener: parts.listener,
+            flights: Flights::default(),
+            loads: LoadCounters::default(),
+            maintenance: Maintenance::new(),
+        });
+        inner.maintenance.start(&inner);
+        Cache { inner }
+    }
+
+    /// Inserts `value` under `key`, replacing any previous value (the
+    /// listener sees that one as `Replaced`). The entry gets the cache's
+    /// expiry settings. May evict other entries to stay within capacity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, "a");
+    /// cache.insert(1, "b");
+    /// assert_eq!(cache.get(&1), Some("b"));
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        self.inner.insert(key, value, None);
+    }
+
+    /// Inserts `value` under `key` to live `ttl` from now, whatever the
+    /// cache's own expiry settings (time to idle still applies too).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder().clock(clock.clone()).build().unwrap();
+    /// cache.insert_with_ttl("session", 42, Duration::from_secs(30));
+    /// clock.advance(Duration::from_secs(31));
+    /// assert_eq!(cache.get("session"), None);
+    /// ```
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        self.inner.insert(key, value, Some(ttl));
+    }
+
+    /// The value for `key`, if present and not expired. Counts a hit or a
+    /// miss, records the access for the eviction policy and, with time to
+    /// idle, slides the entry's deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert("k".to_string(), 1);
+    /// assert_eq!(cache.get("k"), Some(1)); // look up a String key by &str
+    /// ```
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.get(key)
+    }
+
+    /// The value for `key` if present and not expired, without counting,
+    /// touching the policy or sliding any deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.peek(&1), Some(1));
+    /// assert_eq!(cache.stats().hits(), 0);
+    /// ```
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.peek(key)
+    }
+
+    /// True if `key` has a live entry. No side effects, like [`peek`](Self::peek).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, 1);
+    /// assert!(cache.contains_key(&1));
+    /// assert!(!cache.contains_key(&2));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.inner.shards.cell_for(key);
+        cell.read().lookup(hash, key, &mut Now::new(&self.inner.timing.clock)).is_some()
+    }
+
+    /// The value for `key`; on a miss, runs `init` to make it, caches it and
+    /// returns it.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// Only one `init` runs per key at a time: other callers of `get_with` or
+    /// `try_get_with` for that key block until it finishes and get its value.
+    /// If it panics, the panic goes to its caller and one waiting caller runs
+    /// its own `init` instead. `init` runs with no lock held and may use the
+    /// cache freely, except to load its own key (that panics rather than
+    /// waiting for itself).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// let v = cache.get_with("answer", || 42);
+    /// assert_eq!(v, 42);
+    /// assert_eq!(cache.get_with("answer", || unreachable!()), 42);
+    /// ```
+    pub fn get_with(&self, key: K, init: impl FnOnce() -> V) -> V
+    where
+        K: Clone,
+    {
+        match self.inner.get_or_load(key, || Ok::<V, Infallible>(init())) {
+            Ok(v) => v,
+            Err(never) => match *never {},
+        }
+    }
+
+    /// Like [`get_with`](Self::get_with) with a fallible `init`: a value is
+    /// cached and returned, an error is returned (shared as `Arc<E>`) and
+    /// nothing is cached.
+    ///
+    /// # Errors
+    ///
+    /// The error `init` returned, or the one returned by the concurrent
+    /// caller whose `init` this call waited for (same type `E` only; callers
+    /// expecting another type load by themselves).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`get_with`](Self::get_with): one `init` per key runs at a time
+    /// and waiters share its value or its error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, String> = larder::Cache::new(10);
+    /// let err = cache.try_get_with(1, || Err::<String, _>("db down")).unwrap_err();
+    /// assert_eq!(*err, "db down");
+    /// assert!(!cache.contains_key(&1)); // errors are not cached
+    /// assert_eq!(cache.try_get_with(1, || Ok::<_, &str>("one".to_string())).unwrap(), "one");
+    /// ```
+    pub fn try_get_with<E>(&self, key: K, init: impl FnOnce() -> Result<V, E>) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        self.inner.get_or_load(key, init)
+    }
+
+    /// Removes `key`'s entry and returns its value, if it was live. The
+    /// listener sees `Explicit` (or `Expired` for an entry already expired).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, "a");
+    /// assert_eq!(cache.remove(&1), Some("a"));
+    /// assert_eq!(cache.remove(&1), None);
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.remove(key)
+    }
+
+    /// Removes `key`'s entry, if any, discarding its value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, "a");
+    /// cache.invalidate(&1);
+    /// assert!(!cache.contains_key(&1));
+    /// ```
+    pub fn invalidate<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.remove(key);
+    }
+
+    /// Removes every entry (the listener sees each as `Explicit`, or
+    /// `Expired` if it had already expired).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, 1);
+    /// cache.insert(2, 2);
+    /// cache.invalidate_all();
+    /// assert_eq!(cache.entry_count(), 0);
+    /// ```
+    pub fn invalidate_all(&self) {
+        let now = self.inner.timing.clock.now();
+        for cell in self.inner.shards.iter() {
+            let mut removed = Removed::default();
+            cell.write().clear(now, &mut removed);
+            self.inner.deliver(removed);
+        }
+    }
+
+    /// Removes every live entry for which `predicate` returns true.
+    ///
+    /// The predicate runs with no lock held, on clones of each shard's
+    /// entries taken one shard at a time. If a shard is written while its
+    /// clones are being tested, they are taken and tested again (up to 8
+    /// times; after that, the keys found on the last pass are removed, whatever
+    /// they hold by then).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(100);
+    /// for i in 0..10 { cache.insert(i, i * 10); }
+    /// cache.invalidate_entries_if(|_k, v| *v >= 50);
+    /// assert_eq!(cache.entry_count(), 5);
+    /// ```
+    pub fn invalidate_entries_if(&self, predicate: impl Fn(&K, &V) -> bool)
+    where
+        K: Clone,
+    {
+        for cell in self.inner.shards.iter() {
+            self.inner.invalidate_shard_if(cell, &predicate);
+        }
+    }
+
+    /// Number of entries, counting expired ones not yet reaped (call
+    /// [`run_pending_tasks`](Self::run_pending_tasks) first for an exact count).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.entry_count(), 1);
+    /// ```
+    pub fn entry_count(&self) -> u64 {
+        self.inner.shards.iter().map(|c| c.read().len() as u64).sum()
+    }
+
+    /// Total weight of the entries (their count when there is no weigher).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().weigher(|_: &u8, v: &Vec<u8>| v.len() as u32).build().unwrap();
+    /// cache.insert(1, vec![0; 40]);
+    /// assert_eq!(cache.weighted_size(), 40);
+    /// ```
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.shards.iter().map(|c| c.read().weighted_size()).sum()
+    }
+
+    /// Does now what the maintenance thread would do soon: reaps expired
+    /// entries and delivers their notifications, on the calling thread. Also
+    /// waits for a background pass already under way to finish delivering, so
+    /// that on return every entry expired before the call has been reported
+    /// (unless called from the listener itself, which then does not wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder().time_to_live(Duration::from_secs(1)).clock(clock.clone()).build().unwrap();
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!(cache.entry_count(), 1); // expired, not yet reaped
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.entry_count(), 0);
+    /// ```
+    pub fn run_pending_tasks(&self) {
+        self.inner.maintain();
+        self.inner.maintenance.settle();
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.get_with(1, || 1);
+    /// cache.get(&1);
+    /// let s = cache.stats();
+    /// assert_eq!((s.hits(), s.misses(), s.loads()), (1, 1, 1));
+    /// ```
+    pub fn stats(&self) -> CacheStats {
+        self.inner.stats()
+    }
+
+    /// Panics if any shard's table, slots, wheel and policy disagree. For
+    /// tests and fuzzing only.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        for cell in self.inner.shards.iter() {
+            cell.read().check_invariants();
+        }
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.shards.cell_for(key);
+        let mut now = Now::new(&self.timing.clock);
+        let shard = cell.read();
+        let Some(id) = shard.lookup(hash, key, &mut now) else {
+            drop(shard);
+            cell.record(false);
+            return None;
+        };
+        shard.touch(id);
+        if let Some(tti) = self.timing.tti() {
+            shard.slide(id, now.get(), tti);
+        }
+        let value = shard.value(id).clone();
+        let hook = self.timing.hooks().map(|(_, clone)| (clone(shard.key(id)), shard.deadline(id)));
+        drop(shard);
+        cell.record(true);
+        if let Some((owned_key, seen)) = hook {
+            self.after_read(cell, hash, &owned_key, &value, seen, now.get());
+        }
+        Some(value)
+    }
+
+    /// Runs the read hook and applies a changed deadline.
+    fn after_read(&self, cell: &ShardCell<K, V>, hash: u64, key: &K, value: &V, seen: u64, now: u64) {
+        let Some((hooks, _)) = self.timing.hooks() else { return };
+        let before = remaining(now, seen);
+        let after = hooks.expire_after_read(key, value, before);
+        if after != before {
+            let deadline = self.timing.on_write(now, None, Some(after)).at;
+            cell.write().reset_deadline(hash, key, seen, deadline);
+        }
+    }
+
+    fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.shards.cell_for(key);
+        let shard = cell.read();
+        let id = shard.lookup(hash, key, &mut Now::new(&self.timing.clock))?;
+        Some(shard.value(id).clone())
+    }
+
+    fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
+        let (hash, cell) = self.shards.cell_for(&key);
+        let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
+        let mut now = Now::new(&self.timing.clock);
+        let deadline = if ttl.is_some() || self.timing.is_timed() {
+            let hook = if ttl.is_none() { self.write_hook(cell, hash, &key, &value, now.get()) } else { None };
+            self.timing.on_write(now.get(), ttl, hook)
+        } else {
+            Deadline::NONE
+        };
+        let write = Write { hash, key, value, weight, deadline };
+        let mut removed = Removed::default();
+        let samples = cell.samples();
+        cell.write().insert(write, &mut now, samples, &mut removed);
+        self.deliver(removed);
+    }
+
+    /// The create or update hook's verdict for a write, if hooks are set.
+    fn write_hook(&self, cell: &ShardCell<K, V>, hash: u64, key: &K, value: &V, now: u64) -> Option<Remaining> {
+        let (hooks, _) = self.timing.hooks()?;
+        let current = {
+            let shard = cell.read();
+            let clock = &self.timing.clock;
+            shard.lookup(hash, key, &mut Now::new(clock)).map(|id| shard.deadline(id))
+        };
+        Some(match current {
+            Some(deadline) => hooks.expire_after_update(key, value, remaining(now, deadline)),
+            None => hooks.expire_after_create(key, value),
+        })
+    }
+
+    fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.shards.cell_for(key);
+        let mut now = Now::new(&self.timing.clock);
+        let (key, value, cause) = cell.write().remove(hash, key, &mut now)?;
+        let live = cause == RemovalCause::Explicit;
+        match &self.listener {
+            None => live.then_some(value),
+            Some(_) => {
+                let returned = if live { Some(value.clone()) } else { None };
+                let mut removed = Removed::default();
+                removed.push(key, value, cause);
+                self.deliver(removed);
+                returned
+            }
+        }
+    }
+
+    fn get_or_load<E>(&self, key: K, init: impl FnOnce() -> Result<V, E>) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        loop {
+            let flight = match self.flights.begin(&key) {
+                Role::Leader(guard) => {
+                    // Someone may have finished loading between our miss and now.
+                    if let Some(v) = self.peek(&key) {
+                        guard.finish(Outcome::Loaded(v.clone()));
+                        return Ok(v);
+                    }
+                    let result = self.timed_load(init);
+                    return match result {
+                        Ok(v) => {
+                            self.insert(key, v.clone(), None);
+                            guard.finish(Outcome::Loaded(v.clone()));
+                            Ok(v)
+                        }
+                        Err(e) => {
+                            let e = Arc::new(e);
+                            guard.finish(Outcome::Failed(e.clone()));
+                            Err(e)
+                        }
+                    };
+                }
+                Role::Waiter(flight) => flight,
+            };
+            match flight.wait() {
+                Outcome::Loaded(v) => return Ok(v),
+                Outcome::Failed(e) => {
+                    if let Ok(e) = e.downcast::<E>() {
+                        return Err(e);
+                    }
+                }
+                Outcome::Abandoned => {}
+            }
+        }
+    }
+
+    /// Runs a loader, recording it in the stats even if it panics.
+    fn timed_load<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        struct Record<'a> {
+            loads: &'a LoadCounters,
+            started: Instant,
+            ok: bool,
+        }
+        impl Drop for Record<'_> {
+            fn drop(&mut self) {
+                self.loads.record(self.ok, self.started.elapsed());
+            }
+        }
+        let mut record = Record { loads: &self.loads, started: Instant::now(), ok: false };
+        let result = init();
+        record.ok = result.is_ok();
+        result
+    }
+
+    fn invalidate_shard_if(&self, cell: &ShardCell<K, V>, predicate: &impl Fn(&K, &V) -> bool)
+    where
+        K: Clone,
+    {
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let now = self.timing.clock.now();
+            let (entries, version) = {
+                let shard = cell.read();
+                (shard.snapshot(now), shard.version())
+            };
+            let doomed: Vec<K> = entries.into_iter().filter(|(k, v)| predicate(k, v)).map(|(k, _)| k).collect();
+            let mut removed = Removed::default();
+            {
+                let mut shard = cell.write();
+                if shard.version() != version && attempt < ATTEMPTS {
+                    continue;
+                }
+                let mut now = Now::new(&self.timing.clock);
+                for key in &doomed {
+                    if let Some((k, v, cause)) = shard.remove(self.shards.hash(key), key, &mut now) {
+                        removed.push(k, v, cause);
+                    }
+                }
+            }
+            self.deliver(removed);
+            return;
+        }
+    }
+
+    fn deliver(&self, removed: Removed<K, V>) {
+        removed.deliver(self.listener.as_ref());
+    }
+
+    fn stats(&self) -> CacheStats {
+        let mut stats = CacheStats::default();
+        for cell in self.shards.iter() {
+            let (hits, misses) = cell.samples();
+            stats.hits += hits;
+            stats.misses += misses;
+            let removals = cell.read().removals();
+            for (total, n) in stats.removals.iter_mut().zip(removals) {
+                *total += n;
+            }
+        }
+        self.loads.fill(&mut stats);
+        stats
+    }
+}
+
+impl<K, V> Maintained for Inner<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn maintain(&self) {
+        self.maintenance.pass(|| {
+            let now = self.timing.clock.now();
+            for cell in self.shards.iter() {
+                loop {
+                    let mut removed = Removed::default();
+                    let done = cell.write().reap(now, &mut removed);
+                    self.deliver(removed);
+                    if done {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}

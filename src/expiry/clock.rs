@@ -1,0 +1,140 @@
+//! Time sources.
+//!
+//! The cache reads time as nanoseconds since its own origin (a `u64`), so
+//! deadlines fit in one atomic word. [`Clock::System`] reads [`Instant`];
+//! [`MockClock`] (feature `test-util`) is moved by hand so tests need no sleeps.
+
+use std::time::Instant;
+
+#[cfg(feature = "test-util")]
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+/// Where a cache reads the time from.
+#[derive(Clone, Debug)]
+pub(crate) enum Clock {
+    /// Monotonic system time, measured from the given origin.
+    System(Instant),
+    /// Hand-driven time for tests.
+    #[cfg(feature = "test-util")]
+    Mock(MockClock),
+}
+
+impl Clock {
+    /// A system clock whose origin is now.
+    pub(crate) fn system() -> Self {
+        Clock::System(Instant::now())
+    }
+
+    /// Nanoseconds since the clock's origin.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        match self {
+            Clock::System(origin) => saturating_nanos(origin.elapsed().as_nanos()),
+            #[cfg(feature = "test-util")]
+            Clock::Mock(mock) => mock.nanos.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Converts a `u128` nanosecond count to `u64`, saturating (after ~584 years).
+pub(crate) fn saturating_nanos(nanos: u128) -> u64 {
+    u64::try_from(nanos).unwrap_or(u64::MAX)
+}
+
+/// A clock that only moves when told to, for deterministic tests.
+///
+/// Clones share the same time. Give one to
+/// [`CacheBuilder::clock`](crate::CacheBuilder::clock) and keep another to
+/// move time with [`advance`](MockClock::advance).
+///
+/// # Examples
+///
+/// ```
+/// use larder::{Cache, clock::MockClock};
+/// use std::time::Duration;
+///
+/// let clock = MockClock::new();
+/// let cache: Cache<u32, &str> = Cache::builder()
+///     .time_to_live(Duration::from_secs(10))
+///     .clock(clock.clone())
+///     .build()
+///     .unwrap();
+/// cache.insert(1, "one");
+/// clock.advance(Duration::from_secs(9));
+/// assert_eq!(cache.get(&1), Some("one"));
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(cache.get(&1), None);
+/// ```
+#[cfg(feature = "test-util")]
+#[derive(Clone, Debug, Default)]
+pub struct MockClock {
+    nanos: Arc<AtomicU64>,
+}
+
+#[cfg(feature = "test-util")]
+impl MockClock {
+    /// A clock standing at its origin (time zero).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let clock = larder::clock::MockClock::new();
+    /// assert_eq!(clock.elapsed(), std::time::Duration::ZERO);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves this clock and all its clones forward by `by`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let clock = larder::clock::MockClock::new();
+    /// let other = clock.clone();
+    /// clock.advance(Duration::from_millis(1500));
+    /// assert_eq!(other.elapsed(), Duration::from_millis(1500));
+    /// ```
+    pub fn advance(&self, by: Duration) {
+        let by = saturating_nanos(by.as_nanos());
+        let mut now = self.nanos.load(Ordering::Acquire);
+        loop {
+            let next = now.saturating_add(by);
+            match self
+                .nanos
+                .compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    /// Time since this clock's origin.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let clock = larder::clock::MockClock::new();
+    /// clock.advance(Duration::from_secs(3));
+    /// assert_eq!(clock.elapsed(), Duration::from_secs(3));
+    /// ```
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(feature = "test-util")]
+impl From<MockClock> for Clock {
+    fn from(mock: MockClock) -> Self {
+        Clock::Mock(mock)
+    }
+}

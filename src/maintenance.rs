@@ -1,0 +1,121 @@
+//! The cache's own background thread, `larder-maintenance`.
+//!
+//! It wakes every [`INTERVAL`] and does what
+//! [`Cache::run_pending_tasks`](crate::Cache::run_pending_tasks) does: advance
+//! each shard's timing wheel, reap expired entries in bounded batches (the
+//! shard lock is released between batches so readers never wait long), and
+//! deliver their removal notifications with no lock held.
+//!
+//! Ownership runs one way: the cache owns the thread (a stop channel and the
+//! join handle); the thread holds only a `Weak` reference to the cache, which
+//! it upgrades for the length of one pass. Dropping the last cache handle
+//! drops the channel's sender, which wakes the thread to exit, and joins it.
+
+use std::{
+    cell::Cell,
+    sync::{Arc, Weak},
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use parking_lot::{Condvar, Mutex};
+
+/// Time between two maintenance passes.
+pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Work the maintenance thread does on each pass.
+pub(crate) trait Maintained: Send + Sync + 'static {
+    /// One pass: reap what has expired and deliver notifications.
+    fn maintain(&self);
+}
+
+/// The cache's handle on its maintenance thread, and the count of passes in
+/// progress so that `run_pending_tasks` can wait for a background pass to
+/// finish delivering what it reaped.
+#[derive(Debug)]
+pub(crate) struct Maintenance {
+    stop: Mutex<Option<Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    passes: Mutex<usize>,
+    idle: Condvar,
+}
+
+thread_local! {
+    /// How many maintenance passes this thread is inside (a listener called
+    /// from a pass may call `run_pending_tasks` again).
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Maintenance {
+    /// A handle with no thread yet; [`start`](Self::start) spawns it.
+    pub(crate) fn new() -> Self {
+        Maintenance { stop: Mutex::new(None), thread: Mutex::new(None), passes: Mutex::new(0), idle: Condvar::new() }
+    }
+
+    /// Runs one pass of `work`, counted so that [`settle`](Self::settle) can
+    /// wait for it. No lock is held while `work` runs.
+    pub(crate) fn pass(&self, work: impl FnOnce()) {
+        *self.passes.lock() += 1;
+        DEPTH.with(|d| d.set(d.get() + 1));
+        struct Done<'a>(&'a Maintenance);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                DEPTH.with(|d| d.set(d.get() - 1));
+                let mut passes = self.0.passes.lock();
+                *passes -= 1;
+                if *passes == 0 {
+                    self.0.idle.notify_all();
+                }
+            }
+        }
+        let _done = Done(self);
+        work();
+    }
+
+    /// Waits until no pass is in progress, unless called from inside one.
+    pub(crate) fn settle(&self) {
+        if DEPTH.with(Cell::get) > 0 {
+            return;
+        }
+        let mut passes = self.passes.lock();
+        while *passes > 0 {
+            self.idle.wait(&mut passes);
+        }
+    }
+
+    /// Spawns the thread for `target`. A failed spawn (the OS refused a
+    /// thread) leaves the cache working: expired entries are then reaped by
+    /// `run_pending_tasks` and by writes, and are never returned either way.
+    pub(crate) fn start<T: Maintained>(&self, target: &Arc<T>) {
+        let (tx, rx) = bounded::<()>(0);
+        let weak = Arc::downgrade(target);
+        let spawned = thread::Builder::new().name("larder-maintenance".into()).spawn(move || run(weak, rx));
+        if let Ok(handle) = spawned {
+            *self.stop.lock() = Some(tx);
+            *self.thread.lock() = Some(handle);
+        }
+    }
+
+    /// Stops the thread and waits for it, unless called from that very thread
+    /// (when it held the last reference), which then exits on its own.
+    pub(crate) fn stop(&self) {
+        drop(self.stop.lock().take());
+        if let Some(handle) = self.thread.lock().take() {
+            if handle.thread().id() != thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+fn run<T: Maintained>(target: Weak<T>, stop: Receiver<()>) {
+    loop {
+        match stop.recv_timeout(INTERVAL) {
+            Err(RecvTimeoutError::Timeout) | Ok(()) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(target) = target.upgrade() else { return };
+        target.maintain();
+    }
+}

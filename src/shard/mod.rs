@@ -1,0 +1,436 @@
+//! The shard: one lock's worth of the cache, as a plain single-threaded
+//! structure.
+//!
+//! # Layout
+//!
+//! Entries live in a dense `Vec` of slots (key and value, nothing else),
+//! indexed by `u32` ids `0..len`. A `hashbrown::HashTable<u32>` maps key
+//! hashes to ids. Per-id metadata lives in parallel arrays owned by the parts
+//! that use it: deadlines here (only once some entry has one), queue links and
+//! access counters in the [policy](crate::policy), slot links in the
+//! [timing wheel](crate::expiry::wheel). Removal is a swap-remove: the last
+//! entry moves into the hole and every part is told (`relocate`), so there is
+//! no free list, no `Option` tag and no tombstone per slot.
+//!
+//! # Locking rules
+//!
+//! The shard knows nothing of locks; [`Shards`] wraps each in a
+//! `parking_lot::RwLock`. Methods taking `&self` (lookup, touch, sliding a
+//! deadline) are what a read hit does under the *shared* lock: they write
+//! only atomics (the policy's access counter, the deadline word). Everything
+//! else takes `&mut self` under the exclusive lock. No method calls user
+//! code: removed entries are moved into a [`Removed`] buffer for the caller
+//! to deliver after unlocking.
+//!
+//! # Hash bits
+//!
+//! One 64-bit `ahash` per key serves three readers: bits 32..48 pick the shard,
+//! hashbrown takes its bucket from the low bits and its tag from the top 7,
+//! and the policy's frequency sketch re-mixes the whole word.
+
+mod sharded;
+
+pub(crate) use sharded::{ShardCell, Shards};
+
+use std::{
+    borrow::Borrow,
+    hash::Hash,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use ahash::RandomState;
+use hashbrown::HashTable;
+
+use crate::{
+    RemovalCause,
+    expiry::{Deadline, NEVER, clock::Clock, wheel::TimerWheel},
+    notify::Removed,
+    policy::TinyLfu,
+};
+
+/// At most this many expired entries are reaped per lock hold, so a mass
+/// expiry never keeps readers waiting long.
+pub(crate) const REAP_BUDGET: usize = 512;
+
+/// One cached entry.
+#[derive(Debug)]
+struct Slot<K, V> {
+    key: K,
+    value: V,
+}
+
+/// Reads the clock at most once, and only if an entry has a deadline.
+#[derive(Debug)]
+pub(crate) struct Now<'a> {
+    clock: &'a Clock,
+    value: Option<u64>,
+}
+
+impl<'a> Now<'a> {
+    /// A lazy reading of `clock`.
+    pub(crate) fn new(clock: &'a Clock) -> Self {
+        Now { clock, value: None }
+    }
+
+    /// The time, read on first use.
+    #[inline]
+    pub(crate) fn get(&mut self) -> u64 {
+        *self.value.get_or_insert_with(|| self.clock.now())
+    }
+}
+
+/// A write to one key, prepared outside the lock.
+#[derive(Debug)]
+pub(crate) struct Write<K, V> {
+    pub(crate) hash: u64,
+    pub(crate) key: K,
+    pub(crate) value: V,
+    pub(crate) weight: u32,
+    pub(crate) deadline: Deadline,
+}
+
+/// One shard of the cache: table, slots, policy and timer wheel.
+#[derive(Debug)]
+pub(crate) struct Shard<K, V> {
+    table: HashTable<u32>,
+    slots: Vec<Slot<K, V>>,
+    /// Per-id deadline; empty until the first entry with a deadline arrives.
+    deadlines: Vec<AtomicU64>,
+    /// Per-id write-based cap for sliding (time-to-idle) deadlines; empty without TTI.
+    hard: Vec<u64>,
+    sliding: bool,
+    policy: TinyLfu,
+    wheel: TimerWheel,
+    hasher: RandomState,
+    removals: [u64; 4],
+    /// Bumped by every write; lets unlocked work detect that the shard changed.
+    version: u64,
+}
+
+impl<K: Hash + Eq, V> Shard<K, V> {
+    /// An empty shard holding at most `capacity` (entries, or weight when
+    /// `weighted`), with storage for `reserve` entries allocated up front.
+    pub(crate) fn new(capacity: u64, weighted: bool, reserve: usize, hasher: RandomState, now: u64, sliding: bool) -> Self {
+        let mut wheel = TimerWheel::new(now);
+        wheel.reserve(reserve);
+        Shard {
+            table: HashTable::with_capacity(reserve),
+            slots: Vec::with_capacity(reserve),
+            deadlines: Vec::new(),
+            hard: Vec::new(),
+            sliding,
+            policy: TinyLfu::new(capacity, weighted, reserve),
+            wheel,
+            hasher,
+            removals: [0; 4],
+            version: 0,
+        }
+    }
+
+    /// Number of entries, expired ones not yet reaped included.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Total weight of the entries.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.policy.weighted_size()
+    }
+
+    /// Changes whenever an entry is written or removed.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Removals so far, by cause.
+    pub(crate) fn removals(&self) -> [u64; 4] {
+        self.removals
+    }
+
+    /// The id of `key`'s entry if it is present and live at `now`.
+    #[inline]
+    pub(crate) fn lookup<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let id = *self.table.find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        self.is_live(id, now).then_some(id)
+    }
+
+    /// False once the entry's deadline has passed.
+    #[inline]
+    fn is_live(&self, id: u32, now: &mut Now<'_>) -> bool {
+        match self.deadlines.get(id as usize) {
+            Some(d) => {
+                let d = d.load(Relaxed);
+                d == NEVER || now.get() < d
+            }
+            None => true,
+        }
+    }
+
+
+    /// The key of a live id.
+    #[inline]
+    pub(crate) fn key(&self, id: u32) -> &K {
+        &self.slots[id as usize].key
+    }
+
+    /// The value of a live id.
+    #[inline]
+    pub(crate) fn value(&self, id: u32) -> &V {
+        &self.slots[id as usize].value
+    }
+
+    /// The entry's deadline ([`NEVER`] if none).
+    #[inline]
+    pub(crate) fn deadline(&self, id: u32) -> u64 {
+        self.deadlines.get(id as usize).map_or(NEVER, |d| d.load(Relaxed))
+    }
+
+    /// Records a read hit for the policy (shared lock: atomics only).
+    #[inline]
+    pub(crate) fn touch(&self, id: u32) {
+        self.policy.touch(id);
+    }
+
+    /// Slides an idle deadline after a read at `now` (shared lock: one atomic
+    /// store, skipped when it would move the deadline by under a millisecond).
+    #[inline]
+    pub(crate) fn slide(&self, id: u32, now: u64, tti: u64) {
+        let (Some(d), Some(&hard)) = (self.deadlines.get(id as usize), self.hard.get(id as usize)) else {
+            return;
+        };
+        let next = hard.min(now.saturating_add(tti));
+        if next > d.load(Relaxed).saturating_add(1 << 20) {
+            d.store(next, Relaxed);
+        }
+    }
+
+    /// Sets a deadline computed by a read hook, if the entry's deadline is
+    /// still the one the hook saw (a write in between wins).
+    pub(crate) fn reset_deadline<Q>(&mut self, hash: u64, key: &Q, seen: u64, deadline: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(&id) = self.table.find(hash, |&id| self.slots[id as usize].key.borrow() == key) else {
+            return;
+        };
+        if self.deadline(id) == seen {
+            self.set_deadline(id, Deadline { at: deadline, hard: deadline });
+        }
+    }
+
+    /// Inserts or replaces an entry, then evicts down to capacity.
+    /// `samples` are the shard's cumulative (hits, misses), for the policy.
+    pub(crate) fn insert(&mut self, w: Write<K, V>, now: &mut Now<'_>, samples: (u64, u64), removed: &mut Removed<K, V>) {
+        self.version += 1;
+        if u64::from(w.weight) > self.policy.capacity() {
+            if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced) {
+                removed.push(k, v, cause);
+            }
+            self.count(RemovalCause::Size, 1);
+            removed.push(w.key, w.value, RemovalCause::Size);
+            return;
+        }
+        let found = self.table.find(w.hash, |&id| self.slots[id as usize].key == w.key).copied();
+        match found {
+            Some(id) => self.replace(id, w, now, removed),
+            None => self.push(w),
+        }
+        self.policy.record_sample(samples.0, samples.1);
+        self.evict(now, removed);
+    }
+
+    /// Writes a new value into an existing id.
+    fn replace(&mut self, id: u32, w: Write<K, V>, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+        let cause = if self.is_live(id, now) {
+            RemovalCause::Replaced
+        } else {
+            RemovalCause::Expired
+        };
+        let old = std::mem::replace(&mut self.slots[id as usize].value, w.value);
+        self.count(cause, 1);
+        removed.push(w.key, old, cause);
+        self.set_deadline(id, w.deadline);
+        self.policy.update(id, w.hash, w.weight);
+    }
+
+    /// Appends a new entry at id `len`.
+    fn push(&mut self, w: Write<K, V>) {
+        let id = u32::try_from(self.slots.len()).expect("a shard holds fewer than 2^32 entries");
+        self.slots.push(Slot { key: w.key, value: w.value });
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table.insert_unique(w.hash, id, |&i| hasher.hash_one(&slots[i as usize].key));
+        if !self.deadlines.is_empty() {
+            self.deadlines.push(AtomicU64::new(NEVER));
+            if self.sliding {
+                self.hard.push(NEVER);
+            }
+        }
+        self.set_deadline(id, w.deadline);
+        self.policy.insert(id, w.hash, w.weight);
+    }
+
+    /// Stores `deadline` for `id` and (re)schedules it on the wheel.
+    fn set_deadline(&mut self, id: u32, deadline: Deadline) {
+        if deadline.at == NEVER && self.deadlines.is_empty() {
+            return;
+        }
+        if self.deadlines.is_empty() {
+            self.deadlines = (0..self.slots.len()).map(|_| AtomicU64::new(NEVER)).collect();
+            if self.sliding {
+                self.hard = vec![NEVER; self.slots.len()];
+            }
+        }
+        self.deadlines[id as usize].store(deadline.at, Relaxed);
+        if let Some(hard) = self.hard.get_mut(id as usize) {
+            *hard = deadline.hard;
+        }
+        self.wheel.schedule(id, deadline.at);
+    }
+
+    /// Evicts what the policy chooses until the shard is within capacity. A
+    /// victim whose deadline has already passed is reported as `Expired`.
+    fn evict(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+        loop {
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            let Some(id) = self.policy.victim(&|i: u32| hasher.hash_one(&slots[i as usize].key)) else {
+                return;
+            };
+            let cause = if self.is_live(id, now) { RemovalCause::Size } else { RemovalCause::Expired };
+            let slot = self.take(id);
+            self.count(cause, 1);
+            removed.push(slot.key, slot.value, cause);
+        }
+    }
+
+    /// Removes `key`'s entry and hands it back with its cause: `Explicit`
+    /// if it was live, `Expired` if its deadline had passed.
+    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<(K, V, RemovalCause)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove_as(hash, key, now, RemovalCause::Explicit)
+    }
+
+    /// Removes `key`'s entry with cause `live_cause`, or `Expired` if its
+    /// deadline had passed.
+    fn remove_as<Q>(&mut self, hash: u64, key: &Q, now: &mut Now<'_>, live_cause: RemovalCause) -> Option<(K, V, RemovalCause)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let id = *self.table.find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        let live = self.is_live(id, now);
+        self.version += 1;
+        let slot = self.take(id);
+        let cause = if live { live_cause } else { RemovalCause::Expired };
+        self.count(cause, 1);
+        Some((slot.key, slot.value, cause))
+    }
+
+    /// Unlinks `id` everywhere and swap-removes its slot.
+    fn take(&mut self, id: u32) -> Slot<K, V> {
+        let hash = self.hasher.hash_one(&self.slots[id as usize].key);
+        if let Ok(entry) = self.table.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
+        self.policy.remove(id);
+        self.wheel.cancel(id);
+        let last = (self.slots.len() - 1) as u32;
+        if id != last {
+            let last_hash = self.hasher.hash_one(&self.slots[last as usize].key);
+            if let Some(slot) = self.table.find_mut(last_hash, |&i| i == last) {
+                *slot = id;
+            }
+            self.policy.relocate(last, id);
+            self.wheel.relocate(last, id);
+        }
+        if !self.deadlines.is_empty() {
+            self.deadlines.swap_remove(id as usize);
+            if self.sliding {
+                self.hard.swap_remove(id as usize);
+            }
+        }
+        self.slots.swap_remove(id as usize)
+    }
+
+    /// Reaps up to [`REAP_BUDGET`] expired entries; true when none is left.
+    pub(crate) fn reap(&mut self, now: u64, removed: &mut Removed<K, V>) -> bool {
+        if self.wheel.len() == 0 {
+            return true;
+        }
+        self.version += 1;
+        let mut expired = Vec::new();
+        let deadlines = &self.deadlines;
+        let done = self.wheel.advance(now, REAP_BUDGET, |id| deadlines[id as usize].load(Relaxed), &mut expired);
+        // Highest ids first: a swap-remove then never moves an id still to be taken.
+        expired.sort_unstable_by(|a, b| b.cmp(a));
+        for id in expired {
+            let slot = self.take(id);
+            self.count(RemovalCause::Expired, 1);
+            removed.push(slot.key, slot.value, RemovalCause::Expired);
+        }
+        done
+    }
+
+    /// Removes every entry: live ones as `Explicit`, expired ones as `Expired`.
+    pub(crate) fn clear(&mut self, now: u64, removed: &mut Removed<K, V>) {
+        self.version += 1;
+        let deadlines = std::mem::take(&mut self.deadlines);
+        for (id, slot) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            let expired = deadlines.get(id).is_some_and(|d| d.load(Relaxed) <= now);
+            let cause = if expired { RemovalCause::Expired } else { RemovalCause::Explicit };
+            self.count(cause, 1);
+            removed.push(slot.key, slot.value, cause);
+        }
+        self.table.clear();
+        self.hard.clear();
+        self.policy.clear();
+        self.wheel.clear();
+    }
+
+    /// Clones of every live entry, for predicates that must run unlocked.
+    pub(crate) fn snapshot(&self, now: u64) -> Vec<(K, V)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        (0..self.slots.len() as u32)
+            .filter(|&id| {
+                let d = self.deadline(id);
+                d == NEVER || now < d
+            })
+            .map(|id| (self.key(id).clone(), self.value(id).clone()))
+            .collect()
+    }
+
+    fn count(&mut self, cause: RemovalCause, n: u64) {
+        self.removals[cause.index()] += n;
+    }
+
+    /// Panics if the table, slots, deadlines, wheel and policy disagree.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn check_invariants(&self) {
+        let len = self.slots.len();
+        assert_eq!(self.table.len(), len, "table and slots disagree");
+        for (id, slot) in self.slots.iter().enumerate() {
+            let hash = self.hasher.hash_one(&slot.key);
+            let found = self.table.find(hash, |&i| self.slots[i as usize].key == slot.key);
+            assert_eq!(found.copied(), Some(id as u32), "table does not map slot {id} to itself");
+        }
+        assert!(self.deadlines.is_empty() || self.deadlines.len() == len, "deadline array length");
+        assert!(self.hard.is_empty() || self.hard.len() == len, "hard deadline array length");
+        let timed = (0..len as u32).filter(|&id| self.deadline(id) != NEVER).count();
+        assert_eq!(self.wheel.len(), timed, "wheel holds exactly the entries with deadlines");
+        for id in 0..len as u32 {
+            assert_eq!(self.wheel.is_scheduled(id), self.deadline(id) != NEVER, "wheel membership of {id}");
+        }
+        assert!(self.policy.weighted_size() <= self.policy.capacity(), "over capacity");
+        self.policy.check_invariants(len);
+    }
+}

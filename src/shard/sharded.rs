@@ -1,0 +1,120 @@
+//! The thin concurrent layer: an array of `RwLock`ed shards.
+
+use std::{
+    borrow::Borrow,
+    hash::Hash,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use ahash::RandomState;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::Shard;
+
+/// A shard behind its lock, with its hit and miss counters on the same cache
+/// line as the lock word (a reader has just written that line anyway).
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct ShardCell<K, V> {
+    lock: RwLock<Shard<K, V>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl<K, V> ShardCell<K, V> {
+    /// Shared access: what a read hit takes.
+    #[inline]
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Shard<K, V>> {
+        self.lock.read()
+    }
+
+    /// Exclusive access: writes, evictions, reaping.
+    #[inline]
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Shard<K, V>> {
+        self.lock.write()
+    }
+
+    /// Counts one lookup.
+    #[inline]
+    pub(crate) fn record(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Cumulative (hits, misses).
+    #[inline]
+    pub(crate) fn samples(&self) -> (u64, u64) {
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+}
+
+/// The shards of one cache and the hasher that spreads keys over them.
+#[derive(Debug)]
+pub(crate) struct Shards<K, V> {
+    cells: Box<[ShardCell<K, V>]>,
+    hasher: RandomState,
+    mask: usize,
+}
+
+impl<K: Hash + Eq, V> Shards<K, V> {
+    /// `count` shards (a power of two) sharing `capacity` exactly: the first
+    /// `capacity % count` shards hold one unit more.
+    pub(crate) fn new(count: usize, capacity: u64, weighted: bool, now: u64, sliding: bool) -> Self {
+        debug_assert!(count.is_power_of_two());
+        let hasher = RandomState::new();
+        let n = count as u64;
+        let cells = (0..n)
+            .map(|i| {
+                let cap = capacity / n + u64::from(i < capacity % n);
+                let reserve = if weighted { 0 } else { reservation(cap, count) };
+                ShardCell {
+                    lock: RwLock::new(Shard::new(cap, weighted, reserve, hasher.clone(), now, sliding)),
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Shards { cells, hasher, mask: count - 1 }
+    }
+
+    /// The hash every part of the cache uses for `key`.
+    #[inline]
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard that owns `hash`.
+    #[inline]
+    pub(crate) fn cell(&self, hash: u64) -> &ShardCell<K, V> {
+        &self.cells[(hash >> 32) as usize & self.mask]
+    }
+
+    /// All shards, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &ShardCell<K, V>> {
+        self.cells.iter()
+    }
+
+    /// Number of shards.
+    pub(crate) fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Looks `key` up in its shard (convenience for `contains`-style calls).
+    pub(crate) fn cell_for<Q>(&self, key: &Q) -> (u64, &ShardCell<K, V>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + ?Sized,
+    {
+        let hash = self.hash(key);
+        (hash, self.cell(hash))
+    }
+}
+
+/// Entries to allocate up front for a shard of `capacity`: all of it for
+/// bounded caches, so a full cache carries no growth slack, but never more
+/// than 4 Mi entries across the cache (a huge bound is not a promise to fill it).
+fn reservation(capacity: u64, shards: usize) -> usize {
+    const CACHE_WIDE: u64 = 1 << 22;
+    let per_shard = (CACHE_WIDE / shards as u64).max(1);
+    (capacity.min(per_shard) as usize) + 1
+}
