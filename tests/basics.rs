@@ -1,0 +1,152 @@
+//! The core API: reads, writes, removal, bounds, stats and build errors.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use larder::{BuildError, Cache, RemovalCause};
+
+#[test]
+fn inserted_values_are_read_back_and_replaced() {
+    let cache = Cache::new(100);
+    cache.insert("a".to_string(), 1);
+    cache.insert("b".to_string(), 2);
+    assert_eq!(cache.get("a"), Some(1));
+    cache.insert("a".to_string(), 3);
+    assert_eq!(cache.get("a"), Some(3));
+    assert_eq!(cache.peek("b"), Some(2));
+    assert!(cache.contains_key("b"));
+    assert_eq!(cache.entry_count(), 2);
+}
+
+#[test]
+fn remove_returns_the_value_once_and_invalidate_discards() {
+    let cache = Cache::new(10);
+    cache.insert(1, "one");
+    cache.insert(2, "two");
+    assert_eq!(cache.remove(&1), Some("one"));
+    assert_eq!(cache.remove(&1), None);
+    cache.invalidate(&2);
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.entry_count(), 0);
+    assert_eq!(cache.stats().removals(RemovalCause::Explicit), 2);
+}
+
+#[test]
+fn invalidate_all_and_entries_if_remove_what_they_say() {
+    let cache = Cache::new(1_000);
+    for i in 0..100u32 {
+        cache.insert(i, i);
+    }
+    cache.invalidate_entries_if(|k, _| k % 2 == 0);
+    assert_eq!(cache.entry_count(), 50);
+    assert!((0..100u32).all(|i| cache.contains_key(&i) == (i % 2 == 1)));
+    cache.invalidate_all();
+    assert_eq!(cache.entry_count(), 0);
+    assert_eq!(cache.weighted_size(), 0);
+}
+
+#[test]
+fn entry_count_never_exceeds_capacity() {
+    for shards in [1, 2, 8] {
+        let cache = Cache::builder().max_capacity(100).num_shards(shards).build().unwrap();
+        for i in 0..10_000u64 {
+            cache.insert(i, i);
+            assert!(cache.entry_count() <= 100, "{shards} shards: {} entries", cache.entry_count());
+        }
+        assert!(cache.entry_count() >= 50, "the cache should stay reasonably full");
+        assert_eq!(cache.stats().removals(RemovalCause::Size), 10_000 - cache.entry_count());
+    }
+}
+
+#[test]
+fn zero_capacity_keeps_nothing_and_reports_each_refusal() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let cache = Cache::builder()
+        .max_capacity(0)
+        .eviction_listener(move |k: Arc<u32>, v: u32, c| log.lock().unwrap().push((*k, v, c)))
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(*seen.lock().unwrap(), vec![(1, 10, RemovalCause::Size)]);
+}
+
+#[test]
+fn weighted_size_is_bounded_and_overweight_entries_are_refused() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .weigher(|_: &u32, v: &Vec<u8>| v.len() as u32)
+        .build()
+        .unwrap();
+    cache.insert(1, vec![0; 30]);
+    cache.insert(2, vec![0; 30]);
+    assert_eq!(cache.weighted_size(), 60);
+    cache.insert(3, vec![0; 101]);
+    assert!(!cache.contains_key(&3), "heavier than the whole cache");
+    assert_eq!(cache.weighted_size(), 60);
+    for i in 10..40 {
+        cache.insert(i, vec![0; 25]);
+        assert!(cache.weighted_size() <= 100);
+    }
+    // A key rewritten with an overweight value loses its old value too.
+    cache.insert(1, vec![0; 10]);
+    cache.insert(1, vec![0; 500]);
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn stats_count_hits_misses_and_loads() {
+    let cache = Cache::new(10);
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.get_with(3, || 3), 3);
+    let _ = cache.try_get_with(4, || Err::<u32, _>("no"));
+    let s = cache.stats();
+    assert_eq!(s.hits(), 1);
+    assert_eq!(s.misses(), 3, "get(&2) and the two loading lookups");
+    assert_eq!((s.load_successes(), s.load_failures(), s.loads()), (1, 1, 2));
+    assert!((s.hit_rate() - 0.25).abs() < 1e-9);
+    assert_eq!(cache.peek(&1), Some(1));
+    assert_eq!(cache.stats().hits(), 1, "peek is not counted");
+}
+
+#[test]
+fn bad_settings_are_build_errors() {
+    fn err(b: larder::CacheBuilder<u32, u32>) -> BuildError {
+        b.build().unwrap_err()
+    }
+    assert_eq!(err(Cache::builder().num_shards(0)), BuildError::ZeroShards);
+    assert_eq!(err(Cache::builder().num_shards(1 << 20)), BuildError::TooManyShards(1 << 20));
+    assert_eq!(err(Cache::builder().time_to_live(Duration::ZERO)), BuildError::ZeroTimeToLive);
+    assert_eq!(err(Cache::builder().time_to_idle(Duration::ZERO)), BuildError::ZeroTimeToIdle);
+    assert_eq!(err(Cache::builder().ttl_jitter(1.0)), BuildError::JitterOutOfRange(1.0));
+    assert_eq!(err(Cache::builder().ttl_jitter(-0.1)), BuildError::JitterOutOfRange(-0.1));
+    assert!(matches!(err(Cache::builder().ttl_jitter(f64::NAN)), BuildError::JitterOutOfRange(j) if j.is_nan()));
+    struct Forever;
+    impl larder::Expiry<u32, u32> for Forever {
+        fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+            None
+        }
+    }
+    let conflict = Cache::builder().expire_after(Forever).time_to_live(Duration::from_secs(1));
+    assert_eq!(err(conflict), BuildError::ExpiryConflict);
+    assert!(BuildError::ExpiryConflict.to_string().contains("expire_after"));
+    assert!(Cache::<u32, u32>::builder().num_shards(3).ttl_jitter(0.5).build().is_ok());
+}
+
+#[test]
+fn cache_is_a_cheap_shared_send_sync_handle() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Cache<String, Arc<Vec<u8>>>>();
+    let cache = Cache::new(10);
+    let other = cache.clone();
+    other.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+    let debug = format!("{cache:?}");
+    assert!(debug.contains("entry_count: 1"), "{debug}");
+}

@@ -1,0 +1,194 @@
+//! Expiry on a `MockClock`: TTL, TTI, per-entry TTL, `Expiry` hooks, jitter,
+//! and reaping with notifications.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
+
+fn logged(builder: larder::CacheBuilder<u32, u32>) -> (Cache<u32, u32>, Log) {
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let cache = builder
+        .eviction_listener(move |k: Arc<u32>, v, c| sink.lock().unwrap().push((*k, v, c)))
+        .build()
+        .unwrap();
+    (cache, log)
+}
+
+#[test]
+fn expired_entry_is_never_returned_even_before_reaping() {
+    let clock = MockClock::new();
+    let (cache, log) = logged(Cache::builder().time_to_live(secs(10)).clock(clock.clone()));
+    cache.insert(1, 1);
+    clock.advance(Duration::from_nanos(10 * 1_000_000_000 - 1));
+    assert_eq!(cache.get(&1), Some(1));
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(cache.peek(&1), None);
+    assert!(!cache.contains_key(&1));
+    assert!(log.lock().unwrap().is_empty(), "not reaped yet");
+    cache.run_pending_tasks();
+    assert_eq!(*log.lock().unwrap(), vec![(1, 1, RemovalCause::Expired)]);
+    assert_eq!(cache.entry_count(), 0);
+    assert_eq!(cache.stats().removals(RemovalCause::Expired), 1);
+}
+
+#[test]
+fn updates_restart_time_to_live() {
+    let clock = MockClock::new();
+    let cache = Cache::builder().time_to_live(secs(10)).clock(clock.clone()).build().unwrap();
+    cache.insert(1, 1);
+    clock.advance(secs(8));
+    cache.insert(1, 2);
+    clock.advance(secs(8));
+    assert_eq!(cache.get(&1), Some(2));
+    clock.advance(secs(2));
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn reads_slide_time_to_idle_but_not_past_time_to_live() {
+    let clock = MockClock::new();
+    let cache = Cache::builder()
+        .time_to_idle(secs(3))
+        .time_to_live(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    for _ in 0..4 {
+        clock.advance(secs(2));
+        assert_eq!(cache.get(&1), Some(1));
+    }
+    clock.advance(secs(2)); // t = 10 s: the TTL cap
+    assert_eq!(cache.get(&1), None);
+    cache.insert(2, 2);
+    clock.advance(secs(3));
+    assert_eq!(cache.get(&2), None, "idle for the whole TTI");
+    cache.insert(3, 3);
+    clock.advance(secs(2));
+    assert_eq!(cache.peek(&3), Some(3));
+    clock.advance(secs(1));
+    assert_eq!(cache.peek(&3), None, "peek does not slide the idle deadline");
+}
+
+#[test]
+fn per_entry_ttl_overrides_the_cache_ttl() {
+    let clock = MockClock::new();
+    let cache = Cache::builder().time_to_live(secs(100)).clock(clock.clone()).build().unwrap();
+    cache.insert_with_ttl(1, 1, secs(5));
+    cache.insert(2, 2);
+    cache.insert_with_ttl(3, 3, secs(500));
+    clock.advance(secs(5));
+    assert_eq!((cache.get(&1), cache.get(&2), cache.get(&3)), (None, Some(2), Some(3)));
+    clock.advance(secs(95));
+    assert_eq!((cache.get(&2), cache.get(&3)), (None, Some(3)));
+}
+
+#[test]
+fn insert_with_ttl_works_on_a_cache_without_expiry() {
+    let clock = MockClock::new();
+    let (cache, log) = logged(Cache::builder().clock(clock.clone()));
+    cache.insert(1, 1);
+    cache.insert_with_ttl(2, 2, secs(1));
+    clock.advance(secs(1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(*log.lock().unwrap(), vec![(2, 2, RemovalCause::Expired)]);
+}
+
+struct ByValue;
+impl Expiry<u32, u32> for ByValue {
+    fn expire_after_create(&self, _: &u32, v: &u32) -> Option<Duration> {
+        (*v != 0).then(|| secs(u64::from(*v)))
+    }
+    fn expire_after_read(&self, _: &u32, v: &u32, remaining: Option<Duration>) -> Option<Duration> {
+        if *v == 7 { Some(secs(7)) } else { remaining }
+    }
+    fn expire_after_update(&self, _: &u32, v: &u32, remaining: Option<Duration>) -> Option<Duration> {
+        if *v == 1 { remaining } else { Some(secs(u64::from(*v))) }
+    }
+}
+
+#[test]
+fn expiry_hooks_decide_each_entry_deadline() {
+    let clock = MockClock::new();
+    let cache = Cache::builder().expire_after(ByValue).clock(clock.clone()).build().unwrap();
+    cache.insert(1, 0); // never expires
+    cache.insert(2, 5);
+    cache.insert(3, 7); // slides back to 7 s on every read
+    clock.advance(secs(4));
+    assert_eq!(cache.get(&3), Some(7));
+    cache.insert(2, 1); // update hook keeps the 1 s that was left
+    clock.advance(secs(1));
+    assert_eq!(cache.get(&2), None);
+    clock.advance(secs(5));
+    assert_eq!(cache.get(&3), Some(7), "read at 4 s moved the deadline to 11 s");
+    clock.advance(secs(1000));
+    assert_eq!(cache.get(&1), Some(0));
+    assert_eq!(cache.get(&3), None);
+}
+
+#[test]
+fn jitter_spreads_expiry_of_entries_written_together() {
+    let clock = MockClock::new();
+    let cache = Cache::builder()
+        .time_to_live(secs(100))
+        .ttl_jitter(0.2)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for i in 0..1_000 {
+        cache.insert(i, i);
+    }
+    clock.advance(secs(79));
+    assert_eq!((0..1_000).filter(|i| cache.contains_key(i)).count(), 1_000, "none before -20%");
+    clock.advance(secs(21));
+    let alive = (0..1_000).filter(|i| cache.contains_key(i)).count();
+    assert!((300..700).contains(&alive), "about half alive at the nominal TTL: {alive}");
+    clock.advance(secs(21));
+    assert_eq!((0..1_000).filter(|i| cache.contains_key(i)).count(), 0, "all gone after +20%");
+}
+
+#[test]
+fn replacing_an_expired_entry_reports_it_expired() {
+    let clock = MockClock::new();
+    let (cache, log) = logged(Cache::builder().time_to_live(secs(1)).clock(clock.clone()));
+    cache.insert(1, 1);
+    clock.advance(secs(2));
+    cache.insert(1, 2);
+    assert_eq!(cache.remove(&1), Some(2));
+    cache.insert(3, 3);
+    clock.advance(secs(2));
+    assert_eq!(cache.remove(&3), None, "expired entries are not returned by remove");
+    let log = log.lock().unwrap();
+    assert_eq!(
+        *log,
+        vec![(1, 1, RemovalCause::Expired), (1, 2, RemovalCause::Explicit), (3, 3, RemovalCause::Expired)]
+    );
+}
+
+#[test]
+fn mass_expiry_is_reaped_completely_in_bounded_batches() {
+    let clock = MockClock::new();
+    let (cache, log) = logged(Cache::builder().time_to_live(secs(1)).num_shards(2).clock(clock.clone()));
+    for i in 0..20_000 {
+        cache.insert(i, i);
+    }
+    cache.insert_with_ttl(99_999, 1, secs(3600));
+    clock.advance(secs(2));
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 1);
+    assert_eq!(log.lock().unwrap().len(), 20_000);
+    assert!(log.lock().unwrap().iter().all(|e| e.2 == RemovalCause::Expired));
+    cache.check_invariants();
+}

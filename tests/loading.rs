@@ -1,0 +1,499 @@
+//! Single-flight loading: `get_with` and `try_get_with` under concurrency.
+//!
+//! Every test that could hang on a bug (a lost wake-up, a deadlock, a flight
+//! left behind) runs its threads through [`parallel`] or [`within`], which
+//! fail the test after [`TIMEOUT`] instead of blocking CI.
+
+use std::{
+    any::Any,
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        Arc, Barrier, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use larder::Cache;
+
+/// How long any group of threads may take before the test calls it a hang.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `f` on its own thread and returns its result, re-raising its panic;
+/// fails if it takes longer than [`TIMEOUT`].
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let f = Mutex::new(Some(f));
+    parallel(what, 1, move |_| {
+        (f.lock().unwrap().take().expect("called once"))()
+    })
+    .pop()
+    .expect("one result")
+}
+
+/// Runs `f(0..n)` on `n` threads and returns the results by index. A panic in
+/// any of them is re-raised here; if they are not all done within
+/// [`TIMEOUT`], the test fails (the stuck threads are left behind).
+fn parallel<T, F>(what: &str, n: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> T + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let (tx, rx) = mpsc::channel();
+    for i in 0..n {
+        let (f, tx) = (f.clone(), tx.clone());
+        thread::spawn(move || {
+            let result = panic::catch_unwind(AssertUnwindSafe(|| f(i)));
+            let _ = tx.send((i, result));
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, Ok(v))) => results[i] = Some(v),
+            Ok((_, Err(payload))) => panic::resume_unwind(payload),
+            Err(RecvTimeoutError::Timeout) => {
+                let done = results.iter().filter(|r| r.is_some()).count();
+                panic!("{what}: only {done} of {n} threads finished within {TIMEOUT:?} (hang)")
+            }
+            Err(RecvTimeoutError::Disconnected) => unreachable!("every thread sends"),
+        }
+    }
+    results.into_iter().map(|r| r.expect("all sent")).collect()
+}
+
+/// Called inside a loader: holds it until `n` lookups have missed (so the
+/// other callers have reached the cache and are about to wait on this
+/// flight), then a little longer so they get from their miss to the wait.
+/// Never blocks more than a few seconds, so a bug cannot turn it into a hang.
+fn hold_until_misses<K, V>(cache: &Cache<K, V>, n: u64)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.stats().misses() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    thread::sleep(Duration::from_millis(100));
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct DbDown(usize);
+
+#[derive(Debug, PartialEq)]
+struct OtherError;
+
+#[test]
+fn loader_runs_once_for_concurrent_callers() {
+    const THREADS: usize = 16;
+    let cache: Cache<u32, Arc<String>> = Cache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(THREADS));
+    let results = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        parallel("get_with on one key", THREADS, move |i| {
+            start.wait();
+            cache.get_with(7, || {
+                calls.fetch_add(1, SeqCst);
+                hold_until_misses(&cache, THREADS as u64);
+                Arc::new(format!("loaded by {i}"))
+            })
+        })
+    };
+    assert_eq!(calls.load(SeqCst), 1, "exactly one loader ran");
+    assert!(
+        results.iter().all(|v| Arc::ptr_eq(v, &results[0])),
+        "every caller got the one loaded value: {results:?}"
+    );
+    assert_eq!(
+        cache.get(&7).as_ref(),
+        Some(&results[0]),
+        "the loaded value is cached"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.loads(), 1);
+    assert_eq!(stats.load_successes(), 1);
+    assert_eq!(stats.load_failures(), 0);
+}
+
+#[test]
+fn loaders_for_different_keys_run_in_parallel() {
+    // One shard: keys sharing a shard lock must not serialize their loaders.
+    const THREADS: usize = 4;
+    for shards in [1, 8] {
+        let cache: Cache<usize, usize> = Cache::builder()
+            .max_capacity(100)
+            .num_shards(shards)
+            .build()
+            .unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let saw_all = {
+            let (cache, running) = (cache.clone(), running.clone());
+            parallel("get_with on distinct keys", THREADS, move |i| {
+                let mut saw_all = false;
+                let v = cache.get_with(i, || {
+                    running.fetch_add(1, SeqCst);
+                    // Wait (bounded) until every loader is running at once;
+                    // serialized loaders would each give up after 3 s.
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while Instant::now() < deadline {
+                        if running.load(SeqCst) == THREADS {
+                            saw_all = true;
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    i * 10
+                });
+                assert_eq!(v, i * 10);
+                saw_all
+            })
+        };
+        assert!(
+            saw_all.iter().all(|&s| s),
+            "with {shards} shard(s), all {THREADS} loaders should run at the same time: {saw_all:?}"
+        );
+        assert_eq!(cache.stats().loads(), THREADS as u64);
+        assert_eq!(cache.entry_count(), THREADS as u64);
+    }
+}
+
+#[test]
+fn failed_load_is_shared_by_waiters_and_not_cached() {
+    const THREADS: usize = 8;
+    let cache: Cache<u32, u64> = Cache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(THREADS));
+    let errors = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        parallel("failing try_get_with", THREADS, move |i| {
+            start.wait();
+            cache
+                .try_get_with(1, || {
+                    calls.fetch_add(1, SeqCst);
+                    hold_until_misses(&cache, THREADS as u64);
+                    Err(DbDown(i))
+                })
+                .expect_err("the loader fails")
+        })
+    };
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "waiters shared the one failure instead of loading again"
+    );
+    assert!(
+        errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+        "every waiter got the leader's very Arc: {errors:?}"
+    );
+    assert!(!cache.contains_key(&1), "an error is not cached");
+    assert_eq!(cache.entry_count(), 0);
+    let stats = cache.stats();
+    assert_eq!((stats.load_failures(), stats.load_successes()), (1, 0));
+
+    // The next call loads again rather than replaying the error.
+    let again = cache
+        .try_get_with(1, || Err::<u64, _>(DbDown(99)))
+        .unwrap_err();
+    assert_eq!(*again, DbDown(99));
+    assert!(!Arc::ptr_eq(&again, &errors[0]));
+    assert_eq!(cache.try_get_with(1, || Ok::<_, DbDown>(5)), Ok(5));
+    assert_eq!(cache.get(&1), Some(5));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.load_failures(), stats.load_successes(), stats.loads()),
+        (2, 1, 3)
+    );
+}
+
+#[test]
+fn waiter_expecting_another_error_type_loads_by_itself() {
+    let cache: Cache<u32, u64> = Cache::new(100);
+    let (started_tx, started_rx) = mpsc::channel();
+    let leader = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.try_get_with(1, || {
+                started_tx.send(()).unwrap();
+                // The leader's miss plus the two waiters'.
+                hold_until_misses(&cache, 3);
+                Err::<u64, _>(DbDown(0))
+            })
+        })
+    };
+    started_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the leader's loader started");
+    let other_calls = Arc::new(AtomicUsize::new(0));
+    let same_calls = Arc::new(AtomicUsize::new(0));
+    let results = {
+        let (cache, other_calls, same_calls) =
+            (cache.clone(), other_calls.clone(), same_calls.clone());
+        parallel("waiters of two error types", 2, move |i| {
+            if i == 0 {
+                // Cannot use a `DbDown`: must run its own loader.
+                let r = cache.try_get_with(1, || {
+                    other_calls.fetch_add(1, SeqCst);
+                    Ok::<u64, OtherError>(42)
+                });
+                (r.ok(), None)
+            } else {
+                // Same error type: shares the leader's failure.
+                let r = cache.try_get_with(1, || {
+                    same_calls.fetch_add(1, SeqCst);
+                    Err::<u64, _>(DbDown(1))
+                });
+                (None, r.err())
+            }
+        })
+    };
+    let leader_err = within("leader join", move || leader.join().unwrap()).unwrap_err();
+    assert_eq!(*leader_err, DbDown(0));
+    assert_eq!(
+        results[0].0,
+        Some(42),
+        "the other-type waiter got its own value"
+    );
+    assert_eq!(
+        other_calls.load(SeqCst),
+        1,
+        "the other-type waiter ran its loader"
+    );
+    let shared = results[1]
+        .1
+        .as_ref()
+        .expect("the same-type waiter got an error");
+    assert!(
+        Arc::ptr_eq(shared, &leader_err),
+        "the same-type waiter got the leader's Arc"
+    );
+    assert_eq!(
+        same_calls.load(SeqCst),
+        0,
+        "the same-type waiter did not load"
+    );
+    assert_eq!(cache.get(&1), Some(42));
+}
+
+#[test]
+fn get_with_waiter_loads_after_the_leader_fails() {
+    let cache: Cache<u32, u64> = Cache::new(100);
+    let (started_tx, started_rx) = mpsc::channel();
+    let leader = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.try_get_with(1, || {
+                started_tx.send(()).unwrap();
+                hold_until_misses(&cache, 2);
+                Err::<u64, _>(DbDown(0))
+            })
+        })
+    };
+    started_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the leader's loader started");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let got = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        within("get_with waiter", move || {
+            cache.get_with(1, || {
+                calls.fetch_add(1, SeqCst);
+                8
+            })
+        })
+    };
+    assert_eq!(
+        *within("leader join", move || leader.join().unwrap()).unwrap_err(),
+        DbDown(0)
+    );
+    assert_eq!(got, 8);
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(cache.get(&1), Some(8));
+}
+
+#[test]
+fn panicking_loader_hands_the_load_to_one_waiter() {
+    const WAITERS: usize = 8;
+    let cache: Cache<u32, usize> = Cache::new(100);
+    let (started_tx, started_rx) = mpsc::channel();
+    let leader = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                cache.get_with(3, || {
+                    started_tx.send(()).unwrap();
+                    hold_until_misses(&cache, 1 + WAITERS as u64);
+                    panic!("loader exploded")
+                })
+            }))
+            .map_err(|p| panic_message(&*p))
+        })
+    };
+    started_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the leader's loader started");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let values = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        parallel("waiters of a panicking loader", WAITERS, move |i| {
+            cache.get_with(3, || {
+                calls.fetch_add(1, SeqCst);
+                thread::sleep(Duration::from_millis(20));
+                100 + i
+            })
+        })
+    };
+    let leader = within("leader join", move || leader.join().unwrap());
+    assert_eq!(
+        leader,
+        Err("loader exploded".to_string()),
+        "the panic went to the leader's caller"
+    );
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "exactly one waiter ran its own loader"
+    );
+    assert!(
+        values.iter().all(|&v| v == values[0]),
+        "all waiters share its value: {values:?}"
+    );
+    assert!((100..100 + WAITERS).contains(&values[0]));
+    assert_eq!(cache.get(&3), Some(values[0]));
+}
+
+#[test]
+fn loader_may_use_other_keys_of_the_same_shard() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .build()
+        .unwrap();
+    cache.insert(2, 20);
+    cache.insert(5, 50);
+    let got = {
+        let cache = cache.clone();
+        within("loader touching its own shard", move || {
+            let c = cache.clone();
+            let v = cache.get_with(1, move || {
+                let two = c.get(&2).unwrap();
+                c.insert(3, 30);
+                assert_eq!(c.remove(&5), Some(50));
+                // A nested load of another key, itself touching the shard.
+                let four = c.get_with(4, || c.peek(&3).unwrap() + 10);
+                c.invalidate_entries_if(|k, _| *k == 2);
+                assert_eq!(c.entry_count(), 2, "3 and 4; 1 is still loading");
+                two + four
+            });
+            (v, cache.get_with(1, || unreachable!("cached")))
+        })
+    };
+    assert_eq!(got, (60, 60));
+    assert_eq!(cache.get(&3), Some(30));
+    assert_eq!(cache.get(&4), Some(40));
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.get(&5), None);
+    assert_eq!(cache.stats().loads(), 2);
+}
+
+#[test]
+fn loader_may_use_keys_loaded_concurrently_by_others() {
+    // Thread A's loader for key 1 waits on thread B's load of key 2 (no cycle).
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .build()
+        .unwrap();
+    let gate = Arc::new(Barrier::new(2));
+    let results = {
+        let cache = cache.clone();
+        parallel("loader waiting on another key's flight", 2, move |i| {
+            if i == 0 {
+                cache.get_with(1, || {
+                    gate.wait(); // B's loader for 2 is running
+                    cache.get_with(2, || unreachable!("B is loading 2")) + 1
+                })
+            } else {
+                cache.get_with(2, || {
+                    gate.wait();
+                    thread::sleep(Duration::from_millis(100));
+                    20
+                })
+            }
+        })
+    };
+    assert_eq!(results, vec![21, 20]);
+}
+
+#[test]
+fn loader_loading_its_own_key_panics_instead_of_hanging() {
+    let cache: Cache<u32, u32> = Cache::new(100);
+    let outcome = {
+        let cache = cache.clone();
+        within("self-loading loader", move || {
+            let c = cache.clone();
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                cache.get_with(1, || c.get_with(1, || 2) + 1)
+            }))
+            .map_err(|p| panic_message(&*p))
+        })
+    };
+    let message = outcome.expect_err("loading one's own key must panic");
+    assert!(
+        message.contains("load its own key"),
+        "unclear panic message: {message:?}"
+    );
+    // Also through try_get_with.
+    let outcome = {
+        let cache = cache.clone();
+        within("self-loading try loader", move || {
+            let c = cache.clone();
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                cache.try_get_with(1, || {
+                    c.try_get_with(1, || Ok::<_, DbDown>(2))
+                        .map_err(|_| DbDown(0))
+                })
+            }))
+            .map_err(|p| panic_message(&*p))
+        })
+    };
+    assert!(
+        outcome
+            .expect_err("must panic")
+            .contains("load its own key")
+    );
+    // No flight is left behind: the key loads normally afterwards.
+    let v = within("load after the panic", move || cache.get_with(1, || 3));
+    assert_eq!(v, 3);
+}
+
+#[test]
+fn get_with_on_a_present_key_does_not_call_the_loader() {
+    let cache: Cache<u32, String> = Cache::new(100);
+    cache.insert(1, "inserted".to_string());
+    let v = cache.get_with(1, || panic!("the loader must not run for a cached key"));
+    assert_eq!(v, "inserted");
+    let r = cache.try_get_with(1, || -> Result<String, DbDown> {
+        panic!("must not run either")
+    });
+    assert_eq!(r.as_deref(), Ok("inserted"));
+    let stats = cache.stats();
+    assert_eq!((stats.hits(), stats.misses(), stats.loads()), (2, 0, 0));
+}

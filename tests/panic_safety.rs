@@ -1,0 +1,604 @@
+//! User code that panics (weigher, listener, loader, expiry hooks) must not
+//! corrupt the cache nor leave it stuck; and the hooks' documented promises
+//! (run with no lock held, listener on the removing thread) hold.
+//!
+//! Every test ends with `check_invariants()` (feature `test-util`); calls that
+//! could deadlock run through [`within`], which fails instead of hanging.
+
+use std::{
+    any::Any,
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread::{self, ThreadId},
+    time::{Duration, Instant},
+};
+
+use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A value the weigher below refuses by panicking.
+const POISON: u64 = u64::MAX;
+
+/// Runs `f` on its own thread, re-raising its panic; fails after [`TIMEOUT`]
+/// (a deadlock) instead of hanging.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(v) => v,
+        Err(RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(payload) => panic::resume_unwind(payload),
+            Ok(()) => unreachable!("the thread sends unless it panics"),
+        },
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("{what}: still running after {TIMEOUT:?} (deadlock?)")
+        }
+    }
+}
+
+/// Polls `condition` for up to 2 s. Needed where the maintenance thread may
+/// be delivering a batch it reaped just before our `run_pending_tasks`.
+#[track_caller]
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within 2 s");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Calls `f`, expecting it to panic; returns the panic message.
+#[track_caller]
+fn panic_of<T: std::fmt::Debug>(f: impl FnOnce() -> T) -> String {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => panic!("expected a panic, got {v:?}"),
+        Err(payload) => message(&*payload),
+    }
+}
+
+fn message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+/// A slot through which hooks reach the cache they were built into. Cleared
+/// at the end of a test to break the cache → hook → cache cycle, so the
+/// maintenance thread stops.
+struct Handle<V>(Arc<Mutex<Option<Cache<u32, V>>>>);
+
+impl<V: Clone + Send + Sync + 'static> Handle<V> {
+    fn new() -> Self {
+        Handle(Arc::new(Mutex::new(None)))
+    }
+
+    fn share(&self) -> Self {
+        Handle(self.0.clone())
+    }
+
+    fn set(&self, cache: &Cache<u32, V>) {
+        *self.0.lock().unwrap() = Some(cache.clone());
+    }
+
+    fn get(&self) -> Option<Cache<u32, V>> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap().take();
+    }
+}
+
+type Log<V> = Arc<Mutex<Vec<(u32, V, RemovalCause)>>>;
+
+#[test]
+fn panicking_weigher_propagates_and_leaves_the_cache_usable() {
+    let log: Log<u64> = Arc::default();
+    let sink = log.clone();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(2)
+        .weigher(|_k: &u32, v: &u64| {
+            assert_ne!(*v, POISON, "weigher refuses poison");
+            1 + (*v % 3) as u32
+        })
+        .eviction_listener(move |k: Arc<u32>, v, cause| sink.lock().unwrap().push((*k, v, cause)))
+        .build()
+        .unwrap();
+    for k in 0..20 {
+        cache.insert(k, u64::from(k));
+    }
+    let weight_before = cache.weighted_size();
+
+    // A new key: the panic reaches the caller, nothing is stored.
+    assert!(panic_of(|| cache.insert(50, POISON)).contains("weigher refuses poison"));
+    assert!(!cache.contains_key(&50));
+    // An existing key: the old value survives the failed replace.
+    assert!(panic_of(|| cache.insert(5, POISON)).contains("weigher refuses poison"));
+    assert_eq!(cache.get(&5), Some(5));
+    assert_eq!(
+        (cache.entry_count(), cache.weighted_size()),
+        (20, weight_before)
+    );
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "no removal happened: {:?}",
+        log.lock().unwrap()
+    );
+    cache.check_invariants();
+
+    // Through a loader: the value cannot be weighed, so the load panics, and
+    // the next load of that key runs its own loader (no flight left behind).
+    assert!(panic_of(|| cache.get_with(60, || POISON)).contains("weigher refuses poison"));
+    let c = cache.clone();
+    assert_eq!(
+        within("load after a weigher panic", move || c.get_with(60, || 60)),
+        60
+    );
+
+    // Everything else still works.
+    cache.insert(21, 21);
+    cache.insert(5, 55);
+    assert_eq!(cache.get(&21), Some(21));
+    assert_eq!(cache.get(&5), Some(55));
+    assert_eq!(cache.remove(&0), Some(0));
+    assert_eq!(cache.entry_count(), 21);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            (5, 5, RemovalCause::Replaced),
+            (0, 0, RemovalCause::Explicit)
+        ]
+    );
+    cache.check_invariants();
+}
+
+#[test]
+fn panicking_listener_keeps_the_removal_and_the_rest_of_the_batch() {
+    let clock = MockClock::new();
+    let seen: Log<u32> = Arc::default();
+    let sink = seen.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, v, cause| {
+            sink.lock().unwrap().push((*k, v, cause));
+            assert_ne!(*k, 3, "listener panics on key 3");
+        })
+        .build()
+        .unwrap();
+
+    // One batch of ten: the panic on 3 does not stop the others.
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    cache.invalidate_all();
+    let mut keys: Vec<u32> = seen.lock().unwrap().iter().map(|&(k, _, _)| k).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        (0..10).collect::<Vec<_>>(),
+        "every entry notified once"
+    );
+    assert_eq!(cache.entry_count(), 0);
+    assert_eq!(cache.stats().removals(RemovalCause::Explicit), 10);
+    cache.check_invariants();
+
+    // A single removal: it stands, the caller gets the value, no panic.
+    seen.lock().unwrap().clear();
+    cache.insert(3, 30);
+    assert_eq!(cache.remove(&3), Some(30));
+    assert!(!cache.contains_key(&3));
+    cache.insert(3, 31);
+    cache.insert(3, 32); // Replaced, panics in the listener
+    assert_eq!(cache.get(&3), Some(32));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (3, 30, RemovalCause::Explicit),
+            (3, 31, RemovalCause::Replaced)
+        ]
+    );
+
+    // An expiry batch reaped by run_pending_tasks (or by the maintenance
+    // thread, which delivers the same way).
+    cache.remove(&3);
+    seen.lock().unwrap().clear();
+    for k in 0..6 {
+        cache.insert_with_ttl(k, k, Duration::from_secs(1));
+    }
+    clock.advance(Duration::from_secs(2));
+    cache.run_pending_tasks();
+    eventually("six expiry notifications", || {
+        seen.lock().unwrap().len() >= 6
+    });
+    let mut expired: Vec<u32> = seen.lock().unwrap().iter().map(|&(k, _, _)| k).collect();
+    expired.sort_unstable();
+    assert_eq!(
+        expired,
+        (0..6).collect::<Vec<_>>(),
+        "3 and its batch-mates each notified once"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, _, c)| c == RemovalCause::Expired)
+    );
+    assert_eq!(cache.entry_count(), 0);
+    cache.check_invariants();
+
+    // Still fully usable.
+    cache.insert(3, 3);
+    assert_eq!(cache.get(&3), Some(3));
+    cache.check_invariants();
+}
+
+#[test]
+fn listener_panicking_on_every_size_eviction_does_not_break_the_bound() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(5)
+        .num_shards(1)
+        .eviction_listener(move |_k, _v, cause| {
+            assert_eq!(cause, RemovalCause::Size);
+            counter.fetch_add(1, SeqCst);
+            panic!("listener always panics")
+        })
+        .build()
+        .unwrap();
+    for k in 0..20 {
+        cache.insert(k, k); // must not panic
+    }
+    // The policy picks the victims (or rejects newcomers); either way 20
+    // inserts into 5 places leave 15 or more size removals, each notified.
+    let held = cache.entry_count();
+    assert!((1..=5).contains(&held), "entry_count {held}");
+    assert_eq!(
+        calls.load(SeqCst) as u64,
+        20 - held,
+        "one notification per eviction, despite the panics"
+    );
+    assert_eq!(cache.stats().removals(RemovalCause::Size), 20 - held);
+    cache.check_invariants();
+}
+
+#[test]
+fn panicking_loader_leaves_no_flight_behind() {
+    let cache: Cache<u32, u32> = Cache::new(100);
+    assert_eq!(
+        panic_of(|| cache.get_with(1, || panic!("loader panics"))),
+        "loader panics"
+    );
+    assert_eq!(
+        panic_of(
+            || cache.try_get_with(2, || -> Result<u32, String> { panic!("try loader panics") })
+        ),
+        "try loader panics"
+    );
+    assert_eq!(cache.entry_count(), 0);
+    cache.check_invariants();
+
+    // The next loads of those keys run their loaders, without waiting on a
+    // dead flight.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (c, n) = (cache.clone(), calls.clone());
+    let got = within("loads after a loader panic", move || {
+        let a = c.get_with(1, || {
+            n.fetch_add(1, SeqCst);
+            10
+        });
+        let b = c.try_get_with(2, || {
+            n.fetch_add(1, SeqCst);
+            Ok::<_, String>(20)
+        });
+        (a, b)
+    });
+    assert_eq!(got, (10, Ok(20)));
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!((cache.get(&1), cache.get(&2)), (Some(10), Some(20)));
+    cache.check_invariants();
+}
+
+#[test]
+fn panicking_loader_counts_as_a_load_failure() {
+    // CacheStats::load_failures: "Loader calls that returned an error or panicked."
+    let cache: Cache<u32, u32> = Cache::new(100);
+    panic_of(|| cache.get_with(1, || panic!("loader panics")));
+    let stats = cache.stats();
+    assert_eq!(
+        stats.load_failures(),
+        1,
+        "a panicking loader is a failed load"
+    );
+    assert_eq!(stats.loads(), 1);
+}
+
+/// Expiry hooks that panic for specific keys: create for 13, update for 14,
+/// read for 15. Everything else lives 10 s.
+struct Touchy;
+
+impl Expiry<u32, u32> for Touchy {
+    fn expire_after_create(&self, key: &u32, _value: &u32) -> Option<Duration> {
+        assert_ne!(*key, 13, "create hook panics on 13");
+        Some(Duration::from_secs(10))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &u32,
+        _value: &u32,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        assert_ne!(*key, 14, "update hook panics on 14");
+        remaining
+    }
+
+    fn expire_after_read(
+        &self,
+        key: &u32,
+        _value: &u32,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        assert_ne!(*key, 15, "read hook panics on 15");
+        remaining
+    }
+}
+
+#[test]
+fn panicking_expiry_hook_propagates_and_leaves_the_cache_usable() {
+    let clock = MockClock::new();
+    let log: Log<u32> = Arc::default();
+    let sink = log.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(2)
+        .expire_after(Touchy)
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, v, cause| sink.lock().unwrap().push((*k, v, cause)))
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+
+    assert!(panic_of(|| cache.insert(13, 13)).contains("create hook panics on 13"));
+    assert!(!cache.contains_key(&13));
+    assert_eq!(cache.entry_count(), 10);
+    cache.check_invariants();
+
+    cache.insert(14, 1);
+    assert!(panic_of(|| cache.insert(14, 2)).contains("update hook panics on 14"));
+    assert_eq!(
+        cache.peek(&14),
+        Some(1),
+        "the failed update left the old value"
+    );
+    cache.check_invariants();
+
+    cache.insert(15, 1);
+    assert!(panic_of(|| cache.get(&15)).contains("read hook panics on 15"));
+    assert_eq!(
+        cache.peek(&15),
+        Some(1),
+        "the entry survives a read-hook panic"
+    );
+    cache.check_invariants();
+
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "nothing was removed: {:?}",
+        log.lock().unwrap()
+    );
+    assert_eq!(cache.entry_count(), 12);
+
+    // Deadlines from the create hook still work for everyone else.
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(cache.get(&1), Some(1));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(cache.get(&1), None);
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 0);
+    eventually("twelve expiry notifications", || {
+        log.lock().unwrap().len() >= 12
+    });
+    assert_eq!(log.lock().unwrap().len(), 12);
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, _, c)| c == RemovalCause::Expired)
+    );
+    cache.insert(16, 16);
+    assert_eq!(cache.get(&16), Some(16));
+    cache.check_invariants();
+}
+
+/// One notification: key, cause, and the id and name of the thread it ran on.
+type Notified = (u32, RemovalCause, ThreadId, Option<String>);
+
+/// `eviction_listener` docs: it "runs on the thread that caused the removal
+/// (or the maintenance thread for expiry), after every lock is released, so
+/// it may call back into the cache".
+#[test]
+fn listener_runs_on_the_removing_thread_and_may_call_back_into_the_cache() {
+    /// A key the listener overwrites: a write into the shard that replaces
+    /// rather than grows, so callbacks do not cascade into evictions.
+    const SCRATCH: u32 = 5_000;
+    let clock = MockClock::new();
+    let handle: Handle<u32> = Handle::new();
+    let seen: Arc<Mutex<Vec<Notified>>> = Arc::default();
+    let (h, sink) = (handle.share(), seen.clone());
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(16)
+        .num_shards(1) // every key in the one shard whose lock was just used
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, _v, cause| {
+            let me = thread::current();
+            if *k < 1_000 {
+                let cache = h.get().expect("set before use");
+                // Read and write the same shard from inside the listener.
+                let _ = cache.get(&0);
+                cache.insert(SCRATCH, *k);
+                let _ = cache.peek(&SCRATCH);
+                cache.invalidate(&4_000);
+                let _ = cache.entry_count();
+            }
+            sink.lock()
+                .unwrap()
+                .push((*k, cause, me.id(), me.name().map(str::to_string)));
+        })
+        .build()
+        .unwrap();
+    handle.set(&cache);
+
+    let c = cache.clone();
+    let worker = within("listener calling back into the cache", move || {
+        c.insert(SCRATCH, 0);
+        for k in 0..8 {
+            c.insert(k, k);
+        }
+        c.insert(1, 11); // Replaced
+        assert_eq!(c.remove(&2), Some(2)); // Explicit
+        c.invalidate_entries_if(|k, _| *k == 3); // Explicit
+        c.insert_with_ttl(21, 21, Duration::from_secs(1));
+        clock.advance(Duration::from_secs(2));
+        c.run_pending_tasks(); // Expired (here or on the maintenance thread)
+        for k in 100..130 {
+            c.insert(k, k); // Size
+        }
+        c.invalidate_all(); // Explicit for the rest
+        thread::current().id()
+    });
+
+    let expired = |seen: &[Notified]| {
+        seen.iter()
+            .any(|e| e.0 == 21 && e.1 == RemovalCause::Expired)
+    };
+    eventually("the expiry of 21 notified", || {
+        expired(&seen.lock().unwrap())
+    });
+    let seen = seen.lock().unwrap().clone();
+    let outer: Vec<_> = seen.iter().filter(|e| e.0 < 1_000).collect();
+    for cause in [
+        RemovalCause::Replaced,
+        RemovalCause::Explicit,
+        RemovalCause::Size,
+        RemovalCause::Expired,
+    ] {
+        assert!(
+            outer.iter().any(|e| e.1 == cause),
+            "no {cause:?} notification: {outer:?}"
+        );
+    }
+    for (k, cause, id, name) in &outer {
+        let on_worker = *id == worker;
+        let on_maintenance = name.as_deref() == Some("larder-maintenance");
+        if *cause == RemovalCause::Expired {
+            assert!(
+                on_worker || on_maintenance,
+                "expiry of {k} notified on {name:?}"
+            );
+        } else {
+            assert!(
+                on_worker,
+                "{cause:?} of {k} notified on {name:?}, not on the removing thread"
+            );
+        }
+    }
+    // invalidate_all emptied the shard; the callbacks then wrote SCRATCH back.
+    assert_eq!(cache.entry_count(), 1);
+    assert!(cache.contains_key(&SCRATCH));
+    cache.check_invariants();
+    handle.clear();
+}
+
+struct PeekingExpiry(Handle<u32>);
+
+impl PeekingExpiry {
+    fn use_cache(&self) {
+        let cache = self.0.get().expect("set before use");
+        let _ = cache.peek(&0);
+        let _ = cache.contains_key(&1);
+        let _ = cache.entry_count();
+    }
+}
+
+impl Expiry<u32, u32> for PeekingExpiry {
+    fn expire_after_create(&self, _key: &u32, _value: &u32) -> Option<Duration> {
+        self.use_cache();
+        Some(Duration::from_secs(60))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &u32,
+        _value: &u32,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        self.use_cache();
+        Some(Duration::from_secs(30))
+    }
+
+    fn expire_after_read(
+        &self,
+        _key: &u32,
+        _value: &u32,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        self.use_cache();
+        remaining
+    }
+}
+
+/// `weigher` docs: "Called on every insert, without any lock held"; `Expiry`
+/// docs: "The hooks run without any lock of the cache held".
+#[test]
+fn weigher_and_expiry_hooks_may_read_the_cache() {
+    let clock = MockClock::new();
+    let handle: Handle<u32> = Handle::new();
+    let weighed = Arc::new(AtomicUsize::new(0));
+    let (h, n) = (handle.share(), weighed.clone());
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .weigher(move |_k: &u32, _v: &u32| {
+            let cache = h.get().expect("set before use");
+            let _ = cache.peek(&0);
+            let _ = cache.weighted_size();
+            n.fetch_add(1, SeqCst);
+            1
+        })
+        .expire_after(PeekingExpiry(handle.share()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    handle.set(&cache);
+
+    let c = cache.clone();
+    within("hooks reading their own cache", move || {
+        c.insert(0, 0); // weigher + create hook
+        c.insert(0, 1); // weigher + update hook
+        assert_eq!(c.get(&0), Some(1)); // read hook
+        assert_eq!(c.get_with(1, || 1), 1); // loader's insert: weigher + create
+    });
+    assert_eq!(weighed.load(SeqCst), 3);
+    // The update hook's 30 s applies to key 0, the create hook's 60 s to key 1.
+    clock.advance(Duration::from_secs(31));
+    assert_eq!((cache.peek(&0), cache.peek(&1)), (None, Some(1)));
+    cache.check_invariants();
+    handle.clear();
+}
