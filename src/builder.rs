@@ -50,12 +50,17 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildError::ZeroShards => write!(f, "num_shards must be at least 1"),
-            BuildError::TooManyShards(n) => write!(f, "num_shards is {n}, more than the limit of {MAX_SHARDS}"),
+            BuildError::TooManyShards(n) => {
+                write!(f, "num_shards is {n}, more than the limit of {MAX_SHARDS}")
+            }
             BuildError::ZeroTimeToLive => write!(f, "time_to_live must be longer than zero"),
             BuildError::ZeroTimeToIdle => write!(f, "time_to_idle must be longer than zero"),
             BuildError::JitterOutOfRange(j) => write!(f, "ttl_jitter is {j}, outside 0.0..1.0"),
             BuildError::ExpiryConflict => {
-                write!(f, "expire_after cannot be combined with time_to_live or time_to_idle")
+                write!(
+                    f,
+                    "expire_after cannot be combined with time_to_live or time_to_idle"
+                )
             }
         }
     }
@@ -208,7 +213,10 @@ where
     /// maintenance thread for expiry), after every lock is released, so it may
     /// call back into the cache. A panic in it is caught and discarded; the
     /// removal stands and other notifications are still delivered.
-    pub fn eviction_listener(mut self, listener: impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static) -> Self {
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
         self.listener = Some(Box::new(listener));
         self
     }

@@ -19,7 +19,7 @@ use crate::{
     maintenance::{Maintained, Maintenance},
     notify::{Listener, Removed},
     shard::{Now, ShardCell, Shards, Write},
-    stats::LoadCounters,
+    stats::{LoadCounters, Lookups},
 };
 
 /// A concurrent, bounded, expiring in-memory cache.
@@ -51,7 +51,9 @@ pub struct Cache<K, V> {
 
 impl<K, V> Clone for Cache<K, V> {
     fn clone(&self) -> Self {
-        Cache { inner: self.inner.clone() }
+        Cache {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -85,6 +87,7 @@ struct Inner<K, V> {
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     flights: Flights<K, V>,
+    lookups: Lookups,
     loads: LoadCounters,
     maintenance: Maintenance,
 }
@@ -138,6 +141,7 @@ where
             weigher: parts.weigher,
             listener: parts.listener,
             flights: Flights::default(),
+            lookups: Lookups::default(),
             loads: LoadCounters::default(),
             maintenance: Maintenance::new(),
         });
@@ -234,7 +238,9 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, cell) = self.inner.shards.cell_for(key);
-        cell.read().lookup(hash, key, &mut Now::new(&self.inner.timing.clock)).is_some()
+        cell.read()
+            .lookup(hash, key, &mut Now::new(&self.inner.timing.clock))
+            .is_some()
     }
 
     /// The value for `key`; on a miss, runs `init` to make it, caches it and
@@ -393,7 +399,11 @@ where
     /// assert_eq!(cache.entry_count(), 1);
     /// ```
     pub fn entry_count(&self) -> u64 {
-        self.inner.shards.iter().map(|c| c.read().len() as u64).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|c| c.read().len() as u64)
+            .sum()
     }
 
     /// Total weight of the entries (their count when there is no weigher).
@@ -406,7 +416,11 @@ where
     /// assert_eq!(cache.weighted_size(), 40);
     /// ```
     pub fn weighted_size(&self) -> u64 {
-        self.inner.shards.iter().map(|c| c.read().weighted_size()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|c| c.read().weighted_size())
+            .sum()
     }
 
     /// Does now what the maintenance thread would do soon: reaps expired
@@ -474,7 +488,7 @@ where
         let shard = cell.read();
         let Some(id) = shard.lookup(hash, key, &mut now) else {
             drop(shard);
-            cell.record(false);
+            self.lookups.record(false);
             return None;
         };
         shard.touch(id);
@@ -482,9 +496,12 @@ where
             shard.slide(id, now.get(), tti);
         }
         let value = shard.value(id).clone();
-        let hook = self.timing.hooks().map(|(_, clone)| (clone(shard.key(id)), shard.deadline(id)));
+        let hook = self
+            .timing
+            .hooks()
+            .map(|(_, clone)| (clone(shard.key(id)), shard.deadline(id)));
         drop(shard);
-        cell.record(true);
+        self.lookups.record(true);
         if let Some((owned_key, seen)) = hook {
             self.after_read(cell, hash, &owned_key, &value, seen, now.get());
         }
@@ -492,8 +509,18 @@ where
     }
 
     /// Runs the read hook and applies a changed deadline.
-    fn after_read(&self, cell: &ShardCell<K, V>, hash: u64, key: &K, value: &V, seen: u64, now: u64) {
-        let Some((hooks, _)) = self.timing.hooks() else { return };
+    fn after_read(
+        &self,
+        cell: &ShardCell<K, V>,
+        hash: u64,
+        key: &K,
+        value: &V,
+        seen: u64,
+        now: u64,
+    ) {
+        let Some((hooks, _)) = self.timing.hooks() else {
+            return;
+        };
         let before = remaining(now, seen);
         let after = hooks.expire_after_read(key, value, before);
         if after != before {
@@ -518,25 +545,44 @@ where
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
         let mut now = Now::new(&self.timing.clock);
         let deadline = if ttl.is_some() || self.timing.is_timed() {
-            let hook = if ttl.is_none() { self.write_hook(cell, hash, &key, &value, now.get()) } else { None };
+            let hook = if ttl.is_none() {
+                self.write_hook(cell, hash, &key, &value, now.get())
+            } else {
+                None
+            };
             self.timing.on_write(now.get(), ttl, hook)
         } else {
             Deadline::NONE
         };
-        let write = Write { hash, key, value, weight, deadline };
+        let write = Write {
+            hash,
+            key,
+            value,
+            weight,
+            deadline,
+        };
         let mut removed = Removed::default();
-        let samples = cell.samples();
-        cell.write().insert(write, &mut now, samples, &mut removed);
+        cell.write()
+            .insert(write, &mut now, || self.samples(), &mut removed);
         self.deliver(removed);
     }
 
     /// The create or update hook's verdict for a write, if hooks are set.
-    fn write_hook(&self, cell: &ShardCell<K, V>, hash: u64, key: &K, value: &V, now: u64) -> Option<Remaining> {
+    fn write_hook(
+        &self,
+        cell: &ShardCell<K, V>,
+        hash: u64,
+        key: &K,
+        value: &V,
+        now: u64,
+    ) -> Option<Remaining> {
         let (hooks, _) = self.timing.hooks()?;
         let current = {
             let shard = cell.read();
             let clock = &self.timing.clock;
-            shard.lookup(hash, key, &mut Now::new(clock)).map(|id| shard.deadline(id))
+            shard
+                .lookup(hash, key, &mut Now::new(clock))
+                .map(|id| shard.deadline(id))
         };
         Some(match current {
             Some(deadline) => hooks.expire_after_update(key, value, remaining(now, deadline)),
@@ -621,7 +667,11 @@ where
                 self.loads.record(self.ok, self.started.elapsed());
             }
         }
-        let mut record = Record { loads: &self.loads, started: Instant::now(), ok: false };
+        let mut record = Record {
+            loads: &self.loads,
+            started: Instant::now(),
+            ok: false,
+        };
         let result = init();
         record.ok = result.is_ok();
         result
@@ -638,7 +688,11 @@ where
                 let shard = cell.read();
                 (shard.snapshot(now), shard.version())
             };
-            let doomed: Vec<K> = entries.into_iter().filter(|(k, v)| predicate(k, v)).map(|(k, _)| k).collect();
+            let doomed: Vec<K> = entries
+                .into_iter()
+                .filter(|(k, v)| predicate(k, v))
+                .map(|(k, _)| k)
+                .collect();
             let mut removed = Removed::default();
             {
                 let mut shard = cell.write();
@@ -647,7 +701,8 @@ where
                 }
                 let mut now = Now::new(&self.timing.clock);
                 for key in &doomed {
-                    if let Some((k, v, cause)) = shard.remove(self.shards.hash(key), key, &mut now) {
+                    if let Some((k, v, cause)) = shard.remove(self.shards.hash(key), key, &mut now)
+                    {
                         removed.push(k, v, cause);
                     }
                 }
@@ -657,16 +712,23 @@ where
         }
     }
 
+    /// Hit and miss counts for a shard's hill climber: the cache-wide counts
+    /// divided by the number of shards, so each shard samples over as many
+    /// lookups as its share of the capacity calls for.
+    fn samples(&self) -> (u64, u64) {
+        let (hits, misses) = self.lookups.totals();
+        let n = self.shards.len() as u64;
+        (hits / n, misses / n)
+    }
+
     fn deliver(&self, removed: Removed<K, V>) {
         removed.deliver(self.listener.as_ref());
     }
 
     fn stats(&self) -> CacheStats {
         let mut stats = CacheStats::default();
+        (stats.hits, stats.misses) = self.lookups.totals();
         for cell in self.shards.iter() {
-            let (hits, misses) = cell.samples();
-            stats.hits += hits;
-            stats.misses += misses;
             let removals = cell.read().removals();
             for (total, n) in stats.removals.iter_mut().zip(removals) {
                 *total += n;

@@ -35,3 +35,8 @@ pub use stats::CacheStats;
 pub mod clock {
     pub use crate::expiry::clock::MockClock;
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

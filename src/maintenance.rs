@@ -50,7 +50,12 @@ thread_local! {
 impl Maintenance {
     /// A handle with no thread yet; [`start`](Self::start) spawns it.
     pub(crate) fn new() -> Self {
-        Maintenance { stop: Mutex::new(None), thread: Mutex::new(None), passes: Mutex::new(0), idle: Condvar::new() }
+        Maintenance {
+            stop: Mutex::new(None),
+            thread: Mutex::new(None),
+            passes: Mutex::new(0),
+            idle: Condvar::new(),
+        }
     }
 
     /// Runs one pass of `work`, counted so that [`settle`](Self::settle) can
@@ -90,7 +95,9 @@ impl Maintenance {
     pub(crate) fn start<T: Maintained>(&self, target: &Arc<T>) {
         let (tx, rx) = bounded::<()>(0);
         let weak = Arc::downgrade(target);
-        let spawned = thread::Builder::new().name("larder-maintenance".into()).spawn(move || run(weak, rx));
+        let spawned = thread::Builder::new()
+            .name("larder-maintenance".into())
+            .spawn(move || run(weak, rx));
         if let Ok(handle) = spawned {
             *self.stop.lock() = Some(tx);
             *self.thread.lock() = Some(handle);
@@ -115,7 +122,9 @@ fn run<T: Maintained>(target: Weak<T>, stop: Receiver<()>) {
             Err(RecvTimeoutError::Timeout) | Ok(()) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let Some(target) = target.upgrade() else { return };
+        let Some(target) = target.upgrade() else {
+            return;
+        };
         target.maintain();
     }
 }

@@ -84,7 +84,10 @@ impl<K, V> fmt::Debug for Removed<K, V> {
 
 impl<K, V> Default for Removed<K, V> {
     fn default() -> Self {
-        Removed { first: None, rest: Vec::new() }
+        Removed {
+            first: None,
+            rest: Vec::new(),
+        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+use parking_lot::Mutex;
+
 use crate::RemovalCause;
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
@@ -47,7 +49,11 @@ impl CacheStats {
     /// `hits / (hits + misses)`, or 1.0 before any lookup (as Caffeine does).
     pub fn hit_rate(&self) -> f64 {
         let total = self.hits + self.misses;
-        if total == 0 { 1.0 } else { self.hits as f64 / total as f64 }
+        if total == 0 {
+            1.0
+        } else {
+            self.hits as f64 / total as f64
+        }
     }
 
     /// Entries removed for `cause` (each removal counted once).
@@ -121,5 +127,143 @@ impl LoadCounters {
         stats.load_successes = self.successes.load(Relaxed);
         stats.load_failures = self.failures.load(Relaxed);
         stats.load_nanos = self.nanos.load(Relaxed);
+    }
+}
+
+/// Number of per-thread stripes of hit and miss counters in each cache.
+const STRIPES: usize = 64;
+
+/// One thread's hit and miss counters, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Stripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Exact hit and miss counts without a locked instruction on the read path.
+///
+/// Every live thread owns a process-wide index, handed out from a pool and
+/// returned when the thread exits, so no two live threads share an index.
+/// A thread whose index is below [`STRIPES`] is the only writer of that
+/// stripe and counts with a plain load and store; the pool's mutex orders a
+/// thread's last store before the next owner's first load. Threads beyond
+/// that (more than 64 alive at once) share one stripe with `fetch_add`.
+#[derive(Debug)]
+pub(crate) struct Lookups {
+    stripes: Box<[Stripe]>,
+    shared: Stripe,
+}
+
+impl Default for Lookups {
+    fn default() -> Self {
+        Lookups {
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            shared: Stripe::default(),
+        }
+    }
+}
+
+impl Lookups {
+    /// Counts one lookup.
+    #[inline]
+    pub(crate) fn record(&self, hit: bool) {
+        match thread_index().and_then(|i| self.stripes.get(i)) {
+            Some(own) => {
+                let counter = if hit { &own.hits } else { &own.misses };
+                counter.store(counter.load(Relaxed) + 1, Relaxed);
+            }
+            None => {
+                let counter = if hit {
+                    &self.shared.hits
+                } else {
+                    &self.shared.misses
+                };
+                counter.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Cumulative (hits, misses).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        self.stripes
+            .iter()
+            .chain([&self.shared])
+            .fold((0, 0), |(h, m), s| {
+                (h + s.hits.load(Relaxed), m + s.misses.load(Relaxed))
+            })
+    }
+}
+
+/// Indices of exited threads, for reuse.
+static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// The next never-used index.
+static NEXT: Mutex<usize> = Mutex::new(0);
+
+/// A thread's index, returned to the pool when the thread exits.
+struct ThreadIndex(usize);
+
+impl ThreadIndex {
+    fn acquire() -> Self {
+        if let Some(i) = FREE.lock().pop() {
+            return ThreadIndex(i);
+        }
+        let mut next = NEXT.lock();
+        *next += 1;
+        ThreadIndex(*next - 1)
+    }
+}
+
+impl Drop for ThreadIndex {
+    fn drop(&mut self) {
+        FREE.lock().push(self.0);
+    }
+}
+
+thread_local! {
+    static INDEX: ThreadIndex = ThreadIndex::acquire();
+}
+
+/// This thread's index, or `None` while its thread-locals are being torn down.
+#[inline]
+fn thread_index() -> Option<usize> {
+    INDEX.try_with(|i| i.0).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_exact_across_threads_and_index_reuse() {
+        let lookups = Lookups::default();
+        std::thread::scope(|s| {
+            for round in 0..3 {
+                let handles: Vec<_> = (0..80)
+                    .map(|t| {
+                        let lookups = &lookups;
+                        s.spawn(move || {
+                            for i in 0..1_000 {
+                                lookups.record((i + t + round) % 3 != 0);
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().for_each(|h| h.join().unwrap());
+            }
+        });
+        let (hits, misses) = lookups.totals();
+        assert_eq!(
+            hits + misses,
+            3 * 80 * 1_000,
+            "no lookup lost, 80 threads > 64 stripes"
+        );
+        let expected_misses: u64 = (0..3u64)
+            .flat_map(|r| {
+                (0..80u64)
+                    .map(move |t| (0..1_000u64).filter(|i| (i + t + r) % 3 == 0).count() as u64)
+            })
+            .sum();
+        assert_eq!(misses, expected_misses);
     }
 }

@@ -50,13 +50,27 @@ fn invalidate_all_and_entries_if_remove_what_they_say() {
 #[test]
 fn entry_count_never_exceeds_capacity() {
     for shards in [1, 2, 8] {
-        let cache = Cache::builder().max_capacity(100).num_shards(shards).build().unwrap();
+        let cache = Cache::builder()
+            .max_capacity(100)
+            .num_shards(shards)
+            .build()
+            .unwrap();
         for i in 0..10_000u64 {
             cache.insert(i, i);
-            assert!(cache.entry_count() <= 100, "{shards} shards: {} entries", cache.entry_count());
+            assert!(
+                cache.entry_count() <= 100,
+                "{shards} shards: {} entries",
+                cache.entry_count()
+            );
         }
-        assert!(cache.entry_count() >= 50, "the cache should stay reasonably full");
-        assert_eq!(cache.stats().removals(RemovalCause::Size), 10_000 - cache.entry_count());
+        assert!(
+            cache.entry_count() >= 50,
+            "the cache should stay reasonably full"
+        );
+        assert_eq!(
+            cache.stats().removals(RemovalCause::Size),
+            10_000 - cache.entry_count()
+        );
     }
 }
 
@@ -109,7 +123,10 @@ fn stats_count_hits_misses_and_loads() {
     let s = cache.stats();
     assert_eq!(s.hits(), 1);
     assert_eq!(s.misses(), 3, "get(&2) and the two loading lookups");
-    assert_eq!((s.load_successes(), s.load_failures(), s.loads()), (1, 1, 2));
+    assert_eq!(
+        (s.load_successes(), s.load_failures(), s.loads()),
+        (1, 1, 2)
+    );
     assert!((s.hit_rate() - 0.25).abs() < 1e-9);
     assert_eq!(cache.peek(&1), Some(1));
     assert_eq!(cache.stats().hits(), 1, "peek is not counted");
@@ -121,22 +138,51 @@ fn bad_settings_are_build_errors() {
         b.build().unwrap_err()
     }
     assert_eq!(err(Cache::builder().num_shards(0)), BuildError::ZeroShards);
-    assert_eq!(err(Cache::builder().num_shards(1 << 20)), BuildError::TooManyShards(1 << 20));
-    assert_eq!(err(Cache::builder().time_to_live(Duration::ZERO)), BuildError::ZeroTimeToLive);
-    assert_eq!(err(Cache::builder().time_to_idle(Duration::ZERO)), BuildError::ZeroTimeToIdle);
-    assert_eq!(err(Cache::builder().ttl_jitter(1.0)), BuildError::JitterOutOfRange(1.0));
-    assert_eq!(err(Cache::builder().ttl_jitter(-0.1)), BuildError::JitterOutOfRange(-0.1));
-    assert!(matches!(err(Cache::builder().ttl_jitter(f64::NAN)), BuildError::JitterOutOfRange(j) if j.is_nan()));
+    assert_eq!(
+        err(Cache::builder().num_shards(1 << 20)),
+        BuildError::TooManyShards(1 << 20)
+    );
+    assert_eq!(
+        err(Cache::builder().time_to_live(Duration::ZERO)),
+        BuildError::ZeroTimeToLive
+    );
+    assert_eq!(
+        err(Cache::builder().time_to_idle(Duration::ZERO)),
+        BuildError::ZeroTimeToIdle
+    );
+    assert_eq!(
+        err(Cache::builder().ttl_jitter(1.0)),
+        BuildError::JitterOutOfRange(1.0)
+    );
+    assert_eq!(
+        err(Cache::builder().ttl_jitter(-0.1)),
+        BuildError::JitterOutOfRange(-0.1)
+    );
+    assert!(
+        matches!(err(Cache::builder().ttl_jitter(f64::NAN)), BuildError::JitterOutOfRange(j) if j.is_nan())
+    );
     struct Forever;
     impl larder::Expiry<u32, u32> for Forever {
         fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
             None
         }
     }
-    let conflict = Cache::builder().expire_after(Forever).time_to_live(Duration::from_secs(1));
+    let conflict = Cache::builder()
+        .expire_after(Forever)
+        .time_to_live(Duration::from_secs(1));
     assert_eq!(err(conflict), BuildError::ExpiryConflict);
-    assert!(BuildError::ExpiryConflict.to_string().contains("expire_after"));
-    assert!(Cache::<u32, u32>::builder().num_shards(3).ttl_jitter(0.5).build().is_ok());
+    assert!(
+        BuildError::ExpiryConflict
+            .to_string()
+            .contains("expire_after")
+    );
+    assert!(
+        Cache::<u32, u32>::builder()
+            .num_shards(3)
+            .ttl_jitter(0.5)
+            .build()
+            .is_ok()
+    );
 }
 
 #[test]

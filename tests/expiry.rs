@@ -45,7 +45,11 @@ fn expired_entry_is_never_returned_even_before_reaping() {
 #[test]
 fn updates_restart_time_to_live() {
     let clock = MockClock::new();
-    let cache = Cache::builder().time_to_live(secs(10)).clock(clock.clone()).build().unwrap();
+    let cache = Cache::builder()
+        .time_to_live(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     cache.insert(1, 1);
     clock.advance(secs(8));
     cache.insert(1, 2);
@@ -78,18 +82,29 @@ fn reads_slide_time_to_idle_but_not_past_time_to_live() {
     clock.advance(secs(2));
     assert_eq!(cache.peek(&3), Some(3));
     clock.advance(secs(1));
-    assert_eq!(cache.peek(&3), None, "peek does not slide the idle deadline");
+    assert_eq!(
+        cache.peek(&3),
+        None,
+        "peek does not slide the idle deadline"
+    );
 }
 
 #[test]
 fn per_entry_ttl_overrides_the_cache_ttl() {
     let clock = MockClock::new();
-    let cache = Cache::builder().time_to_live(secs(100)).clock(clock.clone()).build().unwrap();
+    let cache = Cache::builder()
+        .time_to_live(secs(100))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     cache.insert_with_ttl(1, 1, secs(5));
     cache.insert(2, 2);
     cache.insert_with_ttl(3, 3, secs(500));
     clock.advance(secs(5));
-    assert_eq!((cache.get(&1), cache.get(&2), cache.get(&3)), (None, Some(2), Some(3)));
+    assert_eq!(
+        (cache.get(&1), cache.get(&2), cache.get(&3)),
+        (None, Some(2), Some(3))
+    );
     clock.advance(secs(95));
     assert_eq!((cache.get(&2), cache.get(&3)), (None, Some(3)));
 }
@@ -114,15 +129,28 @@ impl Expiry<u32, u32> for ByValue {
     fn expire_after_read(&self, _: &u32, v: &u32, remaining: Option<Duration>) -> Option<Duration> {
         if *v == 7 { Some(secs(7)) } else { remaining }
     }
-    fn expire_after_update(&self, _: &u32, v: &u32, remaining: Option<Duration>) -> Option<Duration> {
-        if *v == 1 { remaining } else { Some(secs(u64::from(*v))) }
+    fn expire_after_update(
+        &self,
+        _: &u32,
+        v: &u32,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        if *v == 1 {
+            remaining
+        } else {
+            Some(secs(u64::from(*v)))
+        }
     }
 }
 
 #[test]
 fn expiry_hooks_decide_each_entry_deadline() {
     let clock = MockClock::new();
-    let cache = Cache::builder().expire_after(ByValue).clock(clock.clone()).build().unwrap();
+    let cache = Cache::builder()
+        .expire_after(ByValue)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     cache.insert(1, 0); // never expires
     cache.insert(2, 5);
     cache.insert(3, 7); // slides back to 7 s on every read
@@ -132,7 +160,11 @@ fn expiry_hooks_decide_each_entry_deadline() {
     clock.advance(secs(1));
     assert_eq!(cache.get(&2), None);
     clock.advance(secs(5));
-    assert_eq!(cache.get(&3), Some(7), "read at 4 s moved the deadline to 11 s");
+    assert_eq!(
+        cache.get(&3),
+        Some(7),
+        "read at 4 s moved the deadline to 11 s"
+    );
     clock.advance(secs(1000));
     assert_eq!(cache.get(&1), Some(0));
     assert_eq!(cache.get(&3), None);
@@ -151,12 +183,23 @@ fn jitter_spreads_expiry_of_entries_written_together() {
         cache.insert(i, i);
     }
     clock.advance(secs(79));
-    assert_eq!((0..1_000).filter(|i| cache.contains_key(i)).count(), 1_000, "none before -20%");
+    assert_eq!(
+        (0..1_000).filter(|i| cache.contains_key(i)).count(),
+        1_000,
+        "none before -20%"
+    );
     clock.advance(secs(21));
     let alive = (0..1_000).filter(|i| cache.contains_key(i)).count();
-    assert!((300..700).contains(&alive), "about half alive at the nominal TTL: {alive}");
+    assert!(
+        (300..700).contains(&alive),
+        "about half alive at the nominal TTL: {alive}"
+    );
     clock.advance(secs(21));
-    assert_eq!((0..1_000).filter(|i| cache.contains_key(i)).count(), 0, "all gone after +20%");
+    assert_eq!(
+        (0..1_000).filter(|i| cache.contains_key(i)).count(),
+        0,
+        "all gone after +20%"
+    );
 }
 
 #[test]
@@ -169,18 +212,31 @@ fn replacing_an_expired_entry_reports_it_expired() {
     assert_eq!(cache.remove(&1), Some(2));
     cache.insert(3, 3);
     clock.advance(secs(2));
-    assert_eq!(cache.remove(&3), None, "expired entries are not returned by remove");
+    assert_eq!(
+        cache.remove(&3),
+        None,
+        "expired entries are not returned by remove"
+    );
     let log = log.lock().unwrap();
     assert_eq!(
         *log,
-        vec![(1, 1, RemovalCause::Expired), (1, 2, RemovalCause::Explicit), (3, 3, RemovalCause::Expired)]
+        vec![
+            (1, 1, RemovalCause::Expired),
+            (1, 2, RemovalCause::Explicit),
+            (3, 3, RemovalCause::Expired)
+        ]
     );
 }
 
 #[test]
 fn mass_expiry_is_reaped_completely_in_bounded_batches() {
     let clock = MockClock::new();
-    let (cache, log) = logged(Cache::builder().time_to_live(secs(1)).num_shards(2).clock(clock.clone()));
+    let (cache, log) = logged(
+        Cache::builder()
+            .time_to_live(secs(1))
+            .num_shards(2)
+            .clock(clock.clone()),
+    );
     for i in 0..20_000 {
         cache.insert(i, i);
     }
@@ -189,6 +245,11 @@ fn mass_expiry_is_reaped_completely_in_bounded_batches() {
     cache.run_pending_tasks();
     assert_eq!(cache.entry_count(), 1);
     assert_eq!(log.lock().unwrap().len(), 20_000);
-    assert!(log.lock().unwrap().iter().all(|e| e.2 == RemovalCause::Expired));
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .all(|e| e.2 == RemovalCause::Expired)
+    );
     cache.check_invariants();
 }

@@ -33,7 +33,13 @@ fn config() -> impl Strategy<Value = Config> {
         proptest::option::of(1u64..10),
         any::<bool>(),
     )
-        .prop_map(|(capacity, shards, ttl, tti, weighted)| Config { capacity, shards, ttl, tti, weighted })
+        .prop_map(|(capacity, shards, ttl, tti, weighted)| Config {
+            capacity,
+            shards,
+            ttl,
+            tti,
+            weighted,
+        })
 }
 
 proptest! {
@@ -47,7 +53,13 @@ proptest! {
 
 #[test]
 fn model_catches_a_long_unbounded_run() {
-    let cfg = Config { capacity: 1_000, shards: 4, ttl: Some(5), tti: Some(2), weighted: false };
+    let cfg = Config {
+        capacity: 1_000,
+        shards: 4,
+        ttl: Some(5),
+        tti: Some(2),
+        weighted: false,
+    };
     let ops: Vec<Op> = (0..2_000u16)
         .map(|i| match i % 7 {
             0 | 1 => Op::Insert((i % u16::from(KEYS)) as u8, i),

@@ -57,14 +57,24 @@ pub trait Expiry<K, V>: Send + Sync + 'static {
 
     /// New time to live after a read hit, given what was `remaining`.
     /// The default keeps the current deadline.
-    fn expire_after_read(&self, key: &K, value: &V, remaining: Option<Duration>) -> Option<Duration> {
+    fn expire_after_read(
+        &self,
+        key: &K,
+        value: &V,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
         let _ = (key, value);
         remaining
     }
 
     /// New time to live after the entry's value is replaced, given what was
     /// `remaining` for the old value. The default keeps the current deadline.
-    fn expire_after_update(&self, key: &K, value: &V, remaining: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        key: &K,
+        value: &V,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
         let _ = (key, value);
         remaining
     }
@@ -81,7 +91,10 @@ pub(crate) struct Deadline {
 
 impl Deadline {
     /// No expiry at all.
-    pub(crate) const NONE: Deadline = Deadline { at: NEVER, hard: NEVER };
+    pub(crate) const NONE: Deadline = Deadline {
+        at: NEVER,
+        hard: NEVER,
+    };
 }
 
 /// The user's hooks, with the key cloner the read hook needs.
@@ -126,7 +139,14 @@ impl<K, V> Timing<K, V> {
             Some((e, c)) => (Some(e), Some(c)),
             None => (None, None),
         };
-        Timing { clock, ttl: ttl.map(nanos), tti: tti.map(nanos), jitter, expiry, clone_key }
+        Timing {
+            clock,
+            ttl: ttl.map(nanos),
+            tti: tti.map(nanos),
+            jitter,
+            expiry,
+            clone_key,
+        }
     }
 
     /// True when entries get deadlines without `insert_with_ttl`.
@@ -149,7 +169,12 @@ impl<K, V> Timing<K, V> {
 
     /// Deadlines for a write at `now`: `ttl` is a per-entry TTL, `hook` the
     /// result of an expiry hook (`Some(None)` = the hook said "never").
-    pub(crate) fn on_write(&self, now: u64, ttl: Option<Duration>, hook: Option<Remaining>) -> Deadline {
+    pub(crate) fn on_write(
+        &self,
+        now: u64,
+        ttl: Option<Duration>,
+        hook: Option<Remaining>,
+    ) -> Deadline {
         let hard = match (ttl, hook) {
             (Some(ttl), _) => self.after(now, saturating_nanos(ttl.as_nanos())),
             (None, Some(Some(d))) => self.after(now, saturating_nanos(d.as_nanos())),
@@ -211,18 +236,39 @@ mod tests {
     #[test]
     fn ttl_and_tti_combine_to_the_earlier_deadline() {
         let t = timing(Some(10), Some(3), 0.0);
-        assert_eq!(t.on_write(0, None, None), Deadline { at: 3 * SEC, hard: 10 * SEC });
+        assert_eq!(
+            t.on_write(0, None, None),
+            Deadline {
+                at: 3 * SEC,
+                hard: 10 * SEC
+            }
+        );
         let only_ttl = timing(Some(10), None, 0.0);
-        assert_eq!(only_ttl.on_write(SEC, None, None), Deadline { at: 11 * SEC, hard: 11 * SEC });
+        assert_eq!(
+            only_ttl.on_write(SEC, None, None),
+            Deadline {
+                at: 11 * SEC,
+                hard: 11 * SEC
+            }
+        );
     }
 
     #[test]
     fn per_entry_ttl_and_hooks_override_the_cache_ttl() {
         let t = timing(Some(10), None, 0.0);
-        assert_eq!(t.on_write(0, Some(Duration::from_secs(2)), None).at, 2 * SEC);
+        assert_eq!(
+            t.on_write(0, Some(Duration::from_secs(2)), None).at,
+            2 * SEC
+        );
         assert_eq!(t.on_write(0, None, Some(None)).at, NEVER);
-        assert_eq!(t.on_write(0, None, Some(Some(Duration::from_secs(4)))).at, 4 * SEC);
-        assert_eq!(timing(None, None, 0.0).on_write(5, None, None), Deadline::NONE);
+        assert_eq!(
+            t.on_write(0, None, Some(Some(Duration::from_secs(4)))).at,
+            4 * SEC
+        );
+        assert_eq!(
+            timing(None, None, 0.0).on_write(5, None, None),
+            Deadline::NONE
+        );
     }
 
     #[test]
@@ -233,7 +279,10 @@ mod tests {
         let distinct: std::collections::HashSet<_> = ats.iter().collect();
         assert!(distinct.len() > 900, "jitter should spread deadlines");
         let (lo, hi) = (ats.iter().min().unwrap(), ats.iter().max().unwrap());
-        assert!(*lo < 92 * SEC && *hi > 108 * SEC, "spread covers the range: {lo}..{hi}");
+        assert!(
+            *lo < 92 * SEC && *hi > 108 * SEC,
+            "spread covers the range: {lo}..{hi}"
+        );
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub(crate) struct Flight<V> {
 
 impl<V: Clone> Flight<V> {
     fn new() -> Self {
-        Flight { state: Mutex::new(State::Running), done: Condvar::new(), leader: thread::current().id() }
+        Flight {
+            state: Mutex::new(State::Running),
+            done: Condvar::new(),
+            leader: thread::current().id(),
+        }
     }
 
     /// Blocks until the leader finishes and returns what it produced.
@@ -106,7 +110,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
             Entry::Vacant(e) => {
                 let flight = Arc::new(Flight::new());
                 e.insert(flight.clone());
-                Role::Leader(LeaderGuard { flights: self, key: key.clone(), flight, finished: false })
+                Role::Leader(LeaderGuard {
+                    flights: self,
+                    key: key.clone(),
+                    flight,
+                    finished: false,
+                })
             }
         }
     }
@@ -120,7 +129,9 @@ impl<K, V> std::fmt::Debug for Flights<K, V> {
 
 impl<K: Hash + Eq, V> Default for Flights<K, V> {
     fn default() -> Self {
-        Flights { map: DashMap::with_hasher(RandomState::new()) }
+        Flights {
+            map: DashMap::with_hasher(RandomState::new()),
+        }
     }
 }
 
@@ -143,7 +154,9 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<'_, K, V> {
 
     fn retire(&mut self, outcome: Outcome<V>) {
         self.finished = true;
-        self.flights.map.remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        self.flights
+            .map
+            .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
         self.flight.finish(outcome);
     }
 }

@@ -52,6 +52,9 @@ use crate::{
 /// expiry never keeps readers waiting long.
 pub(crate) const REAP_BUDGET: usize = 512;
 
+/// The policy's hill climber is fed fresh counts on one write in this many.
+const SAMPLE_EVERY: u64 = 32;
+
 /// One cached entry.
 #[derive(Debug)]
 struct Slot<K, V> {
@@ -110,7 +113,14 @@ pub(crate) struct Shard<K, V> {
 impl<K: Hash + Eq, V> Shard<K, V> {
     /// An empty shard holding at most `capacity` (entries, or weight when
     /// `weighted`), with storage for `reserve` entries allocated up front.
-    pub(crate) fn new(capacity: u64, weighted: bool, reserve: usize, hasher: RandomState, now: u64, sliding: bool) -> Self {
+    pub(crate) fn new(
+        capacity: u64,
+        weighted: bool,
+        reserve: usize,
+        hasher: RandomState,
+        now: u64,
+        sliding: bool,
+    ) -> Self {
         let mut wheel = TimerWheel::new(now);
         wheel.reserve(reserve);
         Shard {
@@ -154,7 +164,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let id = *self.table.find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        let id = *self
+            .table
+            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
         self.is_live(id, now).then_some(id)
     }
 
@@ -169,7 +181,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             None => true,
         }
     }
-
 
     /// The key of a live id.
     #[inline]
@@ -186,7 +197,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// The entry's deadline ([`NEVER`] if none).
     #[inline]
     pub(crate) fn deadline(&self, id: u32) -> u64 {
-        self.deadlines.get(id as usize).map_or(NEVER, |d| d.load(Relaxed))
+        self.deadlines
+            .get(id as usize)
+            .map_or(NEVER, |d| d.load(Relaxed))
     }
 
     /// Records a read hit for the policy (shared lock: atomics only).
@@ -199,7 +212,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// store, skipped when it would move the deadline by under a millisecond).
     #[inline]
     pub(crate) fn slide(&self, id: u32, now: u64, tti: u64) {
-        let (Some(d), Some(&hard)) = (self.deadlines.get(id as usize), self.hard.get(id as usize)) else {
+        let (Some(d), Some(&hard)) = (self.deadlines.get(id as usize), self.hard.get(id as usize))
+        else {
             return;
         };
         let next = hard.min(now.saturating_add(tti));
@@ -215,32 +229,55 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(&id) = self.table.find(hash, |&id| self.slots[id as usize].key.borrow() == key) else {
+        let Some(&id) = self
+            .table
+            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)
+        else {
             return;
         };
         if self.deadline(id) == seen {
-            self.set_deadline(id, Deadline { at: deadline, hard: deadline });
+            self.set_deadline(
+                id,
+                Deadline {
+                    at: deadline,
+                    hard: deadline,
+                },
+            );
         }
     }
 
     /// Inserts or replaces an entry, then evicts down to capacity.
-    /// `samples` are the shard's cumulative (hits, misses), for the policy.
-    pub(crate) fn insert(&mut self, w: Write<K, V>, now: &mut Now<'_>, samples: (u64, u64), removed: &mut Removed<K, V>) {
+    /// `samples` gives cumulative (hits, misses) for the policy's hill
+    /// climber; it is called on one write in [`SAMPLE_EVERY`].
+    pub(crate) fn insert(
+        &mut self,
+        w: Write<K, V>,
+        now: &mut Now<'_>,
+        samples: impl FnOnce() -> (u64, u64),
+        removed: &mut Removed<K, V>,
+    ) {
         self.version += 1;
         if u64::from(w.weight) > self.policy.capacity() {
-            if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced) {
+            if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced)
+            {
                 removed.push(k, v, cause);
             }
             self.count(RemovalCause::Size, 1);
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
         }
-        let found = self.table.find(w.hash, |&id| self.slots[id as usize].key == w.key).copied();
+        let found = self
+            .table
+            .find(w.hash, |&id| self.slots[id as usize].key == w.key)
+            .copied();
         match found {
             Some(id) => self.replace(id, w, now, removed),
             None => self.push(w),
         }
-        self.policy.record_sample(samples.0, samples.1);
+        if self.version % SAMPLE_EVERY == 0 {
+            let (hits, misses) = samples();
+            self.policy.record_sample(hits, misses);
+        }
         self.evict(now, removed);
     }
 
@@ -261,9 +298,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Appends a new entry at id `len`.
     fn push(&mut self, w: Write<K, V>) {
         let id = u32::try_from(self.slots.len()).expect("a shard holds fewer than 2^32 entries");
-        self.slots.push(Slot { key: w.key, value: w.value });
+        self.slots.push(Slot {
+            key: w.key,
+            value: w.value,
+        });
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.table.insert_unique(w.hash, id, |&i| hasher.hash_one(&slots[i as usize].key));
+        self.table
+            .insert_unique(w.hash, id, |&i| hasher.hash_one(&slots[i as usize].key));
         if !self.deadlines.is_empty() {
             self.deadlines.push(AtomicU64::new(NEVER));
             if self.sliding {
@@ -280,7 +321,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return;
         }
         if self.deadlines.is_empty() {
-            self.deadlines = (0..self.slots.len()).map(|_| AtomicU64::new(NEVER)).collect();
+            self.deadlines = (0..self.slots.len())
+                .map(|_| AtomicU64::new(NEVER))
+                .collect();
             if self.sliding {
                 self.hard = vec![NEVER; self.slots.len()];
             }
@@ -297,10 +340,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     fn evict(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
         loop {
             let (slots, hasher) = (&self.slots, &self.hasher);
-            let Some(id) = self.policy.victim(&|i: u32| hasher.hash_one(&slots[i as usize].key)) else {
+            let Some(id) = self
+                .policy
+                .victim(&|i: u32| hasher.hash_one(&slots[i as usize].key))
+            else {
                 return;
             };
-            let cause = if self.is_live(id, now) { RemovalCause::Size } else { RemovalCause::Expired };
+            let cause = if self.is_live(id, now) {
+                RemovalCause::Size
+            } else {
+                RemovalCause::Expired
+            };
             let slot = self.take(id);
             self.count(cause, 1);
             removed.push(slot.key, slot.value, cause);
@@ -309,7 +359,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Removes `key`'s entry and hands it back with its cause: `Explicit`
     /// if it was live, `Expired` if its deadline had passed.
-    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<(K, V, RemovalCause)>
+    pub(crate) fn remove<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: &mut Now<'_>,
+    ) -> Option<(K, V, RemovalCause)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -319,16 +374,28 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Removes `key`'s entry with cause `live_cause`, or `Expired` if its
     /// deadline had passed.
-    fn remove_as<Q>(&mut self, hash: u64, key: &Q, now: &mut Now<'_>, live_cause: RemovalCause) -> Option<(K, V, RemovalCause)>
+    fn remove_as<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: &mut Now<'_>,
+        live_cause: RemovalCause,
+    ) -> Option<(K, V, RemovalCause)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let id = *self.table.find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        let id = *self
+            .table
+            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
         let live = self.is_live(id, now);
         self.version += 1;
         let slot = self.take(id);
-        let cause = if live { live_cause } else { RemovalCause::Expired };
+        let cause = if live {
+            live_cause
+        } else {
+            RemovalCause::Expired
+        };
         self.count(cause, 1);
         Some((slot.key, slot.value, cause))
     }
@@ -367,7 +434,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.version += 1;
         let mut expired = Vec::new();
         let deadlines = &self.deadlines;
-        let done = self.wheel.advance(now, REAP_BUDGET, |id| deadlines[id as usize].load(Relaxed), &mut expired);
+        let done = self.wheel.advance(
+            now,
+            REAP_BUDGET,
+            |id| deadlines[id as usize].load(Relaxed),
+            &mut expired,
+        );
         // Highest ids first: a swap-remove then never moves an id still to be taken.
         expired.sort_unstable_by(|a, b| b.cmp(a));
         for id in expired {
@@ -384,7 +456,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let deadlines = std::mem::take(&mut self.deadlines);
         for (id, slot) in std::mem::take(&mut self.slots).into_iter().enumerate() {
             let expired = deadlines.get(id).is_some_and(|d| d.load(Relaxed) <= now);
-            let cause = if expired { RemovalCause::Expired } else { RemovalCause::Explicit };
+            let cause = if expired {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Explicit
+            };
             self.count(cause, 1);
             removed.push(slot.key, slot.value, cause);
         }
@@ -420,17 +496,42 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         assert_eq!(self.table.len(), len, "table and slots disagree");
         for (id, slot) in self.slots.iter().enumerate() {
             let hash = self.hasher.hash_one(&slot.key);
-            let found = self.table.find(hash, |&i| self.slots[i as usize].key == slot.key);
-            assert_eq!(found.copied(), Some(id as u32), "table does not map slot {id} to itself");
+            let found = self
+                .table
+                .find(hash, |&i| self.slots[i as usize].key == slot.key);
+            assert_eq!(
+                found.copied(),
+                Some(id as u32),
+                "table does not map slot {id} to itself"
+            );
         }
-        assert!(self.deadlines.is_empty() || self.deadlines.len() == len, "deadline array length");
-        assert!(self.hard.is_empty() || self.hard.len() == len, "hard deadline array length");
-        let timed = (0..len as u32).filter(|&id| self.deadline(id) != NEVER).count();
-        assert_eq!(self.wheel.len(), timed, "wheel holds exactly the entries with deadlines");
+        assert!(
+            self.deadlines.is_empty() || self.deadlines.len() == len,
+            "deadline array length"
+        );
+        assert!(
+            self.hard.is_empty() || self.hard.len() == len,
+            "hard deadline array length"
+        );
+        let timed = (0..len as u32)
+            .filter(|&id| self.deadline(id) != NEVER)
+            .count();
+        assert_eq!(
+            self.wheel.len(),
+            timed,
+            "wheel holds exactly the entries with deadlines"
+        );
         for id in 0..len as u32 {
-            assert_eq!(self.wheel.is_scheduled(id), self.deadline(id) != NEVER, "wheel membership of {id}");
+            assert_eq!(
+                self.wheel.is_scheduled(id),
+                self.deadline(id) != NEVER,
+                "wheel membership of {id}"
+            );
         }
-        assert!(self.policy.weighted_size() <= self.policy.capacity(), "over capacity");
+        assert!(
+            self.policy.weighted_size() <= self.policy.capacity(),
+            "over capacity"
+        );
         self.policy.check_invariants(len);
     }
 }

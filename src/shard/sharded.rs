@@ -1,24 +1,17 @@
 //! The thin concurrent layer: an array of `RwLock`ed shards.
 
-use std::{
-    borrow::Borrow,
-    hash::Hash,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::{borrow::Borrow, hash::Hash};
 
 use ahash::RandomState;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::Shard;
 
-/// A shard behind its lock, with its hit and miss counters on the same cache
-/// line as the lock word (a reader has just written that line anyway).
+/// A shard behind its lock, padded so two locks never share a cache line.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct ShardCell<K, V> {
     lock: RwLock<Shard<K, V>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl<K, V> ShardCell<K, V> {
@@ -33,19 +26,6 @@ impl<K, V> ShardCell<K, V> {
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Shard<K, V>> {
         self.lock.write()
     }
-
-    /// Counts one lookup.
-    #[inline]
-    pub(crate) fn record(&self, hit: bool) {
-        let counter = if hit { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Relaxed);
-    }
-
-    /// Cumulative (hits, misses).
-    #[inline]
-    pub(crate) fn samples(&self) -> (u64, u64) {
-        (self.hits.load(Relaxed), self.misses.load(Relaxed))
-    }
 }
 
 /// The shards of one cache and the hasher that spreads keys over them.
@@ -59,7 +39,13 @@ pub(crate) struct Shards<K, V> {
 impl<K: Hash + Eq, V> Shards<K, V> {
     /// `count` shards (a power of two) sharing `capacity` exactly: the first
     /// `capacity % count` shards hold one unit more.
-    pub(crate) fn new(count: usize, capacity: u64, weighted: bool, now: u64, sliding: bool) -> Self {
+    pub(crate) fn new(
+        count: usize,
+        capacity: u64,
+        weighted: bool,
+        now: u64,
+        sliding: bool,
+    ) -> Self {
         debug_assert!(count.is_power_of_two());
         let hasher = RandomState::new();
         let n = count as u64;
@@ -68,13 +54,22 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                 let cap = capacity / n + u64::from(i < capacity % n);
                 let reserve = if weighted { 0 } else { reservation(cap, count) };
                 ShardCell {
-                    lock: RwLock::new(Shard::new(cap, weighted, reserve, hasher.clone(), now, sliding)),
-                    hits: AtomicU64::new(0),
-                    misses: AtomicU64::new(0),
+                    lock: RwLock::new(Shard::new(
+                        cap,
+                        weighted,
+                        reserve,
+                        hasher.clone(),
+                        now,
+                        sliding,
+                    )),
                 }
             })
             .collect();
-        Shards { cells, hasher, mask: count - 1 }
+        Shards {
+            cells,
+            hasher,
+            mask: count - 1,
+        }
     }
 
     /// The hash every part of the cache uses for `key`.

@@ -79,7 +79,15 @@ impl Model {
     fn take(&mut self, k: u8, cause_if_live: RemovalCause) -> Option<u16> {
         let e = self.map.remove(&k)?;
         let live = self.now < e.at;
-        self.expected.push((k, e.value, if live { cause_if_live } else { RemovalCause::Expired }));
+        self.expected.push((
+            k,
+            e.value,
+            if live {
+                cause_if_live
+            } else {
+                RemovalCause::Expired
+            },
+        ));
         live.then_some(e.value)
     }
 
@@ -112,7 +120,9 @@ fn build(cfg: &Config, clock: &MockClock, events: &Arc<Mutex<Vec<Event>>>) -> Ca
         .max_capacity(cfg.capacity)
         .num_shards(cfg.shards)
         .clock(clock.clone())
-        .eviction_listener(move |k: Arc<u8>, v: u16, cause| log.lock().unwrap().push((*k, v, cause)));
+        .eviction_listener(move |k: Arc<u8>, v: u16, cause| {
+            log.lock().unwrap().push((*k, v, cause))
+        });
     if cfg.weighted {
         b = b.weigher(|_, v| weight(*v));
     }
@@ -137,11 +147,19 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         }
         Op::Get(k) => {
             let expected = m.read(k);
-            if expected.is_some() { m.hits += 1 } else { m.misses += 1 }
+            if expected.is_some() {
+                m.hits += 1
+            } else {
+                m.misses += 1
+            }
             assert_eq!(cache.get(&k), expected, "get({k})");
         }
         Op::Peek(k) => assert_eq!(cache.peek(&k), m.live(k).map(|e| e.value), "peek({k})"),
-        Op::Contains(k) => assert_eq!(cache.contains_key(&k), m.live(k).is_some(), "contains_key({k})"),
+        Op::Contains(k) => assert_eq!(
+            cache.contains_key(&k),
+            m.live(k).is_some(),
+            "contains_key({k})"
+        ),
         Op::Remove(k) => {
             let expected = m.take(k, RemovalCause::Explicit);
             assert_eq!(cache.remove(&k), expected, "remove({k})");
@@ -175,7 +193,12 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         }
         Op::RunPending => {
             cache.run_pending_tasks();
-            let expired: Vec<u8> = m.map.iter().filter(|(_, e)| e.at <= m.now).map(|(&k, _)| k).collect();
+            let expired: Vec<u8> = m
+                .map
+                .iter()
+                .filter(|(_, e)| e.at <= m.now)
+                .map(|(&k, _)| k)
+                .collect();
             for k in expired {
                 m.take(k, RemovalCause::Expired);
             }
@@ -193,7 +216,9 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
             continue;
         }
         let held = m.map.get(&k).copied();
-        let held = held.unwrap_or_else(|| panic!("unpredicted {cause:?} of {k}={v}, which the model does not hold"));
+        let held = held.unwrap_or_else(|| {
+            panic!("unpredicted {cause:?} of {k}={v}, which the model does not hold")
+        });
         assert_eq!(held.value, v, "{cause:?} of {k} carried the wrong value");
         match cause {
             RemovalCause::Size => assert!(m.now < held.at, "size eviction of an expired entry {k}"),
@@ -202,17 +227,37 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
         }
         m.map.remove(&k);
     }
-    assert!(expected.is_empty(), "notifications never delivered: {expected:?}");
+    assert!(
+        expected.is_empty(),
+        "notifications never delivered: {expected:?}"
+    );
 }
 
 fn check(cache: &Cache<u8, u16>, m: &Model) {
     cache.check_invariants();
     for k in 0..KEYS {
-        assert_eq!(cache.peek(&k), m.live(k).map(|e| e.value), "contents differ at key {k}");
+        assert_eq!(
+            cache.peek(&k),
+            m.live(k).map(|e| e.value),
+            "contents differ at key {k}"
+        );
     }
-    assert_eq!(cache.entry_count(), m.map.len() as u64, "entry count (expired-unreaped included)");
-    let weight_of = |e: &Entry| if m.cfg.weighted { u64::from(weight(e.value)) } else { 1 };
-    assert_eq!(cache.weighted_size(), m.map.values().map(weight_of).sum::<u64>());
+    assert_eq!(
+        cache.entry_count(),
+        m.map.len() as u64,
+        "entry count (expired-unreaped included)"
+    );
+    let weight_of = |e: &Entry| {
+        if m.cfg.weighted {
+            u64::from(weight(e.value))
+        } else {
+            1
+        }
+    };
+    assert_eq!(
+        cache.weighted_size(),
+        m.map.values().map(weight_of).sum::<u64>()
+    );
     assert!(cache.weighted_size() <= m.cfg.capacity, "over capacity");
 }
 
@@ -221,7 +266,14 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
     let clock = MockClock::new();
     let events = Arc::new(Mutex::new(Vec::new()));
     let cache = build(&cfg, &clock, &events);
-    let mut m = Model { cfg, now: 0, map: HashMap::new(), expected: Vec::new(), hits: 0, misses: 0 };
+    let mut m = Model {
+        cfg,
+        now: 0,
+        map: HashMap::new(),
+        expected: Vec::new(),
+        hits: 0,
+        misses: 0,
+    };
     for op in &ops {
         apply(op, &cache, &clock, &mut m);
         let observed = std::mem::take(&mut *events.lock().unwrap());
@@ -229,6 +281,9 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
         check(&cache, &m);
     }
     let stats = cache.stats();
-    assert_eq!((stats.hits(), stats.misses()), (m.hits, m.misses), "hit and miss counts");
+    assert_eq!(
+        (stats.hits(), stats.misses()),
+        (m.hits, m.misses),
+        "hit and miss counts"
+    );
 }
-
