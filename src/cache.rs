@@ -135,8 +135,9 @@ where
         let now = parts.timing.clock.now();
         let weighted = parts.weigher.is_some();
         let sliding = parts.timing.tti().is_some();
+        let timed = parts.timing.is_timed();
         let inner = Arc::new(Inner {
-            shards: Shards::new(parts.shards, parts.capacity, weighted, now, sliding),
+            shards: Shards::new(parts.shards, parts.capacity, weighted, timed, sliding, now),
             timing: parts.timing,
             weigher: parts.weigher,
             listener: parts.listener,
@@ -721,6 +722,24 @@ where
         (hits / n, misses / n)
     }
 
+    /// One maintenance pass: reap expired entries shard by shard in bounded
+    /// batches and deliver their notifications between batches.
+    fn maintain(&self) {
+        self.maintenance.pass(|| {
+            let now = self.timing.clock.now();
+            for cell in self.shards.iter() {
+                loop {
+                    let mut removed = Removed::default();
+                    let done = cell.write().reap(now, &mut removed);
+                    self.deliver(removed);
+                    if done {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
     fn deliver(&self, removed: Removed<K, V>) {
         removed.deliver(self.listener.as_ref());
     }
@@ -744,19 +763,9 @@ where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn maintain(&self) {
-        self.maintenance.pass(|| {
-            let now = self.timing.clock.now();
-            for cell in self.shards.iter() {
-                loop {
-                    let mut removed = Removed::default();
-                    let done = cell.write().reap(now, &mut removed);
-                    self.deliver(removed);
-                    if done {
-                        break;
-                    }
-                }
-            }
-        });
+    fn background_pass(&self) {
+        if !self.timing.clock.is_manual() {
+            self.maintain();
+        }
     }
 }

@@ -26,8 +26,9 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 
 /// Work the maintenance thread does on each pass.
 pub(crate) trait Maintained: Send + Sync + 'static {
-    /// One pass: reap what has expired and deliver notifications.
-    fn maintain(&self);
+    /// What the thread does when it wakes: a pass, unless the cache's clock
+    /// is driven by hand.
+    fn background_pass(&self);
 }
 
 /// The cache's handle on its maintenance thread, and the count of passes in
@@ -125,6 +126,6 @@ fn run<T: Maintained>(target: Weak<T>, stop: Receiver<()>) {
         let Some(target) = target.upgrade() else {
             return;
         };
-        target.maintain();
+        target.background_pass();
     }
 }

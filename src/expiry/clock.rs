@@ -31,6 +31,15 @@ impl Clock {
         Clock::System(Instant::now())
     }
 
+    /// True for a hand-driven clock: background work then waits to be asked.
+    pub(crate) fn is_manual(&self) -> bool {
+        match self {
+            Clock::System(_) => false,
+            #[cfg(feature = "test-util")]
+            Clock::Mock(_) => true,
+        }
+    }
+
     /// Nanoseconds since the clock's origin.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
@@ -49,7 +58,11 @@ pub(crate) fn saturating_nanos(nanos: u128) -> u64 {
 
 /// A clock that only moves when told to, for deterministic tests.
 ///
-/// Clones share the same time. Give one to
+/// Clones share the same time. A cache on a `MockClock` reaps expired entries
+/// only when asked ([`Cache::run_pending_tasks`](crate::Cache::run_pending_tasks),
+/// or a write that meets one): its maintenance thread stays idle, so listener
+/// notifications arrive at predictable points. Expired entries are never
+/// returned either way. Give one to
 /// [`CacheBuilder::clock`](crate::CacheBuilder::clock) and keep another to
 /// move time with [`advance`](MockClock::advance).
 ///
