@@ -12,6 +12,7 @@
 //! | feature | what it adds | cost |
 //! |---|---|---|
 //! | `test-util` | [`clock::MockClock`] and `Cache::check_invariants` | one branch per clock read |
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;

@@ -92,6 +92,21 @@ pub(crate) struct Write<K, V> {
     pub(crate) deadline: Deadline,
 }
 
+/// How to build a shard.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    /// Most weight (entries when unweighted) the shard holds.
+    pub(crate) capacity: u64,
+    /// Entries carry weights from a weigher.
+    pub(crate) weighted: bool,
+    /// Entries to allocate storage for up front.
+    pub(crate) reserve: usize,
+    /// The cache gives entries deadlines (TTL, TTI or expiry hooks).
+    pub(crate) timed: bool,
+    /// Reads slide deadlines (time to idle).
+    pub(crate) sliding: bool,
+}
+
 /// One shard of the cache: table, slots, policy and timer wheel.
 #[derive(Debug)]
 pub(crate) struct Shard<K, V> {
@@ -111,25 +126,26 @@ pub(crate) struct Shard<K, V> {
 }
 
 impl<K: Hash + Eq, V> Shard<K, V> {
-    /// An empty shard holding at most `capacity` (entries, or weight when
-    /// `weighted`), with storage for `reserve` entries allocated up front.
-    pub(crate) fn new(
-        capacity: u64,
-        weighted: bool,
-        reserve: usize,
-        hasher: RandomState,
-        now: u64,
-        sliding: bool,
-    ) -> Self {
+    /// An empty shard as `layout` describes, with storage for
+    /// `layout.reserve` entries allocated up front.
+    pub(crate) fn new(layout: &Layout, hasher: RandomState, now: u64) -> Self {
+        let reserve = layout.reserve;
         let mut wheel = TimerWheel::new(now);
-        wheel.reserve(reserve);
+        let (mut deadlines, mut hard) = (Vec::new(), Vec::new());
+        if layout.timed {
+            wheel.reserve(reserve);
+            deadlines.reserve_exact(reserve);
+        }
+        if layout.sliding {
+            hard.reserve_exact(reserve);
+        }
         Shard {
             table: HashTable::with_capacity(reserve),
             slots: Vec::with_capacity(reserve),
-            deadlines: Vec::new(),
-            hard: Vec::new(),
-            sliding,
-            policy: TinyLfu::new(capacity, weighted, reserve),
+            deadlines,
+            hard,
+            sliding: layout.sliding,
+            policy: TinyLfu::new(layout.capacity, layout.weighted, reserve),
             wheel,
             hasher,
             removals: [0; 4],
@@ -321,11 +337,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return;
         }
         if self.deadlines.is_empty() {
-            self.deadlines = (0..self.slots.len())
-                .map(|_| AtomicU64::new(NEVER))
-                .collect();
+            let len = self.slots.len();
+            self.deadlines
+                .extend((0..len).map(|_| AtomicU64::new(NEVER)));
             if self.sliding {
-                self.hard = vec![NEVER; self.slots.len()];
+                self.hard.resize(len, NEVER);
             }
         }
         self.deadlines[id as usize].store(deadline.at, Relaxed);

@@ -5,7 +5,7 @@ use std::{borrow::Borrow, hash::Hash};
 use ahash::RandomState;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::Shard;
+use super::{Layout, Shard};
 
 /// A shard behind its lock, padded so two locks never share a cache line.
 #[derive(Debug)]
@@ -38,30 +38,36 @@ pub(crate) struct Shards<K, V> {
 
 impl<K: Hash + Eq, V> Shards<K, V> {
     /// `count` shards (a power of two) sharing `capacity` exactly: the first
-    /// `capacity % count` shards hold one unit more.
+    /// `capacity % count` shards hold one unit more. `timed` and `sliding` say
+    /// whether entries get deadlines and whether reads slide them.
     pub(crate) fn new(
         count: usize,
         capacity: u64,
         weighted: bool,
-        now: u64,
+        timed: bool,
         sliding: bool,
+        now: u64,
     ) -> Self {
         debug_assert!(count.is_power_of_two());
         let hasher = RandomState::new();
         let n = count as u64;
         let cells = (0..n)
             .map(|i| {
-                let cap = capacity / n + u64::from(i < capacity % n);
-                let reserve = if weighted { 0 } else { reservation(cap, count) };
+                let capacity = capacity / n + u64::from(i < capacity % n);
+                let reserve = if weighted {
+                    0
+                } else {
+                    reservation(capacity, count)
+                };
+                let layout = Layout {
+                    capacity,
+                    weighted,
+                    reserve,
+                    timed,
+                    sliding,
+                };
                 ShardCell {
-                    lock: RwLock::new(Shard::new(
-                        cap,
-                        weighted,
-                        reserve,
-                        hasher.clone(),
-                        now,
-                        sliding,
-                    )),
+                    lock: RwLock::new(Shard::new(&layout, hasher.clone(), now)),
                 }
             })
             .collect();
