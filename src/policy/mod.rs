@@ -75,3 +75,64 @@ mod sim;
 mod tests;
 
 pub(crate) use tinylfu::TinyLfu;
+
+/// Most read hits an entry's touch counter holds between two examinations
+/// by the policy (the counter is 4 bits wide).
+pub(crate) const TOUCH_MAX: u8 = 15;
+
+/// What the policy reads of entries it does not store itself: their key hash
+/// (for the sketch) and the read hits recorded on them since it last looked.
+/// The shard keeps the touch counter in the entry's slot, beside the key and
+/// value, so a read hit writes no other cache line.
+pub(crate) trait Entries {
+    /// The 64-bit hash of the entry's key.
+    fn hash(&self, id: u32) -> u64;
+    /// Reads and clears the entry's touch counter.
+    fn take_touches(&self, id: u32) -> u8;
+}
+
+/// Per-id hashes and touch counters kept beside the policy, the way a shard
+/// keeps them, for the policy's own tests and simulator.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TestEntries {
+    hashes: Vec<u64>,
+    touches: Vec<std::sync::atomic::AtomicU8>,
+}
+
+#[cfg(test)]
+impl TestEntries {
+    /// Adds id `len` with `hash`.
+    pub(crate) fn push(&mut self, hash: u64) {
+        self.hashes.push(hash);
+        self.touches.push(std::sync::atomic::AtomicU8::new(0));
+    }
+
+    /// A read hit on `id`.
+    pub(crate) fn touch(&self, id: u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(t) = self.touches.get(id as usize) {
+            let seen = t.load(Relaxed);
+            if seen < TOUCH_MAX {
+                t.store(seen + 1, Relaxed);
+            }
+        }
+    }
+
+    /// Swap-removes `id`, as the shard does.
+    pub(crate) fn swap_remove(&mut self, id: u32) {
+        self.hashes.swap_remove(id as usize);
+        self.touches.swap_remove(id as usize);
+    }
+}
+
+#[cfg(test)]
+impl Entries for TestEntries {
+    fn hash(&self, id: u32) -> u64 {
+        self.hashes[id as usize]
+    }
+
+    fn take_touches(&self, id: u32) -> u8 {
+        self.touches[id as usize].swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use super::TinyLfu;
+use super::{TestEntries, TinyLfu};
 
 /// Longest replay of one trace, in accesses.
 const MAX_ACCESSES: usize = 4_000_000;
@@ -61,7 +61,7 @@ pub(super) struct Model {
     /// Id to key.
     keys: Vec<u64>,
     /// Id to hash.
-    hashes: Vec<u64>,
+    hashes: TestEntries,
     /// The policy under test.
     pub(super) policy: TinyLfu,
     /// Read hits so far.
@@ -81,7 +81,7 @@ impl Model {
         Model {
             map: HashMap::new(),
             keys: Vec::new(),
-            hashes: Vec::new(),
+            hashes: TestEntries::default(),
             policy: TinyLfu::new(capacity, false, capacity as usize + 1),
             hits: 0,
             misses: 0,
@@ -91,7 +91,7 @@ impl Model {
     /// A get, then an insert on a miss. Returns whether it hit.
     pub(super) fn access(&mut self, key: u64) -> bool {
         if let Some(&id) = self.map.get(&key) {
-            self.policy.touch(id);
+            self.hashes.touch(id);
             self.hits += 1;
             return true;
         }
@@ -109,11 +109,7 @@ impl Model {
 
     /// The shard's eviction loop.
     pub(super) fn evict(&mut self) {
-        loop {
-            let hashes = &self.hashes;
-            let Some(id) = self.policy.victim(&|i| hashes[i as usize]) else {
-                break;
-            };
+        while let Some(id) = self.policy.victim(&self.hashes) {
             self.policy.remove(id);
             self.swap_remove(id);
         }
@@ -124,7 +120,7 @@ impl Model {
         let last = self.keys.len() as u32 - 1;
         self.map.remove(&self.keys[id as usize]);
         self.keys.swap_remove(id as usize);
-        self.hashes.swap_remove(id as usize);
+        self.hashes.swap_remove(id);
         if id != last {
             self.map.insert(self.keys[id as usize], id);
             self.policy.relocate(last, id);

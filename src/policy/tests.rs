@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 
 use proptest::prelude::*;
 
-use super::TinyLfu;
 use super::sim::{Model, Rng, hot_and_scans, looping, zipf};
+use super::{Entries, TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
 fn ratio(trace: &[u64], capacity: u64) -> f64 {
@@ -82,14 +82,18 @@ fn recency_burst_is_served_by_the_window() {
 #[test]
 fn weights_bound_the_size() {
     let mut policy = TinyLfu::new(100, true, 0);
+    let mut ids = TestEntries::default();
     let mut len = 0u32;
     let mut rng = Rng::new(5);
     for _ in 0..200 {
         let weight = 1 + rng.below(30) as u32;
-        policy.insert(len, rng.next_u64(), weight);
+        let hash = rng.next_u64();
+        policy.insert(len, hash, weight);
+        ids.push(hash);
         len += 1;
-        while let Some(victim) = policy.victim(&|i| u64::from(i) * 31) {
+        while let Some(victim) = policy.victim(&ids) {
             policy.remove(victim);
+            ids.swap_remove(victim);
             len -= 1;
             policy.relocate(len, victim);
         }
@@ -143,6 +147,7 @@ proptest! {
         // keys[id] = the key living at id; weights mirror the policy's.
         let (mut keys, mut weights): (Vec<u64>, Vec<u32>) = (Vec::new(), Vec::new());
         let (mut next_key, mut hits, mut misses) = (0u64, 0u64, 0u64);
+        let mut ids = TestEntries::default();
         for op in ops {
             let len = keys.len();
             match op {
@@ -150,29 +155,30 @@ proptest! {
                     let w = if weighted { w.min(capacity as u32) } else { 1 };
                     if u64::from(w) > capacity { continue; }
                     policy.insert(len as u32, key_hash(next_key), w);
+                    ids.push(key_hash(next_key));
                     keys.push(next_key);
                     weights.push(w);
                     next_key += 1;
                 }
                 Op::Update(i, w) if len > 0 => {
                     let w = if weighted { w.min(capacity as u32) } else { 1 };
-                    policy.update((i % len) as u32, key_hash(keys[i % len]), w);
+                    let id = (i % len) as u32;
+                    policy.update(id, key_hash(keys[i % len]), w, ids.take_touches(id));
                     weights[i % len] = w;
                 }
-                Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| policy.touch((i % len) as u32)),
+                Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| ids.touch((i % len) as u32)),
                 Op::Remove(i) if len > 0 => {
                     policy.remove((i % len) as u32);
-                    remove_model(&mut policy, &mut keys, &mut weights, (i % len) as u32);
+                    remove_model(&mut policy, &mut ids, &mut keys, &mut weights, (i % len) as u32);
                 }
                 Op::Victim => {
                     let over = policy.weighted_size() > capacity;
-                    let k = keys.clone();
-                    let victim = policy.victim(&|id| key_hash(k[id as usize]));
+                    let victim = policy.victim(&ids);
                     prop_assert_eq!(victim.is_some(), over, "victim vs size {}", policy.weighted_size());
                     if let Some(id) = victim {
                         prop_assert!((id as usize) < len, "victim {} of {}", id, len);
                         policy.remove(id);
-                        remove_model(&mut policy, &mut keys, &mut weights, id);
+                        remove_model(&mut policy, &mut ids, &mut keys, &mut weights, id);
                     }
                 }
                 Op::Sample(h, m) => {
@@ -182,6 +188,7 @@ proptest! {
                 }
                 Op::Clear => {
                     policy.clear();
+                    ids = TestEntries::default();
                     keys.clear();
                     weights.clear();
                 }
@@ -198,8 +205,15 @@ proptest! {
 }
 
 /// The shard's side of a removal: swap-remove in the model, then relocate.
-fn remove_model(policy: &mut TinyLfu, keys: &mut Vec<u64>, weights: &mut Vec<u32>, id: u32) {
+fn remove_model(
+    policy: &mut TinyLfu,
+    ids: &mut TestEntries,
+    keys: &mut Vec<u64>,
+    weights: &mut Vec<u32>,
+    id: u32,
+) {
     let last = keys.len() as u32 - 1;
+    ids.swap_remove(id);
     keys.swap_remove(id as usize);
     weights.swap_remove(id as usize);
     if id != last {

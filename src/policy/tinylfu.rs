@@ -6,10 +6,9 @@
 //! per id, optional weights, the frequency sketch and the window climber.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::climber::HillClimber;
 use super::sketch::FrequencySketch;
+use super::{Entries, climber::HillClimber};
 
 /// "No id": end of a queue.
 const NIL: u32 = u32::MAX;
@@ -22,11 +21,6 @@ const PROBATION: u8 = 1;
 const PROTECTED: u8 = 2;
 /// Tag of an id removed but not yet refilled by `relocate`.
 const VACANT: u8 = 3;
-
-/// Saturation value of the per-id touch counter: enough to carry a key from
-/// "new" to "hot" in the 4-bit sketch in one fold; once reached, reads stop
-/// writing the counter's cache line.
-const TOUCH_MAX: u8 = 15;
 
 /// Candidates at least this warm win a lost duel against a [`SATURATED`]
 /// victim with probability 1/128, so an attacker who floods the sketch to make
@@ -74,8 +68,6 @@ pub(crate) struct TinyLfu {
     links: Vec<[u32; 2]>,
     /// Queue tag per id (`WINDOW`, `PROBATION`, `PROTECTED`, `VACANT`).
     tags: Vec<u8>,
-    /// Reads since the id was last examined (saturating, lossy).
-    touches: Vec<AtomicU8>,
     /// Weight per id; empty (every weight is 1) when not weighted.
     weights: Vec<u32>,
     /// Whether the cache is weighted.
@@ -120,7 +112,6 @@ impl TinyLfu {
         let mut policy = Self {
             links: Vec::with_capacity(expected_ids),
             tags: Vec::with_capacity(expected_ids),
-            touches: Vec::with_capacity(expected_ids),
             weights: Vec::with_capacity(if weighted { expected_ids } else { 0 }),
             weighted,
             queues: [Queue::EMPTY; 3],
@@ -160,25 +151,12 @@ impl TinyLfu {
         self.protected_max = main / 100 * PROTECTED_PERCENT + main % 100 * PROTECTED_PERCENT / 100;
     }
 
-    /// Records a read hit on `id`: bumps its touch counter unless saturated.
-    /// Lossy under races, which only loses a little frequency information.
-    #[inline]
-    pub(crate) fn touch(&self, id: u32) {
-        if let Some(counter) = self.touches.get(id as usize) {
-            let seen = counter.load(Ordering::Relaxed);
-            if seen < TOUCH_MAX {
-                counter.store(seen + 1, Ordering::Relaxed);
-            }
-        }
-    }
-
     /// Adds the new id `id` (equal to the current number of ids) to the
     /// window, and counts the write in the sketch.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
         debug_assert_eq!(id as usize, self.tags.len(), "ids must stay dense");
         self.links.push([NIL, NIL]);
         self.tags.push(WINDOW);
-        self.touches.push(AtomicU8::new(0));
         if self.weighted {
             self.weights.push(weight);
         }
@@ -189,9 +167,10 @@ impl TinyLfu {
 
     /// Records a write to the existing id `id`: an access (exact LRU move,
     /// since the lock is exclusive here) and possibly a new weight.
-    pub(crate) fn update(&mut self, id: u32, hash: u64, weight: u32) {
-        let pending = self.take_touches(id);
-        self.sketch.increment(hash, pending.saturating_add(1));
+    /// `touches` are the read hits the entry had pending, which the caller
+    /// took from it.
+    pub(crate) fn update(&mut self, id: u32, hash: u64, weight: u32, touches: u8) {
+        self.sketch.increment(hash, touches.saturating_add(1));
         let tag = self.tags[id as usize];
         if self.weighted {
             let old = std::mem::replace(&mut self.weights[id as usize], weight);
@@ -228,8 +207,6 @@ impl TinyLfu {
         let [prev, next] = self.links[f];
         self.links[t] = [prev, next];
         self.tags[t] = tag;
-        let touched = self.touches[f].load(Ordering::Relaxed);
-        self.touches[t].store(touched, Ordering::Relaxed);
         if self.weighted {
             self.weights[t] = self.weights[f];
         }
@@ -255,7 +232,6 @@ impl TinyLfu {
     fn pop_last(&mut self) {
         self.links.pop();
         self.tags.pop();
-        self.touches.pop();
         if self.weighted {
             self.weights.pop();
         }
@@ -300,7 +276,6 @@ impl TinyLfu {
     pub(crate) fn clear(&mut self) {
         self.links.clear();
         self.tags.clear();
-        self.touches.clear();
         self.weights.clear();
         self.queues = [Queue::EMPTY; 3];
         self.vacant = 0;
@@ -380,19 +355,6 @@ impl TinyLfu {
         self.push_tail(tag, id);
     }
 
-    /// Reads and clears the touch counter of `id`.
-    #[inline]
-    fn take_touches(&self, id: u32) -> u8 {
-        let counter = &self.touches[id as usize];
-        match counter.load(Ordering::Relaxed) {
-            0 => 0,
-            n => {
-                counter.store(0, Ordering::Relaxed);
-                n
-            }
-        }
-    }
-
     // ----- eviction -----
 
     /// The next id to evict, or `None` while the cache fits its capacity.
@@ -400,9 +362,9 @@ impl TinyLfu {
     /// moved on instead of evicted, and its touches are folded into the
     /// sketch), drains the window into the main space while there is room,
     /// and runs the TinyLFU duel when the window overflows a full main space.
-    pub(crate) fn victim(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
-        self.shrink_protected(hash_of);
-        self.drain_window(hash_of);
+    pub(crate) fn victim(&mut self, entries: &impl Entries) -> Option<u32> {
+        self.shrink_protected(entries);
+        self.drain_window(entries);
         if self.weighted_size() <= self.capacity {
             return None;
         }
@@ -411,21 +373,23 @@ impl TinyLfu {
             if self.queues[WINDOW as usize].weight <= self.window_max {
                 // The window fits: the main space is over its share.
                 return self
-                    .main_victim(hash_of)
-                    .or_else(|| self.window_head(hash_of));
+                    .main_victim(entries)
+                    .or_else(|| self.window_head(entries));
             }
-            let candidate = self.window_head(hash_of)?;
-            let Some(victim) = self.main_victim(hash_of) else {
+            let candidate = self.window_head(entries)?;
+            let Some(victim) = self.main_victim(entries) else {
                 // Empty main space: the candidate goes in without a duel.
                 self.move_to(PROBATION, candidate);
                 continue;
             };
-            return Some(if self.admit(hash_of(candidate), hash_of(victim)) {
-                self.move_to(PROBATION, candidate);
-                victim
-            } else {
-                candidate
-            });
+            return Some(
+                if self.admit(entries.hash(candidate), entries.hash(victim)) {
+                    self.move_to(PROBATION, candidate);
+                    victim
+                } else {
+                    candidate
+                },
+            );
         }
     }
 
@@ -448,20 +412,20 @@ impl TinyLfu {
     }
 
     /// Folds the touches of `id` into the sketch; true if it had any.
-    fn fold(&mut self, id: u32, hash_of: &impl Fn(u32) -> u64) -> bool {
-        let touches = self.take_touches(id);
+    fn fold(&mut self, id: u32, entries: &impl Entries) -> bool {
+        let touches = entries.take_touches(id);
         if touches > 0 {
-            self.sketch.increment(hash_of(id), touches);
+            self.sketch.increment(entries.hash(id), touches);
         }
         touches > 0
     }
 
     /// The window's untouched head, after giving touched heads a second
     /// chance at the window's tail (the CLOCK stand-in for LRU order).
-    fn window_head(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+    fn window_head(&mut self, entries: &impl Entries) -> Option<u32> {
         loop {
             let head = self.queues[WINDOW as usize].head;
-            if head == NIL || !self.fold(head, hash_of) {
+            if head == NIL || !self.fold(head, entries) {
                 return (head != NIL).then_some(head);
             }
             self.move_to(WINDOW, head);
@@ -471,28 +435,28 @@ impl TinyLfu {
     /// The main space's untouched probation head: touched probation heads
     /// are promoted to protected (SLRU's hit rule, applied late), and an
     /// empty probation is refilled from the protected head.
-    fn main_victim(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+    fn main_victim(&mut self, entries: &impl Entries) -> Option<u32> {
         loop {
             let head = self.queues[PROBATION as usize].head;
             if head == NIL {
-                let demoted = self.protected_head(hash_of)?;
+                let demoted = self.protected_head(entries)?;
                 self.move_to(PROBATION, demoted);
                 continue;
             }
-            if !self.fold(head, hash_of) {
+            if !self.fold(head, entries) {
                 return Some(head);
             }
             self.move_to(PROTECTED, head);
-            self.shrink_protected(hash_of);
+            self.shrink_protected(entries);
         }
     }
 
     /// The protected segment's untouched head, touched heads recycled to
     /// its tail.
-    fn protected_head(&mut self, hash_of: &impl Fn(u32) -> u64) -> Option<u32> {
+    fn protected_head(&mut self, entries: &impl Entries) -> Option<u32> {
         loop {
             let head = self.queues[PROTECTED as usize].head;
-            if head == NIL || !self.fold(head, hash_of) {
+            if head == NIL || !self.fold(head, entries) {
                 return (head != NIL).then_some(head);
             }
             self.move_to(PROTECTED, head);
@@ -500,9 +464,9 @@ impl TinyLfu {
     }
 
     /// Demotes protected heads to probation while protected is over target.
-    fn shrink_protected(&mut self, hash_of: &impl Fn(u32) -> u64) {
+    fn shrink_protected(&mut self, entries: &impl Entries) {
         while self.queues[PROTECTED as usize].weight > self.protected_max {
-            let Some(head) = self.protected_head(hash_of) else {
+            let Some(head) = self.protected_head(entries) else {
                 return;
             };
             self.move_to(PROBATION, head);
@@ -511,10 +475,10 @@ impl TinyLfu {
 
     /// Moves the window's oldest (untouched) ids into probation while the
     /// window is over target and the main space has room for them.
-    fn drain_window(&mut self, hash_of: &impl Fn(u32) -> u64) {
+    fn drain_window(&mut self, entries: &impl Entries) {
         let main_max = self.capacity - self.window_max;
         while self.queues[WINDOW as usize].weight > self.window_max {
-            let Some(head) = self.window_head(hash_of) else {
+            let Some(head) = self.window_head(entries) else {
                 return;
             };
             let main =
@@ -535,7 +499,6 @@ impl TinyLfu {
         assert_eq!(self.len(), len, "policy len disagrees with the shard");
         assert_eq!(self.vacant, 0, "a removed id was never relocated");
         assert_eq!(self.links.len(), self.tags.len(), "links/tags length");
-        assert_eq!(self.touches.len(), self.tags.len(), "touches/tags length");
         let expected_weights = if self.weighted { self.tags.len() } else { 0 };
         assert_eq!(self.weights.len(), expected_weights, "weights length");
         let mut seen = 0;

@@ -3,21 +3,23 @@
 //!
 //! # Layout
 //!
-//! Entries live in a dense `Vec` of slots (key and value, nothing else),
-//! indexed by `u32` ids `0..len`. A `hashbrown::HashTable<u32>` maps key
-//! hashes to ids. Per-id metadata lives in parallel arrays owned by the parts
-//! that use it: deadlines here (only once some entry has one), queue links and
-//! access counters in the [policy](crate::policy), slot links in the
-//! [timing wheel](crate::expiry::wheel). Removal is a swap-remove: the last
-//! entry moves into the hole and every part is told (`relocate`), so there is
-//! no free list, no `Option` tag and no tombstone per slot.
+//! Entries live in a dense `Vec` of [slots](slot) (key, value, and one
+//! atomic word holding the deadline and the policy's touch counter), indexed
+//! by `u32` ids `0..len`. A `hashbrown::HashTable<u32>` maps key hashes to
+//! ids. What only writers need lives in parallel arrays owned by the parts
+//! that use it: queue links in the [policy](crate::policy), slot links in
+//! the [timing wheel](crate::expiry::wheel) (only for caches with expiry),
+//! and the write-based cap of idle deadlines (only with time to idle).
+//! Removal is a swap-remove: the last entry moves into the hole and every
+//! part is told (`relocate`), so there is no free list, no `Option` tag and
+//! no tombstone per slot.
 //!
 //! # Locking rules
 //!
 //! The shard knows nothing of locks; [`Shards`] wraps each in a
 //! `parking_lot::RwLock`. Methods taking `&self` (lookup, touch, sliding a
 //! deadline) are what a read hit does under the *shared* lock: they write
-//! only atomics (the policy's access counter, the deadline word). Everything
+//! only the slot's atomic word. Everything
 //! else takes `&mut self` under the exclusive lock. No method calls user
 //! code: removed entries are moved into a [`Removed`] buffer for the caller
 //! to deliver after unlocking.
@@ -29,14 +31,11 @@
 //! and the policy's frequency sketch re-mixes the whole word.
 
 mod sharded;
+mod slot;
 
 pub(crate) use sharded::{ShardCell, Shards};
 
-use std::{
-    borrow::Borrow,
-    hash::Hash,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::{borrow::Borrow, hash::Hash};
 
 use ahash::RandomState;
 use hashbrown::HashTable;
@@ -45,8 +44,9 @@ use crate::{
     RemovalCause,
     expiry::{Deadline, NEVER, clock::Clock, wheel::TimerWheel},
     notify::Removed,
-    policy::TinyLfu,
+    policy::{Entries, TinyLfu},
 };
+use slot::Slot;
 
 /// At most this many expired entries are reaped per lock hold, so a mass
 /// expiry never keeps readers waiting long.
@@ -54,13 +54,6 @@ pub(crate) const REAP_BUDGET: usize = 512;
 
 /// The policy's hill climber is fed fresh counts on one write in this many.
 const SAMPLE_EVERY: u64 = 32;
-
-/// One cached entry.
-#[derive(Debug)]
-struct Slot<K, V> {
-    key: K,
-    value: V,
-}
 
 /// Reads the clock at most once, and only if an entry has a deadline.
 #[derive(Debug)]
@@ -92,6 +85,22 @@ pub(crate) struct Write<K, V> {
     pub(crate) deadline: Deadline,
 }
 
+/// The policy's view of the slots: key hashes and touch counters.
+struct SlotEntries<'a, K, V> {
+    slots: &'a [Slot<K, V>],
+    hasher: &'a RandomState,
+}
+
+impl<K: Hash, V> Entries for SlotEntries<'_, K, V> {
+    fn hash(&self, id: u32) -> u64 {
+        self.hasher.hash_one(&self.slots[id as usize].key)
+    }
+
+    fn take_touches(&self, id: u32) -> u8 {
+        self.slots[id as usize].take_touches()
+    }
+}
+
 /// How to build a shard.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
@@ -112,8 +121,6 @@ pub(crate) struct Layout {
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
     slots: Vec<Slot<K, V>>,
-    /// Per-id deadline; empty until the first entry with a deadline arrives.
-    deadlines: Vec<AtomicU64>,
     /// Per-id write-based cap for sliding (time-to-idle) deadlines; empty without TTI.
     hard: Vec<u64>,
     sliding: bool,
@@ -131,10 +138,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     pub(crate) fn new(layout: &Layout, hasher: RandomState, now: u64) -> Self {
         let reserve = layout.reserve;
         let mut wheel = TimerWheel::new(now);
-        let (mut deadlines, mut hard) = (Vec::new(), Vec::new());
+        let mut hard = Vec::new();
         if layout.timed {
             wheel.reserve(reserve);
-            deadlines.reserve_exact(reserve);
         }
         if layout.sliding {
             hard.reserve_exact(reserve);
@@ -142,7 +148,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Shard {
             table: HashTable::with_capacity(reserve),
             slots: Vec::with_capacity(reserve),
-            deadlines,
             hard,
             sliding: layout.sliding,
             policy: TinyLfu::new(layout.capacity, layout.weighted, reserve),
@@ -189,13 +194,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// False once the entry's deadline has passed.
     #[inline]
     fn is_live(&self, id: u32, now: &mut Now<'_>) -> bool {
-        match self.deadlines.get(id as usize) {
-            Some(d) => {
-                let d = d.load(Relaxed);
-                d == NEVER || now.get() < d
-            }
-            None => true,
-        }
+        let d = self.slots[id as usize].deadline();
+        d == NEVER || now.get() < d
     }
 
     /// The key of a live id.
@@ -213,28 +213,22 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// The entry's deadline ([`NEVER`] if none).
     #[inline]
     pub(crate) fn deadline(&self, id: u32) -> u64 {
-        self.deadlines
-            .get(id as usize)
-            .map_or(NEVER, |d| d.load(Relaxed))
+        self.slots[id as usize].deadline()
     }
 
     /// Records a read hit for the policy (shared lock: atomics only).
     #[inline]
     pub(crate) fn touch(&self, id: u32) {
-        self.policy.touch(id);
+        self.slots[id as usize].touch();
     }
 
-    /// Slides an idle deadline after a read at `now` (shared lock: one atomic
-    /// store, skipped when it would move the deadline by under a millisecond).
+    /// Slides an idle deadline after a read at `now` (shared lock: one
+    /// compare-and-swap, skipped when it would move the deadline by under a
+    /// millisecond).
     #[inline]
     pub(crate) fn slide(&self, id: u32, now: u64, tti: u64) {
-        let (Some(d), Some(&hard)) = (self.deadlines.get(id as usize), self.hard.get(id as usize))
-        else {
-            return;
-        };
-        let next = hard.min(now.saturating_add(tti));
-        if next > d.load(Relaxed).saturating_add(1 << 20) {
-            d.store(next, Relaxed);
+        if let Some(&hard) = self.hard.get(id as usize) {
+            self.slots[id as usize].extend(hard.min(now.saturating_add(tti)), 1 << 20);
         }
     }
 
@@ -308,24 +302,19 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.count(cause, 1);
         removed.push(w.key, old, cause);
         self.set_deadline(id, w.deadline);
-        self.policy.update(id, w.hash, w.weight);
+        let touches = self.slots[id as usize].take_touches();
+        self.policy.update(id, w.hash, w.weight, touches);
     }
 
     /// Appends a new entry at id `len`.
     fn push(&mut self, w: Write<K, V>) {
         let id = u32::try_from(self.slots.len()).expect("a shard holds fewer than 2^32 entries");
-        self.slots.push(Slot {
-            key: w.key,
-            value: w.value,
-        });
+        self.slots.push(Slot::new(w.key, w.value));
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.table
             .insert_unique(w.hash, id, |&i| hasher.hash_one(&slots[i as usize].key));
-        if !self.deadlines.is_empty() {
-            self.deadlines.push(AtomicU64::new(NEVER));
-            if self.sliding {
-                self.hard.push(NEVER);
-            }
+        if self.sliding {
+            self.hard.push(NEVER);
         }
         self.set_deadline(id, w.deadline);
         self.policy.insert(id, w.hash, w.weight);
@@ -333,33 +322,26 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Stores `deadline` for `id` and (re)schedules it on the wheel.
     fn set_deadline(&mut self, id: u32, deadline: Deadline) {
-        if deadline.at == NEVER && self.deadlines.is_empty() {
+        let slot = &self.slots[id as usize];
+        if deadline.at == NEVER && slot.deadline() == NEVER {
             return;
         }
-        if self.deadlines.is_empty() {
-            let len = self.slots.len();
-            self.deadlines
-                .extend((0..len).map(|_| AtomicU64::new(NEVER)));
-            if self.sliding {
-                self.hard.resize(len, NEVER);
-            }
-        }
-        self.deadlines[id as usize].store(deadline.at, Relaxed);
+        let at = slot.set_deadline(deadline.at);
         if let Some(hard) = self.hard.get_mut(id as usize) {
             *hard = deadline.hard;
         }
-        self.wheel.schedule(id, deadline.at);
+        self.wheel.schedule(id, at);
     }
 
     /// Evicts what the policy chooses until the shard is within capacity. A
     /// victim whose deadline has already passed is reported as `Expired`.
     fn evict(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
         loop {
-            let (slots, hasher) = (&self.slots, &self.hasher);
-            let Some(id) = self
-                .policy
-                .victim(&|i: u32| hasher.hash_one(&slots[i as usize].key))
-            else {
+            let entries = SlotEntries {
+                slots: &self.slots,
+                hasher: &self.hasher,
+            };
+            let Some(id) = self.policy.victim(&entries) else {
                 return;
             };
             let cause = if self.is_live(id, now) {
@@ -433,11 +415,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.policy.relocate(last, id);
             self.wheel.relocate(last, id);
         }
-        if !self.deadlines.is_empty() {
-            self.deadlines.swap_remove(id as usize);
-            if self.sliding {
-                self.hard.swap_remove(id as usize);
-            }
+        if self.sliding {
+            self.hard.swap_remove(id as usize);
         }
         self.slots.swap_remove(id as usize)
     }
@@ -449,11 +428,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         self.version += 1;
         let mut expired = Vec::new();
-        let deadlines = &self.deadlines;
+        let slots = &self.slots;
         let done = self.wheel.advance(
             now,
             REAP_BUDGET,
-            |id| deadlines[id as usize].load(Relaxed),
+            |id| slots[id as usize].deadline(),
             &mut expired,
         );
         // Highest ids first: a swap-remove then never moves an id still to be taken.
@@ -469,9 +448,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Removes every entry: live ones as `Explicit`, expired ones as `Expired`.
     pub(crate) fn clear(&mut self, now: u64, removed: &mut Removed<K, V>) {
         self.version += 1;
-        let deadlines = std::mem::take(&mut self.deadlines);
-        for (id, slot) in std::mem::take(&mut self.slots).into_iter().enumerate() {
-            let expired = deadlines.get(id).is_some_and(|d| d.load(Relaxed) <= now);
+        for slot in std::mem::take(&mut self.slots) {
+            let expired = slot.deadline() <= now;
             let cause = if expired {
                 RemovalCause::Expired
             } else {
@@ -505,7 +483,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.removals[cause.index()] += n;
     }
 
-    /// Panics if the table, slots, deadlines, wheel and policy disagree.
+    /// Panics if the table, slots, wheel and policy disagree.
     #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn check_invariants(&self) {
         let len = self.slots.len();
@@ -521,10 +499,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 "table does not map slot {id} to itself"
             );
         }
-        assert!(
-            self.deadlines.is_empty() || self.deadlines.len() == len,
-            "deadline array length"
-        );
         assert!(
             self.hard.is_empty() || self.hard.len() == len,
             "hard deadline array length"
