@@ -487,12 +487,11 @@ where
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
         let shard = cell.read();
-        let Some(id) = shard.lookup(hash, key, &mut now) else {
+        let Some(id) = shard.hit(hash, key, &mut now) else {
             drop(shard);
             self.lookups.record(false);
             return None;
         };
-        shard.touch(id);
         if let Some(tti) = self.timing.tti() {
             shard.slide(id, now.get(), tti);
         }

@@ -216,10 +216,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.slots[id as usize].deadline()
     }
 
-    /// Records a read hit for the policy (shared lock: atomics only).
+    /// A read hit: the id of `key`'s live entry, with the access recorded for
+    /// the policy (shared lock: one atomic word of the slot).
     #[inline]
-    pub(crate) fn touch(&self, id: u32) {
-        self.slots[id as usize].touch();
+    pub(crate) fn hit<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let id = *self
+            .table
+            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        self.slots[id as usize].hit(|| now.get()).then_some(id)
     }
 
     /// Slides an idle deadline after a read at `now` (shared lock: one

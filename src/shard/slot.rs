@@ -71,13 +71,20 @@ impl<K, V> Slot<K, V> {
         deadline
     }
 
-    /// Records a read hit unless the counter is saturated (shared lock).
+    /// A read hit (shared lock): false if the deadline is at or before
+    /// `now()`, else records the touch unless the counter is saturated. One
+    /// load of the word; the clock is read only for entries with a deadline.
     #[inline]
-    pub(crate) fn touch(&self) {
+    pub(crate) fn hit(&self, now: impl FnOnce() -> u64) -> bool {
         let meta = self.meta.load(Relaxed);
+        let deadline = meta & DEADLINE_MASK;
+        if deadline != DEADLINE_MASK && now() >= deadline {
+            return false;
+        }
         if meta >> DEADLINE_BITS < u64::from(TOUCH_MAX) {
             self.meta.store(meta + ONE_TOUCH, Relaxed);
         }
+        true
     }
 
     /// Moves a deadline later to `next`, if it is more than `slack` ns later
@@ -114,14 +121,15 @@ mod tests {
         let slot = Slot::new(1u8, 2u8);
         assert_eq!(slot.deadline(), NEVER);
         for _ in 0..40 {
-            slot.touch();
+            assert!(slot.hit(|| unreachable!("no deadline, no clock")));
         }
         assert_eq!(slot.set_deadline(12_345), 12_345);
         assert_eq!(slot.deadline(), 12_345);
         assert_eq!(slot.take_touches(), TOUCH_MAX, "saturates at the maximum");
         assert_eq!(slot.take_touches(), 0);
         assert_eq!(slot.deadline(), 12_345, "taking touches keeps the deadline");
-        slot.touch();
+        assert!(slot.hit(|| 12_344));
+        assert!(!slot.hit(|| 12_345), "expired at its deadline");
         assert_eq!(slot.set_deadline(NEVER), NEVER);
         assert_eq!(slot.deadline(), NEVER);
         assert_eq!(
