@@ -1,0 +1,631 @@
+//! larder next to moka and quick_cache in one plain-text report (Markdown
+//! tables on stdout, progress on stderr), every cache on the same seeded
+//! workloads in the same run:
+//!
+//! 1. **Throughput** (Mops/s, median of 5 runs of 0.4 s, runs alternating
+//!    between the caches): get hit, mixed Zipf on 1 and 2 threads, insert;
+//!    ratios of larder to the others; nanoseconds per get hit.
+//! 2. **Hit ratio** (%): Zipf s = 0.8 / 1.0 / 1.2 over 1M keys, a hot set
+//!    broken by one-shot scans, loops just above the capacity, and the
+//!    public ARC and LIRS traces. Each request is a `get`, then an `insert`
+//!    on a miss; moka runs its pending tasks every 64 requests so its policy
+//!    sees the accesses. `⚠` marks rows where larder trails the best of the
+//!    other two by more than half a point. (moka's replay runs on a second
+//!    thread, in parallel with the other two: a hit ratio does not depend
+//!    on timing, and the section takes half the time.)
+//! 3. **Memory**: heap bytes per entry with 1M `u64 -> u64` entries, minus
+//!    the 16 bytes of key and value, from a counting global allocator.
+//! 4. **Mass expiry**: latency of gets on 10k long-lived keys while 1M
+//!    entries with the same time to live expire and are reaped, next to the
+//!    same measure taken while the cache is idle.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-benches cargo bench --bench compare`
+//! (2–3 minutes). The traces are read from `/work/shared/cache-traces`,
+//! or the directory given as first argument
+//! (`cargo bench --bench compare -- /path/to/traces`) or in `$LARDER_TRACES`;
+//! `.zst` traces need `zstd` and `.gz` ones `gzip` on the `PATH` (rows are
+//! skipped with a note otherwise). `LARDER_COMPARE=hits,memory` runs only
+//! the named sections (`throughput`, `hits`, `memory`, `expiry`). Under
+//! `cargo test` (no `--bench` argument) it does nothing.
+//!
+//! The counting allocator adds a few atomic increments to every allocation
+//! in every section; caches that allocate per insert pay slightly more.
+
+use std::{
+    collections::BTreeSet,
+    hint::black_box,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    thread,
+    time::{Duration, Instant},
+};
+
+#[path = "support/alloc.rs"]
+mod alloc;
+#[path = "support/caches.rs"]
+#[allow(dead_code)]
+mod caches;
+#[path = "support/histogram.rs"]
+#[allow(dead_code)]
+mod histogram;
+#[path = "support/workload.rs"]
+#[allow(dead_code)]
+mod workload;
+
+use caches::{BenchCache, mixed_op, replay};
+use histogram::{Histogram, fmt_nanos};
+use workload::{
+    TraceError, XorShift, hot_scan_stream, loop_stream, mixed_stream, read_trace, trace_dir,
+    zipf_stream,
+};
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` (or
+    // `--all-targets`) does not, and minutes of measurements in a debug
+    // build have no place in a test run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("compare: measurements skipped; run `cargo bench --bench compare`");
+        return;
+    }
+    let sections =
+        std::env::var("LARDER_COMPARE").unwrap_or_else(|_| "throughput,hits,memory,expiry".into());
+    let wants = |name: &str| sections.split(',').any(|s| s.trim() == name);
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    println!("# larder vs moka vs quick_cache\n");
+    println!("{cpus} CPUs available. Keys and values are `u64`; every cache uses its defaults.\n");
+    if wants("throughput") {
+        throughput();
+    }
+    if wants("hits") {
+        hit_ratios(&trace_dir());
+    }
+    if wants("memory") {
+        memory();
+    }
+    if wants("expiry") {
+        mass_expiry();
+    }
+}
+
+// ---------------------------------------------------------------- throughput
+
+const RUNS: usize = 5;
+const RUN_TIME: Duration = Duration::from_millis(400);
+const WARM_UP: Duration = Duration::from_millis(200);
+/// Ops between two looks at the clock.
+const CHUNK: usize = 4096;
+/// Length of each pre-generated stream (a power of two).
+const STREAM: usize = 1 << 20;
+
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Insert,
+    Mixed,
+}
+
+/// Runs `op` over `stream` from `*pos` until `deadline`, a chunk at a time;
+/// returns the number of ops done.
+fn run_until<C: BenchCache>(
+    cache: &C,
+    stream: &[u64],
+    pos: &mut usize,
+    deadline: Instant,
+    op: impl Fn(&C, u64),
+) -> u64 {
+    let mask = stream.len() - 1;
+    let mut done = 0;
+    loop {
+        for i in 0..CHUNK {
+            op(cache, stream[(*pos + i) & mask]);
+        }
+        *pos = (*pos + CHUNK) & mask;
+        done += CHUNK as u64;
+        if Instant::now() >= deadline {
+            return done;
+        }
+    }
+}
+
+/// One thread per stream, each running `op` for `time`; returns the total
+/// Mops/s (all ops over the time from first start to last finish).
+fn timed_run<C: BenchCache>(
+    cache: &C,
+    streams: &[Vec<u64>],
+    cursors: &mut [usize],
+    op: Op,
+    time: Duration,
+) -> f64 {
+    let start = Instant::now();
+    let deadline = start + time;
+    let ops: u64 = thread::scope(|s| {
+        let threads: Vec<_> = streams
+            .iter()
+            .zip(cursors.iter_mut())
+            .map(|(stream, pos)| {
+                s.spawn(move || match op {
+                    Op::Get => run_until(cache, stream, pos, deadline, |c, k| {
+                        black_box(c.get(k));
+                    }),
+                    Op::Insert => run_until(cache, stream, pos, deadline, |c, k| c.insert(k, k)),
+                    Op::Mixed => run_until(cache, stream, pos, deadline, |c, k| {
+                        black_box(mixed_op(c, k));
+                    }),
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("bench thread panicked"))
+            .sum()
+    });
+    ops as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn median(mut runs: [f64; RUNS]) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[RUNS / 2]
+}
+
+/// Median Mops/s of larder, moka and quick_cache, runs interleaved so that
+/// a noisy neighbour hurts all three alike.
+fn speeds(
+    streams: &[Vec<u64>],
+    op: Op,
+    larder: &impl BenchCache,
+    moka: &impl BenchCache,
+    quick: &impl BenchCache,
+) -> [f64; 3] {
+    let mut cursors = [
+        vec![0; streams.len()],
+        vec![0; streams.len()],
+        vec![0; streams.len()],
+    ];
+    timed_run(larder, streams, &mut cursors[0], op, WARM_UP);
+    timed_run(moka, streams, &mut cursors[1], op, WARM_UP);
+    timed_run(quick, streams, &mut cursors[2], op, WARM_UP);
+    let runs: [[f64; 3]; RUNS] = std::array::from_fn(|_| {
+        [
+            timed_run(larder, streams, &mut cursors[0], op, RUN_TIME),
+            timed_run(moka, streams, &mut cursors[1], op, RUN_TIME),
+            timed_run(quick, streams, &mut cursors[2], op, RUN_TIME),
+        ]
+    });
+    std::array::from_fn(|cache| median(runs.map(|run| run[cache])))
+}
+
+fn prefilled<C: BenchCache>(cache: C, entries: u64) -> C {
+    for key in 0..entries {
+        cache.insert(key, key);
+    }
+    cache.sync();
+    assert_eq!(cache.len(), entries, "{} evicted during prefill", C::NAME);
+    cache
+}
+
+fn throughput() {
+    const PRESENT: u64 = 100_000;
+    const CAPACITY: u64 = 100_000;
+    const KEYS: u64 = 1_000_000;
+    println!("## Throughput\n");
+    println!(
+        "Mops/s, median of {RUNS} runs of {:.1} s. get hit: {PRESENT} entries present, Zipf(1.0) reads among them. \
+         mixed: capacity {CAPACITY}, Zipf(1.0) over {KEYS} keys, 90% get (insert on miss) / 10% insert, \
+         each thread with its own key stream. insert: capacity {CAPACITY}, Zipf(1.0) over {KEYS} keys.\n",
+        RUN_TIME.as_secs_f64()
+    );
+    println!("| workload | larder | moka | quick_cache | larder/moka | larder/quick_cache |");
+    println!("|---|--:|--:|--:|--:|--:|");
+    let row = |name: &str, [l, m, q]: [f64; 3]| {
+        println!(
+            "| {name} | {l:.2} | {m:.2} | {q:.2} | {:.2}x | {:.2}x |",
+            l / m,
+            l / q
+        );
+    };
+
+    eprintln!("throughput: get hit");
+    let get_hit = speeds(
+        &[zipf_stream(PRESENT, 1.0, STREAM, 11, 0)],
+        Op::Get,
+        &prefilled(caches::larder(2 * PRESENT), PRESENT),
+        &prefilled(caches::moka(2 * PRESENT), PRESENT),
+        &prefilled(caches::quick(2 * PRESENT), PRESENT),
+    );
+    row("get hit, 1 thread", get_hit);
+
+    eprintln!("throughput: mixed, 1 thread");
+    let mixed = |threads: u64| {
+        let streams: Vec<_> = (0..threads)
+            .map(|t| mixed_stream(KEYS, 1.0, STREAM, 12 + t, 0.1))
+            .collect();
+        speeds(
+            &streams,
+            Op::Mixed,
+            &caches::larder(CAPACITY),
+            &caches::moka(CAPACITY),
+            &caches::quick(CAPACITY),
+        )
+    };
+    row("mixed Zipf, 1 thread", mixed(1));
+    eprintln!("throughput: mixed, 2 threads");
+    row("mixed Zipf, 2 threads", mixed(2));
+
+    eprintln!("throughput: insert");
+    let insert = speeds(
+        &[zipf_stream(KEYS, 1.0, STREAM, 15, 0)],
+        Op::Insert,
+        &caches::larder(CAPACITY),
+        &caches::moka(CAPACITY),
+        &caches::quick(CAPACITY),
+    );
+    row("insert, 1 thread", insert);
+
+    let [l, m, q] = get_hit.map(|mops| 1e3 / mops);
+    println!(
+        "\nPer get hit (1 thread): larder {l:.1} ns, moka {m:.1} ns, quick_cache {q:.1} ns.\n"
+    );
+}
+
+// ----------------------------------------------------------------- hit ratio
+
+/// Requests per synthetic workload.
+const SYNTHETIC_REQUESTS: usize = 2_000_000;
+/// Most requests read from one trace.
+const TRACE_LIMIT: usize = 3_000_000;
+
+/// Trace label, path under the trace directory, capacities.
+const TRACES: &[(&str, &str, &[u64])] = &[
+    ("OLTP (ARC)", "arc/OLTP.lis.zst", &[1_000, 5_000]),
+    ("P3 (ARC)", "arc/P3.lis.zst", &[10_000, 50_000]),
+    ("P6 (ARC)", "arc/P6.lis.zst", &[10_000, 50_000]),
+    ("P12 (ARC)", "arc/P12.lis.zst", &[10_000, 50_000]),
+    ("loop (LIRS)", "lirs/loop.trace.gz", &[256, 512]),
+    ("gli (LIRS)", "lirs/gli.trace.gz", &[500, 1_000]),
+    ("multi2 (LIRS)", "lirs/multi2.trace.gz", &[500, 1_000]),
+    ("sprite (LIRS)", "lirs/sprite.trace.gz", &[100, 500]),
+    ("cs (LIRS)", "lirs/cs.trace.gz", &[500]),
+    ("ps (LIRS)", "lirs/ps.trace.gz", &[500]),
+    ("2_pools (LIRS)", "lirs/2_pools.trace.gz", &[500]),
+];
+
+/// Prints the rows as they are measured and keeps their ratios for the average.
+#[derive(Default)]
+struct HitTable {
+    rows: Vec<[f64; 3]>,
+    flagged: usize,
+}
+
+impl HitTable {
+    fn run(&mut self, workload: &str, keys: &[u64], capacity: u64) {
+        // A hit ratio does not depend on timing, so the slowest replay (moka)
+        // runs on a thread of its own while the other two share this one.
+        let timed = |replay: &dyn Fn() -> f64| {
+            let start = Instant::now();
+            (replay(), start.elapsed().as_secs_f64())
+        };
+        let ((l, lt), (m, mt), (q, qt)) = thread::scope(|s| {
+            let moka = s.spawn(|| timed(&|| replay(&caches::moka(capacity), keys)));
+            let larder = timed(&|| replay(&caches::larder(capacity), keys));
+            let quick = timed(&|| replay(&caches::quick(capacity), keys));
+            (larder, moka.join().expect("moka replay panicked"), quick)
+        });
+        eprintln!(
+            "hit ratio: {workload} at {capacity}: replays took larder {lt:.1} s, moka {mt:.1} s, quick_cache {qt:.1} s"
+        );
+        let ratios = [l, m, q];
+        self.print(
+            workload,
+            &keys.len().to_string(),
+            &capacity.to_string(),
+            ratios,
+        );
+        self.rows.push(ratios);
+    }
+
+    fn print(&mut self, workload: &str, requests: &str, capacity: &str, [l, m, q]: [f64; 3]) {
+        let behind = l < m.max(q) - 0.5;
+        self.flagged += usize::from(behind);
+        let flag = if behind { "⚠" } else { "" };
+        println!("| {workload} | {requests} | {capacity} | {l:.2} | {m:.2} | {q:.2} | {flag} |");
+    }
+}
+
+fn hit_ratios(trace_dir: &Path) {
+    println!("## Hit ratio\n");
+    println!(
+        "Percent of requests that hit; each request is a get, then an insert on a miss. \
+         Same capacity for all three; larder and quick_cache with their default shards, \
+         moka running its pending tasks every 64 requests. ⚠: larder more than 0.5 points \
+         below the better of the other two.\n"
+    );
+    println!("| workload | requests | capacity | larder % | moka % | quick_cache % | |");
+    println!("|---|--:|--:|--:|--:|--:|---|");
+    let mut table = HitTable::default();
+    for (i, s) in [0.8, 1.0, 1.2].into_iter().enumerate() {
+        let keys = zipf_stream(1_000_000, s, SYNTHETIC_REQUESTS, 21 + i as u64, 0);
+        for capacity in [10_000, 100_000] {
+            table.run(&format!("Zipf s={s:.1} over 1M keys"), &keys, capacity);
+        }
+    }
+    let keys = hot_scan_stream(5_000, 50_000, 20_000, SYNTHETIC_REQUESTS, 24);
+    table.run(
+        "5k hot keys, every 50k reads a 20k one-shot scan",
+        &keys,
+        10_000,
+    );
+    for period in [1_100, 1_500] {
+        table.run(
+            &format!("loop over {period} keys"),
+            &loop_stream(period, 1_000_000),
+            1_000,
+        );
+    }
+
+    let mut notes = Vec::new();
+    let mut missing_tools = BTreeSet::new();
+    for &(name, file, capacities) in TRACES {
+        let path = trace_dir.join(file);
+        match read_trace(&path, TRACE_LIMIT) {
+            Ok(keys) => {
+                for &capacity in capacities {
+                    table.run(name, &keys, capacity);
+                }
+            }
+            Err(TraceError::MissingTool(tool)) => {
+                if missing_tools.insert(tool) {
+                    notes.push(format!(
+                        "`{tool}` is not installed: the traces it decompresses were skipped."
+                    ));
+                }
+            }
+            Err(e) => notes.push(format!("{name} skipped: {e}")),
+        }
+    }
+
+    let n = table.rows.len().max(1) as f64;
+    let mean = |i: usize| table.rows.iter().map(|r| r[i]).sum::<f64>() / n;
+    let (rows, flagged) = (table.rows.len(), table.flagged);
+    table.print(
+        "**average**",
+        &format!("{rows} rows"),
+        "",
+        [mean(0), mean(1), mean(2)],
+    );
+    println!("\n{flagged} of {rows} rows flagged ⚠.");
+    for note in notes {
+        println!("\nNote: {note}");
+    }
+    println!();
+}
+
+// -------------------------------------------------------------------- memory
+
+fn memory() {
+    const ENTRIES: u64 = 1_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+    println!("## Memory\n");
+    println!(
+        "Heap bytes (as requested from the allocator) after inserting {ENTRIES} distinct keys into a cache \
+         of capacity {ENTRIES} and reading each once, per entry held; overhead = that minus the 16 bytes \
+         of key and value.\n"
+    );
+    println!("| cache | entries held | heap bytes per entry | overhead per entry |");
+    println!("|---|--:|--:|--:|");
+    fn row<C: BenchCache>(label: &str, make: impl FnOnce() -> C) {
+        eprintln!("memory: {label}");
+        let before = alloc::live_bytes();
+        let cache = make();
+        for key in 0..ENTRIES {
+            cache.insert(key, key);
+        }
+        for key in 0..ENTRIES {
+            black_box(cache.get(key));
+        }
+        cache.sync();
+        let bytes = alloc::live_bytes() - before;
+        let held = cache.len();
+        let per_entry = bytes as f64 / held.max(1) as f64;
+        println!(
+            "| {label} | {held} | {per_entry:.1} | {:.1} |",
+            per_entry - 16.0
+        );
+    }
+    row("larder (no expiry)", || caches::larder(ENTRIES));
+    row("larder (time_to_live)", || {
+        caches::larder_ttl(ENTRIES, HOUR)
+    });
+    row("moka (no expiry)", || caches::moka(ENTRIES));
+    row("moka (time_to_live)", || caches::moka_ttl(ENTRIES, HOUR));
+    row("quick_cache", || caches::quick(ENTRIES));
+    println!();
+}
+
+// --------------------------------------------------------------- mass expiry
+
+const HOT: u64 = 10_000;
+const MASS: u64 = 1_000_000;
+/// Keys of the mass-expiring entries start here.
+const MASS_BASE: u64 = 1 << 40;
+const MASS_TTL: Duration = Duration::from_secs(2);
+const LONG_TTL: Duration = Duration::from_secs(3600);
+const BASELINE_TIME: Duration = Duration::from_secs(1);
+/// How long after the last mass entry expired the test stops waiting.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3);
+
+/// The two kinds of entries of the mass-expiry test.
+trait Expiring: BenchCache {
+    /// Inserts an entry that outlives the test.
+    fn insert_hot(&self, key: u64);
+    /// Entries held, counting expired ones not yet removed.
+    fn entries(&self) -> u64;
+}
+
+impl Expiring for larder::Cache<u64, u64> {
+    fn insert_hot(&self, key: u64) {
+        self.insert_with_ttl(key, key, LONG_TTL);
+    }
+
+    fn entries(&self) -> u64 {
+        self.entry_count()
+    }
+}
+
+impl Expiring for moka::sync::Cache<u64, u64> {
+    fn insert_hot(&self, key: u64) {
+        // `ByKey` gives hot keys the long lifetime.
+        self.insert(key, key);
+    }
+
+    fn entries(&self) -> u64 {
+        self.entry_count()
+    }
+}
+
+/// moka's per-entry lifetimes: long for the hot keys, `MASS_TTL` for the rest.
+struct ByKey;
+
+impl moka::Expiry<u64, u64> for ByKey {
+    fn expire_after_create(
+        &self,
+        key: &u64,
+        _value: &u64,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if *key < HOT { LONG_TTL } else { MASS_TTL })
+    }
+}
+
+/// Times gets of random hot keys until `stop`; returns the latencies and
+/// the number of gets that missed (should be none).
+fn read_latencies<C: BenchCache>(cache: &C, stop: &AtomicBool, seed: u64) -> (Histogram, u64) {
+    let mut rng = XorShift::new(seed);
+    let mut latencies = Histogram::default();
+    let mut misses = 0;
+    while !stop.load(Relaxed) {
+        for _ in 0..256 {
+            let key = rng.below(HOT);
+            let start = Instant::now();
+            let value = cache.get(key);
+            latencies.record(start.elapsed().as_nanos() as u64);
+            misses += u64::from(value.is_none());
+        }
+    }
+    (latencies, misses)
+}
+
+struct ExpiryRun {
+    idle: (Histogram, u64),
+    busy: (Histogram, u64),
+    insert_time: Duration,
+    window: Duration,
+    left: u64,
+}
+
+fn expiry_run<C: Expiring>(cache: &C) -> ExpiryRun {
+    eprintln!("mass expiry: {}", C::NAME);
+    for key in 0..HOT {
+        cache.insert_hot(key);
+    }
+    cache.sync();
+    let stop = AtomicBool::new(false);
+    let idle = thread::scope(|s| {
+        let reader = s.spawn(|| read_latencies(cache, &stop, 31));
+        thread::sleep(BASELINE_TIME);
+        stop.store(true, Relaxed);
+        reader.join().expect("reader panicked")
+    });
+
+    let insert_start = Instant::now();
+    for i in 0..MASS {
+        cache.insert(MASS_BASE + i, i);
+    }
+    let insert_end = Instant::now();
+    // Start reading just before the first of them expire; stop when all are
+    // gone or well after the last one expired.
+    let first_expiry = insert_start + MASS_TTL;
+    if let Some(wait) =
+        first_expiry.checked_duration_since(Instant::now() + Duration::from_millis(100))
+    {
+        thread::sleep(wait);
+    }
+    let give_up = insert_end + MASS_TTL + GIVE_UP_AFTER;
+    let stop = AtomicBool::new(false);
+    let window_start = Instant::now();
+    let busy = thread::scope(|s| {
+        let reader = s.spawn(|| read_latencies(cache, &stop, 32));
+        while cache.entries() > HOT && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Relaxed);
+        reader.join().expect("reader panicked")
+    });
+    ExpiryRun {
+        idle,
+        busy,
+        insert_time: insert_end - insert_start,
+        window: window_start.elapsed(),
+        left: cache.entries().saturating_sub(HOT),
+    }
+}
+
+fn mass_expiry() {
+    println!("## Latency of gets during a mass expiry\n");
+    println!(
+        "{HOT} hot keys inserted with a {} s lifetime; then {MASS} entries inserted with a {} s time to live. \
+         One thread times `get`s of random hot keys (clock reads included): first for {} s on the idle cache, \
+         then from just before the mass entries expire until all are removed (or {} s after the last one \
+         expired).\n",
+        LONG_TTL.as_secs(),
+        MASS_TTL.as_secs(),
+        BASELINE_TIME.as_secs(),
+        GIVE_UP_AFTER.as_secs()
+    );
+    println!("| cache | phase | gets | p50 | p99 | p99.9 | max | hot misses |");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|");
+    let print = |name: &str, run: &ExpiryRun| {
+        let phase = format!(
+            "mass expiry ({:.2} s window, {} left)",
+            run.window.as_secs_f64(),
+            run.left
+        );
+        for (phase, (h, misses)) in [("idle".to_string(), &run.idle), (phase, &run.busy)] {
+            println!(
+                "| {name} | {phase} | {} | {} | {} | {} | {} | {misses} |",
+                h.count(),
+                fmt_nanos(h.quantile(0.5)),
+                fmt_nanos(h.quantile(0.99)),
+                fmt_nanos(h.quantile(0.999)),
+                fmt_nanos(h.max())
+            );
+        }
+    };
+    let larder = larder::Cache::builder()
+        .max_capacity(4 * MASS)
+        .time_to_live(MASS_TTL)
+        .build()
+        .expect("valid settings");
+    let larder_run = expiry_run(&larder);
+    drop(larder);
+    let moka = moka::sync::Cache::builder()
+        .max_capacity(4 * MASS)
+        .expire_after(ByKey)
+        .build();
+    let moka_run = expiry_run(&moka);
+    drop(moka);
+    print("larder", &larder_run);
+    print("moka", &moka_run);
+    for (name, run) in [("larder", &larder_run), ("moka", &moka_run)] {
+        if run.insert_time > MASS_TTL {
+            println!(
+                "\nNote: {name} took longer to insert the {MASS} entries than their time to live, \
+                 so part of the expiry happened during the insertion, before the window."
+            );
+        }
+    }
+    println!(
+        "\nInserting the {MASS} entries took {:.2} s (larder), {:.2} s (moka); the window starts about when the first expire.",
+        larder_run.insert_time.as_secs_f64(),
+        moka_run.insert_time.as_secs_f64()
+    );
+}
