@@ -178,6 +178,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.removals
     }
 
+    /// The id of `key`'s entry, live or expired.
+    #[inline]
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.table
+            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)
+            .copied()
+    }
+
     /// The id of `key`'s entry if it is present and live at `now`.
     #[inline]
     pub(crate) fn lookup<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<u32>
@@ -185,9 +197,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let id = *self
-            .table
-            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        let id = self.find(hash, key)?;
         self.is_live(id, now).then_some(id)
     }
 
@@ -224,9 +234,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let id = *self
-            .table
-            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        let id = self.find(hash, key)?;
         self.slots[id as usize].hit(|| now.get()).then_some(id)
     }
 
@@ -247,10 +255,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(&id) = self
-            .table
-            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)
-        else {
+        let Some(id) = self.find(hash, key) else {
             return;
         };
         if self.deadline(id) == seen {
@@ -391,9 +396,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let id = *self
-            .table
-            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)?;
+        let id = self.find(hash, key)?;
         let live = self.is_live(id, now);
         self.version += 1;
         let slot = self.take(id);
