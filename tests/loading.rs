@@ -5,18 +5,21 @@
 //! fail the test after [`TIMEOUT`] instead of blocking CI.
 
 use std::{
-    any::Any,
     panic::{self, AssertUnwindSafe},
     sync::{
         Arc, Barrier, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
-        mpsc::{self, RecvTimeoutError},
+        mpsc,
     },
     thread,
     time::{Duration, Instant},
 };
 
+#[path = "support/threads.rs"]
+mod threads;
+
 use larder::Cache;
+use threads::{panic_message, parallel};
 
 /// How long any group of threads may take before the test calls it a hang.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,46 +28,11 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// fails if it takes longer than [`TIMEOUT`].
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let f = Mutex::new(Some(f));
-    parallel(what, 1, move |_| {
+    parallel(TIMEOUT, what, 1, move |_| {
         (f.lock().unwrap().take().expect("called once"))()
     })
     .pop()
     .expect("one result")
-}
-
-/// Runs `f(0..n)` on `n` threads and returns the results by index. A panic in
-/// any of them is re-raised here; if they are not all done within
-/// [`TIMEOUT`], the test fails (the stuck threads are left behind).
-fn parallel<T, F>(what: &str, n: usize, f: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> T + Send + Sync + 'static,
-{
-    let f = Arc::new(f);
-    let (tx, rx) = mpsc::channel();
-    for i in 0..n {
-        let (f, tx) = (f.clone(), tx.clone());
-        thread::spawn(move || {
-            let result = panic::catch_unwind(AssertUnwindSafe(|| f(i)));
-            let _ = tx.send((i, result));
-        });
-    }
-    drop(tx);
-    let deadline = Instant::now() + TIMEOUT;
-    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for _ in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((i, Ok(v))) => results[i] = Some(v),
-            Ok((_, Err(payload))) => panic::resume_unwind(payload),
-            Err(RecvTimeoutError::Timeout) => {
-                let done = results.iter().filter(|r| r.is_some()).count();
-                panic!("{what}: only {done} of {n} threads finished within {TIMEOUT:?} (hang)")
-            }
-            Err(RecvTimeoutError::Disconnected) => unreachable!("every thread sends"),
-        }
-    }
-    results.into_iter().map(|r| r.expect("all sent")).collect()
 }
 
 /// Called inside a loader: holds it until `n` lookups have missed (so the
@@ -83,17 +51,6 @@ where
     thread::sleep(Duration::from_millis(100));
 }
 
-/// The message of a panic payload.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_string()
-    }
-}
-
 #[derive(Debug, PartialEq)]
 struct DbDown(usize);
 
@@ -108,7 +65,7 @@ fn loader_runs_once_for_concurrent_callers() {
     let start = Arc::new(Barrier::new(THREADS));
     let results = {
         let (cache, calls) = (cache.clone(), calls.clone());
-        parallel("get_with on one key", THREADS, move |i| {
+        parallel(TIMEOUT, "get_with on one key", THREADS, move |i| {
             start.wait();
             cache.get_with(7, || {
                 calls.fetch_add(1, SeqCst);
@@ -146,7 +103,7 @@ fn loaders_for_different_keys_run_in_parallel() {
         let running = Arc::new(AtomicUsize::new(0));
         let saw_all = {
             let (cache, running) = (cache.clone(), running.clone());
-            parallel("get_with on distinct keys", THREADS, move |i| {
+            parallel(TIMEOUT, "get_with on distinct keys", THREADS, move |i| {
                 let mut saw_all = false;
                 let v = cache.get_with(i, || {
                     running.fetch_add(1, SeqCst);
@@ -183,7 +140,7 @@ fn failed_load_is_shared_by_waiters_and_not_cached() {
     let start = Arc::new(Barrier::new(THREADS));
     let errors = {
         let (cache, calls) = (cache.clone(), calls.clone());
-        parallel("failing try_get_with", THREADS, move |i| {
+        parallel(TIMEOUT, "failing try_get_with", THREADS, move |i| {
             start.wait();
             cache
                 .try_get_with(1, || {
@@ -246,7 +203,7 @@ fn waiter_expecting_another_error_type_loads_by_itself() {
     let results = {
         let (cache, other_calls, same_calls) =
             (cache.clone(), other_calls.clone(), same_calls.clone());
-        parallel("waiters of two error types", 2, move |i| {
+        parallel(TIMEOUT, "waiters of two error types", 2, move |i| {
             if i == 0 {
                 // Cannot use a `DbDown`: must run its own loader.
                 let r = cache.try_get_with(1, || {
@@ -352,13 +309,18 @@ fn panicking_loader_hands_the_load_to_one_waiter() {
     let calls = Arc::new(AtomicUsize::new(0));
     let values = {
         let (cache, calls) = (cache.clone(), calls.clone());
-        parallel("waiters of a panicking loader", WAITERS, move |i| {
-            cache.get_with(3, || {
-                calls.fetch_add(1, SeqCst);
-                thread::sleep(Duration::from_millis(20));
-                100 + i
-            })
-        })
+        parallel(
+            TIMEOUT,
+            "waiters of a panicking loader",
+            WAITERS,
+            move |i| {
+                cache.get_with(3, || {
+                    calls.fetch_add(1, SeqCst);
+                    thread::sleep(Duration::from_millis(20));
+                    100 + i
+                })
+            },
+        )
     };
     let leader = within("leader join", move || leader.join().unwrap());
     assert_eq!(
@@ -424,20 +386,25 @@ fn loader_may_use_keys_loaded_concurrently_by_others() {
     let gate = Arc::new(Barrier::new(2));
     let results = {
         let cache = cache.clone();
-        parallel("loader waiting on another key's flight", 2, move |i| {
-            if i == 0 {
-                cache.get_with(1, || {
-                    gate.wait(); // B's loader for 2 is running
-                    cache.get_with(2, || unreachable!("B is loading 2")) + 1
-                })
-            } else {
-                cache.get_with(2, || {
-                    gate.wait();
-                    thread::sleep(Duration::from_millis(100));
-                    20
-                })
-            }
-        })
+        parallel(
+            TIMEOUT,
+            "loader waiting on another key's flight",
+            2,
+            move |i| {
+                if i == 0 {
+                    cache.get_with(1, || {
+                        gate.wait(); // B's loader for 2 is running
+                        cache.get_with(2, || unreachable!("B is loading 2")) + 1
+                    })
+                } else {
+                    cache.get_with(2, || {
+                        gate.wait();
+                        thread::sleep(Duration::from_millis(100));
+                        20
+                    })
+                }
+            },
+        )
     };
     assert_eq!(results, vec![21, 20]);
 }

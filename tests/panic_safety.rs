@@ -6,7 +6,6 @@
 //! could deadlock run through [`within`], which fails instead of hanging.
 
 use std::{
-    any::Any,
     panic::{self, AssertUnwindSafe},
     sync::{
         Arc, Mutex,
@@ -17,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/threads.rs"]
+mod threads;
+
 use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
+use threads::panic_message;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,17 +62,7 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 fn panic_of<T: std::fmt::Debug>(f: impl FnOnce() -> T) -> String {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => panic!("expected a panic, got {v:?}"),
-        Err(payload) => message(&*payload),
-    }
-}
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_string()
+        Err(payload) => panic_message(&*payload),
     }
 }
 

@@ -10,13 +10,16 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst},
-        mpsc::{self, RecvTimeoutError},
     },
     thread,
     time::{Duration, Instant},
 };
 
+#[path = "support/threads.rs"]
+mod threads;
+
 use larder::{Cache, RemovalCause, clock::MockClock};
+use threads::parallel;
 
 const THREADS: usize = 8;
 const CAPACITY: u64 = 1_000;
@@ -30,38 +33,6 @@ const CAUSES: [RemovalCause; 4] = [
     RemovalCause::Replaced,
     RemovalCause::Size,
 ];
-
-/// Runs `f(0..n)` on `n` threads and returns the results by index; re-raises
-/// a panic from any of them; fails the test if they hang.
-fn parallel<T, F>(what: &str, n: usize, f: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> T + Send + Sync + 'static,
-{
-    let f = Arc::new(f);
-    let (tx, rx) = mpsc::channel();
-    for i in 0..n {
-        let (f, tx) = (f.clone(), tx.clone());
-        thread::spawn(move || {
-            let result = panic::catch_unwind(AssertUnwindSafe(|| f(i)));
-            let _ = tx.send((i, result));
-        });
-    }
-    drop(tx);
-    let deadline = Instant::now() + TIMEOUT;
-    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for _ in 0..n {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok((i, Ok(v))) => results[i] = Some(v),
-            Ok((_, Err(payload))) => panic::resume_unwind(payload),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("{what}: threads still running after {TIMEOUT:?} (hang)")
-            }
-            Err(RecvTimeoutError::Disconnected) => unreachable!("every thread sends"),
-        }
-    }
-    results.into_iter().map(|r| r.expect("all sent")).collect()
-}
 
 /// xorshift64*: a small deterministic generator, one per thread.
 struct Rng(u64);
@@ -182,7 +153,7 @@ fn values_match_their_keys_and_capacity_holds_under_contention() {
     let monitor = Monitor::start(&cache);
     let lookups = {
         let (cache, next_id, loads) = (cache.clone(), next_id.clone(), loads.clone());
-        parallel("mixed workload", THREADS, move |t| {
+        parallel(TIMEOUT, "mixed workload", THREADS, move |t| {
             let mut rng = Rng::new(t as u64 + 1);
             let mut lookups = 0u64;
             for _ in 0..OPS {
@@ -288,7 +259,7 @@ fn weighted_size_stays_within_capacity_under_contention() {
     let monitor = Monitor::start(&cache);
     {
         let cache = cache.clone();
-        parallel("weighted workload", THREADS, move |t| {
+        parallel(TIMEOUT, "weighted workload", THREADS, move |t| {
             let mut rng = Rng::new(100 + t as u64);
             let check = |key: u64, v: &Arc<Vec<u64>>| {
                 assert_eq!(**v, *weighted_value(key), "value under key {key}")
@@ -372,7 +343,7 @@ fn check_exactly_once_accounting(weighted: bool) {
     let next_id = Arc::new(AtomicU64::new(0));
     let inserted: Vec<Vec<u64>> = {
         let (cache, next_id, clock) = (cache.clone(), next_id.clone(), clock.clone());
-        parallel("accounting workload", THREADS, move |t| {
+        parallel(TIMEOUT, "accounting workload", THREADS, move |t| {
             let mut rng = Rng::new(1_000 + t as u64);
             let mut mine = Vec::new();
             for op in 0..OPS {
