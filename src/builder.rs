@@ -5,6 +5,7 @@ use std::{fmt, hash::Hash, sync::Arc, time::Duration};
 use crate::{
     Cache, Expiry, RemovalCause,
     expiry::{Hooks, Timing, clock::Clock},
+    load::fresh::Loaded,
     notify::Listener,
 };
 
@@ -12,6 +13,9 @@ use crate::{
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 
 /// Most shards a cache may have.
+/// A loading cache's inner builder, its time to live and its jitter.
+pub(crate) type LoadingBase<K, V> = (CacheBuilder<K, Loaded<V>>, Option<Duration>, f64);
+
 const MAX_SHARDS: usize = 1 << 16;
 
 /// Default shards hold at least this much capacity, so that small caches keep
@@ -44,6 +48,18 @@ pub enum BuildError {
     /// `expire_after` together with `time_to_live` or `time_to_idle`: the hooks
     /// decide every deadline, so the fixed durations would be ignored.
     ExpiryConflict,
+    /// `expire_after` on a builder given a [`loader`](CacheBuilder::loader):
+    /// a loading cache times its values with `time_to_live` and its own
+    /// refresh settings.
+    LoaderExpiryConflict,
+    /// A loading-cache setting that must be greater than zero is zero; the
+    /// setting is named.
+    ZeroSetting(&'static str),
+    /// A loading-cache setting that only means something with a
+    /// `time_to_live` was given without one; the setting is named.
+    NeedsTimeToLive(&'static str),
+    /// The `early_expiry` β is not a finite number greater than zero.
+    BetaOutOfRange(f64),
 }
 
 impl fmt::Display for BuildError {
@@ -56,6 +72,17 @@ impl fmt::Display for BuildError {
             BuildError::ZeroTimeToLive => write!(f, "time_to_live must be longer than zero"),
             BuildError::ZeroTimeToIdle => write!(f, "time_to_idle must be longer than zero"),
             BuildError::JitterOutOfRange(j) => write!(f, "ttl_jitter is {j}, outside 0.0..1.0"),
+            BuildError::LoaderExpiryConflict => write!(
+                f,
+                "expire_after cannot be combined with a loader; use time_to_live and refresh settings"
+            ),
+            BuildError::ZeroSetting(name) => write!(f, "{name} must be greater than zero"),
+            BuildError::NeedsTimeToLive(name) => {
+                write!(f, "{name} needs a time_to_live to count from")
+            }
+            BuildError::BetaOutOfRange(b) => {
+                write!(f, "early_expiry beta is {b}, not a finite number above 0")
+            }
             BuildError::ExpiryConflict => {
                 write!(
                     f,
@@ -281,6 +308,46 @@ where
             weigher: self.weigher,
             listener: self.listener,
         }))
+    }
+
+    /// Splits a builder given a loader into the settings the loading cache
+    /// applies itself (time to live and jitter) and a builder for its inner
+    /// cache of [`Loaded`] values, with weigher and listener wrapped to see
+    /// only present values.
+    pub(crate) fn into_loading(
+        self,
+    ) -> Result<LoadingBase<K, V>, BuildError> {
+        if self.expiry.is_some() {
+            return Err(BuildError::LoaderExpiryConflict);
+        }
+        if self.ttl == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroTimeToLive);
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(BuildError::JitterOutOfRange(self.jitter));
+        }
+        let weigher = self.weigher.map(|w| -> Weigher<K, Loaded<V>> {
+            Box::new(move |k, l: &Loaded<V>| l.value.as_ref().map_or(1, |v| w(k, v)))
+        });
+        let listener = self.listener.map(|f| -> Listener<K, Loaded<V>> {
+            Box::new(move |k, l: Loaded<V>, cause| {
+                if let Some(v) = l.value {
+                    f(k, v, cause);
+                }
+            })
+        });
+        let inner = CacheBuilder {
+            max_capacity: self.max_capacity,
+            weigher,
+            ttl: None,
+            tti: self.tti,
+            expiry: None,
+            jitter: 0.0,
+            listener,
+            num_shards: self.num_shards,
+            clock: self.clock,
+        };
+        Ok((inner, self.ttl, self.jitter))
     }
 
     fn shard_count(&self) -> Result<usize, BuildError> {

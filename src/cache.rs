@@ -6,6 +6,7 @@ use std::{
     borrow::Borrow,
     convert::Infallible,
     fmt,
+    future::Future,
     hash::Hash,
     sync::Arc,
     time::{Duration, Instant},
@@ -15,7 +16,7 @@ use crate::{
     CacheBuilder, CacheStats, RemovalCause,
     builder::Weigher,
     expiry::{Deadline, Remaining, Timing, remaining},
-    load::flight::{Flights, Outcome, Role},
+    load::flight::{Flights, Leader, Outcome, Role},
     maintenance::{Maintained, Maintenance},
     notify::{Listener, Removed},
     shard::{Now, ShardCell, Shards, Write},
@@ -86,7 +87,7 @@ struct Inner<K, V> {
     timing: Timing<K, V>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
-    flights: Flights<K, V>,
+    flights: Arc<Flights<K, V>>,
     lookups: Lookups,
     loads: LoadCounters,
     maintenance: Maintenance,
@@ -141,7 +142,7 @@ where
             timing: parts.timing,
             weigher: parts.weigher,
             listener: parts.listener,
-            flights: Flights::default(),
+            flights: Arc::default(),
             lookups: Lookups::default(),
             loads: LoadCounters::default(),
             maintenance: Maintenance::new(),
@@ -306,6 +307,79 @@ where
         self.inner.get_or_load(key, init)
     }
 
+    /// The async form of [`get_with`](Self::get_with): returns the cached
+    /// value, or awaits `init` and caches its output.
+    ///
+    /// Waiting for another caller's load never blocks the executor's thread:
+    /// the waiting task is woken when that load ends. Works on any executor
+    /// (larder depends on no runtime). `init` is only polled if this call
+    /// leads the load.
+    ///
+    /// # Cancellation
+    ///
+    /// If the future of the call that is loading is dropped before `init`
+    /// completes, nothing is cached and one of the waiting callers runs its
+    /// own `init` instead; nobody waits forever.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = larder::Cache::new(10);
+    /// let v = block_on(cache.get_with_async("answer", async { 42 }));
+    /// assert_eq!(v, 42);
+    /// ```
+    pub async fn get_with_async(&self, key: K, init: impl Future<Output = V>) -> V
+    where
+        K: Clone,
+    {
+        let init = async { Ok::<V, Infallible>(init.await) };
+        match self.inner.get_or_load_async(key, init).await {
+            Ok(v) => v,
+            Err(never) => match *never {},
+        }
+    }
+
+    /// The async form of [`try_get_with`](Self::try_get_with): a value is
+    /// cached and returned, an error is shared as `Arc<E>` and not cached.
+    /// Waiting and cancellation work as for
+    /// [`get_with_async`](Self::get_with_async).
+    ///
+    /// # Errors
+    ///
+    /// The error `init` returned, or the one returned by the concurrent
+    /// caller whose load this call waited for (same type `E` only).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<u32, String> = larder::Cache::new(10);
+    /// let err = block_on(cache.try_get_with_async(1, async { Err::<String, _>("db down") }));
+    /// assert_eq!(*err.unwrap_err(), "db down");
+    /// let ok = block_on(cache.try_get_with_async(1, async { Ok::<_, &str>("one".to_string()) }));
+    /// assert_eq!(ok.unwrap(), "one");
+    /// ```
+    pub async fn try_get_with_async<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        self.inner.get_or_load_async(key, init).await
+    }
+
     /// Removes `key`'s entry and returns its value, if it was live. The
     /// listener sees `Explicit` (or `Expired` for an entry already expired).
     ///
@@ -463,6 +537,42 @@ where
         self.inner.stats()
     }
 
+    /// Nanoseconds on the cache's clock (the mock one in tests).
+    pub(crate) fn now(&self) -> u64 {
+        self.inner.timing.clock.now()
+    }
+
+    /// See `Inner::insert_if`.
+    pub(crate) fn insert_if(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<Duration>,
+        keep: impl FnOnce(Option<&V>) -> bool,
+    ) -> bool {
+        self.inner.insert_if(key, value, ttl, Some(keep))
+    }
+
+    /// `get` without counting the hit or miss; see [`record_lookup`](Self::record_lookup).
+    pub(crate) fn get_uncounted(&self, key: &K) -> Option<V> {
+        self.inner.read::<K, false>(key)
+    }
+
+    /// Counts one hit or miss.
+    pub(crate) fn record_lookup(&self, hit: bool) {
+        self.inner.lookups.record(hit);
+    }
+
+    /// See `Inner::remove_if`.
+    pub(crate) fn remove_if(&self, key: &K, doomed: impl FnOnce(&V) -> bool) {
+        self.inner.remove_if(key, doomed);
+    }
+
+    /// The load and refresh counters that [`stats`](Self::stats) reports.
+    pub(crate) fn load_counters(&self) -> &LoadCounters {
+        &self.inner.loads
+    }
+
     /// Panics if any shard's table, slots, wheel and policy disagree. For
     /// tests and fuzzing only.
     #[cfg(feature = "test-util")]
@@ -479,7 +589,19 @@ where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
+    #[inline]
     fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.read::<Q, true>(key)
+    }
+
+    /// A read with all of `get`'s effects, counting the hit or miss only if
+    /// `COUNT` (a loading cache counts after it has judged the value).
+    #[inline]
+    fn read<Q, const COUNT: bool>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -489,7 +611,9 @@ where
         let shard = cell.read();
         let Some(id) = shard.hit(hash, key, &mut now) else {
             drop(shard);
-            self.lookups.record(false);
+            if COUNT {
+                self.lookups.record(false);
+            }
             return None;
         };
         if let Some(tti) = self.timing.tti() {
@@ -501,7 +625,9 @@ where
             .hooks()
             .map(|(_, clone)| (clone(shard.key(id)), shard.deadline(id)));
         drop(shard);
-        self.lookups.record(true);
+        if COUNT {
+            self.lookups.record(true);
+        }
         if let Some((owned_key, seen)) = hook {
             self.after_read(cell, hash, &owned_key, &value, seen, now.get());
         }
@@ -541,6 +667,19 @@ where
     }
 
     fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
+        self.insert_if(key, value, ttl, None::<fn(Option<&V>) -> bool>);
+    }
+
+    /// Inserts unless `keep`, shown the live value under the key (if any)
+    /// with the shard locked, returns false. `keep` is larder's own code,
+    /// never the user's. Returns whether the value went in.
+    fn insert_if(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<Duration>,
+        keep: Option<impl FnOnce(Option<&V>) -> bool>,
+    ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
         let mut now = Now::new(&self.timing.clock);
@@ -562,9 +701,18 @@ where
             deadline,
         };
         let mut removed = Removed::default();
-        cell.write()
-            .insert(write, &mut now, || self.samples(), &mut removed);
+        {
+            let mut shard = cell.write();
+            if let Some(keep) = keep {
+                let current = shard.lookup(hash, &write.key, &mut now);
+                if !keep(current.map(|id| shard.value(id))) {
+                    return false;
+                }
+            }
+            shard.insert(write, &mut now, || self.samples(), &mut removed);
+        }
         self.deliver(removed);
+        true
     }
 
     /// The create or update hook's verdict for a write, if hooks are set.
@@ -611,6 +759,25 @@ where
         }
     }
 
+    /// Removes `key`'s entry if `doomed`, shown its value with the shard
+    /// locked, says so. `doomed` is larder's own code, never the user's.
+    fn remove_if(&self, key: &K, doomed: impl FnOnce(&V) -> bool) {
+        let (hash, cell) = self.shards.cell_for(key);
+        let mut now = Now::new(&self.timing.clock);
+        let taken = {
+            let mut shard = cell.write();
+            match shard.lookup(hash, key, &mut now) {
+                Some(id) if doomed(shard.value(id)) => shard.remove(hash, key, &mut now),
+                _ => None,
+            }
+        };
+        if let Some((key, value, cause)) = taken {
+            let mut removed = Removed::default();
+            removed.push(key, value, cause);
+            self.deliver(removed);
+        }
+    }
+
     fn get_or_load<E>(&self, key: K, init: impl FnOnce() -> Result<V, E>) -> Result<V, Arc<E>>
     where
         K: Clone,
@@ -620,7 +787,7 @@ where
             return Ok(v);
         }
         loop {
-            let flight = match self.flights.begin(&key) {
+            let flight = match self.flights.begin(&key, Leader::here()) {
                 Role::Leader(guard) => {
                     // Someone may have finished loading between our miss and now.
                     if let Some(v) = self.peek(&key) {
@@ -655,25 +822,68 @@ where
         }
     }
 
-    /// Runs a loader, recording it in the stats even if it panics.
-    fn timed_load<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-        struct Record<'a> {
-            loads: &'a LoadCounters,
-            started: Instant,
-            ok: bool,
+    /// [`get_or_load`](Self::get_or_load) for a future: waits for another
+    /// caller's load without blocking, and if the leading future is dropped
+    /// mid-load its guard abandons the flight so a waiter takes over.
+    async fn get_or_load_async<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
         }
-        impl Drop for Record<'_> {
-            fn drop(&mut self) {
-                self.loads.record(self.ok, self.started.elapsed());
+        let mut init = Some(init);
+        loop {
+            let flight = match self.flights.begin(&key, Leader::Detached) {
+                Role::Leader(guard) => {
+                    if let Some(v) = self.peek(&key) {
+                        guard.finish(Outcome::Loaded(v.clone()));
+                        return Ok(v);
+                    }
+                    let init = init.take().expect("a caller leads at most once");
+                    let result = {
+                        let record = LoadRecord::start(&self.loads);
+                        let result = init.await;
+                        record.finish(result.is_ok());
+                        result
+                    };
+                    return match result {
+                        Ok(v) => {
+                            self.insert(key, v.clone(), None);
+                            guard.finish(Outcome::Loaded(v.clone()));
+                            Ok(v)
+                        }
+                        Err(e) => {
+                            let e = Arc::new(e);
+                            guard.finish(Outcome::Failed(e.clone()));
+                            Err(e)
+                        }
+                    };
+                }
+                Role::Waiter(flight) => flight,
+            };
+            match flight.wait_async().await {
+                Outcome::Loaded(v) => return Ok(v),
+                Outcome::Failed(e) => {
+                    if let Ok(e) = e.downcast::<E>() {
+                        return Err(e);
+                    }
+                }
+                Outcome::Abandoned => {}
             }
         }
-        let mut record = Record {
-            loads: &self.loads,
-            started: Instant::now(),
-            ok: false,
-        };
+    }
+
+    /// Runs a loader, recording it in the stats even if it panics.
+    fn timed_load<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let record = LoadRecord::start(&self.loads);
         let result = init();
-        record.ok = result.is_ok();
+        record.finish(result.is_ok());
         result
     }
 
@@ -766,5 +976,34 @@ where
         if !self.timing.clock.is_manual() {
             self.maintain();
         }
+    }
+}
+
+/// Records one load in the counters when dropped: a failure unless
+/// [`finish`](Self::finish)ed with success, so a panicking or cancelled load
+/// counts as failed.
+pub(crate) struct LoadRecord<'a> {
+    loads: &'a LoadCounters,
+    started: Instant,
+    ok: bool,
+}
+
+impl<'a> LoadRecord<'a> {
+    pub(crate) fn start(loads: &'a LoadCounters) -> Self {
+        LoadRecord {
+            loads,
+            started: Instant::now(),
+            ok: false,
+        }
+    }
+
+    pub(crate) fn finish(mut self, ok: bool) {
+        self.ok = ok;
+    }
+}
+
+impl Drop for LoadRecord<'_> {
+    fn drop(&mut self) {
+        self.loads.record(self.ok, self.started.elapsed());
     }
 }

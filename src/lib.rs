@@ -3,6 +3,10 @@
 //! See the README for the tour. The crate's items:
 //!
 //! - [`Cache`] and its [`CacheBuilder`] ([`BuildError`] for bad settings);
+//! - [`LoadingCache`], built by [`CacheBuilder::loader`] from a [`Loader`]:
+//!   read-through with refresh-ahead, stale-while-revalidate,
+//!   stale-if-error, early expiry and negative caching
+//!   ([`LoadingCacheBuilder`] has its settings);
 //! - [`Expiry`] for per-entry lifetimes, [`RemovalCause`] for the listener,
 //!   [`CacheStats`] for the counters;
 //! - [`clock::MockClock`] (feature `test-util`) to drive time in tests.
@@ -28,6 +32,7 @@ mod stats;
 pub use builder::{BuildError, CacheBuilder};
 pub use cache::Cache;
 pub use expiry::Expiry;
+pub use load::{Loader, LoadingCache, LoadingCacheBuilder};
 pub use notify::RemovalCause;
 pub use stats::CacheStats;
 

@@ -33,6 +33,9 @@ pub struct CacheStats {
     pub(crate) load_successes: u64,
     pub(crate) load_failures: u64,
     pub(crate) load_nanos: u64,
+    pub(crate) refreshes: u64,
+    pub(crate) stale_hits: u64,
+    pub(crate) skipped_refreshes: u64,
 }
 
 impl CacheStats {
@@ -103,6 +106,26 @@ impl CacheStats {
             n => Duration::from_nanos(self.load_nanos / n),
         }
     }
+
+    /// Background reloads run by a [`LoadingCache`](crate::LoadingCache)
+    /// (refresh-ahead, stale-while-revalidate, early expiry). Each is also
+    /// counted in [`loads`](Self::loads), with its success or failure.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes
+    }
+
+    /// Reads of a [`LoadingCache`](crate::LoadingCache) answered with a value
+    /// past its time to live: inside the stale-while-revalidate window, or
+    /// kept by stale-if-error after a failed load. Also counted as hits.
+    pub fn stale_hits(&self) -> u64 {
+        self.stale_hits
+    }
+
+    /// Background reloads that were due but not run because the reload
+    /// queue was full. The entry kept its value; a later read tries again.
+    pub fn skipped_refreshes(&self) -> u64 {
+        self.skipped_refreshes
+    }
 }
 
 /// Counters of loader calls, shared by all shards (loads are rare next to hits).
@@ -111,9 +134,27 @@ pub(crate) struct LoadCounters {
     successes: AtomicU64,
     failures: AtomicU64,
     nanos: AtomicU64,
+    refreshes: AtomicU64,
+    stale_hits: AtomicU64,
+    skipped_refreshes: AtomicU64,
 }
 
 impl LoadCounters {
+    /// Counts one background reload started.
+    pub(crate) fn refreshed(&self) {
+        self.refreshes.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one read answered with a stale value.
+    pub(crate) fn stale_hit(&self) {
+        self.stale_hits.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one background reload skipped for a full queue.
+    pub(crate) fn skipped_refresh(&self) {
+        self.skipped_refreshes.fetch_add(1, Relaxed);
+    }
+
     /// Records one loader call.
     pub(crate) fn record(&self, ok: bool, took: Duration) {
         let counter = if ok { &self.successes } else { &self.failures };
@@ -127,6 +168,9 @@ impl LoadCounters {
         stats.load_successes = self.successes.load(Relaxed);
         stats.load_failures = self.failures.load(Relaxed);
         stats.load_nanos = self.nanos.load(Relaxed);
+        stats.refreshes = self.refreshes.load(Relaxed);
+        stats.stale_hits = self.stale_hits.load(Relaxed);
+        stats.skipped_refreshes = self.skipped_refreshes.load(Relaxed);
     }
 }
 

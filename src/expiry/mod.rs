@@ -203,7 +203,7 @@ pub(crate) fn remaining(now: u64, deadline: u64) -> Remaining {
 }
 
 /// A uniform number in `[0, 1)` from a per-thread xorshift generator.
-fn unit_random() -> f64 {
+pub(crate) fn unit_random() -> f64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
     }

@@ -10,11 +10,22 @@
 //! `Arc<E>`; waiters that cannot use it (a different error type, or
 //! `get_with`) load again themselves. If the loader panics, a guard marks the
 //! flight abandoned, wakes the waiters and one of them becomes the next leader.
+//!
+//! Waiters block on a condition variable ([`Flight::wait`]) or, from async
+//! code, await a [`FlightWait`] future that registers its waker and never
+//! blocks the executor's thread. An async leader whose future is dropped
+//! drops its guard, which abandons the flight in the same way as a panic.
+//!
+//! The guard owns an `Arc` of the flight table, so a background reload can
+//! carry it to another thread.
 
 use std::{
     any::Any,
+    future::Future,
     hash::Hash,
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll, Waker},
     thread::{self, ThreadId},
 };
 
@@ -36,11 +47,39 @@ pub(crate) enum Outcome<V> {
     Abandoned,
 }
 
+impl<V: Clone> Outcome<V> {
+    fn share(&self) -> Self {
+        match self {
+            Outcome::Loaded(v) => Outcome::Loaded(v.clone()),
+            Outcome::Failed(e) => Outcome::Failed(e.clone()),
+            Outcome::Abandoned => Outcome::Abandoned,
+        }
+    }
+}
+
 /// State of one in-flight load.
 #[derive(Debug)]
 enum State<V> {
-    Running,
+    /// Loading; the wakers of async waiters to wake when done.
+    Running(Vec<Waker>),
     Done(Outcome<V>),
+}
+
+/// Who leads a flight, for the self-load check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Leader {
+    /// A blocking caller on this thread: a blocking wait from the same
+    /// thread could never end.
+    Thread(ThreadId),
+    /// An async task or a pool thread: no check.
+    Detached,
+}
+
+impl Leader {
+    /// The calling thread.
+    pub(crate) fn here() -> Self {
+        Leader::Thread(thread::current().id())
+    }
 }
 
 /// One in-flight load and the callers waiting on it.
@@ -48,15 +87,15 @@ enum State<V> {
 pub(crate) struct Flight<V> {
     state: Mutex<State<V>>,
     done: Condvar,
-    leader: ThreadId,
+    leader: Mutex<Leader>,
 }
 
 impl<V: Clone> Flight<V> {
-    fn new() -> Self {
+    fn new(leader: Leader) -> Self {
         Flight {
-            state: Mutex::new(State::Running),
+            state: Mutex::new(State::Running(Vec::new())),
             done: Condvar::new(),
-            leader: thread::current().id(),
+            leader: Mutex::new(leader),
         }
     }
 
@@ -68,31 +107,69 @@ impl<V: Clone> Flight<V> {
     /// key would wait for itself forever).
     pub(crate) fn wait(&self) -> Outcome<V> {
         assert!(
-            self.leader != thread::current().id(),
+            *self.leader.lock() != Leader::here(),
             "larder: a loader asked the cache to load its own key; this would wait forever"
         );
         let mut state = self.state.lock();
         loop {
             match &*state {
-                State::Running => self.done.wait(&mut state),
-                State::Done(Outcome::Loaded(v)) => return Outcome::Loaded(v.clone()),
-                State::Done(Outcome::Failed(e)) => return Outcome::Failed(e.clone()),
-                State::Done(Outcome::Abandoned) => return Outcome::Abandoned,
+                State::Running(_) => self.done.wait(&mut state),
+                State::Done(outcome) => return outcome.share(),
             }
         }
     }
 
+    /// A future that resolves to the leader's outcome without blocking.
+    pub(crate) fn wait_async(self: Arc<Self>) -> FlightWait<V> {
+        FlightWait { flight: self }
+    }
+
+    /// Records the calling thread as the one running the load (a reload
+    /// worker that picked it up), for the self-load check.
+    fn claim(&self) {
+        *self.leader.lock() = Leader::here();
+    }
+
     fn finish(&self, outcome: Outcome<V>) {
-        *self.state.lock() = State::Done(outcome);
+        let wakers = match std::mem::replace(&mut *self.state.lock(), State::Done(outcome)) {
+            State::Running(wakers) => wakers,
+            State::Done(_) => Vec::new(),
+        };
         self.done.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// The future returned by [`Flight::wait_async`].
+#[derive(Debug)]
+pub(crate) struct FlightWait<V> {
+    flight: Arc<Flight<V>>,
+}
+
+impl<V: Clone> Future for FlightWait<V> {
+    type Output = Outcome<V>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
+        let mut state = self.flight.state.lock();
+        match &mut *state {
+            State::Done(outcome) => Poll::Ready(outcome.share()),
+            State::Running(wakers) => {
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
 /// What `begin` hands back: lead the load, or wait for someone else's.
 #[derive(Debug)]
-pub(crate) enum Role<'a, K: Hash + Eq, V: Clone> {
+pub(crate) enum Role<K: Hash + Eq, V: Clone> {
     /// This caller runs the loader; finish the guard with the result.
-    Leader(LeaderGuard<'a, K, V>),
+    Leader(LeaderGuard<K, V>),
     /// Another caller is loading; wait on this flight.
     Waiter(Arc<Flight<V>>),
 }
@@ -103,15 +180,15 @@ pub(crate) struct Flights<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
-    /// Joins the flight for `key`, or starts one.
-    pub(crate) fn begin(&self, key: &K) -> Role<'_, K, V> {
+    /// Joins the flight for `key`, or starts one led by `leader`.
+    pub(crate) fn begin(self: &Arc<Self>, key: &K, leader: Leader) -> Role<K, V> {
         match self.map.entry(key.clone()) {
             Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new());
+                let flight = Arc::new(Flight::new(leader));
                 e.insert(flight.clone());
                 Role::Leader(LeaderGuard {
-                    flights: self,
+                    flights: self.clone(),
                     key: key.clone(),
                     flight,
                     finished: false,
@@ -138,14 +215,24 @@ impl<K: Hash + Eq, V> Default for Flights<K, V> {
 /// Held by the leader while it loads; on drop without `finish` (a panic) it
 /// marks the flight abandoned so the waiters retry.
 #[derive(Debug)]
-pub(crate) struct LeaderGuard<'a, K: Hash + Eq, V: Clone> {
-    flights: &'a Flights<K, V>,
+pub(crate) struct LeaderGuard<K: Hash + Eq, V: Clone> {
+    flights: Arc<Flights<K, V>>,
     key: K,
     flight: Arc<Flight<V>>,
     finished: bool,
 }
 
-impl<K: Hash + Eq, V: Clone> LeaderGuard<'_, K, V> {
+impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
+    /// The key being loaded.
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// Records the calling thread as the one running the load.
+    pub(crate) fn claim(&self) {
+        self.flight.claim();
+    }
+
     /// Publishes the outcome to the waiters and retires the flight. Call it
     /// after the value is in the cache.
     pub(crate) fn finish(mut self, outcome: Outcome<V>) {
@@ -161,7 +248,7 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<'_, K, V> {
     }
 }
 
-impl<K: Hash + Eq, V: Clone> Drop for LeaderGuard<'_, K, V> {
+impl<K: Hash + Eq, V: Clone> Drop for LeaderGuard<K, V> {
     fn drop(&mut self) {
         if !self.finished {
             self.retire(Outcome::Abandoned);

@@ -1,0 +1,233 @@
+//! Freshness: how old a loaded value is and what a read of it should do.
+//!
+//! Pure arithmetic on nanosecond timestamps, no locks and no threads; the
+//! [`LoadingCache`](crate::LoadingCache) asks [`Freshness::state`] on every
+//! read and acts on the answer.
+//!
+//! A value loaded at `loaded_at` with time to live `T` *expires* at
+//! `expires_at = loaded_at + T`. Around that instant:
+//!
+//! ```text
+//! loaded_at        +refresh_after        expires_at       +stale_while_revalidate   +stale_if_error
+//!    | Fresh             | RefreshDue         | Stale              | Fallback                 | Expired
+//! ```
+//!
+//! Early expiry (XFetch, Vattani, Chierichetti and Lowenstein, VLDB 2015)
+//! turns a fresh read into `RefreshDue` with a probability that rises as
+//! `expires_at` nears: a read at `now` refreshes when
+//! `now + δ·β·(−ln u) ≥ expires_at`, with `δ` the time the value took to
+//! load, `β` the configured eagerness and `u` uniform in (0, 1]. So the
+//! probability is `exp(−(expires_at − now) / (δ·β))`: negligible many load
+//! times before expiry, certain at it.
+
+use crate::expiry::NEVER;
+
+/// A value as a [`LoadingCache`](crate::LoadingCache) stores it: the value
+/// (`None` for a cached "absent"), when it was loaded and how long that took.
+#[derive(Clone, Debug)]
+pub(crate) struct Loaded<V> {
+    pub(crate) value: Option<V>,
+    /// Clock nanoseconds when the value was stored.
+    pub(crate) loaded_at: u64,
+    /// When the value stops being fresh; [`NEVER`] without a time to live.
+    pub(crate) expires_at: u64,
+    /// How long the load took, in clock nanoseconds (0 for an `insert`).
+    pub(crate) load_nanos: u64,
+    /// Unique per store, so a background reload replaces only the value it
+    /// was started for.
+    pub(crate) stamp: u64,
+}
+
+/// What a read should do with a stored value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Return it.
+    Fresh,
+    /// Return it and start one background reload.
+    RefreshDue,
+    /// Past its time to live, inside the stale-while-revalidate window:
+    /// return it, count a stale hit, start one background reload.
+    Stale,
+    /// Past both windows except stale-if-error: load now, and return this
+    /// value only if the load fails.
+    Fallback,
+    /// Unusable: load now.
+    Expired,
+}
+
+/// The loading cache's timing settings, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Freshness {
+    pub(crate) refresh_after: Option<u64>,
+    pub(crate) stale_while_revalidate: u64,
+    pub(crate) stale_if_error: u64,
+    /// XFetch's β; `None` turns early expiry off.
+    pub(crate) beta: Option<f64>,
+}
+
+impl Freshness {
+    /// How long past `expires_at` the cache must keep a value around.
+    pub(crate) fn grace(&self) -> u64 {
+        self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// True if reads may start background reloads.
+    pub(crate) fn reloads_in_background(&self) -> bool {
+        self.refresh_after.is_some() || self.stale_while_revalidate > 0 || self.beta.is_some()
+    }
+
+    /// The state of `entry` at `now`. `draw` gives a uniform number in
+    /// `[0, 1)`; it is called only when early expiry has to decide.
+    pub(crate) fn state<V>(
+        &self,
+        entry: &Loaded<V>,
+        now: u64,
+        draw: impl FnOnce() -> f64,
+    ) -> State {
+        if entry.expires_at != NEVER && now >= entry.expires_at {
+            let late = now - entry.expires_at;
+            return if late < self.stale_while_revalidate {
+                State::Stale
+            } else if late < self.stale_if_error {
+                State::Fallback
+            } else {
+                State::Expired
+            };
+        }
+        if self
+            .refresh_after
+            .is_some_and(|r| now >= entry.loaded_at.saturating_add(r))
+        {
+            return State::RefreshDue;
+        }
+        if let Some(beta) = self.beta {
+            if entry.expires_at != NEVER && entry.load_nanos > 0 {
+                let gap = entry.expires_at - now;
+                if xfetch_fires(gap, entry.load_nanos, beta, draw()) {
+                    return State::RefreshDue;
+                }
+            }
+        }
+        State::Fresh
+    }
+}
+
+/// XFetch's test for a value `gap` nanoseconds from expiry that took
+/// `delta` to load, with `draw` uniform in `[0, 1)`.
+pub(crate) fn xfetch_fires(gap: u64, delta: u64, beta: f64, draw: f64) -> bool {
+    // 1 - draw is in (0, 1], so the logarithm is finite and <= 0.
+    let lead = delta as f64 * beta * -(1.0 - draw).ln();
+    lead >= gap as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(loaded_at: u64, expires_at: u64, load_nanos: u64) -> Loaded<u8> {
+        Loaded {
+            value: Some(1),
+            loaded_at,
+            expires_at,
+            load_nanos,
+            stamp: 0,
+        }
+    }
+
+    #[test]
+    fn timeline_runs_fresh_refresh_stale_fallback_expired() {
+        let f = Freshness {
+            refresh_after: Some(50),
+            stale_while_revalidate: 20,
+            stale_if_error: 60,
+            beta: None,
+        };
+        let e = entry(0, 100, 0);
+        let never = || -> f64 { unreachable!("no early expiry configured") };
+        assert_eq!(f.state(&e, 0, never), State::Fresh);
+        assert_eq!(f.state(&e, 49, never), State::Fresh);
+        assert_eq!(f.state(&e, 50, never), State::RefreshDue);
+        assert_eq!(f.state(&e, 99, never), State::RefreshDue);
+        assert_eq!(f.state(&e, 100, never), State::Stale);
+        assert_eq!(f.state(&e, 119, never), State::Stale);
+        assert_eq!(f.state(&e, 120, never), State::Fallback);
+        assert_eq!(f.state(&e, 159, never), State::Fallback);
+        assert_eq!(f.state(&e, 160, never), State::Expired);
+        assert_eq!(f.grace(), 60);
+    }
+
+    #[test]
+    fn values_without_ttl_never_go_stale() {
+        let f = Freshness {
+            stale_while_revalidate: 10,
+            beta: Some(1.0),
+            ..Freshness::default()
+        };
+        let e = entry(0, NEVER, 1_000);
+        assert_eq!(f.state(&e, u64::MAX - 1, || 0.999), State::Fresh);
+    }
+
+    /// A seeded xorshift, so the statistical tests are reproducible.
+    fn draws(seed: u64) -> impl FnMut() -> f64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn xfetch_probability_rises_towards_expiry_as_the_paper_says() {
+        let (delta, beta) = (1_000u64, 1.0);
+        let f = Freshness {
+            beta: Some(beta),
+            ..Freshness::default()
+        };
+        let e = entry(0, 100_000, delta);
+        let mut draw = draws(0x9E37_79B9_7F4A_7C15);
+        let trials = 20_000;
+        let mut last = -1.0;
+        // Gaps of 8, 4, 2, 1, 0.5 and 0.25 load times before expiry.
+        for gap in [8_000u64, 4_000, 2_000, 1_000, 500, 250] {
+            let now = e.expires_at - gap;
+            let fired = (0..trials)
+                .filter(|_| f.state(&e, now, &mut draw) == State::RefreshDue)
+                .count();
+            let rate = fired as f64 / trials as f64;
+            let expected = (-(gap as f64) / (delta as f64 * beta)).exp();
+            // Binomial standard deviation, and a floor for tiny rates.
+            let sd = (expected * (1.0 - expected) / trials as f64)
+                .sqrt()
+                .max(1e-3);
+            assert!(
+                (rate - expected).abs() < 5.0 * sd,
+                "gap {gap}: rate {rate}, expected {expected}"
+            );
+            assert!(rate >= last, "rate fell from {last} to {rate} at gap {gap}");
+            last = rate;
+        }
+        // A draw of 0 never leads; a draw near 1 leads by many load times.
+        assert!(!xfetch_fires(1, 5, 1.0, 0.0));
+        assert!(xfetch_fires(20, 5, 1.0, 0.999));
+        // Without a measured load time, early expiry never fires.
+        assert_eq!(f.state(&entry(0, 100, 0), 99, || 0.999), State::Fresh);
+    }
+
+    #[test]
+    fn larger_beta_refreshes_earlier() {
+        let mut draw = draws(42);
+        let rate = |beta: f64, draw: &mut dyn FnMut() -> f64| {
+            (0..10_000)
+                .filter(|_| xfetch_fires(2_000, 1_000, beta, draw()))
+                .count()
+        };
+        let low = rate(0.5, &mut draw);
+        let high = rate(2.0, &mut draw);
+        assert!(
+            high > low * 3,
+            "beta 2.0 fired {high} times, beta 0.5 {low}"
+        );
+    }
+}

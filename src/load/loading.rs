@@ -1,0 +1,703 @@
+//! [`LoadingCache`]: read-through with refresh-ahead, stale-while-revalidate,
+//! stale-if-error, early expiry and negative caching.
+//!
+//! A loading cache wraps a plain [`Cache`] whose values are [`Loaded`]
+//! records: the user's value (or a cached "absent") with when it was loaded,
+//! when it stops being fresh and how long its load took. The inner cache
+//! keeps each record until the end of its last grace window (its hard
+//! deadline); everything finer — refresh due, stale, fallback — is decided
+//! on each read by [`Freshness::state`](super::fresh::Freshness::state).
+//!
+//! Loads of one key are single-flight across foreground reads, bulk reads,
+//! async reads and background reloads: all go through one [`Flights`] table,
+//! so a reader that must wait joins whichever load is running. Background
+//! reloads run on the cache's [`Pool`]; a reload replaces the value only if
+//! it is still the one the reload was started for (its `stamp`), so a
+//! concurrent `insert` or `invalidate` wins over a slow reload.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use crate::{
+    Cache, CacheStats,
+    cache::LoadRecord,
+    expiry::{NEVER, unit_random},
+    load::{
+        Loader,
+        flight::{Flights, Leader, LeaderGuard, Outcome, Role},
+        fresh::{Freshness, Loaded, State},
+        pool::{Job, Pool},
+    },
+};
+
+/// What the builder hands over, in clock nanoseconds.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) freshness: Freshness,
+    pub(crate) ttl: Option<u64>,
+    pub(crate) jitter: f64,
+    pub(crate) negative_ttl: Option<u64>,
+    pub(crate) reload_threads: usize,
+    pub(crate) reload_queue: usize,
+}
+
+/// A cache that loads missing values by itself through a [`Loader`], and can
+/// keep hot values fresh in the background.
+///
+/// Built with [`CacheBuilder::loader`](crate::CacheBuilder::loader). Reads
+/// return `Result<Option<V>, Arc<E>>`: `Ok(Some(v))` for a value, `Ok(None)`
+/// when the loader said the key does not exist, and the loader's error
+/// (shared by every caller that waited for that load, never cached).
+///
+/// | setting | a read of a value … |
+/// |---|---|
+/// | none | … past `time_to_live` waits for a load |
+/// | `refresh_after(r)` | … older than `r` returns it and starts one background reload |
+/// | `stale_while_revalidate(w)` | … up to `w` past its TTL returns it (a stale hit) and starts one background reload |
+/// | `stale_if_error(s)` | … up to `s` past its TTL whose load fails returns it instead of the error |
+/// | `early_expiry(β)` | … close to its TTL starts a background reload with rising probability (XFetch) |
+/// | `negative_ttl(n)` | … the loader reported absent is answered `None` for `n` |
+///
+/// `LoadingCache` is a cheap handle (`Clone`, `Send`, `Sync`); its reload
+/// threads end when the last handle is dropped.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::Cache;
+///
+/// let users = Cache::builder()
+///     .max_capacity(10_000)
+///     .time_to_live(Duration::from_secs(60))
+///     .loader(|id: &u64| -> Result<Option<String>, String> {
+///         Ok((*id < 100).then(|| format!("user {id}"))) // your database call
+///     })
+///     .stale_while_revalidate(Duration::from_secs(10))
+///     .negative_ttl(Duration::from_secs(5))
+///     .build()
+///     .unwrap();
+/// assert_eq!(users.get(&7).unwrap().as_deref(), Some("user 7"));
+/// assert_eq!(users.get(&700).unwrap(), None);
+/// assert_eq!(users.stats().loads(), 2);
+/// ```
+pub struct LoadingCache<K, V, E> {
+    inner: Arc<LoadingInner<K, V, E>>,
+}
+
+impl<K, V, E> Clone for LoadingCache<K, V, E> {
+    fn clone(&self) -> Self {
+        LoadingCache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V, E> fmt::Debug for LoadingCache<K, V, E>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadingCache")
+            .field("cache", &self.inner.cache)
+            .field("freshness", &self.inner.settings.freshness)
+            .finish_non_exhaustive()
+    }
+}
+
+struct LoadingInner<K, V, E> {
+    cache: Cache<K, Loaded<V>>,
+    loader: Arc<dyn Loader<K, V, Error = E>>,
+    flights: Arc<Flights<K, Option<V>>>,
+    settings: Settings,
+    pool: Option<Pool>,
+    stamps: AtomicU64,
+    me: Weak<LoadingInner<K, V, E>>,
+}
+
+impl<K, V, E> Drop for LoadingInner<K, V, E> {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.stop();
+        }
+    }
+}
+
+/// What a read found before any load.
+enum Read<V> {
+    /// The answer.
+    Done(Option<V>),
+    /// A load is needed; the value to fall back on if it fails, if any.
+    Load(Option<Option<V>>),
+}
+
+impl<K, V, E> LoadingCache<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    pub(crate) fn from_parts(
+        cache: Cache<K, Loaded<V>>,
+        loader: Arc<dyn Loader<K, V, Error = E>>,
+        settings: Settings,
+    ) -> Self {
+        let pool = settings
+            .freshness
+            .reloads_in_background()
+            .then(|| Pool::new(settings.reload_threads, settings.reload_queue));
+        let inner = Arc::new_cyclic(|me| LoadingInner {
+            cache,
+            loader,
+            flights: Arc::default(),
+            settings,
+            pool,
+            stamps: AtomicU64::new(0),
+            me: me.clone(),
+        });
+        LoadingCache { inner }
+    }
+
+    /// The value for `key`, loading it if it is missing or expired.
+    ///
+    /// Counts a hit when a usable value was found (fresh, due for refresh,
+    /// or stale inside the stale-while-revalidate window), a miss when it
+    /// had to load. Only one load per key runs at a time; other callers wait
+    /// for it and share its result.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared as `Arc<E>` with every caller that waited
+    /// for the same load. Errors are never cached. With `stale_if_error`, a
+    /// failed load of a value still inside that window returns the old value
+    /// instead.
+    ///
+    /// # Panics
+    ///
+    /// If the loader panics, on the caller whose read ran it (one waiting
+    /// caller then loads instead). If the loader reads its own key from this
+    /// cache (that would wait for itself).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u32| if *k == 0 { Err("no zero".to_string()) } else { Ok(Some(k * 10)) })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.get(&3).unwrap(), Some(30));
+    /// assert_eq!(*cache.get(&0).unwrap_err(), "no zero");
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<E>> {
+        match self.inner.read(key) {
+            Read::Done(v) => Ok(v),
+            Read::Load(fallback) => self.inner.load(key, fallback),
+        }
+    }
+
+    /// The async form of [`get`](Self::get). Waiting for another caller's
+    /// load never blocks the executor's thread; if this call leads the load,
+    /// the (synchronous) loader runs on the calling thread. No runtime is
+    /// required: it works on any executor.
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u32| Ok::<_, String>(Some(k + 1)))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(block_on(cache.get_async(&1)).unwrap(), Some(2));
+    /// ```
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<E>> {
+        let fallback = match self.inner.read(key) {
+            Read::Done(v) => return Ok(v),
+            Read::Load(fallback) => fallback,
+        };
+        loop {
+            let flight = match self.inner.flights.begin(key, Leader::Detached) {
+                Role::Leader(guard) => return self.inner.lead(guard, fallback),
+                Role::Waiter(flight) => flight,
+            };
+            if let Some(result) = self.inner.settle(flight.wait_async().await, &fallback) {
+                return result;
+            }
+        }
+    }
+
+    /// The values for `keys`, loading every missing one with a single
+    /// [`Loader::load_many`] call. Keys another caller is already loading are
+    /// not loaded again: this call waits for those loads. Keys the loader
+    /// reports absent are left out of the map.
+    ///
+    /// # Errors
+    ///
+    /// The error of the batch load (or of a load this call waited for). Keys
+    /// with a value inside the `stale_if_error` window are answered with it
+    /// instead; the error is returned only if some key has none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u32| Ok::<_, String>((*k % 2 == 0).then_some(*k)))
+    ///     .build()
+    ///     .unwrap();
+    /// let found = cache.get_many([1, 2, 3, 4]).unwrap();
+    /// assert_eq!(found.len(), 2);
+    /// assert_eq!(found[&4], 4);
+    /// ```
+    pub fn get_many(&self, keys: impl IntoIterator<Item = K>) -> Result<HashMap<K, V>, Arc<E>> {
+        self.inner.get_many(keys)
+    }
+
+    /// The value for `key` if it is cached and fresh (or due for refresh),
+    /// without loading, counting or starting a refresh. `None` for a missing,
+    /// stale or absent-cached key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// assert_eq!(cache.peek(&1), None);
+    /// cache.get(&1).unwrap();
+    /// assert_eq!(cache.peek(&1), Some(1));
+    /// ```
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let entry = self.inner.cache.peek(key)?;
+        let now = self.inner.cache.now();
+        if entry.expires_at != NEVER && now >= entry.expires_at {
+            return None;
+        }
+        entry.value
+    }
+
+    /// Stores `value` under `key` as if just loaded (fresh for the time to
+    /// live), replacing any cached value and outdating any reload under way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|_: &u8| Ok::<_, String>(Some(0))).build().unwrap();
+    /// cache.insert(1, 100);
+    /// assert_eq!(cache.get(&1).unwrap(), Some(100));
+    /// assert_eq!(cache.stats().loads(), 0);
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        self.inner.store(key, Some(value), 0, None);
+    }
+
+    /// Starts a background reload of `key` now, whatever its age (on the
+    /// calling thread if the cache has no reload threads). Returns false if
+    /// the reload was skipped: the queue was full, or a load of `key` was
+    /// already running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// assert!(cache.refresh(&1));
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.stats().loads(), 2);
+    /// ```
+    pub fn refresh(&self, key: &K) -> bool {
+        let stamp = self.inner.cache.peek(key).map(|e| e.stamp);
+        self.inner.reload(key, stamp)
+    }
+
+    /// Removes `key`'s value; the next read loads it again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// cache.invalidate(&1);
+    /// assert_eq!(cache.peek(&1), None);
+    /// ```
+    pub fn invalidate(&self, key: &K) {
+        self.inner.cache.invalidate(key);
+    }
+
+    /// Removes every value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// cache.invalidate_all();
+    /// assert_eq!(cache.entry_count(), 0);
+    /// ```
+    pub fn invalidate_all(&self) {
+        self.inner.cache.invalidate_all();
+    }
+
+    /// Number of cached entries, cached "absent" answers and values kept
+    /// for a grace window included.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// assert_eq!(cache.entry_count(), 1);
+    /// ```
+    pub fn entry_count(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Does now what the background threads would do soon: reaps expired
+    /// entries, then waits for every background reload queued so far to
+    /// finish (unless called from a reload itself). Tests use it to make
+    /// reloads deterministic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u8| Ok::<_, String>(Some(*k)))
+    ///     .refresh_after(Duration::from_millis(1))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get(&1).unwrap();
+    /// std::thread::sleep(Duration::from_millis(2));
+    /// cache.get(&1).unwrap(); // returns the value, starts a reload
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.stats().refreshes(), 1);
+    /// ```
+    pub fn run_pending_tasks(&self) {
+        if let Some(pool) = &self.inner.pool {
+            pool.settle();
+        }
+        self.inner.cache.run_pending_tasks();
+    }
+
+    /// A snapshot of the counters: hits, misses, loads and load time,
+    /// refreshes, stale hits, skipped refreshes, removals.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// cache.get(&1).unwrap();
+    /// let s = cache.stats();
+    /// assert_eq!((s.hits(), s.misses(), s.loads()), (1, 1, 1));
+    /// ```
+    pub fn stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+}
+
+impl<K, V, E> LoadingInner<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Looks `key` up, counts the hit or miss, and starts a background
+    /// reload if one is due.
+    fn read(&self, key: &K) -> Read<V> {
+        let Some(entry) = self.cache.get_uncounted(key) else {
+            self.cache.record_lookup(false);
+            return Read::Load(None);
+        };
+        let now = self.cache.now();
+        let state = self.settings.freshness.state(&entry, now, unit_random);
+        self.cache.record_lookup(matches!(
+            state,
+            State::Fresh | State::RefreshDue | State::Stale
+        ));
+        match state {
+            State::Fresh => Read::Done(entry.value),
+            State::RefreshDue => {
+                self.reload(key, Some(entry.stamp));
+                Read::Done(entry.value)
+            }
+            State::Stale => {
+                self.cache.load_counters().stale_hit();
+                self.reload(key, Some(entry.stamp));
+                Read::Done(entry.value)
+            }
+            State::Fallback => Read::Load(Some(entry.value)),
+            State::Expired => Read::Load(None),
+        }
+    }
+
+    /// Loads `key` in the foreground, or waits for the load under way.
+    fn load(&self, key: &K, fallback: Option<Option<V>>) -> Result<Option<V>, Arc<E>> {
+        loop {
+            let flight = match self.flights.begin(key, Leader::here()) {
+                Role::Leader(guard) => return self.lead(guard, fallback),
+                Role::Waiter(flight) => flight,
+            };
+            if let Some(result) = self.settle(flight.wait(), &fallback) {
+                return result;
+            }
+        }
+    }
+
+    /// Runs the loader for the flight `guard` leads, stores and publishes
+    /// the result.
+    fn lead(
+        &self,
+        guard: LeaderGuard<K, Option<V>>,
+        fallback: Option<Option<V>>,
+    ) -> Result<Option<V>, Arc<E>> {
+        // A load may have finished between this caller's miss and its lead.
+        if let Some(entry) = self.cache.peek(guard.key()) {
+            if entry.expires_at == NEVER || self.cache.now() < entry.expires_at {
+                guard.finish(Outcome::Loaded(entry.value.clone()));
+                return Ok(entry.value);
+            }
+        }
+        let key = guard.key().clone();
+        match self.timed(|| self.loader.load(&key)) {
+            (Ok(value), took) => {
+                self.store(key, value.clone(), took, None);
+                guard.finish(Outcome::Loaded(value.clone()));
+                Ok(value)
+            }
+            (Err(e), _) => {
+                let e = Arc::new(e);
+                guard.finish(Outcome::Failed(e.clone()));
+                self.fall_back(fallback, e)
+            }
+        }
+    }
+
+    /// A waiter's answer from the outcome of the flight it waited for;
+    /// `None` if the leader gave up and this caller must try again.
+    fn settle(
+        &self,
+        outcome: Outcome<Option<V>>,
+        fallback: &Option<Option<V>>,
+    ) -> Option<Result<Option<V>, Arc<E>>> {
+        match outcome {
+            Outcome::Loaded(v) => Some(Ok(v)),
+            Outcome::Failed(e) => {
+                let e = e
+                    .downcast::<E>()
+                    .expect("every load of a loading cache fails with its loader's error type");
+                Some(self.fall_back(fallback.clone(), e))
+            }
+            Outcome::Abandoned => None,
+        }
+    }
+
+    /// The stale value instead of `e`, if stale-if-error kept one.
+    fn fall_back(&self, fallback: Option<Option<V>>, e: Arc<E>) -> Result<Option<V>, Arc<E>> {
+        match fallback {
+            Some(value) => {
+                self.cache.load_counters().stale_hit();
+                Ok(value)
+            }
+            None => Err(e),
+        }
+    }
+
+    /// Runs a loader call, recording it in the stats (as a failure if it
+    /// panics) and measuring it on the cache's clock for early expiry.
+    fn timed<T>(&self, load: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, u64) {
+        let record = LoadRecord::start(self.cache.load_counters());
+        let started = self.cache.now();
+        let result = load();
+        record.finish(result.is_ok());
+        (result, self.cache.now().saturating_sub(started))
+    }
+
+    /// Stores a loaded value (or a cached "absent") with a fresh stamp. With
+    /// `only_over`, it replaces only the entry with that stamp, so a reload
+    /// never overwrites a newer write or resurrects an invalidated key.
+    fn store(&self, key: K, value: Option<V>, load_nanos: u64, only_over: Option<u64>) {
+        let now = self.cache.now();
+        let s = &self.settings;
+        let lifetime = match (&value, s.negative_ttl) {
+            (Some(_), _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
+            (None, Some(negative)) => Some(negative),
+            (None, None) => {
+                // Absent and not cached: drop what the cache held for the key.
+                match only_over {
+                    Some(stamp) => self.cache.remove_if(&key, |e| e.stamp == stamp),
+                    None => self.cache.invalidate(&key),
+                }
+                return;
+            }
+        };
+        let grace = if value.is_some() {
+            s.freshness.grace()
+        } else {
+            0
+        };
+        let entry = Loaded {
+            value,
+            loaded_at: now,
+            expires_at: lifetime.map_or(NEVER, |l| now.saturating_add(l).min(NEVER - 1)),
+            load_nanos,
+            stamp: self.stamps.fetch_add(1, Relaxed),
+        };
+        let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
+        match only_over {
+            Some(stamp) => {
+                self.cache.insert_if(key, entry, hard, |current| {
+                    current.is_some_and(|c| c.stamp == stamp)
+                });
+            }
+            None => match hard {
+                Some(hard) => self.cache.insert_with_ttl(key, entry, hard),
+                None => self.cache.insert(key, entry),
+            },
+        }
+    }
+
+    /// Starts one reload of `key` unless a load of it is already under way.
+    /// `stamp` is the value it should replace (`None`: whatever is there,
+    /// including nothing). Without reload threads it runs here and now.
+    fn reload(&self, key: &K, stamp: Option<u64>) -> bool {
+        let guard = match self.flights.begin(key, Leader::Detached) {
+            Role::Leader(guard) => guard,
+            Role::Waiter(_) => return false,
+        };
+        let Some(pool) = &self.pool else {
+            self.finish_reload(guard, stamp);
+            return true;
+        };
+        let me = self.me.clone();
+        let job: Job = Box::new(move || {
+            if let Some(inner) = me.upgrade() {
+                inner.finish_reload(guard, stamp);
+            }
+        });
+        match pool.submit(job) {
+            Ok(()) => true,
+            Err(job) => {
+                // Dropping the job drops the guard: the flight is abandoned
+                // and anyone who joined it loads by themselves.
+                drop(job);
+                self.cache.load_counters().skipped_refresh();
+                false
+            }
+        }
+    }
+
+    /// The body of a background reload.
+    fn finish_reload(&self, guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>) {
+        self.cache.load_counters().refreshed();
+        guard.claim();
+        let key = guard.key().clone();
+        match self.timed(|| self.loader.load(&key)) {
+            (Ok(value), took) => {
+                match stamp {
+                    Some(stamp) => self.store(key, value.clone(), took, Some(stamp)),
+                    None => self.store(key, value.clone(), took, None),
+                }
+                guard.finish(Outcome::Loaded(value));
+            }
+            (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
+        }
+    }
+
+    fn get_many(&self, keys: impl IntoIterator<Item = K>) -> Result<HashMap<K, V>, Arc<E>> {
+        let mut found = HashMap::new();
+        let mut missing: Vec<(K, Option<Option<V>>)> = Vec::new();
+        for key in keys {
+            if found.contains_key(&key) || missing.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            match self.read(&key) {
+                Read::Done(Some(v)) => {
+                    found.insert(key, v);
+                }
+                Read::Done(None) => {}
+                Read::Load(fallback) => missing.push((key, fallback)),
+            }
+        }
+        let mut led = Vec::new();
+        let mut waits = Vec::new();
+        for (key, fallback) in missing {
+            match self.flights.begin(&key, Leader::here()) {
+                Role::Leader(guard) => led.push((guard, fallback)),
+                Role::Waiter(flight) => waits.push((key, flight, fallback)),
+            }
+        }
+        let mut failure = None;
+        if !led.is_empty() {
+            let keys: Vec<K> = led.iter().map(|(g, _)| g.key().clone()).collect();
+            match self.timed(|| self.loader.load_many(&keys)) {
+                (Ok(pairs), took) => {
+                    let mut loaded: HashMap<K, V> = pairs.into_iter().collect();
+                    for (guard, _) in led {
+                        let key = guard.key().clone();
+                        let value = loaded.remove(&key);
+                        self.store(key.clone(), value.clone(), took, None);
+                        guard.finish(Outcome::Loaded(value.clone()));
+                        if let Some(v) = value {
+                            found.insert(key, v);
+                        }
+                    }
+                }
+                (Err(e), _) => {
+                    let e = Arc::new(e);
+                    for (guard, fallback) in led {
+                        let key = guard.key().clone();
+                        guard.finish(Outcome::Failed(e.clone()));
+                        match self.fall_back(fallback, e.clone()) {
+                            Ok(Some(v)) => {
+                                found.insert(key, v);
+                            }
+                            Ok(None) => {}
+                            Err(e) => failure = Some(e),
+                        }
+                    }
+                }
+            }
+        }
+        for (key, flight, fallback) in waits {
+            let result = match self.settle(flight.wait(), &fallback) {
+                Some(result) => result,
+                None => self.load(&key, fallback),
+            };
+            match result {
+                Ok(Some(v)) => {
+                    found.insert(key, v);
+                }
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(found),
+        }
+    }
+}
+
+/// `nanos` spread by a random factor in `1 ± jitter`.
+fn jittered(nanos: u64, jitter: f64) -> u64 {
+    if jitter == 0.0 {
+        return nanos;
+    }
+    let factor = 1.0 + jitter * (2.0 * unit_random() - 1.0);
+    ((nanos as f64 * factor) as u64).max(1)
+}
