@@ -314,9 +314,7 @@ where
     /// applies itself (time to live and jitter) and a builder for its inner
     /// cache of [`Loaded`] values, with weigher and listener wrapped to see
     /// only present values.
-    pub(crate) fn into_loading(
-        self,
-    ) -> Result<LoadingBase<K, V>, BuildError> {
+    pub(crate) fn into_loading(self) -> Result<LoadingBase<K, V>, BuildError> {
         if self.expiry.is_some() {
             return Err(BuildError::LoaderExpiryConflict);
         }

@@ -1,0 +1,748 @@
+//! The loading cache's modes on a hand-driven clock: each timeline (fresh →
+//! refresh due → stale → expired) with the exact number of loader calls,
+//! stale-if-error, early expiry's rising probability, negative entries,
+//! bulk loads, a stampede of 64 threads on one expiring key, and panicking
+//! loaders in every mode.
+
+#[path = "support/threads.rs"]
+mod threads;
+
+use std::{
+    collections::HashMap,
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use larder::{BuildError, Cache, Loader, LoadingCache, clock::MockClock};
+use parking_lot::Mutex;
+use threads::{panic_message, parallel};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A loader whose answers are `key * 1000 + call number`, so each load is
+/// visible in the value; it can be told to fail, to panic, or to block on a
+/// gate until released.
+#[derive(Clone, Default)]
+struct Source {
+    calls: Arc<AtomicU64>,
+    fail: Arc<AtomicBool>,
+    panic: Arc<AtomicBool>,
+    panic_once: Arc<AtomicBool>,
+    gate: Arc<Mutex<()>>,
+    entered: Arc<Mutex<Option<mpsc::Sender<u64>>>>,
+}
+
+impl Source {
+    fn calls(&self) -> u64 {
+        self.calls.load(SeqCst)
+    }
+
+    /// Reports each key as its load starts (before the gate).
+    fn announce(&self) -> mpsc::Receiver<u64> {
+        let (tx, rx) = mpsc::channel();
+        *self.entered.lock() = Some(tx);
+        rx
+    }
+}
+
+impl Loader<u64, u64> for Source {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        if let Some(tx) = &*self.entered.lock() {
+            let _ = tx.send(*key);
+        }
+        drop(self.gate.lock());
+        let n = self.calls.fetch_add(1, SeqCst) + 1;
+        if self.panic.load(SeqCst) || self.panic_once.swap(false, SeqCst) {
+            panic!("loader panicked on {key}");
+        }
+        if self.fail.load(SeqCst) {
+            return Err(format!("store down for {key}"));
+        }
+        Ok(Some(key * 1000 + n))
+    }
+}
+
+fn clocked(clock: &MockClock) -> larder::CacheBuilder<u64, u64> {
+    Cache::builder().max_capacity(10_000).clock(clock.clone())
+}
+
+#[test]
+fn read_through_loads_each_key_once_and_counts_hits_and_misses() {
+    let source = Source::default();
+    let cache = Cache::builder().loader(source.clone()).build().unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert_eq!(cache.get(&2).unwrap(), Some(2002));
+    assert_eq!(source.calls(), 2);
+    let s = cache.stats();
+    assert_eq!((s.hits(), s.misses(), s.loads()), (1, 2, 2));
+    assert_eq!(s.load_successes(), 2);
+}
+
+#[test]
+fn plain_ttl_timeline_loads_again_only_after_expiry() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    clock.advance(9 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    clock.advance(SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1002), "expired: loaded again");
+    assert_eq!(source.calls(), 2);
+    assert_eq!(cache.stats().refreshes(), 0);
+}
+
+#[test]
+fn refresh_ahead_returns_the_current_value_and_reloads_once_in_the_background() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(100 * SEC)
+        .loader(source.clone())
+        .refresh_after(60 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    clock.advance(59 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "fresh: no reload");
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 1);
+
+    // Refresh due: hold the reload at the gate while many reads happen.
+    clock.advance(SEC);
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    for _ in 0..100 {
+        assert_eq!(cache.get(&1).unwrap(), Some(1001), "reads never wait");
+    }
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "one reload started");
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 2, "exactly one reload for 100 reads");
+    assert_eq!(cache.get(&1).unwrap(), Some(1002), "the reload replaced it");
+    let s = cache.stats();
+    assert_eq!((s.refreshes(), s.stale_hits(), s.loads()), (1, 0, 2));
+
+    // The reloaded value is fresh again for 60 s from its reload.
+    clock.advance(59 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1002));
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 2);
+}
+
+#[test]
+fn stale_while_revalidate_serves_stale_inside_the_window_and_waits_past_it() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001)); // loaded at 0, fresh to 10
+    clock.advance(10 * SEC);
+
+    let gate = source.gate.lock();
+    for _ in 0..50 {
+        assert_eq!(cache.get(&1).unwrap(), Some(1001), "stale value at once");
+    }
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(
+        source.calls(),
+        2,
+        "one background reload for 50 stale reads"
+    );
+    let s = cache.stats();
+    assert_eq!((s.stale_hits(), s.refreshes()), (50, 1));
+    assert_eq!(cache.get(&1).unwrap(), Some(1002), "fresh after the reload");
+
+    // Reloaded at 10, fresh to 20, stale to 25; at 26 the read must load.
+    clock.advance(16 * SEC);
+    assert_eq!(
+        cache.get(&1).unwrap(),
+        Some(1003),
+        "past the window: waits for a load"
+    );
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 3);
+    assert_eq!(cache.stats().stale_hits(), 50);
+    assert_eq!(
+        cache.stats().refreshes(),
+        1,
+        "that load ran in the foreground"
+    );
+}
+
+#[test]
+fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_if_error(30 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    source.fail.store(true, SeqCst);
+
+    clock.advance(15 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "load failed: old value");
+    clock.advance(20 * SEC); // 35 s: still inside 10 + 30
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    let s = cache.stats();
+    assert_eq!((s.load_failures(), s.stale_hits()), (2, 2));
+
+    clock.advance(6 * SEC); // 41 s: past the window
+    let err = cache.get(&1).unwrap_err();
+    assert_eq!(*err, "store down for 1");
+
+    // A key never loaded has nothing to fall back on.
+    assert!(cache.get(&2).is_err());
+
+    // Recovery: the next load succeeds and is fresh again.
+    source.fail.store(false, SeqCst);
+    assert_eq!(cache.get(&1).unwrap(), Some(1006), "loads 2 to 5 failed");
+}
+
+#[test]
+fn failed_background_reloads_leave_the_value_in_place() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .refresh_after(5 * SEC)
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    source.fail.store(true, SeqCst);
+    clock.advance(6 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().load_failures(), 1);
+    clock.advance(6 * SEC); // 12 s: stale, another reload attempt fails
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().load_failures(), 2);
+    clock.advance(4 * SEC); // 16 s: past the window, no stale-if-error
+    assert!(cache.get(&1).is_err());
+}
+
+/// A loader whose batch call takes `delta` on the mock clock, so every value
+/// it loads carries that load time for early expiry.
+struct Timed {
+    clock: MockClock,
+    delta: Duration,
+    calls: AtomicU64,
+}
+
+impl Loader<u64, u64> for Timed {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        self.calls.fetch_add(1, SeqCst);
+        Ok(Some(*key))
+    }
+
+    fn load_many(&self, keys: &[u64]) -> Result<Vec<(u64, u64)>, String> {
+        self.clock.advance(self.delta);
+        Ok(keys.iter().map(|k| (*k, *k)).collect())
+    }
+}
+
+/// Fraction of `keys` fresh values whose read `gap` before expiry starts an
+/// early reload (δ = 10 ms, β = 1, TTL 1 s).
+fn early_rate(keys: u64, gap: Duration) -> f64 {
+    let clock = MockClock::new();
+    let loader = Timed {
+        clock: clock.clone(),
+        delta: Duration::from_millis(10),
+        calls: AtomicU64::new(0),
+    };
+    let cache = clocked(&clock)
+        .time_to_live(SEC)
+        .loader(loader)
+        .early_expiry(1.0)
+        .reload_queue_capacity(keys as usize + 1)
+        .build()
+        .unwrap();
+    let found = cache.get_many(0..keys).unwrap();
+    assert_eq!(found.len() as u64, keys);
+    // Loaded at 10 ms (after the batch), so fresh until 1.01 s.
+    clock.advance(SEC - gap);
+    for k in 0..keys {
+        assert_eq!(cache.get(&k).unwrap(), Some(k));
+    }
+    cache.run_pending_tasks();
+    let s = cache.stats();
+    assert_eq!(s.skipped_refreshes(), 0);
+    s.refreshes() as f64 / keys as f64
+}
+
+#[test]
+fn early_expiry_probability_rises_towards_expiry() {
+    let keys = 2_000;
+    let mut last = 0.0;
+    for gap_ms in [100u64, 50, 20, 10, 2] {
+        let rate = early_rate(keys, Duration::from_millis(gap_ms));
+        let expected = (-(gap_ms as f64) / 10.0).exp();
+        let sd = (expected * (1.0 - expected) / keys as f64)
+            .sqrt()
+            .max(0.002);
+        assert!(
+            (rate - expected).abs() < 6.0 * sd,
+            "{gap_ms} ms before expiry: {rate} of reads refreshed, expected {expected}"
+        );
+        assert!(
+            rate >= last,
+            "rate fell from {last} to {rate} at {gap_ms} ms"
+        );
+        last = rate;
+    }
+    assert!(
+        last > 0.7,
+        "2 ms (0.2 load times) before expiry most reads refresh"
+    );
+}
+
+#[test]
+fn early_expiry_refreshes_a_hot_key_before_it_expires() {
+    let clock = MockClock::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let (c, lc) = (clock.clone(), calls.clone());
+    let cache = clocked(&clock)
+        .time_to_live(SEC)
+        .loader(move |k: &u64| -> Result<Option<u64>, String> {
+            c.advance(Duration::from_millis(20)); // the load takes 20 ms
+            Ok(Some(k + lc.fetch_add(1, SeqCst)))
+        })
+        .early_expiry(1.0)
+        .build()
+        .unwrap();
+    cache.get(&7).unwrap();
+    // Steady traffic: one read per millisecond for 20 simulated seconds.
+    let mut foreground = 0;
+    for _ in 0..20_000 {
+        clock.advance(Duration::from_millis(1));
+        let before = cache.stats().misses();
+        cache.get(&7).unwrap();
+        cache.run_pending_tasks();
+        foreground += cache.stats().misses() - before;
+    }
+    assert_eq!(foreground, 0, "no read ever found the hot key expired");
+    let s = cache.stats();
+    assert!(
+        s.refreshes() >= 15,
+        "about one early refresh per TTL, got {}",
+        s.refreshes()
+    );
+}
+
+#[test]
+fn negative_entries_expire_on_their_own_ttl() {
+    let clock = MockClock::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(move |k: &u64| -> Result<Option<u64>, String> {
+            counted.fetch_add(1, SeqCst);
+            Ok((*k < 10).then_some(*k))
+        })
+        .negative_ttl(5 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&50).unwrap(), None);
+    assert_eq!(cache.get(&50).unwrap(), None);
+    assert_eq!(cache.get(&5).unwrap(), Some(5));
+    assert_eq!(calls.load(SeqCst), 2, "the absent answer was cached");
+    clock.advance(5 * SEC);
+    assert_eq!(cache.get(&50).unwrap(), None);
+    assert_eq!(calls.load(SeqCst), 3, "negative entry expired after 5 s");
+    assert_eq!(cache.get(&5).unwrap(), Some(5));
+    assert_eq!(calls.load(SeqCst), 3, "the value lives for its own 60 s");
+    assert_eq!(cache.get_many([5, 50]).unwrap(), HashMap::from([(5, 5)]));
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[test]
+fn absent_answers_are_not_cached_without_a_negative_ttl() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let cache = Cache::builder()
+        .loader(move |_: &u64| -> Result<Option<u64>, String> {
+            counted.fetch_add(1, SeqCst);
+            Ok(None)
+        })
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(cache.get(&1).unwrap(), None);
+    }
+    assert_eq!(calls.load(SeqCst), 3);
+    assert_eq!(cache.entry_count(), 0);
+}
+
+/// Counts batch calls and the keys in them.
+#[derive(Default)]
+struct Batches {
+    batches: Mutex<Vec<Vec<u64>>>,
+}
+
+/// The cache's handle on a shared [`Batches`].
+struct BatchLoader(Arc<Batches>);
+
+impl Loader<u64, u64> for BatchLoader {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        self.0.batches.lock().push(vec![*key]);
+        Ok(Some(*key))
+    }
+
+    fn load_many(&self, keys: &[u64]) -> Result<Vec<(u64, u64)>, String> {
+        self.0.batches.lock().push(keys.to_vec());
+        Ok(keys
+            .iter()
+            .filter(|k| *k % 2 == 0)
+            .map(|k| (*k, *k))
+            .collect())
+    }
+}
+
+#[test]
+fn get_many_loads_only_the_missing_keys_in_one_batch() {
+    let batches = Arc::new(Batches::default());
+    let cache = Cache::builder()
+        .loader(BatchLoader(batches.clone()))
+        .negative_ttl(SEC * 60)
+        .build()
+        .unwrap();
+    cache.insert(2, 200);
+    let found = cache.get_many([1, 2, 3, 4, 4, 6]).unwrap();
+    assert_eq!(found, HashMap::from([(2, 200), (4, 4), (6, 6)]));
+    assert_eq!(*batches.batches.lock(), vec![vec![1, 3, 4, 6]]);
+    // Everything is cached now, absent answers included.
+    let again = cache.get_many([1, 2, 3, 4, 6]).unwrap();
+    assert_eq!(again, found);
+    assert_eq!(batches.batches.lock().len(), 1);
+}
+
+#[test]
+fn get_many_waits_for_a_key_already_loading_instead_of_loading_it_again() {
+    let source = Source::default();
+    let cache = Cache::builder().loader(source.clone()).build().unwrap();
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    let c = cache.clone();
+    let single = thread::spawn(move || c.get(&1).unwrap());
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    let c = cache.clone();
+    let many = thread::spawn(move || c.get_many([1, 2]).unwrap());
+    // The batch loads key 2 through `load` (the default load_many).
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(2));
+    drop(gate);
+    let one = single.join().unwrap();
+    let found = many.join().unwrap();
+    assert_eq!(found[&1], one.unwrap(), "the batch shared the single load");
+    assert_eq!(source.calls(), 2);
+}
+
+#[test]
+fn a_reload_never_overwrites_a_newer_insert() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .refresh_after(SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    clock.advance(2 * SEC);
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    cache.insert(1, 42);
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 2);
+    assert_eq!(cache.get(&1).unwrap(), Some(42), "the insert won");
+
+    // Nor resurrects an invalidated key.
+    clock.advance(2 * SEC);
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&1).unwrap(), Some(42));
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    cache.invalidate(&1);
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&1), None);
+}
+
+#[test]
+fn a_full_reload_queue_skips_and_counts_instead_of_growing() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .loader(source.clone())
+        .refresh_after(SEC)
+        .reload_threads(1)
+        .reload_queue_capacity(1)
+        .build()
+        .unwrap();
+    for k in 0..5 {
+        cache.get(&k).unwrap();
+    }
+    clock.advance(2 * SEC);
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    cache.get(&0).unwrap(); // taken by the one worker, blocked at the gate
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(0));
+    for k in 1..5 {
+        cache.get(&k).unwrap(); // 1 queued, 2..4 skipped
+    }
+    assert_eq!(cache.stats().skipped_refreshes(), 3);
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 2);
+    // A later read tries a skipped key again.
+    cache.get(&4).unwrap();
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 3);
+    assert_eq!(cache.peek(&4), Some(4000 + source.calls()));
+}
+
+/// 64 threads read one key that expires `rounds` times; each expiry costs
+/// exactly one loader call, in every mode.
+fn stampede(cache: &LoadingCache<u64, u64, String>, clock: &MockClock, source: &Source) {
+    let rounds = 10;
+    cache.get(&1).unwrap();
+    let threads = 64;
+    for round in 1..=rounds {
+        clock.advance(10 * SEC);
+        let barrier = Arc::new(Barrier::new(threads));
+        let (c, b) = (cache.clone(), barrier.clone());
+        let got = parallel(30 * SEC, "stampede", threads, move |_| {
+            b.wait();
+            c.get(&1).unwrap().unwrap()
+        });
+        assert!(got.iter().all(|v| v / 1000 == 1), "every read got a value");
+        cache.run_pending_tasks();
+        assert_eq!(source.calls(), round + 1, "one load for expiry {round}");
+    }
+}
+
+/// A loader that takes a few real milliseconds, to widen the race.
+fn slow(source: &Source) -> impl Loader<u64, u64, Error = String> + use<> {
+    let source = source.clone();
+    move |k: &u64| {
+        thread::sleep(Duration::from_millis(5));
+        source.load(k)
+    }
+}
+
+#[test]
+fn sixty_four_threads_on_one_expiring_key_cost_one_load_per_expiry() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let plain = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(slow(&source))
+        .build()
+        .unwrap();
+    stampede(&plain, &clock, &source);
+
+    let clock = MockClock::new();
+    let source = Source::default();
+    let swr = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(slow(&source))
+        .stale_while_revalidate(10 * SEC)
+        .build()
+        .unwrap();
+    stampede(&swr, &clock, &source);
+    assert!(swr.stats().stale_hits() > 0);
+
+    let clock = MockClock::new();
+    let source = Source::default();
+    let ahead = clocked(&clock)
+        .time_to_live(20 * SEC)
+        .loader(slow(&source))
+        .refresh_after(5 * SEC)
+        .build()
+        .unwrap();
+    stampede(&ahead, &clock, &source);
+}
+
+#[test]
+fn a_panicking_loader_leaves_every_mode_usable() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .refresh_after(5 * SEC)
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    // Foreground: the panic reaches the caller, nothing is cached.
+    source.panic.store(true, SeqCst);
+    let caught = panic::catch_unwind(AssertUnwindSafe(|| cache.get(&1)));
+    let payload = caught.expect_err("the loader's panic reaches its caller");
+    assert!(panic_message(&*payload).contains("loader panicked on 1"));
+    assert_eq!(cache.entry_count(), 0);
+    source.panic.store(false, SeqCst);
+    assert_eq!(cache.get(&1).unwrap(), Some(1002));
+
+    // Refresh due and stale: the background panic is contained and counted.
+    for advance in [6, 5] {
+        source.panic.store(true, SeqCst);
+        clock.advance(advance * SEC);
+        assert_eq!(cache.get(&1).unwrap(), Some(1002), "old value served");
+        cache.run_pending_tasks();
+    }
+    assert_eq!(cache.stats().load_failures(), 3);
+    source.panic.store(false, SeqCst);
+    assert_eq!(
+        cache.get(&1).unwrap(),
+        Some(1002),
+        "still stale, reload starts"
+    );
+    cache.run_pending_tasks();
+    assert_eq!(
+        cache.get(&1).unwrap(),
+        Some(1005),
+        "the reload thread survived"
+    );
+
+    // Bulk: a panicking batch reaches its caller; the keys load afterwards.
+    source.panic.store(true, SeqCst);
+    let caught = panic::catch_unwind(AssertUnwindSafe(|| cache.get_many([7, 8])));
+    assert!(caught.is_err());
+    source.panic.store(false, SeqCst);
+    assert_eq!(cache.get_many([7, 8]).unwrap().len(), 2);
+}
+
+#[test]
+fn waiters_take_over_when_the_leading_load_panics() {
+    let source = Source::default();
+    let cache = Cache::builder().loader(source.clone()).build().unwrap();
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    source.panic_once.store(true, SeqCst);
+    let c = cache.clone();
+    let leader = thread::spawn(move || c.get(&1));
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    let c = cache.clone();
+    let waiter = thread::spawn(move || c.get(&1));
+    thread::sleep(Duration::from_millis(50)); // let the waiter join the flight
+    drop(gate);
+    assert!(leader.join().is_err(), "the leader's loader panicked");
+    // The waiter either loaded itself or was late enough to lead outright.
+    assert_eq!(waiter.join().unwrap().unwrap().map(|v| v / 1000), Some(1));
+}
+
+#[test]
+fn bad_loading_settings_are_build_errors() {
+    let loader = |k: &u64| Ok::<_, String>(Some(*k));
+    let base = || Cache::<u64, u64>::builder().time_to_live(SEC);
+    let err = |b: larder::LoadingCacheBuilder<u64, u64, String>| b.build().unwrap_err();
+    assert_eq!(
+        err(base().loader(loader).refresh_after(Duration::ZERO)),
+        BuildError::ZeroSetting("refresh_after")
+    );
+    assert_eq!(
+        err(base().loader(loader).negative_ttl(Duration::ZERO)),
+        BuildError::ZeroSetting("negative_ttl")
+    );
+    assert_eq!(
+        err(base().loader(loader).reload_threads(0)),
+        BuildError::ZeroSetting("reload_threads")
+    );
+    assert_eq!(
+        err(base().loader(loader).reload_queue_capacity(0)),
+        BuildError::ZeroSetting("reload_queue_capacity")
+    );
+    for beta in [0.0, -1.0, f64::INFINITY] {
+        assert_eq!(
+            err(base().loader(loader).early_expiry(beta)),
+            BuildError::BetaOutOfRange(beta)
+        );
+    }
+    assert!(matches!(
+        err(base().loader(loader).early_expiry(f64::NAN)),
+        BuildError::BetaOutOfRange(b) if b.is_nan()
+    ));
+    let untimed = || Cache::<u64, u64>::builder().loader(loader);
+    assert_eq!(
+        err(untimed().stale_if_error(SEC)),
+        BuildError::NeedsTimeToLive("stale_if_error")
+    );
+    assert_eq!(
+        err(untimed().early_expiry(1.0)),
+        BuildError::NeedsTimeToLive("early_expiry")
+    );
+    struct Fixed;
+    impl larder::Expiry<u64, u64> for Fixed {
+        fn expire_after_create(&self, _: &u64, _: &u64) -> Option<Duration> {
+            None
+        }
+    }
+    assert_eq!(
+        err(Cache::<u64, u64>::builder()
+            .expire_after(Fixed)
+            .loader(loader)),
+        BuildError::LoaderExpiryConflict
+    );
+    assert_eq!(
+        err(Cache::<u64, u64>::builder().num_shards(0).loader(loader)),
+        BuildError::ZeroShards
+    );
+    assert!(
+        !BuildError::ZeroSetting("refresh_after")
+            .to_string()
+            .is_empty()
+    );
+}
+
+#[test]
+fn weigher_and_listener_see_only_present_values() {
+    let removed = Arc::new(Mutex::new(Vec::new()));
+    let seen = removed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_: &u64, v: &u64| *v as u32)
+        .eviction_listener(move |k, v, cause| seen.lock().push((*k, v, cause)))
+        .loader(|k: &u64| Ok::<_, String>((*k > 0).then_some(*k)))
+        .negative_ttl(SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&30).unwrap(), Some(30));
+    assert_eq!(cache.get(&0).unwrap(), None); // weighs 1, no listener call
+    cache.invalidate(&0);
+    cache.invalidate(&30);
+    cache.run_pending_tasks();
+    assert_eq!(
+        *removed.lock(),
+        vec![(30, 30, larder::RemovalCause::Explicit)]
+    );
+}
