@@ -10,8 +10,18 @@
 //! two: throughput, latency percentiles, backing-store calls, and the
 //! cache's own counters (hit ratio, loads, evictions by cause).
 //!
-//! Run: `cargo run --release --example tour` (about 7 s: two phases of
-//! 3 s). An optional argument sets the seconds per phase:
+//! The second part keeps a few hot keys warm. Ten "trending" entries, each
+//! an expensive query (about 2 ms) that goes stale every 250 ms, are read by
+//! the same four threads, three ways: `get_with` (single-flight, so one
+//! reader per expiry waits for the query while the others wait on it), a
+//! `LoadingCache` with stale-while-revalidate (readers get the stale value at
+//! once while one background reload runs), and one with early expiry (XFetch:
+//! a reload starts shortly before expiry, so the value never goes stale).
+//! The report shows the read latency tail and the query count of each.
+//!
+//! Run: `cargo run --release --example tour` (about 11 s: two phases of
+//! 3 s, then three of 1.5 s). An optional argument sets the seconds per
+//! phase of the first part (the second part runs half as long):
 //! `cargo run --release --example tour -- 5`.
 
 use std::{
@@ -24,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use larder::{Cache, RemovalCause};
+use larder::{Cache, LoadingCache, RemovalCause};
 
 // The benchmarks' Zipf sampler, PRNG and latency histogram.
 #[path = "../benches/support/histogram.rs"]
@@ -72,6 +82,27 @@ fn slow_lookup(id: u64) -> Arc<Profile> {
     })
 }
 
+/// Hot keys: how many, how long their query takes, how long a result stays
+/// fresh.
+const HOT_KEYS: u64 = 10;
+const QUERY_TIME: Duration = Duration::from_millis(2);
+const HOT_TTL: Duration = Duration::from_millis(250);
+/// Each reader's rest between two reads of a hot key: the rest of its
+/// request's work. Without it four spinning readers on a small machine
+/// measure the scheduler's time slices rather than the cache.
+const READ_PAUSE: Duration = Duration::from_micros(20);
+
+/// The expensive query behind a hot key (counted in `LOOKUPS` too).
+fn slow_query(id: u64) -> Result<Option<Arc<Profile>>, String> {
+    LOOKUPS.fetch_add(1, Relaxed);
+    thread::sleep(QUERY_TIME);
+    Ok(Some(Arc::new(Profile {
+        id,
+        name: format!("trending-{id}"),
+        plan: "aggregate",
+    })))
+}
+
 /// What one phase did.
 struct Phase {
     requests: u64,
@@ -87,8 +118,9 @@ impl Phase {
 }
 
 /// Runs `serve` on `WORKERS` threads for `time`, each thread asking for
-/// users drawn from `popularity` with its own fixed seed.
-fn run(time: Duration, popularity: &Zipf, serve: impl Fn(u64) + Sync) -> Phase {
+/// users drawn from `popularity` with its own fixed seed, and resting
+/// `pause` between requests (time not measured).
+fn run(time: Duration, pause: Duration, popularity: &Zipf, serve: impl Fn(u64) + Sync) -> Phase {
     let lookups_before = LOOKUPS.load(Relaxed);
     let start = Instant::now();
     let deadline = start + time;
@@ -107,6 +139,9 @@ fn run(time: Duration, popularity: &Zipf, serve: impl Fn(u64) + Sync) -> Phase {
                         latency.record((ended - began).as_nanos() as u64);
                         if ended >= deadline {
                             return latency;
+                        }
+                        if !pause.is_zero() {
+                            thread::sleep(pause);
                         }
                     }
                 })
@@ -169,13 +204,13 @@ fn main() {
     );
     println!("  each phase runs {seconds} s, starting cold\n");
 
-    let cached = run(time, &popularity, |user| {
+    let cached = run(time, Duration::ZERO, &popularity, |user| {
         let profile = cache.get_with(user, || slow_lookup(user));
         debug_assert_eq!(profile.id, user);
     });
     let stats = cache.stats();
     let entries = cache.entry_count();
-    let uncached = run(time, &popularity, |user| {
+    let uncached = run(time, Duration::ZERO, &popularity, |user| {
         let profile = slow_lookup(user);
         debug_assert_eq!(profile.id, user);
     });
@@ -235,5 +270,80 @@ fn main() {
         "\n  With the cache: {:.1}x the throughput, {:.0}% fewer calls per request to the backing store.",
         cached.rate() / uncached.rate(),
         100.0 * (1.0 - (cached.lookups as f64 / cached.requests as f64))
+    );
+
+    hot_keys(time / 2);
+}
+
+/// The second part: keeping hot keys warm through their expiry.
+fn hot_keys(time: Duration) {
+    println!(
+        "\n\nKeeping hot keys warm: {HOT_KEYS} keys, a {} query, fresh for {:?}; {WORKERS} threads read them, resting {:?} between reads",
+        fmt_nanos(QUERY_TIME.as_nanos() as u64),
+        HOT_TTL,
+        READ_PAUSE
+    );
+    let popularity = Zipf::new(HOT_KEYS, 1.0);
+    let expiries = (time.as_secs_f64() / HOT_TTL.as_secs_f64()) * HOT_KEYS as f64;
+
+    let single_flight: Cache<u64, Arc<Profile>> = Cache::builder()
+        .time_to_live(HOT_TTL)
+        .build()
+        .expect("valid settings");
+    let plain = run(time, READ_PAUSE, &popularity, |id| {
+        let value = single_flight.get_with(id, || slow_query(id).unwrap().unwrap());
+        debug_assert_eq!(value.id, id);
+    });
+
+    let loading = |configure: &dyn Fn(
+        larder::LoadingCacheBuilder<u64, Arc<Profile>, String>,
+    )
+        -> larder::LoadingCacheBuilder<u64, Arc<Profile>, String>|
+     -> LoadingCache<u64, Arc<Profile>, String> {
+        let builder = Cache::builder()
+            .time_to_live(HOT_TTL)
+            .loader(|id: &u64| slow_query(*id));
+        configure(builder).build().expect("valid settings")
+    };
+    let swr = loading(&|b| b.stale_while_revalidate(HOT_TTL));
+    let revalidated = run(time, READ_PAUSE, &popularity, |id| {
+        let value = swr.get(&id).unwrap().unwrap();
+        debug_assert_eq!(value.id, id);
+    });
+    let early = loading(&|b| b.early_expiry(1.0));
+    let xfetch = run(time, READ_PAUSE, &popularity, |id| {
+        let value = early.get(&id).unwrap().unwrap();
+        debug_assert_eq!(value.id, id);
+    });
+
+    println!(
+        "\n  {:<28}{:>10}{:>10}{:>10}{:>10}{:>18}{:>16}",
+        "", "p50", "p99", "p99.9", "max", "reads >= 1 ms", "queries/expiry"
+    );
+    for (label, phase) in [
+        ("get_with (single-flight)", &plain),
+        ("stale-while-revalidate", &revalidated),
+        ("early expiry (XFetch β=1)", &xfetch),
+    ] {
+        println!(
+            "  {label:<28}{:>10}{:>10}{:>10}{:>10}{:>18}{:>16.2}",
+            fmt_nanos(phase.latency.quantile(0.5)),
+            fmt_nanos(phase.latency.quantile(0.99)),
+            fmt_nanos(phase.latency.quantile(0.999)),
+            fmt_nanos(phase.latency.quantile(1.0)),
+            grouped(phase.latency.count_at_least(1_000_000)),
+            phase.lookups as f64 / expiries
+        );
+    }
+    let (s, e) = (swr.stats(), early.stats());
+    println!(
+        "\n  stale-while-revalidate: {} stale hits, {} background reloads; early expiry: {} background reloads",
+        grouped(s.stale_hits()),
+        grouped(s.refreshes()),
+        grouped(e.refreshes()),
+    );
+    println!(
+        "  get_with makes readers wait for the query at every expiry; the other two reload in the background,\n  \
+         so only the first loads (and the machine's own scheduling stalls) reach the tail."
     );
 }

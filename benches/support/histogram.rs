@@ -71,6 +71,12 @@ impl Histogram {
         self.max
     }
 
+    /// Samples at or above `nanos` (to the bucket: a sample in the bucket
+    /// holding `nanos` counts).
+    pub(crate) fn count_at_least(&self, nanos: u64) -> u64 {
+        self.counts[bucket(nanos)..].iter().sum()
+    }
+
     /// The value at quantile `q` (0.0..=1.0), rounded up to its bucket's
     /// upper edge (never above the maximum seen); 0 when empty.
     pub(crate) fn quantile(&self, q: f64) -> u64 {
