@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use larder::{Cache, LoadingCache, RemovalCause};
+use larder::{Cache, RemovalCause};
 
 // The benchmarks' Zipf sampler, PRNG and latency histogram.
 #[path = "../benches/support/histogram.rs"]
@@ -295,11 +295,8 @@ fn hot_keys(time: Duration) {
         debug_assert_eq!(value.id, id);
     });
 
-    let loading = |configure: &dyn Fn(
-        larder::LoadingCacheBuilder<u64, Arc<Profile>, String>,
-    )
-        -> larder::LoadingCacheBuilder<u64, Arc<Profile>, String>|
-     -> LoadingCache<u64, Arc<Profile>, String> {
+    type Builder = larder::LoadingCacheBuilder<u64, Arc<Profile>, String>;
+    let loading = |configure: &dyn Fn(Builder) -> Builder| {
         let builder = Cache::builder()
             .time_to_live(HOT_TTL)
             .loader(|id: &u64| slow_query(*id));
