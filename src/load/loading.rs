@@ -32,7 +32,7 @@ use crate::{
     expiry::{NEVER, unit_random},
     load::{
         Loader,
-        flight::{Flights, Leader, LeaderGuard, Outcome, Role},
+        flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
         fresh::{Freshness, Loaded, State},
         pool::{Job, Pool},
     },
@@ -228,18 +228,9 @@ where
     /// assert_eq!(block_on(cache.get_async(&1)).unwrap(), Some(2));
     /// ```
     pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<E>> {
-        let fallback = match self.inner.read(key) {
-            Read::Done(v) => return Ok(v),
-            Read::Load(fallback) => fallback,
-        };
-        loop {
-            let flight = match self.inner.flights.begin(key, Leader::Detached) {
-                Role::Leader(guard) => return self.inner.lead(guard, fallback),
-                Role::Waiter(flight) => flight,
-            };
-            if let Some(result) = self.inner.settle(flight.wait_async().await, &fallback) {
-                return result;
-            }
+        match self.inner.read(key) {
+            Read::Done(v) => Ok(v),
+            Read::Load(fallback) => self.inner.load_async(key, fallback).await,
         }
     }
 
@@ -266,7 +257,53 @@ where
     /// assert_eq!(found[&4], 4);
     /// ```
     pub fn get_many(&self, keys: impl IntoIterator<Item = K>) -> Result<HashMap<K, V>, Arc<E>> {
-        self.inner.get_many(keys)
+        let mut batch = self.inner.begin_many(keys);
+        for (key, flight, fallback) in std::mem::take(&mut batch.waits) {
+            let result = match self.inner.settle(flight.wait(), &fallback) {
+                Some(result) => result,
+                None => self.inner.load(&key, fallback),
+            };
+            batch.add(key, result);
+        }
+        batch.finish()
+    }
+
+    /// The async form of [`get_many`](Self::get_many): the batch call for
+    /// the keys this call loads runs on the calling thread; waiting for keys
+    /// other callers are loading never blocks it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`get_many`](Self::get_many).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u32| Ok::<_, String>(Some(k * 2)))
+    ///     .build()
+    ///     .unwrap();
+    /// let found = block_on(cache.get_many_async([1, 2])).unwrap();
+    /// assert_eq!((found[&1], found[&2]), (2, 4));
+    /// ```
+    pub async fn get_many_async(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<HashMap<K, V>, Arc<E>> {
+        let mut batch = self.inner.begin_many(keys);
+        for (key, flight, fallback) in std::mem::take(&mut batch.waits) {
+            let result = match self.inner.settle(flight.wait_async().await, &fallback) {
+                Some(result) => result,
+                None => self.inner.load_async(&key, fallback).await,
+            };
+            batch.add(key, result);
+        }
+        batch.finish()
     }
 
     /// The value for `key` if it is cached and fresh (or due for refresh),
@@ -618,77 +655,100 @@ where
         }
     }
 
-    fn get_many(&self, keys: impl IntoIterator<Item = K>) -> Result<HashMap<K, V>, Arc<E>> {
-        let mut found = HashMap::new();
+    /// The async form of [`load`](Self::load).
+    async fn load_async(&self, key: &K, fallback: Option<Option<V>>) -> Result<Option<V>, Arc<E>> {
+        loop {
+            let flight = match self.flights.begin(key, Leader::Detached) {
+                Role::Leader(guard) => return self.lead(guard, fallback),
+                Role::Waiter(flight) => flight,
+            };
+            if let Some(result) = self.settle(flight.wait_async().await, &fallback) {
+                return result;
+            }
+        }
+    }
+
+    /// The part of a bulk read that never waits: answers what is cached,
+    /// loads in one batch the keys nobody else is loading, and leaves the
+    /// keys others are loading in `waits`.
+    fn begin_many(&self, keys: impl IntoIterator<Item = K>) -> Batch<K, V, E> {
+        let mut batch = Batch {
+            found: HashMap::new(),
+            failure: None,
+            waits: Vec::new(),
+        };
         let mut missing: Vec<(K, Option<Option<V>>)> = Vec::new();
         for key in keys {
-            if found.contains_key(&key) || missing.iter().any(|(k, _)| *k == key) {
+            if batch.found.contains_key(&key) || missing.iter().any(|(k, _)| *k == key) {
                 continue;
             }
             match self.read(&key) {
-                Read::Done(Some(v)) => {
-                    found.insert(key, v);
-                }
-                Read::Done(None) => {}
+                Read::Done(v) => batch.add(key, Ok(v)),
                 Read::Load(fallback) => missing.push((key, fallback)),
             }
         }
         let mut led = Vec::new();
-        let mut waits = Vec::new();
         for (key, fallback) in missing {
             match self.flights.begin(&key, Leader::here()) {
                 Role::Leader(guard) => led.push((guard, fallback)),
-                Role::Waiter(flight) => waits.push((key, flight, fallback)),
+                Role::Waiter(flight) => batch.waits.push((key, flight, fallback)),
             }
         }
-        let mut failure = None;
-        if !led.is_empty() {
-            let keys: Vec<K> = led.iter().map(|(g, _)| g.key().clone()).collect();
-            match self.timed(|| self.loader.load_many(&keys)) {
-                (Ok(pairs), took) => {
-                    let mut loaded: HashMap<K, V> = pairs.into_iter().collect();
-                    for (guard, _) in led {
-                        let key = guard.key().clone();
-                        let value = loaded.remove(&key);
-                        self.store(key.clone(), value.clone(), took, None);
-                        guard.finish(Outcome::Loaded(value.clone()));
-                        if let Some(v) = value {
-                            found.insert(key, v);
-                        }
-                    }
+        if led.is_empty() {
+            return batch;
+        }
+        let keys: Vec<K> = led.iter().map(|(g, _)| g.key().clone()).collect();
+        match self.timed(|| self.loader.load_many(&keys)) {
+            (Ok(pairs), took) => {
+                let mut loaded: HashMap<K, V> = pairs.into_iter().collect();
+                for (guard, _) in led {
+                    let key = guard.key().clone();
+                    let value = loaded.remove(&key);
+                    self.store(key.clone(), value.clone(), took, None);
+                    guard.finish(Outcome::Loaded(value.clone()));
+                    batch.add(key, Ok(value));
                 }
-                (Err(e), _) => {
-                    let e = Arc::new(e);
-                    for (guard, fallback) in led {
-                        let key = guard.key().clone();
-                        guard.finish(Outcome::Failed(e.clone()));
-                        match self.fall_back(fallback, e.clone()) {
-                            Ok(Some(v)) => {
-                                found.insert(key, v);
-                            }
-                            Ok(None) => {}
-                            Err(e) => failure = Some(e),
-                        }
-                    }
+            }
+            (Err(e), _) => {
+                let e = Arc::new(e);
+                for (guard, fallback) in led {
+                    let key = guard.key().clone();
+                    guard.finish(Outcome::Failed(e.clone()));
+                    batch.add(key, self.fall_back(fallback, e.clone()));
                 }
             }
         }
-        for (key, flight, fallback) in waits {
-            let result = match self.settle(flight.wait(), &fallback) {
-                Some(result) => result,
-                None => self.load(&key, fallback),
-            };
-            match result {
-                Ok(Some(v)) => {
-                    found.insert(key, v);
-                }
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
+        batch
+    }
+}
+
+/// A bulk read under way: what it has found, its last failure, and the keys
+/// it still waits for.
+struct Batch<K, V, E> {
+    found: HashMap<K, V>,
+    failure: Option<Arc<E>>,
+    waits: Vec<Wait<K, V>>,
+}
+
+/// A key a bulk read waits for: the flight loading it and the value to fall
+/// back on if that load fails.
+type Wait<K, V> = (K, Arc<Flight<Option<V>>>, Option<Option<V>>);
+
+impl<K: Hash + Eq, V, E> Batch<K, V, E> {
+    fn add(&mut self, key: K, result: Result<Option<V>, Arc<E>>) {
+        match result {
+            Ok(Some(v)) => {
+                self.found.insert(key, v);
             }
+            Ok(None) => {}
+            Err(e) => self.failure = Some(e),
         }
-        match failure {
+    }
+
+    fn finish(self) -> Result<HashMap<K, V>, Arc<E>> {
+        match self.failure {
             Some(e) => Err(e),
-            None => Ok(found),
+            None => Ok(self.found),
         }
     }
 }
