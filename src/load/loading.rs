@@ -16,7 +16,7 @@
 //! concurrent `insert` or `invalidate` wins over a slow reload.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     hash::Hash,
     sync::{
@@ -678,8 +678,9 @@ where
             waits: Vec::new(),
         };
         let mut missing: Vec<(K, Option<Option<V>>)> = Vec::new();
+        let mut seen = HashSet::new();
         for key in keys {
-            if batch.found.contains_key(&key) || missing.iter().any(|(k, _)| *k == key) {
+            if !seen.insert(key.clone()) {
                 continue;
             }
             match self.read(&key) {

@@ -1,0 +1,52 @@
+//! Replays arbitrary operation sequences — reads, bulk reads with arbitrary
+//! (duplicate, absent, failing) key batches, writes, refreshes, database
+//! changes and clock advances — against a loading cache and the reference
+//! model of `tests/loading_model.rs`.
+#![no_main]
+
+#[path = "../../tests/support/loading_model.rs"]
+mod loading_model;
+
+use libfuzzer_sys::{
+    arbitrary::{Result, Unstructured},
+    fuzz_target,
+};
+use loading_model::{Config, KEYS, Op, run};
+
+fn config(u: &mut Unstructured<'_>) -> Result<Config> {
+    let ttl = if u.arbitrary()? { Some(u.int_in_range(1..=9)?) } else { None };
+    let negative_ttl = if u.arbitrary()? { Some(u.int_in_range(1..=4)?) } else { None };
+    Ok(Config { ttl, negative_ttl })
+}
+
+fn op(u: &mut Unstructured<'_>) -> Result<Op> {
+    let key = |u: &mut Unstructured<'_>| u.int_in_range(0..=KEYS - 1);
+    Ok(match u.int_in_range(0..=9u8)? {
+        0 => Op::Get(key(u)?),
+        1 => {
+            let n = u.int_in_range(0..=8u8)?;
+            Op::GetMany((0..n).map(|_| key(u)).collect::<Result<_>>()?)
+        }
+        2 => Op::Insert(key(u)?, u.arbitrary()?),
+        3 => Op::Invalidate(key(u)?),
+        4 => Op::InvalidateAll,
+        5 => Op::Refresh(key(u)?),
+        6 => Op::DbSet(key(u)?, u.arbitrary()?),
+        7 => Op::DbFails(u.arbitrary()?),
+        8 => Op::Advance(u.int_in_range(0..=5999)?),
+        _ => Op::RunPending,
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(cfg) = config(&mut u) else { return };
+    let mut ops = Vec::new();
+    while let Ok(next) = op(&mut u) {
+        ops.push(next);
+        if ops.len() >= 256 {
+            break;
+        }
+    }
+    run(cfg, ops);
+});

@@ -1,0 +1,253 @@
+//! A reference model of a [`LoadingCache`] in front of a database, for the
+//! proptest (`tests/loading_model.rs`) and the fuzz target `loading_ops`.
+//!
+//! The database is a `HashMap` the operations change behind the cache's
+//! back; the model keeps what the cache should hold (a value or a cached
+//! "absent", and when it stops being fresh) and the number of loader calls.
+//! Every read's answer, the hit and miss counts and the load count must
+//! match the model exactly. Background settings are off and the clock is a
+//! `MockClock`, so the cache is deterministic; `refresh` then reloads on the
+//! calling thread.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use larder::{Cache, LoadingCache, clock::MockClock};
+
+/// Keys are drawn from `0..KEYS`, so operations collide often.
+pub const KEYS: u8 = 12;
+
+/// Settings of one run, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub ttl: Option<u64>,
+    pub negative_ttl: Option<u64>,
+}
+
+/// One step.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Get(u8),
+    GetMany(Vec<u8>),
+    Insert(u8, u32),
+    Invalidate(u8),
+    InvalidateAll,
+    Refresh(u8),
+    /// The database changes under the cache: a value, or the key deleted.
+    DbSet(u8, Option<u32>),
+    /// The database starts or stops failing.
+    DbFails(bool),
+    Advance(u16),
+    RunPending,
+}
+
+/// What the cache should hold for a key.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    value: Option<u32>,
+    /// Model time (ms) at which it stops being served; `None` never.
+    until: Option<u64>,
+}
+
+/// The database both sides read.
+#[derive(Default)]
+struct Db {
+    rows: HashMap<u8, u32>,
+    failing: bool,
+}
+
+struct Model {
+    cfg: Config,
+    db: Arc<Mutex<Db>>,
+    held: HashMap<u8, Held>,
+    now_ms: u64,
+    loads: u64,
+    refreshes: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl Model {
+    fn live(&self, k: u8) -> Option<Held> {
+        let h = *self.held.get(&k)?;
+        match h.until {
+            Some(until) if self.now_ms >= until => None,
+            _ => Some(h),
+        }
+    }
+
+    /// What a load of `k` stores, if anything: `None` for a failure.
+    fn load(&mut self, k: u8) -> Option<Option<u32>> {
+        let db = self.db.lock().unwrap();
+        if db.failing {
+            return None;
+        }
+        Some(db.rows.get(&k).copied())
+    }
+
+    fn store(&mut self, k: u8, value: Option<u32>) {
+        let life = match value {
+            Some(_) => self.cfg.ttl,
+            None => match self.cfg.negative_ttl {
+                Some(n) => Some(n),
+                None => {
+                    self.held.remove(&k);
+                    return;
+                }
+            },
+        };
+        let until = life.map(|s| self.now_ms + s * 1_000);
+        self.held.insert(k, Held { value, until });
+    }
+}
+
+fn build(cfg: Config, db: &Arc<Mutex<Db>>, clock: &MockClock) -> LoadingCache<u8, u32, String> {
+    let source = db.clone();
+    let mut builder = Cache::builder().clock(clock.clone());
+    if let Some(ttl) = cfg.ttl {
+        builder = builder.time_to_live(Duration::from_secs(ttl));
+    }
+    let mut builder = builder.loader(move |k: &u8| -> Result<Option<u32>, String> {
+        let db = source.lock().unwrap();
+        if db.failing {
+            return Err(format!("db down reading {k}"));
+        }
+        Ok(db.rows.get(k).copied())
+    });
+    if let Some(n) = cfg.negative_ttl {
+        builder = builder.negative_ttl(Duration::from_secs(n));
+    }
+    builder.build().expect("valid settings")
+}
+
+/// Runs `ops` against a loading cache and the model, panicking at the first
+/// difference.
+pub fn run(cfg: Config, ops: Vec<Op>) {
+    let clock = MockClock::new();
+    let db = Arc::new(Mutex::new(Db::default()));
+    let cache = build(cfg, &db, &clock);
+    let mut m = Model {
+        cfg,
+        db: db.clone(),
+        held: HashMap::new(),
+        now_ms: 0,
+        loads: 0,
+        refreshes: 0,
+        hits: 0,
+        misses: 0,
+    };
+    for (step, op) in ops.into_iter().enumerate() {
+        let at = format!("step {step}: {op:?}");
+        match op {
+            Op::Get(k) => {
+                let got = cache.get(&k);
+                match m.live(k) {
+                    Some(h) => {
+                        m.hits += 1;
+                        assert_eq!(got.as_ref().ok(), Some(&h.value), "{at}: cached");
+                    }
+                    None => {
+                        m.misses += 1;
+                        m.loads += 1;
+                        match m.load(k) {
+                            Some(v) => {
+                                assert_eq!(got.as_ref().ok(), Some(&v), "{at}: loaded");
+                                m.store(k, v);
+                            }
+                            None => assert!(got.is_err(), "{at}: the load failed"),
+                        }
+                    }
+                }
+            }
+            Op::GetMany(keys) => {
+                let got = cache.get_many(keys.iter().copied());
+                let mut expected = HashMap::new();
+                let mut missing = Vec::new();
+                for k in keys.iter().copied().collect::<BTreeSet<_>>() {
+                    match m.live(k) {
+                        Some(h) => {
+                            m.hits += 1;
+                            if let Some(v) = h.value {
+                                expected.insert(k, v);
+                            }
+                        }
+                        None => {
+                            m.misses += 1;
+                            missing.push(k);
+                        }
+                    }
+                }
+                if !missing.is_empty() {
+                    m.loads += 1; // one batch call
+                    if m.db.lock().unwrap().failing {
+                        assert!(got.is_err(), "{at}: the batch failed");
+                        continue;
+                    }
+                    for k in missing {
+                        let v = m.load(k).expect("not failing");
+                        if let Some(v) = v {
+                            expected.insert(k, v);
+                        }
+                        m.store(k, v);
+                    }
+                }
+                assert_eq!(got.ok(), Some(expected), "{at}");
+            }
+            Op::Insert(k, v) => {
+                cache.insert(k, v);
+                m.store(k, Some(v));
+            }
+            Op::Invalidate(k) => {
+                cache.invalidate(&k);
+                m.held.remove(&k);
+            }
+            Op::InvalidateAll => {
+                cache.invalidate_all();
+                m.held.clear();
+            }
+            Op::Refresh(k) => {
+                assert!(cache.refresh(&k), "{at}: no other load runs");
+                m.loads += 1;
+                m.refreshes += 1;
+                if let Some(v) = m.load(k) {
+                    m.store(k, v);
+                }
+            }
+            Op::DbSet(k, v) => {
+                let mut db = db.lock().unwrap();
+                match v {
+                    Some(v) => db.rows.insert(k, v),
+                    None => db.rows.remove(&k),
+                };
+            }
+            Op::DbFails(failing) => db.lock().unwrap().failing = failing,
+            Op::Advance(ms) => {
+                clock.advance(Duration::from_millis(u64::from(ms)));
+                m.now_ms += u64::from(ms);
+            }
+            Op::RunPending => cache.run_pending_tasks(),
+        }
+        let s = cache.stats();
+        assert_eq!(
+            (s.hits(), s.misses(), s.loads()),
+            (m.hits, m.misses, m.loads),
+            "{at}: hits, misses, loads"
+        );
+        assert_eq!(
+            (s.refreshes(), s.stale_hits(), s.skipped_refreshes()),
+            (m.refreshes, 0, 0),
+            "{at}: refreshes only through `refresh`, no stale modes"
+        );
+        for k in 0..KEYS {
+            assert_eq!(
+                cache.peek(&k),
+                m.live(k).and_then(|h| h.value),
+                "{at}: peek({k}) after the step"
+            );
+        }
+    }
+}
