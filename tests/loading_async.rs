@@ -1,0 +1,638 @@
+//! Async loading: `get_with_async`, `try_get_with_async` and
+//! `LoadingCache::get_async` on tokio's current-thread and multi-thread
+//! runtimes, alone and mixed with blocking callers.
+//!
+//! On a current-thread runtime every task shares one thread, so a waiter that
+//! blocked it instead of awaiting would stop the leader from ever finishing:
+//! those tests pass only if waiting never blocks the executor.
+//!
+//! Every test body runs through [`bounded`]. Its tokio timeout turns a hang
+//! the runtime can still see (a lost wake-up, a flight nobody finishes) into a
+//! failure; its watchdog thread aborts the test binary if the runtime's own
+//! thread is blocked, which no timer on that runtime could notice.
+
+use std::{
+    future::Future,
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+#[path = "support/threads.rs"]
+mod threads;
+
+use larder::{Cache, clock::MockClock};
+use threads::panic_message;
+use tokio::{
+    sync::{Notify, oneshot},
+    task::JoinSet,
+};
+
+/// How long a test body may take before it counts as a hang.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a helper waits for callers to reach the cache before giving up
+/// (the test then fails on what it asserts, instead of hanging).
+const ARRIVAL: Duration = Duration::from_secs(5);
+
+/// Runs a test body, failing it if it is not done within [`TIMEOUT`].
+async fn bounded<T>(what: &str, body: impl Future<Output = T>) -> T {
+    let _watchdog = watchdog(what, TIMEOUT + Duration::from_secs(10));
+    match tokio::time::timeout(TIMEOUT, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: not done within {TIMEOUT:?} (hang)"),
+    }
+}
+
+/// Aborts the process unless the returned sender is dropped within `limit`:
+/// the last resort when the runtime's thread is blocked and its timers never
+/// fire.
+fn watchdog(what: &str, limit: Duration) -> mpsc::Sender<()> {
+    let (done, rx) = mpsc::channel::<()>();
+    let what = what.to_string();
+    thread::spawn(move || {
+        if rx.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+            // Straight to the stream: the test harness's capture of
+            // `eprintln!` would be lost with the process.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{what}: the runtime's thread was still blocked after {limit:?}; aborting"
+            );
+            std::process::abort();
+        }
+    });
+    done
+}
+
+/// Awaits, without blocking the thread, until `cache` has counted `n`
+/// misses (so `n` callers reached it before any value was cached), then a
+/// little longer so the last of them get from their miss onto the flight.
+/// Gives up after [`ARRIVAL`] so a bug cannot turn it into a hang.
+async fn until_misses<K, V>(cache: &Cache<K, V>, n: u64)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let deadline = Instant::now() + ARRIVAL;
+    while cache.stats().misses() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// The blocking form of [`until_misses`], for a loader on a plain thread.
+fn until_misses_blocking<K, V>(cache: &Cache<K, V>, n: u64)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let deadline = Instant::now() + ARRIVAL;
+    while cache.stats().misses() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    thread::sleep(Duration::from_millis(50));
+}
+
+/// Runs `f` on a new thread; its result arrives on the receiver (which
+/// errors if `f` panicked).
+fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> oneshot::Receiver<T> {
+    let (tx, rx) = oneshot::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+#[derive(Debug, PartialEq)]
+struct DbDown(usize);
+
+/// `tasks` tasks ask for one key; the leader's `init` holds until all of
+/// them have missed. Exactly one `init` runs and all share its value.
+async fn one_init_for_concurrent_tasks(tasks: usize) {
+    let cache: Cache<u32, Arc<String>> = Cache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for i in 0..tasks {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        set.spawn(async move {
+            let inner = cache.clone();
+            cache
+                .get_with_async(7, async move {
+                    calls.fetch_add(1, SeqCst);
+                    until_misses(&inner, tasks as u64).await;
+                    Arc::new(format!("loaded by {i}"))
+                })
+                .await
+        });
+    }
+    let values = set.join_all().await;
+    assert_eq!(calls.load(SeqCst), 1, "exactly one init ran");
+    assert_eq!(
+        cache.stats().misses(),
+        tasks as u64,
+        "every task reached the cache while the load was pending"
+    );
+    assert!(
+        values.iter().all(|v| Arc::ptr_eq(v, &values[0])),
+        "every task got the one loaded value: {values:?}"
+    );
+    assert_eq!(cache.get(&7), Some(values[0].clone()));
+}
+
+#[tokio::test]
+async fn waiters_do_not_block_a_current_thread_runtime() {
+    bounded(
+        "32 tasks, current thread",
+        one_init_for_concurrent_tasks(32),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_init_runs_for_concurrent_tasks_on_a_multi_thread_runtime() {
+    bounded("64 tasks, multi thread", one_init_for_concurrent_tasks(64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_async_load_is_shared_by_waiters_and_not_cached() {
+    const TASKS: usize = 16;
+    bounded("shared error", async {
+        let cache: Cache<u32, String> = Cache::new(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut set = JoinSet::new();
+        for i in 0..TASKS {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            set.spawn(async move {
+                let inner = cache.clone();
+                cache
+                    .try_get_with_async(1, async move {
+                        calls.fetch_add(1, SeqCst);
+                        until_misses(&inner, TASKS as u64).await;
+                        Err::<String, _>(DbDown(i))
+                    })
+                    .await
+            });
+        }
+        let errors: Vec<Arc<DbDown>> = set
+            .join_all()
+            .await
+            .into_iter()
+            .map(|r| r.expect_err("the only load failed"))
+            .collect();
+        assert_eq!(calls.load(SeqCst), 1, "exactly one init ran");
+        assert_eq!(cache.stats().misses(), TASKS as u64);
+        assert!(
+            errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+            "every caller got the same Arc: {errors:?}"
+        );
+        assert!(!cache.contains_key(&1), "errors are not cached");
+
+        let calls_before = calls.load(SeqCst);
+        let next = cache
+            .try_get_with_async(1, async {
+                calls.fetch_add(1, SeqCst);
+                Ok::<_, DbDown>("recovered".to_string())
+            })
+            .await;
+        assert_eq!(next.unwrap(), "recovered");
+        assert_eq!(calls.load(SeqCst), calls_before + 1, "the next call loaded");
+        assert_eq!(cache.get(&1).as_deref(), Some("recovered"));
+    })
+    .await;
+}
+
+/// How the leading call's future is cancelled.
+#[derive(Clone, Copy, Debug)]
+enum Cancel {
+    /// `JoinHandle::abort` on the leader's task.
+    Abort,
+    /// The leader's task drops the future itself, losing a `select!`.
+    Drop,
+}
+
+/// A leader whose `init` never finishes is cancelled once `waiters` tasks
+/// wait on its flight: one waiter's own `init` runs, all waiters get its
+/// value, and the leader's `init` never got past its await.
+async fn cancelled_leader_hands_the_load_to_a_waiter(waiters: usize, how: Cancel) {
+    let cache: Cache<u32, Arc<String>> = Cache::new(100);
+    let leader_started = Arc::new(Notify::new());
+    let leader_finished = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(Notify::new());
+    let leader = {
+        let (cache, started, finished) = (
+            cache.clone(),
+            leader_started.clone(),
+            leader_finished.clone(),
+        );
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let load = cache.get_with_async(5, async move {
+                started.notify_one();
+                std::future::pending::<()>().await;
+                finished.store(true, SeqCst);
+                Arc::new("leader".to_string())
+            });
+            tokio::select! {
+                v = load => Some(v),
+                () = cancel.notified() => None,
+            }
+        })
+    };
+    leader_started.notified().await;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for i in 0..waiters {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        set.spawn(async move {
+            cache
+                .get_with_async(5, async move {
+                    calls.fetch_add(1, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Arc::new(format!("waiter {i}"))
+                })
+                .await
+        });
+    }
+    until_misses(&cache, 1 + waiters as u64).await;
+    assert_eq!(calls.load(SeqCst), 0, "waiters wait while the leader loads");
+    assert_eq!(cache.stats().misses(), 1 + waiters as u64);
+
+    match how {
+        Cancel::Abort => {
+            leader.abort();
+            let err = leader.await.expect_err("the leader was aborted");
+            assert!(err.is_cancelled(), "{err:?}");
+        }
+        Cancel::Drop => {
+            cancel.notify_one();
+            assert_eq!(leader.await.unwrap(), None, "the leader lost the select");
+        }
+    }
+
+    let values = set.join_all().await;
+    assert_eq!(calls.load(SeqCst), 1, "exactly one waiter ran its own init");
+    assert!(
+        values.iter().all(|v| Arc::ptr_eq(v, &values[0])),
+        "all waiters share its value: {values:?}"
+    );
+    assert!(values[0].starts_with("waiter "), "{}", values[0]);
+    assert!(
+        !leader_finished.load(SeqCst),
+        "the leader's init never completed"
+    );
+    assert_eq!(cache.get(&5), Some(values[0].clone()));
+}
+
+#[tokio::test]
+async fn aborted_leader_hands_the_load_to_a_waiter_on_a_current_thread_runtime() {
+    bounded(
+        "aborted leader, current thread",
+        cancelled_leader_hands_the_load_to_a_waiter(16, Cancel::Abort),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aborted_leader_hands_the_load_to_a_waiter_on_a_multi_thread_runtime() {
+    bounded(
+        "aborted leader, multi thread",
+        cancelled_leader_hands_the_load_to_a_waiter(32, Cancel::Abort),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dropped_leader_future_hands_the_load_to_a_waiter_on_a_current_thread_runtime() {
+    bounded(
+        "dropped leader, current thread",
+        cancelled_leader_hands_the_load_to_a_waiter(16, Cancel::Drop),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_leader_future_hands_the_load_to_a_waiter_on_a_multi_thread_runtime() {
+    bounded(
+        "dropped leader, multi thread",
+        cancelled_leader_hands_the_load_to_a_waiter(32, Cancel::Drop),
+    )
+    .await;
+}
+
+/// A leader whose `init` panics once `waiters` tasks wait: the panic goes to
+/// the leader's task, one waiter loads instead, and the cache keeps working.
+async fn panicking_leader_hands_the_load_to_a_waiter(waiters: usize) {
+    let cache: Cache<u32, usize> = Cache::new(100);
+    let leader_started = Arc::new(Notify::new());
+    let leader = {
+        let (cache, started) = (cache.clone(), leader_started.clone());
+        tokio::spawn(async move {
+            let inner = cache.clone();
+            cache
+                .get_with_async(3, async move {
+                    started.notify_one();
+                    until_misses(&inner, 1 + waiters as u64).await;
+                    panic!("init exploded")
+                })
+                .await
+        })
+    };
+    leader_started.notified().await;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for i in 0..waiters {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        set.spawn(async move {
+            cache
+                .get_with_async(3, async move {
+                    calls.fetch_add(1, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    100 + i
+                })
+                .await
+        });
+    }
+
+    let err = leader.await.expect_err("the leader's init panicked");
+    assert!(err.is_panic(), "{err:?}");
+    assert_eq!(panic_message(&*err.into_panic()), "init exploded");
+
+    let values = set.join_all().await;
+    assert_eq!(
+        cache.stats().misses(),
+        1 + waiters as u64,
+        "the waiters were waiting when the leader panicked"
+    );
+    assert_eq!(calls.load(SeqCst), 1, "exactly one waiter ran its own init");
+    assert!(
+        values.iter().all(|&v| v == values[0]),
+        "all waiters share its value: {values:?}"
+    );
+    assert!((100..100 + waiters).contains(&values[0]));
+
+    // Still usable: the key is cached, other keys load and cache as usual.
+    assert_eq!(
+        cache.get_with_async(3, async { unreachable!() }).await,
+        values[0]
+    );
+    assert_eq!(cache.get_with_async(4, async { 44 }).await, 44);
+    assert_eq!(cache.get(&4), Some(44));
+}
+
+#[tokio::test]
+async fn panicking_async_leader_hands_the_load_to_a_waiter_on_a_current_thread_runtime() {
+    bounded(
+        "panicking leader, current thread",
+        panicking_leader_hands_the_load_to_a_waiter(16),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn panicking_async_leader_hands_the_load_to_a_waiter_on_a_multi_thread_runtime() {
+    bounded(
+        "panicking leader, multi thread",
+        panicking_leader_hands_the_load_to_a_waiter(32),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_async_loads_once_for_concurrent_tasks() {
+    const TASKS: usize = 64;
+    bounded("get_async, 64 tasks", async {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let all_arrived_while_loading = Arc::new(AtomicBool::new(false));
+        let cache = {
+            let (loads, arrived, all) = (
+                loads.clone(),
+                arrived.clone(),
+                all_arrived_while_loading.clone(),
+            );
+            Cache::builder()
+                .loader(move |k: &u32| {
+                    loads.fetch_add(1, SeqCst);
+                    // Blocks its worker; the other three must run all the
+                    // remaining tasks, which only works if they await.
+                    let deadline = Instant::now() + ARRIVAL;
+                    while arrived.load(SeqCst) < TASKS && Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    all.store(arrived.load(SeqCst) == TASKS, SeqCst);
+                    thread::sleep(Duration::from_millis(20));
+                    Ok::<_, String>(Some(k * 10))
+                })
+                .build()
+                .unwrap()
+        };
+        let mut set = JoinSet::new();
+        for _ in 0..TASKS {
+            let (cache, arrived) = (cache.clone(), arrived.clone());
+            set.spawn(async move {
+                arrived.fetch_add(1, SeqCst);
+                cache.get_async(&7).await
+            });
+        }
+        let values = set.join_all().await;
+        assert_eq!(loads.load(SeqCst), 1, "exactly one load");
+        assert_eq!(cache.stats().loads(), 1);
+        assert!(
+            all_arrived_while_loading.load(SeqCst),
+            "every task reached the cache while the loader ran"
+        );
+        assert!(
+            values.iter().all(|v| v == &Ok(Some(70))),
+            "every task got the loaded value: {values:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn get_async_answers_a_cached_absent_without_loading() {
+    bounded("negative caching", async {
+        let clock = MockClock::new();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let cache = {
+            let loads = loads.clone();
+            Cache::builder()
+                .clock(clock.clone())
+                .loader(move |_: &u32| {
+                    loads.fetch_add(1, SeqCst);
+                    Ok::<Option<u32>, String>(None)
+                })
+                .negative_ttl(Duration::from_secs(30))
+                .build()
+                .unwrap()
+        };
+        assert_eq!(cache.get_async(&1).await, Ok(None));
+        assert_eq!(loads.load(SeqCst), 1);
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(cache.get_async(&1).await, Ok(None));
+        assert_eq!(loads.load(SeqCst), 1, "the absent answer was cached");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(cache.get_async(&1).await, Ok(None));
+        assert_eq!(loads.load(SeqCst), 2, "loaded again past the negative ttl");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn get_async_without_negative_ttl_loads_an_absent_key_every_time() {
+    bounded("no negative caching", async {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let cache = {
+            let loads = loads.clone();
+            Cache::builder()
+                .loader(move |_: &u32| {
+                    loads.fetch_add(1, SeqCst);
+                    Ok::<Option<u32>, String>(None)
+                })
+                .build()
+                .unwrap()
+        };
+        assert_eq!(cache.get_async(&1).await, Ok(None));
+        assert_eq!(cache.get_async(&1).await, Ok(None));
+        assert_eq!(loads.load(SeqCst), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn get_async_loads_again_after_the_time_to_live() {
+    bounded("time to live", async {
+        let clock = MockClock::new();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let cache = {
+            let loads = loads.clone();
+            Cache::builder()
+                .time_to_live(Duration::from_secs(10))
+                .clock(clock.clone())
+                .loader(move |k: &u32| {
+                    let n = loads.fetch_add(1, SeqCst) + 1;
+                    Ok::<_, String>(Some(format!("{k} load {n}")))
+                })
+                .build()
+                .unwrap()
+        };
+        assert_eq!(
+            cache.get_async(&1).await.unwrap().as_deref(),
+            Some("1 load 1")
+        );
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(
+            cache.get_async(&1).await.unwrap().as_deref(),
+            Some("1 load 1")
+        );
+        assert_eq!(loads.load(SeqCst), 1, "fresh within the ttl");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            cache.get_async(&1).await.unwrap().as_deref(),
+            Some("1 load 2")
+        );
+        assert_eq!(loads.load(SeqCst), 2, "loaded again past the ttl");
+        assert_eq!(cache.stats().loads(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_leader_and_async_waiters_share_one_load() {
+    const TASKS: usize = 16;
+    bounded("blocking leader, async waiters", async {
+        let cache: Cache<u32, Arc<String>> = Cache::new(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = oneshot::channel();
+        let leader = {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            on_thread(move || {
+                cache.get_with(9, || {
+                    calls.fetch_add(1, SeqCst);
+                    started_tx.send(()).unwrap();
+                    until_misses_blocking(&cache, 1 + TASKS as u64);
+                    Arc::new("blocking leader".to_string())
+                })
+            })
+        };
+        started_rx.await.expect("the leader's init started");
+        let mut set = JoinSet::new();
+        for i in 0..TASKS {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            set.spawn(async move {
+                cache
+                    .get_with_async(9, async move {
+                        calls.fetch_add(1, SeqCst);
+                        Arc::new(format!("task {i}"))
+                    })
+                    .await
+            });
+        }
+        let values = set.join_all().await;
+        let led = leader.await.expect("the leader returned");
+        assert_eq!(calls.load(SeqCst), 1, "exactly one init ran");
+        assert_eq!(cache.stats().misses(), 1 + TASKS as u64);
+        assert_eq!(*led, "blocking leader");
+        assert!(
+            values.iter().all(|v| Arc::ptr_eq(v, &led)),
+            "every task got the blocking leader's value: {values:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn async_leader_and_blocking_waiters_share_one_load() {
+    const THREADS: usize = 8;
+    bounded("async leader, blocking waiters", async {
+        let cache: Cache<u32, Arc<String>> = Cache::new(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let leader_started = Arc::new(Notify::new());
+        let leader = {
+            let (cache, calls, started) = (cache.clone(), calls.clone(), leader_started.clone());
+            tokio::spawn(async move {
+                let inner = cache.clone();
+                cache
+                    .get_with_async(9, async move {
+                        calls.fetch_add(1, SeqCst);
+                        started.notify_one();
+                        until_misses(&inner, 1 + THREADS as u64).await;
+                        Arc::new("async leader".to_string())
+                    })
+                    .await
+            })
+        };
+        leader_started.notified().await;
+        let waiters: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (cache, calls) = (cache.clone(), calls.clone());
+                on_thread(move || {
+                    cache.get_with(9, || {
+                        calls.fetch_add(1, SeqCst);
+                        Arc::new(format!("thread {i}"))
+                    })
+                })
+            })
+            .collect();
+        let led = leader.await.unwrap();
+        let mut values = Vec::new();
+        for waiter in waiters {
+            values.push(waiter.await.expect("the waiter returned"));
+        }
+        assert_eq!(calls.load(SeqCst), 1, "exactly one init ran");
+        assert_eq!(cache.stats().misses(), 1 + THREADS as u64);
+        assert_eq!(*led, "async leader");
+        assert!(
+            values.iter().all(|v| Arc::ptr_eq(v, &led)),
+            "every thread got the async leader's value: {values:?}"
+        );
+    })
+    .await;
+}
