@@ -553,9 +553,13 @@ where
         self.inner.insert_if(key, value, ttl, Some(keep))
     }
 
-    /// `get` without counting the hit or miss; see [`record_lookup`](Self::record_lookup).
-    pub(crate) fn get_uncounted(&self, key: &K) -> Option<V> {
-        self.inner.read::<K, false>(key)
+    /// `get` without counting the hit or miss (see
+    /// [`record_lookup`](Self::record_lookup)), with the clock reading it
+    /// used, so the caller need not read the clock again.
+    pub(crate) fn get_uncounted(&self, key: &K) -> (Option<V>, u64) {
+        let mut now = Now::new(&self.inner.timing.clock);
+        let value = self.inner.read::<K, false>(key, &mut now);
+        (value, now.get())
     }
 
     /// Counts one hit or miss.
@@ -595,21 +599,20 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.read::<Q, true>(key)
+        self.read::<Q, true>(key, &mut Now::new(&self.timing.clock))
     }
 
     /// A read with all of `get`'s effects, counting the hit or miss only if
     /// `COUNT` (a loading cache counts after it has judged the value).
     #[inline]
-    fn read<Q, const COUNT: bool>(&self, key: &Q) -> Option<V>
+    fn read<Q, const COUNT: bool>(&self, key: &Q, now: &mut Now<'_>) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let (hash, cell) = self.shards.cell_for(key);
-        let mut now = Now::new(&self.timing.clock);
         let shard = cell.read();
-        let Some(id) = shard.hit(hash, key, &mut now) else {
+        let Some(id) = shard.hit(hash, key, now) else {
             drop(shard);
             if COUNT {
                 self.lookups.record(false);

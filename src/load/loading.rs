@@ -456,11 +456,10 @@ where
     /// Looks `key` up, counts the hit or miss, and starts a background
     /// reload if one is due.
     fn read(&self, key: &K) -> Read<V> {
-        let Some(entry) = self.cache.get_uncounted(key) else {
+        let (Some(entry), now) = self.cache.get_uncounted(key) else {
             self.cache.record_lookup(false);
             return Read::Load(None);
         };
-        let now = self.cache.now();
         let state = self.settings.freshness.state(&entry, now, unit_random);
         self.cache.record_lookup(matches!(
             state,
@@ -640,9 +639,22 @@ where
 
     /// The body of a background reload.
     fn finish_reload(&self, guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>) {
-        self.cache.load_counters().refreshed();
         guard.claim();
         let key = guard.key().clone();
+        // Between the read that asked for this reload and now, another load
+        // may have replaced the value: then there is nothing to refresh.
+        if let Some(stamp) = stamp {
+            match self.cache.peek(&key) {
+                Some(current) if current.stamp == stamp => {}
+                Some(current) => {
+                    guard.finish(Outcome::Loaded(current.value));
+                    return;
+                }
+                // Gone: waiters load by themselves.
+                None => return,
+            }
+        }
+        self.cache.load_counters().refreshed();
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
                 match stamp {
@@ -761,4 +773,42 @@ fn jittered(nanos: u64, jitter: f64) -> u64 {
     }
     let factor = 1.0 + jitter * (2.0 * unit_random() - 1.0);
     ((nanos as f64 * factor) as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A reload asked for by a read that saw an older value than the one now
+    /// cached (another load finished in between) must not call the loader.
+    #[test]
+    fn a_reload_for_a_replaced_value_does_not_load() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let cache = Cache::builder()
+            .loader(move |k: &u32| -> Result<Option<u32>, String> {
+                counted.fetch_add(1, Relaxed);
+                Ok(Some(*k))
+            })
+            .refresh_after(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        cache.get(&1).unwrap();
+        let seen = cache.inner.cache.peek(&1).unwrap().stamp;
+        cache.insert(1, 10); // the value the read saw is replaced
+        assert!(cache.inner.reload(&1, Some(seen)), "queued");
+        cache.run_pending_tasks();
+        assert_eq!(calls.load(Relaxed), 1, "only the first load ran");
+        assert_eq!(cache.stats().refreshes(), 0);
+        assert_eq!(cache.get(&1).unwrap(), Some(10));
+
+        // The value it was asked for is still there: the reload runs.
+        let seen = cache.inner.cache.peek(&1).unwrap().stamp;
+        assert!(cache.inner.reload(&1, Some(seen)));
+        cache.run_pending_tasks();
+        assert_eq!(calls.load(Relaxed), 2);
+        assert_eq!(cache.get(&1).unwrap(), Some(1));
+    }
 }
