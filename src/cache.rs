@@ -542,6 +542,14 @@ where
         self.inner.timing.clock.now()
     }
 
+    /// The value under `key` even if expired, as long as it has not been
+    /// reaped; no side effects.
+    pub(crate) fn peek_present(&self, key: &K) -> Option<V> {
+        let (hash, cell) = self.inner.shards.cell_for(key);
+        let shard = cell.read();
+        shard.find(hash, key).map(|id| shard.value(id).clone())
+    }
+
     /// See `Inner::insert_if`.
     pub(crate) fn insert_if(
         &self,
@@ -673,8 +681,8 @@ where
         self.insert_if(key, value, ttl, None::<fn(Option<&V>) -> bool>);
     }
 
-    /// Inserts unless `keep`, shown the live value under the key (if any)
-    /// with the shard locked, returns false. `keep` is larder's own code,
+    /// Inserts unless `keep`, shown the value under the key (if any, live
+    /// or expired but not yet reaped) with the shard locked, returns false. `keep` is larder's own code,
     /// never the user's. Returns whether the value went in.
     fn insert_if(
         &self,
@@ -707,7 +715,7 @@ where
         {
             let mut shard = cell.write();
             if let Some(keep) = keep {
-                let current = shard.lookup(hash, &write.key, &mut now);
+                let current = shard.find(hash, &write.key);
                 if !keep(current.map(|id| shard.value(id))) {
                     return false;
                 }
@@ -762,14 +770,14 @@ where
         }
     }
 
-    /// Removes `key`'s entry if `doomed`, shown its value with the shard
-    /// locked, says so. `doomed` is larder's own code, never the user's.
+    /// Removes `key`'s entry (live, or expired but not yet reaped) if
+    /// `doomed`, shown its value with the shard locked, says so. `doomed` is larder's own code, never the user's.
     fn remove_if(&self, key: &K, doomed: impl FnOnce(&V) -> bool) {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
         let taken = {
             let mut shard = cell.write();
-            match shard.lookup(hash, key, &mut now) {
+            match shard.find(hash, key) {
                 Some(id) if doomed(shard.value(id)) => shard.remove(hash, key, &mut now),
                 _ => None,
             }

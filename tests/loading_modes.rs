@@ -499,6 +499,29 @@ fn a_reload_never_overwrites_a_newer_insert() {
 }
 
 #[test]
+fn a_reload_that_ends_after_the_value_expired_still_lands() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .refresh_after(9 * SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    clock.advance(9 * SEC);
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001)); // starts the reload
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    clock.advance(2 * SEC); // the old value expires while the reload runs
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1).unwrap(), Some(1002), "the reload's value");
+    assert_eq!(source.calls(), 2, "no foreground load after the reload");
+}
+
+#[test]
 fn a_full_reload_queue_skips_and_counts_instead_of_growing() {
     let clock = MockClock::new();
     let source = Source::default();

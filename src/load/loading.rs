@@ -644,7 +644,7 @@ where
         // Between the read that asked for this reload and now, another load
         // may have replaced the value: then there is nothing to refresh.
         if let Some(stamp) = stamp {
-            match self.cache.peek(&key) {
+            match self.cache.peek_present(&key) {
                 Some(current) if current.stamp == stamp => {}
                 Some(current) => {
                     guard.finish(Outcome::Loaded(current.value));

@@ -180,7 +180,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// The id of `key`'s entry, live or expired.
     #[inline]
-    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
