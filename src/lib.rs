@@ -28,6 +28,7 @@ mod notify;
 mod policy;
 mod shard;
 mod stats;
+mod write;
 
 pub use builder::{BuildError, CacheBuilder};
 pub use cache::Cache;
@@ -40,6 +41,13 @@ pub use stats::CacheStats;
 #[cfg(feature = "test-util")]
 pub mod clock {
     pub use crate::expiry::clock::MockClock;
+}
+
+/// The write-behind buffer, for the fuzz target and model tests only.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod write_buffer {
+    pub use crate::write::buffer::{Backoff, Buffer, BufferStats, Change, DeadLetter, Seq, Taken};
 }
 
 /// The README's examples, compiled and run as doctests.

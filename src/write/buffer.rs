@@ -1,0 +1,953 @@
+//! The write-behind buffer: which writes wait for the store, which are in
+//! flight, and when each may be sent or retried. A plain `&mut self`
+//! structure: no threads, no locks, no clock reads (time is `now`, in
+//! nanoseconds on the caller's clock, passed to each call that needs it).
+//!
+//! # Ownership direction
+//!
+//! cache → buffer → flusher → store. The cache pushes a [`Change`] for a key
+//! after updating itself; the flusher takes batches, writes them to the store
+//! and reports each outcome back. The buffer never calls out.
+//!
+//! # One key's life
+//!
+//! A key holds at most two entries: one *pending* (waiting to be sent) and
+//! one *in flight* (taken by the flusher, not yet reported back).
+//!
+//! - [`Buffer::push`] gives every write a [`Seq`], increasing from 1. A write
+//!   to a key with a pending entry replaces that entry's change (the latest
+//!   wins; the replaced write counts as *coalesced*) but the entry keeps its
+//!   earliest `Seq` and enqueue time, so age-based flushing and
+//!   [`Buffer::is_settled`] still see the first write. A write to a key that
+//!   is only in flight becomes the key's pending entry and waits behind the
+//!   flight: a key is never sent twice at once, and never twice in a batch.
+//! - [`Buffer::take_batch`] hands out pending entries oldest first as
+//!   [`Taken`] values, marking their keys in flight.
+//! - The flusher gives every `Taken` back exactly once:
+//!   [`Buffer::succeeded`], [`Buffer::failed`] (this key was rejected) or
+//!   [`Buffer::batch_failed`] (the whole batch was rejected; nobody knows
+//!   which key is at fault).
+//!
+//! # Failures, retries, dead letters
+//!
+//! A key's *attempts* count the sends that failed since its last write
+//! landed or was dead-lettered. A failure with attempts left puts the key
+//! back as pending with `retry_at = now + Backoff::delay(attempt, draw)`. If a
+//! newer change for the key arrived while it was in flight, the failed change
+//! is dropped (coalesced: the newer one overwrites it in the store anyway)
+//! and the newer one is retried in its place, inheriting the attempts spent
+//! and the backoff; this keeps per-key order (an older change is never sent
+//! after a newer one) and bounds the work even when the caller keeps writing
+//! a key the store always rejects. The send that reaches `max_attempts`
+//! returns a [`DeadLetter`] for the caller to report; a newer change behind
+//! it then starts afresh.
+//!
+//! # Splitting a failed batch
+//!
+//! [`Buffer::batch_failed`] on a batch of `n > 1` entries spends no attempt:
+//! each entry comes back at once, marked so that any batch holding it has at
+//! most `ceil(n / 2)` entries. The next `take_batch` calls therefore send
+//! halves, then quarters, and so on: the entries that share no batch with a
+//! poisonous key land, and the poisonous key ends up alone, where its
+//! failures spend attempts (a batch of one is an ordinary [`Buffer::failed`]).
+//! An identified failure lifts the limit again, so after an outage keys go
+//! back to full batches.
+//!
+//! # When to send
+//!
+//! [`Buffer::ready`] is true when `batch_size` entries are sendable, when the
+//! oldest sendable entry has waited `flush_interval`, when a retry has come
+//! due (a write sent once does not wait for a batch again), or when a flush
+//! is pending and anything is sendable. If it is false,
+//! [`Buffer::next_due`] says when it turns true by itself.
+//!
+//! # Flush
+//!
+//! `flush()` takes [`Buffer::flush_mark`], calls [`Buffer::request_flush`]
+//! with it, and waits until [`Buffer::is_settled`] holds for it: every write
+//! up to the mark has landed or been dead-lettered (a write coalesced into a
+//! later one settles with that one). A pending flush makes `ready` ignore
+//! `batch_size` and `flush_interval`, but backoff is still honoured: a store
+//! that fails is not hammered because someone flushes. The wait is bounded:
+//! a key is sent at most `max_attempts` times per run of failures, so a flush
+//! waits at most about `max_attempts - 1` backoff delays past the last
+//! write, plus store time and splits.
+//!
+//! # Counters
+//!
+//! Every pushed write ends as exactly one of flushed, coalesced or
+//! dead-lettered, or is still held, so
+//! `queued == flushed + coalesced + dead_lettered + len` always.
+//!
+//! # Flusher loop
+//!
+//! ```text
+//! loop {
+//!     wait until buffer.ready(now, batch_size, interval), or until
+//!         buffer.next_due(interval), or a push / flush request wakes us
+//!     let batch = buffer.take_batch(batch_size, now);
+//!     (no lock held) match store.write(&batch) {
+//!         Ok(())  => for t in batch { buffer.succeeded(t) },
+//!         Err(e)  => for dead in buffer.batch_failed(batch, now, rng.f64()) {
+//!                        (no lock held) dead_letter(dead.key, dead.change, &e)
+//!                    },
+//!     }
+//!     notify flush waiters if buffer.is_settled(their mark)
+//! }
+//! ```
+//!
+//! A store that reports per key calls [`Buffer::succeeded`] and
+//! [`Buffer::failed`] entry by entry instead.
+
+// The items are `pub` for the `test-util` re-export used by the fuzz target.
+#![cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
+// Until the flusher uses it, only tests and the `test-util` re-export do.
+#![cfg_attr(not(feature = "test-util"), allow(dead_code))]
+
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet, HashMap, hash_map},
+    hash::Hash,
+    time::Duration,
+};
+
+use ahash::RandomState;
+
+/// The sequence number of a pushed write: 1 for the first, increasing by one.
+/// 0 stands for "before any write".
+pub type Seq = u64;
+
+/// What a write does to the store's record of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change<V> {
+    /// Store this value.
+    Put(V),
+    /// Delete the key.
+    Delete,
+}
+
+/// Retry delays: exponential from `base`, capped at `max`, spread by `jitter`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Delay after the first failed attempt.
+    pub base: Duration,
+    /// Cap of the delay before jitter.
+    pub max: Duration,
+    /// Relative spread, in `0.0..=1.0`: 0.2 means ±20 %.
+    pub jitter: f64,
+}
+
+impl Backoff {
+    /// Nanoseconds to wait after failed attempt number `attempt` (from 1):
+    /// `min(base * 2^(attempt - 1), max) * (1 + jitter * (2 * draw - 1))`,
+    /// where `draw` is a uniform random number in `0.0..=1.0` (values outside
+    /// are clamped, NaN counts as 0.5, a `jitter` outside `0.0..=1.0` is
+    /// clamped too).
+    pub fn delay(&self, attempt: u32, draw: f64) -> u64 {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let doublings = attempt.saturating_sub(1).min(63);
+        let delay = nanos(self.base)
+            .saturating_mul(1 << doublings)
+            .min(nanos(self.max));
+        let clamp = |x: f64, nan: f64| if x.is_nan() { nan } else { x.clamp(0.0, 1.0) };
+        let spread = clamp(self.jitter, 0.0) * (2.0 * clamp(draw, 0.5) - 1.0);
+        // A float-to-int `as` saturates, and the factor is within 0..=2.
+        (delay as f64 * (1.0 + spread)) as u64
+    }
+}
+
+/// A write handed to the flusher by [`Buffer::take_batch`]. Give it back to
+/// the same buffer exactly once, through [`Buffer::succeeded`],
+/// [`Buffer::failed`] or [`Buffer::batch_failed`].
+#[derive(Debug)]
+pub struct Taken<K, V> {
+    key: K,
+    change: Change<V>,
+    first: Seq,
+    last: Seq,
+    queued_at: u64,
+    attempt: u32,
+}
+
+impl<K, V> Taken<K, V> {
+    /// The key to write.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The change to write: the latest pushed for the key.
+    pub fn change(&self) -> &Change<V> {
+        &self.change
+    }
+
+    /// Which send of this key's current run this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The write whose change this carries.
+    pub fn seq(&self) -> Seq {
+        self.last
+    }
+
+    /// The oldest write this one settles (the earlier ones of the key that
+    /// were coalesced into it).
+    pub fn first_seq(&self) -> Seq {
+        self.first
+    }
+}
+
+/// A write the store rejected `max_attempts` times, for the caller to report
+/// with its error. The buffer has forgotten it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter<K, V> {
+    /// The key.
+    pub key: K,
+    /// The change that could not be written.
+    pub change: Change<V>,
+    /// How many times it was sent.
+    pub attempts: u32,
+}
+
+/// The buffer's counters, and how many entries it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Writes pushed.
+    pub queued: u64,
+    /// Writes replaced by a later write of the same key before landing.
+    pub coalesced: u64,
+    /// Writes that landed in the store.
+    pub flushed: u64,
+    /// Failed sends that were scheduled again (after a split, a backoff, or
+    /// by a newer change of the key taking the failed one's place).
+    pub retried: u64,
+    /// Writes given up on and returned as a [`DeadLetter`].
+    pub dead_lettered: u64,
+    /// Entries held now, pending or in flight ([`Buffer::len`]).
+    pub len: usize,
+}
+
+/// A key's entry waiting to be sent.
+#[derive(Debug)]
+struct Pending<V> {
+    change: Change<V>,
+    /// Earliest write it settles, and the write whose change it carries.
+    first: Seq,
+    last: Seq,
+    /// When `first` was pushed.
+    queued_at: u64,
+    /// Failed sends spent on this key since its last write settled.
+    attempts: u32,
+    /// Largest batch this entry may be sent in (lowered by splits).
+    cap: usize,
+    /// Sent before: once due, it makes `ready` true at once.
+    retry: bool,
+    /// `Some(t)`: waits in `backoff` under `(t, first)`. `None`: in `queue`
+    /// under `first`, or behind the key's flight (in neither).
+    retry_at: Option<u64>,
+}
+
+/// The writes a key has in flight: `first..=last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flight {
+    first: Seq,
+    last: Seq,
+}
+
+/// Everything the buffer holds for one key; never both fields `None`.
+#[derive(Debug)]
+struct Slot<V> {
+    pending: Option<Pending<V>>,
+    flight: Option<Flight>,
+}
+
+/// The coalescing write-behind buffer (see the module docs).
+#[derive(Debug)]
+pub struct Buffer<K, V> {
+    slots: HashMap<K, Slot<V>, RandomState>,
+    /// Sendable now, by first seq: pending, key not in flight, no backoff.
+    queue: BTreeMap<Seq, K>,
+    /// Pending retries by `(retry_at, first)`; move to `queue` when due.
+    backoff: BTreeMap<(u64, Seq), K>,
+    /// The first seq of every entry held, pending or in flight.
+    outstanding: BTreeSet<Seq>,
+    /// Entries in `queue` that are retries.
+    queued_retries: usize,
+    in_flight: usize,
+    last_seq: Seq,
+    /// The highest mark passed to `request_flush`.
+    flush_to: Seq,
+    max_attempts: u32,
+    backoff_policy: Backoff,
+    stats: BufferStats,
+}
+
+impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
+    /// An empty buffer that sends a write at most `max_attempts` times
+    /// (0 counts as 1) and waits `backoff` between attempts.
+    pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
+        Self {
+            slots: HashMap::default(),
+            queue: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            outstanding: BTreeSet::new(),
+            queued_retries: 0,
+            in_flight: 0,
+            last_seq: 0,
+            flush_to: 0,
+            max_attempts: max_attempts.max(1),
+            backoff_policy: backoff,
+            stats: BufferStats::default(),
+        }
+    }
+
+    /// Queues `change` for `key`, pushed at `now`; returns its sequence
+    /// number. Coalesces with the key's pending entry if it has one.
+    pub fn push(&mut self, key: K, change: Change<V>, now: u64) -> Seq {
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        self.stats.queued += 1;
+        let fresh = |change| Pending {
+            change,
+            first: seq,
+            last: seq,
+            queued_at: now,
+            attempts: 0,
+            cap: usize::MAX,
+            retry: false,
+            retry_at: None,
+        };
+        match self.slots.entry(key) {
+            hash_map::Entry::Occupied(mut slot) => match &mut slot.get_mut().pending {
+                Some(pending) => {
+                    pending.change = change;
+                    pending.last = seq;
+                    self.stats.coalesced += 1;
+                    return seq;
+                }
+                // Only in flight: wait behind it, in no index.
+                pending @ None => *pending = Some(fresh(change)),
+            },
+            hash_map::Entry::Vacant(slot) => {
+                self.queue.insert(seq, slot.key().clone());
+                slot.insert(Slot {
+                    pending: Some(fresh(change)),
+                    flight: None,
+                });
+            }
+        }
+        self.outstanding.insert(seq);
+        seq
+    }
+
+    /// Whether the flusher should send a batch now: `batch_size` entries are
+    /// sendable, the oldest sendable one has waited `flush_interval`
+    /// nanoseconds, a retry is due, or a flush is pending and anything is
+    /// sendable. When true, [`take_batch`](Self::take_batch) returns at least
+    /// one entry.
+    pub fn ready(&self, now: u64, batch_size: usize, flush_interval: u64) -> bool {
+        if self.queued_retries > 0 || self.next_retry().is_some_and(|at| at <= now) {
+            return true;
+        }
+        let Some((_, oldest)) = self.queue.first_key_value() else {
+            return false;
+        };
+        self.queue.len() >= batch_size.max(1)
+            || self.flush_pending()
+            || self
+                .pending(oldest)
+                .queued_at
+                .saturating_add(flush_interval)
+                <= now
+    }
+
+    /// When [`ready`](Self::ready) is false: the earliest time at which it
+    /// turns true with no other call (the oldest sendable entry's age limit
+    /// or the earliest retry), or `None` if only a push or a flight's outcome
+    /// can change it.
+    pub fn next_due(&self, flush_interval: u64) -> Option<u64> {
+        let aged = self.queue.first_key_value().map(|(_, oldest)| {
+            let queued_at = self.pending(oldest).queued_at;
+            queued_at.saturating_add(flush_interval)
+        });
+        match (aged, self.next_retry()) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    /// Takes up to `max` sendable entries, oldest first, and marks their keys
+    /// in flight. Never two entries of one key; fewer than `max` if an
+    /// entry's split limit says so.
+    pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Taken<K, V>> {
+        self.promote_due(now);
+        let mut limit = max;
+        let mut batch = Vec::new();
+        while batch.len() < limit {
+            let Some(entry) = self.queue.first_entry() else {
+                break;
+            };
+            let slot = self
+                .slots
+                .get_mut(entry.get())
+                .expect("queued key has a slot");
+            let cap = slot.pending.as_ref().expect("queued key is pending").cap;
+            if batch.len() >= cap {
+                break;
+            }
+            limit = limit.min(cap);
+            let pending = slot.pending.take().expect("queued key is pending");
+            let (first, last) = (pending.first, pending.last);
+            slot.flight = Some(Flight { first, last });
+            self.in_flight += 1;
+            if pending.retry {
+                self.queued_retries -= 1;
+            }
+            batch.push(Taken {
+                key: entry.remove(),
+                change: pending.change,
+                first,
+                last,
+                queued_at: pending.queued_at,
+                attempt: pending.attempts + 1,
+            });
+        }
+        batch
+    }
+
+    /// `taken` landed in the store. A newer pending change of its key becomes
+    /// sendable.
+    ///
+    /// # Panics
+    ///
+    /// If `taken`'s key is not in flight here (it came from another buffer).
+    pub fn succeeded(&mut self, taken: Taken<K, V>) {
+        self.end_flight(&taken);
+        self.stats.flushed += 1;
+        self.settle(taken.key, taken.first);
+    }
+
+    /// The store rejected `taken`. With attempts left, the key is retried
+    /// after [`Backoff::delay`]`(taken.attempt(), draw)` (with the newest
+    /// change pushed for it); otherwise the change is returned as a
+    /// [`DeadLetter`]. `draw` is a uniform random number in `0.0..=1.0`.
+    ///
+    /// # Panics
+    ///
+    /// If `taken`'s key is not in flight here (it came from another buffer).
+    pub fn failed(&mut self, taken: Taken<K, V>, now: u64, draw: f64) -> Option<DeadLetter<K, V>> {
+        self.end_flight(&taken);
+        if taken.attempt >= self.max_attempts {
+            self.stats.dead_lettered += 1;
+            self.settle(taken.key.clone(), taken.first);
+            return Some(DeadLetter {
+                key: taken.key,
+                change: taken.change,
+                attempts: taken.attempt,
+            });
+        }
+        let delay = self.backoff_policy.delay(taken.attempt, draw);
+        let attempts = taken.attempt;
+        self.requeue(taken, attempts, usize::MAX, now.saturating_add(delay));
+        None
+    }
+
+    /// The store rejected `batch` as a whole. A batch of one is
+    /// [`failed`](Self::failed). A larger one is split: its entries come back
+    /// sendable at once, spending no attempt, each limited to batches of half
+    /// this size (rounded up), so that a poisonous key ends up alone.
+    ///
+    /// # Panics
+    ///
+    /// If an entry's key is not in flight here (it came from another
+    /// buffer).
+    pub fn batch_failed(
+        &mut self,
+        batch: Vec<Taken<K, V>>,
+        now: u64,
+        draw: f64,
+    ) -> Vec<DeadLetter<K, V>> {
+        if batch.len() <= 1 {
+            return batch
+                .into_iter()
+                .filter_map(|taken| self.failed(taken, now, draw))
+                .collect();
+        }
+        let cap = batch.len().div_ceil(2);
+        for taken in batch {
+            self.end_flight(&taken);
+            let attempts = taken.attempt - 1;
+            self.requeue(taken, attempts, cap, now);
+        }
+        Vec::new()
+    }
+
+    /// The sequence number of the last write pushed (0 if none): pass it to
+    /// [`request_flush`](Self::request_flush) and
+    /// [`is_settled`](Self::is_settled) to wait for everything written so far.
+    pub fn flush_mark(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// Asks for every write up to `mark` to be sent without waiting for a
+    /// full batch or the flush interval (backoff still applies).
+    pub fn request_flush(&mut self, mark: Seq) {
+        self.flush_to = self.flush_to.max(mark.min(self.last_seq));
+    }
+
+    /// Whether every write with a sequence number up to `mark` has landed or
+    /// been dead-lettered. Once true for a mark, it stays true.
+    pub fn is_settled(&self, mark: Seq) -> bool {
+        self.outstanding.first().is_none_or(|&first| first > mark)
+    }
+
+    /// Whether `key` has a write that has not landed or been dead-lettered
+    /// (the cache must not evict or expire such a key).
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.slots.contains_key(key)
+    }
+
+    /// Entries held, pending or in flight (a key has up to two).
+    pub fn len(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Whether nothing is pending or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.outstanding.is_empty()
+    }
+
+    /// Entries in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BufferStats {
+        BufferStats {
+            len: self.len(),
+            ..self.stats
+        }
+    }
+
+    /// Panics with a description of the first inconsistency between the
+    /// slots, the indexes and the counters. For tests and fuzzing only.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub fn check_invariants(&self) {
+        let (mut flights, mut unindexed, mut retries) = (0, 0, 0);
+        let mut firsts = BTreeSet::new();
+        for (key, slot) in &self.slots {
+            assert!(
+                slot.pending.is_some() || slot.flight.is_some(),
+                "empty slot"
+            );
+            if let Some(f) = slot.flight {
+                assert!(f.first <= f.last, "flight range");
+                assert!(firsts.insert(f.first), "first seq held twice");
+                flights += 1;
+            }
+            let Some(p) = &slot.pending else { continue };
+            assert!(firsts.insert(p.first), "first seq held twice");
+            let (behind, retry) = self.check_pending(key, p, slot.flight);
+            unindexed += usize::from(behind);
+            retries += usize::from(retry);
+        }
+        let pendings = firsts.len() - flights;
+        assert_eq!(
+            self.queue.len() + self.backoff.len() + unindexed,
+            pendings,
+            "indexes"
+        );
+        assert_eq!(flights, self.in_flight, "in-flight count");
+        assert_eq!(retries, self.queued_retries, "queued retries");
+        assert_eq!(firsts, self.outstanding, "outstanding seqs");
+        let s = self.stats;
+        let ended = s.flushed + s.coalesced + s.dead_lettered;
+        assert_eq!(s.queued, ended + self.len() as u64, "counters");
+    }
+
+    /// Checks one pending entry against the indexes; returns whether it
+    /// waits behind a flight and whether it is a retry in `queue`.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    fn check_pending(&self, key: &K, p: &Pending<V>, flight: Option<Flight>) -> (bool, bool) {
+        assert!(
+            p.first <= p.last && p.last <= self.last_seq,
+            "pending range"
+        );
+        assert!(
+            p.attempts < self.max_attempts && p.cap >= 1,
+            "attempts / cap"
+        );
+        match (flight, p.retry_at) {
+            (Some(f), None) => {
+                assert!(f.last < p.first, "pending behind an older flight");
+                assert!(!p.retry && p.attempts == 0, "behind a flight, yet tried");
+                (true, false)
+            }
+            (Some(_), Some(_)) => panic!("pending in backoff behind a flight"),
+            (None, None) => {
+                assert!(self.queue.get(&p.first) == Some(key), "not in queue");
+                (false, p.retry)
+            }
+            (None, Some(at)) => {
+                assert!(
+                    self.backoff.get(&(at, p.first)) == Some(key),
+                    "not in backoff"
+                );
+                assert!(p.retry, "in backoff, never sent");
+                (false, false)
+            }
+        }
+    }
+
+    /// The pending entry of a key in `queue`.
+    fn pending(&self, key: &K) -> &Pending<V> {
+        let slot = self.slots.get(key).expect("queued key has a slot");
+        slot.pending.as_ref().expect("queued key is pending")
+    }
+
+    fn next_retry(&self) -> Option<u64> {
+        self.backoff.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    fn flush_pending(&self) -> bool {
+        !self.is_settled(self.flush_to)
+    }
+
+    /// Moves the retries due at `now` from `backoff` to `queue`.
+    fn promote_due(&mut self, now: u64) {
+        while let Some(entry) = self.backoff.first_entry() {
+            let (at, first) = *entry.key();
+            if at > now {
+                break;
+            }
+            let key = entry.remove();
+            let slot = self.slots.get_mut(&key).expect("retried key has a slot");
+            slot.pending
+                .as_mut()
+                .expect("retried key is pending")
+                .retry_at = None;
+            self.queue.insert(first, key);
+            self.queued_retries += 1;
+        }
+    }
+
+    /// Ends the flight `taken` belongs to.
+    fn end_flight(&mut self, taken: &Taken<K, V>) {
+        let flight = self
+            .slots
+            .get_mut(&taken.key)
+            .and_then(|slot| slot.flight.take());
+        let expected = Flight {
+            first: taken.first,
+            last: taken.last,
+        };
+        assert_eq!(
+            flight,
+            Some(expected),
+            "a Taken goes back to the buffer that made it"
+        );
+        self.in_flight -= 1;
+    }
+
+    /// Forgets the writes `first..` of `key`'s ended flight (landed or dead-
+    /// lettered); a pending entry behind it becomes sendable.
+    fn settle(&mut self, key: K, first: Seq) {
+        self.outstanding.remove(&first);
+        let slot = self.slots.get(&key).expect("settled key has a slot");
+        match &slot.pending {
+            Some(pending) => {
+                self.queue.insert(pending.first, key);
+            }
+            None => {
+                self.slots.remove(&key);
+            }
+        }
+    }
+
+    /// Puts the key of a failed, ended flight back as pending at `retry_at`,
+    /// carrying the newest change pushed for it.
+    fn requeue(&mut self, taken: Taken<K, V>, attempts: u32, cap: usize, retry_at: u64) {
+        self.stats.retried += 1;
+        let Taken {
+            key,
+            change,
+            first,
+            last,
+            queued_at,
+            ..
+        } = taken;
+        let slot = self.slots.get_mut(&key).expect("failed key has a slot");
+        let (change, last) = match slot.pending.take() {
+            Some(newer) => {
+                self.outstanding.remove(&newer.first);
+                self.stats.coalesced += 1;
+                (newer.change, newer.last)
+            }
+            None => (change, last),
+        };
+        slot.pending = Some(Pending {
+            change,
+            first,
+            last,
+            queued_at,
+            attempts,
+            cap,
+            retry: true,
+            retry_at: Some(retry_at),
+        });
+        self.backoff.insert((retry_at, first), key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn backoff() -> Backoff {
+        Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            jitter: 0.0,
+        }
+    }
+
+    fn buffer(max_attempts: u32) -> Buffer<&'static str, u32> {
+        Buffer::new(max_attempts, backoff())
+    }
+
+    fn keys(batch: &[Taken<&'static str, u32>]) -> Vec<&'static str> {
+        batch.iter().map(|t| *t.key()).collect()
+    }
+
+    #[test]
+    fn coalescing_keeps_the_latest_change_and_the_earliest_seq_and_time() {
+        let mut b = buffer(3);
+        let first = b.push("a", Change::Put(1), 5);
+        b.push("b", Change::Put(9), 6);
+        let last = b.push("a", Change::Delete, 7);
+        assert_eq!((first, last), (1, 3));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.stats().coalesced, 1);
+        // Age counts from the first write of "a", at 5.
+        assert!(!b.ready(5 + 9, 10, 10));
+        assert!(b.ready(5 + 10, 10, 10));
+        let batch = b.take_batch(10, 20);
+        assert_eq!(keys(&batch), ["a", "b"]);
+        assert_eq!(batch[0].change(), &Change::Delete);
+        assert_eq!((batch[0].first_seq(), batch[0].seq()), (1, 3));
+        b.check_invariants();
+    }
+
+    #[test]
+    fn a_key_in_flight_is_not_sent_again_until_its_outcome_is_known() {
+        let mut b = buffer(3);
+        b.push("a", Change::Put(1), 0);
+        let mut flight = b.take_batch(10, 0);
+        b.push("a", Change::Put(2), 1);
+        b.push("a", Change::Put(3), 2);
+        assert_eq!((b.len(), b.in_flight()), (2, 1));
+        assert!(b.take_batch(10, 100 * MS).is_empty());
+        assert!(!b.ready(100 * MS, 1, 0));
+        b.succeeded(flight.pop().unwrap());
+        let batch = b.take_batch(10, 100 * MS);
+        assert_eq!(batch[0].change(), &Change::Put(3));
+        assert_eq!((batch[0].first_seq(), batch[0].attempt()), (2, 1));
+        b.check_invariants();
+    }
+
+    #[test]
+    fn a_failed_write_is_superseded_by_a_newer_one_of_its_key() {
+        let mut b = buffer(3);
+        b.push("a", Change::Put(1), 0);
+        let mut flight = b.take_batch(10, 0);
+        b.push("a", Change::Delete, 1);
+        assert_eq!(b.failed(flight.pop().unwrap(), 2, 0.5), None);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.stats().coalesced, 1);
+        assert!(!b.is_settled(1), "write 1 settles with write 2");
+        // The newer change inherits the backoff and the attempt spent.
+        assert!(b.take_batch(10, 2 + 10 * MS - 1).is_empty());
+        let mut retry = b.take_batch(10, 2 + 10 * MS);
+        let t = retry.pop().unwrap();
+        assert_eq!(
+            (t.change(), t.attempt(), t.first_seq()),
+            (&Change::Delete, 2, 1)
+        );
+        b.succeeded(t);
+        assert!(b.is_settled(2) && b.is_empty());
+        b.check_invariants();
+    }
+
+    #[test]
+    fn the_last_attempt_returns_a_dead_letter() {
+        let mut b = buffer(2);
+        b.push("a", Change::Put(1), 0);
+        let t = b.take_batch(1, 0).pop().unwrap();
+        assert_eq!(b.failed(t, 0, 0.5), None);
+        let t = b.take_batch(1, 10 * MS).pop().unwrap();
+        assert_eq!(t.attempt(), 2);
+        let dead = b.failed(t, 10 * MS, 0.5);
+        let expected = DeadLetter {
+            key: "a",
+            change: Change::Put(1),
+            attempts: 2,
+        };
+        assert_eq!(dead, Some(expected));
+        assert!(b.is_empty() && b.is_settled(1) && !b.contains("a"));
+        let s = b.stats();
+        assert_eq!((s.retried, s.dead_lettered, s.flushed), (1, 1, 0));
+        b.check_invariants();
+    }
+
+    #[test]
+    fn a_newer_change_behind_a_dead_letter_starts_afresh() {
+        let mut b = buffer(1);
+        b.push("a", Change::Put(1), 0);
+        let t = b.take_batch(1, 0).pop().unwrap();
+        b.push("a", Change::Put(2), 1);
+        let dead = b.failed(t, 1, 0.5).expect("one attempt only");
+        assert_eq!(dead.change, Change::Put(1));
+        assert!(b.is_settled(1) && !b.is_settled(2));
+        let t = b.take_batch(1, 1).pop().unwrap();
+        assert_eq!((t.change(), t.attempt()), (&Change::Put(2), 1));
+        b.check_invariants();
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitters_both_ways() {
+        let mut policy = backoff();
+        let delays: Vec<u64> = (1..=5).map(|n| policy.delay(n, 0.3) / MS).collect();
+        assert_eq!(delays, [10, 20, 40, 50, 50]);
+        policy.jitter = 0.5;
+        assert_eq!(policy.delay(1, 0.0), 5 * MS);
+        assert_eq!(policy.delay(1, 0.5), 10 * MS);
+        assert_eq!(policy.delay(1, 1.0), 15 * MS);
+        assert_eq!(policy.delay(1, f64::NAN), 10 * MS);
+        assert_eq!(policy.delay(1, 7.0), 15 * MS);
+        policy.base = Duration::MAX;
+        policy.max = Duration::MAX;
+        assert_eq!(policy.delay(200, 0.5), u64::MAX);
+    }
+
+    #[test]
+    fn a_retry_waits_for_its_backoff_then_is_ready_at_once() {
+        let mut b = buffer(5);
+        b.push("a", Change::Put(1), 0);
+        let t = b.take_batch(1, 0).pop().unwrap();
+        b.failed(t, 100, 0.5);
+        assert!(!b.ready(100 + 10 * MS - 1, 1000, u64::MAX));
+        assert_eq!(b.next_due(u64::MAX), Some(100 + 10 * MS));
+        assert!(b.ready(100 + 10 * MS, 1000, u64::MAX));
+        let t = b.take_batch(1, 100 + 10 * MS).pop().unwrap();
+        b.failed(t, 200 * MS, 0.5);
+        assert_eq!(b.next_due(u64::MAX), Some(220 * MS), "second delay doubles");
+        b.check_invariants();
+    }
+
+    #[test]
+    fn ready_by_batch_size_by_age_and_by_flush() {
+        let mut b = buffer(3);
+        assert!(!b.ready(0, 1, 0));
+        assert_eq!(b.next_due(5), None);
+        b.push("a", Change::Put(1), 10);
+        b.push("b", Change::Put(2), 20);
+        assert!(!b.ready(20, 3, 100));
+        assert_eq!(b.next_due(100), Some(110));
+        assert!(b.ready(110, 3, 100));
+        b.push("c", Change::Put(3), 30);
+        assert!(b.ready(30, 3, 100));
+        let mut b = buffer(3);
+        b.push("a", Change::Put(1), 10);
+        let mark = b.flush_mark();
+        b.request_flush(mark);
+        assert!(b.ready(10, 100, u64::MAX));
+        let t = b.take_batch(100, 10).pop().unwrap();
+        b.succeeded(t);
+        assert!(b.is_settled(mark));
+        b.push("a", Change::Put(2), 20);
+        assert!(!b.ready(20, 100, u64::MAX), "the flush is over");
+    }
+
+    #[test]
+    fn a_flush_settles_only_when_the_write_its_mark_was_coalesced_into_lands() {
+        let mut b = buffer(3);
+        b.push("a", Change::Put(1), 0);
+        b.push("b", Change::Put(1), 0);
+        let mark = b.flush_mark();
+        b.push("a", Change::Put(2), 0);
+        b.request_flush(mark);
+        let mut batch = b.take_batch(10, 0);
+        assert_eq!(batch[0].seq(), 3);
+        b.succeeded(batch.pop().unwrap());
+        assert!(!b.is_settled(mark), "write 1 travels as write 3");
+        b.succeeded(batch.pop().unwrap());
+        assert!(b.is_settled(mark) && b.is_settled(3));
+        assert_eq!(b.stats().flushed, 2);
+        b.check_invariants();
+    }
+
+    #[test]
+    fn a_failed_batch_is_split_until_the_poisonous_key_is_alone() {
+        let mut b = buffer(2);
+        for key in ["a", "b", "c", "d", "e"] {
+            b.push(key, Change::Put(0), 0);
+        }
+        let batch = b.take_batch(8, 0);
+        assert!(b.batch_failed(batch, 0, 0.5).is_empty());
+        assert!(b.ready(0, 100, u64::MAX), "a split is retried at once");
+        let (mut now, mut landed, mut dead) = (0, Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let batch = b.take_batch(8, now);
+            if batch.iter().any(|t| *t.key() == "c") {
+                assert!(batch.len() <= 3);
+                for d in b.batch_failed(batch, now, 0.5) {
+                    assert_eq!(d.attempts, 2, "splits spend no attempt");
+                    dead.push(d.key);
+                }
+            } else {
+                landed.extend(keys(&batch));
+                batch.into_iter().for_each(|t| b.succeeded(t));
+            }
+            b.check_invariants();
+            now = b.next_due(u64::MAX).unwrap_or(now);
+        }
+        landed.sort_unstable();
+        assert_eq!((landed, dead), (vec!["a", "b", "d", "e"], vec!["c"]));
+        assert_eq!(b.stats().dead_lettered, 1);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn contains_a_key_until_its_last_write_settles() {
+        let mut b = buffer(3);
+        b.push("a", Change::Put(1), 0);
+        let t = b.take_batch(1, 0).pop().unwrap();
+        assert!(b.contains("a"));
+        b.push("a", Change::Put(2), 0);
+        b.succeeded(t);
+        assert!(b.contains("a"));
+        let t = b.take_batch(1, 0).pop().unwrap();
+        b.succeeded(t);
+        assert!(!b.contains("a"));
+        let s = b.stats();
+        assert_eq!((s.queued, s.flushed, s.coalesced, s.len), (2, 2, 0, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer that made it")]
+    fn a_taken_from_another_buffer_is_refused() {
+        let mut a = buffer(3);
+        let mut b = buffer(3);
+        a.push("k", Change::Put(1), 0);
+        b.push("k", Change::Put(1), 0);
+        let t = a.take_batch(1, 0).pop().unwrap();
+        b.succeeded(t);
+    }
+}

@@ -1,0 +1,3 @@
+//! Writing to the user's store: write-behind's coalescing buffer.
+
+pub(crate) mod buffer;
