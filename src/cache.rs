@@ -16,7 +16,7 @@ use crate::{
     CacheBuilder, CacheStats, RemovalCause,
     builder::Weigher,
     expiry::{Deadline, Remaining, Timing, remaining},
-    load::flight::{Flights, Leader, Outcome, Role},
+    load::flight::{Flights, Leader, LeaderGuard, Outcome, Role},
     maintenance::{Maintained, Maintenance},
     notify::{Listener, Removed},
     shard::{Now, ShardCell, Shards, Write},
@@ -806,29 +806,12 @@ where
                         return Ok(v);
                     }
                     let result = self.timed_load(init);
-                    return match result {
-                        Ok(v) => {
-                            self.insert(key, v.clone(), None);
-                            guard.finish(Outcome::Loaded(v.clone()));
-                            Ok(v)
-                        }
-                        Err(e) => {
-                            let e = Arc::new(e);
-                            guard.finish(Outcome::Failed(e.clone()));
-                            Err(e)
-                        }
-                    };
+                    return self.publish(key, guard, result);
                 }
                 Role::Waiter(flight) => flight,
             };
-            match flight.wait() {
-                Outcome::Loaded(v) => return Ok(v),
-                Outcome::Failed(e) => {
-                    if let Ok(e) = e.downcast::<E>() {
-                        return Err(e);
-                    }
-                }
-                Outcome::Abandoned => {}
+            if let Some(result) = shared(flight.wait()) {
+                return result;
             }
         }
     }
@@ -863,29 +846,37 @@ where
                         record.finish(result.is_ok());
                         result
                     };
-                    return match result {
-                        Ok(v) => {
-                            self.insert(key, v.clone(), None);
-                            guard.finish(Outcome::Loaded(v.clone()));
-                            Ok(v)
-                        }
-                        Err(e) => {
-                            let e = Arc::new(e);
-                            guard.finish(Outcome::Failed(e.clone()));
-                            Err(e)
-                        }
-                    };
+                    return self.publish(key, guard, result);
                 }
                 Role::Waiter(flight) => flight,
             };
-            match flight.wait_async().await {
-                Outcome::Loaded(v) => return Ok(v),
-                Outcome::Failed(e) => {
-                    if let Ok(e) = e.downcast::<E>() {
-                        return Err(e);
-                    }
-                }
-                Outcome::Abandoned => {}
+            if let Some(result) = shared(flight.wait_async().await) {
+                return result;
+            }
+        }
+    }
+
+    /// Caches a leader's value and hands its result to the waiters.
+    fn publish<E>(
+        &self,
+        key: K,
+        guard: LeaderGuard<K, V>,
+        result: Result<V, E>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        match result {
+            Ok(v) => {
+                self.insert(key, v.clone(), None);
+                guard.finish(Outcome::Loaded(v.clone()));
+                Ok(v)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                guard.finish(Outcome::Failed(e.clone()));
+                Err(e)
             }
         }
     }
@@ -1016,5 +1007,15 @@ impl<'a> LoadRecord<'a> {
 impl Drop for LoadRecord<'_> {
     fn drop(&mut self) {
         self.loads.record(self.ok, self.started.elapsed());
+    }
+}
+
+/// A waiter's result from the leader's outcome: the value, or the error if
+/// it has the type this caller expects; `None` (load again) otherwise.
+fn shared<V, E: Send + Sync + 'static>(outcome: Outcome<V>) -> Option<Result<V, Arc<E>>> {
+    match outcome {
+        Outcome::Loaded(v) => Some(Ok(v)),
+        Outcome::Failed(e) => e.downcast::<E>().ok().map(Err),
+        Outcome::Abandoned => None,
     }
 }
