@@ -7,6 +7,9 @@
 #[path = "../../tests/support/loading_model.rs"]
 mod loading_model;
 
+mod decode;
+
+use decode::decode;
 use libfuzzer_sys::{
     arbitrary::{Result, Unstructured},
     fuzz_target,
@@ -39,14 +42,7 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut u = Unstructured::new(data);
-    let Ok(cfg) = config(&mut u) else { return };
-    let mut ops = Vec::new();
-    while let Ok(next) = op(&mut u) {
-        ops.push(next);
-        if ops.len() >= 256 {
-            break;
-        }
+    if let Some((cfg, ops)) = decode(data, config, op) {
+        run(cfg, ops);
     }
-    run(cfg, ops);
 });

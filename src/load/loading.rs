@@ -657,10 +657,7 @@ where
         self.cache.load_counters().refreshed();
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                match stamp {
-                    Some(stamp) => self.store(key, value.clone(), took, Some(stamp)),
-                    None => self.store(key, value.clone(), took, None),
-                }
+                self.store(key, value.clone(), took, stamp);
                 guard.finish(Outcome::Loaded(value));
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
