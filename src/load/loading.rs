@@ -34,6 +34,7 @@ use crate::{
         Loader,
         flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
         fresh::{Freshness, Loaded, State},
+        guard::{Guards, Seen},
         pool::{Job, Pool},
     },
 };
@@ -121,7 +122,19 @@ struct LoadingInner<K, V, E> {
     settings: Settings,
     pool: Option<Pool>,
     stamps: AtomicU64,
+    /// Keeps overlapping loads and writes of a key from caching stale data.
+    guards: Guards,
     me: Weak<LoadingInner<K, V, E>>,
+}
+
+/// Which entry a [`store`](LoadingInner::store) may replace.
+#[derive(Clone, Copy, Debug)]
+enum Over {
+    /// Only the entry with this stamp (a reload).
+    Stamp(u64),
+    /// Whatever is there, if no write of the key started since `Seen` was
+    /// taken (a load or a write; see [`guard`](crate::load::guard)).
+    Unwritten(Seen),
 }
 
 impl<K, V, E> Drop for LoadingInner<K, V, E> {
@@ -162,6 +175,7 @@ where
             settings,
             pool,
             stamps: AtomicU64::new(0),
+            guards: Guards::default(),
             me: me.clone(),
         });
         LoadingCache { inner }
@@ -339,7 +353,49 @@ where
     /// assert_eq!(cache.stats().loads(), 0);
     /// ```
     pub fn insert(&self, key: K, value: V) {
-        self.inner.store(key, Some(value), 0, None);
+        let _: Result<(), std::convert::Infallible> = self.write(key, || Ok((Some(value), ())));
+    }
+
+    /// Runs `write` (a change to the store, or queuing one) as a write of
+    /// `key`, then caches the value it returns, or drops the cached value
+    /// if it returns `None`, fails or panics. If another write of the key
+    /// overlapped this one, or `write` failed after one started, the key is
+    /// dropped from the cache instead, so that the next read loads the
+    /// store's own value; a load that overlapped it never caches what it
+    /// read (see [`guard`](crate::load::guard)).
+    pub(crate) fn write<R, F>(
+        &self,
+        key: K,
+        write: impl FnOnce() -> Result<(Option<V>, R), F>,
+    ) -> Result<R, F> {
+        let inner = &self.inner;
+        let ticket = inner.guards.begin(&key);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write));
+        match (outcome, ticket.alone()) {
+            (Ok(Ok((Some(value), result))), Some(alone)) => {
+                if !inner.store(key.clone(), Some(value), 0, Over::Unwritten(alone)) {
+                    inner.cache.invalidate(&key);
+                }
+                Ok(result)
+            }
+            (Ok(Ok((_, result))), _) => {
+                inner.cache.invalidate(&key);
+                Ok(result)
+            }
+            (Ok(Err(e)), alone) => {
+                // Nothing changed, unless a write overlapped this one and
+                // skipped caching on the assumption that this one would.
+                if alone.is_none_or(|seen| !inner.guards.unchanged(seen)) {
+                    inner.cache.invalidate(&key);
+                }
+                Err(e)
+            }
+            (Err(panic), _) => {
+                inner.cache.invalidate(&key);
+                drop(ticket);
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     /// Starts a background reload of `key` now, whatever its age (on the
@@ -372,6 +428,7 @@ where
     /// assert_eq!(cache.peek(&1), None);
     /// ```
     pub fn invalidate(&self, key: &K) {
+        let _ticket = self.inner.guards.begin(key);
         self.inner.cache.invalidate(key);
     }
 
@@ -386,6 +443,7 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
+        self.inner.guards.start_everywhere();
         self.inner.cache.invalidate_all();
     }
 
@@ -509,9 +567,12 @@ where
             }
         }
         let key = guard.key().clone();
+        let seen = self.guards.seen(&key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                self.store(key, value.clone(), took, None);
+                if let Some(seen) = seen {
+                    self.store(key, value.clone(), took, Over::Unwritten(seen));
+                }
                 guard.finish(Outcome::Loaded(value.clone()));
                 Ok(value)
             }
@@ -563,10 +624,12 @@ where
         (result, self.cache.now().saturating_sub(started))
     }
 
-    /// Stores a loaded value (or a cached "absent") with a fresh stamp. With
-    /// `only_over`, it replaces only the entry with that stamp, so a reload
-    /// never overwrites a newer write or resurrects an invalidated key.
-    fn store(&self, key: K, value: Option<V>, load_nanos: u64, only_over: Option<u64>) {
+    /// Stores a loaded or written value (or a cached "absent") with a fresh
+    /// stamp, if `over` allows: a reload replaces only the entry it was
+    /// started for, so it never overwrites a newer write or resurrects an
+    /// invalidated key; a load or write stores only if no write of the key
+    /// started since it began. Returns whether it stored.
+    fn store(&self, key: K, value: Option<V>, load_nanos: u64, over: Over) -> bool {
         let now = self.cache.now();
         let s = &self.settings;
         let lifetime = match (&value, s.negative_ttl) {
@@ -574,11 +637,11 @@ where
             (None, Some(negative)) => Some(negative),
             (None, None) => {
                 // Absent and not cached: drop what the cache held for the key.
-                match only_over {
-                    Some(stamp) => self.cache.remove_if(&key, |e| e.stamp == stamp),
-                    None => self.cache.invalidate(&key),
+                match over {
+                    Over::Stamp(stamp) => self.cache.remove_if(&key, |e| e.stamp == stamp),
+                    Over::Unwritten(_) => self.cache.invalidate(&key),
                 }
-                return;
+                return false;
             }
         };
         let grace = if value.is_some() {
@@ -594,16 +657,14 @@ where
             stamp: self.stamps.fetch_add(1, Relaxed),
         };
         let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
-        match only_over {
-            Some(stamp) => {
-                self.cache.insert_if(key, entry, hard, |current| {
-                    current.is_some_and(|c| c.stamp == stamp)
-                });
+        match over {
+            Over::Stamp(stamp) => self.cache.insert_if(key, entry, hard, |current| {
+                current.is_some_and(|c| c.stamp == stamp)
+            }),
+            Over::Unwritten(seen) => {
+                self.cache
+                    .insert_if(key, entry, hard, |_| self.guards.unchanged(seen))
             }
-            None => match hard {
-                Some(hard) => self.cache.insert_with_ttl(key, entry, hard),
-                None => self.cache.insert(key, entry),
-            },
         }
     }
 
@@ -655,9 +716,14 @@ where
             }
         }
         self.cache.load_counters().refreshed();
+        let seen = self.guards.seen(&key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                self.store(key, value.clone(), took, stamp);
+                if let Some(stamp) = stamp {
+                    self.store(key, value.clone(), took, Over::Stamp(stamp));
+                } else if let Some(seen) = seen {
+                    self.store(key, value.clone(), took, Over::Unwritten(seen));
+                }
                 guard.finish(Outcome::Loaded(value));
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
@@ -708,13 +774,16 @@ where
             return batch;
         }
         let keys: Vec<K> = led.iter().map(|(g, _)| g.key().clone()).collect();
+        let seen: Vec<Option<Seen>> = keys.iter().map(|k| self.guards.seen(k)).collect();
         match self.timed(|| self.loader.load_many(&keys)) {
             (Ok(pairs), took) => {
                 let mut loaded: HashMap<K, V> = pairs.into_iter().collect();
-                for (guard, _) in led {
+                for ((guard, _), seen) in led.into_iter().zip(seen) {
                     let key = guard.key().clone();
                     let value = loaded.remove(&key);
-                    self.store(key.clone(), value.clone(), took, None);
+                    if let Some(seen) = seen {
+                        self.store(key.clone(), value.clone(), took, Over::Unwritten(seen));
+                    }
                     guard.finish(Outcome::Loaded(value.clone()));
                     batch.add(key, Ok(value));
                 }

@@ -4,12 +4,15 @@
 //!
 //! - [`flight`]: one load per key, blocking and async waiters;
 //! - [`fresh`]: the pure per-read decision (fresh, refresh due, stale, …);
+//! - [`guard`]: keeps a load or write that overlapped another write from
+//!   caching stale data;
 //! - [`pool`]: the bounded `larder-reload-N` threads for background reloads;
 //! - [`loading`]: the cache that ties them together; [`builder`] its settings.
 
 pub(crate) mod builder;
 pub(crate) mod flight;
 pub(crate) mod fresh;
+pub(crate) mod guard;
 pub(crate) mod loading;
 pub(crate) mod pool;
 
