@@ -60,6 +60,13 @@ pub enum BuildError {
     NeedsTimeToLive(&'static str),
     /// The `early_expiry` β is not a finite number greater than zero.
     BetaOutOfRange(f64),
+    /// A write-behind setting of a [`StoreCacheBuilder`](crate::StoreCacheBuilder)
+    /// given without `write_behind()`; the setting is named.
+    NeedsWriteBehind(&'static str),
+    /// The jitter of `retry_backoff` is outside `0.0..=1.0` (or NaN).
+    RetryJitterOutOfRange(f64),
+    /// The `retry_backoff` base is longer than its maximum.
+    BackoffOrder,
 }
 
 impl fmt::Display for BuildError {
@@ -82,6 +89,15 @@ impl fmt::Display for BuildError {
             }
             BuildError::BetaOutOfRange(b) => {
                 write!(f, "early_expiry beta is {b}, not a finite number above 0")
+            }
+            BuildError::NeedsWriteBehind(name) => {
+                write!(f, "{name} is a write-behind setting; choose write_behind() to use it")
+            }
+            BuildError::RetryJitterOutOfRange(j) => {
+                write!(f, "retry_backoff jitter is {j}, outside 0.0..=1.0")
+            }
+            BuildError::BackoffOrder => {
+                write!(f, "retry_backoff base is longer than its maximum")
             }
             BuildError::ExpiryConflict => {
                 write!(

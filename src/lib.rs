@@ -7,6 +7,9 @@
 //!   read-through with refresh-ahead, stale-while-revalidate,
 //!   stale-if-error, early expiry and negative caching
 //!   ([`LoadingCacheBuilder`] has its settings);
+//! - [`StoreCache`], built by [`CacheBuilder::store`] from a [`Store`]:
+//!   read-through plus write-through, write-around or write-behind
+//!   ([`StoreCacheBuilder`] has its settings, [`WriteStats`] the counters);
 //! - [`Expiry`] for per-entry lifetimes, [`RemovalCause`] for the listener,
 //!   [`CacheStats`] for the counters;
 //! - [`clock::MockClock`] (feature `test-util`) to drive time in tests.
@@ -36,6 +39,10 @@ pub use expiry::Expiry;
 pub use load::{Loader, LoadingCache, LoadingCacheBuilder};
 pub use notify::RemovalCause;
 pub use stats::CacheStats;
+pub use write::{
+    Change, CloseReport, DeadLetter, Store, StoreCache, StoreCacheBuilder, WhenFull, WriteError,
+    WriteFailure, WriteStats,
+};
 
 /// Time sources for tests.
 #[cfg(feature = "test-util")]

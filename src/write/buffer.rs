@@ -101,8 +101,6 @@
 
 // The items are `pub` for the `test-util` re-export used by the fuzz target.
 #![cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
-// Until the flusher uses it, only tests and the `test-util` re-export do.
-#![cfg_attr(not(feature = "test-util"), allow(dead_code))]
 
 use std::{
     borrow::Borrow,
@@ -169,6 +167,8 @@ pub struct Taken<K, V> {
     attempt: u32,
 }
 
+// The flusher needs only the key and change; tests and the fuzz target read the rest.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code))]
 impl<K, V> Taken<K, V> {
     /// The key to write.
     pub fn key(&self) -> &K {
@@ -509,6 +509,24 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.slots.contains_key(key)
+    }
+
+    /// The change of `key` waiting to be sent, if any (not one in flight:
+    /// the flusher holds that).
+    pub fn pending_change<Q>(&self, key: &Q) -> Option<&Change<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.slots.get(key)?.pending.as_ref().map(|p| &p.change)
+    }
+
+    /// Every change waiting to be sent (not those in flight), in no
+    /// particular order: what is left unwritten if the flusher stops.
+    pub fn pending_changes(&self) -> impl Iterator<Item = (&K, &Change<V>)> {
+        self.slots
+            .iter()
+            .filter_map(|(k, slot)| Some((k, &slot.pending.as_ref()?.change)))
     }
 
     /// Entries held, pending or in flight (a key has up to two).

@@ -1,3 +1,198 @@
-//! Writing to the user's store: write-behind's coalescing buffer.
+//! Writing to the user's store: the [`Store`] trait, the [`StoreCache`]
+//! that reads through it and writes through, around or behind it.
+//!
+//! - [`buffer`]: write-behind's pure coalescing buffer (no threads);
+//! - [`behind`]: the queue around it and the `larder-write-behind` flusher
+//!   thread;
+//! - [`store_cache`]: the cache that ties reads (a [`LoadingCache`] over the
+//!   store) and writes together; [`builder`] its settings.
+//!
+//! [`LoadingCache`]: crate::LoadingCache
 
+pub(crate) mod behind;
 pub(crate) mod buffer;
+pub(crate) mod builder;
+pub(crate) mod store_cache;
+
+use std::{fmt, sync::Arc};
+
+pub use behind::WriteStats;
+pub use buffer::Change;
+pub use builder::{StoreCacheBuilder, WhenFull};
+pub use store_cache::{CloseReport, StoreCache};
+
+/// The system of record behind a [`StoreCache`]: a database table, a
+/// service, a file. It loads keys on a read miss and takes batches of
+/// writes.
+///
+/// All three methods run with no lock of the cache held: `load` and
+/// `load_many` on a reader's thread (or a `larder-reload-N` thread), `write`
+/// on the writer's thread (write-through, write-around) or on the
+/// `larder-write-behind` thread. A `write` batch holds at most one change per
+/// key; it should be applied atomically (one transaction) if the store can,
+/// since a failed batch is retried, split, and retried again.
+///
+/// # Examples
+///
+/// ```
+/// use std::{collections::HashMap, sync::Mutex};
+/// use larder::{Cache, Change, Store};
+///
+/// #[derive(Default)]
+/// struct Table(Mutex<HashMap<u32, String>>);
+///
+/// impl Store<u32, String> for Table {
+///     type Error = std::io::Error;
+///     fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
+///         Ok(self.0.lock().unwrap().get(key).cloned())
+///     }
+///     fn write(&self, batch: &[(u32, Change<String>)]) -> Result<(), Self::Error> {
+///         let mut table = self.0.lock().unwrap();
+///         for (key, change) in batch {
+///             match change {
+///                 Change::Put(value) => table.insert(*key, value.clone()),
+///                 Change::Delete => table.remove(key),
+///             };
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let cache = Cache::builder().store(Table::default()).build().unwrap();
+/// cache.insert(1, "one".to_string()).unwrap(); // in the table, then in the cache
+/// assert_eq!(cache.get(&1).unwrap().as_deref(), Some("one"));
+/// ```
+pub trait Store<K, V>: Send + Sync + 'static {
+    /// The store's error type.
+    type Error: Send + Sync + 'static;
+
+    /// Loads one key: `Ok(None)` if the store has no such key.
+    ///
+    /// # Errors
+    ///
+    /// The store's failure; readers get it and nothing is cached.
+    fn load(&self, key: &K) -> Result<Option<V>, Self::Error>;
+
+    /// Loads a batch of distinct keys; keys left out of the answer are
+    /// absent. The default calls [`load`](Self::load) once per key.
+    ///
+    /// # Errors
+    ///
+    /// The store's failure, which fails the whole batch.
+    fn load_many(&self, keys: &[K]) -> Result<Vec<(K, V)>, Self::Error>
+    where
+        K: Clone,
+    {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = self.load(key)? {
+                found.push((key.clone(), value));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Applies a batch of changes, at most one per key.
+    ///
+    /// # Errors
+    ///
+    /// The store's failure: the whole batch counts as not written. A
+    /// write-through caller gets the error; write-behind retries the batch,
+    /// split into smaller ones, and finally reports each change it could not
+    /// write to the dead-letter handler.
+    fn write(&self, batch: &[(K, Change<V>)]) -> Result<(), Self::Error>;
+}
+
+impl<V> Change<V> {
+    /// The value the store holds after this change: `Some` for a put, `None`
+    /// for a delete.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::Change;
+    /// assert_eq!(Change::Put(3).into_value(), Some(3));
+    /// assert_eq!(Change::<u8>::Delete.into_value(), None);
+    /// ```
+    pub fn into_value(self) -> Option<V> {
+        match self {
+            Change::Put(v) => Some(v),
+            Change::Delete => None,
+        }
+    }
+}
+
+/// Why a write of a [`StoreCache`] failed.
+#[derive(Debug)]
+pub enum WriteError<E> {
+    /// The store rejected the write (write-through, write-around, or
+    /// write-behind falling back to write-through); the cache holds no
+    /// value that is not in the store.
+    Store(E),
+    /// The write-behind queue is full and the cache was built with
+    /// [`WhenFull::Fail`]; nothing was written or queued.
+    QueueFull,
+    /// The write-behind cache was [closed](StoreCache::close); nothing was
+    /// written or queued.
+    Closed,
+}
+
+impl<E: fmt::Display> fmt::Display for WriteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::Store(e) => write!(f, "the store rejected the write: {e}"),
+            WriteError::QueueFull => write!(f, "the write-behind queue is full"),
+            WriteError::Closed => write!(f, "the cache is closed for writes"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
+
+/// Why write-behind gave up on a change.
+#[derive(Debug)]
+pub enum WriteFailure<E> {
+    /// The store's error from the last attempt (shared by every change of
+    /// the batch it rejected).
+    Store(Arc<E>),
+    /// The store's `write` panicked on the last attempt; the panic message.
+    Panicked(String),
+    /// The cache was dropped before the change could be written (its
+    /// bounded final flush ran out of time or the store kept failing).
+    Dropped,
+}
+
+impl<E> Clone for WriteFailure<E> {
+    fn clone(&self) -> Self {
+        match self {
+            WriteFailure::Store(e) => WriteFailure::Store(e.clone()),
+            WriteFailure::Panicked(m) => WriteFailure::Panicked(m.clone()),
+            WriteFailure::Dropped => WriteFailure::Dropped,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for WriteFailure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteFailure::Store(e) => write!(f, "{e}"),
+            WriteFailure::Panicked(m) => write!(f, "the store panicked: {m}"),
+            WriteFailure::Dropped => write!(f, "the cache was dropped before the write"),
+        }
+    }
+}
+
+/// A change write-behind could not write, handed to the dead-letter handler
+/// ([`StoreCacheBuilder::dead_letter`]) with why.
+#[derive(Debug)]
+pub struct DeadLetter<K, V, E> {
+    /// The key.
+    pub key: K,
+    /// The change that did not reach the store: the latest written for the
+    /// key (earlier ones were coalesced into it).
+    pub change: Change<V>,
+    /// How many times it was sent.
+    pub attempts: u32,
+    /// The last failure.
+    pub error: WriteFailure<E>,
+}

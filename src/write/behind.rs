@@ -1,0 +1,484 @@
+//! Write-behind: the shared queue around the [`Buffer`] and the
+//! `larder-write-behind` thread that flushes it to the [`Store`].
+//!
+//! Writers push under the queue's mutex and nudge the flusher through a
+//! one-slot crossbeam channel when a batch is ready (or the queue was
+//! empty, so the flusher starts timing `flush_interval`). The flusher takes
+//! a batch under the mutex, calls the store with no lock held, and reports
+//! the outcome back; every outcome wakes the threads waiting on `changed`
+//! (flushes, writers blocked on a full queue, `close`). While a batch is in
+//! flight its changes stay readable in `flying`, so a read never falls back
+//! to the store's older copy: a change is *pinned* in the queue from push
+//! until the store has acknowledged it.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use ahash::RandomState;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::{
+    DeadLetter, Store, WriteFailure,
+    buffer::{self, Backoff, Buffer, Change, Taken},
+    builder::WhenFull,
+};
+use crate::expiry::{clock::saturating_nanos, unit_random};
+
+/// The dead-letter handler.
+pub(crate) type Handler<K, V, E> = Arc<dyn Fn(DeadLetter<K, V, E>) + Send + Sync>;
+
+/// Write-behind settings, checked by the builder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    pub(crate) batch_size: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) when_full: WhenFull,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) drop_timeout: Duration,
+}
+
+/// Counters of a write-behind cache: what happened to the writes, and how
+/// long the store took.
+///
+/// Every queued write ends as exactly one of flushed, coalesced or
+/// dead-lettered, or is still held: `queued == flushed + coalesced +
+/// dead_lettered + queue_len` (a key holds up to two entries: one waiting,
+/// one in flight).
+///
+/// # Examples
+///
+/// ```
+/// # use std::{collections::HashMap, sync::Mutex};
+/// # use larder::{Cache, Change, Store};
+/// # #[derive(Default)] struct Table(Mutex<HashMap<u32, u32>>);
+/// # impl Store<u32, u32> for Table {
+/// #     type Error = String;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+/// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+/// #         let mut t = self.0.lock().unwrap();
+/// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+/// #         Ok(())
+/// #     }
+/// # }
+/// let cache = Cache::builder().store(Table::default()).write_behind().build().unwrap();
+/// cache.insert(1, 10).unwrap();
+/// cache.insert(1, 11).unwrap(); // replaces the queued write of key 1
+/// cache.flush();
+/// let s = cache.write_stats();
+/// assert_eq!(s.queued, 2);
+/// assert_eq!(s.flushed + s.coalesced, 2);
+/// assert_eq!(s.queue_len, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteStats {
+    /// Writes queued.
+    pub queued: u64,
+    /// Writes replaced by a later write of the same key before they were
+    /// sent (the store never saw them, and did not need to).
+    pub coalesced: u64,
+    /// Writes that reached the store.
+    pub flushed: u64,
+    /// Failed sends scheduled again (after a backoff, or split out of a
+    /// failed batch).
+    pub retried: u64,
+    /// Writes given up on and handed to the dead-letter handler.
+    pub dead_lettered: u64,
+    /// Entries held now, waiting or in flight.
+    pub queue_len: usize,
+    /// Of those, entries in a store call now.
+    pub in_flight: usize,
+    /// Calls of [`Store::write`](crate::Store::write) made by the flusher.
+    pub store_calls: u64,
+    /// Total time of those calls (the flush latency).
+    pub store_time: Duration,
+    /// Longest of those calls.
+    pub max_store_time: Duration,
+}
+
+impl WriteStats {
+    /// Mean time of one [`Store::write`](crate::Store::write) call of the
+    /// flusher; zero before the first.
+    pub fn mean_flush_latency(&self) -> Duration {
+        match u32::try_from(self.store_calls) {
+            Ok(0) => Duration::ZERO,
+            Ok(n) => self.store_time / n,
+            Err(_) => Duration::from_nanos(
+                saturating_nanos(self.store_time.as_nanos()) / self.store_calls,
+            ),
+        }
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queue is closed.
+    Closed,
+    /// The queue is full and the policy says fail.
+    Full,
+    /// The queue is full and the policy says write through.
+    WriteThrough,
+}
+
+/// What the mutex guards.
+struct State<K, V, E> {
+    buffer: Buffer<K, V>,
+    /// The changes of the batch in flight, by key.
+    flying: HashMap<K, Change<V>, RandomState>,
+    /// No new writes; the flusher drains and exits.
+    closing: bool,
+    /// The flusher must exit after its current call.
+    stop: bool,
+    /// The flusher has exited.
+    exited: bool,
+    /// Dead letters kept for `close` when there is no handler.
+    kept: Vec<DeadLetter<K, V, E>>,
+    store_calls: u64,
+    store_time: Duration,
+    max_store_time: Duration,
+}
+
+/// The write-behind queue shared by the cache, its loader and the flusher.
+pub(crate) struct Queue<K, V, S: Store<K, V>> {
+    state: Mutex<State<K, V, S::Error>>,
+    /// Notified after every outcome, and when the flusher exits.
+    changed: Condvar,
+    wake: Sender<()>,
+    config: Config,
+    origin: Instant,
+    store: Arc<S>,
+    handler: Option<Handler<K, V, S::Error>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl<K, V, S> Queue<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// A queue with its flusher thread running.
+    pub(crate) fn start(
+        store: Arc<S>,
+        config: Config,
+        handler: Option<Handler<K, V, S::Error>>,
+    ) -> Arc<Self> {
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State {
+                buffer: Buffer::new(config.max_attempts, config.backoff),
+                flying: HashMap::default(),
+                closing: false,
+                stop: false,
+                exited: false,
+                kept: Vec::new(),
+                store_calls: 0,
+                store_time: Duration::ZERO,
+                max_store_time: Duration::ZERO,
+            }),
+            changed: Condvar::new(),
+            wake,
+            config,
+            origin: Instant::now(),
+            store,
+            handler,
+            thread: Mutex::new(None),
+        });
+        let flusher = queue.clone();
+        let handle = thread::Builder::new()
+            .name("larder-write-behind".into())
+            .spawn(move || flusher.run(&woken))
+            .expect("spawning the larder-write-behind thread");
+        *queue.thread.lock() = Some(handle);
+        queue
+    }
+
+    fn now(&self) -> u64 {
+        saturating_nanos(self.origin.elapsed().as_nanos())
+    }
+
+    fn interval(&self) -> u64 {
+        saturating_nanos(self.config.flush_interval.as_nanos())
+    }
+
+    fn nudge(&self) {
+        // A full slot already holds a wake-up the flusher has not taken.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Queues `change` for `key`, applying the full-queue policy. A key
+    /// already held is always accepted (the write coalesces, or waits behind
+    /// its flight), so the queue holds at most `queue_capacity + batch_size`
+    /// entries.
+    pub(crate) fn push(&self, key: K, change: Change<V>) -> Result<(), Refused> {
+        let mut st = self.state.lock();
+        loop {
+            if st.closing {
+                return Err(Refused::Closed);
+            }
+            if st.buffer.len() < self.config.queue_capacity || st.buffer.contains(&key) {
+                break;
+            }
+            match self.config.when_full {
+                WhenFull::Fail => return Err(Refused::Full),
+                WhenFull::WriteThrough => return Err(Refused::WriteThrough),
+                WhenFull::Block => {
+                    let mark = st.buffer.flush_mark();
+                    st.buffer.request_flush(mark);
+                    self.nudge();
+                    self.changed.wait(&mut st);
+                }
+            }
+        }
+        let now = self.now();
+        st.buffer.push(key, change, now);
+        if st.buffer.len() == 1 || st.buffer.ready(now, self.config.batch_size, self.interval()) {
+            self.nudge();
+        }
+        Ok(())
+    }
+
+    /// The newest change of `key` not yet acknowledged by the store.
+    pub(crate) fn latest(&self, key: &K) -> Option<Change<V>> {
+        let st = self.state.lock();
+        st.buffer
+            .pending_change(key)
+            .or_else(|| st.flying.get(key))
+            .cloned()
+    }
+
+    /// Waits until every write queued before the call has reached the store
+    /// or the dead-letter handler, or until `deadline`; true if it did.
+    /// Returns at once if the flusher has stopped.
+    pub(crate) fn flush(&self, deadline: Option<Instant>) -> bool {
+        let mut st = self.state.lock();
+        let mark = st.buffer.flush_mark();
+        st.buffer.request_flush(mark);
+        self.nudge();
+        while !st.buffer.is_settled(mark) {
+            if st.exited {
+                return false;
+            }
+            match deadline {
+                Some(at) => {
+                    if self.changed.wait_until(&mut st, at).timed_out() {
+                        return st.buffer.is_settled(mark);
+                    }
+                }
+                None => self.changed.wait(&mut st),
+            }
+        }
+        true
+    }
+
+    /// Stops taking writes, drains the queue until `timeout`, stops the
+    /// flusher and joins it (unless a store call is still running at the
+    /// deadline: the thread then ends once it returns). Returns the changes
+    /// left unwritten — queued, or in a store call that had not returned —
+    /// and the dead letters kept for lack of a handler. A second call
+    /// returns what is left, usually nothing.
+    pub(crate) fn close(&self, timeout: Duration) -> Leftovers<K, V, S::Error> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = self.state.lock();
+        st.closing = true;
+        self.nudge();
+        while !st.exited {
+            let timed_out = match deadline {
+                Some(at) => self.changed.wait_until(&mut st, at).timed_out(),
+                None => {
+                    self.changed.wait(&mut st);
+                    false
+                }
+            };
+            if timed_out {
+                break;
+            }
+        }
+        st.stop = true;
+        self.nudge();
+        let exited = st.exited;
+        let mut unwritten: Vec<(K, Change<V>)> = st
+            .buffer
+            .pending_changes()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        unwritten.extend(st.flying.iter().map(|(k, c)| (k.clone(), c.clone())));
+        // Reported once: forget them, so a second close does not repeat them.
+        st.buffer = Buffer::new(self.config.max_attempts, self.config.backoff);
+        st.flying.clear();
+        let dead = std::mem::take(&mut st.kept);
+        drop(st);
+        if exited {
+            if let Some(handle) = self.thread.lock().take() {
+                if handle.thread().id() != thread::current().id() {
+                    let _ = handle.join();
+                }
+            }
+        }
+        Leftovers { unwritten, dead }
+    }
+
+    /// Whether a dead-letter handler was given.
+    pub(crate) fn has_handler(&self) -> bool {
+        self.handler.is_some()
+    }
+
+    /// Hands `dead` to the handler (a panicking handler is contained).
+    pub(crate) fn report(&self, dead: DeadLetter<K, V, S::Error>) {
+        match &self.handler {
+            Some(handler) => {
+                let _ = catch_unwind(AssertUnwindSafe(|| handler(dead)));
+            }
+            None => self.state.lock().kept.push(dead),
+        }
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> WriteStats {
+        let st = self.state.lock();
+        let b = st.buffer.stats();
+        WriteStats {
+            queued: b.queued,
+            coalesced: b.coalesced,
+            flushed: b.flushed,
+            retried: b.retried,
+            dead_lettered: b.dead_lettered,
+            queue_len: b.len,
+            in_flight: st.buffer.in_flight(),
+            store_calls: st.store_calls,
+            store_time: st.store_time,
+            max_store_time: st.max_store_time,
+        }
+    }
+
+    /// The flusher thread's body.
+    fn run(&self, woken: &Receiver<()>) {
+        while let Some(batch) = self.next_batch(woken) {
+            self.send(batch);
+        }
+        self.state.lock().exited = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits for a batch to send; `None` when the flusher must exit.
+    fn next_batch(&self, woken: &Receiver<()>) -> Option<Vec<Taken<K, V>>> {
+        let mut st = self.state.lock();
+        loop {
+            if st.stop {
+                return None;
+            }
+            let now = self.now();
+            if st.closing {
+                let mark = st.buffer.flush_mark();
+                st.buffer.request_flush(mark);
+            }
+            if st.buffer.ready(now, self.config.batch_size, self.interval()) {
+                let batch = st.buffer.take_batch(self.config.batch_size, now);
+                let State { flying, .. } = &mut *st;
+                for taken in &batch {
+                    flying.insert(taken.key().clone(), taken.change().clone());
+                }
+                return Some(batch);
+            }
+            if st.closing && st.buffer.is_empty() {
+                return None;
+            }
+            let due = st.buffer.next_due(self.interval());
+            // Woken or timed out, the loop looks again; the sender lives as
+            // long as this queue, so `recv` cannot fail while it runs.
+            MutexGuard::unlocked(&mut st, || match due {
+                Some(at) => {
+                    let _ = woken.recv_timeout(Duration::from_nanos(at.saturating_sub(now)));
+                }
+                None => {
+                    let _ = woken.recv();
+                }
+            });
+        }
+    }
+
+    /// Writes `batch` to the store and records the outcome.
+    fn send(&self, batch: Vec<Taken<K, V>>) {
+        let pairs: Vec<(K, Change<V>)> = batch
+            .iter()
+            .map(|t| (t.key().clone(), t.change().clone()))
+            .collect();
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.store.write(&pairs)));
+        let took = started.elapsed();
+        drop(pairs);
+        let mut st = self.state.lock();
+        if st.stop {
+            // `close` timed out during this call and reported the batch as
+            // unwritten; the buffer it came from is gone.
+            return;
+        }
+        st.store_calls += 1;
+        st.store_time += took;
+        st.max_store_time = st.max_store_time.max(took);
+        for taken in &batch {
+            st.flying.remove(taken.key());
+        }
+        let now = self.now();
+        let (given, failure) = match result {
+            Ok(Ok(())) => {
+                for taken in batch {
+                    st.buffer.succeeded(taken);
+                }
+                (Vec::new(), None)
+            }
+            Ok(Err(e)) => (
+                st.buffer.batch_failed(batch, now, unit_random()),
+                Some(WriteFailure::Store(Arc::new(e))),
+            ),
+            Err(panic) => (
+                st.buffer.batch_failed(batch, now, unit_random()),
+                Some(WriteFailure::Panicked(panic_message(&*panic))),
+            ),
+        };
+        drop(st);
+        self.changed.notify_all();
+        if let Some(failure) = failure {
+            for buffer::DeadLetter {
+                key,
+                change,
+                attempts,
+            } in given
+            {
+                self.report(DeadLetter {
+                    key,
+                    change,
+                    attempts,
+                    error: failure.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// What [`Queue::close`] could not write.
+pub(crate) struct Leftovers<K, V, E> {
+    pub(crate) unwritten: Vec<(K, Change<V>)>,
+    pub(crate) dead: Vec<DeadLetter<K, V, E>>,
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_string()
+    }
+}

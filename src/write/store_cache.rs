@@ -1,0 +1,537 @@
+//! [`StoreCache`]: a cache in front of a [`Store`], reading through it and
+//! writing through, around or behind it.
+//!
+//! Reads are a [`LoadingCache`] whose loader is [`ReadThrough`]: the store,
+//! except that a key with a write-behind change not yet acknowledged is
+//! answered from the queue. Writes run inside
+//! [`LoadingCache::write`], whose guards keep an overlapping load or write
+//! from caching a value the store no longer holds.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use super::{
+    DeadLetter, Store, WriteError, WriteFailure,
+    behind::{Queue, Refused, WriteStats},
+    buffer::Change,
+};
+use crate::{CacheStats, Loader, LoadingCache};
+
+/// How writes reach the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Through,
+    Around,
+    Behind,
+}
+
+/// The loader of a store cache: pending write-behind changes first, then
+/// the store.
+pub(crate) struct ReadThrough<K, V, S: Store<K, V>> {
+    store: Arc<S>,
+    queue: Arc<OnceLock<Arc<Queue<K, V, S>>>>,
+}
+
+impl<K, V, S: Store<K, V>> ReadThrough<K, V, S> {
+    pub(crate) fn new(store: Arc<S>, queue: Arc<OnceLock<Arc<Queue<K, V, S>>>>) -> Self {
+        ReadThrough { store, queue }
+    }
+}
+
+impl<K, V, S> Loader<K, V> for ReadThrough<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    type Error = S::Error;
+
+    fn load(&self, key: &K) -> Result<Option<V>, S::Error> {
+        if let Some(change) = self.queue.get().and_then(|q| q.latest(key)) {
+            return Ok(change.into_value());
+        }
+        self.store.load(key)
+    }
+
+    fn load_many(&self, keys: &[K]) -> Result<Vec<(K, V)>, S::Error> {
+        let Some(queue) = self.queue.get() else {
+            return self.store.load_many(keys);
+        };
+        let mut found = Vec::with_capacity(keys.len());
+        let mut rest = Vec::new();
+        for key in keys {
+            match queue.latest(key) {
+                Some(change) => found.extend(change.into_value().map(|v| (key.clone(), v))),
+                None => rest.push(key.clone()),
+            }
+        }
+        if !rest.is_empty() {
+            found.extend(self.store.load_many(&rest)?);
+        }
+        Ok(found)
+    }
+}
+
+/// A cache in front of a [`Store`]: reads load missing keys from it
+/// (read-through), writes go to it write-through, write-around or
+/// write-behind. Built with [`CacheBuilder::store`](crate::CacheBuilder::store).
+///
+/// | policy | `insert` / `remove` returns after … | then the cache … |
+/// |---|---|---|
+/// | write-through (default) | … the store took the change | … holds the new value (or none) |
+/// | write-around | … the store took the change | … drops its copy; the next read loads it |
+/// | write-behind | … the change is queued | … already holds it; the flusher writes it soon |
+///
+/// Reads are those of a [`LoadingCache`] (one load per key at a time, and
+/// any refresh setting given through
+/// [`reads`](crate::StoreCacheBuilder::reads)). A store failure on a
+/// write-through or write-around write is returned to the caller and
+/// leaves no unwritten value in the cache. A write-behind change is never
+/// lost silently: it reaches the store, or the dead-letter handler with its
+/// error, or the report of [`close`](Self::close).
+///
+/// `StoreCache` is a cheap handle (`Clone`, `Send`, `Sync`); its threads end
+/// when the last handle is dropped (after a bounded final flush, see
+/// [`drop_flush_timeout`](crate::StoreCacheBuilder::drop_flush_timeout)).
+///
+/// # What a crash loses
+///
+/// Write-behind acknowledges a write once it is queued in memory. If the
+/// process dies (crash, `kill -9`, power loss, a `panic = "abort"` build)
+/// before the flusher has written it, the store never sees it: at most the
+/// writes of the last `flush_interval` (plus retry time, if the store was
+/// failing) and at most `queue_capacity + batch_size` changes. Call
+/// [`flush`](Self::flush) where a write must be durable before you answer,
+/// or use write-through for such data.
+///
+/// # Examples
+///
+/// ```
+/// # use std::{collections::HashMap, sync::Mutex};
+/// # use larder::{Cache, Change, Store};
+/// # #[derive(Default)] struct Table(Mutex<HashMap<u32, String>>);
+/// # impl Store<u32, String> for Table {
+/// #     type Error = String;
+/// #     fn load(&self, k: &u32) -> Result<Option<String>, String> { Ok(self.0.lock().unwrap().get(k).cloned()) }
+/// #     fn write(&self, b: &[(u32, Change<String>)]) -> Result<(), String> {
+/// #         let mut t = self.0.lock().unwrap();
+/// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, v.clone()); } Change::Delete => { t.remove(k); } } }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use std::time::Duration;
+/// let cache = Cache::builder()
+///     .max_capacity(10_000)
+///     .store(Table::default())
+///     .write_behind()
+///     .build()
+///     .unwrap();
+/// cache.insert(7, "seven".to_string()).unwrap(); // queued, cached
+/// assert_eq!(cache.get(&7).unwrap().as_deref(), Some("seven"));
+/// cache.remove(&7).unwrap();
+/// assert_eq!(cache.get(&7).unwrap(), None);
+/// let report = cache.close(Duration::from_secs(5));
+/// assert!(report.is_empty(), "everything reached the store");
+/// ```
+pub struct StoreCache<K, V, S: Store<K, V>> {
+    inner: Arc<StoreInner<K, V, S>>,
+}
+
+impl<K, V, S: Store<K, V>> Clone for StoreCache<K, V, S> {
+    fn clone(&self) -> Self {
+        StoreCache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for StoreCache<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreCache")
+            .field("reads", &self.inner.reads)
+            .field("mode", &self.inner.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+struct StoreInner<K, V, S: Store<K, V>> {
+    reads: LoadingCache<K, V, S::Error>,
+    store: Arc<S>,
+    mode: Mode,
+    queue: Option<Arc<Queue<K, V, S>>>,
+    /// The bounded final flush of write-behind, run when the last handle
+    /// goes.
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl<K, V, S: Store<K, V>> Drop for StoreInner<K, V, S> {
+    fn drop(&mut self) {
+        if let Some(close) = self.on_drop.take() {
+            close();
+        }
+    }
+}
+
+/// What [`StoreCache::close`] could not write.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CloseReport<K, V, E> {
+    /// Changes still queued, or in a store call that had not returned, when
+    /// the deadline passed (those may have landed). The latest change per
+    /// key; none reached the dead-letter handler.
+    pub unwritten: Vec<(K, Change<V>)>,
+    /// Dead letters kept because the cache has no dead-letter handler.
+    pub dead_letters: Vec<DeadLetter<K, V, E>>,
+}
+
+impl<K, V, E> CloseReport<K, V, E> {
+    /// Whether every write reached the store.
+    pub fn is_empty(&self) -> bool {
+        self.unwritten.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+impl<K, V, S> StoreCache<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    pub(crate) fn from_parts(
+        reads: LoadingCache<K, V, S::Error>,
+        store: Arc<S>,
+        mode: Mode,
+        queue: Option<Arc<Queue<K, V, S>>>,
+        drop_timeout: Duration,
+    ) -> Self {
+        let on_drop = queue.clone().map(|queue| {
+            Box::new(move || queue.close_on_drop(drop_timeout)) as Box<dyn FnOnce() + Send + Sync>
+        });
+        StoreCache {
+            inner: Arc::new(StoreInner {
+                reads,
+                store,
+                mode,
+                queue,
+                on_drop,
+            }),
+        }
+    }
+
+    /// The value for `key`: from the cache, or loaded from the store (one
+    /// load per key at a time; other readers wait for it). A key with a
+    /// write-behind change not yet in the store answers that change.
+    ///
+    /// # Errors
+    ///
+    /// The store's load error, shared with every reader that waited for it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// assert_eq!(cache.get(&4).unwrap(), Some(16));
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<S::Error>> {
+        self.inner.reads.get(key)
+    }
+
+    /// The async form of [`get`](Self::get); see
+    /// [`LoadingCache::get_async`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<S::Error>> {
+        self.inner.reads.get_async(key).await
+    }
+
+    /// The values for `keys`, loading the missing ones with one
+    /// [`Store::load_many`] call; see [`LoadingCache::get_many`].
+    ///
+    /// # Errors
+    ///
+    /// The store's error for the batch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// assert_eq!(cache.get_many([2, 3]).unwrap()[&3], 9);
+    /// ```
+    pub fn get_many(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<HashMap<K, V>, Arc<S::Error>> {
+        self.inner.reads.get_many(keys)
+    }
+
+    /// The cached value for `key`, without loading or counting.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        self.inner.reads.peek(key)
+    }
+
+    /// Writes `value` under `key` by the cache's policy (see the table on
+    /// [`StoreCache`]).
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] if the store rejected a write-through or
+    /// write-around write (or a write-behind write falling back to
+    /// write-through): the cache then holds no unwritten value.
+    /// [`WriteError::QueueFull`] and [`WriteError::Closed`] for write-behind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store, WriteError};
+    /// struct ReadOnly;
+    /// impl Store<u32, u32> for ReadOnly {
+    ///     type Error = String;
+    ///     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    ///     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Err("read-only".into()) }
+    /// }
+    /// let cache = Cache::builder().store(ReadOnly).build().unwrap();
+    /// assert!(matches!(cache.insert(1, 1), Err(WriteError::Store(e)) if e == "read-only"));
+    /// assert_eq!(cache.peek(&1), None); // the unwritten value is not cached
+    /// ```
+    pub fn insert(&self, key: K, value: V) -> Result<(), WriteError<S::Error>> {
+        self.change(key, Change::Put(value))
+    }
+
+    /// Deletes `key` from the store and the cache by the cache's policy.
+    ///
+    /// # Errors
+    ///
+    /// As for [`insert`](Self::insert); on a store error the cached value,
+    /// if any, is dropped (the next read loads what the store has).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::Mutex};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default)] struct Table(Mutex<HashMap<u32, u32>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// let cache = Cache::builder().store(Table::default()).build().unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// cache.remove(&1).unwrap();
+    /// assert_eq!(cache.get(&1).unwrap(), None);
+    /// ```
+    pub fn remove(&self, key: &K) -> Result<(), WriteError<S::Error>> {
+        self.change(key.clone(), Change::Delete)
+    }
+
+    /// Applies one change by the cache's policy.
+    fn change(&self, key: K, change: Change<V>) -> Result<(), WriteError<S::Error>> {
+        let inner = &*self.inner;
+        let through = |key: &K, change: Change<V>| {
+            let cached = match (&change, inner.mode) {
+                (Change::Put(v), Mode::Through | Mode::Behind) => Some(v.clone()),
+                _ => None,
+            };
+            inner
+                .store
+                .write(&[(key.clone(), change)])
+                .map_err(WriteError::Store)?;
+            Ok((cached, ()))
+        };
+        match &inner.queue {
+            None => inner.reads.write(key.clone(), || through(&key, change)),
+            Some(queue) => inner.reads.write(key.clone(), || {
+                let cached = match &change {
+                    Change::Put(v) => Some(v.clone()),
+                    Change::Delete => None,
+                };
+                match queue.push(key.clone(), change.clone()) {
+                    Ok(()) => Ok((cached, ())),
+                    Err(Refused::Closed) => Err(WriteError::Closed),
+                    Err(Refused::Full) => Err(WriteError::QueueFull),
+                    Err(Refused::WriteThrough) => through(&key, change),
+                }
+            }),
+        }
+    }
+
+    /// Drops the cached copy of `key` (the store is not touched); the next
+    /// read loads it again.
+    pub fn invalidate(&self, key: &K) {
+        self.inner.reads.invalidate(key);
+    }
+
+    /// Drops every cached value (the store is not touched).
+    pub fn invalidate_all(&self) {
+        self.inner.reads.invalidate_all();
+    }
+
+    /// Write-behind: returns once every write made before the call has
+    /// reached the store or the dead-letter handler. It cannot hang on a
+    /// poisonous key: a change is sent at most `max_attempts` times, so the
+    /// wait is bounded by the retry backoff plus store time. Returns at once
+    /// for the other policies, and after [`close`](Self::close).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// let table = Table::default();
+    /// let cache = Cache::builder().store(table.clone()).write_behind().build().unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// cache.flush();
+    /// assert_eq!(table.0.lock().unwrap().get(&1), Some(&10));
+    /// ```
+    pub fn flush(&self) {
+        if let Some(queue) = &self.inner.queue {
+            queue.flush(None);
+        }
+    }
+
+    /// [`flush`](Self::flush), waiting at most `timeout`; true if every
+    /// earlier write settled in time.
+    pub fn flush_timeout(&self, timeout: Duration) -> bool {
+        match &self.inner.queue {
+            Some(queue) => queue.flush(Instant::now().checked_add(timeout)),
+            None => true,
+        }
+    }
+
+    /// Write-behind: stops taking writes (later ones return
+    /// [`WriteError::Closed`]), flushes the queue for at most `timeout`,
+    /// stops the flusher thread and reports what was not written. Reads keep
+    /// working. Calling it again returns an empty report. For the other
+    /// policies it does nothing and reports nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store, WriteError};
+    /// # struct Sink;
+    /// # impl Store<u32, u32> for Sink {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// use std::time::Duration;
+    /// let cache = Cache::builder().store(Sink).write_behind().build().unwrap();
+    /// cache.insert(1, 1).unwrap();
+    /// assert!(cache.close(Duration::from_secs(5)).is_empty());
+    /// assert!(matches!(cache.insert(2, 2), Err(WriteError::Closed)));
+    /// assert!(cache.close(Duration::from_secs(5)).is_empty());
+    /// ```
+    pub fn close(&self, timeout: Duration) -> CloseReport<K, V, S::Error> {
+        match &self.inner.queue {
+            Some(queue) => {
+                let left = queue.close(timeout);
+                CloseReport {
+                    unwritten: left.unwritten,
+                    dead_letters: left.dead,
+                }
+            }
+            None => CloseReport {
+                unwritten: Vec::new(),
+                dead_letters: Vec::new(),
+            },
+        }
+    }
+
+    /// The write-behind counters (all zero for the other policies).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner
+            .queue
+            .as_ref()
+            .map_or_else(WriteStats::default, |q| q.stats())
+    }
+
+    /// The read counters: hits, misses, loads, … (see [`CacheStats`]).
+    pub fn stats(&self) -> CacheStats {
+        self.inner.reads.stats()
+    }
+
+    /// Number of cached entries.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.reads.entry_count()
+    }
+
+    /// Does now what the background threads would do soon (reaping, queued
+    /// reloads); see [`LoadingCache::run_pending_tasks`]. Does not flush:
+    /// that is [`flush`](Self::flush).
+    pub fn run_pending_tasks(&self) {
+        self.inner.reads.run_pending_tasks();
+    }
+}
+
+impl<K, V, S> Queue<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// The close a drop does: what is left goes to the dead-letter handler
+    /// (unwritten changes as [`WriteFailure::Dropped`]), or is counted on
+    /// stderr if there is none.
+    fn close_on_drop(&self, timeout: Duration) {
+        let left = self.close(timeout);
+        let count = left.unwritten.len() + left.dead.len();
+        if count > 0 && !self.has_handler() {
+            eprintln!(
+                "larder: a write-behind cache was dropped with {count} changes the store did not take \
+                 (no dead-letter handler was set; call close() to get them back)"
+            );
+            return;
+        }
+        for dead in left.dead {
+            self.report(dead);
+        }
+        for (key, change) in left.unwritten {
+            self.report(DeadLetter {
+                key,
+                change,
+                attempts: 0,
+                error: WriteFailure::Dropped,
+            });
+        }
+    }
+}
