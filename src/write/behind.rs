@@ -143,6 +143,9 @@ struct State<K, V, E> {
     exited: bool,
     /// Dead letters kept for `close` when there is no handler.
     kept: Vec<DeadLetter<K, V, E>>,
+    /// Dead letters settled in the buffer but not yet handed to the
+    /// handler: a flush waits for them too.
+    reporting: usize,
     store_calls: u64,
     store_time: Duration,
     max_store_time: Duration,
@@ -182,6 +185,7 @@ where
                 stop: false,
                 exited: false,
                 kept: Vec::new(),
+                reporting: 0,
                 store_calls: 0,
                 store_time: Duration::ZERO,
                 max_store_time: Duration::ZERO,
@@ -265,14 +269,15 @@ where
         let mark = st.buffer.flush_mark();
         st.buffer.request_flush(mark);
         self.nudge();
-        while !st.buffer.is_settled(mark) {
+        let settled = |st: &State<K, V, S::Error>| st.buffer.is_settled(mark) && st.reporting == 0;
+        while !settled(&st) {
             if st.exited {
                 return false;
             }
             match deadline {
                 Some(at) => {
                     if self.changed.wait_until(&mut st, at).timed_out() {
-                        return st.buffer.is_settled(mark);
+                        return settled(&st);
                     }
                 }
                 None => self.changed.wait(&mut st),
@@ -446,6 +451,8 @@ where
                 Some(WriteFailure::Panicked(panic_message(&*panic))),
             ),
         };
+        let reporting = given.len();
+        st.reporting += reporting;
         drop(st);
         self.changed.notify_all();
         if let Some(failure) = failure {
@@ -462,6 +469,10 @@ where
                     error: failure.clone(),
                 });
             }
+        }
+        if reporting > 0 {
+            self.state.lock().reporting -= reporting;
+            self.changed.notify_all();
         }
     }
 }

@@ -1,0 +1,511 @@
+//! The write policies of a `StoreCache` against an in-memory store:
+//! write-through and write-around (store first; failures leave the cache
+//! clean), write-behind (acknowledged before the store, coalescing, per-key
+//! order, pinning past eviction and expiry, the three full-queue policies,
+//! dead letters, panics, flush, close and drop), builder errors, and many
+//! threads racing loads and writes of the same keys.
+
+#[path = "support/stores.rs"]
+mod stores;
+#[path = "support/threads.rs"]
+mod threads;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::SeqCst},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use larder::{
+    BuildError, Cache, Change, DeadLetter, StoreCache, StoreCacheBuilder, WhenFull, WriteError,
+    WriteFailure, clock::MockClock,
+};
+use parking_lot::Mutex;
+use stores::MemStore;
+use threads::parallel;
+
+type Letters = Arc<Mutex<Vec<DeadLetter<u64, u64, String>>>>;
+
+fn builder(store: &MemStore) -> StoreCacheBuilder<u64, u64, MemStore> {
+    Cache::builder().max_capacity(10_000).store(store.clone())
+}
+
+/// A write-behind builder that sends each change on its own at once, with
+/// fast retries, and collects dead letters.
+fn behind(store: &MemStore, letters: &Letters) -> StoreCacheBuilder<u64, u64, MemStore> {
+    let letters = letters.clone();
+    builder(store)
+        .write_behind()
+        .batch_size(1)
+        .flush_interval(Duration::from_millis(5))
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(2), 0.5)
+        .max_attempts(3)
+        .dead_letter(move |dead| letters.lock().push(dead))
+}
+
+/// Polls `done` for up to 5 s.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn write_through_writes_the_store_first_and_caches_the_value() {
+    let store = MemStore::default();
+    let cache = builder(&store).build().unwrap();
+    cache.insert(1, 10).unwrap();
+    assert_eq!(store.get(1), Some(10));
+    assert_eq!(cache.peek(&1), Some(10));
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    assert_eq!(store.load_calls.load(SeqCst), 0, "answered from the cache");
+
+    cache.remove(&1).unwrap();
+    assert_eq!(store.get(1), None);
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(cache.get(&1).unwrap(), None);
+    assert_eq!(store.history.lock()[&1], vec![Some(10), None]);
+}
+
+#[test]
+fn a_failed_write_through_returns_the_error_and_leaves_the_cache_as_the_store_is() {
+    let store = MemStore::default();
+    store.set(1, 10);
+    let cache = builder(&store).build().unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    store.faults.poison.store(1, SeqCst);
+
+    let err = cache.insert(1, 11).unwrap_err();
+    assert!(matches!(&err, WriteError::Store(e) if e == "key 1 is poisonous"), "{err}");
+    assert_eq!(cache.get(&1).unwrap(), Some(10), "the unwritten value is not cached");
+    assert!(matches!(cache.remove(&1), Err(WriteError::Store(_))));
+    assert_eq!(store.get(1), Some(10));
+    assert_eq!(cache.get(&1).unwrap(), Some(10), "a failed delete deletes nothing");
+
+    // A new key: nothing cached either.
+    store.faults.poison.store(2, SeqCst);
+    assert!(cache.insert(2, 20).is_err());
+    assert_eq!(cache.peek(&2), None);
+    assert_eq!(cache.entry_count(), 1);
+}
+
+#[test]
+fn write_around_writes_the_store_and_drops_the_cached_copy() {
+    let store = MemStore::default();
+    let cache = builder(&store).write_around().build().unwrap();
+    cache.insert(1, 10).unwrap();
+    assert_eq!(store.get(1), Some(10));
+    assert_eq!(cache.peek(&1), None, "a write does not fill the cache");
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    assert_eq!(store.load_calls.load(SeqCst), 1);
+    cache.insert(1, 11).unwrap();
+    assert_eq!(cache.peek(&1), None, "the old copy is gone");
+    assert_eq!(cache.get(&1).unwrap(), Some(11));
+    cache.remove(&1).unwrap();
+    assert_eq!(cache.get(&1).unwrap(), None);
+}
+
+#[test]
+fn write_behind_acknowledges_before_the_store_and_reads_see_the_write() {
+    let store = MemStore::default();
+    let letters = Letters::default();
+    let cache = behind(&store, &letters).build().unwrap();
+    let gate = store.gate.write();
+    cache.insert(1, 10).unwrap();
+    cache.insert(2, 20).unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    assert_eq!(store.get(1), None, "not written yet: the flusher waits at the gate");
+    drop(gate);
+    cache.flush();
+    assert_eq!((store.get(1), store.get(2)), (Some(10), Some(20)));
+    let s = cache.write_stats();
+    assert_eq!((s.queued, s.flushed, s.queue_len, s.in_flight), (2, 2, 0, 0));
+    assert!(s.store_calls >= 2 && s.max_store_time >= s.mean_flush_latency());
+    assert!(letters.lock().is_empty());
+}
+
+#[test]
+fn writes_to_a_key_in_flight_coalesce_and_land_in_order() {
+    let store = MemStore::default();
+    let letters = Letters::default();
+    let cache = behind(&store, &letters).build().unwrap();
+    let gate = store.gate.write();
+    cache.insert(1, 1).unwrap();
+    eventually("the first write in flight", || cache.write_stats().in_flight == 1);
+    for v in 2..=10 {
+        cache.insert(1, v).unwrap();
+    }
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    drop(gate);
+    cache.flush();
+    assert_eq!(store.history.lock()[&1], vec![Some(1), Some(10)]);
+    let s = cache.write_stats();
+    assert_eq!((s.queued, s.coalesced, s.flushed), (10, 8, 2));
+
+    // A put followed by a delete never lands as the put.
+    let gate = store.gate.write();
+    cache.insert(2, 5).unwrap();
+    eventually("the put in flight", || cache.write_stats().in_flight == 1);
+    cache.insert(2, 6).unwrap();
+    cache.remove(&2).unwrap();
+    assert_eq!(cache.get(&2).unwrap(), None);
+    drop(gate);
+    cache.flush();
+    assert_eq!(store.get(2), None);
+    assert_eq!(store.history.lock()[&2], vec![Some(5), None]);
+    store.assert_no_reordering();
+}
+
+#[test]
+fn pending_writes_are_read_back_past_eviction_and_expiry_without_touching_the_store() {
+    let store = MemStore::default();
+    let clock = MockClock::new();
+    let letters = Letters::default();
+    let cache = Cache::builder()
+        .max_capacity(8)
+        .time_to_live(Duration::from_secs(1))
+        .clock(clock.clone())
+        .store(store.clone())
+        .write_behind()
+        .dead_letter({
+            let letters = letters.clone();
+            move |d| letters.lock().push(d)
+        })
+        .build()
+        .unwrap();
+    for k in 0..100 {
+        store.set(k, 1_000 + k); // older data the reads must never see
+    }
+    let gate = store.gate.write();
+    for k in 0..100 {
+        cache.insert(k, k).unwrap();
+    }
+    cache.remove(&100).unwrap();
+    store.set(100, 7);
+    cache.run_pending_tasks();
+    assert!(cache.entry_count() <= 8, "the cache kept its bound");
+    clock.advance(Duration::from_secs(5)); // every cached copy has expired
+    for k in 0..100 {
+        assert_eq!(cache.get(&k).unwrap(), Some(k), "key {k}");
+    }
+    assert_eq!(cache.get(&100).unwrap(), None, "a pending delete hides the store's row");
+    assert_eq!(store.load_calls.load(SeqCst), 0, "no read went to the store");
+    drop(gate);
+    cache.flush();
+    for k in 0..100 {
+        assert_eq!(store.get(k), Some(k));
+    }
+    assert_eq!(store.get(100), None);
+    assert!(letters.lock().is_empty());
+}
+
+#[test]
+fn a_full_queue_fails_blocks_or_writes_through_as_configured() {
+    // Fail.
+    let store = MemStore::default();
+    let letters = Letters::default();
+    let cache = behind(&store, &letters)
+        .queue_capacity(3)
+        .when_full(WhenFull::Fail)
+        .build()
+        .unwrap();
+    let gate = store.gate.write();
+    for k in 0..3 {
+        cache.insert(k, k).unwrap();
+    }
+    assert!(matches!(cache.insert(3, 3), Err(WriteError::QueueFull)));
+    assert_eq!(cache.peek(&3), None, "a refused write is not cached");
+    cache.insert(2, 22).unwrap(); // a held key always coalesces
+    drop(gate);
+    cache.flush();
+    assert_eq!(store.get(3), None);
+    assert_eq!(store.get(2), Some(22));
+
+    // Write through.
+    let store = MemStore::default();
+    let cache = behind(&store, &letters)
+        .queue_capacity(3)
+        .when_full(WhenFull::WriteThrough)
+        .build()
+        .unwrap();
+    let gate = store.gate.write();
+    for k in 0..3 {
+        cache.insert(k, k).unwrap();
+    }
+    cache.insert(3, 3).unwrap();
+    assert_eq!(store.get(3), Some(3), "written on the caller's thread");
+    assert_eq!(store.get(0), None, "the queued ones still wait");
+    drop(gate);
+    cache.flush();
+
+    // Block.
+    let store = MemStore::default();
+    let cache = behind(&store, &letters)
+        .queue_capacity(3)
+        .when_full(WhenFull::Block)
+        .build()
+        .unwrap();
+    let gate = store.gate.write();
+    for k in 0..3 {
+        cache.insert(k, k).unwrap();
+    }
+    let writer = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.insert(3, 3))
+    };
+    thread::sleep(Duration::from_millis(50));
+    assert!(!writer.is_finished(), "waits for room");
+    drop(gate);
+    writer.join().unwrap().unwrap();
+    cache.flush();
+    assert_eq!(store.get(3), Some(3));
+    assert!(letters.lock().is_empty());
+}
+
+#[test]
+fn a_poisonous_key_is_dead_lettered_alone_and_flush_returns() {
+    let store = MemStore::default();
+    store.faults.poison.store(13, SeqCst);
+    let letters = Letters::default();
+    let cache = behind(&store, &letters)
+        .batch_size(16)
+        .build()
+        .unwrap();
+    parallel(Duration::from_secs(20), "write and flush", 1, {
+        let cache = cache.clone();
+        move |_| {
+            for k in 0..50 {
+                cache.insert(k, k + 1).unwrap();
+            }
+            cache.flush();
+        }
+    });
+    let letters = letters.lock();
+    assert_eq!(letters.len(), 1, "only the poisonous key is given up on");
+    let dead = &letters[0];
+    assert_eq!((dead.key, &dead.change, dead.attempts), (13, &Change::Put(14), 3));
+    assert!(matches!(&dead.error, WriteFailure::Store(e) if **e == "key 13 is poisonous"));
+    for k in (0..50).filter(|&k| k != 13) {
+        assert_eq!(store.get(k), Some(k + 1), "key {k} landed");
+    }
+    let s = cache.write_stats();
+    assert_eq!((s.dead_lettered, s.flushed, s.queue_len), (1, 49, 0));
+    assert!(s.retried > 0);
+}
+
+#[test]
+fn dead_letters_without_a_handler_come_back_from_close() {
+    let store = MemStore::default();
+    store.faults.poison.store(1, SeqCst);
+    let cache = builder(&store)
+        .write_behind()
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(1), 0.0)
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    cache.insert(2, 2).unwrap();
+    cache.flush();
+    let report = cache.close(Duration::from_secs(5));
+    assert!(report.unwritten.is_empty());
+    assert_eq!(report.dead_letters.len(), 1);
+    assert_eq!(report.dead_letters[0].key, 1);
+    assert_eq!(store.get(2), Some(2));
+}
+
+#[test]
+fn a_panicking_store_and_a_panicking_handler_leave_the_cache_usable() {
+    let store = MemStore::default();
+    store.faults.panic_per_mille.store(1_000, SeqCst);
+    let seen = Arc::new(AtomicU64::new(0));
+    let cache = builder(&store)
+        .write_behind()
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(1), 0.0)
+        .dead_letter({
+            let seen = seen.clone();
+            move |dead| {
+                assert!(matches!(dead.error, WriteFailure::Panicked(ref m) if m.contains("injected panic")));
+                seen.fetch_add(1, SeqCst);
+                panic!("the handler panics too");
+            }
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    cache.insert(2, 2).unwrap();
+    cache.flush();
+    assert_eq!(seen.load(SeqCst), 2, "both changes reported");
+    store.faults.panic_per_mille.store(0, SeqCst);
+    cache.insert(3, 3).unwrap();
+    cache.flush();
+    assert_eq!(store.get(3), Some(3), "the flusher survived");
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
+    let store = MemStore::default();
+    let letters = Letters::default();
+    let cache = behind(&store, &letters).build().unwrap();
+    cache.insert(1, 1).unwrap();
+    cache.flush();
+    let gate = store.gate.write(); // the store hangs from now on
+    cache.insert(2, 2).unwrap();
+    eventually("key 2 in flight", || cache.write_stats().in_flight == 1);
+    cache.insert(3, 3).unwrap();
+    let started = Instant::now();
+    let report = cache.close(Duration::from_millis(100));
+    assert!(started.elapsed() < Duration::from_secs(3), "close kept its deadline");
+    let mut unwritten = report.unwritten.clone();
+    unwritten.sort_by_key(|(k, _)| *k);
+    assert_eq!(unwritten, vec![(2, Change::Put(2)), (3, Change::Put(3))]);
+    assert!(matches!(cache.insert(4, 4), Err(WriteError::Closed)));
+    assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
+    assert!(cache.close(Duration::from_millis(10)).is_empty(), "reported once");
+    assert!(
+        cache.flush_timeout(Duration::from_millis(10)),
+        "close handed everything back: nothing left to wait for"
+    );
+    cache.flush();
+    drop(gate);
+    assert!(letters.lock().is_empty(), "reported by close, not dead-lettered");
+}
+
+#[test]
+fn drop_without_close_flushes_with_a_bounded_wait() {
+    let store = MemStore::default();
+    let letters = Letters::default();
+    let cache = behind(&store, &letters)
+        .flush_interval(Duration::from_secs(3600))
+        .batch_size(1_000)
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(k, k).unwrap();
+    }
+    drop(cache);
+    for k in 0..10 {
+        assert_eq!(store.get(k), Some(k), "the drop flushed key {k}");
+    }
+
+    // A store that hangs: the drop gives up after its timeout and reports.
+    let cache = behind(&store, &letters)
+        .drop_flush_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let gate = store.gate.write();
+    cache.insert(20, 20).unwrap();
+    let started = Instant::now();
+    drop(cache);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(gate);
+    let letters = letters.lock();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].key, &letters[0].change), (20, &Change::Put(20)));
+    assert!(matches!(letters[0].error, WriteFailure::Dropped));
+}
+
+#[test]
+fn bad_write_settings_are_build_errors() {
+    let store = MemStore::default();
+    let err = |b: StoreCacheBuilder<u64, u64, MemStore>| b.build().unwrap_err();
+    assert_eq!(
+        err(builder(&store).queue_capacity(10)),
+        BuildError::NeedsWriteBehind("queue_capacity")
+    );
+    assert_eq!(
+        err(builder(&store).write_around().dead_letter(|_| {})),
+        BuildError::NeedsWriteBehind("dead_letter")
+    );
+    for (b, name) in [
+        (builder(&store).write_behind().batch_size(0), "batch_size"),
+        (builder(&store).write_behind().queue_capacity(0), "queue_capacity"),
+        (builder(&store).write_behind().max_attempts(0), "max_attempts"),
+        (
+            builder(&store).write_behind().flush_interval(Duration::ZERO),
+            "flush_interval",
+        ),
+    ] {
+        assert_eq!(err(b), BuildError::ZeroSetting(name));
+    }
+    let backoff = |base, max, jitter| {
+        builder(&store)
+            .write_behind()
+            .retry_backoff(Duration::from_millis(base), Duration::from_millis(max), jitter)
+    };
+    assert_eq!(err(backoff(1, 2, 1.5)), BuildError::RetryJitterOutOfRange(1.5));
+    assert!(matches!(err(backoff(1, 2, f64::NAN)), BuildError::RetryJitterOutOfRange(_)));
+    assert_eq!(err(backoff(5, 2, 0.1)), BuildError::BackoffOrder);
+    assert_eq!(
+        err(Cache::builder().time_to_live(Duration::ZERO).store(store.clone())),
+        BuildError::ZeroTimeToLive
+    );
+    assert!(err(builder(&store).write_behind().batch_size(0)).to_string().contains("batch_size"));
+}
+
+/// Many threads load, write through and delete the same few keys at once.
+/// Whatever the interleaving, once they are done every cached value is the
+/// store's value: no load or write cached data the store no longer held.
+#[test]
+fn racing_loads_and_writes_never_leave_the_cache_behind_the_store() {
+    for policy in ["through", "around", "behind"] {
+        let store = MemStore::default();
+        store.faults.fail_per_mille.store(50, SeqCst);
+        store.faults.slow_micros.store(20, SeqCst);
+        store.faults.slow_load_micros.store(20, SeqCst);
+        let b = builder(&store);
+        let cache: StoreCache<u64, u64, MemStore> = match policy {
+            "through" => b.build().unwrap(),
+            "around" => b.write_around().build().unwrap(),
+            _ => b
+                .write_behind()
+                .batch_size(4)
+                .flush_interval(Duration::from_millis(1))
+                .max_attempts(1_000)
+                .retry_backoff(Duration::from_micros(50), Duration::from_micros(200), 0.5)
+                .build()
+                .unwrap(),
+        };
+        let next = Arc::new(AtomicU64::new(1));
+        for round in 0..6_u64 {
+            store.faults.fail_per_mille.store(50, SeqCst);
+            parallel(Duration::from_secs(60), policy, 4, {
+                let (cache, next) = (cache.clone(), next.clone());
+                move |t| {
+                    let mut x = round * 1_000 + t as u64 + 1;
+                    for _ in 0..400 {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        let key = (x >> 33) % 6;
+                        match (x >> 40) % 8 {
+                            0..=3 => {
+                                let _ = cache.get(&key);
+                            }
+                            4..=5 => {
+                                let _ = cache.insert(key, next.fetch_add(1, SeqCst));
+                            }
+                            6 => {
+                                let _ = cache.remove(&key);
+                            }
+                            _ => cache.invalidate(&key),
+                        }
+                    }
+                }
+            });
+            cache.flush();
+            store.faults.fail_per_mille.store(0, SeqCst);
+            for key in 0..6 {
+                if let Some(cached) = cache.peek(&key) {
+                    let stored = store.get(key);
+                    assert_eq!(Some(cached), stored, "{policy} round {round}: key {key} cached stale");
+                }
+                assert_eq!(cache.get(&key).unwrap(), store.get(key), "{policy}: key {key}");
+            }
+        }
+    }
+}
