@@ -52,7 +52,8 @@ pub(crate) struct Config {
 /// Every queued write ends as exactly one of flushed, coalesced or
 /// dead-lettered, or is still held: `queued == flushed + coalesced +
 /// dead_lettered + queue_len` (a key holds up to two entries: one waiting,
-/// one in flight).
+/// one in flight). Writes that [`close`](crate::StoreCache::close) handed
+/// back as unwritten are taken out of `queued` and counted nowhere else.
 ///
 /// # Examples
 ///
@@ -141,6 +142,9 @@ struct State<K, V, E> {
     stop: bool,
     /// The flusher has exited.
     exited: bool,
+    /// The counters of the buffer `close` emptied (its unwritten entries
+    /// were handed back, so they count as neither queued nor written).
+    closed: buffer::BufferStats,
     /// Dead letters kept for `close` when there is no handler.
     kept: Vec<DeadLetter<K, V, E>>,
     /// Dead letters settled in the buffer but not yet handed to the
@@ -184,6 +188,7 @@ where
                 closing: false,
                 stop: false,
                 exited: false,
+                closed: buffer::BufferStats::default(),
                 kept: Vec::new(),
                 reporting: 0,
                 store_calls: 0,
@@ -319,7 +324,17 @@ where
             .collect();
         unwritten.extend(st.flying.iter().map(|(k, c)| (k.clone(), c.clone())));
         // Reported once: forget them, so a second close does not repeat them.
-        st.buffer = Buffer::new(self.config.max_attempts, self.config.backoff);
+        let old = std::mem::replace(
+            &mut st.buffer,
+            Buffer::new(self.config.max_attempts, self.config.backoff),
+        );
+        let b = old.stats();
+        let c = &mut st.closed;
+        c.queued += b.queued - b.len as u64;
+        c.coalesced += b.coalesced;
+        c.flushed += b.flushed;
+        c.retried += b.retried;
+        c.dead_lettered += b.dead_lettered;
         st.flying.clear();
         let dead = std::mem::take(&mut st.kept);
         drop(st);
@@ -351,13 +366,13 @@ where
     /// The counters.
     pub(crate) fn stats(&self) -> WriteStats {
         let st = self.state.lock();
-        let b = st.buffer.stats();
+        let (b, c) = (st.buffer.stats(), st.closed);
         WriteStats {
-            queued: b.queued,
-            coalesced: b.coalesced,
-            flushed: b.flushed,
-            retried: b.retried,
-            dead_lettered: b.dead_lettered,
+            queued: b.queued + c.queued,
+            coalesced: b.coalesced + c.coalesced,
+            flushed: b.flushed + c.flushed,
+            retried: b.retried + c.retried,
+            dead_lettered: b.dead_lettered + c.dead_lettered,
             queue_len: b.len,
             in_flight: st.buffer.in_flight(),
             store_calls: st.store_calls,
