@@ -91,7 +91,10 @@ impl fmt::Display for BuildError {
                 write!(f, "early_expiry beta is {b}, not a finite number above 0")
             }
             BuildError::NeedsWriteBehind(name) => {
-                write!(f, "{name} is a write-behind setting; choose write_behind() to use it")
+                write!(
+                    f,
+                    "{name} is a write-behind setting; choose write_behind() to use it"
+                )
             }
             BuildError::RetryJitterOutOfRange(j) => {
                 write!(f, "retry_backoff jitter is {j}, outside 0.0..=1.0")

@@ -72,18 +72,28 @@ fn no_write_is_lost_or_reordered_under_injected_faults() {
             let mut last: HashMap<u64, Change<u64>> = HashMap::new();
             let mut x = t as u64 + 11;
             for i in 0..WRITES_PER_THREAD {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let key = (x >> 33) % KEYS_PER_THREAD * THREADS as u64 + t as u64;
                 let change = if (x >> 24) % 8 == 0 {
                     cache.remove(&key).expect("blocking queue: never refused");
                     Change::Delete
                 } else {
                     let value = t as u64 * WRITES_PER_THREAD + i + 1;
-                    cache.insert(key, value).expect("blocking queue: never refused");
+                    cache
+                        .insert(key, value)
+                        .expect("blocking queue: never refused");
                     Change::Put(value)
                 };
-                let read = cache.get(&key).expect("reads of queued keys never reach the store");
-                assert_eq!(read, change.clone().into_value(), "read-your-writes, key {key}");
+                let read = cache
+                    .get(&key)
+                    .expect("reads of queued keys never reach the store");
+                assert_eq!(
+                    read,
+                    change.clone().into_value(),
+                    "read-your-writes, key {key}"
+                );
                 last.insert(key, change);
                 if i % 1_000 == 999 {
                     cache.flush();
@@ -98,7 +108,10 @@ fn no_write_is_lost_or_reordered_under_injected_faults() {
     })
     .pop()
     .expect("one close");
-    assert!(report.dead_letters.is_empty(), "the handler took every dead letter");
+    assert!(
+        report.dead_letters.is_empty(),
+        "the handler took every dead letter"
+    );
 
     let letters = letters.lock();
     let injected = letters
@@ -123,13 +136,24 @@ fn no_write_is_lost_or_reordered_under_injected_faults() {
     let mut lost = Vec::new();
     for (key, change) in lasts.into_iter().flatten() {
         let in_store = store.get(key) == change.clone().into_value();
-        let dead = letters.iter().rev().find(|d| d.key == key).map(|d| &d.change) == Some(&change);
-        let unwritten = report.unwritten.iter().any(|(k, c)| *k == key && *c == change);
+        let dead = letters
+            .iter()
+            .rev()
+            .find(|d| d.key == key)
+            .map(|d| &d.change)
+            == Some(&change);
+        let unwritten = report
+            .unwritten
+            .iter()
+            .any(|(k, c)| *k == key && *c == change);
         if !(in_store || dead || unwritten) {
             lost.push((key, change, store.get(key)));
         }
     }
-    assert!(lost.is_empty(), "lost writes (key, last change, store): {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "lost writes (key, last change, store): {lost:?}"
+    );
     store.assert_no_reordering();
     let stats = cache.write_stats();
     assert!(stats.retried > 0, "faults were injected and retried");

@@ -81,11 +81,22 @@ fn a_failed_write_through_returns_the_error_and_leaves_the_cache_as_the_store_is
     store.faults.poison.store(1, SeqCst);
 
     let err = cache.insert(1, 11).unwrap_err();
-    assert!(matches!(&err, WriteError::Store(e) if e == "key 1 is poisonous"), "{err}");
-    assert_eq!(cache.get(&1).unwrap(), Some(10), "the unwritten value is not cached");
+    assert!(
+        matches!(&err, WriteError::Store(e) if e == "key 1 is poisonous"),
+        "{err}"
+    );
+    assert_eq!(
+        cache.get(&1).unwrap(),
+        Some(10),
+        "the unwritten value is not cached"
+    );
     assert!(matches!(cache.remove(&1), Err(WriteError::Store(_))));
     assert_eq!(store.get(1), Some(10));
-    assert_eq!(cache.get(&1).unwrap(), Some(10), "a failed delete deletes nothing");
+    assert_eq!(
+        cache.get(&1).unwrap(),
+        Some(10),
+        "a failed delete deletes nothing"
+    );
 
     // A new key: nothing cached either.
     store.faults.poison.store(2, SeqCst);
@@ -119,12 +130,19 @@ fn write_behind_acknowledges_before_the_store_and_reads_see_the_write() {
     cache.insert(1, 10).unwrap();
     cache.insert(2, 20).unwrap();
     assert_eq!(cache.get(&1).unwrap(), Some(10));
-    assert_eq!(store.get(1), None, "not written yet: the flusher waits at the gate");
+    assert_eq!(
+        store.get(1),
+        None,
+        "not written yet: the flusher waits at the gate"
+    );
     drop(gate);
     cache.flush();
     assert_eq!((store.get(1), store.get(2)), (Some(10), Some(20)));
     let s = cache.write_stats();
-    assert_eq!((s.queued, s.flushed, s.queue_len, s.in_flight), (2, 2, 0, 0));
+    assert_eq!(
+        (s.queued, s.flushed, s.queue_len, s.in_flight),
+        (2, 2, 0, 0)
+    );
     assert!(s.store_calls >= 2 && s.max_store_time >= s.mean_flush_latency());
     assert!(letters.lock().is_empty());
 }
@@ -136,7 +154,9 @@ fn writes_to_a_key_in_flight_coalesce_and_land_in_order() {
     let cache = behind(&store, &letters).build().unwrap();
     let gate = store.gate.write();
     cache.insert(1, 1).unwrap();
-    eventually("the first write in flight", || cache.write_stats().in_flight == 1);
+    eventually("the first write in flight", || {
+        cache.write_stats().in_flight == 1
+    });
     for v in 2..=10 {
         cache.insert(1, v).unwrap();
     }
@@ -193,8 +213,16 @@ fn pending_writes_are_read_back_past_eviction_and_expiry_without_touching_the_st
     for k in 0..100 {
         assert_eq!(cache.get(&k).unwrap(), Some(k), "key {k}");
     }
-    assert_eq!(cache.get(&100).unwrap(), None, "a pending delete hides the store's row");
-    assert_eq!(store.load_calls.load(SeqCst), 0, "no read went to the store");
+    assert_eq!(
+        cache.get(&100).unwrap(),
+        None,
+        "a pending delete hides the store's row"
+    );
+    assert_eq!(
+        store.load_calls.load(SeqCst),
+        0,
+        "no read went to the store"
+    );
     drop(gate);
     cache.flush();
     for k in 0..100 {
@@ -272,10 +300,7 @@ fn a_poisonous_key_is_dead_lettered_alone_and_flush_returns() {
     let store = MemStore::default();
     store.faults.poison.store(13, SeqCst);
     let letters = Letters::default();
-    let cache = behind(&store, &letters)
-        .batch_size(16)
-        .build()
-        .unwrap();
+    let cache = behind(&store, &letters).batch_size(16).build().unwrap();
     parallel(Duration::from_secs(20), "write and flush", 1, {
         let cache = cache.clone();
         move |_| {
@@ -288,7 +313,10 @@ fn a_poisonous_key_is_dead_lettered_alone_and_flush_returns() {
     let letters = letters.lock();
     assert_eq!(letters.len(), 1, "only the poisonous key is given up on");
     let dead = &letters[0];
-    assert_eq!((dead.key, &dead.change, dead.attempts), (13, &Change::Put(14), 3));
+    assert_eq!(
+        (dead.key, &dead.change, dead.attempts),
+        (13, &Change::Put(14), 3)
+    );
     assert!(matches!(&dead.error, WriteFailure::Store(e) if **e == "key 13 is poisonous"));
     for k in (0..50).filter(|&k| k != 13) {
         assert_eq!(store.get(k), Some(k + 1), "key {k} landed");
@@ -361,20 +389,29 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
     cache.insert(3, 3).unwrap();
     let started = Instant::now();
     let report = cache.close(Duration::from_millis(100));
-    assert!(started.elapsed() < Duration::from_secs(3), "close kept its deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "close kept its deadline"
+    );
     let mut unwritten = report.unwritten.clone();
     unwritten.sort_by_key(|(k, _)| *k);
     assert_eq!(unwritten, vec![(2, Change::Put(2)), (3, Change::Put(3))]);
     assert!(matches!(cache.insert(4, 4), Err(WriteError::Closed)));
     assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
-    assert!(cache.close(Duration::from_millis(10)).is_empty(), "reported once");
+    assert!(
+        cache.close(Duration::from_millis(10)).is_empty(),
+        "reported once"
+    );
     assert!(
         cache.flush_timeout(Duration::from_millis(10)),
         "close handed everything back: nothing left to wait for"
     );
     cache.flush();
     drop(gate);
-    assert!(letters.lock().is_empty(), "reported by close, not dead-lettered");
+    assert!(
+        letters.lock().is_empty(),
+        "reported by close, not dead-lettered"
+    );
 }
 
 #[test]
@@ -425,28 +462,50 @@ fn bad_write_settings_are_build_errors() {
     );
     for (b, name) in [
         (builder(&store).write_behind().batch_size(0), "batch_size"),
-        (builder(&store).write_behind().queue_capacity(0), "queue_capacity"),
-        (builder(&store).write_behind().max_attempts(0), "max_attempts"),
         (
-            builder(&store).write_behind().flush_interval(Duration::ZERO),
+            builder(&store).write_behind().queue_capacity(0),
+            "queue_capacity",
+        ),
+        (
+            builder(&store).write_behind().max_attempts(0),
+            "max_attempts",
+        ),
+        (
+            builder(&store)
+                .write_behind()
+                .flush_interval(Duration::ZERO),
             "flush_interval",
         ),
     ] {
         assert_eq!(err(b), BuildError::ZeroSetting(name));
     }
     let backoff = |base, max, jitter| {
-        builder(&store)
-            .write_behind()
-            .retry_backoff(Duration::from_millis(base), Duration::from_millis(max), jitter)
+        builder(&store).write_behind().retry_backoff(
+            Duration::from_millis(base),
+            Duration::from_millis(max),
+            jitter,
+        )
     };
-    assert_eq!(err(backoff(1, 2, 1.5)), BuildError::RetryJitterOutOfRange(1.5));
-    assert!(matches!(err(backoff(1, 2, f64::NAN)), BuildError::RetryJitterOutOfRange(_)));
+    assert_eq!(
+        err(backoff(1, 2, 1.5)),
+        BuildError::RetryJitterOutOfRange(1.5)
+    );
+    assert!(matches!(
+        err(backoff(1, 2, f64::NAN)),
+        BuildError::RetryJitterOutOfRange(_)
+    ));
     assert_eq!(err(backoff(5, 2, 0.1)), BuildError::BackoffOrder);
     assert_eq!(
-        err(Cache::builder().time_to_live(Duration::ZERO).store(store.clone())),
+        err(Cache::builder()
+            .time_to_live(Duration::ZERO)
+            .store(store.clone())),
         BuildError::ZeroTimeToLive
     );
-    assert!(err(builder(&store).write_behind().batch_size(0)).to_string().contains("batch_size"));
+    assert!(
+        err(builder(&store).write_behind().batch_size(0))
+            .to_string()
+            .contains("batch_size")
+    );
 }
 
 /// Many threads load, write through and delete the same few keys at once.
@@ -502,9 +561,17 @@ fn racing_loads_and_writes_never_leave_the_cache_behind_the_store() {
             for key in 0..6 {
                 if let Some(cached) = cache.peek(&key) {
                     let stored = store.get(key);
-                    assert_eq!(Some(cached), stored, "{policy} round {round}: key {key} cached stale");
+                    assert_eq!(
+                        Some(cached),
+                        stored,
+                        "{policy} round {round}: key {key} cached stale"
+                    );
                 }
-                assert_eq!(cache.get(&key).unwrap(), store.get(key), "{policy}: key {key}");
+                assert_eq!(
+                    cache.get(&key).unwrap(),
+                    store.get(key),
+                    "{policy}: key {key}"
+                );
             }
         }
     }

@@ -30,7 +30,9 @@ fn hammer(cache: &StoreCache<i64, i64, Sqlite>) -> BTreeMap<i64, Option<i64>> {
             let mut last = BTreeMap::new();
             let mut x = t as u64 * 7 + 3;
             for i in 0..WRITES_PER_THREAD {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let key = ((x >> 33) as i64 % KEYS_PER_THREAD) * THREADS as i64 + t as i64;
                 if (x >> 20) % 10 == 0 {
                     cache.remove(&key).expect("the table takes deletes");
@@ -127,5 +129,8 @@ fn reads_load_rows_written_behind_the_cache_s_back() {
     assert_eq!(cache.get_many([1, 2, 3]).unwrap().len(), 2);
     cache.insert(3, 30).unwrap();
     cache.flush();
-    assert_eq!(Sqlite::dump(&db.0).unwrap(), vec![(1, 10), (2, 20), (3, 30)]);
+    assert_eq!(
+        Sqlite::dump(&db.0).unwrap(),
+        vec![(1, 10), (2, 20), (3, 30)]
+    );
 }

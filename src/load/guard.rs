@@ -149,7 +149,10 @@ mod tests {
         let alone = first.alone().expect("first write ran alone at its start");
         let second = guards.begin(&7u64);
         assert_eq!(second.alone(), None, "began while the first was running");
-        assert!(!guards.unchanged(alone), "the second started after the first");
+        assert!(
+            !guards.unchanged(alone),
+            "the second started after the first"
+        );
         drop(first);
         drop(second);
         let third = guards.begin(&7u64);

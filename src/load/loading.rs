@@ -661,10 +661,9 @@ where
             Over::Stamp(stamp) => self.cache.insert_if(key, entry, hard, |current| {
                 current.is_some_and(|c| c.stamp == stamp)
             }),
-            Over::Unwritten(seen) => {
-                self.cache
-                    .insert_if(key, entry, hard, |_| self.guards.unchanged(seen))
-            }
+            Over::Unwritten(seen) => self
+                .cache
+                .insert_if(key, entry, hard, |_| self.guards.unchanged(seen)),
         }
     }
 

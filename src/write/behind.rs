@@ -251,7 +251,11 @@ where
         }
         let now = self.now();
         st.buffer.push(key, change, now);
-        if st.buffer.len() == 1 || st.buffer.ready(now, self.config.batch_size, self.interval()) {
+        if st.buffer.len() == 1
+            || st
+                .buffer
+                .ready(now, self.config.batch_size, self.interval())
+        {
             self.nudge();
         }
         Ok(())
@@ -402,7 +406,10 @@ where
                 let mark = st.buffer.flush_mark();
                 st.buffer.request_flush(mark);
             }
-            if st.buffer.ready(now, self.config.batch_size, self.interval()) {
+            if st
+                .buffer
+                .ready(now, self.config.batch_size, self.interval())
+            {
                 let batch = st.buffer.take_batch(self.config.batch_size, now);
                 let State { flying, .. } = &mut *st;
                 for taken in &batch {
