@@ -21,7 +21,6 @@
 //! sets the writes per thread per round (default 400,000).
 
 #[path = "../tests/support/sqlite.rs"]
-#[allow(dead_code)]
 mod sqlite;
 #[path = "support/workload.rs"]
 #[allow(dead_code)]

@@ -52,7 +52,6 @@ mod histogram;
 mod workload;
 // The SQLite store of the write-strategy tests.
 #[path = "../tests/support/sqlite.rs"]
-#[allow(dead_code)]
 mod sqlite;
 
 use histogram::{Histogram, fmt_nanos};

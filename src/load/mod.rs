@@ -77,14 +77,23 @@ pub trait Loader<K, V>: Send + Sync + 'static {
     where
         K: Clone,
     {
-        let mut found = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(value) = self.load(key)? {
-                found.push((key.clone(), value));
-            }
-        }
-        Ok(found)
+        load_each(keys, |key| self.load(key))
     }
+}
+
+/// The default `load_many` of [`Loader`] and [`Store`](crate::Store): one
+/// `load` per key, absent keys left out, the first error returned.
+pub(crate) fn load_each<K: Clone, V, E>(
+    keys: &[K],
+    load: impl Fn(&K) -> Result<Option<V>, E>,
+) -> Result<Vec<(K, V)>, E> {
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(value) = load(key)? {
+            found.push((key.clone(), value));
+        }
+    }
+    Ok(found)
 }
 
 impl<K, V, E, F> Loader<K, V> for F

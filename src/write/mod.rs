@@ -83,13 +83,7 @@ pub trait Store<K, V>: Send + Sync + 'static {
     where
         K: Clone,
     {
-        let mut found = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(value) = self.load(key)? {
-                found.push((key.clone(), value));
-            }
-        }
-        Ok(found)
+        crate::load::load_each(keys, |key| self.load(key))
     }
 
     /// Applies a batch of changes, at most one per key.
