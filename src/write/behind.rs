@@ -110,13 +110,8 @@ impl WriteStats {
     /// Mean time of one [`Store::write`](crate::Store::write) call of the
     /// flusher; zero before the first.
     pub fn mean_flush_latency(&self) -> Duration {
-        match u32::try_from(self.store_calls) {
-            Ok(0) => Duration::ZERO,
-            Ok(n) => self.store_time / n,
-            Err(_) => Duration::from_nanos(
-                saturating_nanos(self.store_time.as_nanos()) / self.store_calls,
-            ),
-        }
+        let mean = self.store_time.as_nanos() / u128::from(self.store_calls.max(1));
+        Duration::from_nanos(saturating_nanos(mean))
     }
 }
 
@@ -342,11 +337,11 @@ where
         st.flying.clear();
         let dead = std::mem::take(&mut st.kept);
         drop(st);
+        // Only another thread can see the flusher exited, so this never
+        // joins itself.
         if exited {
             if let Some(handle) = self.thread.lock().take() {
-                if handle.thread().id() != thread::current().id() {
-                    let _ = handle.join();
-                }
+                let _ = handle.join();
             }
         }
         Leftovers { unwritten, dead }
