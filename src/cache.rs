@@ -563,11 +563,11 @@ where
 
     /// `get` without counting the hit or miss (see
     /// [`record_lookup`](Self::record_lookup)), with the clock reading it
-    /// used, so the caller need not read the clock again.
-    pub(crate) fn get_uncounted(&self, key: &K) -> (Option<V>, u64) {
+    /// used if it read the clock, so the caller need not read it again.
+    pub(crate) fn get_uncounted(&self, key: &K) -> (Option<V>, Option<u64>) {
         let mut now = Now::new(&self.inner.timing.clock);
         let value = self.inner.read::<K, false>(key, &mut now);
-        (value, now.get())
+        (value, now.read_so_far())
     }
 
     /// Counts one hit or miss.

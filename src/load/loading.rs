@@ -514,9 +514,17 @@ where
     /// Looks `key` up, counts the hit or miss, and starts a background
     /// reload if one is due.
     fn read(&self, key: &K) -> Read<V> {
-        let (Some(entry), now) = self.cache.get_uncounted(key) else {
+        let (Some(entry), seen) = self.cache.get_uncounted(key) else {
             self.cache.record_lookup(false);
             return Read::Load(None);
+        };
+        // A value with no time to live and no refresh is fresh at any time:
+        // no clock read for it.
+        let timed = entry.expires_at != NEVER || self.settings.freshness.refresh_after.is_some();
+        let now = match seen {
+            Some(now) => now,
+            None if timed => self.cache.now(),
+            None => 0,
         };
         let state = self.settings.freshness.state(&entry, now, unit_random);
         self.cache.record_lookup(matches!(
@@ -630,7 +638,6 @@ where
     /// invalidated key; a load or write stores only if no write of the key
     /// started since it began. Returns whether it stored.
     fn store(&self, key: K, value: Option<V>, load_nanos: u64, over: Over) -> bool {
-        let now = self.cache.now();
         let s = &self.settings;
         let lifetime = match (&value, s.negative_ttl) {
             (Some(_), _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
@@ -646,6 +653,12 @@ where
         };
         let grace = if value.is_some() {
             s.freshness.grace()
+        } else {
+            0
+        };
+        // `loaded_at` matters only to refresh, `expires_at` only with a lifetime.
+        let now = if lifetime.is_some() || s.freshness.refresh_after.is_some() {
+            self.cache.now()
         } else {
             0
         };

@@ -73,6 +73,12 @@ impl<'a> Now<'a> {
     pub(crate) fn get(&mut self) -> u64 {
         *self.value.get_or_insert_with(|| self.clock.now())
     }
+
+    /// The time if it has been read, without reading it.
+    #[inline]
+    pub(crate) fn read_so_far(&self) -> Option<u64> {
+        self.value
+    }
 }
 
 /// A write to one key, prepared outside the lock.

@@ -1,21 +1,48 @@
 //! Write-behind: the shared queue around the [`Buffer`] and the
 //! `larder-write-behind` thread that flushes it to the [`Store`].
 //!
-//! Writers push under the queue's mutex and nudge the flusher through a
-//! one-slot crossbeam channel when a batch is ready (or the queue was
-//! empty, so the flusher starts timing `flush_interval`). The flusher takes
-//! a batch under the mutex, calls the store with no lock held, and reports
-//! the outcome back; every outcome wakes the threads waiting on `changed`
-//! (flushes, writers blocked on a full queue, `close`). While a batch is in
-//! flight its changes stay readable in `flying`, so a read never falls back
-//! to the store's older copy: a change is *pinned* in the queue from push
-//! until the store has acknowledged it.
+//! # Lanes, then the buffer
+//!
+//! A writer does not touch the [`Buffer`]: it appends its change to one of
+//! a few *lanes* (short vectors behind their own small mutexes, the lane
+//! chosen by the key's hash, so one key always uses the same lane and its
+//! writes stay in order) and returns. Whoever next takes the queue's main
+//! mutex — the flusher, a flush, a read of a pinned value, the stats —
+//! first *drains* the lanes into the buffer, lane by lane, each in the
+//! order it was written. So writers contend only with the few writers of
+//! the same lane, for a push onto a vector, and the buffer's bookkeeping
+//! runs on the flusher's side.
+//!
+//! Everything that looks into the queue drains first, so a change is
+//! visible (pinned) from the moment its push returns. A lane remembers
+//! when its oldest change arrived and the buffer is given that time, so
+//! `flush_interval` counts from the write, not from the drain. Only a
+//! writer that finds the queue near its capacity takes the main mutex
+//! (drains, then applies the full-queue policy, as before).
+//!
+//! # Waking the flusher
+//!
+//! Writers nudge the flusher through a one-slot crossbeam channel: every
+//! `batch_size` undrained writes, and on the first write after a drain if
+//! the flusher sleeps past that write's `flush_interval`. The flusher
+//! publishes when it means to wake (`wake_at`) before it checks for
+//! undrained writes, and a writer counts its write before it reads
+//! `wake_at`; so one of the two always sees the other, and a write never
+//! waits on a flusher asleep for good. The flusher takes a batch under the
+//! mutex, calls the store with no lock held, and reports the outcome back;
+//! every outcome wakes the threads waiting on `changed` (flushes, writers
+//! blocked on a full queue, `close`). While a batch is in flight its
+//! changes stay readable in `flying`, so a read never falls back to the
+//! store's older copy: a change is *pinned* in the queue from push until
+//! the store has acknowledged it.
 
 use std::{
-    collections::HashMap,
     hash::Hash,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -129,8 +156,12 @@ pub(crate) enum Refused {
 /// What the mutex guards.
 struct State<K, V, E> {
     buffer: Buffer<K, V>,
-    /// The changes of the batch in flight, by key.
-    flying: HashMap<K, Change<V>, RandomState>,
+    /// The changes of the batch in flight (the very slice the store was
+    /// given), searched newest first by `latest`.
+    flying: Arc<[(K, Change<V>)]>,
+    /// An empty vector swapped into each lane as it is drained, so lanes
+    /// keep their capacity.
+    spare: Vec<(K, Change<V>)>,
     /// No new writes; the flusher drains and exits.
     closing: bool,
     /// The flusher must exit after its current call.
@@ -150,8 +181,34 @@ struct State<K, V, E> {
     max_store_time: Duration,
 }
 
+/// Changes pushed but not yet drained into the buffer.
+struct Inbox<K, V> {
+    changes: Vec<(K, Change<V>)>,
+    /// When the oldest of `changes` arrived (queue clock).
+    since: u64,
+    /// Set by `close`: no more changes.
+    closed: bool,
+}
+
+/// One lane, alone on its cache lines.
+#[repr(align(128))]
+struct Lane<K, V>(Mutex<Inbox<K, V>>);
+
+/// `wake_at` while the flusher is awake.
+const AWAKE: u64 = 0;
+
 /// The write-behind queue shared by the cache, its loader and the flusher.
 pub(crate) struct Queue<K, V, S: Store<K, V>> {
+    lanes: Box<[Lane<K, V>]>,
+    lane_hasher: RandomState,
+    /// Changes counted into a lane and not yet drained out of it (counted
+    /// before the push, so never below the lanes' real total).
+    undrained: AtomicUsize,
+    /// `buffer.len()` as of the last time the main mutex was released.
+    held: AtomicUsize,
+    /// When the sleeping flusher wakes by itself (queue clock; `u64::MAX`:
+    /// only when nudged), or [`AWAKE`].
+    wake_at: AtomicU64,
     state: Mutex<State<K, V, S::Error>>,
     /// Notified after every outcome, and when the flusher exits.
     changed: Condvar,
@@ -176,10 +233,29 @@ where
         handler: Option<Handler<K, V, S::Error>>,
     ) -> Arc<Self> {
         let (wake, woken) = crossbeam_channel::bounded(1);
+        let lanes = thread::available_parallelism()
+            .map_or(4, usize::from)
+            .saturating_mul(4)
+            .clamp(4, 64)
+            .next_power_of_two();
         let queue = Arc::new(Queue {
+            lanes: (0..lanes)
+                .map(|_| {
+                    Lane(Mutex::new(Inbox {
+                        changes: Vec::new(),
+                        since: 0,
+                        closed: false,
+                    }))
+                })
+                .collect(),
+            lane_hasher: RandomState::new(),
+            undrained: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            wake_at: AtomicU64::new(AWAKE),
             state: Mutex::new(State {
                 buffer: Buffer::new(config.max_attempts, config.backoff),
-                flying: HashMap::default(),
+                flying: Arc::new([]),
+                spare: Vec::new(),
                 closing: false,
                 stop: false,
                 exited: false,
@@ -220,13 +296,50 @@ where
         let _ = self.wake.try_send(());
     }
 
-    /// Queues `change` for `key`, applying the full-queue policy. A key
-    /// already held is always accepted (the write coalesces, or waits behind
-    /// its flight), so the queue holds at most `queue_capacity + batch_size`
-    /// entries.
+    /// Queues `change` for `key`: onto its lane, or, near the queue's
+    /// capacity, into the buffer by the full-queue policy. A key already
+    /// held is always accepted (the write coalesces, or waits behind its
+    /// flight), so the buffer holds at most `queue_capacity + batch_size`
+    /// entries, plus one per writer that raced past the capacity check.
     pub(crate) fn push(&self, key: K, change: Change<V>) -> Result<(), Refused> {
+        let before = self.undrained.fetch_add(1, SeqCst);
+        if self.held.load(SeqCst).saturating_add(before) >= self.config.queue_capacity {
+            self.undrained.fetch_sub(1, SeqCst);
+            return self.push_near_capacity(key, change);
+        }
+        let lane = self.lane_hasher.hash_one(&key) as usize & (self.lanes.len() - 1);
+        let mut inbox = self.lanes[lane].0.lock();
+        if inbox.closed {
+            drop(inbox);
+            self.undrained.fetch_sub(1, SeqCst);
+            return Err(Refused::Closed);
+        }
+        let first_in_lane = inbox.changes.is_empty();
+        let now = if first_in_lane || before == 0 {
+            self.now()
+        } else {
+            0
+        };
+        if first_in_lane {
+            inbox.since = now;
+        }
+        inbox.changes.push((key, change));
+        drop(inbox);
+        let full_batch = (before + 1) % self.config.batch_size.max(1) == 0;
+        // The first write after a drain: the flusher may sleep too long for it.
+        let late = before == 0 && self.wake_at.load(SeqCst) > now.saturating_add(self.interval());
+        if full_batch || late {
+            self.nudge();
+        }
+        Ok(())
+    }
+
+    /// [`push`](Self::push) when the queue looks full: under the main
+    /// mutex, with the lanes drained, the full-queue policy decides.
+    fn push_near_capacity(&self, key: K, change: Change<V>) -> Result<(), Refused> {
         let mut st = self.state.lock();
         loop {
+            self.drain(&mut st);
             if st.closing {
                 return Err(Refused::Closed);
             }
@@ -246,22 +359,50 @@ where
         }
         let now = self.now();
         st.buffer.push(key, change, now);
-        if st.buffer.len() == 1
-            || st
-                .buffer
-                .ready(now, self.config.batch_size, self.interval())
+        self.held.store(st.buffer.len(), SeqCst);
+        let interval = self.interval();
+        if st.buffer.ready(now, self.config.batch_size, interval)
+            || self.wake_at.load(SeqCst) > now.saturating_add(interval)
         {
             self.nudge();
         }
         Ok(())
     }
 
+    /// Moves every lane's changes into the buffer, each lane in the order
+    /// its changes were pushed, stamped with the time its oldest arrived.
+    fn drain(&self, st: &mut State<K, V, S::Error>) {
+        if self.undrained.load(SeqCst) == 0 {
+            return;
+        }
+        let mut moved = 0;
+        let mut spare = std::mem::take(&mut st.spare);
+        for lane in &*self.lanes {
+            let since = {
+                let mut inbox = lane.0.lock();
+                if inbox.changes.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut inbox.changes, &mut spare);
+                inbox.since
+            };
+            moved += spare.len();
+            for (key, change) in spare.drain(..) {
+                st.buffer.push(key, change, since);
+            }
+        }
+        st.spare = spare;
+        self.undrained.fetch_sub(moved, SeqCst);
+        self.held.store(st.buffer.len(), SeqCst);
+    }
+
     /// The newest change of `key` not yet acknowledged by the store.
     pub(crate) fn latest(&self, key: &K) -> Option<Change<V>> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        self.drain(&mut st);
         st.buffer
             .pending_change(key)
-            .or_else(|| st.flying.get(key))
+            .or_else(|| st.flying.iter().find(|(k, _)| k == key).map(|(_, c)| c))
             .cloned()
     }
 
@@ -270,6 +411,7 @@ where
     /// Returns at once if the flusher has stopped.
     pub(crate) fn flush(&self, deadline: Option<Instant>) -> bool {
         let mut st = self.state.lock();
+        self.drain(&mut st);
         let mark = st.buffer.flush_mark();
         st.buffer.request_flush(mark);
         self.nudge();
@@ -300,6 +442,10 @@ where
         let deadline = Instant::now().checked_add(timeout);
         let mut st = self.state.lock();
         st.closing = true;
+        for lane in &*self.lanes {
+            lane.0.lock().closed = true;
+        }
+        self.drain(&mut st);
         self.nudge();
         while !st.exited {
             let timed_out = match deadline {
@@ -321,7 +467,7 @@ where
             .pending_changes()
             .map(|(k, c)| (k.clone(), c.clone()))
             .collect();
-        unwritten.extend(st.flying.iter().map(|(k, c)| (k.clone(), c.clone())));
+        unwritten.extend(st.flying.iter().cloned());
         // Reported once: forget them, so a second close does not repeat them.
         let old = std::mem::replace(
             &mut st.buffer,
@@ -334,7 +480,8 @@ where
         c.flushed += b.flushed;
         c.retried += b.retried;
         c.dead_lettered += b.dead_lettered;
-        st.flying.clear();
+        st.flying = Arc::new([]);
+        self.held.store(0, SeqCst);
         let dead = std::mem::take(&mut st.kept);
         drop(st);
         // Only another thread can see the flusher exited, so this never
@@ -364,7 +511,8 @@ where
 
     /// The counters.
     pub(crate) fn stats(&self) -> WriteStats {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        self.drain(&mut st);
         let (b, c) = (st.buffer.stats(), st.closed);
         WriteStats {
             queued: b.queued + c.queued,
@@ -382,40 +530,53 @@ where
 
     /// The flusher thread's body.
     fn run(&self, woken: &Receiver<()>) {
-        while let Some(batch) = self.next_batch(woken) {
-            self.send(batch);
+        while let Some((batch, pairs)) = self.next_batch(woken) {
+            self.send(batch, &pairs);
         }
         self.state.lock().exited = true;
         self.changed.notify_all();
     }
 
-    /// Waits for a batch to send; `None` when the flusher must exit.
-    fn next_batch(&self, woken: &Receiver<()>) -> Option<Vec<Taken<K, V>>> {
+    /// Waits for a batch to send, and returns it with the changes to give
+    /// the store; `None` when the flusher must exit.
+    #[allow(clippy::type_complexity)]
+    fn next_batch(
+        &self,
+        woken: &Receiver<()>,
+    ) -> Option<(Vec<Taken<K, V>>, Arc<[(K, Change<V>)]>)> {
         let mut st = self.state.lock();
         loop {
             if st.stop {
                 return None;
             }
+            self.drain(&mut st);
             let now = self.now();
             if st.closing {
                 let mark = st.buffer.flush_mark();
                 st.buffer.request_flush(mark);
             }
-            if st
-                .buffer
-                .ready(now, self.config.batch_size, self.interval())
-            {
+            let interval = self.interval();
+            if st.buffer.ready(now, self.config.batch_size, interval) {
                 let batch = st.buffer.take_batch(self.config.batch_size, now);
-                let State { flying, .. } = &mut *st;
-                for taken in &batch {
-                    flying.insert(taken.key().clone(), taken.change().clone());
-                }
-                return Some(batch);
+                let pairs: Arc<[(K, Change<V>)]> = batch
+                    .iter()
+                    .map(|t| (t.key().clone(), t.change().clone()))
+                    .collect();
+                st.flying = pairs.clone();
+                return Some((batch, pairs));
             }
             if st.closing && st.buffer.is_empty() {
                 return None;
             }
-            let due = st.buffer.next_due(self.interval());
+            // Publish the wake-up time, then look for writes that came too
+            // late to be drained (see the module docs).
+            let mut due = st.buffer.next_due(interval);
+            self.wake_at.store(due.unwrap_or(u64::MAX).max(1), SeqCst);
+            if self.undrained.load(SeqCst) > 0 {
+                let soon = now.saturating_add(interval);
+                due = Some(due.map_or(soon, |at| at.min(soon)));
+                self.wake_at.store(soon.max(1), SeqCst);
+            }
             // Woken or timed out, the loop looks again; the sender lives as
             // long as this queue, so `recv` cannot fail while it runs.
             MutexGuard::unlocked(&mut st, || match due {
@@ -426,19 +587,15 @@ where
                     let _ = woken.recv();
                 }
             });
+            self.wake_at.store(AWAKE, SeqCst);
         }
     }
 
     /// Writes `batch` to the store and records the outcome.
-    fn send(&self, batch: Vec<Taken<K, V>>) {
-        let pairs: Vec<(K, Change<V>)> = batch
-            .iter()
-            .map(|t| (t.key().clone(), t.change().clone()))
-            .collect();
+    fn send(&self, batch: Vec<Taken<K, V>>, pairs: &[(K, Change<V>)]) {
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.store.write(&pairs)));
+        let result = catch_unwind(AssertUnwindSafe(|| self.store.write(pairs)));
         let took = started.elapsed();
-        drop(pairs);
         let mut st = self.state.lock();
         if st.stop {
             // `close` timed out during this call and reported the batch as
@@ -448,9 +605,7 @@ where
         st.store_calls += 1;
         st.store_time += took;
         st.max_store_time = st.max_store_time.max(took);
-        for taken in &batch {
-            st.flying.remove(taken.key());
-        }
+        st.flying = Arc::new([]);
         let now = self.now();
         let (given, failure) = match result {
             Ok(Ok(())) => {
@@ -470,6 +625,7 @@ where
         };
         let reporting = given.len();
         st.reporting += reporting;
+        self.held.store(st.buffer.len(), SeqCst);
         drop(st);
         self.changed.notify_all();
         if let Some(failure) = failure {
