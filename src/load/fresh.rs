@@ -20,7 +20,35 @@
 //! probability is `exp(−(expires_at − now) / (δ·β))`: negligible many load
 //! times before expiry, certain at it.
 
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
 use crate::expiry::NEVER;
+
+/// A stamp no other call returns, in this process. Each thread takes a
+/// block of [`STAMP_BLOCK`] from a shared counter and counts through it, so
+/// writers on many threads do not fight over one counter's cache line.
+pub(crate) fn new_stamp() -> u64 {
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        /// The next stamp of this thread's block, and the block's end.
+        static BLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    BLOCK.with(|block| {
+        let (mut next, mut end) = block.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(STAMP_BLOCK, Relaxed);
+            end = next + STAMP_BLOCK;
+        }
+        block.set((next + 1, end));
+        next
+    })
+}
+
+/// Stamps a thread takes at once (2^64 / 2^16 blocks: never exhausted).
+const STAMP_BLOCK: u64 = 1 << 16;
 
 /// A value as a [`LoadingCache`](crate::LoadingCache) stores it: the value
 /// (`None` for a cached "absent"), when it was loaded and how long that took.
@@ -129,6 +157,21 @@ pub(crate) fn xfetch_fires(gap: u64, delta: u64, beta: f64, draw: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_are_unique_across_threads() {
+        let per_thread: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..3 * STAMP_BLOCK).map(|_| new_stamp()).collect()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<u64> = per_thread.into_iter().flatten().collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "a stamp was handed out twice");
+    }
 
     fn entry(loaded_at: u64, expires_at: u64, load_nanos: u64) -> Loaded<u8> {
         Loaded {

@@ -19,10 +19,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     hash::Hash,
-    sync::{
-        Arc, Weak,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, Weak},
     time::Duration,
 };
 
@@ -33,7 +30,7 @@ use crate::{
     load::{
         Loader,
         flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
-        fresh::{Freshness, Loaded, State},
+        fresh::{Freshness, Loaded, State, new_stamp},
         guard::{Guards, Seen},
         pool::{Job, Pool},
     },
@@ -121,7 +118,6 @@ struct LoadingInner<K, V, E> {
     flights: Arc<Flights<K, Option<V>>>,
     settings: Settings,
     pool: Option<Pool>,
-    stamps: AtomicU64,
     /// Keeps overlapping loads and writes of a key from caching stale data.
     guards: Guards,
     me: Weak<LoadingInner<K, V, E>>,
@@ -174,7 +170,6 @@ where
             flights: Arc::default(),
             settings,
             pool,
-            stamps: AtomicU64::new(0),
             guards: Guards::default(),
             me: me.clone(),
         });
@@ -667,7 +662,7 @@ where
             loaded_at: now,
             expires_at: lifetime.map_or(NEVER, |l| now.saturating_add(l).min(NEVER - 1)),
             load_nanos,
-            stamp: self.stamps.fetch_add(1, Relaxed),
+            stamp: new_stamp(),
         };
         let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
         match over {
@@ -855,7 +850,7 @@ fn jittered(nanos: u64, jitter: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
     use super::*;
 

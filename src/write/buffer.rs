@@ -104,7 +104,7 @@
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, BTreeSet, HashMap, hash_map},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque, hash_map},
     hash::Hash,
     time::Duration,
 };
@@ -261,12 +261,80 @@ struct Slot<V> {
     flight: Option<Flight>,
 }
 
+/// Keys by sequence number, popped lowest first. Fresh writes arrive in
+/// increasing order and go to the back of `fresh` (a ring buffer, cheaper
+/// than a tree for the common case); entries that come back out of order
+/// (retries, writes that waited behind a flight) go to `late`. Each part is
+/// sorted, so the lowest is at the front of one of them.
+#[derive(Debug)]
+struct SeqQueue<K> {
+    fresh: VecDeque<(Seq, K)>,
+    late: BTreeMap<Seq, K>,
+}
+
+impl<K> Default for SeqQueue<K> {
+    fn default() -> Self {
+        Self {
+            fresh: VecDeque::new(),
+            late: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K> SeqQueue<K> {
+    fn insert(&mut self, seq: Seq, key: K) {
+        if self.fresh.back().is_none_or(|&(newest, _)| newest < seq) {
+            self.fresh.push_back((seq, key));
+        } else {
+            self.late.insert(seq, key);
+        }
+    }
+
+    /// True if the lowest entry is at the front of `fresh`; `None` if empty.
+    fn lowest_is_fresh(&self) -> Option<bool> {
+        match (self.fresh.front(), self.late.first_key_value()) {
+            (Some((a, _)), Some((b, _))) => Some(a < b),
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    fn first(&self) -> Option<(Seq, &K)> {
+        if self.lowest_is_fresh()? {
+            self.fresh.front().map(|(seq, key)| (*seq, key))
+        } else {
+            self.late.first_key_value().map(|(seq, key)| (*seq, key))
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<(Seq, K)> {
+        if self.lowest_is_fresh()? {
+            self.fresh.pop_front()
+        } else {
+            self.late.pop_first()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fresh.len() + self.late.len()
+    }
+
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    fn get(&self, seq: Seq) -> Option<&K> {
+        match self.fresh.binary_search_by_key(&seq, |&(s, _)| s) {
+            Ok(i) => Some(&self.fresh[i].1),
+            Err(_) => self.late.get(&seq),
+        }
+    }
+}
+
 /// The coalescing write-behind buffer (see the module docs).
 #[derive(Debug)]
 pub struct Buffer<K, V> {
     slots: HashMap<K, Slot<V>, RandomState>,
     /// Sendable now, by first seq: pending, key not in flight, no backoff.
-    queue: BTreeMap<Seq, K>,
+    queue: SeqQueue<K>,
     /// Pending retries by `(retry_at, first)`; move to `queue` when due.
     backoff: BTreeMap<(u64, Seq), K>,
     /// The first seq of every entry held, pending or in flight.
@@ -288,7 +356,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
         Self {
             slots: HashMap::default(),
-            queue: BTreeMap::new(),
+            queue: SeqQueue::default(),
             backoff: BTreeMap::new(),
             outstanding: BTreeSet::new(),
             queued_retries: 0,
@@ -349,7 +417,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         if self.queued_retries > 0 || self.next_retry().is_some_and(|at| at <= now) {
             return true;
         }
-        let Some((_, oldest)) = self.queue.first_key_value() else {
+        let Some((_, oldest)) = self.queue.first() else {
             return false;
         };
         self.queue.len() >= batch_size.max(1)
@@ -366,7 +434,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// or the earliest retry), or `None` if only a push or a flight's outcome
     /// can change it.
     pub fn next_due(&self, flush_interval: u64) -> Option<u64> {
-        let aged = self.queue.first_key_value().map(|(_, oldest)| {
+        let aged = self.queue.first().map(|(_, oldest)| {
             let queued_at = self.pending(oldest).queued_at;
             queued_at.saturating_add(flush_interval)
         });
@@ -384,13 +452,10 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         let mut limit = max;
         let mut batch = Vec::new();
         while batch.len() < limit {
-            let Some(entry) = self.queue.first_entry() else {
+            let Some((_, key)) = self.queue.first() else {
                 break;
             };
-            let slot = self
-                .slots
-                .get_mut(entry.get())
-                .expect("queued key has a slot");
+            let slot = self.slots.get_mut(key).expect("queued key has a slot");
             let cap = slot.pending.as_ref().expect("queued key is pending").cap;
             if batch.len() >= cap {
                 break;
@@ -403,8 +468,9 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             if pending.retry {
                 self.queued_retries -= 1;
             }
+            let (_, key) = self.queue.pop_first().expect("the first entry is there");
             batch.push(Taken {
-                key: entry.remove(),
+                key,
                 change: pending.change,
                 first,
                 last,
@@ -608,7 +674,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             }
             (Some(_), Some(_)) => panic!("pending in backoff behind a flight"),
             (None, None) => {
-                assert!(self.queue.get(&p.first) == Some(key), "not in queue");
+                assert!(self.queue.get(p.first) == Some(key), "not in queue");
                 (false, p.retry)
             }
             (None, Some(at)) => {
