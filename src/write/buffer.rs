@@ -329,6 +329,62 @@ impl<K> SeqQueue<K> {
     }
 }
 
+/// The first seqs of the entries held. A seq comes in as the newest (a fresh
+/// entry's), so the ring buffer stays sorted; one leaves in any order, by
+/// being marked gone. Marks at the front are swept at once, and all of them
+/// are compacted away when they outnumber the live seqs, so memory stays
+/// within about twice the live count.
+#[derive(Debug, Default)]
+struct Outstanding {
+    seqs: VecDeque<(Seq, bool)>,
+    live: usize,
+}
+
+impl Outstanding {
+    fn insert(&mut self, seq: Seq) {
+        debug_assert!(self.seqs.back().is_none_or(|&(newest, _)| newest < seq));
+        self.seqs.push_back((seq, true));
+        self.live += 1;
+    }
+
+    fn remove(&mut self, seq: Seq) {
+        let Ok(i) = self.seqs.binary_search_by_key(&seq, |&(s, _)| s) else {
+            return;
+        };
+        if !std::mem::replace(&mut self.seqs[i].1, false) {
+            return;
+        }
+        self.live -= 1;
+        while self.seqs.front().is_some_and(|&(_, live)| !live) {
+            self.seqs.pop_front();
+        }
+        if self.seqs.len() > 2 * self.live + 64 {
+            self.seqs.retain(|&(_, live)| live);
+        }
+    }
+
+    /// The oldest live seq (the front is never a mark).
+    fn first(&self) -> Option<Seq> {
+        self.seqs.front().map(|&(seq, _)| seq)
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    fn iter(&self) -> impl Iterator<Item = Seq> + '_ {
+        self.seqs
+            .iter()
+            .filter(|&&(_, live)| live)
+            .map(|&(seq, _)| seq)
+    }
+}
+
 /// The coalescing write-behind buffer (see the module docs).
 #[derive(Debug)]
 pub struct Buffer<K, V> {
@@ -338,7 +394,7 @@ pub struct Buffer<K, V> {
     /// Pending retries by `(retry_at, first)`; move to `queue` when due.
     backoff: BTreeMap<(u64, Seq), K>,
     /// The first seq of every entry held, pending or in flight.
-    outstanding: BTreeSet<Seq>,
+    outstanding: Outstanding,
     /// Entries in `queue` that are retries.
     queued_retries: usize,
     in_flight: usize,
@@ -358,7 +414,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             slots: HashMap::default(),
             queue: SeqQueue::default(),
             backoff: BTreeMap::new(),
-            outstanding: BTreeSet::new(),
+            outstanding: Outstanding::default(),
             queued_retries: 0,
             in_flight: 0,
             last_seq: 0,
@@ -564,7 +620,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// Whether every write with a sequence number up to `mark` has landed or
     /// been dead-lettered. Once true for a mark, it stays true.
     pub fn is_settled(&self, mark: Seq) -> bool {
-        self.outstanding.first().is_none_or(|&first| first > mark)
+        self.outstanding.first().is_none_or(|first| first > mark)
     }
 
     /// Whether `key` has a write that has not landed or been dead-lettered
@@ -648,7 +704,10 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         );
         assert_eq!(flights, self.in_flight, "in-flight count");
         assert_eq!(retries, self.queued_retries, "queued retries");
-        assert_eq!(firsts, self.outstanding, "outstanding seqs");
+        assert!(
+            firsts.iter().copied().eq(self.outstanding.iter()),
+            "outstanding seqs"
+        );
         let s = self.stats;
         let ended = s.flushed + s.coalesced + s.dead_lettered;
         assert_eq!(s.queued, ended + self.len() as u64, "counters");
@@ -741,7 +800,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// Forgets the writes `first..` of `key`'s ended flight (landed or dead-
     /// lettered); a pending entry behind it becomes sendable.
     fn settle(&mut self, key: K, first: Seq) {
-        self.outstanding.remove(&first);
+        self.outstanding.remove(first);
         let slot = self.slots.get(&key).expect("settled key has a slot");
         match &slot.pending {
             Some(pending) => {
@@ -768,7 +827,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         let slot = self.slots.get_mut(&key).expect("failed key has a slot");
         let (change, last) = match slot.pending.take() {
             Some(newer) => {
-                self.outstanding.remove(&newer.first);
+                self.outstanding.remove(newer.first);
                 self.stats.coalesced += 1;
                 (newer.change, newer.last)
             }
