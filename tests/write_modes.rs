@@ -3,7 +3,8 @@
 //! clean), write-behind (acknowledged before the store, coalescing, per-key
 //! order, pinning past eviction and expiry, the three full-queue policies,
 //! dead letters, panics, flush, close and drop), builder errors, and many
-//! threads racing loads and writes of the same keys.
+//! threads racing loads and writes of the same keys, and many threads writing
+//! through the queue while it drains and the cache evicts.
 
 #[path = "support/stores.rs"]
 mod stores;
@@ -575,4 +576,89 @@ fn racing_loads_and_writes_never_leave_the_cache_behind_the_store() {
             }
         }
     }
+}
+
+/// Writers on many threads push through the queue's lanes while another
+/// thread keeps draining them (flush, stats) and the cache keeps evicting:
+/// every read after a write sees that write (or a later one of the same
+/// thread), never the store's older rows, and the store ends with each key's
+/// last write.
+#[test]
+fn writes_from_many_threads_are_read_back_at_once_and_all_land() {
+    const THREADS: usize = 4;
+    const KEYS_PER_THREAD: u64 = 200;
+    const WRITES: u64 = 5_000;
+    let store = MemStore::default();
+    for k in 0..THREADS as u64 * KEYS_PER_THREAD {
+        store.set(k, u64::MAX); // older data no read may return
+    }
+    let cache = Cache::builder()
+        .max_capacity(16) // most values are read back from the queue
+        .store(store.clone())
+        .write_behind()
+        .batch_size(32)
+        .queue_capacity(256) // small: writers also take the full-queue path
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicU64::new(0));
+    let drainer = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut rounds = 0u64;
+            while stop.load(SeqCst) == 0 {
+                let s = cache.write_stats();
+                assert!(
+                    s.queue_len <= 256 + 32 + THREADS,
+                    "queue length {}",
+                    s.queue_len
+                );
+                if rounds % 16 == 0 {
+                    cache.flush();
+                }
+                rounds += 1;
+            }
+        })
+    };
+    let last: Vec<Vec<u64>> = {
+        let cache = cache.clone();
+        parallel(Duration::from_secs(60), "writers", THREADS, move |t| {
+            // Thread t owns keys t, t + THREADS, t + 2 * THREADS, ...
+            let key = |i: u64| t as u64 + THREADS as u64 * (i % KEYS_PER_THREAD);
+            let mut last = vec![0; KEYS_PER_THREAD as usize];
+            let mut x = t as u64 + 1;
+            for n in 1..=WRITES {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = x % KEYS_PER_THREAD;
+                cache.insert(key(i), n).unwrap();
+                last[i as usize] = n;
+                let j = (x >> 20) % KEYS_PER_THREAD;
+                let want = (last[j as usize] != 0).then_some(last[j as usize]);
+                let got = cache.get(&key(j)).unwrap();
+                if want.is_some() {
+                    assert_eq!(got, want, "thread {t} key {} after write {n}", key(j));
+                }
+            }
+            last
+        })
+    };
+    stop.store(1, SeqCst);
+    drainer.join().unwrap();
+    cache.flush();
+    for (t, last) in last.iter().enumerate() {
+        for (i, &v) in last.iter().enumerate() {
+            let k = t as u64 + THREADS as u64 * i as u64;
+            let want = if v == 0 { u64::MAX } else { v };
+            assert_eq!(store.get(k), Some(want), "key {k} in the store");
+        }
+    }
+    store.assert_no_reordering();
+    let s = cache.write_stats();
+    assert_eq!(s.queued, THREADS as u64 * WRITES);
+    assert_eq!(
+        s.queued,
+        s.flushed + s.coalesced + s.dead_lettered + s.queue_len as u64
+    );
+    assert_eq!(s.queue_len, 0);
 }

@@ -392,8 +392,10 @@ where
             }
         }
         st.spare = spare;
-        self.undrained.fetch_sub(moved, SeqCst);
+        // `held` first: a writer in between counts the moved changes twice,
+        // never zero times.
         self.held.store(st.buffer.len(), SeqCst);
+        self.undrained.fetch_sub(moved, SeqCst);
     }
 
     /// The newest change of `key` not yet acknowledged by the store.
