@@ -104,6 +104,12 @@ impl Freshness {
         self.refresh_after.is_some() || self.stale_while_revalidate > 0 || self.beta.is_some()
     }
 
+    /// Whether [`state`](Self::state) looks at the time for `entry`: only
+    /// for a value with a time to live, or with refresh on.
+    pub(crate) fn needs_clock<V>(&self, entry: &Loaded<V>) -> bool {
+        entry.expires_at != NEVER || self.refresh_after.is_some()
+    }
+
     /// The state of `entry` at `now`. `draw` gives a uniform number in
     /// `[0, 1)`; it is called only when early expiry has to decide.
     pub(crate) fn state<V>(

@@ -513,13 +513,10 @@ where
             self.cache.record_lookup(false);
             return Read::Load(None);
         };
-        // A value with no time to live and no refresh is fresh at any time:
-        // no clock read for it.
-        let timed = entry.expires_at != NEVER || self.settings.freshness.refresh_after.is_some();
         let now = match seen {
             Some(now) => now,
-            None if timed => self.cache.now(),
-            None => 0,
+            None if self.settings.freshness.needs_clock(&entry) => self.cache.now(),
+            None => 0, // not looked at
         };
         let state = self.settings.freshness.state(&entry, now, unit_random);
         self.cache.record_lookup(matches!(

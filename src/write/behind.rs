@@ -327,7 +327,7 @@ where
         drop(inbox);
         let full_batch = (before + 1) % self.config.batch_size.max(1) == 0;
         // The first write after a drain: the flusher may sleep too long for it.
-        let late = before == 0 && self.wake_at.load(SeqCst) > now.saturating_add(self.interval());
+        let late = before == 0 && self.sleeps_past(now);
         if full_batch || late {
             self.nudge();
         }
@@ -360,13 +360,20 @@ where
         let now = self.now();
         st.buffer.push(key, change, now);
         self.held.store(st.buffer.len(), SeqCst);
-        let interval = self.interval();
-        if st.buffer.ready(now, self.config.batch_size, interval)
-            || self.wake_at.load(SeqCst) > now.saturating_add(interval)
+        if st
+            .buffer
+            .ready(now, self.config.batch_size, self.interval())
+            || self.sleeps_past(now)
         {
             self.nudge();
         }
         Ok(())
+    }
+
+    /// Whether the flusher sleeps past the flush interval of a write made
+    /// at `now`, so must be nudged.
+    fn sleeps_past(&self, now: u64) -> bool {
+        self.wake_at.load(SeqCst) > now.saturating_add(self.interval())
     }
 
     /// Moves every lane's changes into the buffer, each lane in the order
