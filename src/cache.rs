@@ -619,6 +619,11 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, cell) = self.shards.cell_for(key);
+        if self.timing.is_timed() {
+            // Every entry will want the time: read it before the lock, whose
+            // word the other readers of this shard are waiting to touch.
+            now.get();
+        }
         let shard = cell.read();
         let Some(id) = shard.hit(hash, key, now) else {
             drop(shard);
