@@ -22,8 +22,9 @@
 //! *duplicate loads*, loader calls for a key that start less than a tenth of
 //! a TTL after the previous call for it (no refresh policy here wants a value
 //! replaced at a tenth of its life: these are loads where one would do); the
-//! read latency quantiles, max, and p99 over the plain-hit p99; and *slow
-//! reads*, reads over 100 µs. A hit takes well under a microsecond and a read
+//! read latency quantiles, max, and p99 over the plain-hit p99, both pooled
+//! over all rounds and round by round (the median over rounds of a round's
+//! p99 over the plain hit's p99 in the same round); and *slow reads*, reads over 100 µs. A hit takes well under a microsecond and a read
 //! that waited for the loader up to a millisecond, so slow reads count the
 //! readers a stampede stalled, plus those the OS preempted mid-read (the two
 //! hit rows show that floor). A second table has the cache's own counters
@@ -37,9 +38,15 @@
 //! the misses and the max long before they reach the p99, which mostly
 //! compares the cost of the read paths.
 //!
-//! Parameters: 8 keys, TTL 100 ms, load 1 ms, 3 s per mode split into 3
+//! Parameters: 8 keys, TTL 100 ms, load 1 ms, 3 s per mode split into 15
 //! rounds run in turn with the other modes' (so a busy moment of the shared
-//! host falls on all of them alike), 2 reader threads. The host this was
+//! host falls on all of them alike), 2 reader threads. The target is judged
+//! on the round-by-round ratio: a busy spell of the shared host that lasts
+//! a round or two lifts the pooled p99 of whichever modes it meets (two runs
+//! of the same code gave a pooled plain-hit p99 of 81 and 183 ns, and one
+//! gave 431 ns for the loading hit, which does nothing the plain hit does
+//! not, while every other mode stayed under 150 ns); the median of paired
+//! ratios moves far less. The host this was
 //! written on has 2 cores: with 4 readers (`LARDER_STAMPEDE_THREADS=4`)
 //! each loses its core every few milliseconds, a thousand reads per mode
 //! pass 100 µs whatever the mode, and the plain-hit p99 moved between 90 and
@@ -83,9 +90,10 @@ const LOAD_TIME: Duration = Duration::from_millis(1);
 const DUPLICATE: Duration = Duration::from_millis(TTL.as_millis() as u64 / 10);
 /// A read slower than this waited for something (nanoseconds).
 const SLOW: u64 = 100_000;
-/// Each mode's time is split into this many rounds, run in turn with the
-/// other modes', so that a busy moment of the machine hits all modes alike.
-const ROUNDS: u32 = 3;
+/// Each mode's time is split into this many rounds (3 in the smoke run),
+/// run in turn with the other modes', so that a busy moment of the machine
+/// hits all modes alike.
+const ROUNDS: u32 = 15;
 /// XFetch eagerness values measured.
 const BETAS: [f64; 2] = [1.0, 4.0];
 
@@ -95,13 +103,15 @@ fn main() {
         Run {
             threads: env_or("LARDER_STAMPEDE_THREADS", 2),
             duration: Duration::from_secs_f64(env_or("LARDER_STAMPEDE_SECS", 3.0)),
+            rounds: ROUNDS,
         }
     } else {
         println!("stampede: smoke run (no `--bench`); run `cargo bench --bench stampede`");
         Run {
             threads: 2,
             // Rounds a little longer than the TTL, so every key expires.
-            duration: (TTL + TTL / 5) * ROUNDS,
+            duration: (TTL + TTL / 5) * 3,
+            rounds: 3,
         }
     };
     report(&run);
@@ -118,6 +128,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 struct Run {
     threads: usize,
     duration: Duration,
+    rounds: u32,
 }
 
 // ------------------------------------------------------------------- the store
@@ -307,6 +318,8 @@ struct Row {
     calls: u64,
     duplicate_gaps: Histogram,
     latency: Histogram,
+    /// Each round's own p99, in round order.
+    round_p99: Vec<u64>,
     slow: u64,
     /// Differences of the cache's counters over the rounds.
     misses: u64,
@@ -347,10 +360,13 @@ fn measure(mode: &mut Mode, threads: usize, duration: Duration) {
     });
     let row = &mut mode.row;
     row.elapsed += started.elapsed();
+    let mut round = Histogram::default();
     for (latency, slow) in readers {
-        row.latency.merge(&latency);
+        round.merge(&latency);
         row.slow += slow;
     }
+    row.round_p99.push(round.quantile(0.99));
+    row.latency.merge(&round);
     let (calls, nanos, gaps) = mode.store.drain();
     row.calls += calls;
     row.load_nanos += nanos;
@@ -386,21 +402,22 @@ fn read_loop(target: &Target, seed: u64, stop: &AtomicBool) -> (Histogram, u64) 
 fn report(run: &Run) {
     let load_before = load_average();
     let mut modes = modes();
-    let slice = run.duration / ROUNDS;
-    for round in 1..=ROUNDS {
+    let slice = run.duration / run.rounds;
+    for round in 1..=run.rounds {
         for mode in &mut modes {
-            eprintln!("stampede: round {round}/{ROUNDS}, {} …", mode.name);
+            eprintln!("stampede: round {round}/{}, {} …", run.rounds, mode.name);
             measure(mode, run.threads, slice);
         }
     }
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     println!("# Cache stampede: {KEYS} hot keys, TTL {TTL:?}, loader {LOAD_TIME:?}\n");
     println!(
-        "{cpus} CPUs, {} reader threads, {:?} per mode in {ROUNDS} rounds; latency of \
+        "{cpus} CPUs, {} reader threads, {:?} per mode in {} rounds; latency of \
          each read, `Instant::now()` overhead included. Host load average (1 min) \
          before / after: {load_before} / {}.\n",
         run.threads,
         run.duration,
+        run.rounds,
         load_average()
     );
     latency_table(&modes);
@@ -421,13 +438,15 @@ fn latency_table(modes: &[Mode]) {
     let base = modes[0].row.latency.quantile(0.99).max(1) as f64;
     println!(
         "| mode | reads | expiries | loader calls | calls / expiry | duplicate loads \
-         | p50 | p99 | p99.9 | max | p99 / plain-hit p99 | slow reads (>100 µs) |"
+         | p50 | p99 | p99.9 | max | p99 / plain-hit p99 | round p99 / plain-hit, median \
+         | slow reads (>100 µs) |"
     );
-    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for Mode { name, row: r, .. } in modes {
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for mode in modes {
+        let (name, r) = (&mode.name, &mode.row);
         let q = |q| fmt_nanos(r.latency.quantile(q));
         println!(
-            "| {name} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} | {:.2}× | {} |",
+            "| {name} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} | {:.2}× | {:.2}× | {} |",
             r.latency.count(),
             r.expiries(),
             r.calls,
@@ -438,6 +457,7 @@ fn latency_table(modes: &[Mode]) {
             q(0.999),
             fmt_nanos(r.latency.max()),
             r.latency.quantile(0.99) as f64 / base,
+            paired_ratio(mode, &modes[0]),
             r.slow,
         );
     }
@@ -471,30 +491,55 @@ fn counter_table(modes: &[Mode]) {
     println!();
 }
 
+/// The median over rounds of `mode`'s p99 divided by the plain hit's p99 in
+/// the same round.
+fn paired_ratio(mode: &Mode, plain: &Mode) -> f64 {
+    let mut ratios: Vec<f64> = mode
+        .row
+        .round_p99
+        .iter()
+        .zip(&plain.row.round_p99)
+        .map(|(&p, &base)| p as f64 / base.max(1) as f64)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    match ratios.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => ratios[n / 2],
+        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+    }
+}
+
 /// The issue's target: with stale-while-revalidate or XFetch, p99 within 2×
 /// of a plain hit and one loader call per expiry (no duplicate loads). The
-/// loading-hit ratio is there to tell the read path's cost from expiry's.
+/// latency ratio judged is the median over rounds of the round's p99 over
+/// the plain hit's p99 in the same round; the pooled ratio is printed next
+/// to it. The loading-hit ratio is there to tell the read path's cost from
+/// expiry's.
 fn verdict(modes: &[Mode]) {
     let p99 = |m: &Mode| m.row.latency.quantile(0.99);
-    let (plain, loading) = (p99(&modes[0]), p99(&modes[1]).max(1));
+    let plain = p99(&modes[0]);
     println!(
-        "Target: p99 ≤ 2× plain-hit p99 ({}) and one load per expiry (no duplicate loads).\n",
-        fmt_nanos(plain)
+        "Target: p99 ≤ 2× plain-hit p99, round by round (median over rounds), and one load \
+         per expiry (no duplicate loads).\n"
     );
     for mode in modes
         .iter()
         .filter(|m| m.name.starts_with("stale") || m.name.starts_with("XFetch"))
     {
         let (r, p) = (&mode.row, p99(mode));
+        let ratio = paired_ratio(mode, &modes[0]);
         let duplicates = r.duplicate_gaps.count();
         println!(
-            "- {}: p99 {} = {:.2}× plain hit ({:.2}× loading hit) → {}; {} loader calls for \
-             {:.0} expiries, {duplicates} duplicate → {}; {} reads waited for a load.",
+            "- {}: round p99 / plain hit {:.2}× (median; {:.2}× over the loading hit) → {}; \
+             pooled p99 {} = {:.2}× plain hit's {}; {} loader calls for {:.0} expiries, \
+             {duplicates} duplicate → {}; {} reads waited for a load.",
             mode.name,
+            ratio,
+            paired_ratio(mode, &modes[1]),
+            if ratio <= 2.0 { "met" } else { "MISSED" },
             fmt_nanos(p),
             p as f64 / plain.max(1) as f64,
-            p as f64 / loading as f64,
-            if p <= 2 * plain { "met" } else { "MISSED" },
+            fmt_nanos(plain),
             r.calls,
             r.expiries(),
             if duplicates == 0 { "met" } else { "MISSED" },

@@ -619,9 +619,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, cell) = self.shards.cell_for(key);
-        if self.timing.is_timed() {
-            // Every entry will want the time: read it before the lock, whose
-            // word the other readers of this shard are waiting to touch.
+        if self.timing.deadlines_made() {
+            // Entries here have deadlines, so the read will want the time:
+            // read it before the lock, whose word the other readers of this
+            // shard are waiting to touch.
             now.get();
         }
         let shard = cell.read();

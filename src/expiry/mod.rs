@@ -17,7 +17,12 @@
 pub(crate) mod clock;
 pub(crate) mod wheel;
 
-use std::{cell::Cell, fmt, time::Duration};
+use std::{
+    cell::Cell,
+    fmt,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    time::Duration,
+};
 
 use clock::{Clock, saturating_nanos};
 pub(crate) use wheel::NEVER;
@@ -108,6 +113,9 @@ pub(crate) struct Timing<K, V> {
     jitter: f64,
     expiry: Option<Box<dyn Expiry<K, V>>>,
     clone_key: Option<fn(&K) -> K>,
+    /// Set by the first write that gives an entry a deadline, and never
+    /// cleared: from then on reads want the time.
+    deadlines_made: AtomicBool,
 }
 
 impl<K, V> fmt::Debug for Timing<K, V> {
@@ -146,12 +154,20 @@ impl<K, V> Timing<K, V> {
             jitter,
             expiry,
             clone_key,
+            deadlines_made: AtomicBool::new(false),
         }
     }
 
     /// True when entries get deadlines without `insert_with_ttl`.
     pub(crate) fn is_timed(&self) -> bool {
         self.ttl.is_some() || self.tti.is_some() || self.expiry.is_some()
+    }
+
+    /// True once some entry has been given a deadline: reads then read the
+    /// clock up front (before any lock) rather than on finding a deadline.
+    #[inline]
+    pub(crate) fn deadlines_made(&self) -> bool {
+        self.deadlines_made.load(Relaxed)
     }
 
     /// Idle time in ns, if reads slide deadlines.
@@ -182,6 +198,9 @@ impl<K, V> Timing<K, V> {
             (None, None) => self.ttl.map_or(NEVER, |t| self.after(now, t)),
         };
         let at = self.tti.map_or(hard, |tti| hard.min(self.after(now, tti)));
+        if at != NEVER && !self.deadlines_made() {
+            self.deadlines_made.store(true, Relaxed);
+        }
         Deadline { at, hard }
     }
 
