@@ -291,6 +291,18 @@ mod tests {
     }
 
     #[test]
+    fn the_first_deadline_made_is_remembered() {
+        let t = timing(None, None, 0.0);
+        t.on_write(0, None, None);
+        t.on_write(0, None, Some(None));
+        assert!(!t.deadlines_made(), "no entry has a deadline yet");
+        t.on_write(0, Some(Duration::from_secs(1)), None);
+        assert!(t.deadlines_made());
+        t.on_write(0, None, None);
+        assert!(t.deadlines_made(), "never cleared");
+    }
+
+    #[test]
     fn jitter_spreads_deadlines_within_bounds() {
         let t = timing(Some(100), None, 0.1);
         let ats: Vec<u64> = (0..1000).map(|_| t.on_write(0, None, None).at).collect();
