@@ -55,7 +55,8 @@ pub(crate) const REAP_BUDGET: usize = 512;
 /// The policy's hill climber is fed fresh counts on one write in this many.
 const SAMPLE_EVERY: u64 = 32;
 
-/// Reads the clock at most once, and only if an entry has a deadline.
+/// Reads the clock at most once, and only if an entry has a deadline (a read
+/// takes it up front, before the shard lock, once the cache has made any).
 #[derive(Debug)]
 pub(crate) struct Now<'a> {
     clock: &'a Clock,
