@@ -35,12 +35,15 @@
 //! # CLOCK approximation of the LRU orders
 //!
 //! A read hit holds only the shard's shared lock, so it cannot move an id in
-//! a linked list. All it does is [`TinyLfu::touch`]: a relaxed load of the
-//! id's 4-bit-range touch counter and, unless it is saturated, a relaxed
-//! store of the counter plus one (lossy under races, never a write on a hot
-//! saturated key, so hot keys do not bounce cache lines between cores).
+//! a linked list. All it does is touch the entry: a relaxed load of the
+//! 4-bit touch counter kept in the entry's slot (see [`Entries`]) and, unless
+//! it is saturated, a relaxed store of the counter plus one (lossy under
+//! races, never a write on a hot saturated key, so hot keys do not bounce
+//! cache lines between cores). A write to an existing entry touches it the
+//! same way ([`TinyLfu::reweigh`] only adjusts its weight), so a write hit
+//! costs no queue surgery either.
 //!
-//! Everything else runs under the exclusive lock, and reads the counters the
+//! The policy's own work runs under the exclusive lock, and reads the counters the
 //! way CLOCK reads reference bits: whenever the policy looks at a queue head
 //! (window, probation or protected) whose counter is non-zero, the counter
 //! is cleared, its value is added to the sketch (the sketch is never written
@@ -51,8 +54,7 @@
 //! order ids by "not read since it last came round" rather than by exact
 //! recency — CLOCK's classic approximation of LRU, and the sketch still sees
 //! every counted hit before any admission decision about that id is made.
-//! Writes (`insert`, `update`) do hold the exclusive lock, so they count in
-//! the sketch at once and `update` applies the exact LRU move.
+//! A new entry ([`TinyLfu::insert`]) is counted in the sketch at once.
 //!
 //! Each touched head is examined at most once per trip round its queue and
 //! each examination consumes its touches, so [`TinyLfu::victim`] is
@@ -60,8 +62,9 @@
 //!
 //! # Memory
 //!
-//! Per id: `[u32; 2]` links, one tag byte, one atomic counter byte, plus a
-//! `u32` weight only for weighted caches: 10 bytes (14 weighted). The sketch
+//! Per id: `[u32; 2]` links and one tag byte, plus a `u32` weight only for
+//! weighted caches: 9 bytes (13 weighted); the touch counter lives in the
+//! shard's slot. The sketch
 //! takes [`FrequencySketch::BYTES_PER_ENTRY`](sketch::FrequencySketch) bytes
 //! per entry of capacity, rounded up to a power of two (see [`sketch`]).
 

@@ -163,7 +163,8 @@ proptest! {
                 Op::Update(i, w) if len > 0 => {
                     let w = if weighted { w.min(capacity as u32) } else { 1 };
                     let id = (i % len) as u32;
-                    policy.update(id, key_hash(keys[i % len]), w, ids.take_touches(id));
+                    ids.touch(id);
+                    policy.reweigh(id, w);
                     weights[i % len] = w;
                 }
                 Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| ids.touch((i % len) as u32)),

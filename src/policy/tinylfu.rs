@@ -165,21 +165,17 @@ impl TinyLfu {
         self.sketch.increment(hash, 1);
     }
 
-    /// Records a write to the existing id `id`: an access (exact LRU move,
-    /// since the lock is exclusive here) and possibly a new weight.
-    /// `touches` are the read hits the entry had pending, which the caller
-    /// took from it.
-    pub(crate) fn update(&mut self, id: u32, hash: u64, weight: u32, touches: u8) {
-        self.sketch.increment(hash, touches.saturating_add(1));
-        let tag = self.tags[id as usize];
+    /// Gives the existing id `id` a new weight. A write to an entry counts
+    /// as an access, but the caller records it as a touch, as a read hit
+    /// does, so it reaches the sketch and the queues when the entry comes up
+    /// at a queue head: a write hit then costs no queue surgery.
+    pub(crate) fn reweigh(&mut self, id: u32, weight: u32) {
         if self.weighted {
+            let tag = self.tags[id as usize];
             let old = std::mem::replace(&mut self.weights[id as usize], weight);
             let queue = &mut self.queues[tag as usize];
             queue.weight = queue.weight - u64::from(old) + u64::from(weight);
         }
-        self.unlink(id);
-        let target = if tag == PROBATION { PROTECTED } else { tag };
-        self.push_tail(target, id);
     }
 
     /// Unlinks `id`. If it was the last id it is dropped at once; otherwise

@@ -5,7 +5,7 @@
 //!
 //! Entries live in a dense `Vec` of [slots](slot) (key, value, and one
 //! atomic word holding the deadline and the policy's touch counter), indexed
-//! by `u32` ids `0..len`. A `hashbrown::HashTable<u32>` maps key hashes to
+//! by `u32` ids `0..len`. A [table](table) of 64-byte chunks maps key hashes to
 //! ids. What only writers need lives in parallel arrays owned by the parts
 //! that use it: queue links in the [policy](crate::policy), slot links in
 //! the [timing wheel](crate::expiry::wheel) (only for caches with expiry),
@@ -27,18 +27,18 @@
 //! # Hash bits
 //!
 //! One 64-bit `ahash` per key serves three readers: bits 32..48 pick the shard,
-//! hashbrown takes its bucket from the low bits and its tag from the top 7,
-//! and the policy's frequency sketch re-mixes the whole word.
+//! the table takes its home chunk from the low 32 bits and its tag from the
+//! top 8, and the policy's frequency sketch re-mixes the whole word.
 
 mod sharded;
 mod slot;
+mod table;
 
 pub(crate) use sharded::{ShardCell, Shards};
 
 use std::{borrow::Borrow, hash::Hash};
 
 use ahash::RandomState;
-use hashbrown::HashTable;
 
 use crate::{
     RemovalCause,
@@ -47,6 +47,7 @@ use crate::{
     policy::{Entries, TinyLfu},
 };
 use slot::Slot;
+use table::Table;
 
 /// At most this many expired entries are reaped per lock hold, so a mass
 /// expiry never keeps readers waiting long.
@@ -126,7 +127,7 @@ pub(crate) struct Layout {
 /// One shard of the cache: table, slots, policy and timer wheel.
 #[derive(Debug)]
 pub(crate) struct Shard<K, V> {
-    table: HashTable<u32>,
+    table: Table,
     slots: Vec<Slot<K, V>>,
     /// Per-id write-based cap for sliding (time-to-idle) deadlines; empty without TTI.
     hard: Vec<u64>,
@@ -153,7 +154,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             hard.reserve_exact(reserve);
         }
         Shard {
-            table: HashTable::with_capacity(reserve),
+            table: Table::with_capacity(reserve),
             slots: Vec::with_capacity(reserve),
             hard,
             sliding: layout.sliding,
@@ -193,8 +194,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.table
-            .find(hash, |&id| self.slots[id as usize].key.borrow() == key)
-            .copied()
+            .find(hash, |id| self.slots[id as usize].key.borrow() == key)
     }
 
     /// The id of `key`'s entry if it is present and live at `now`.
@@ -298,8 +298,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         let found = self
             .table
-            .find(w.hash, |&id| self.slots[id as usize].key == w.key)
-            .copied();
+            .find(w.hash, |id| self.slots[id as usize].key == w.key);
         match found {
             Some(id) => self.replace(id, w, now, removed),
             None => self.push(w),
@@ -322,8 +321,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.count(cause, 1);
         removed.push(w.key, old, cause);
         self.set_deadline(id, w.deadline);
-        let touches = self.slots[id as usize].take_touches();
-        self.policy.update(id, w.hash, w.weight, touches);
+        self.slots[id as usize].touch();
+        self.policy.reweigh(id, w.weight);
     }
 
     /// Appends a new entry at id `len`.
@@ -332,7 +331,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.slots.push(Slot::new(w.key, w.value));
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.table
-            .insert_unique(w.hash, id, |&i| hasher.hash_one(&slots[i as usize].key));
+            .insert_unique(w.hash, id, |i| hasher.hash_one(&slots[i as usize].key));
         if self.sliding {
             self.hard.push(NEVER);
         }
@@ -419,17 +418,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Unlinks `id` everywhere and swap-removes its slot.
     fn take(&mut self, id: u32) -> Slot<K, V> {
         let hash = self.hasher.hash_one(&self.slots[id as usize].key);
-        if let Ok(entry) = self.table.find_entry(hash, |&i| i == id) {
-            entry.remove();
-        }
+        let held = self.table.remove(hash, id);
+        debug_assert!(held, "slot {id} missing from the table");
         self.policy.remove(id);
         self.wheel.cancel(id);
         let last = (self.slots.len() - 1) as u32;
         if id != last {
             let last_hash = self.hasher.hash_one(&self.slots[last as usize].key);
-            if let Some(slot) = self.table.find_mut(last_hash, |&i| i == last) {
-                *slot = id;
-            }
+            let held = self.table.relocate(last_hash, last, id);
+            debug_assert!(held, "slot {last} missing from the table");
             self.policy.relocate(last, id);
             self.wheel.relocate(last, id);
         }
@@ -510,13 +507,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             let hash = self.hasher.hash_one(&slot.key);
             let found = self
                 .table
-                .find(hash, |&i| self.slots[i as usize].key == slot.key);
+                .find(hash, |i| self.slots[i as usize].key == slot.key);
             assert_eq!(
-                found.copied(),
+                found,
                 Some(id as u32),
                 "table does not map slot {id} to itself"
             );
         }
+        self.table
+            .check_invariants(|id| self.hasher.hash_one(&self.slots[id as usize].key));
         assert!(
             self.hard.is_empty() || self.hard.len() == len,
             "hard deadline array length"

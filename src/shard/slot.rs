@@ -100,6 +100,15 @@ impl<K, V> Slot<K, V> {
         }
     }
 
+    /// Records an access by a writer (exclusive lock), as a read hit does.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        let meta = self.meta.load(Relaxed);
+        if meta >> DEADLINE_BITS < u64::from(TOUCH_MAX) {
+            self.meta.store(meta + ONE_TOUCH, Relaxed);
+        }
+    }
+
     /// Reads and clears the touch counter (exclusive lock).
     #[inline]
     pub(crate) fn take_touches(&self) -> u8 {

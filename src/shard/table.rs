@@ -1,0 +1,442 @@
+//! The shard's index from key hashes to slot ids, one cache line per chunk.
+//!
+//! # Layout
+//!
+//! A [`Chunk`] is 64 bytes: 12 one-byte tags, an overflow count, and 12 `u32`
+//! slot ids. A lookup reads the tags of its home chunk as one word, picks the
+//! positions whose tag matches with a few integer operations, and compares
+//! the key of each such slot; the ids it needs sit in the same cache line as
+//! the tags. So a hit costs two cache misses (the chunk, then the slot) where
+//! a table keeping tags and ids in separate arrays costs three.
+//!
+//! The ideas are those of Folly's F14 tables: chunks probed linearly, and
+//! per-chunk *overflow counts* instead of tombstones. When an insert finds a
+//! chunk full it bumps that chunk's count and moves to the next; a removal
+//! decrements the counts along the way back. A lookup stops at the first
+//! chunk whose count is zero, so deletions leave no debris behind and probe
+//! lengths stay what the load makes them. A count that reaches 255 sticks
+//! (lookups past it stay correct, only longer) until the table is rebuilt.
+//!
+//! # Hash bits
+//!
+//! The home chunk comes from the low 32 bits (multiplied into the chunk
+//! count, so the table need not be a power of two and can be sized to the
+//! shard's capacity), the tag from the top 8 (0 marks an empty position).
+//! Bits 32..48, which pick the shard, are the same for every key here and
+//! take no part.
+//!
+//! The table holds at most 7/8 of its positions; [`Table::with_capacity`]
+//! sizes it for a bounded shard up front, and it doubles (rehashing every
+//! entry from its key) only when an unbounded shard outgrows it.
+
+const WIDTH: usize = 12;
+/// Index of the overflow count among the control bytes.
+const OVERFLOW: usize = WIDTH;
+const EMPTY: u8 = 0;
+
+/// One in every byte of the control word.
+const LOW_BITS: u128 = u128::MAX / 0xff;
+/// The top bit of each of the 12 tag bytes.
+const TAG_HIGH_BITS: u128 = (LOW_BITS << 7) & ((1 << (8 * WIDTH)) - 1);
+
+/// Twelve positions: tags (and the overflow count) first, then the ids.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct Chunk {
+    /// Bytes `0..12` are tags, byte 12 the overflow count, 13..16 unused.
+    ctrl: [u8; 16],
+    ids: [u32; WIDTH],
+}
+
+impl Chunk {
+    /// Bit `8 * i + 7` set for each position `i` whose tag may equal `tag`.
+    /// The lowest set bit is exact; higher ones can be false positives (a
+    /// borrow from a matching byte below), so callers check the tag again.
+    #[inline]
+    fn candidates(&self, tag: u8) -> u128 {
+        let x = u128::from_le_bytes(self.ctrl) ^ (LOW_BITS * u128::from(tag));
+        x.wrapping_sub(LOW_BITS) & !x & TAG_HIGH_BITS
+    }
+
+    /// The position holding `tag` whose id satisfies `eq`.
+    #[inline]
+    fn position(&self, tag: u8, mut eq: impl FnMut(u32) -> bool) -> Option<usize> {
+        let mut bits = self.candidates(tag);
+        while bits != 0 {
+            let i = (bits.trailing_zeros() / 8) as usize;
+            if self.ctrl[i] == tag && eq(self.ids[i]) {
+                return Some(i);
+            }
+            bits &= bits - 1;
+        }
+        None
+    }
+
+    /// The first empty position.
+    #[inline]
+    fn vacancy(&self) -> Option<usize> {
+        let bits = self.candidates(EMPTY);
+        (bits != 0).then(|| (bits.trailing_zeros() / 8) as usize)
+    }
+
+    fn overflow(&self) -> u8 {
+        self.ctrl[OVERFLOW]
+    }
+}
+
+/// A map from 64-bit hashes to `u32` ids; the caller keeps the keys and
+/// says which id holds a key (`eq`) or what an id's hash is (`rehash`).
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+#[inline]
+fn tag_of(hash: u64) -> u8 {
+    ((hash >> 56) as u8).max(1)
+}
+
+impl Table {
+    /// A table that holds `entries` without growing.
+    pub(crate) fn with_capacity(entries: usize) -> Self {
+        let chunks = entries.saturating_mul(8).div_ceil(7 * WIDTH);
+        Table {
+            chunks: vec![Chunk::default(); chunks],
+            len: 0,
+        }
+    }
+
+    /// Number of ids held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Most ids held before the table grows.
+    fn limit(&self) -> usize {
+        self.chunks.len() * WIDTH * 7 / 8
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        ((u64::from(hash as u32) * self.chunks.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.chunks.len() { 0 } else { i + 1 }
+    }
+
+    /// The chunk and position of the id with `hash` that satisfies `eq`.
+    #[inline]
+    fn locate(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, usize)> {
+        let tag = tag_of(hash);
+        let mut i = self.home(hash);
+        for _ in 0..self.chunks.len() {
+            let chunk = &self.chunks[i];
+            if let Some(pos) = chunk.position(tag, &mut eq) {
+                return Some((i, pos));
+            }
+            if chunk.overflow() == 0 {
+                return None;
+            }
+            i = self.next(i);
+        }
+        None
+    }
+
+    /// The id with `hash` that satisfies `eq`.
+    #[inline]
+    pub(crate) fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.locate(hash, eq)
+            .map(|(i, pos)| self.chunks[i].ids[pos])
+    }
+
+    /// Adds `id` under `hash`; the caller knows no id with an equal key is
+    /// present. `rehash` gives the hash of any held id, for growing.
+    pub(crate) fn insert_unique(&mut self, hash: u64, id: u32, rehash: impl Fn(u32) -> u64) {
+        if self.len >= self.limit() {
+            self.grow(rehash);
+        }
+        self.place(hash, id);
+        self.len += 1;
+    }
+
+    /// Puts `id` in the first vacancy from its home chunk on, counting the
+    /// full chunks it passes. The load limit guarantees a vacancy.
+    fn place(&mut self, hash: u64, id: u32) {
+        let tag = tag_of(hash);
+        let mut i = self.home(hash);
+        loop {
+            let chunk = &mut self.chunks[i];
+            if let Some(pos) = chunk.vacancy() {
+                chunk.ctrl[pos] = tag;
+                chunk.ids[pos] = id;
+                return;
+            }
+            chunk.ctrl[OVERFLOW] = chunk.ctrl[OVERFLOW].saturating_add(1);
+            i = self.next(i);
+        }
+    }
+
+    /// Doubles the chunks (at least one) and re-places every id.
+    fn grow(&mut self, rehash: impl Fn(u32) -> u64) {
+        let size = (self.chunks.len() * 2).max(1);
+        let old = std::mem::replace(&mut self.chunks, vec![Chunk::default(); size]);
+        for chunk in &old {
+            for pos in 0..WIDTH {
+                if chunk.ctrl[pos] != EMPTY {
+                    let id = chunk.ids[pos];
+                    self.place(rehash(id), id);
+                }
+            }
+        }
+    }
+
+    /// Removes `id`, held under `hash`. False if it is not there.
+    pub(crate) fn remove(&mut self, hash: u64, id: u32) -> bool {
+        let Some((found, pos)) = self.locate(hash, |i| i == id) else {
+            return false;
+        };
+        self.chunks[found].ctrl[pos] = EMPTY;
+        let mut i = self.home(hash);
+        while i != found {
+            let count = &mut self.chunks[i].ctrl[OVERFLOW];
+            if *count != u8::MAX {
+                *count -= 1;
+            }
+            i = self.next(i);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Makes the entry for `old` (held under `hash`) point to `new`. False
+    /// if `old` is not there.
+    pub(crate) fn relocate(&mut self, hash: u64, old: u32, new: u32) -> bool {
+        match self.locate(hash, |i| i == old) {
+            Some((i, pos)) => {
+                self.chunks[i].ids[pos] = new;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every id, keeping the storage.
+    pub(crate) fn clear(&mut self) {
+        self.chunks.fill(Chunk::default());
+        self.len = 0;
+    }
+
+    /// Panics unless the length and every overflow count agree with where
+    /// the ids sit (`rehash` gives each id's hash).
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn check_invariants(&self, rehash: impl Fn(u32) -> u64) {
+        let n = self.chunks.len();
+        let mut expected = vec![0usize; n];
+        let mut held = 0;
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for pos in 0..WIDTH {
+                if chunk.ctrl[pos] == EMPTY {
+                    continue;
+                }
+                held += 1;
+                let hash = rehash(chunk.ids[pos]);
+                assert_eq!(
+                    chunk.ctrl[pos],
+                    tag_of(hash),
+                    "tag of chunk {c} position {pos}"
+                );
+                let mut i = self.home(hash);
+                while i != c {
+                    expected[i] += 1;
+                    i = self.next(i);
+                }
+            }
+        }
+        assert_eq!(held, self.len, "table length");
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            // A saturated count is sticky and may exceed what it counts.
+            let count = chunk.overflow();
+            if count != u8::MAX {
+                assert_eq!(
+                    usize::from(count),
+                    expected[c],
+                    "overflow count of chunk {c}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Chunk>(), 64);
+        assert_eq!(std::mem::align_of::<Chunk>(), 64);
+    }
+
+    #[test]
+    fn candidates_find_every_matching_tag_and_no_other() {
+        for tag in [1u8, 2, 0x7f, 0x80, 0xff] {
+            for layout in 0u32..(1 << WIDTH) {
+                let mut chunk = Chunk::default();
+                for pos in 0..WIDTH {
+                    // Matching positions get `tag`; the others a near miss
+                    // (tag ^ 1 is what a borrow could turn into a false match).
+                    chunk.ctrl[pos] = if layout & (1 << pos) != 0 {
+                        tag
+                    } else {
+                        tag ^ 1
+                    };
+                }
+                chunk.ctrl[OVERFLOW] = tag;
+                chunk.ids = std::array::from_fn(|pos| pos as u32);
+                let mut found = Vec::new();
+                let none = chunk.position(tag, |id| {
+                    found.push(id as usize);
+                    false
+                });
+                assert_eq!(none, None);
+                let expected: Vec<usize> =
+                    (0..WIDTH).filter(|&pos| layout & (1 << pos) != 0).collect();
+                assert_eq!(found, expected, "tag {tag:#x}, layout {layout:#014b}");
+            }
+        }
+    }
+
+    #[test]
+    fn vacancy_is_the_first_empty_position() {
+        let mut chunk = Chunk::default();
+        for pos in 0..WIDTH {
+            assert_eq!(chunk.vacancy(), Some(pos));
+            chunk.ctrl[pos] = 1;
+        }
+        assert_eq!(chunk.vacancy(), None);
+        chunk.ctrl[5] = EMPTY;
+        assert_eq!(chunk.vacancy(), Some(5));
+    }
+
+    #[test]
+    fn an_empty_table_grows_on_first_insert() {
+        let mut table = Table::with_capacity(0);
+        assert_eq!(table.find(7, |_| true), None);
+        assert!(!table.remove(7, 0));
+        table.insert_unique(7, 0, |_| 7);
+        assert_eq!(table.find(7, |id| id == 0), Some(0));
+        table.check_invariants(|_| 7);
+    }
+
+    #[test]
+    fn counts_saturate_and_stay_correct() {
+        // 300 ids all homed in chunk 0 of a table too small to hold them
+        // without growing: counts pass 255 and stick, lookups still work.
+        let hash = |id: u32| u64::from(id) << 56 | 0x1234;
+        let mut table = Table::with_capacity(400);
+        for id in 0..300 {
+            table.insert_unique(hash(id), id, hash);
+        }
+        table.check_invariants(hash);
+        assert_eq!(table.chunks[0].overflow(), u8::MAX);
+        for id in (0..300).step_by(2) {
+            assert!(table.remove(hash(id), id));
+        }
+        table.check_invariants(hash);
+        for id in 0..300 {
+            let found = table.find(hash(id), |i| i == id);
+            assert_eq!(found, (id % 2 == 1).then_some(id));
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u16),
+        Remove(u16),
+        Relocate(u16, u16),
+        Clear,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => any::<u16>().prop_map(Op::Insert),
+            3 => any::<u16>().prop_map(Op::Remove),
+            2 => (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Op::Relocate(a, b)),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Keys are `u16`s whose hash keeps only `bits` bits, so chunks fill,
+        /// overflow and wrap around. Ids are keys' positions in a dense list
+        /// with swap-removal, as in the shard.
+        #[test]
+        fn model(bits in 1u32..12, reserve in 0usize..64, ops in proptest::collection::vec(op(), 1..300)) {
+            let mask = (1u64 << bits) - 1;
+            let hash_of = |key: u16| {
+                let h = u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) & mask;
+                h | h << 56
+            };
+            let mut table = Table::with_capacity(reserve);
+            let mut keys: Vec<u16> = Vec::new();
+            let mut ids: HashMap<u16, u32> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(key) => {
+                        let found = table.find(hash_of(key), |id| keys[id as usize] == key);
+                        prop_assert_eq!(found, ids.get(&key).copied());
+                        if found.is_none() {
+                            let id = keys.len() as u32;
+                            keys.push(key);
+                            ids.insert(key, id);
+                            table.insert_unique(hash_of(key), id, |id| hash_of(keys[id as usize]));
+                        }
+                    }
+                    Op::Remove(key) => {
+                        let Some(id) = ids.remove(&key) else {
+                            prop_assert_eq!(table.find(hash_of(key), |id| keys[id as usize] == key), None);
+                            continue;
+                        };
+                        prop_assert!(table.remove(hash_of(key), id));
+                        let last = keys.len() as u32 - 1;
+                        if id != last {
+                            let moved = keys[last as usize];
+                            prop_assert!(table.relocate(hash_of(moved), last, id));
+                            ids.insert(moved, id);
+                        }
+                        keys.swap_remove(id as usize);
+                    }
+                    Op::Relocate(a, b) => {
+                        // Swap two held keys' ids, as two relocations.
+                        let (Some(&ia), Some(&ib)) = (ids.get(&a), ids.get(&b)) else { continue };
+                        if ia == ib { continue }
+                        prop_assert!(table.relocate(hash_of(a), ia, u32::MAX));
+                        prop_assert!(table.relocate(hash_of(b), ib, ia));
+                        prop_assert!(table.relocate(hash_of(a), u32::MAX, ib));
+                        keys.swap(ia as usize, ib as usize);
+                        ids.insert(a, ib);
+                        ids.insert(b, ia);
+                    }
+                    Op::Clear => {
+                        table.clear();
+                        keys.clear();
+                        ids.clear();
+                    }
+                }
+                table.check_invariants(|id| hash_of(keys[id as usize]));
+            }
+            for (&key, &id) in &ids {
+                prop_assert_eq!(table.find(hash_of(key), |i| keys[i as usize] == key), Some(id));
+            }
+        }
+    }
+}
