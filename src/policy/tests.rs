@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use proptest::prelude::*;
 
 use super::sim::{Model, Rng, hot_and_scans, looping, zipf};
-use super::{Entries, TestEntries, TinyLfu};
+use super::{TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
 fn ratio(trace: &[u64], capacity: u64) -> f64 {
