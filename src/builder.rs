@@ -12,10 +12,10 @@ use crate::{
 /// The user's weigher.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 
-/// Most shards a cache may have.
 /// A loading cache's inner builder, its time to live and its jitter.
 pub(crate) type LoadingBase<K, V> = (CacheBuilder<K, Loaded<V>>, Option<Duration>, f64);
 
+/// Most shards a cache may have.
 const MAX_SHARDS: usize = 1 << 16;
 
 /// Default shards hold at least this much capacity, so that small caches keep
