@@ -81,10 +81,17 @@ impl<K, V> Slot<K, V> {
         if deadline != DEADLINE_MASK && now() >= deadline {
             return false;
         }
+        self.add_touch(meta);
+        true
+    }
+
+    /// Stores `meta` (the word as just loaded) plus one touch, unless the
+    /// counter is saturated.
+    #[inline]
+    fn add_touch(&self, meta: u64) {
         if meta >> DEADLINE_BITS < u64::from(TOUCH_MAX) {
             self.meta.store(meta + ONE_TOUCH, Relaxed);
         }
-        true
     }
 
     /// Moves a deadline later to `next`, if it is more than `slack` ns later
@@ -103,10 +110,7 @@ impl<K, V> Slot<K, V> {
     /// Records an access by a writer (exclusive lock), as a read hit does.
     #[inline]
     pub(crate) fn touch(&self) {
-        let meta = self.meta.load(Relaxed);
-        if meta >> DEADLINE_BITS < u64::from(TOUCH_MAX) {
-            self.meta.store(meta + ONE_TOUCH, Relaxed);
-        }
+        self.add_touch(self.meta.load(Relaxed));
     }
 
     /// Reads and clears the touch counter (exclusive lock).
