@@ -12,7 +12,9 @@ use proptest::prelude::*;
 fn op() -> impl Strategy<Value = Op> {
     let key = 0..KEYS;
     prop_oneof![
-        10 => (key, proptest::option::of(any::<u8>())).prop_map(|(k, v)| Op::Push(k, v)),
+        10 => (key.clone(), proptest::option::of(any::<u8>())).prop_map(|(k, v)| Op::Push(k, v)),
+        3 => proptest::collection::vec((key, proptest::option::of(any::<u8>()), any::<u8>()), 1..8)
+            .prop_map(Op::Drain),
         5 => (1u8..9).prop_map(Op::Take),
         4 => any::<u8>().prop_map(Op::Succeed),
         2 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(p, m, d)| Op::FailSome(p, m, d)),

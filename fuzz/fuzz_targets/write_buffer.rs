@@ -36,8 +36,15 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
 }
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
-    Ok(match u.int_in_range(0..=9u8)? {
+    Ok(match u.int_in_range(0..=10u8)? {
         0..=2 => Op::Push(u.int_in_range(0..=KEYS - 1)?, u.arbitrary()?),
+        10 => {
+            let n = u.int_in_range(1..=8)?;
+            let pushes = (0..n)
+                .map(|_| Ok((u.int_in_range(0..=KEYS - 1)?, u.arbitrary()?, u.arbitrary()?)))
+                .collect::<Result<_>>()?;
+            Op::Drain(pushes)
+        }
         3 | 4 => Op::Take(u.int_in_range(1..=8)?),
         5 => Op::Succeed(u.arbitrary()?),
         6 => Op::FailSome(u.arbitrary()?, u.arbitrary()?, u.arbitrary()?),

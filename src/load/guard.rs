@@ -53,6 +53,8 @@ pub(crate) struct Ticket<'a> {
     /// What the stripe must still say for this write to cache its value;
     /// `None` if another write was already running when it began.
     alone: Option<Seen>,
+    /// The stripe's count of started writes, this one included.
+    started: u32,
 }
 
 impl Default for Guards {
@@ -84,14 +86,13 @@ impl Guards {
     pub(crate) fn begin<K: Hash + ?Sized>(&self, key: &K) -> Ticket<'_> {
         let stripe = self.stripe_of(key);
         let before = self.stripes[stripe].fetch_add(ONE_START + 1, SeqCst);
-        let alone = (before & RUNNING == 0).then_some(Seen {
-            stripe,
-            started: (before >> 32).wrapping_add(1) & RUNNING,
-        });
+        let started = (before >> 32).wrapping_add(1) & RUNNING;
+        let alone = (before & RUNNING == 0).then_some(Seen { stripe, started });
         Ticket {
             guards: self,
             stripe,
             alone,
+            started: started as u32,
         }
     }
 
@@ -114,6 +115,14 @@ impl Ticket<'_> {
     /// (another write overlapped its start).
     pub(crate) fn alone(&self) -> Option<Seen> {
         self.alone
+    }
+
+    /// This write's place among the writes of its key: of two writes of one
+    /// key, the one that began first has the smaller order (compared as a
+    /// wrapping counter: by the sign of the difference). Writes of a key
+    /// that do not overlap reach the store in this order.
+    pub(crate) fn order(&self) -> u32 {
+        self.started
     }
 }
 
@@ -140,6 +149,19 @@ mod tests {
         assert!(!guards.unchanged(seen), "a write started since");
         let later = guards.seen(&1u32).expect("the write ended");
         assert!(guards.unchanged(later));
+    }
+
+    #[test]
+    fn writes_of_a_key_are_ordered_by_their_start_across_the_wrap() {
+        let guards = Guards::default();
+        let stripe = guards.stripe_of(&3u8);
+        // Just below the wrap of the 32-bit started count.
+        guards.stripes[stripe].store((u64::from(u32::MAX) - 1) << 32, SeqCst);
+        let orders: Vec<u32> = (0..4).map(|_| guards.begin(&3u8).order()).collect();
+        assert_eq!(orders, [u32::MAX, 0, 1, 2]);
+        for pair in orders.windows(2) {
+            assert!((pair[1].wrapping_sub(pair[0]) as i32) > 0, "{pair:?}");
+        }
     }
 
     #[test]

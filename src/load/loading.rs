@@ -348,7 +348,7 @@ where
     /// assert_eq!(cache.stats().loads(), 0);
     /// ```
     pub fn insert(&self, key: K, value: V) {
-        let _: Result<(), std::convert::Infallible> = self.write(key, || Ok((Some(value), ())));
+        let _: Result<(), std::convert::Infallible> = self.write(key, |_| Ok((Some(value), ())));
     }
 
     /// Runs `write` (a change to the store, or queuing one) as a write of
@@ -357,15 +357,19 @@ where
     /// overlapped this one, or `write` failed after one started, the key is
     /// dropped from the cache instead, so that the next read loads the
     /// store's own value; a load that overlapped it never caches what it
-    /// read (see [`guard`](crate::load::guard)).
+    /// read (see [`guard`](crate::load::guard)). `write` is given the
+    /// write's order among the writes of `key` ([`Ticket::order`]).
+    ///
+    /// [`Ticket::order`]: crate::load::guard::Ticket::order
     pub(crate) fn write<R, F>(
         &self,
         key: K,
-        write: impl FnOnce() -> Result<(Option<V>, R), F>,
+        write: impl FnOnce(u32) -> Result<(Option<V>, R), F>,
     ) -> Result<R, F> {
         let inner = &self.inner;
         let ticket = inner.guards.begin(&key);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write));
+        let order = ticket.order();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(order)));
         match (outcome, ticket.alone()) {
             (Ok(Ok((Some(value), result))), Some(alone)) => {
                 if !inner.store(key.clone(), Some(value), 0, Over::Unwritten(alone)) {

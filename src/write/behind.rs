@@ -3,28 +3,44 @@
 //!
 //! # Lanes, then the buffer
 //!
-//! A writer does not touch the [`Buffer`]: it appends its change to one of
-//! a few *lanes* (short vectors behind their own small mutexes, the lane
-//! chosen by the key's hash, so one key always uses the same lane and its
-//! writes stay in order) and returns. Whoever next takes the queue's main
+//! A writer does not touch the [`Buffer`]: it appends its change to its
+//! *lane* (a short vector behind its own small mutex; threads are numbered
+//! as they first write and thread `n` uses lane `n` modulo the lane count,
+//! so concurrent writers rarely share a lane and each keeps its lane's
+//! cache lines to itself) and returns. Whoever next takes the queue's main
 //! mutex — the flusher, a flush, a read of a pinned value, the stats —
-//! first *drains* the lanes into the buffer, lane by lane, each in the
-//! order it was written. So writers contend only with the few writers of
-//! the same lane, for a push onto a vector, and the buffer's bookkeeping
-//! runs on the flusher's side.
+//! first *drains* the lanes into the buffer. So writers contend for almost
+//! nothing, and the buffer's bookkeeping runs on the flusher's side.
+//!
+//! # Keeping each key's order across lanes
+//!
+//! Two writes of one key from two threads sit in two lanes. Each carries
+//! its *order*, the key's write-guard count taken when the write began
+//! ([`Ticket::order`](crate::load::guard::Ticket::order)). A drain locks
+//! every lane before it empties any: if a write of a key is in the drain,
+//! so is every write of the key that finished before it began (that one
+//! was pushed, under its lane's lock, before the drain could lock all
+//! lanes). Within the drain, the buffer keeps for each key the change with
+//! the latest order ([`Buffer::push_ordered`]), whatever lane it came
+//! from. Writes of a key that overlap in time have no order to keep; the
+//! write guards already keep both out of the cache, so a read takes
+//! whichever the queue holds last.
 //!
 //! Everything that looks into the queue drains first, so a change is
 //! visible (pinned) from the moment its push returns. A lane remembers
 //! when its oldest change arrived and the buffer is given that time, so
-//! `flush_interval` counts from the write, not from the drain. Only a
-//! writer that finds the queue near its capacity takes the main mutex
-//! (drains, then applies the full-queue policy, as before).
+//! `flush_interval` counts from the write, not from the drain. A lane adds
+//! its changes to the shared count of undrained changes in chunks (and at
+//! once for its first change after a drain), so the count is a few chunks
+//! short at most: a writer that finds the count plus that slack near the
+//! queue's capacity takes the main mutex (drains, then applies the
+//! full-queue policy exactly).
 //!
 //! # Waking the flusher
 //!
 //! Writers nudge the flusher through a one-slot crossbeam channel: every
-//! `batch_size` undrained writes, and on the first write after a drain if
-//! the flusher sleeps past that write's `flush_interval`. The flusher
+//! `batch_size` undrained writes, and on a lane's first write after a drain
+//! if the flusher sleeps past that write's `flush_interval`. The flusher
 //! publishes when it means to wake (`wake_at`) before it checks for
 //! undrained writes, and a writer counts its write before it reads
 //! `wake_at`; so one of the two always sees the other, and a write never
@@ -41,13 +57,15 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst},
+        atomic::{
+            AtomicU64, AtomicUsize,
+            Ordering::{Relaxed, SeqCst},
+        },
     },
     thread,
     time::{Duration, Instant},
 };
 
-use ahash::RandomState;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -159,9 +177,9 @@ struct State<K, V, E> {
     /// The changes of the batch in flight (the very slice the store was
     /// given), searched newest first by `latest`.
     flying: Arc<[(K, Change<V>)]>,
-    /// An empty vector swapped into each lane as it is drained, so lanes
+    /// An empty vector per lane, swapped into it as it is drained, so lanes
     /// keep their capacity.
-    spare: Vec<(K, Change<V>)>,
+    spares: Vec<Vec<Laned<K, V>>>,
     /// No new writes; the flusher drains and exits.
     closing: bool,
     /// The flusher must exit after its current call.
@@ -181,11 +199,17 @@ struct State<K, V, E> {
     max_store_time: Duration,
 }
 
+/// A change in a lane: key, change, and its order among the writes of the
+/// key (from the write guard).
+type Laned<K, V> = (K, Change<V>, u32);
+
 /// Changes pushed but not yet drained into the buffer.
 struct Inbox<K, V> {
-    changes: Vec<(K, Change<V>)>,
+    changes: Vec<Laned<K, V>>,
     /// When the oldest of `changes` arrived (queue clock).
     since: u64,
+    /// How many of `changes` are counted in the queue's `undrained`.
+    counted: usize,
     /// Set by `close`: no more changes.
     closed: bool,
 }
@@ -200,10 +224,12 @@ const AWAKE: u64 = 0;
 /// The write-behind queue shared by the cache, its loader and the flusher.
 pub(crate) struct Queue<K, V, S: Store<K, V>> {
     lanes: Box<[Lane<K, V>]>,
-    lane_hasher: RandomState,
-    /// Changes counted into a lane and not yet drained out of it (counted
-    /// before the push, so never below the lanes' real total).
+    /// The sum of the lanes' `counted`: at most `lanes * (chunk - 1)` below
+    /// the changes they hold, and above zero whenever one holds any.
     undrained: AtomicUsize,
+    /// A lane adds its changes to `undrained` when it has this many
+    /// uncounted (and on its first change after a drain).
+    chunk: usize,
     /// `buffer.len()` as of the last time the main mutex was released.
     held: AtomicUsize,
     /// When the sleeping flusher wakes by itself (queue clock; `u64::MAX`:
@@ -244,18 +270,24 @@ where
                     Lane(Mutex::new(Inbox {
                         changes: Vec::new(),
                         since: 0,
+                        counted: 0,
                         closed: false,
                     }))
                 })
                 .collect(),
-            lane_hasher: RandomState::new(),
             undrained: AtomicUsize::new(0),
+            // Small against the capacity (the lanes' uncounted changes are
+            // slack in the fast capacity check) and against a batch (so a
+            // full batch is noticed).
+            chunk: (config.queue_capacity / (4 * lanes))
+                .min(config.batch_size)
+                .clamp(1, 32),
             held: AtomicUsize::new(0),
             wake_at: AtomicU64::new(AWAKE),
             state: Mutex::new(State {
                 buffer: Buffer::new(config.max_attempts, config.backoff),
                 flying: Arc::new([]),
-                spare: Vec::new(),
+                spares: (0..lanes).map(|_| Vec::new()).collect(),
                 closing: false,
                 stop: false,
                 exited: false,
@@ -296,39 +328,44 @@ where
         let _ = self.wake.try_send(());
     }
 
-    /// Queues `change` for `key`: onto its lane, or, near the queue's
-    /// capacity, into the buffer by the full-queue policy. A key already
-    /// held is always accepted (the write coalesces, or waits behind its
-    /// flight), so the buffer holds at most `queue_capacity + batch_size`
-    /// entries, plus one per writer that raced past the capacity check.
-    pub(crate) fn push(&self, key: K, change: Change<V>) -> Result<(), Refused> {
-        let before = self.undrained.fetch_add(1, SeqCst);
-        if self.held.load(SeqCst).saturating_add(before) >= self.config.queue_capacity {
-            self.undrained.fetch_sub(1, SeqCst);
+    /// Queues `change` for `key` (`order`: its place among the writes of
+    /// the key, from the write guard): onto the calling thread's lane, or,
+    /// near the queue's capacity, into the buffer by the full-queue policy.
+    /// A key already held is always accepted (the write coalesces, or waits
+    /// behind its flight), so the buffer holds at most `queue_capacity +
+    /// batch_size` entries, plus one per writer that raced past the
+    /// capacity check.
+    pub(crate) fn push(&self, key: K, change: Change<V>, order: u32) -> Result<(), Refused> {
+        let slack = self.lanes.len() * (self.chunk - 1);
+        let counted = self.undrained.load(SeqCst);
+        if self.held.load(SeqCst) + counted + slack >= self.config.queue_capacity {
             return self.push_near_capacity(key, change);
         }
-        let lane = self.lane_hasher.hash_one(&key) as usize & (self.lanes.len() - 1);
-        let mut inbox = self.lanes[lane].0.lock();
+        let lane = &self.lanes[thread_lane() & (self.lanes.len() - 1)];
+        let mut inbox = lane.0.lock();
         if inbox.closed {
-            drop(inbox);
-            self.undrained.fetch_sub(1, SeqCst);
             return Err(Refused::Closed);
         }
         let first_in_lane = inbox.changes.is_empty();
-        let now = if first_in_lane || before == 0 {
-            self.now()
-        } else {
-            0
-        };
+        let now = if first_in_lane { self.now() } else { 0 };
         if first_in_lane {
             inbox.since = now;
         }
-        inbox.changes.push((key, change));
+        inbox.changes.push((key, change, order));
+        let uncounted = inbox.changes.len() - inbox.counted;
+        if !first_in_lane && uncounted < self.chunk {
+            return Ok(());
+        }
+        // Counted under the lane's lock, so a drain takes exactly what it
+        // subtracts.
+        inbox.counted += uncounted;
+        let before = self.undrained.fetch_add(uncounted, SeqCst);
         drop(inbox);
-        let full_batch = (before + 1) % self.config.batch_size.max(1) == 0;
-        // The first write after a drain: the flusher may sleep too long for it.
-        let late = before == 0 && self.sleeps_past(now);
-        if full_batch || late {
+        let batch = self.config.batch_size.max(1);
+        let full_batch = before / batch != (before + uncounted) / batch;
+        // A lane's first write after a drain: the flusher may sleep too long
+        // for it.
+        if full_batch || (first_in_lane && self.sleeps_past(now)) {
             self.nudge();
         }
         Ok(())
@@ -377,32 +414,38 @@ where
     }
 
     /// Moves every lane's changes into the buffer, each lane in the order
-    /// its changes were pushed, stamped with the time its oldest arrived.
+    /// its changes were pushed, stamped with the time its oldest arrived;
+    /// the buffer puts the writes of a key that reached several lanes back
+    /// in their order (see the module docs).
     fn drain(&self, st: &mut State<K, V, S::Error>) {
         if self.undrained.load(SeqCst) == 0 {
             return;
         }
-        let mut moved = 0;
-        let mut spare = std::mem::take(&mut st.spare);
-        for lane in &*self.lanes {
-            let since = {
-                let mut inbox = lane.0.lock();
-                if inbox.changes.is_empty() {
-                    continue;
-                }
-                std::mem::swap(&mut inbox.changes, &mut spare);
-                inbox.since
-            };
-            moved += spare.len();
-            for (key, change) in spare.drain(..) {
-                st.buffer.push(key, change, since);
+        // All lanes at once: a cut no write of a key can cross backwards.
+        let mut inboxes: Vec<_> = self.lanes.iter().map(|lane| lane.0.lock()).collect();
+        let mut counted = 0;
+        // Per lane: when its oldest change arrived, if it had any.
+        let mut since = Vec::with_capacity(inboxes.len());
+        for (inbox, spare) in inboxes.iter_mut().zip(&mut st.spares) {
+            let any = !inbox.changes.is_empty();
+            if any {
+                std::mem::swap(&mut inbox.changes, spare);
+                counted += std::mem::take(&mut inbox.counted);
+            }
+            since.push(any.then_some(inbox.since));
+        }
+        drop(inboxes);
+        st.buffer.begin_drain();
+        for (since, spare) in since.into_iter().zip(&mut st.spares) {
+            let Some(since) = since else { continue };
+            for (key, change, order) in spare.drain(..) {
+                st.buffer.push_ordered(key, change, since, order);
             }
         }
-        st.spare = spare;
         // `held` first: a writer in between counts the moved changes twice,
         // never zero times.
         self.held.store(st.buffer.len(), SeqCst);
-        self.undrained.fetch_sub(moved, SeqCst);
+        self.undrained.fetch_sub(counted, SeqCst);
     }
 
     /// The newest change of `key` not yet acknowledged by the store.
@@ -674,4 +717,16 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a non-text panic payload".to_string()
     }
+}
+
+/// The calling thread's lane number (before reduction to the lane count):
+/// threads are numbered as they first write, so concurrent writers tend to
+/// own a lane each and keep it in their own core's cache.
+fn thread_lane() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = NEXT.fetch_add(1, Relaxed);
+    }
+    // During thread teardown the thread-local is gone: any lane will do.
+    LANE.try_with(|lane| *lane).unwrap_or(0)
 }

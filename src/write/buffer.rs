@@ -21,6 +21,12 @@
 //!   [`Buffer::is_settled`] still see the first write. A write to a key that
 //!   is only in flight becomes the key's pending entry and waits behind the
 //!   flight: a key is never sent twice at once, and never twice in a batch.
+//! - Changes gathered from several places at once (the queue's lanes) are
+//!   pushed between [`Buffer::begin_drain`] calls with
+//!   [`Buffer::push_ordered`], each carrying its order among its key's
+//!   writes: within one drain, a change older than the key's pending change
+//!   of the same drain is dropped as coalesced instead of replacing it, so
+//!   arrival order across lanes does not matter.
 //! - [`Buffer::take_batch`] hands out pending entries oldest first as
 //!   [`Taken`] values, marking their keys in flight.
 //! - The flusher gives every `Taken` back exactly once:
@@ -245,6 +251,22 @@ struct Pending<V> {
     /// `Some(t)`: waits in `backoff` under `(t, first)`. `None`: in `queue`
     /// under `first`, or behind the key's flight (in neither).
     retry_at: Option<u64>,
+    /// The drain `change` was pushed in and its order there, if it came
+    /// through [`Buffer::push_ordered`].
+    tag: Option<Tag>,
+}
+
+/// Where a change stands among the pushes of one drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tag {
+    drain: u64,
+    order: u32,
+}
+
+/// Whether `a` comes before `b` in a wrapping 32-bit order (the two are
+/// taken to be less than 2^31 apart).
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// The writes a key has in flight: `first..=last`.
@@ -401,6 +423,9 @@ pub struct Buffer<K, V> {
     last_seq: Seq,
     /// The highest mark passed to `request_flush`.
     flush_to: Seq,
+    /// The drain under way (see [`begin_drain`](Self::begin_drain)); 0
+    /// before the first.
+    drain: u64,
     max_attempts: u32,
     backoff_policy: Backoff,
     stats: BufferStats,
@@ -419,6 +444,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             in_flight: 0,
             last_seq: 0,
             flush_to: 0,
+            drain: 0,
             max_attempts: max_attempts.max(1),
             backoff_policy: backoff,
             stats: BufferStats::default(),
@@ -428,6 +454,33 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// Queues `change` for `key`, pushed at `now`; returns its sequence
     /// number. Coalesces with the key's pending entry if it has one.
     pub fn push(&mut self, key: K, change: Change<V>, now: u64) -> Seq {
+        self.push_tagged(key, change, now, None)
+    }
+
+    /// Starts a drain: a batch of changes gathered from several sources
+    /// (the queue's per-thread lanes) whose arrival order is not their
+    /// order, pushed with [`push_ordered`](Self::push_ordered).
+    pub fn begin_drain(&mut self) {
+        self.drain += 1;
+    }
+
+    /// [`push`](Self::push) for a change of the current drain that carries
+    /// `order`, its place among the writes of its key (a wrapping counter:
+    /// two writes of one key compare by the sign of their difference). If
+    /// the key's pending change came in this same drain with a later order,
+    /// this change is older than it: it is counted as coalesced and
+    /// dropped, and the pending change stays. Between `begin_drain` and the
+    /// last `push_ordered` of a drain, take no batch: a change already in
+    /// flight is not compared.
+    pub fn push_ordered(&mut self, key: K, change: Change<V>, now: u64, order: u32) -> Seq {
+        let tag = Tag {
+            drain: self.drain,
+            order,
+        };
+        self.push_tagged(key, change, now, Some(tag))
+    }
+
+    fn push_tagged(&mut self, key: K, change: Change<V>, now: u64, tag: Option<Tag>) -> Seq {
         self.last_seq += 1;
         let seq = self.last_seq;
         self.stats.queued += 1;
@@ -440,13 +493,23 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             cap: usize::MAX,
             retry: false,
             retry_at: None,
+            tag,
         };
         match self.slots.entry(key) {
             hash_map::Entry::Occupied(mut slot) => match &mut slot.get_mut().pending {
                 Some(pending) => {
-                    pending.change = change;
-                    pending.last = seq;
                     self.stats.coalesced += 1;
+                    let newer = match (pending.tag, tag) {
+                        (Some(held), Some(this)) if held.drain == this.drain => {
+                            !before(this.order, held.order)
+                        }
+                        _ => true,
+                    };
+                    if newer {
+                        pending.change = change;
+                        pending.last = seq;
+                        pending.tag = tag;
+                    }
                     return seq;
                 }
                 // Only in flight: wait behind it, in no index.
@@ -825,13 +888,13 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             ..
         } = taken;
         let slot = self.slots.get_mut(&key).expect("failed key has a slot");
-        let (change, last) = match slot.pending.take() {
+        let (change, last, tag) = match slot.pending.take() {
             Some(newer) => {
                 self.outstanding.remove(newer.first);
                 self.stats.coalesced += 1;
-                (newer.change, newer.last)
+                (newer.change, newer.last, newer.tag)
             }
-            None => (change, last),
+            None => (change, last, None),
         };
         slot.pending = Some(Pending {
             change,
@@ -842,6 +905,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             cap,
             retry: true,
             retry_at: Some(retry_at),
+            tag,
         });
         self.backoff.insert((retry_at, first), key);
     }
@@ -885,6 +949,34 @@ mod tests {
         assert_eq!(keys(&batch), ["a", "b"]);
         assert_eq!(batch[0].change(), &Change::Delete);
         assert_eq!((batch[0].first_seq(), batch[0].seq()), (1, 3));
+        b.check_invariants();
+    }
+
+    #[test]
+    fn within_a_drain_a_key_keeps_its_latest_order_not_its_last_arrival() {
+        let mut b = buffer(3);
+        b.begin_drain();
+        // Key "a": order 7 arrives, then the older 6 (from another lane).
+        b.push_ordered("a", Change::Put(7), 0, 7);
+        b.push_ordered("a", Change::Put(6), 0, 6);
+        b.push_ordered("a", Change::Put(8), 0, 8);
+        // Key "b" across the wrap of the counter: u32::MAX comes before 1.
+        b.push_ordered("b", Change::Put(1), 0, 1);
+        b.push_ordered("b", Change::Put(0), 0, u32::MAX);
+        assert_eq!((b.len(), b.stats().coalesced), (2, 3));
+        b.check_invariants();
+        // A later drain's change replaces whatever order it carries.
+        b.begin_drain();
+        b.push_ordered("b", Change::Delete, 1, 0);
+        let batch = b.take_batch(10, 2);
+        assert_eq!(keys(&batch), ["a", "b"]);
+        assert_eq!(batch[0].change(), &Change::Put(8));
+        assert_eq!((batch[0].first_seq(), batch[0].seq()), (1, 3));
+        assert_eq!(batch[1].change(), &Change::Delete);
+        batch.into_iter().for_each(|t| b.succeeded(t));
+        assert!(b.is_settled(b.flush_mark()), "superseded writes settle too");
+        let s = b.stats();
+        assert_eq!((s.queued, s.flushed, s.coalesced), (6, 2, 4));
         b.check_invariants();
     }
 

@@ -369,13 +369,13 @@ where
             Ok((cached, ()))
         };
         match &inner.queue {
-            None => inner.reads.write(key.clone(), || through(&key, change)),
-            Some(queue) => inner.reads.write(key.clone(), || {
+            None => inner.reads.write(key.clone(), |_| through(&key, change)),
+            Some(queue) => inner.reads.write(key.clone(), |order| {
                 let cached = match &change {
                     Change::Put(v) => Some(v.clone()),
                     Change::Delete => None,
                 };
-                match queue.push(key.clone(), change.clone()) {
+                match queue.push(key.clone(), change.clone(), order) {
                     Ok(()) => Ok((cached, ())),
                     Err(Refused::Closed) => Err(WriteError::Closed),
                     Err(Refused::Full) => Err(WriteError::QueueFull),

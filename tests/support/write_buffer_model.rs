@@ -15,6 +15,12 @@
 //! 5. `ready` / `next_due` never stall a flusher, and a final flush drains
 //!    everything within a bound even when one key always fails; then every
 //!    key's last write has landed (the store holds it) or was dead-lettered.
+//!
+//! A drain pushes several writes at once, each with an order (a wrapping
+//! counter per key, as the queue's write guards hand out): within a drain, a
+//! write older than its key's pending write of the same drain is
+//! *superseded* (ends at once, coalesced), whatever its arrival; "last" in
+//! the checks above means last among the writes not superseded.
 #![allow(dead_code, unreachable_pub)]
 
 use larder::write_buffer::{Backoff, Buffer, Change, DeadLetter, Seq, Taken};
@@ -30,6 +36,9 @@ const DRAIN_STEPS: usize = 100_000;
 pub enum Op {
     /// Push `Put(value)` (`Some`) or `Delete` (`None`) for a key.
     Push(u8, Option<u8>),
+    /// A drain: pushes of (key, value as for `Push`, order), the order
+    /// counted from just below the wrap of the 32-bit counter.
+    Drain(Vec<(u8, Option<u8>, u8)>),
     /// Take a batch of up to this many entries (at least 1).
     Take(u8),
     /// The store accepts the held batch picked by the index.
@@ -68,6 +77,8 @@ enum Fate {
     Open,
     Landed,
     Coalesced,
+    /// Older than a pending write of its key in the same drain.
+    Superseded,
     Dead,
 }
 
@@ -138,6 +149,7 @@ impl Model {
     fn apply(&mut self, op: Op) {
         match op {
             Op::Push(k, value) => self.push(k % KEYS, value),
+            Op::Drain(pushes) => self.drain_pushes(&pushes),
             Op::Take(max) => {
                 let ready = self
                     .buf
@@ -188,6 +200,37 @@ impl Model {
             change,
             fate: Fate::Open,
         });
+    }
+
+    /// Pushes one drain's writes, deciding in the reference which are
+    /// superseded: those older than the key's newest write of the drain,
+    /// when that write is still pending (no batch is taken during a drain,
+    /// so it is).
+    fn drain_pushes(&mut self, pushes: &[(u8, Option<u8>, u8)]) {
+        const BASE: u32 = u32::MAX - 100;
+        self.buf.begin_drain();
+        // The newest order pushed in this drain per key; such a write is
+        // still pending, as no batch is taken during the drain.
+        let mut newest: Vec<Option<u8>> = vec![None; usize::from(KEYS)];
+        for &(k, value, order) in pushes {
+            let k = k % KEYS;
+            let change = value.map_or(Change::Delete, Change::Put);
+            let wrapped = BASE.wrapping_add(u32::from(order));
+            let seq = self.buf.push_ordered(k, change.clone(), self.now, wrapped);
+            self.pushed += 1;
+            assert_eq!(seq, self.pushed, "sequence numbers count pushes");
+            let held = &mut newest[usize::from(k)];
+            let older = held.is_some_and(|held| order < held);
+            if !older {
+                *held = Some(order);
+            }
+            self.keys[usize::from(k)].writes.push(Write {
+                seq,
+                at: self.now,
+                change,
+                fate: if older { Fate::Superseded } else { Fate::Open },
+            });
+        }
     }
 
     fn pick(&mut self, pick: u8) -> Option<Vec<Taken<u8, u8>>> {
@@ -246,7 +289,8 @@ impl Model {
             );
             assert!(!key.retry || ready, "a due retry was not ready");
             assert_eq!(t.attempt(), key.attempts + 1, "attempt number");
-            let newest = key.writes.last().expect("a taken key was written");
+            let newest = key.writes.iter().rev().find(|w| w.fate != Fate::Superseded);
+            let newest = newest.expect("a taken key was written");
             assert_eq!(t.seq(), newest.seq, "not the key's newest write");
             assert_eq!(t.change(), &newest.change, "change of the newest write");
             let oldest = key.writes.iter().find(|w| w.fate == Fate::Open);
@@ -269,7 +313,7 @@ impl Model {
     fn settle(&mut self, t: &Taken<u8, u8>, fate: Fate) {
         let key = &mut self.keys[usize::from(*t.key())];
         for w in &mut key.writes {
-            if (t.first_seq()..=t.seq()).contains(&w.seq) {
+            if (t.first_seq()..=t.seq()).contains(&w.seq) && w.fate != Fate::Superseded {
                 assert_eq!(w.fate, Fate::Open, "write {} ended twice", w.seq);
                 w.fate = if w.seq == t.seq() {
                     fate
@@ -333,7 +377,12 @@ impl Model {
         assert_eq!(stats.queued, self.pushed, "queued");
         assert_eq!(stats.flushed, count(Fate::Landed), "flushed");
         assert_eq!(stats.dead_lettered, count(Fate::Dead), "dead-lettered");
-        assert!(stats.coalesced <= count(Fate::Open) + count(Fate::Coalesced));
+        let superseded = count(Fate::Superseded);
+        assert!(stats.coalesced <= count(Fate::Open) + count(Fate::Coalesced) + superseded);
+        assert!(
+            stats.coalesced >= superseded,
+            "superseded writes count as coalesced"
+        );
         let held: usize = self.batches.iter().map(Vec::len).sum();
         assert_eq!(self.buf.in_flight(), held, "in flight");
         for (k, key) in self.keys.iter().enumerate() {
@@ -352,7 +401,8 @@ impl Model {
             }
             None => {
                 assert!(self.buf.is_settled(self.pushed) && self.buf.is_empty());
-                assert_eq!(stats.coalesced, count(Fate::Coalesced), "coalesced");
+                let ended = count(Fate::Coalesced) + superseded;
+                assert_eq!(stats.coalesced, ended, "coalesced");
             }
         }
     }
@@ -396,7 +446,7 @@ impl Model {
         }
         assert!(self.buf.is_settled(mark));
         for key in &self.keys {
-            let Some(last) = key.writes.last() else {
+            let Some(last) = key.writes.iter().rev().find(|w| w.fate != Fate::Superseded) else {
                 continue;
             };
             match last.fate {
