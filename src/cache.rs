@@ -720,13 +720,13 @@ where
         let mut removed = Removed::default();
         {
             let mut shard = cell.write();
+            let found = shard.find(hash, &write.key);
             if let Some(keep) = keep {
-                let current = shard.find(hash, &write.key);
-                if !keep(current.map(|id| shard.value(id))) {
+                if !keep(found.map(|id| shard.value(id))) {
                     return false;
                 }
             }
-            shard.insert(write, &mut now, || self.samples(), &mut removed);
+            shard.insert(found, write, &mut now, || self.samples(), &mut removed);
         }
         self.deliver(removed);
         true

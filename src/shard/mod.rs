@@ -276,11 +276,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
     }
 
-    /// Inserts or replaces an entry, then evicts down to capacity.
+    /// Inserts or replaces an entry, then evicts down to capacity. `found`
+    /// is what [`find`](Self::find) returned for the key under this same
+    /// lock (the caller looks first, to show a predicate the value).
     /// `samples` gives cumulative (hits, misses) for the policy's hill
     /// climber; it is called on one write in [`SAMPLE_EVERY`].
     pub(crate) fn insert(
         &mut self,
+        found: Option<u32>,
         w: Write<K, V>,
         now: &mut Now<'_>,
         samples: impl FnOnce() -> (u64, u64),
@@ -296,9 +299,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
         }
-        let found = self
-            .table
-            .find(w.hash, |id| self.slots[id as usize].key == w.key);
         match found {
             Some(id) => self.replace(id, w, now, removed),
             None => self.push(w),
