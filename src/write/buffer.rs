@@ -370,7 +370,13 @@ impl Outstanding {
     }
 
     fn remove(&mut self, seq: Seq) {
-        let Ok(i) = self.seqs.binary_search_by_key(&seq, |&(s, _)| s) else {
+        // Batches leave oldest first, so the seq is most often the front.
+        let found = if self.seqs.front().is_some_and(|&(first, _)| first == seq) {
+            Ok(0)
+        } else {
+            self.seqs.binary_search_by_key(&seq, |&(s, _)| s)
+        };
+        let Ok(i) = found else {
             return;
         };
         if !std::mem::replace(&mut self.seqs[i].1, false) {
@@ -607,9 +613,32 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     ///
     /// If `taken`'s key is not in flight here (it came from another buffer).
     pub fn succeeded(&mut self, taken: Taken<K, V>) {
-        self.end_flight(&taken);
         self.stats.flushed += 1;
-        self.settle(taken.key, taken.first);
+        // One lookup ends the flight and settles it: the common case of a
+        // batch, which `end_flight` + `settle` would look up twice or more.
+        let expected = Flight {
+            first: taken.first,
+            last: taken.last,
+        };
+        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(taken.key) else {
+            panic!("a Taken goes back to the buffer that made it");
+        };
+        assert_eq!(
+            slot.get_mut().flight.take(),
+            Some(expected),
+            "a Taken goes back to the buffer that made it"
+        );
+        self.in_flight -= 1;
+        self.outstanding.remove(taken.first);
+        match &slot.get().pending {
+            Some(pending) => {
+                let first = pending.first;
+                self.queue.insert(first, slot.key().clone());
+            }
+            None => {
+                slot.remove();
+            }
+        }
     }
 
     /// The store rejected `taken`. With attempts left, the key is retried
