@@ -152,6 +152,7 @@ mod tests {
         assert_eq!(c.record(h + 10_000, m, false, 100), None);
         assert_eq!(c.record(h + 10_000, m + 1, true, 100), None);
     }
+
     #[test]
     fn a_window_pinned_at_zero_turns_only_on_a_real_drop() {
         let mut c = HillClimber::new(1000);

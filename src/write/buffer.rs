@@ -613,7 +613,6 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     ///
     /// If `taken`'s key is not in flight here (it came from another buffer).
     pub fn succeeded(&mut self, taken: Taken<K, V>) {
-        self.stats.flushed += 1;
         // One lookup ends the flight and settles it: the common case of a
         // batch, which `end_flight` + `settle` would look up twice or more.
         let expected = Flight {
@@ -629,6 +628,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             "a Taken goes back to the buffer that made it"
         );
         self.in_flight -= 1;
+        self.stats.flushed += 1;
         self.outstanding.remove(taken.first);
         match &slot.get().pending {
             Some(pending) => {
