@@ -201,6 +201,14 @@ impl<K, V> Taken<K, V> {
     pub fn first_seq(&self) -> Seq {
         self.first
     }
+
+    /// The flight this was taken as.
+    fn flight(&self) -> Flight {
+        Flight {
+            first: self.first,
+            last: self.last,
+        }
+    }
 }
 
 /// A write the store rejected `max_attempts` times, for the caller to report
@@ -615,19 +623,12 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     pub fn succeeded(&mut self, taken: Taken<K, V>) {
         // One lookup ends the flight and settles it: the common case of a
         // batch, which `end_flight` + `settle` would look up twice or more.
-        let expected = Flight {
-            first: taken.first,
-            last: taken.last,
-        };
+        let flight = taken.flight();
         let hash_map::Entry::Occupied(mut slot) = self.slots.entry(taken.key) else {
-            panic!("a Taken goes back to the buffer that made it");
+            Self::take_flight(None, flight, &mut self.in_flight);
+            unreachable!("take_flight panics on a key that is not here");
         };
-        assert_eq!(
-            slot.get_mut().flight.take(),
-            Some(expected),
-            "a Taken goes back to the buffer that made it"
-        );
-        self.in_flight -= 1;
+        Self::take_flight(Some(slot.get_mut()), flight, &mut self.in_flight);
         self.stats.flushed += 1;
         self.outstanding.remove(taken.first);
         match &slot.get().pending {
@@ -873,20 +874,19 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Ends the flight `taken` belongs to.
     fn end_flight(&mut self, taken: &Taken<K, V>) {
-        let flight = self
-            .slots
-            .get_mut(&taken.key)
-            .and_then(|slot| slot.flight.take());
-        let expected = Flight {
-            first: taken.first,
-            last: taken.last,
-        };
+        let slot = self.slots.get_mut(&taken.key);
+        Self::take_flight(slot, taken.flight(), &mut self.in_flight);
+    }
+
+    /// Ends the flight `expected` in its key's slot (`None`: the key is not
+    /// here), checking the slot holds that very flight.
+    fn take_flight(slot: Option<&mut Slot<V>>, expected: Flight, in_flight: &mut usize) {
         assert_eq!(
-            flight,
+            slot.and_then(|slot| slot.flight.take()),
             Some(expected),
             "a Taken goes back to the buffer that made it"
         );
-        self.in_flight -= 1;
+        *in_flight -= 1;
     }
 
     /// Forgets the writes `first..` of `key`'s ended flight (landed or dead-
