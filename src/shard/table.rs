@@ -46,9 +46,14 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Bit `i` set for each position `i` whose tag is `tag`. Written byte by
-    /// byte; the compiler turns it into one vector compare and a mask move
-    /// where the target has them (SSE2 on x86-64).
+    /// Bit `i` set for each position `i` whose tag is `tag`, written byte by
+    /// byte. On x86-64 this compiles to a partly vectorized compare plus
+    /// scalar compares and shuffles, about 38 instructions, where SSE2's
+    /// compare and mask move would take 3; but those intrinsics need
+    /// `unsafe` here. Measured alternatives (instructions per read hit,
+    /// `valgrind --tool=lackey`, 174 with this one): a `u128` SWAR zero-byte
+    /// test 177, a 16-lane fold into a `u16` 179 to 186 (one form does emit
+    /// the mask move, then permutes the bits); none was faster in time.
     #[inline]
     fn matching(&self, tag: u8) -> u32 {
         (0..WIDTH).fold(0, |bits, i| bits | u32::from(self.ctrl[i] == tag) << i)
