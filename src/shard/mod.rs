@@ -30,6 +30,7 @@
 //! the table takes its home chunk from the low 32 bits and its tag from the
 //! top 8, and the policy's frequency sketch re-mixes the whole word.
 
+mod group;
 mod sharded;
 mod slot;
 mod table;

@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! A [`Chunk`] is 64 bytes: 12 one-byte tags, an overflow count, and 12 `u32`
-//! slot ids. A lookup reads the tags of its home chunk as one word, picks the
-//! positions whose tag matches with a few integer operations, and compares
+//! slot ids. A lookup compares its tag with all of its home chunk's tags at
+//! once (one SSE2 compare on x86-64, see `group`), and compares
 //! the key of each such slot; the ids it needs sit in the same cache line as
 //! the tags. So a hit costs two cache misses (the chunk, then the slot) where
 //! a table keeping tags and ids in separate arrays costs three.
@@ -31,6 +31,8 @@
 //! sizes it for a bounded shard up front, and it doubles (rehashing every
 //! entry from its key) only when an unbounded shard outgrows it.
 
+use super::group;
+
 const WIDTH: usize = 12;
 /// Index of the overflow count among the control bytes.
 const OVERFLOW: usize = WIDTH;
@@ -46,17 +48,10 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Bit `i` set for each position `i` whose tag is `tag`, written byte by
-    /// byte. On x86-64 this compiles to a partly vectorized compare plus
-    /// scalar compares and shuffles, about 38 instructions, where SSE2's
-    /// compare and mask move would take 3; but those intrinsics need
-    /// `unsafe` here. Measured alternatives (instructions per read hit,
-    /// `valgrind --tool=lackey`, 174 with this one): a `u128` SWAR zero-byte
-    /// test 177, a 16-lane fold into a `u16` 179 to 186 (one form does emit
-    /// the mask move, then permutes the bits); none was faster in time.
+    /// Bit `i` set for each position `i` whose tag is `tag`.
     #[inline]
     fn matching(&self, tag: u8) -> u32 {
-        (0..WIDTH).fold(0, |bits, i| bits | u32::from(self.ctrl[i] == tag) << i)
+        group::matching(&self.ctrl, tag, WIDTH)
     }
 
     /// The position holding `tag` whose id satisfies `eq`.
