@@ -626,7 +626,7 @@ where
             now.get();
         }
         let shard = cell.read();
-        let Some(id) = shard.hit(hash, key, now) else {
+        let Some((id, slot)) = shard.hit(hash, key, now) else {
             drop(shard);
             if COUNT {
                 self.lookups.record(false);
@@ -634,13 +634,13 @@ where
             return None;
         };
         if let Some(tti) = self.timing.tti() {
-            shard.slide(id, now.get(), tti);
+            shard.slide(id, slot, now.get(), tti);
         }
-        let value = shard.value(id).clone();
+        let value = slot.value.clone();
         let hook = self
             .timing
             .hooks()
-            .map(|(_, clone)| (clone(shard.key(id)), shard.deadline(id)));
+            .map(|(_, clone)| (clone(&slot.key), slot.deadline()));
         drop(shard);
         if COUNT {
             self.lookups.record(true);

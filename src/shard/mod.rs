@@ -47,7 +47,7 @@ use crate::{
     notify::Removed,
     policy::{Entries, TinyLfu},
 };
-use slot::Slot;
+pub(crate) use slot::Slot;
 use table::Table;
 
 /// At most this many expired entries are reaped per lock hold, so a mass
@@ -234,25 +234,35 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.slots[id as usize].deadline()
     }
 
-    /// A read hit: the id of `key`'s live entry, with the access recorded for
-    /// the policy (shared lock: one atomic word of the slot).
+    /// A read hit: `key`'s live entry (its id and slot), with the access
+    /// recorded for the policy (shared lock: one atomic word of the slot).
+    /// The slot is found once, so the read indexes the slots only once.
     #[inline]
-    pub(crate) fn hit<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<u32>
+    pub(crate) fn hit<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<(u32, &Slot<K, V>)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let id = self.find(hash, key)?;
-        self.slots[id as usize].hit(|| now.get()).then_some(id)
+        let mut found = None;
+        let id = self.table.find(hash, |id| {
+            let slot = &self.slots[id as usize];
+            let same = slot.key.borrow() == key;
+            if same {
+                found = Some(slot);
+            }
+            same
+        })?;
+        let slot = found?;
+        slot.hit(|| now.get()).then_some((id, slot))
     }
 
     /// Slides an idle deadline after a read at `now` (shared lock: one
     /// compare-and-swap, skipped when it would move the deadline by under a
     /// millisecond).
     #[inline]
-    pub(crate) fn slide(&self, id: u32, now: u64, tti: u64) {
+    pub(crate) fn slide(&self, id: u32, slot: &Slot<K, V>, now: u64, tti: u64) {
         if let Some(&hard) = self.hard.get(id as usize) {
-            self.slots[id as usize].extend(hard.min(now.saturating_add(tti)), 1 << 20);
+            slot.extend(hard.min(now.saturating_add(tti)), 1 << 20);
         }
     }
 

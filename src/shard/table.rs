@@ -104,6 +104,7 @@ impl Table {
     }
 
     /// Number of ids held.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

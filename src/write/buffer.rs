@@ -110,7 +110,7 @@
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque, hash_map},
+    collections::{BTreeMap, HashMap, VecDeque, hash_map},
     hash::Hash,
     time::Duration,
 };
@@ -772,7 +772,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub fn check_invariants(&self) {
         let (mut flights, mut unindexed, mut retries) = (0, 0, 0);
-        let mut firsts = BTreeSet::new();
+        let mut firsts = std::collections::BTreeSet::new();
         for (key, slot) in &self.slots {
             assert!(
                 slot.pending.is_some() || slot.flight.is_some(),
