@@ -34,8 +34,22 @@ const RUNNING: u64 = ONE_START - 1;
 /// The per-key-stripe write counters of one loading cache.
 #[derive(Debug)]
 pub(crate) struct Guards {
-    stripes: Box<[AtomicU64]>,
+    stripes: Box<[Stripe]>,
     hasher: RandomState,
+}
+
+/// One stripe's counter, alone on its cache line pair: every write does
+/// two read-modify-writes on its stripe, and writers on other cores must
+/// not pay for them.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+impl std::ops::Deref for Stripe {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 /// A stripe's count of started writes, taken when nothing was running.
@@ -60,7 +74,7 @@ pub(crate) struct Ticket<'a> {
 impl Default for Guards {
     fn default() -> Self {
         Guards {
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             hasher: RandomState::new(),
         }
     }
