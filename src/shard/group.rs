@@ -4,10 +4,11 @@
 //! byte compare and mask move (`pcmpeqb`, `pmovmskb`): three instructions
 //! where the portable byte-by-byte fold below compiles to about 38 (a
 //! partial vector compare, shuffles and scalar compares). Measured with
-//! `valgrind --tool=lackey` on a read-hit loop, that is 174 instructions
-//! per hit with the fold against 111 for quick_cache, whose hashbrown
-//! table does the same SSE2 match; no safe form found (`u128` SWAR, 16-lane
-//! folds into a `u16`) took fewer instructions or less time.
+//! `valgrind --tool=lackey` on a read-hit loop over 1,000 entries: 174
+//! instructions per hit with the fold, 150 with this match, against 111
+//! for quick_cache, whose hashbrown table does the same SSE2 match; no safe
+//! form found (`u128` SWAR, 16-lane folds into a `u16`) took fewer
+//! instructions or less time.
 //!
 //! The intrinsics are `unsafe` to call only because Rust cannot see from a
 //! plain function that SSE2 is available; SSE2 is part of the x86-64
