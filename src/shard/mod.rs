@@ -194,8 +194,27 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.table
-            .find(hash, |id| self.slots[id as usize].key.borrow() == key)
+        self.locate(hash, key).map(|(id, _)| id)
+    }
+
+    /// `key`'s id and slot, live or expired: the one lookup `find` and
+    /// `hit` share, returning the slot so a read need not index it again.
+    #[inline]
+    fn locate<Q>(&self, hash: u64, key: &Q) -> Option<(u32, &Slot<K, V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut found = None;
+        let id = self.table.find(hash, |id| {
+            let slot = &self.slots[id as usize];
+            let same = slot.key.borrow() == key;
+            if same {
+                found = Some(slot);
+            }
+            same
+        })?;
+        found.map(|slot| (id, slot))
     }
 
     /// The id of `key`'s entry if it is present and live at `now`.
@@ -236,23 +255,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// A read hit: `key`'s live entry (its id and slot), with the access
     /// recorded for the policy (shared lock: one atomic word of the slot).
-    /// The slot is found once, so the read indexes the slots only once.
     #[inline]
     pub(crate) fn hit<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<(u32, &Slot<K, V>)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut found = None;
-        let id = self.table.find(hash, |id| {
-            let slot = &self.slots[id as usize];
-            let same = slot.key.borrow() == key;
-            if same {
-                found = Some(slot);
-            }
-            same
-        })?;
-        let slot = found?;
+        let (id, slot) = self.locate(hash, key)?;
         slot.hit(|| now.get()).then_some((id, slot))
     }
 
