@@ -633,6 +633,14 @@ where
             }
             return None;
         };
+        if !self.timing.read_moves_deadlines() {
+            let value = slot.value.clone();
+            drop(shard);
+            if COUNT {
+                self.lookups.record(true);
+            }
+            return Some(value);
+        }
         if let Some(tti) = self.timing.tti() {
             shard.slide(id, slot, now.get(), tti);
         }

@@ -109,8 +109,14 @@ impl<K, V> Removed<K, V> {
     /// Hands every entry to `listener` (or drops them all when there is none).
     /// Must be called with no lock held. A panicking listener is contained:
     /// the remaining entries are still delivered and the cache stays usable.
+    #[inline]
     pub(crate) fn deliver(self, listener: Option<&Listener<K, V>>) {
-        let Some(listener) = listener else { return };
+        if let Some(listener) = listener {
+            self.deliver_to(listener);
+        }
+    }
+
+    fn deliver_to(self, listener: &Listener<K, V>) {
         for (key, value, cause) in self.first.into_iter().chain(self.rest) {
             let call = AssertUnwindSafe(|| listener(Arc::new(key), value, cause));
             // The payload is dropped: a listener panic must not undo the removal

@@ -116,6 +116,11 @@ pub(crate) struct Timing<K, V> {
     /// Set by the first write that gives an entry a deadline, and never
     /// cleared: from then on reads want the time.
     deadlines_made: AtomicBool,
+    /// `ttl`, `tti` or `expiry` is set (see [`is_timed`](Self::is_timed)).
+    timed: bool,
+    /// `tti` or `expiry` is set: a read hit may move a deadline (see
+    /// [`read_moves_deadlines`](Self::read_moves_deadlines)).
+    read_effects: bool,
 }
 
 impl<K, V> fmt::Debug for Timing<K, V> {
@@ -149,6 +154,8 @@ impl<K, V> Timing<K, V> {
         };
         Timing {
             clock,
+            timed: ttl.is_some() || tti.is_some() || expiry.is_some(),
+            read_effects: tti.is_some() || expiry.is_some(),
             ttl: ttl.map(nanos),
             tti: tti.map(nanos),
             jitter,
@@ -159,8 +166,16 @@ impl<K, V> Timing<K, V> {
     }
 
     /// True when entries get deadlines without `insert_with_ttl`.
+    #[inline]
     pub(crate) fn is_timed(&self) -> bool {
-        self.ttl.is_some() || self.tti.is_some() || self.expiry.is_some()
+        self.timed
+    }
+
+    /// True when a read hit may slide or reset the entry's deadline (a time
+    /// to idle, or expiry hooks): one test for the read path's fast case.
+    #[inline]
+    pub(crate) fn read_moves_deadlines(&self) -> bool {
+        self.read_effects
     }
 
     /// True once some entry has been given a deadline: reads then read the

@@ -41,7 +41,8 @@
 //! races, never a write on a hot saturated key, so hot keys do not bounce
 //! cache lines between cores). A write to an existing entry touches it the
 //! same way ([`TinyLfu::reweigh`] only adjusts its weight), so a write hit
-//! costs no queue surgery either.
+//! costs no queue surgery either, and unless its weight grew the shard
+//! skips the eviction pass too.
 //!
 //! The policy's own work runs under the exclusive lock, and reads the counters the
 //! way CLOCK reads reference bits: whenever the policy looks at a queue head

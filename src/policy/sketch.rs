@@ -95,26 +95,37 @@ impl FrequencySketch {
         self.sized_for
     }
 
-    /// The (word index, shift) of each of the key's four counters.
+    /// The key's block (its first word's index) and, for each of the four
+    /// rows, the (word within the block, shift) of the key's counter.
     #[inline]
-    fn slots(&self, hash: u64) -> [(usize, u32); 4] {
+    fn place(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
         let h = remix(hash);
         let base = ((h >> 32) as usize & self.block_mask) * BLOCK_WORDS;
-        let mut out = [(0, 0); 4];
-        for (row, slot) in out.iter_mut().enumerate() {
+        let counters = std::array::from_fn(|row| {
             let bits = (h >> (row * 8)) as usize;
-            let word = base + 2 * row + (bits & 1);
-            let shift = (((bits >> 1) & 15) * 4) as u32;
-            *slot = (word, shift);
-        }
-        out
+            (2 * row + (bits & 1), (((bits >> 1) & 15) * 4) as u32)
+        });
+        (base, counters)
+    }
+
+    /// The block starting at word `base`: one bounds check for all four
+    /// counters (the word offsets are below 8 by construction).
+    #[inline]
+    fn block(&mut self, base: usize) -> &mut [u64; BLOCK_WORDS] {
+        (&mut self.table[base..base + BLOCK_WORDS])
+            .try_into()
+            .expect("the table is whole blocks")
     }
 
     /// The estimated recent frequency of the key, 0..=15.
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        self.slots(hash)
+        let (base, counters) = self.place(hash);
+        let block: &[u64; BLOCK_WORDS] = self.table[base..base + BLOCK_WORDS]
+            .try_into()
+            .expect("the table is whole blocks");
+        counters
             .iter()
-            .map(|&(w, s)| ((self.table[w] >> s) & 15) as u8)
+            .map(|&(w, s)| ((block[w] >> s) & 15) as u8)
             .min()
             .unwrap_or(0)
     }
@@ -123,12 +134,14 @@ impl FrequencySketch {
     /// grows by `n`, saturating at 15. Halves all counters when the sample
     /// period is reached.
     pub(crate) fn increment(&mut self, hash: u64, n: u8) {
+        let (base, counters) = self.place(hash);
+        let block = self.block(base);
         let mut added = 0;
-        for (w, s) in self.slots(hash) {
-            let current = ((self.table[w] >> s) & 15) as u8;
-            let next = current.saturating_add(n).min(COUNTER_MAX);
-            self.table[w] += u64::from(next - current) << s;
-            added = added.max(next - current);
+        for (w, s) in counters {
+            let current = ((block[w] >> s) & 15) as u8;
+            let add = (COUNTER_MAX - current).min(n);
+            block[w] += u64::from(add) << s;
+            added = added.max(add);
         }
         self.additions += u64::from(added);
         if self.additions >= self.sample_period {

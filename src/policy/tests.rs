@@ -164,7 +164,8 @@ proptest! {
                     let w = if weighted { w.min(capacity as u32) } else { 1 };
                     let id = (i % len) as u32;
                     ids.touch(id);
-                    policy.reweigh(id, w);
+                    let grew = policy.reweigh(id, w);
+                    prop_assert_eq!(grew, weighted && w > weights[i % len], "reweigh reports growth");
                     weights[i % len] = w;
                 }
                 Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| ids.touch((i % len) as u32)),

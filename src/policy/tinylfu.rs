@@ -168,14 +168,18 @@ impl TinyLfu {
     /// Gives the existing id `id` a new weight. A write to an entry counts
     /// as an access, but the caller records it as a touch, as a read hit
     /// does, so it reaches the sketch and the queues when the entry comes up
-    /// at a queue head: a write hit then costs no queue surgery.
-    pub(crate) fn reweigh(&mut self, id: u32, weight: u32) {
-        if self.weighted {
-            let tag = self.tags[id as usize];
-            let old = std::mem::replace(&mut self.weights[id as usize], weight);
-            let queue = &mut self.queues[tag as usize];
-            queue.weight = queue.weight - u64::from(old) + u64::from(weight);
+    /// at a queue head: a write hit then costs no queue surgery. Returns
+    /// whether the weight grew: if not, the cache cannot have gone over its
+    /// capacity, and the caller may skip [`victim`](Self::victim).
+    pub(crate) fn reweigh(&mut self, id: u32, weight: u32) -> bool {
+        if !self.weighted {
+            return false;
         }
+        let tag = self.tags[id as usize];
+        let old = std::mem::replace(&mut self.weights[id as usize], weight);
+        let queue = &mut self.queues[tag as usize];
+        queue.weight = queue.weight - u64::from(old) + u64::from(weight);
+        weight > old
     }
 
     /// Unlinks `id`. If it was the last id it is dropped at once; otherwise

@@ -319,19 +319,34 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
         }
-        match found {
+        let grew = match found {
             Some(id) => self.replace(id, w, now, removed),
-            None => self.push(w),
-        }
+            None => {
+                self.push(w);
+                true
+            }
+        };
         if self.version % SAMPLE_EVERY == 0 {
             let (hits, misses) = samples();
             self.policy.record_sample(hits, misses);
         }
-        self.evict(now, removed);
+        // A replacement that did not grow the entry leaves the shard within
+        // its capacity; the queue rebalancing `evict` would also do (after
+        // the climber moved a target) waits for the next write that adds.
+        if grew {
+            self.evict(now, removed);
+        }
     }
 
-    /// Writes a new value into an existing id.
-    fn replace(&mut self, id: u32, w: Write<K, V>, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+    /// Writes a new value into an existing id; returns whether its weight
+    /// grew.
+    fn replace(
+        &mut self,
+        id: u32,
+        w: Write<K, V>,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+    ) -> bool {
         let cause = if self.is_live(id, now) {
             RemovalCause::Replaced
         } else {
@@ -342,7 +357,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         removed.push(w.key, old, cause);
         self.set_deadline(id, w.deadline);
         self.slots[id as usize].touch();
-        self.policy.reweigh(id, w.weight);
+        self.policy.reweigh(id, w.weight)
     }
 
     /// Appends a new entry at id `len`.
