@@ -633,6 +633,9 @@ where
             }
             return None;
         };
+        // The common case (no idle time, no hooks) returns here after one
+        // flag test. Nesting the two checks below under that test instead
+        // measured 3 more instructions per hit, so the short tail repeats.
         if !self.timing.read_moves_deadlines() {
             let value = slot.value.clone();
             drop(shard);
