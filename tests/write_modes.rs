@@ -268,6 +268,7 @@ fn a_full_queue_fails_blocks_or_writes_through_as_configured() {
     }
     cache.insert(3, 3).unwrap();
     assert_eq!(store.get(3), Some(3), "written on the caller's thread");
+    assert_eq!(cache.peek(&3), Some(3), "and cached once written");
     assert_eq!(store.get(0), None, "the queued ones still wait");
     drop(gate);
     cache.flush();

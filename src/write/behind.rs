@@ -162,13 +162,14 @@ impl WriteStats {
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub(crate) enum Refused<K, V> {
     /// The queue is closed.
     Closed,
     /// The queue is full and the policy says fail.
     Full,
-    /// The queue is full and the policy says write through.
-    WriteThrough,
+    /// The queue is full and the policy says write through: the write is
+    /// handed back for the caller to send to the store itself.
+    WriteThrough(K, Change<V>),
 }
 
 /// What the mutex guards.
@@ -335,7 +336,7 @@ where
     /// behind its flight), so the buffer holds at most `queue_capacity +
     /// batch_size` entries, plus one per writer that raced past the
     /// capacity check.
-    pub(crate) fn push(&self, key: K, change: Change<V>, order: u32) -> Result<(), Refused> {
+    pub(crate) fn push(&self, key: K, change: Change<V>, order: u32) -> Result<(), Refused<K, V>> {
         let slack = self.lanes.len() * (self.chunk - 1);
         let counted = self.undrained.load(SeqCst);
         if self.held.load(SeqCst) + counted + slack >= self.config.queue_capacity {
@@ -373,7 +374,7 @@ where
 
     /// [`push`](Self::push) when the queue looks full: under the main
     /// mutex, with the lanes drained, the full-queue policy decides.
-    fn push_near_capacity(&self, key: K, change: Change<V>) -> Result<(), Refused> {
+    fn push_near_capacity(&self, key: K, change: Change<V>) -> Result<(), Refused<K, V>> {
         let mut st = self.state.lock();
         loop {
             self.drain(&mut st);
@@ -385,7 +386,7 @@ where
             }
             match self.config.when_full {
                 WhenFull::Fail => return Err(Refused::Full),
-                WhenFull::WriteThrough => return Err(Refused::WriteThrough),
+                WhenFull::WriteThrough => return Err(Refused::WriteThrough(key, change)),
                 WhenFull::Block => {
                     let mark = st.buffer.flush_mark();
                     st.buffer.request_flush(mark);

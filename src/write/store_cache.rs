@@ -354,32 +354,37 @@ where
         self.change(key.clone(), Change::Delete)
     }
 
-    /// Applies one change by the cache's policy.
+    /// Applies one change by the cache's policy. The key is cloned once
+    /// (the cache and the store or queue each keep one) and a value once
+    /// (the cache keeps one, the store or queue the other).
     fn change(&self, key: K, change: Change<V>) -> Result<(), WriteError<S::Error>> {
         let inner = &*self.inner;
-        let through = |key: &K, change: Change<V>| {
-            let cached = match (&change, inner.mode) {
-                (Change::Put(v), Mode::Through | Mode::Behind) => Some(v.clone()),
-                _ => None,
-            };
+        let send = |key: K, change: Change<V>| {
             inner
                 .store
-                .write(&[(key.clone(), change)])
-                .map_err(WriteError::Store)?;
-            Ok((cached, ()))
+                .write(&[(key, change)])
+                .map_err(WriteError::Store)
         };
         match &inner.queue {
-            None => inner.reads.write(key.clone(), |_| through(&key, change)),
+            None => inner.reads.write(key.clone(), |_| {
+                let cached = match (&change, inner.mode) {
+                    (Change::Put(v), Mode::Through) => Some(v.clone()),
+                    _ => None,
+                };
+                send(key, change).map(|()| (cached, ()))
+            }),
             Some(queue) => inner.reads.write(key.clone(), |order| {
                 let cached = match &change {
                     Change::Put(v) => Some(v.clone()),
                     Change::Delete => None,
                 };
-                match queue.push(key.clone(), change.clone(), order) {
+                match queue.push(key, change, order) {
                     Ok(()) => Ok((cached, ())),
                     Err(Refused::Closed) => Err(WriteError::Closed),
                     Err(Refused::Full) => Err(WriteError::QueueFull),
-                    Err(Refused::WriteThrough) => through(&key, change),
+                    Err(Refused::WriteThrough(key, change)) => {
+                        send(key, change).map(|()| (cached, ()))
+                    }
                 }
             }),
         }
