@@ -354,9 +354,10 @@ where
         self.change(key.clone(), Change::Delete)
     }
 
-    /// Applies one change by the cache's policy. The key is cloned once
-    /// (the cache and the store or queue each keep one) and a value once
-    /// (the cache keeps one, the store or queue the other).
+    /// Applies one change by the cache's policy. Here the key is cloned
+    /// once (the cache and the store or queue each keep one), and a put's
+    /// value at most once (for the cache; the store or queue takes the
+    /// original).
     fn change(&self, key: K, change: Change<V>) -> Result<(), WriteError<S::Error>> {
         let inner = &*self.inner;
         let send = |key: K, change: Change<V>| {
