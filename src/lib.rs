@@ -55,7 +55,9 @@ pub mod clock {
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod write_buffer {
-    pub use crate::write::buffer::{Backoff, Buffer, BufferStats, Change, DeadLetter, Seq, Taken};
+    pub use crate::write::buffer::{
+        Backoff, Buffer, BufferStats, Change, DeadLetter, Receipt, Seq, Taken,
+    };
 }
 
 /// The README's examples, compiled and run as doctests.

@@ -71,7 +71,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{
     DeadLetter, Store, WriteFailure,
-    buffer::{self, Backoff, Buffer, Change, Taken},
+    buffer::{self, Backoff, Buffer, Change, Receipt, Taken},
     builder::WhenFull,
 };
 use crate::expiry::{clock::saturating_nanos, unit_random};
@@ -176,8 +176,8 @@ pub(crate) enum Refused<K, V> {
 struct State<K, V, E> {
     buffer: Buffer<K, V>,
     /// The changes of the batch in flight (the very slice the store was
-    /// given), searched newest first by `latest`.
-    flying: Arc<[(K, Change<V>)]>,
+    /// given), searched by `latest`.
+    flying: Arc<Batch<K, V>>,
     /// An empty vector per lane, swapped into it as it is drained, so lanes
     /// keep their capacity.
     spares: Vec<Vec<Laned<K, V>>>,
@@ -199,6 +199,13 @@ struct State<K, V, E> {
     store_time: Duration,
     max_store_time: Duration,
 }
+
+/// The changes of one store call.
+type Batch<K, V> = Vec<(K, Change<V>)>;
+
+/// A batch taken for the store: the receipts to report its outcome by, and
+/// the changes themselves.
+type Outgoing<K, V> = (Vec<Receipt<K>>, Arc<Batch<K, V>>);
 
 /// A change in a lane: key, change, and its order among the writes of the
 /// key (from the write guard).
@@ -287,7 +294,7 @@ where
             wake_at: AtomicU64::new(AWAKE),
             state: Mutex::new(State {
                 buffer: Buffer::new(config.max_attempts, config.backoff),
-                flying: Arc::new([]),
+                flying: Arc::default(),
                 spares: (0..lanes).map(|_| Vec::new()).collect(),
                 closing: false,
                 stop: false,
@@ -533,7 +540,7 @@ where
         c.flushed += b.flushed;
         c.retried += b.retried;
         c.dead_lettered += b.dead_lettered;
-        st.flying = Arc::new([]);
+        st.flying = Arc::default();
         self.held.store(0, SeqCst);
         let dead = std::mem::take(&mut st.kept);
         drop(st);
@@ -583,20 +590,17 @@ where
 
     /// The flusher thread's body.
     fn run(&self, woken: &Receiver<()>) {
-        while let Some((batch, pairs)) = self.next_batch(woken) {
-            self.send(batch, &pairs);
+        while let Some((receipts, pairs)) = self.next_batch(woken) {
+            self.send(receipts, pairs);
         }
         self.state.lock().exited = true;
         self.changed.notify_all();
     }
 
-    /// Waits for a batch to send, and returns it with the changes to give
-    /// the store; `None` when the flusher must exit.
-    #[allow(clippy::type_complexity)]
-    fn next_batch(
-        &self,
-        woken: &Receiver<()>,
-    ) -> Option<(Vec<Taken<K, V>>, Arc<[(K, Change<V>)]>)> {
+    /// Waits for a batch to send, and returns the changes to give the store
+    /// with the receipts to report their outcome by; `None` when the
+    /// flusher must exit.
+    fn next_batch(&self, woken: &Receiver<()>) -> Option<Outgoing<K, V>> {
         let mut st = self.state.lock();
         loop {
             if st.stop {
@@ -611,12 +615,19 @@ where
             let interval = self.interval();
             if st.buffer.ready(now, self.config.batch_size, interval) {
                 let batch = st.buffer.take_batch(self.config.batch_size, now);
-                let pairs: Arc<[(K, Change<V>)]> = batch
-                    .iter()
-                    .map(|t| (t.key().clone(), t.change().clone()))
-                    .collect();
-                st.flying = pairs.clone();
-                return Some((batch, pairs));
+                // The changes move into the store's batch, not cloned (each
+                // receipt keeps a clone of its key); the changes of a failed
+                // batch are put back together with their receipts.
+                let (pairs, receipts) = batch
+                    .into_iter()
+                    .map(|taken| {
+                        let (key, change, receipt) = taken.into_parts();
+                        ((key, change), receipt)
+                    })
+                    .unzip();
+                let pairs = Arc::new(pairs);
+                st.flying = Arc::clone(&pairs);
+                return Some((receipts, pairs));
             }
             if st.closing && st.buffer.is_empty() {
                 return None;
@@ -645,9 +656,9 @@ where
     }
 
     /// Writes `batch` to the store and records the outcome.
-    fn send(&self, batch: Vec<Taken<K, V>>, pairs: &[(K, Change<V>)]) {
+    fn send(&self, receipts: Vec<Receipt<K>>, pairs: Arc<Batch<K, V>>) {
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.store.write(pairs)));
+        let result = catch_unwind(AssertUnwindSafe(|| self.store.write(&pairs)));
         let took = started.elapsed();
         let mut st = self.state.lock();
         if st.stop {
@@ -658,23 +669,30 @@ where
         st.store_calls += 1;
         st.store_time += took;
         st.max_store_time = st.max_store_time.max(took);
-        st.flying = Arc::new([]);
+        st.flying = Arc::default();
         let now = self.now();
-        let (given, failure) = match result {
-            Ok(Ok(())) => {
-                for taken in batch {
-                    st.buffer.succeeded(taken);
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(WriteFailure::Store(Arc::new(e))),
+            Err(panic) => Some(WriteFailure::Panicked(panic_message(&*panic))),
+        };
+        let given = match failure {
+            None => {
+                for receipt in receipts {
+                    st.buffer.landed(receipt);
                 }
-                (Vec::new(), None)
+                Vec::new()
             }
-            Ok(Err(e)) => (
-                st.buffer.batch_failed(batch, now, unit_random()),
-                Some(WriteFailure::Store(Arc::new(e))),
-            ),
-            Err(panic) => (
-                st.buffer.batch_failed(batch, now, unit_random()),
-                Some(WriteFailure::Panicked(panic_message(&*panic))),
-            ),
+            Some(_) => {
+                // `flying` let go of its handle above, so this is the last.
+                let pairs = Arc::try_unwrap(pairs).unwrap_or_else(|shared| (*shared).clone());
+                let batch = pairs
+                    .into_iter()
+                    .zip(receipts)
+                    .map(|((_, change), receipt)| Taken::from_parts(change, receipt))
+                    .collect();
+                st.buffer.batch_failed(batch, now, unit_random())
+            }
         };
         let reporting = given.len();
         st.reporting += reporting;

@@ -91,10 +91,13 @@
 //! loop {
 //!     wait until buffer.ready(now, batch_size, interval), or until
 //!         buffer.next_due(interval), or a push / flush request wakes us
-//!     let batch = buffer.take_batch(batch_size, now);
-//!     (no lock held) match store.write(&batch) {
-//!         Ok(())  => for t in batch { buffer.succeeded(t) },
-//!         Err(e)  => for dead in buffer.batch_failed(batch, now, rng.f64()) {
+//!     let (pairs, receipts) = buffer.take_batch(batch_size, now)
+//!         .map(Taken::into_parts)   // ((key, change), receipt) each
+//!         .unzip();
+//!     (no lock held) match store.write(&pairs) {
+//!         Ok(())  => for r in receipts { buffer.landed(r) },
+//!         Err(e)  => let batch = zip(pairs, receipts).map(Taken::from_parts);
+//!                    for dead in buffer.batch_failed(batch, now, rng.f64()) {
 //!                        (no lock held) dead_letter(dead.key, dead.change, &e)
 //!                    },
 //!     }
@@ -162,15 +165,35 @@ impl Backoff {
 
 /// A write handed to the flusher by [`Buffer::take_batch`]. Give it back to
 /// the same buffer exactly once, through [`Buffer::succeeded`],
-/// [`Buffer::failed`] or [`Buffer::batch_failed`].
+/// [`Buffer::failed`] or [`Buffer::batch_failed`] (or, split with
+/// [`into_parts`](Self::into_parts), its [`Receipt`] through
+/// [`Buffer::landed`]).
 #[derive(Debug)]
 pub struct Taken<K, V> {
-    key: K,
     change: Change<V>,
+    receipt: Receipt<K>,
+}
+
+/// The buffer's part of a [`Taken`]: its key and which flight it was,
+/// without the change, so a flusher can move the change into the store's
+/// batch and still report the outcome.
+#[derive(Debug)]
+pub struct Receipt<K> {
+    key: K,
     first: Seq,
     last: Seq,
     queued_at: u64,
     attempt: u32,
+}
+
+impl<K> Receipt<K> {
+    /// The flight this was taken as.
+    fn flight(&self) -> Flight {
+        Flight {
+            first: self.first,
+            last: self.last,
+        }
+    }
 }
 
 // The flusher needs only the key and change; tests and the fuzz target read the rest.
@@ -178,7 +201,7 @@ pub struct Taken<K, V> {
 impl<K, V> Taken<K, V> {
     /// The key to write.
     pub fn key(&self) -> &K {
-        &self.key
+        &self.receipt.key
     }
 
     /// The change to write: the latest pushed for the key.
@@ -188,26 +211,33 @@ impl<K, V> Taken<K, V> {
 
     /// Which send of this key's current run this is, from 1.
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.receipt.attempt
     }
 
     /// The write whose change this carries.
     pub fn seq(&self) -> Seq {
-        self.last
+        self.receipt.last
     }
 
     /// The oldest write this one settles (the earlier ones of the key that
     /// were coalesced into it).
     pub fn first_seq(&self) -> Seq {
-        self.first
+        self.receipt.first
     }
 
-    /// The flight this was taken as.
-    fn flight(&self) -> Flight {
-        Flight {
-            first: self.first,
-            last: self.last,
-        }
+    /// The key and change to give the store, and the receipt to report the
+    /// outcome with (which keeps a clone of the key).
+    pub fn into_parts(self) -> (K, Change<V>, Receipt<K>)
+    where
+        K: Clone,
+    {
+        (self.receipt.key.clone(), self.change, self.receipt)
+    }
+
+    /// Puts back together what [`into_parts`](Self::into_parts) split: give
+    /// the very change that came with `receipt`.
+    pub fn from_parts(change: Change<V>, receipt: Receipt<K>) -> Self {
+        Taken { change, receipt }
     }
 }
 
@@ -603,12 +633,14 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             }
             let (_, key) = self.queue.pop_first().expect("the first entry is there");
             batch.push(Taken {
-                key,
                 change: pending.change,
-                first,
-                last,
-                queued_at: pending.queued_at,
-                attempt: pending.attempts + 1,
+                receipt: Receipt {
+                    key,
+                    first,
+                    last,
+                    queued_at: pending.queued_at,
+                    attempt: pending.attempts + 1,
+                },
             });
         }
         batch
@@ -620,17 +652,30 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// # Panics
     ///
     /// If `taken`'s key is not in flight here (it came from another buffer).
+    // The flusher reports with receipts; tests and the fuzz target use this.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     pub fn succeeded(&mut self, taken: Taken<K, V>) {
+        self.landed(taken.receipt);
+    }
+
+    /// [`succeeded`](Self::succeeded) for a [`Taken`] split by
+    /// [`Taken::into_parts`].
+    ///
+    /// # Panics
+    ///
+    /// If `receipt`'s key is not in flight here (it came from another
+    /// buffer).
+    pub fn landed(&mut self, receipt: Receipt<K>) {
         // One lookup ends the flight and settles it: the common case of a
         // batch, which `end_flight` + `settle` would look up twice or more.
-        let flight = taken.flight();
-        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(taken.key) else {
+        let flight = receipt.flight();
+        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(receipt.key) else {
             Self::take_flight(None, flight, &mut self.in_flight);
             unreachable!("take_flight panics on a key that is not here");
         };
         Self::take_flight(Some(slot.get_mut()), flight, &mut self.in_flight);
         self.stats.flushed += 1;
-        self.outstanding.remove(taken.first);
+        self.outstanding.remove(receipt.first);
         match &slot.get().pending {
             Some(pending) => {
                 let first = pending.first;
@@ -651,18 +696,20 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     ///
     /// If `taken`'s key is not in flight here (it came from another buffer).
     pub fn failed(&mut self, taken: Taken<K, V>, now: u64, draw: f64) -> Option<DeadLetter<K, V>> {
-        self.end_flight(&taken);
-        if taken.attempt >= self.max_attempts {
+        let Taken { change, receipt } = taken;
+        self.end_flight(&receipt);
+        if receipt.attempt >= self.max_attempts {
             self.stats.dead_lettered += 1;
-            self.settle(taken.key.clone(), taken.first);
+            self.settle(receipt.key.clone(), receipt.first);
             return Some(DeadLetter {
-                key: taken.key,
-                change: taken.change,
-                attempts: taken.attempt,
+                key: receipt.key,
+                change,
+                attempts: receipt.attempt,
             });
         }
-        let delay = self.backoff_policy.delay(taken.attempt, draw);
-        let attempts = taken.attempt;
+        let delay = self.backoff_policy.delay(receipt.attempt, draw);
+        let attempts = receipt.attempt;
+        let taken = Taken { change, receipt };
         self.requeue(taken, attempts, usize::MAX, now.saturating_add(delay));
         None
     }
@@ -690,8 +737,8 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         }
         let cap = batch.len().div_ceil(2);
         for taken in batch {
-            self.end_flight(&taken);
-            let attempts = taken.attempt - 1;
+            self.end_flight(&taken.receipt);
+            let attempts = taken.receipt.attempt - 1;
             self.requeue(taken, attempts, cap, now);
         }
         Vec::new()
@@ -872,10 +919,10 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         }
     }
 
-    /// Ends the flight `taken` belongs to.
-    fn end_flight(&mut self, taken: &Taken<K, V>) {
-        let slot = self.slots.get_mut(&taken.key);
-        Self::take_flight(slot, taken.flight(), &mut self.in_flight);
+    /// Ends the flight `receipt` was taken as.
+    fn end_flight(&mut self, receipt: &Receipt<K>) {
+        let slot = self.slots.get_mut(&receipt.key);
+        Self::take_flight(slot, receipt.flight(), &mut self.in_flight);
     }
 
     /// Ends the flight `expected` in its key's slot (`None`: the key is not
@@ -909,12 +956,15 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     fn requeue(&mut self, taken: Taken<K, V>, attempts: u32, cap: usize, retry_at: u64) {
         self.stats.retried += 1;
         let Taken {
-            key,
             change,
-            first,
-            last,
-            queued_at,
-            ..
+            receipt:
+                Receipt {
+                    key,
+                    first,
+                    last,
+                    queued_at,
+                    ..
+                },
         } = taken;
         let slot = self.slots.get_mut(&key).expect("failed key has a slot");
         let (change, last, tag) = match slot.pending.take() {

@@ -334,7 +334,14 @@ impl Model {
 
     fn succeed(&mut self, t: Taken<u8, u8>) {
         self.settle(&t, Fate::Landed);
-        self.buf.succeeded(t);
+        // Both ways of reporting, as the flusher (receipt) and as a store
+        // reporting per key would (the whole `Taken`).
+        if t.seq() % 2 == 0 {
+            let (_, _, receipt) = t.into_parts();
+            self.buf.landed(receipt);
+        } else {
+            self.buf.succeeded(t);
+        }
     }
 
     /// The store rejected `batch` (as a whole if it holds several entries).
@@ -365,6 +372,14 @@ impl Model {
                 key.not_before = self.now + delay;
             }
         }
+        // Split and put back together, as the flusher does.
+        let batch = batch
+            .into_iter()
+            .map(|t| {
+                let (_, change, receipt) = t.into_parts();
+                Taken::from_parts(change, receipt)
+            })
+            .collect();
         let dead = self.buf.batch_failed(batch, self.now, draw);
         assert_eq!(dead, expected, "dead letters");
     }
