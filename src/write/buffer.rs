@@ -696,21 +696,20 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     ///
     /// If `taken`'s key is not in flight here (it came from another buffer).
     pub fn failed(&mut self, taken: Taken<K, V>, now: u64, draw: f64) -> Option<DeadLetter<K, V>> {
-        let Taken { change, receipt } = taken;
-        self.end_flight(&receipt);
-        if receipt.attempt >= self.max_attempts {
+        let attempt = taken.receipt.attempt;
+        self.end_flight(&taken.receipt);
+        if attempt >= self.max_attempts {
             self.stats.dead_lettered += 1;
+            let Taken { change, receipt } = taken;
             self.settle(receipt.key.clone(), receipt.first);
             return Some(DeadLetter {
                 key: receipt.key,
                 change,
-                attempts: receipt.attempt,
+                attempts: attempt,
             });
         }
-        let delay = self.backoff_policy.delay(receipt.attempt, draw);
-        let attempts = receipt.attempt;
-        let taken = Taken { change, receipt };
-        self.requeue(taken, attempts, usize::MAX, now.saturating_add(delay));
+        let delay = self.backoff_policy.delay(attempt, draw);
+        self.requeue(taken, attempt, usize::MAX, now.saturating_add(delay));
         None
     }
 
