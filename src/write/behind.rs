@@ -230,28 +230,44 @@ struct Lane<K, V>(Mutex<Inbox<K, V>>);
 const AWAKE: u64 = 0;
 
 /// The write-behind queue shared by the cache, its loader and the flusher.
+///
+/// Laid out by who writes what: the settings every push reads never share a
+/// cache line with what the flusher or the other writers change, so a push
+/// does not miss on them after every batch.
 pub(crate) struct Queue<K, V, S: Store<K, V>> {
     lanes: Box<[Lane<K, V>]>,
-    /// The sum of the lanes' `counted`: at most `lanes * (chunk - 1)` below
-    /// the changes they hold, and above zero whenever one holds any.
-    undrained: AtomicUsize,
+    /// Written by writers (per chunk) and drains; read by every push.
+    undrained: Padded<AtomicUsize>,
+    /// Written by the flusher and drains; read by every push.
+    held: Padded<AtomicUsize>,
+    /// Written by the flusher as it sleeps and wakes.
+    wake_at: Padded<AtomicU64>,
+    /// Written by whoever holds it, the flusher above all.
+    state: Padded<Mutex<State<K, V, S::Error>>>,
+    /// Notified after every outcome, and when the flusher exits.
+    changed: Condvar,
     /// A lane adds its changes to `undrained` when it has this many
     /// uncounted (and on its first change after a drain).
     chunk: usize,
-    /// `buffer.len()` as of the last time the main mutex was released.
-    held: AtomicUsize,
-    /// When the sleeping flusher wakes by itself (queue clock; `u64::MAX`:
-    /// only when nudged), or [`AWAKE`].
-    wake_at: AtomicU64,
-    state: Mutex<State<K, V, S::Error>>,
-    /// Notified after every outcome, and when the flusher exits.
-    changed: Condvar,
     wake: Sender<()>,
     config: Config,
     origin: Instant,
     store: Arc<S>,
     handler: Option<Handler<K, V, S::Error>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// A value alone on its pair of cache lines (the adjacent-line prefetcher
+/// pulls lines in pairs).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl<K, V, S> Queue<K, V, S>
@@ -283,16 +299,16 @@ where
                     }))
                 })
                 .collect(),
-            undrained: AtomicUsize::new(0),
+            undrained: Padded(AtomicUsize::new(0)),
             // Small against the capacity (the lanes' uncounted changes are
             // slack in the fast capacity check) and against a batch (so a
             // full batch is noticed).
             chunk: (config.queue_capacity / (4 * lanes))
                 .min(config.batch_size)
                 .clamp(1, 32),
-            held: AtomicUsize::new(0),
-            wake_at: AtomicU64::new(AWAKE),
-            state: Mutex::new(State {
+            held: Padded(AtomicUsize::new(0)),
+            wake_at: Padded(AtomicU64::new(AWAKE)),
+            state: Padded(Mutex::new(State {
                 buffer: Buffer::new(config.max_attempts, config.backoff),
                 flying: Arc::default(),
                 spares: (0..lanes).map(|_| Vec::new()).collect(),
@@ -305,7 +321,7 @@ where
                 store_calls: 0,
                 store_time: Duration::ZERO,
                 max_store_time: Duration::ZERO,
-            }),
+            })),
             changed: Condvar::new(),
             wake,
             config,
