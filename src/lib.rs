@@ -29,6 +29,7 @@ mod expiry;
 mod load;
 mod maintenance;
 mod notify;
+mod padded;
 mod policy;
 mod shard;
 mod stats;

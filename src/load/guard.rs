@@ -26,6 +26,8 @@ use std::{
 
 use ahash::RandomState;
 
+use crate::padded::Padded;
+
 /// Counters per guard table; a power of two.
 pub(crate) const STRIPES: usize = 64;
 const ONE_START: u64 = 1 << 32;
@@ -41,16 +43,7 @@ pub(crate) struct Guards {
 /// One stripe's counter, alone on its cache line pair: every write does
 /// two read-modify-writes on its stripe, and writers on other cores must
 /// not pay for them.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-impl std::ops::Deref for Stripe {
-    type Target = AtomicU64;
-    fn deref(&self) -> &AtomicU64 {
-        &self.0
-    }
-}
+type Stripe = Padded<AtomicU64>;
 
 /// A stripe's count of started writes, taken when nothing was running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

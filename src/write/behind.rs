@@ -74,7 +74,10 @@ use super::{
     buffer::{self, Backoff, Buffer, Change, Receipt, Taken},
     builder::WhenFull,
 };
-use crate::expiry::{clock::saturating_nanos, unit_random};
+use crate::{
+    expiry::{clock::saturating_nanos, unit_random},
+    padded::Padded,
+};
 
 /// The dead-letter handler.
 pub(crate) type Handler<K, V, E> = Arc<dyn Fn(DeadLetter<K, V, E>) + Send + Sync>;
@@ -236,11 +239,16 @@ const AWAKE: u64 = 0;
 /// does not miss on them after every batch.
 pub(crate) struct Queue<K, V, S: Store<K, V>> {
     lanes: Box<[Lane<K, V>]>,
+    /// The sum of the lanes' `counted`: at most `lanes * (chunk - 1)` below
+    /// the changes they hold, and above zero whenever one holds any.
     /// Written by writers (per chunk) and drains; read by every push.
     undrained: Padded<AtomicUsize>,
+    /// `buffer.len()` as of the last time the main mutex was released.
     /// Written by the flusher and drains; read by every push.
     held: Padded<AtomicUsize>,
-    /// Written by the flusher as it sleeps and wakes.
+    /// When the sleeping flusher wakes by itself (queue clock; `u64::MAX`:
+    /// only when nudged), or [`AWAKE`]. Written by the flusher as it sleeps
+    /// and wakes.
     wake_at: Padded<AtomicU64>,
     /// Written by whoever holds it, the flusher above all.
     state: Padded<Mutex<State<K, V, S::Error>>>,
@@ -255,19 +263,6 @@ pub(crate) struct Queue<K, V, S: Store<K, V>> {
     store: Arc<S>,
     handler: Option<Handler<K, V, S::Error>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
-}
-
-/// A value alone on its pair of cache lines (the adjacent-line prefetcher
-/// pulls lines in pairs).
-#[repr(align(128))]
-struct Padded<T>(T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 impl<K, V, S> Queue<K, V, S>
