@@ -607,6 +607,37 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        if self.timing.reads_want_clock() {
+            return self.read_timed(key);
+        }
+        // No entry has a deadline and reads move none: the lean path, with
+        // nothing to keep across the lock but the key and the shard.
+        let (hash, cell) = self.shards.cell_for(key);
+        let shard = cell.read();
+        let value = match shard.locate(hash, key) {
+            Some((_, slot)) => {
+                if !slot.untimed_hit() {
+                    // An entry with a deadline, written since the test
+                    // above: read it the timed way.
+                    drop(shard);
+                    return self.read_timed(key);
+                }
+                Some(slot.value.clone())
+            }
+            None => None,
+        };
+        drop(shard);
+        self.lookups.record(value.is_some());
+        value
+    }
+
+    /// `get` on a cache whose reads need the clock.
+    #[inline(never)]
+    fn read_timed<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.read::<Q, true>(key, &mut Now::new(&self.timing.clock))
     }
 
@@ -619,7 +650,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, cell) = self.shards.cell_for(key);
-        if self.timing.deadlines_made() {
+        if self.timing.reads_want_clock() {
             // Entries here have deadlines, so the read will want the time:
             // read it before the lock, whose word the other readers of this
             // shard are waiting to touch.

@@ -1,6 +1,7 @@
 //! Cache statistics: a snapshot type and the counters behind it.
 
 use std::{
+    cell::Cell,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -193,16 +194,22 @@ struct Stripe {
 /// stripe and counts with a plain load and store; the pool's mutex orders a
 /// thread's last store before the next owner's first load. Threads beyond
 /// that (more than 64 alive at once) share one stripe with `fetch_add`.
+///
+/// A count reads the thread's stripe number from a constant-initialized
+/// thread-local without a destructor ([`STRIPE`]): one load, with no
+/// lazy-initialization state to test. The index itself is owned by a
+/// second thread-local ([`INDEX`]), set up on the thread's first count and
+/// dropped at its exit, which publishes and withdraws the stripe number.
 #[derive(Debug)]
 pub(crate) struct Lookups {
-    stripes: Box<[Stripe]>,
+    stripes: Box<[Stripe; STRIPES]>,
     shared: Stripe,
 }
 
 impl Default for Lookups {
     fn default() -> Self {
         Lookups {
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            stripes: Box::new(std::array::from_fn(|_| Stripe::default())),
             shared: Stripe::default(),
         }
     }
@@ -212,11 +219,20 @@ impl Lookups {
     /// Counts one lookup.
     #[inline]
     pub(crate) fn record(&self, hit: bool) {
-        match thread_index().and_then(|i| self.stripes.get(i)) {
-            Some(own) => {
-                let counter = if hit { &own.hits } else { &own.misses };
-                counter.store(counter.load(Relaxed) + 1, Relaxed);
-            }
+        match self.stripes.get(STRIPE.with(Cell::get)) {
+            Some(own) => own.count(hit),
+            None => self.record_unstriped(hit),
+        }
+    }
+
+    /// Counts a lookup of a thread without a stripe number yet (its first
+    /// count takes one), beyond the stripes, or exiting.
+    #[cold]
+    #[inline(never)]
+    fn record_unstriped(&self, hit: bool) {
+        let index = INDEX.try_with(|i| i.0).ok();
+        match index.and_then(|i| self.stripes.get(i)) {
+            Some(own) => own.count(hit),
             None => {
                 let counter = if hit {
                     &self.shared.hits
@@ -239,6 +255,15 @@ impl Lookups {
     }
 }
 
+impl Stripe {
+    /// One count by the stripe's only writer: a plain load and store.
+    #[inline]
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
+    }
+}
+
 /// Indices of exited threads, for reuse.
 static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// The next never-used index.
@@ -248,30 +273,35 @@ static NEXT: Mutex<usize> = Mutex::new(0);
 struct ThreadIndex(usize);
 
 impl ThreadIndex {
+    /// Takes an index from the pool and publishes it in [`STRIPE`].
     fn acquire() -> Self {
-        if let Some(i) = FREE.lock().pop() {
-            return ThreadIndex(i);
-        }
-        let mut next = NEXT.lock();
-        *next += 1;
-        ThreadIndex(*next - 1)
+        let reused = FREE.lock().pop();
+        let index = reused.unwrap_or_else(|| {
+            let mut next = NEXT.lock();
+            *next += 1;
+            *next - 1
+        });
+        STRIPE.with(|s| s.set(index));
+        ThreadIndex(index)
     }
 }
 
 impl Drop for ThreadIndex {
     fn drop(&mut self) {
+        // Withdraw the number before the index can pass to another thread.
+        STRIPE.with(|s| s.set(NO_STRIPE));
         FREE.lock().push(self.0);
     }
 }
 
-thread_local! {
-    static INDEX: ThreadIndex = ThreadIndex::acquire();
-}
+/// [`STRIPE`]'s value while the thread holds no index.
+const NO_STRIPE: usize = usize::MAX;
 
-/// This thread's index, or `None` while its thread-locals are being torn down.
-#[inline]
-fn thread_index() -> Option<usize> {
-    INDEX.try_with(|i| i.0).ok()
+thread_local! {
+    /// The index this thread holds, or [`NO_STRIPE`].
+    static STRIPE: Cell<usize> = const { Cell::new(NO_STRIPE) };
+    /// The index itself, acquired on the first count and released at exit.
+    static INDEX: ThreadIndex = ThreadIndex::acquire();
 }
 
 #[cfg(test)]

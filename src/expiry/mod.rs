@@ -113,9 +113,10 @@ pub(crate) struct Timing<K, V> {
     jitter: f64,
     expiry: Option<Box<dyn Expiry<K, V>>>,
     clone_key: Option<fn(&K) -> K>,
-    /// Set by the first write that gives an entry a deadline, and never
-    /// cleared: from then on reads want the time.
-    deadlines_made: AtomicBool,
+    /// True from the start if reads move deadlines, else set by the first
+    /// write that gives an entry a deadline; never cleared. While false, no
+    /// read needs the time (see [`reads_want_clock`](Self::reads_want_clock)).
+    clock_reads: AtomicBool,
     /// `ttl`, `tti` or `expiry` is set (see [`is_timed`](Self::is_timed)).
     timed: bool,
     /// `tti` or `expiry` is set: a read hit may move a deadline (see
@@ -152,16 +153,17 @@ impl<K, V> Timing<K, V> {
             Some((e, c)) => (Some(e), Some(c)),
             None => (None, None),
         };
+        let read_effects = tti.is_some() || expiry.is_some();
         Timing {
             clock,
-            timed: ttl.is_some() || tti.is_some() || expiry.is_some(),
-            read_effects: tti.is_some() || expiry.is_some(),
+            timed: ttl.is_some() || read_effects,
+            read_effects,
             ttl: ttl.map(nanos),
             tti: tti.map(nanos),
             jitter,
             expiry,
             clone_key,
-            deadlines_made: AtomicBool::new(false),
+            clock_reads: AtomicBool::new(read_effects),
         }
     }
 
@@ -178,11 +180,13 @@ impl<K, V> Timing<K, V> {
         self.read_effects
     }
 
-    /// True once some entry has been given a deadline: reads then read the
-    /// clock up front (before any lock) rather than on finding a deadline.
+    /// True once some entry has been given a deadline, and from the start
+    /// if reads move deadlines: reads then read the clock up front (before
+    /// any lock) rather than on finding a deadline. While false, a read hit
+    /// takes `get`'s untimed path, which tests only this.
     #[inline]
-    pub(crate) fn deadlines_made(&self) -> bool {
-        self.deadlines_made.load(Relaxed)
+    pub(crate) fn reads_want_clock(&self) -> bool {
+        self.clock_reads.load(Relaxed)
     }
 
     /// Idle time in ns, if reads slide deadlines.
@@ -213,8 +217,8 @@ impl<K, V> Timing<K, V> {
             (None, None) => self.ttl.map_or(NEVER, |t| self.after(now, t)),
         };
         let at = self.tti.map_or(hard, |tti| hard.min(self.after(now, tti)));
-        if at != NEVER && !self.deadlines_made() {
-            self.deadlines_made.store(true, Relaxed);
+        if at != NEVER && !self.reads_want_clock() {
+            self.clock_reads.store(true, Relaxed);
         }
         Deadline { at, hard }
     }
@@ -310,11 +314,11 @@ mod tests {
         let t = timing(None, None, 0.0);
         t.on_write(0, None, None);
         t.on_write(0, None, Some(None));
-        assert!(!t.deadlines_made(), "no entry has a deadline yet");
+        assert!(!t.reads_want_clock(), "no entry has a deadline yet");
         t.on_write(0, Some(Duration::from_secs(1)), None);
-        assert!(t.deadlines_made());
+        assert!(t.reads_want_clock());
         t.on_write(0, None, None);
-        assert!(t.deadlines_made(), "never cleared");
+        assert!(t.reads_want_clock(), "never cleared");
     }
 
     #[test]

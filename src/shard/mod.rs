@@ -200,7 +200,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// `key`'s id and slot, live or expired: the one lookup `find` and
     /// `hit` share, returning the slot so a read need not index it again.
     #[inline]
-    fn locate<Q>(&self, hash: u64, key: &Q) -> Option<(u32, &Slot<K, V>)>
+    pub(crate) fn locate<Q>(&self, hash: u64, key: &Q) -> Option<(u32, &Slot<K, V>)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,

@@ -19,6 +19,11 @@ use crate::{expiry::NEVER, policy::TOUCH_MAX};
 const DEADLINE_BITS: u32 = 60;
 const DEADLINE_MASK: u64 = (1 << DEADLINE_BITS) - 1;
 const ONE_TOUCH: u64 = 1 << DEADLINE_BITS;
+/// The word of an entry with no deadline and a saturated touch counter (a
+/// hot key of an untimed cache): a hit on it has nothing to check or store,
+/// and [`Slot::untimed_hit`] tests for it first with one compare.
+const HOT_UNTIMED: u64 = u64::MAX;
+const _: () = assert!(HOT_UNTIMED == (DEADLINE_MASK | (TOUCH_MAX as u64) << DEADLINE_BITS));
 
 /// Clamps a deadline to what the word can hold: far ones become [`NEVER`].
 #[inline]
@@ -79,6 +84,22 @@ impl<K, V> Slot<K, V> {
         let meta = self.meta.load(Relaxed);
         let deadline = meta & DEADLINE_MASK;
         if deadline != DEADLINE_MASK && now() >= deadline {
+            return false;
+        }
+        self.add_touch(meta);
+        true
+    }
+
+    /// A read hit on a cache whose reads do not want the clock (shared
+    /// lock): records the touch and returns true, unless the entry has a
+    /// deadline, when it does nothing and returns false.
+    #[inline]
+    pub(crate) fn untimed_hit(&self) -> bool {
+        let meta = self.meta.load(Relaxed);
+        if meta == HOT_UNTIMED {
+            return true;
+        }
+        if meta & DEADLINE_MASK != DEADLINE_MASK {
             return false;
         }
         self.add_touch(meta);
@@ -149,6 +170,31 @@ mod tests {
             slot.take_touches(),
             1,
             "setting a deadline keeps the touches"
+        );
+    }
+
+    #[test]
+    fn an_untimed_hit_touches_entries_without_a_deadline_and_refuses_the_rest() {
+        let slot = Slot::new((), ());
+        for _ in 0..TOUCH_MAX {
+            assert!(slot.untimed_hit());
+        }
+        assert_eq!(
+            slot.meta.load(Relaxed),
+            HOT_UNTIMED,
+            "saturated, no deadline"
+        );
+        assert!(slot.untimed_hit(), "the hot word needs no store");
+        assert_eq!(slot.take_touches(), TOUCH_MAX);
+        slot.set_deadline(5);
+        assert!(
+            !slot.untimed_hit(),
+            "a deadline sends the read to the timed path"
+        );
+        assert_eq!(slot.take_touches(), 0, "a refused hit records no touch");
+        assert!(
+            slot.hit(|| 4),
+            "which sees the entry live before its deadline"
         );
     }
 

@@ -54,14 +54,15 @@ impl Chunk {
         group::matching(&self.ctrl, tag, WIDTH)
     }
 
-    /// The position holding `tag` whose id satisfies `eq`.
+    /// The position holding `tag` whose id satisfies `eq`, with that id.
     #[inline]
-    fn position(&self, tag: u8, mut eq: impl FnMut(u32) -> bool) -> Option<usize> {
+    fn position(&self, tag: u8, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
         let mut bits = self.matching(tag);
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
-            if eq(self.ids[i]) {
-                return Some(i);
+            let id = self.ids[i];
+            if eq(id) {
+                return Some((i, id));
             }
             bits &= bits - 1;
         }
@@ -124,29 +125,31 @@ impl Table {
         if i + 1 == self.chunks.len() { 0 } else { i + 1 }
     }
 
-    /// The chunk and position of the id with `hash` that satisfies `eq`.
+    /// The chunk, position and id of the id with `hash` that satisfies `eq`.
     #[inline]
-    fn locate(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, usize)> {
+    fn locate(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(usize, usize, u32)> {
         let tag = tag_of(hash);
         let mut i = self.home(hash);
-        for _ in 0..self.chunks.len() {
-            let chunk = &self.chunks[i];
-            if let Some(pos) = chunk.position(tag, &mut eq) {
-                return Some((i, pos));
+        // Chunks still to visit after this one. An empty table has no home
+        // chunk: `get` ends the lookup there with the one bounds check.
+        let mut rest = self.chunks.len();
+        loop {
+            let chunk = self.chunks.get(i)?;
+            if let Some((pos, id)) = chunk.position(tag, &mut eq) {
+                return Some((i, pos, id));
             }
-            if chunk.overflow() == 0 {
+            rest -= 1;
+            if chunk.overflow() == 0 || rest == 0 {
                 return None;
             }
             i = self.next(i);
         }
-        None
     }
 
     /// The id with `hash` that satisfies `eq`.
     #[inline]
     pub(crate) fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.locate(hash, eq)
-            .map(|(i, pos)| self.chunks[i].ids[pos])
+        self.locate(hash, eq).map(|(_, _, id)| id)
     }
 
     /// Adds `id` under `hash`; the caller knows no id with an equal key is
@@ -192,7 +195,7 @@ impl Table {
 
     /// Removes `id`, held under `hash`. False if it is not there.
     pub(crate) fn remove(&mut self, hash: u64, id: u32) -> bool {
-        let Some((found, pos)) = self.locate(hash, |i| i == id) else {
+        let Some((found, pos, _)) = self.locate(hash, |i| i == id) else {
             return false;
         };
         self.chunks[found].ctrl[pos] = EMPTY;
@@ -212,7 +215,7 @@ impl Table {
     /// if `old` is not there.
     pub(crate) fn relocate(&mut self, hash: u64, old: u32, new: u32) -> bool {
         match self.locate(hash, |i| i == old) {
-            Some((i, pos)) => {
+            Some((i, pos, _)) => {
                 self.chunks[i].ids[pos] = new;
                 true
             }
