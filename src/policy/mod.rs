@@ -78,7 +78,7 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use tinylfu::TinyLfu;
+pub(crate) use tinylfu::{Placement, Room, TinyLfu};
 
 /// Most read hits an entry's touch counter holds between two examinations
 /// by the policy (the counter is 4 bits wide).
@@ -121,6 +121,13 @@ impl TestEntries {
                 t.store(seen + 1, Relaxed);
             }
         }
+    }
+
+    /// Gives `id` to a new key with `hash` and no touches, as the shard's
+    /// refill does.
+    pub(crate) fn replace(&mut self, id: u32, hash: u64) {
+        self.hashes[id as usize] = hash;
+        self.touches[id as usize] = std::sync::atomic::AtomicU8::new(0);
     }
 
     /// Swap-removes `id`, as the shard does.

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use super::{TestEntries, TinyLfu};
+use super::{Room, TestEntries, TinyLfu};
 
 /// Longest replay of one trace, in accesses.
 const MAX_ACCESSES: usize = 4_000_000;
@@ -96,14 +96,27 @@ impl Model {
             return true;
         }
         self.misses += 1;
-        let id = self.keys.len() as u32;
         let hash = hash_key(key);
-        self.keys.push(key);
-        self.hashes.push(hash);
-        self.map.insert(key, id);
-        self.policy.insert(id, hash, 1);
         self.policy.record_sample(self.hits, self.misses);
-        self.evict();
+        match self.policy.make_room(&self.hashes, hash) {
+            Room::Insert => {
+                let id = self.keys.len() as u32;
+                self.keys.push(key);
+                self.hashes.push(hash);
+                self.map.insert(key, id);
+                self.policy.insert_counted(id, 1);
+                self.evict();
+            }
+            Room::Evict(victim, placement) => {
+                // The new key takes the victim's id, as the shard's refill does.
+                let old = std::mem::replace(&mut self.keys[victim as usize], key);
+                self.map.remove(&old);
+                self.map.insert(key, victim);
+                self.hashes.replace(victim, hash);
+                self.policy.reuse(victim, placement);
+            }
+            Room::Reject => {}
+        }
         false
     }
 

@@ -62,6 +62,24 @@ impl Queue {
     };
 }
 
+/// What the arrival of a new key does, from [`TinyLfu::make_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// Add it with [`TinyLfu::insert_counted`], then evict as usual.
+    Insert,
+    /// Evict this id and give its place to the new key with
+    /// [`TinyLfu::reuse`]; nothing else needs evicting.
+    Evict(u32, Placement),
+    /// The new key was the window's candidate and lost its duel: it is
+    /// evicted on arrival, and nothing else changes.
+    Reject,
+}
+
+/// Where the new key goes: the window, or (a candidate that won its duel)
+/// probation. Opaque outside the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement(u8);
+
 /// The adaptive W-TinyLFU policy of one shard.
 pub(crate) struct TinyLfu {
     /// `[prev, next]` per id, within the id's queue.
@@ -90,6 +108,10 @@ pub(crate) struct TinyLfu {
     climber: HillClimber,
     /// State of the xorshift generator behind the anti-flooding admissions.
     rng: u64,
+    /// The first window id [`make_room`](Self::make_room) moved to the
+    /// window's tail for a second chance (`NIL` if none): the new key
+    /// belongs just ahead of it, where it would have been at the tail.
+    behind_new: u32,
 }
 
 impl fmt::Debug for TinyLfu {
@@ -127,6 +149,7 @@ impl TinyLfu {
             )),
             climber: HillClimber::new(capacity),
             rng: 0x2545_f491_4f6c_dd1d,
+            behind_new: NIL,
         };
         policy.set_window_max(capacity.div_ceil(100));
         policy
@@ -154,15 +177,160 @@ impl TinyLfu {
     /// Adds the new id `id` (equal to the current number of ids) to the
     /// window, and counts the write in the sketch.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
+        self.insert_counted(id, weight);
+        self.grow_sketch_if_needed();
+        self.sketch.increment(hash, 1);
+    }
+
+    /// [`insert`](Self::insert) of a key [`make_room`](Self::make_room)
+    /// has already counted.
+    pub(crate) fn insert_counted(&mut self, id: u32, weight: u32) {
         debug_assert_eq!(id as usize, self.tags.len(), "ids must stay dense");
         self.links.push([NIL, NIL]);
         self.tags.push(WINDOW);
         if self.weighted {
             self.weights.push(weight);
         }
-        self.push_tail(WINDOW, id);
-        self.grow_sketch_if_needed();
+        self.join_window(id);
+    }
+
+    /// Decides, before a new key with `hash` is added to an unweighted
+    /// cache, what its arrival evicts: the decision [`insert`] and then
+    /// [`victim`] would make, taken with the new key counted at the
+    /// window's tail but not yet given an id, so that the caller can give
+    /// it the evicted id's place (no swap-remove, no id to relocate). Counts
+    /// the key in the sketch. Window heads given a second chance on the way
+    /// end up ahead of the new key rather than behind it.
+    ///
+    /// Where the new key would move on from the window without a duel, or
+    /// nothing but it could be evicted, the answer is [`Room::Insert`]: add
+    /// it with [`insert_counted`](Self::insert_counted) and run [`victim`]
+    /// as usual.
+    ///
+    /// [`insert`]: Self::insert
+    /// [`victim`]: Self::victim
+    pub(crate) fn make_room(&mut self, entries: &impl Entries, hash: u64) -> Room {
+        debug_assert!(!self.weighted, "make_room is for unit weights");
+        self.behind_new = NIL;
+        // The sketch is sized for the ids held with the new one among them.
+        self.grow_sketch_for(self.len() as u64 + 1);
         self.sketch.increment(hash, 1);
+        self.shrink_protected(entries);
+        // `drain_window`, with the new key's unit in the window.
+        let main_max = self.capacity - self.window_max;
+        while self.queues[WINDOW as usize].weight + 1 > self.window_max {
+            let head = self.window_head_before_new(entries);
+            let main =
+                self.queues[PROBATION as usize].weight + self.queues[PROTECTED as usize].weight;
+            if main + 1 > main_max {
+                break;
+            }
+            match head {
+                Some(head) => self.move_to(PROBATION, head),
+                // The new key itself would move on: the usual path.
+                None => return Room::Insert,
+            }
+        }
+        if self.weighted_size() < self.capacity {
+            return Room::Insert;
+        }
+        self.warm = true;
+        loop {
+            if self.queues[WINDOW as usize].weight < self.window_max {
+                // The window fits the new key: the main space is over its share.
+                return match self.main_victim(entries) {
+                    Some(victim) => Room::Evict(victim, Placement(WINDOW)),
+                    None => Room::Insert,
+                };
+            }
+            let Some(candidate) = self.window_head_before_new(entries) else {
+                // The new key heads the window: it is the candidate.
+                let Some(victim) = self.main_victim(entries) else {
+                    return Room::Insert;
+                };
+                // Whatever the duel's outcome, the new key leaves the window.
+                self.behind_new = NIL;
+                return if self.admit(hash, entries.hash(victim)) {
+                    Room::Evict(victim, Placement(PROBATION))
+                } else {
+                    Room::Reject
+                };
+            };
+            let Some(victim) = self.main_victim(entries) else {
+                // Empty main space: the candidate goes in without a duel.
+                self.move_to(PROBATION, candidate);
+                continue;
+            };
+            let evicted = if self.admit(entries.hash(candidate), entries.hash(victim)) {
+                self.move_to(PROBATION, candidate);
+                victim
+            } else {
+                candidate
+            };
+            return Room::Evict(evicted, Placement(WINDOW));
+        }
+    }
+
+    /// The window's untouched head among the ids ahead of a new key at its
+    /// tail, touched heads moved on behind it as [`window_head`] does;
+    /// `None` when the new key itself is the head (every id ahead of it
+    /// was moved on, or there were none).
+    ///
+    /// [`window_head`]: Self::window_head
+    fn window_head_before_new(&mut self, entries: &impl Entries) -> Option<u32> {
+        loop {
+            let head = self.queues[WINDOW as usize].head;
+            if head == NIL || head == self.behind_new {
+                return None;
+            }
+            if !self.fold(head, entries) {
+                return Some(head);
+            }
+            self.move_to(WINDOW, head);
+            if self.behind_new == NIL {
+                self.behind_new = head;
+            }
+        }
+    }
+
+    /// Gives the id [`make_room`](Self::make_room) chose to evict to the
+    /// new key: in probation (a candidate that won its duel), or at the
+    /// window's tail, just ahead of any ids moved there behind it.
+    pub(crate) fn reuse(&mut self, id: u32, placement: Placement) {
+        self.unlink(id);
+        if placement.0 == WINDOW {
+            self.join_window(id);
+        } else {
+            self.push_tail(placement.0, id);
+        }
+    }
+
+    /// Puts the new key's id `id` (unlinked) where `make_room` saw it: at
+    /// the window's tail, but ahead of any ids it moved there since.
+    fn join_window(&mut self, id: u32) {
+        let behind = std::mem::replace(&mut self.behind_new, NIL);
+        if behind == NIL {
+            self.push_tail(WINDOW, id);
+        } else {
+            self.push_before(WINDOW, id, behind);
+        }
+    }
+
+    /// Links `id` (unlinked) into queue `tag` just ahead of `next`, a
+    /// member of that queue.
+    fn push_before(&mut self, tag: u8, id: u32, next: u32) {
+        let weight = self.weight_of(id);
+        let prev = self.links[next as usize][PREV];
+        self.links[id as usize] = [prev, next];
+        self.links[next as usize][PREV] = id;
+        let queue = &mut self.queues[tag as usize];
+        queue.weight += weight;
+        if prev == NIL {
+            queue.head = id;
+        } else {
+            self.links[prev as usize][NEXT] = id;
+        }
+        self.tags[id as usize] = tag;
     }
 
     /// Gives the existing id `id` a new weight. A write to an entry counts
@@ -253,6 +421,11 @@ impl TinyLfu {
         self.queues.iter().map(|q| q.weight).sum()
     }
 
+    /// Whether ids carry weights (else every weight is 1).
+    pub(crate) fn is_weighted(&self) -> bool {
+        self.weighted
+    }
+
     /// Maximum total weight.
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
@@ -290,7 +463,12 @@ impl TinyLfu {
     /// counts restart from zero, which costs a little accuracy once per
     /// doubling.
     fn grow_sketch_if_needed(&mut self) {
-        let held = self.len() as u64;
+        self.grow_sketch_for(self.len() as u64);
+    }
+
+    /// [`grow_sketch_if_needed`](Self::grow_sketch_if_needed) with `held`
+    /// ids.
+    fn grow_sketch_for(&mut self, held: u64) {
         let sized = self.sketch.sized_for();
         let limit = if self.weighted {
             u64::MAX

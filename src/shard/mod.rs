@@ -45,7 +45,7 @@ use crate::{
     RemovalCause,
     expiry::{Deadline, NEVER, clock::Clock, wheel::TimerWheel},
     notify::Removed,
-    policy::{Entries, TinyLfu},
+    policy::{Entries, Placement, Room, TinyLfu},
 };
 pub(crate) use slot::Slot;
 use table::Table;
@@ -319,17 +319,40 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
         }
-        let grew = match found {
-            Some(id) => self.replace(id, w, now, removed),
-            None => {
-                self.push(w);
-                true
-            }
-        };
+        // Sampled before the write's evictions, which then follow any
+        // window change the climber makes.
         if self.version % SAMPLE_EVERY == 0 {
             let (hits, misses) = samples();
             self.policy.record_sample(hits, misses);
         }
+        let grew = match found {
+            Some(id) => self.replace(id, w, now, removed),
+            None if !self.policy.is_weighted() => {
+                let entries = SlotEntries {
+                    slots: &self.slots,
+                    hasher: &self.hasher,
+                };
+                match self.policy.make_room(&entries, w.hash) {
+                    Room::Insert => {
+                        self.push(w, false);
+                        true
+                    }
+                    Room::Evict(victim, placement) => {
+                        self.refill(victim, placement, w, now, removed);
+                        false
+                    }
+                    Room::Reject => {
+                        self.count(RemovalCause::Size, 1);
+                        removed.push(w.key, w.value, RemovalCause::Size);
+                        false
+                    }
+                }
+            }
+            None => {
+                self.push(w, true);
+                true
+            }
+        };
         // A replacement that did not grow the entry leaves the shard within
         // its capacity; the queue rebalancing `evict` would also do (after
         // the climber moved a target) waits for the next write that adds.
@@ -360,8 +383,44 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.policy.reweigh(id, w.weight)
     }
 
-    /// Appends a new entry at id `len`.
-    fn push(&mut self, w: Write<K, V>) {
+    /// Evicts `victim` and puts the new entry `w` in its place: the id
+    /// changes hands, so nothing is swap-removed or relocated.
+    fn refill(
+        &mut self,
+        victim: u32,
+        placement: Placement,
+        w: Write<K, V>,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+    ) {
+        let cause = if self.is_live(victim, now) {
+            RemovalCause::Size
+        } else {
+            RemovalCause::Expired
+        };
+        let index = victim as usize;
+        let old_hash = self.hasher.hash_one(&self.slots[index].key);
+        let held = self.table.remove(old_hash, victim);
+        debug_assert!(held, "slot {victim} missing from the table");
+        if self.wheel.len() > 0 {
+            self.wheel.cancel(victim);
+        }
+        let old = std::mem::replace(&mut self.slots[index], Slot::new(w.key, w.value));
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table
+            .insert_unique(w.hash, victim, |i| hasher.hash_one(&slots[i as usize].key));
+        if let Some(hard) = self.hard.get_mut(index) {
+            *hard = NEVER;
+        }
+        self.set_deadline(victim, w.deadline);
+        self.policy.reuse(victim, placement);
+        self.count(cause, 1);
+        removed.push(old.key, old.value, cause);
+    }
+
+    /// Appends a new entry at id `len`; `count` is false when the policy
+    /// has counted the key already ([`TinyLfu::make_room`]).
+    fn push(&mut self, w: Write<K, V>, count: bool) {
         let id = u32::try_from(self.slots.len()).expect("a shard holds fewer than 2^32 entries");
         self.slots.push(Slot::new(w.key, w.value));
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -371,7 +430,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.hard.push(NEVER);
         }
         self.set_deadline(id, w.deadline);
-        self.policy.insert(id, w.hash, w.weight);
+        if count {
+            self.policy.insert(id, w.hash, w.weight);
+        } else {
+            self.policy.insert_counted(id, w.weight);
+        }
     }
 
     /// Stores `deadline` for `id` and (re)schedules it on the wheel.
