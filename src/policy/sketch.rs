@@ -65,6 +65,15 @@ pub(crate) fn remix(hash: u64) -> u64 {
     h ^ (h >> 32)
 }
 
+/// For row `row` (0..4) of a key whose re-mixed hash is `h`: the word
+/// within its block (`2 * row` or `2 * row + 1`, by one hash bit) and the
+/// shift of its counter in that word (four more bits pick the nibble).
+#[inline]
+fn counter(h: u64, row: usize) -> (usize, u32) {
+    let bits = (h >> (row * 8)) as u32;
+    (2 * row + (bits & 1) as usize, ((bits >> 1) & 15) * 4)
+}
+
 impl FrequencySketch {
     /// Bytes of table per entry the sketch is sized for (before rounding the
     /// table up to a power of two, so 4 to 8 in effect). Measured with the
@@ -95,17 +104,10 @@ impl FrequencySketch {
         self.sized_for
     }
 
-    /// The key's block (its first word's index) and, for each of the four
-    /// rows, the (word within the block, shift) of the key's counter.
+    /// The first word of the block of a key whose re-mixed hash is `h`.
     #[inline]
-    fn place(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
-        let h = remix(hash);
-        let base = ((h >> 32) as usize & self.block_mask) * BLOCK_WORDS;
-        let counters = std::array::from_fn(|row| {
-            let bits = (h >> (row * 8)) as usize;
-            (2 * row + (bits & 1), (((bits >> 1) & 15) * 4) as u32)
-        });
-        (base, counters)
+    fn block_base(&self, h: u64) -> usize {
+        ((h >> 32) as usize & self.block_mask) * BLOCK_WORDS
     }
 
     /// The block starting at word `base`: one bounds check for all four
@@ -119,31 +121,35 @@ impl FrequencySketch {
 
     /// The estimated recent frequency of the key, 0..=15.
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        let (base, counters) = self.place(hash);
+        let h = remix(hash);
+        let base = self.block_base(h);
         let block: &[u64; BLOCK_WORDS] = self.table[base..base + BLOCK_WORDS]
             .try_into()
             .expect("the table is whole blocks");
-        counters
-            .iter()
-            .map(|&(w, s)| ((block[w] >> s) & 15) as u8)
-            .min()
-            .unwrap_or(0)
+        let mut min = u64::from(COUNTER_MAX);
+        for row in 0..4 {
+            let (w, s) = counter(h, row);
+            min = min.min((block[w] >> s) & 15);
+        }
+        min as u8
     }
 
     /// Records `n` more occurrences of the key: each of its four counters
     /// grows by `n`, saturating at 15. Halves all counters when the sample
     /// period is reached.
     pub(crate) fn increment(&mut self, hash: u64, n: u8) {
-        let (base, counters) = self.place(hash);
-        let block = self.block(base);
+        let h = remix(hash);
+        let block = self.block(self.block_base(h));
+        let max = u64::from(COUNTER_MAX);
+        let n = u64::from(n).min(max);
         let mut added = 0;
-        for (w, s) in counters {
-            let current = ((block[w] >> s) & 15) as u8;
-            let add = (COUNTER_MAX - current).min(n);
-            block[w] += u64::from(add) << s;
+        for row in 0..4 {
+            let (w, s) = counter(h, row);
+            let add = (max - ((block[w] >> s) & max)).min(n);
+            block[w] += add << s;
             added = added.max(add);
         }
-        self.additions += u64::from(added);
+        self.additions += added;
         if self.additions >= self.sample_period {
             self.halve();
         }
