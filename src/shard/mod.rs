@@ -12,7 +12,10 @@
 //! and the write-based cap of idle deadlines (only with time to idle).
 //! Removal is a swap-remove: the last entry moves into the hole and every
 //! part is told (`relocate`), so there is no free list, no `Option` tag and
-//! no tombstone per slot.
+//! no tombstone per slot. The commonest removal skips even that: a new key
+//! arriving at a full unweighted shard asks the policy first what its
+//! arrival evicts ([`TinyLfu::make_room`]) and then takes the evicted
+//! entry's id in place (`refill`), so nothing moves.
 //!
 //! # Locking rules
 //!
