@@ -120,6 +120,32 @@ impl Model {
         false
     }
 
+    /// [`access`](Self::access) by the protocol the shard followed before
+    /// `make_room`: add the new id to the window, then evict. The reference
+    /// the policy tests hold `make_room` to.
+    pub(super) fn access_insert_then_evict(&mut self, key: u64) -> bool {
+        if let Some(&id) = self.map.get(&key) {
+            self.hashes.touch(id);
+            self.hits += 1;
+            return true;
+        }
+        self.misses += 1;
+        let id = self.keys.len() as u32;
+        let hash = hash_key(key);
+        self.keys.push(key);
+        self.hashes.push(hash);
+        self.map.insert(key, id);
+        self.policy.insert(id, hash, 1);
+        self.policy.record_sample(self.hits, self.misses);
+        self.evict();
+        false
+    }
+
+    /// The keys held, by id.
+    pub(super) fn keys(&self) -> &[u64] {
+        &self.keys
+    }
+
     /// The shard's eviction loop.
     pub(super) fn evict(&mut self) {
         while let Some(id) = self.policy.victim(&self.hashes) {

@@ -223,59 +223,6 @@ fn remove_model(
     }
 }
 
-/// The protocol the shard followed before `make_room`: add the new id to
-/// the window, then ask for victims and swap-remove each. The reference
-/// `make_room` is held to.
-struct InsertThenEvict {
-    map: HashMap<u64, u32>,
-    keys: Vec<u64>,
-    hashes: TestEntries,
-    policy: TinyLfu,
-    hits: u64,
-    misses: u64,
-}
-
-impl InsertThenEvict {
-    fn new(capacity: u64) -> Self {
-        InsertThenEvict {
-            map: HashMap::new(),
-            keys: Vec::new(),
-            hashes: TestEntries::default(),
-            policy: TinyLfu::new(capacity, false, capacity as usize + 1),
-            hits: 0,
-            misses: 0,
-        }
-    }
-
-    fn access(&mut self, key: u64) -> bool {
-        if let Some(&id) = self.map.get(&key) {
-            self.hashes.touch(id);
-            self.hits += 1;
-            return true;
-        }
-        self.misses += 1;
-        let id = self.keys.len() as u32;
-        let hash = super::sim::hash_key(key);
-        self.keys.push(key);
-        self.hashes.push(hash);
-        self.map.insert(key, id);
-        self.policy.insert(id, hash, 1);
-        self.policy.record_sample(self.hits, self.misses);
-        while let Some(victim) = self.policy.victim(&self.hashes) {
-            self.policy.remove(victim);
-            let last = self.keys.len() as u32 - 1;
-            self.map.remove(&self.keys[victim as usize]);
-            self.keys.swap_remove(victim as usize);
-            self.hashes.swap_remove(victim);
-            if victim != last {
-                self.map.insert(self.keys[victim as usize], victim);
-                self.policy.relocate(last, victim);
-            }
-        }
-        false
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -291,16 +238,16 @@ proptest! {
     ) {
         let mut rng = Rng::new(seed);
         let mut with_room = Model::new(capacity);
-        let mut reference = InsertThenEvict::new(capacity);
+        let mut reference = Model::new(capacity);
         for step in 0..len {
             // Skewed keys: hot ones recur, so touches, promotions and duels happen.
             let span = 1 + rng.below(universe);
             let key = rng.below(span);
             let hit = with_room.access(key);
-            prop_assert_eq!(hit, reference.access(key), "step {} key {}", step, key);
-            with_room.policy.check_invariants(reference.keys.len());
+            prop_assert_eq!(hit, reference.access_insert_then_evict(key), "step {} key {}", step, key);
+            with_room.policy.check_invariants(reference.keys().len());
             if step % 64 == 0 {
-                for &k in &reference.keys {
+                for &k in reference.keys() {
                     prop_assert!(with_room.contains(k), "step {}: {} held by the reference only", step, k);
                 }
             }
