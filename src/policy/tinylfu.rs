@@ -200,7 +200,8 @@ impl TinyLfu {
     /// window's tail but not yet given an id, so that the caller can give
     /// it the evicted id's place (no swap-remove, no id to relocate). Counts
     /// the key in the sketch. Window heads given a second chance on the way
-    /// end up ahead of the new key rather than behind it.
+    /// go behind the new key, as they would have: it joins the window
+    /// ahead of them.
     ///
     /// Where the new key would move on from the window without a duel, or
     /// nothing but it could be evicted, the answer is [`Room::Insert`]: add

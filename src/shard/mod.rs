@@ -405,9 +405,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let old_hash = self.hasher.hash_one(&self.slots[index].key);
         let held = self.table.remove(old_hash, victim);
         debug_assert!(held, "slot {victim} missing from the table");
-        if self.wheel.len() > 0 {
-            self.wheel.cancel(victim);
-        }
+        self.wheel.cancel(victim);
         let old = std::mem::replace(&mut self.slots[index], Slot::new(w.key, w.value));
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.table
