@@ -613,7 +613,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Taken<K, V>> {
         self.promote_due(now);
         let mut limit = max;
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(max.min(self.queue.len()));
         while batch.len() < limit {
             let Some((_, key)) = self.queue.first() else {
                 break;
