@@ -88,14 +88,26 @@ impl Model {
         }
     }
 
+    /// Looks `key` up and counts the outcome; a hit touches the entry.
+    fn hit(&mut self, key: u64) -> bool {
+        match self.map.get(&key) {
+            Some(&id) => {
+                self.hashes.touch(id);
+                self.hits += 1;
+                true
+            }
+            None => {
+                self.misses += 1;
+                false
+            }
+        }
+    }
+
     /// A get, then an insert on a miss. Returns whether it hit.
     pub(super) fn access(&mut self, key: u64) -> bool {
-        if let Some(&id) = self.map.get(&key) {
-            self.hashes.touch(id);
-            self.hits += 1;
+        if self.hit(key) {
             return true;
         }
-        self.misses += 1;
         let hash = hash_key(key);
         self.policy.record_sample(self.hits, self.misses);
         match self.policy.make_room(&self.hashes, hash) {
@@ -124,12 +136,9 @@ impl Model {
     /// `make_room`: add the new id to the window, then evict. The reference
     /// the policy tests hold `make_room` to.
     pub(super) fn access_insert_then_evict(&mut self, key: u64) -> bool {
-        if let Some(&id) = self.map.get(&key) {
-            self.hashes.touch(id);
-            self.hits += 1;
+        if self.hit(key) {
             return true;
         }
-        self.misses += 1;
         let id = self.keys.len() as u32;
         let hash = hash_key(key);
         self.keys.push(key);
