@@ -19,7 +19,7 @@ use crate::{
     load::flight::{Flights, Leader, LeaderGuard, Outcome, Role},
     maintenance::{Maintained, Maintenance},
     notify::{Listener, Removed},
-    shard::{Now, ShardCell, Shards, Write},
+    shard::{Now, ShardCell, Shards, Stripe, Write},
     stats::{LoadCounters, Lookups},
 };
 
@@ -91,6 +91,17 @@ struct Inner<K, V> {
     lookups: Lookups,
     loads: LoadCounters,
     maintenance: Maintenance,
+}
+
+/// What a conditional insert does, decided with the shard locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Put the value in.
+    Insert,
+    /// Leave the shard as it is.
+    Skip,
+    /// Remove whatever the key holds.
+    Remove,
 }
 
 impl<K, V> Drop for Inner<K, V> {
@@ -430,10 +441,22 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
+        self.clear(false);
+    }
+
+    /// Empties every shard; with `written`, counts a write on each of its
+    /// stripes under the same lock (see [`insert_if`](Self::insert_if)).
+    fn clear(&self, written: bool) {
         let now = self.inner.timing.clock.now();
         for cell in self.inner.shards.iter() {
             let mut removed = Removed::default();
-            cell.write().clear(now, &mut removed);
+            {
+                let mut shard = cell.write();
+                if written {
+                    cell.bump_all(&shard);
+                }
+                shard.clear(now, &mut removed);
+            }
             self.inner.deliver(removed);
         }
     }
@@ -556,9 +579,23 @@ where
         key: K,
         value: V,
         ttl: Option<Duration>,
-        keep: impl FnOnce(Option<&V>) -> bool,
+        decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
     ) -> bool {
-        self.inner.insert_if(key, value, ttl, Some(keep))
+        self.inner.insert_if(key, value, ttl, Some(decide))
+    }
+
+    /// The write count of `key`'s stripe, read without a lock: what a load
+    /// or a write takes before it reads or changes the store (see
+    /// [`guard`](crate::load::guard)).
+    pub(crate) fn write_count(&self, key: &K) -> u32 {
+        let (hash, cell) = self.inner.shards.cell_for(key);
+        cell.write_count(hash)
+    }
+
+    /// [`invalidate_all`](Self::invalidate_all), counting a write on every
+    /// stripe of each shard as it is emptied.
+    pub(crate) fn invalidate_all_written(&self) {
+        self.clear(true);
     }
 
     /// `get` without counting the hit or miss (see
@@ -576,7 +613,7 @@ where
     }
 
     /// See `Inner::remove_if`.
-    pub(crate) fn remove_if(&self, key: &K, doomed: impl FnOnce(&V) -> bool) {
+    pub(crate) fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) {
         self.inner.remove_if(key, doomed);
     }
 
@@ -726,18 +763,25 @@ where
     }
 
     fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
-        self.insert_if(key, value, ttl, None::<fn(Option<&V>) -> bool>);
+        self.insert_if(
+            key,
+            value,
+            ttl,
+            None::<fn(Option<&V>, Stripe<'_>) -> Verdict>,
+        );
     }
 
-    /// Inserts unless `keep`, shown the value under the key (if any, live
-    /// or expired but not yet reaped) with the shard locked, returns false. `keep` is larder's own code,
-    /// never the user's. Returns whether the value went in.
+    /// Inserts unless `decide`, shown the value under the key (if any, live
+    /// or expired but not yet reaped) and the key's write-count stripe with
+    /// the shard locked, says otherwise: [`Verdict::Skip`] leaves the shard
+    /// as it is, [`Verdict::Remove`] removes the key's entry. `decide` is
+    /// larder's own code, never the user's. Returns whether the value went in.
     fn insert_if(
         &self,
         key: K,
         value: V,
         ttl: Option<Duration>,
-        keep: Option<impl FnOnce(Option<&V>) -> bool>,
+        decide: Option<impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict>,
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
@@ -763,9 +807,20 @@ where
         {
             let mut shard = cell.write();
             let found = shard.find(hash, &write.key);
-            if let Some(keep) = keep {
-                if !keep(found.map(|id| shard.value(id))) {
-                    return false;
+            if let Some(decide) = decide {
+                let stripe = cell.stripe(hash, &shard);
+                match decide(found.map(|id| shard.value(id)), stripe) {
+                    Verdict::Insert => {}
+                    Verdict::Skip => return false,
+                    Verdict::Remove => {
+                        if let Some((key, value, cause)) = shard.remove(hash, &write.key, &mut now)
+                        {
+                            removed.push(key, value, cause);
+                        }
+                        drop(shard);
+                        self.deliver(removed);
+                        return false;
+                    }
                 }
             }
             shard.insert(found, write, &mut now, || self.samples(), &mut removed);
@@ -819,15 +874,20 @@ where
     }
 
     /// Removes `key`'s entry (live, or expired but not yet reaped) if
-    /// `doomed`, shown its value with the shard locked, says so. `doomed` is larder's own code, never the user's.
-    fn remove_if(&self, key: &K, doomed: impl FnOnce(&V) -> bool) {
+    /// `doomed`, shown its value (if any) and the key's write-count stripe
+    /// with the shard locked, says so. `doomed` is larder's own code, never
+    /// the user's.
+    fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
         let taken = {
             let mut shard = cell.write();
-            match shard.find(hash, key) {
-                Some(id) if doomed(shard.value(id)) => shard.remove(hash, key, &mut now),
-                _ => None,
+            let found = shard.find(hash, key);
+            let stripe = cell.stripe(hash, &shard);
+            if doomed(found.map(|id| shard.value(id)), stripe) && found.is_some() {
+                shard.remove(hash, key, &mut now)
+            } else {
+                None
             }
         };
         if let Some((key, value, cause)) = taken {

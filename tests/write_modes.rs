@@ -510,6 +510,80 @@ fn bad_write_settings_are_build_errors() {
     );
 }
 
+/// A load reads the store's old value and is held there while a write (a
+/// put or a delete) of the key runs to its end; when the load goes on, it
+/// must not cache what it read over the write, whatever the policy.
+#[test]
+fn a_load_that_read_before_a_write_ended_never_caches_over_it() {
+    for policy in ["through", "around", "behind"] {
+        for put in [true, false] {
+            let store = MemStore::default();
+            store.set(1, 10);
+            let b = builder(&store);
+            let cache: StoreCache<u64, u64, MemStore> = match policy {
+                "through" => b.build().unwrap(),
+                "around" => b.write_around().build().unwrap(),
+                _ => b.write_behind().build().unwrap(),
+            };
+            store.hold.load.store(1, SeqCst);
+            let reader = {
+                let cache = cache.clone();
+                thread::spawn(move || cache.get(&1).unwrap())
+            };
+            store.hold.wait_reached(); // the load has read 10
+            let now = if put {
+                cache.insert(1, 11).unwrap();
+                Some(11)
+            } else {
+                cache.remove(&1).unwrap();
+                None
+            };
+            store.hold.release();
+            let what = format!("{policy}, put {put}");
+            assert_eq!(
+                reader.join().unwrap(),
+                Some(10),
+                "{what}: the load's own answer"
+            );
+            assert_ne!(
+                cache.peek(&1),
+                Some(10),
+                "{what}: the load cached over the write"
+            );
+            assert_eq!(cache.get(&1).unwrap(), now, "{what}");
+            cache.flush();
+            assert_eq!(store.get(1), now, "{what}");
+        }
+    }
+}
+
+/// Two write-through writes of a key overlap: the first reaches the store,
+/// then is held while the second reaches the store and the cache. When the
+/// first goes on, it must not cache its value, which the store no longer
+/// holds.
+#[test]
+fn of_two_overlapping_writes_the_cache_never_keeps_the_one_the_store_lost() {
+    let store = MemStore::default();
+    let cache = builder(&store).build().unwrap();
+    store.hold.write.store(1, SeqCst);
+    let first = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.insert(7, 1).unwrap())
+    };
+    store.hold.wait_reached(); // 1 is in the store
+    cache.insert(7, 2).unwrap();
+    assert_eq!(cache.peek(&7), Some(2));
+    store.hold.release();
+    first.join().unwrap();
+    assert_eq!(store.get(7), Some(2));
+    assert_ne!(
+        cache.peek(&7),
+        Some(1),
+        "the overlapped write cached its lost value"
+    );
+    assert_eq!(cache.get(&7).unwrap(), Some(2));
+}
+
 /// Many threads load, write through and delete the same few keys at once.
 /// Whatever the interleaving, once they are done every cached value is the
 /// store's value: no load or write cached data the store no longer held.

@@ -6,186 +6,169 @@
 //! holds: a load that read the old value finishes after the write, or two
 //! writes land in the store in one order and in the cache in the other.
 //!
-//! Keys hash to [`STRIPES`] counters, each packing two numbers: writes
-//! *started* (high 32 bits) and writes *running* (low 32 bits). A load takes
-//! a [`Seen`] before reading the store and caches its result only if no
-//! write was running then and none started since. A write takes a
-//! [`Ticket`] before touching the store and caches its value only if it ran
-//! alone: nothing running when it began, nothing started after it. The check
-//! runs under the shard lock, inside the conditional insert, so a write that
-//! starts after it sees the cached value and replaces or removes it; every
-//! other case removes the key instead of caching, which is always safe (the
-//! next read loads the store's current value).
+//! Each shard spreads its keys over a few stripes, each with a count of
+//! the writes that *ended* there (see [`Stripe`]). A load or a write reads
+//! its key's count before it touches the store ([`seen`]); that read is a
+//! plain load, and nothing is written when a write begins. A write *ends*
+//! under the shard lock, in the same critical section that caches its
+//! value or drops the key, and counts itself there (a plain store: only
+//! the lock's holder changes a count). So at every end or cache fill,
+//! under the lock:
 //!
-//! Two keys sharing a stripe only cost an occasional uncached load.
+//! - a load caches what it read only if no write ended since it began
+//!   ([`Seen::load_verdict`]); a write that ends after the load's fill
+//!   replaces or drops the filled value, and a write that ended before it
+//!   changed the store before the load's read began, or bumped the count;
+//! - a write caches its value only if no other write ended since it began
+//!   ([`Seen::write_verdict`]), and drops the key otherwise. Of two writes
+//!   of a key that overlap, the first to end may cache its value and the
+//!   second drops it; the cache then holds nothing until both are done,
+//!   and the next read loads the store's own value. Writes that do not
+//!   overlap see each other's count and cache in their order.
+//!
+//! A write that fails changes nothing in the store, so it ends without a
+//! count. Two keys sharing a stripe only cost an occasional uncached load
+//! or dropped value.
+//!
+//! [`Stripe`]: crate::shard::Stripe
 
-use std::{
-    hash::Hash,
-    sync::atomic::{AtomicU64, Ordering::SeqCst},
-};
+use std::hash::Hash;
 
-use ahash::RandomState;
+use crate::{Cache, cache::Verdict, shard::Stripe};
 
-use crate::padded::Padded;
-
-/// Counters per guard table; a power of two.
-pub(crate) const STRIPES: usize = 64;
-const ONE_START: u64 = 1 << 32;
-const RUNNING: u64 = ONE_START - 1;
-
-/// The per-key-stripe write counters of one loading cache.
-#[derive(Debug)]
-pub(crate) struct Guards {
-    stripes: Box<[Stripe]>,
-    hasher: RandomState,
-}
-
-/// One stripe's counter, alone on its cache line pair: every write does
-/// two read-modify-writes on its stripe, and writers on other cores must
-/// not pay for them.
-type Stripe = Padded<AtomicU64>;
-
-/// A stripe's count of started writes, taken when nothing was running.
+/// A key's stripe count, taken before a load reads the store or a write
+/// changes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Seen {
-    stripe: usize,
-    started: u64,
+pub(crate) struct Seen(u32);
+
+/// The count of `key`'s stripe now.
+pub(crate) fn seen<K, V>(cache: &Cache<K, V>, key: &K) -> Seen
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Seen(cache.write_count(key))
 }
 
-/// A write under way on a stripe; ends (stops counting as running) on drop.
-#[derive(Debug)]
-pub(crate) struct Ticket<'a> {
-    guards: &'a Guards,
-    stripe: usize,
-    /// What the stripe must still say for this write to cache its value;
-    /// `None` if another write was already running when it began.
-    alone: Option<Seen>,
-    /// The stripe's count of started writes, this one included.
-    started: u32,
-}
-
-impl Default for Guards {
-    fn default() -> Self {
-        Guards {
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            hasher: RandomState::new(),
-        }
-    }
-}
-
-impl Guards {
-    fn stripe_of<K: Hash + ?Sized>(&self, key: &K) -> usize {
-        self.hasher.hash_one(key) as usize & (STRIPES - 1)
-    }
-
-    /// Taken by a load before it reads the store: `None` if a write of the
-    /// key's stripe is running (the load must not cache what it reads).
-    pub(crate) fn seen<K: Hash + ?Sized>(&self, key: &K) -> Option<Seen> {
-        let stripe = self.stripe_of(key);
-        let word = self.stripes[stripe].load(SeqCst);
-        (word & RUNNING == 0).then_some(Seen {
-            stripe,
-            started: word >> 32,
-        })
-    }
-
-    /// Taken by a write before it touches the store.
-    pub(crate) fn begin<K: Hash + ?Sized>(&self, key: &K) -> Ticket<'_> {
-        let stripe = self.stripe_of(key);
-        let before = self.stripes[stripe].fetch_add(ONE_START + 1, SeqCst);
-        let started = (before >> 32).wrapping_add(1) & RUNNING;
-        let alone = (before & RUNNING == 0).then_some(Seen { stripe, started });
-        Ticket {
-            guards: self,
-            stripe,
-            alone,
-            started: started as u32,
+impl Seen {
+    /// A load's fill: cache what it read only if no write ended since.
+    pub(crate) fn load_verdict(self, stripe: &Stripe<'_>) -> Verdict {
+        if stripe.get() == self.0 {
+            Verdict::Insert
+        } else {
+            Verdict::Skip
         }
     }
 
-    /// Counts a write started on every stripe (one that ends at once), so
-    /// no load under way caches its result: for clearing the whole cache.
-    pub(crate) fn start_everywhere(&self) {
-        for stripe in &*self.stripes {
-            stripe.fetch_add(ONE_START, SeqCst);
-        }
+    /// A write's end with a value: counts it, and caches the value only if
+    /// no other write ended since it began; drops the key otherwise.
+    pub(crate) fn write_verdict(self, stripe: &Stripe<'_>) -> Verdict {
+        let verdict = if stripe.get() == self.0 {
+            Verdict::Insert
+        } else {
+            Verdict::Remove
+        };
+        stripe.bump();
+        verdict
     }
 
-    /// Whether no write of `seen`'s stripe started since it was taken.
-    pub(crate) fn unchanged(&self, seen: Seen) -> bool {
-        self.stripes[seen.stripe].load(SeqCst) >> 32 == seen.started
+    /// This write's place among the writes of its key: a write that began
+    /// after another ended has a larger order (compared as a wrapping
+    /// counter: by the sign of the difference); writes that overlap may
+    /// share one. Writes of a key that do not overlap reach the store in
+    /// this order.
+    pub(crate) fn order(self) -> u32 {
+        self.0
     }
 }
 
-impl Ticket<'_> {
-    /// The condition for caching this write's value: `None` if it cannot
-    /// (another write overlapped its start).
-    pub(crate) fn alone(&self) -> Option<Seen> {
-        self.alone
-    }
-
-    /// This write's place among the writes of its key: of two writes of one
-    /// key, the one that began first has the smaller order (compared as a
-    /// wrapping counter: by the sign of the difference). Writes of a key
-    /// that do not overlap reach the store in this order.
-    pub(crate) fn order(&self) -> u32 {
-        self.started
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.guards.stripes[self.stripe].fetch_sub(1, SeqCst);
-    }
+/// A write's end without a value to cache (a delete, an invalidation, a
+/// write-around, a panic): counts it; the key's entry goes.
+pub(crate) fn write_removes(stripe: &Stripe<'_>) -> bool {
+    stripe.bump();
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_load_caches_only_if_no_write_ran_or_started() {
-        let guards = Guards::default();
-        let seen = guards.seen(&1u32).expect("nothing running");
-        assert!(guards.unchanged(seen));
-        {
-            let ticket = guards.begin(&1u32);
-            assert!(ticket.alone().is_some());
-            assert_eq!(guards.seen(&1u32), None, "a write is running");
-        }
-        assert!(!guards.unchanged(seen), "a write started since");
-        let later = guards.seen(&1u32).expect("the write ended");
-        assert!(guards.unchanged(later));
+    fn cache() -> Cache<u64, u64> {
+        Cache::new(100)
+    }
+
+    fn load(cache: &Cache<u64, u64>, key: u64, value: u64, seen: Seen) -> bool {
+        cache.insert_if(key, value, None, |_, s| seen.load_verdict(&s))
+    }
+
+    fn end_write(cache: &Cache<u64, u64>, key: u64, value: u64, seen: Seen) -> bool {
+        cache.insert_if(key, value, None, |_, s| seen.write_verdict(&s))
     }
 
     #[test]
-    fn writes_of_a_key_are_ordered_by_their_start_across_the_wrap() {
-        let guards = Guards::default();
-        let stripe = guards.stripe_of(&3u8);
-        // Just below the wrap of the 32-bit started count.
-        guards.stripes[stripe].store((u64::from(u32::MAX) - 1) << 32, SeqCst);
-        let orders: Vec<u32> = (0..4).map(|_| guards.begin(&3u8).order()).collect();
-        assert_eq!(orders, [u32::MAX, 0, 1, 2]);
+    fn a_load_caches_only_if_no_write_ended_since_it_began() {
+        let cache = cache();
+        let before = seen(&cache, &1);
+        assert!(load(&cache, 1, 10, before), "nothing happened since");
+        let write = seen(&cache, &1);
+        let racing = seen(&cache, &1);
+        assert!(end_write(&cache, 1, 11, write));
+        assert!(!load(&cache, 1, 10, racing), "a write ended since");
+        assert_eq!(cache.peek(&1), Some(11), "the write's value stays");
+        assert!(load(&cache, 1, 11, seen(&cache, &1)));
+    }
+
+    #[test]
+    fn a_load_that_fills_before_a_write_ends_is_replaced_by_the_write() {
+        let cache = cache();
+        let write = seen(&cache, &2);
+        let racing = seen(&cache, &2);
+        assert!(load(&cache, 2, 20, racing), "no write has ended yet");
+        assert!(end_write(&cache, 2, 21, write));
+        assert_eq!(cache.peek(&2), Some(21));
+    }
+
+    #[test]
+    fn of_overlapping_writes_the_first_to_end_caches_and_the_second_drops_the_key() {
+        let cache = cache();
+        let first = seen(&cache, &7);
+        let second = seen(&cache, &7);
+        assert!(end_write(&cache, 7, 2, second));
+        assert_eq!(cache.peek(&7), Some(2));
+        assert!(!end_write(&cache, 7, 1, first));
+        assert_eq!(cache.peek(&7), None, "an overlapped write drops the key");
+        let third = seen(&cache, &7);
+        assert!(end_write(&cache, 7, 3, third), "nothing overlaps it");
+        assert_eq!(cache.peek(&7), Some(3));
+    }
+
+    #[test]
+    fn writes_that_do_not_overlap_are_ordered_by_their_start() {
+        let cache = cache();
+        let mut orders = Vec::new();
+        for v in 0..4 {
+            let write = seen(&cache, &3);
+            orders.push(write.order());
+            if v % 2 == 0 {
+                assert!(end_write(&cache, 3, v, write));
+            } else {
+                cache.remove_if(&3, |_, s| write_removes(&s));
+            }
+        }
         for pair in orders.windows(2) {
             assert!((pair[1].wrapping_sub(pair[0]) as i32) > 0, "{pair:?}");
         }
+        assert_eq!(cache.peek(&3), None, "the last write removed the key");
     }
 
     #[test]
-    fn overlapping_writes_both_lose_the_right_to_cache() {
-        let guards = Guards::default();
-        let first = guards.begin(&7u64);
-        let alone = first.alone().expect("first write ran alone at its start");
-        let second = guards.begin(&7u64);
-        assert_eq!(second.alone(), None, "began while the first was running");
-        assert!(
-            !guards.unchanged(alone),
-            "the second started after the first"
-        );
-        drop(first);
-        drop(second);
-        let third = guards.begin(&7u64);
-        let alone = third.alone().expect("nothing running any more");
-        assert!(guards.unchanged(alone));
+    fn clearing_counts_a_write_on_every_stripe() {
+        let cache = cache();
+        let loads: Vec<Seen> = (0..64).map(|k| seen(&cache, &k)).collect();
+        cache.invalidate_all_written();
+        for (k, seen) in (0..64).zip(loads) {
+            assert!(!load(&cache, k, 0, seen), "key {k}");
+        }
+        assert_eq!(cache.entry_count(), 0);
     }
 }

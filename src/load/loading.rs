@@ -25,13 +25,13 @@ use std::{
 
 use crate::{
     Cache, CacheStats,
-    cache::LoadRecord,
+    cache::{LoadRecord, Verdict},
     expiry::{NEVER, unit_random},
     load::{
         Loader,
         flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
         fresh::{Freshness, Loaded, State, new_stamp},
-        guard::{Guards, Seen},
+        guard::{self, Seen},
         pool::{Job, Pool},
     },
 };
@@ -118,8 +118,6 @@ struct LoadingInner<K, V, E> {
     flights: Arc<Flights<K, Option<V>>>,
     settings: Settings,
     pool: Option<Pool>,
-    /// Keeps overlapping loads and writes of a key from caching stale data.
-    guards: Guards,
     me: Weak<LoadingInner<K, V, E>>,
 }
 
@@ -128,9 +126,12 @@ struct LoadingInner<K, V, E> {
 enum Over {
     /// Only the entry with this stamp (a reload).
     Stamp(u64),
-    /// Whatever is there, if no write of the key started since `Seen` was
-    /// taken (a load or a write; see [`guard`](crate::load::guard)).
+    /// Whatever is there, if no write of the key ended since `Seen` was
+    /// taken (a load; see [`guard`](crate::load::guard)).
     Unwritten(Seen),
+    /// The end of a write that began at `Seen`: whatever is there if no
+    /// other write of the key ended since, else the key's entry goes.
+    Written(Seen),
 }
 
 impl<K, V, E> Drop for LoadingInner<K, V, E> {
@@ -170,7 +171,6 @@ where
             flights: Arc::default(),
             settings,
             pool,
-            guards: Guards::default(),
             me: me.clone(),
         });
         LoadingCache { inner }
@@ -353,45 +353,34 @@ where
 
     /// Runs `write` (a change to the store, or queuing one) as a write of
     /// `key`, then caches the value it returns, or drops the cached value
-    /// if it returns `None`, fails or panics. If another write of the key
-    /// overlapped this one, or `write` failed after one started, the key is
-    /// dropped from the cache instead, so that the next read loads the
-    /// store's own value; a load that overlapped it never caches what it
-    /// read (see [`guard`](crate::load::guard)). `write` is given the
-    /// write's order among the writes of `key` ([`Ticket::order`]).
-    ///
-    /// [`Ticket::order`]: crate::load::guard::Ticket::order
+    /// if it returns `None` or panics; if it fails, the store is as it
+    /// was and so is the cache. If another write of the key ended while
+    /// this one ran, the key is dropped from the cache instead, so that the
+    /// next read loads the store's own value; a load that began before this
+    /// write ended never caches what it read after it (see
+    /// [`guard`](crate::load::guard)). `write` is given the write's order
+    /// among the writes of `key` ([`Seen::order`]).
     pub(crate) fn write<R, F>(
         &self,
         key: K,
         write: impl FnOnce(u32) -> Result<(Option<V>, R), F>,
     ) -> Result<R, F> {
         let inner = &self.inner;
-        let ticket = inner.guards.begin(&key);
-        let order = ticket.order();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(order)));
-        match (outcome, ticket.alone()) {
-            (Ok(Ok((Some(value), result))), Some(alone)) => {
-                if !inner.store(key.clone(), Some(value), 0, Over::Unwritten(alone)) {
-                    inner.cache.invalidate(&key);
-                }
+        let seen = guard::seen(&inner.cache, &key);
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(seen.order())));
+        match outcome {
+            Ok(Ok((Some(value), result))) => {
+                inner.store(key, Some(value), 0, Over::Written(seen));
                 Ok(result)
             }
-            (Ok(Ok((_, result))), _) => {
-                inner.cache.invalidate(&key);
+            Ok(Ok((None, result))) => {
+                inner.remove_written(&key);
                 Ok(result)
             }
-            (Ok(Err(e)), alone) => {
-                // Nothing changed, unless a write overlapped this one and
-                // skipped caching on the assumption that this one would.
-                if alone.is_none_or(|seen| !inner.guards.unchanged(seen)) {
-                    inner.cache.invalidate(&key);
-                }
-                Err(e)
-            }
-            (Err(panic), _) => {
-                inner.cache.invalidate(&key);
-                drop(ticket);
+            Ok(Err(e)) => Err(e),
+            Err(panic) => {
+                inner.remove_written(&key);
                 std::panic::resume_unwind(panic)
             }
         }
@@ -427,8 +416,7 @@ where
     /// assert_eq!(cache.peek(&1), None);
     /// ```
     pub fn invalidate(&self, key: &K) {
-        let _ticket = self.inner.guards.begin(key);
-        self.inner.cache.invalidate(key);
+        self.inner.remove_written(key);
     }
 
     /// Removes every value.
@@ -442,8 +430,7 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
-        self.inner.guards.start_everywhere();
-        self.inner.cache.invalidate_all();
+        self.inner.cache.invalidate_all_written();
     }
 
     /// Number of cached entries, cached "absent" answers and values kept
@@ -571,12 +558,10 @@ where
             }
         }
         let key = guard.key().clone();
-        let seen = self.guards.seen(&key);
+        let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                if let Some(seen) = seen {
-                    self.store(key, value.clone(), took, Over::Unwritten(seen));
-                }
+                self.store(key, value.clone(), took, Over::Unwritten(seen));
                 guard.finish(Outcome::Loaded(value.clone()));
                 Ok(value)
             }
@@ -631,8 +616,10 @@ where
     /// Stores a loaded or written value (or a cached "absent") with a fresh
     /// stamp, if `over` allows: a reload replaces only the entry it was
     /// started for, so it never overwrites a newer write or resurrects an
-    /// invalidated key; a load or write stores only if no write of the key
-    /// started since it began. Returns whether it stored.
+    /// invalidated key; a load stores only if no write of the key ended since
+    /// it began, and a write's end stores only if no other write of the key
+    /// ended since it began (dropping the key otherwise). Returns whether it
+    /// stored.
     fn store(&self, key: K, value: Option<V>, load_nanos: u64, over: Over) -> bool {
         let s = &self.settings;
         let lifetime = match (&value, s.negative_ttl) {
@@ -641,8 +628,11 @@ where
             (None, None) => {
                 // Absent and not cached: drop what the cache held for the key.
                 match over {
-                    Over::Stamp(stamp) => self.cache.remove_if(&key, |e| e.stamp == stamp),
+                    Over::Stamp(stamp) => self
+                        .cache
+                        .remove_if(&key, |e, _| e.is_some_and(|e| e.stamp == stamp)),
                     Over::Unwritten(_) => self.cache.invalidate(&key),
+                    Over::Written(_) => self.remove_written(&key),
                 }
                 return false;
             }
@@ -667,13 +657,27 @@ where
         };
         let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
         match over {
-            Over::Stamp(stamp) => self.cache.insert_if(key, entry, hard, |current| {
-                current.is_some_and(|c| c.stamp == stamp)
+            Over::Stamp(stamp) => self.cache.insert_if(key, entry, hard, |current, _| {
+                if current.is_some_and(|c| c.stamp == stamp) {
+                    Verdict::Insert
+                } else {
+                    Verdict::Skip
+                }
             }),
             Over::Unwritten(seen) => self
                 .cache
-                .insert_if(key, entry, hard, |_| self.guards.unchanged(seen)),
+                .insert_if(key, entry, hard, |_, stripe| seen.load_verdict(&stripe)),
+            Over::Written(seen) => self
+                .cache
+                .insert_if(key, entry, hard, |_, stripe| seen.write_verdict(&stripe)),
         }
+    }
+
+    /// Ends a write that leaves nothing to cache: drops `key`'s entry and
+    /// counts the write (see [`guard`](crate::load::guard)).
+    fn remove_written(&self, key: &K) {
+        self.cache
+            .remove_if(key, |_, stripe| guard::write_removes(&stripe));
     }
 
     /// Starts one reload of `key` unless a load of it is already under way.
@@ -724,14 +728,11 @@ where
             }
         }
         self.cache.load_counters().refreshed();
-        let seen = self.guards.seen(&key);
+        let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                if let Some(stamp) = stamp {
-                    self.store(key, value.clone(), took, Over::Stamp(stamp));
-                } else if let Some(seen) = seen {
-                    self.store(key, value.clone(), took, Over::Unwritten(seen));
-                }
+                let over = stamp.map_or(Over::Unwritten(seen), Over::Stamp);
+                self.store(key, value.clone(), took, over);
                 guard.finish(Outcome::Loaded(value));
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
@@ -782,16 +783,14 @@ where
             return batch;
         }
         let keys: Vec<K> = led.iter().map(|(g, _)| g.key().clone()).collect();
-        let seen: Vec<Option<Seen>> = keys.iter().map(|k| self.guards.seen(k)).collect();
+        let seen: Vec<Seen> = keys.iter().map(|k| guard::seen(&self.cache, k)).collect();
         match self.timed(|| self.loader.load_many(&keys)) {
             (Ok(pairs), took) => {
                 let mut loaded: HashMap<K, V> = pairs.into_iter().collect();
                 for ((guard, _), seen) in led.into_iter().zip(seen) {
                     let key = guard.key().clone();
                     let value = loaded.remove(&key);
-                    if let Some(seen) = seen {
-                        self.store(key.clone(), value.clone(), took, Over::Unwritten(seen));
-                    }
+                    self.store(key.clone(), value.clone(), took, Over::Unwritten(seen));
                     guard.finish(Outcome::Loaded(value.clone()));
                     batch.add(key, Ok(value));
                 }

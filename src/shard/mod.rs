@@ -38,7 +38,7 @@ mod sharded;
 mod slot;
 mod table;
 
-pub(crate) use sharded::{ShardCell, Shards};
+pub(crate) use sharded::{ShardCell, Shards, Stripe};
 
 use std::{borrow::Borrow, hash::Hash};
 

@@ -1,20 +1,86 @@
 //! The thin concurrent layer: an array of `RwLock`ed shards.
 
-use std::{borrow::Borrow, hash::Hash};
+use std::{
+    borrow::Borrow,
+    hash::Hash,
+    sync::atomic::{
+        AtomicU32,
+        Ordering::{Acquire, Release},
+    },
+};
 
 use ahash::RandomState;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{Layout, Shard};
 
-/// A shard behind its lock, padded so two locks never share a cache line.
+/// Write counters per shard: the shard's keys are spread over this many
+/// stripes by their hash.
+pub(crate) const STRIPES: usize = 8;
+
+/// A shard behind its lock, padded so two locks never share a cache line,
+/// with the write counts of its keys' stripes on the lock's own line (a
+/// write that bumps one holds the lock, so the line is already its own).
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(C, align(128))]
 pub(crate) struct ShardCell<K, V> {
+    writes: [AtomicU32; STRIPES],
     lock: RwLock<Shard<K, V>>,
 }
 
+/// One stripe's write count, reached through a held write lock of its
+/// shard: the only way to change a count, so counts need no
+/// read-modify-write (see [`guard`](crate::load::guard)).
+#[derive(Debug)]
+pub(crate) struct Stripe<'a> {
+    count: &'a AtomicU32,
+}
+
+impl Stripe<'_> {
+    /// The count now.
+    pub(crate) fn get(&self) -> u32 {
+        self.count.load(Acquire)
+    }
+
+    /// Counts one more write (wrapping).
+    pub(crate) fn bump(&self) {
+        self.count.store(self.get().wrapping_add(1), Release);
+    }
+}
+
+/// The stripe of `hash` among a shard's [`STRIPES`]: bits the shard index
+/// (`hash >> 32`) does not use.
+fn stripe_of(hash: u64) -> usize {
+    (hash >> 16) as usize & (STRIPES - 1)
+}
+
 impl<K, V> ShardCell<K, V> {
+    /// The write count of `hash`'s stripe, read without the lock.
+    #[inline]
+    pub(crate) fn write_count(&self, hash: u64) -> u32 {
+        self.writes[stripe_of(hash)].load(Acquire)
+    }
+
+    /// `hash`'s stripe, for the holder of this shard's write lock
+    /// (`_held`, which must come from this cell).
+    #[inline]
+    pub(crate) fn stripe<'a>(
+        &'a self,
+        hash: u64,
+        _held: &RwLockWriteGuard<'a, Shard<K, V>>,
+    ) -> Stripe<'a> {
+        Stripe {
+            count: &self.writes[stripe_of(hash)],
+        }
+    }
+
+    /// Counts a write on every stripe, for the holder of the write lock.
+    pub(crate) fn bump_all(&self, _held: &RwLockWriteGuard<'_, Shard<K, V>>) {
+        for count in &self.writes {
+            Stripe { count }.bump();
+        }
+    }
+
     /// Shared access: what a read hit takes.
     #[inline]
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Shard<K, V>> {
@@ -67,6 +133,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                     sliding,
                 };
                 ShardCell {
+                    writes: Default::default(),
                     lock: RwLock::new(Shard::new(&layout, hasher.clone(), now)),
                 }
             })

@@ -16,15 +16,16 @@
 //!
 //! Two writes of one key from two threads sit in two lanes. Each carries
 //! its *order*, the key's write-guard count taken when the write began
-//! ([`Ticket::order`](crate::load::guard::Ticket::order)). A drain locks
+//! ([`Seen::order`](crate::load::guard::Seen::order)). A drain locks
 //! every lane before it empties any: if a write of a key is in the drain,
 //! so is every write of the key that finished before it began (that one
 //! was pushed, under its lane's lock, before the drain could lock all
 //! lanes). Within the drain, the buffer keeps for each key the change with
 //! the latest order ([`Buffer::push_ordered`]), whatever lane it came
-//! from. Writes of a key that overlap in time have no order to keep; the
-//! write guards already keep both out of the cache, so a read takes
-//! whichever the queue holds last.
+//! from. Writes of a key that overlap in time have no order to keep (they
+//! may share one); the write guards let only the first of them to end
+//! cache its value and make the other drop it, so a read takes whichever
+//! the queue holds last.
 //!
 //! Everything that looks into the queue drains first, so a change is
 //! visible (pinned) from the moment its push returns. A lane remembers

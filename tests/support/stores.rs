@@ -1,13 +1,13 @@
 //! An in-memory [`Store`] for the write-strategy tests: a table behind a
 //! mutex, a log of every call, and faults to inject — random failures,
-//! slow calls, a poisonous key, random panics, and a gate that holds writes
-//! until released.
+//! slow calls, a poisonous key, random panics, a gate that holds writes
+//! until released, and a hold that stops one chosen call part-way.
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Barrier,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst},
     },
     thread,
@@ -34,6 +34,49 @@ pub struct Faults {
     pub slow_load_micros: AtomicU64,
 }
 
+/// One call to stop part-way, once: a load of key `load` after it read the
+/// table, or a write putting the value `write` after it changed the table
+/// (u64::MAX: none). The stopped call meets the test at `reached`, then
+/// waits for it at `resume`.
+#[derive(Debug)]
+pub struct Hold {
+    pub load: AtomicU64,
+    pub write: AtomicU64,
+    pub reached: Barrier,
+    pub resume: Barrier,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold {
+            load: AtomicU64::new(u64::MAX),
+            write: AtomicU64::new(u64::MAX),
+            reached: Barrier::new(2),
+            resume: Barrier::new(2),
+        }
+    }
+}
+
+impl Hold {
+    /// Stops here if `at` holds `what` (and disarms it).
+    fn here(&self, at: &AtomicU64, what: u64) {
+        if at.compare_exchange(what, u64::MAX, SeqCst, SeqCst).is_ok() {
+            self.reached.wait();
+            self.resume.wait();
+        }
+    }
+
+    /// For the test: waits until the held call has stopped.
+    pub fn wait_reached(&self) {
+        self.reached.wait();
+    }
+
+    /// For the test: lets the held call go on.
+    pub fn release(&self) {
+        self.resume.wait();
+    }
+}
+
 /// The table and what was done to it.
 #[derive(Clone)]
 pub struct MemStore {
@@ -46,6 +89,7 @@ pub struct MemStore {
     /// Held for writing by a test to stop the flusher's write calls at the
     /// door (calls from other threads pass).
     pub gate: Arc<RwLock<()>>,
+    pub hold: Arc<Hold>,
     rng: Arc<AtomicU64>,
 }
 
@@ -60,6 +104,7 @@ impl Default for MemStore {
             load_calls: Arc::default(),
             faults: Arc::new(faults),
             gate: Arc::default(),
+            hold: Arc::default(),
             rng: Arc::new(AtomicU64::new(0x9E37_79B9_7F4A_7C15)),
         }
     }
@@ -112,6 +157,7 @@ impl Store<u64, u64> for MemStore {
         }
         // Read, then dawdle: a write may land before this answer is used.
         let value = self.get(*key);
+        self.hold.here(&self.hold.load, *key);
         let slow = self.faults.slow_load_micros.load(SeqCst);
         if slow > 0 {
             thread::sleep(Duration::from_micros(slow));
@@ -155,6 +201,12 @@ impl Store<u64, u64> for MemStore {
                 }
             };
             history.entry(*key).or_default().push(value);
+        }
+        drop((table, history));
+        for (_, change) in batch {
+            if let Change::Put(v) = change {
+                self.hold.here(&self.hold.write, *v);
+            }
         }
         Ok(())
     }
