@@ -161,6 +161,175 @@ mod tests {
         assert_eq!(cache.peek(&3), None, "the last write removed the key");
     }
 
+    /// One actor of [`interleavings`]: a load or a write of one key, stopped
+    /// between the steps that can interleave with other actors' steps.
+    #[derive(Clone, Copy, Debug)]
+    enum Actor {
+        Idle,
+        /// Took `seen`; `read` once it has read the store.
+        Loading {
+            key: u64,
+            seen: Seen,
+            read: Option<Option<u64>>,
+        },
+        /// Took `seen`; puts `value` (`None`: deletes) once it commits.
+        Writing {
+            key: u64,
+            seen: Seen,
+            value: Option<u64>,
+            committed: bool,
+        },
+    }
+
+    /// Advances actor `who` one step, as the loading cache's loads and
+    /// writes take them (see `LoadingCache::write` and `LoadingInner::store`).
+    fn step(
+        cache: &Cache<u64, u64>,
+        store: &mut [Option<u64>],
+        actor: &mut Actor,
+        choice: u8,
+        next: &mut u64,
+    ) {
+        let keys = store.len() as u64;
+        *actor = match *actor {
+            Actor::Idle => {
+                let key = u64::from(choice >> 3) % keys;
+                let seen = seen(cache, &key);
+                match choice & 7 {
+                    0..=2 => Actor::Loading {
+                        key,
+                        seen,
+                        read: None,
+                    },
+                    3 => {
+                        // `LoadingCache::invalidate`: a write that only drops.
+                        cache.remove_if(&key, |_, s| write_removes(&s));
+                        Actor::Idle
+                    }
+                    4 => {
+                        cache.invalidate_all_written();
+                        Actor::Idle
+                    }
+                    op => {
+                        *next += 1;
+                        Actor::Writing {
+                            key,
+                            seen,
+                            value: (op != 5).then_some(*next),
+                            committed: false,
+                        }
+                    }
+                }
+            }
+            Actor::Loading {
+                key,
+                seen,
+                read: None,
+            } => Actor::Loading {
+                key,
+                seen,
+                read: Some(store[key as usize]),
+            },
+            Actor::Loading {
+                key,
+                seen,
+                read: Some(read),
+            } => {
+                match read {
+                    Some(v) => {
+                        cache.insert_if(key, v, None, |_, s| seen.load_verdict(&s));
+                    }
+                    // Absent, no negative caching: the load drops the key.
+                    None => cache.invalidate(&key),
+                }
+                Actor::Idle
+            }
+            Actor::Writing {
+                committed: false, ..
+            } if choice % 4 == 0 => Actor::Idle, // the store call failed
+            Actor::Writing {
+                key,
+                seen,
+                value,
+                committed: false,
+            } => {
+                store[key as usize] = value;
+                Actor::Writing {
+                    key,
+                    seen,
+                    value,
+                    committed: true,
+                }
+            }
+            Actor::Writing {
+                key,
+                seen,
+                value,
+                committed: true,
+            } => {
+                match value {
+                    Some(v) => {
+                        cache.insert_if(key, v, None, |_, s| seen.write_verdict(&s));
+                    }
+                    None => cache.remove_if(&key, |_, s| write_removes(&s)),
+                }
+                Actor::Idle
+            }
+        };
+    }
+
+    /// Whatever the cache holds for a key is the store's value, unless a
+    /// write of the key is under way.
+    fn check(cache: &Cache<u64, u64>, store: &[Option<u64>], actors: &[Actor]) {
+        for (key, stored) in store.iter().enumerate() {
+            let key = key as u64;
+            let Some(cached) = cache.peek(&key) else {
+                continue;
+            };
+            let writing = actors
+                .iter()
+                .any(|a| matches!(a, Actor::Writing { key: k, .. } if *k == key));
+            assert!(
+                writing || Some(cached) == *stored,
+                "key {key}: cached {cached}, the store holds {stored:?}, no write under way"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Random interleavings of the steps of up to four loads and writes
+        /// (some of keys that share a stripe, some failing, invalidations
+        /// and clears among them) never leave the cache behind the store
+        /// once no write of a key is under way, and leave it in step at the
+        /// end.
+        #[test]
+        fn interleavings(
+            steps in proptest::collection::vec((0..4usize, proptest::prelude::any::<u8>()), 1..120),
+        ) {
+            let cache = cache();
+            let mut store = vec![None; 5];
+            let mut actors = [Actor::Idle; 4];
+            let mut next = 0;
+            for (who, choice) in steps {
+                step(&cache, &mut store, &mut actors[who], choice, &mut next);
+                check(&cache, &store, &actors);
+            }
+            // Let every actor finish (no more failures).
+            for who in 0..actors.len() {
+                while !matches!(actors[who], Actor::Idle) {
+                    step(&cache, &mut store, &mut actors[who], 1, &mut next);
+                    check(&cache, &store, &actors);
+                }
+            }
+            for (key, stored) in store.iter().enumerate() {
+                let cached = cache.peek(&(key as u64));
+                proptest::prop_assert!(cached.is_none() || cached == *stored, "key {}", key);
+            }
+        }
+    }
+
     #[test]
     fn clearing_counts_a_write_on_every_stripe() {
         let cache = cache();
