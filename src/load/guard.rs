@@ -76,7 +76,12 @@ impl Seen {
     /// after another ended has a larger order (compared as a wrapping
     /// counter: by the sign of the difference); writes that overlap may
     /// share one. Writes of a key that do not overlap reach the store in
-    /// this order.
+    /// this order. "After" is in the memory model's sense: the end of one
+    /// write happens before the start of the next (the same thread, or a
+    /// hand-over through a lock or channel). The count is read with
+    /// `Acquire` and bumped with `Release` under the shard lock, so such a
+    /// write reads the earlier one's bump; two writes that nothing orders
+    /// count as overlapping.
     pub(crate) fn order(self) -> u32 {
         self.0
     }

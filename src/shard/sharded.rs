@@ -61,21 +61,23 @@ impl<K, V> ShardCell<K, V> {
         self.writes[stripe_of(hash)].load(Acquire)
     }
 
-    /// `hash`'s stripe, for the holder of this shard's write lock
-    /// (`_held`, which must come from this cell).
+    /// `hash`'s stripe, for the holder of this shard's write lock (`held`,
+    /// which must come from this cell).
     #[inline]
     pub(crate) fn stripe<'a>(
         &'a self,
         hash: u64,
-        _held: &RwLockWriteGuard<'a, Shard<K, V>>,
+        held: &RwLockWriteGuard<'a, Shard<K, V>>,
     ) -> Stripe<'a> {
+        self.debug_assert_held(held);
         Stripe {
             count: &self.writes[stripe_of(hash)],
         }
     }
 
     /// Counts a write on every stripe, for the holder of the write lock.
-    pub(crate) fn bump_all(&self, _held: &RwLockWriteGuard<'_, Shard<K, V>>) {
+    pub(crate) fn bump_all(&self, held: &RwLockWriteGuard<'_, Shard<K, V>>) {
+        self.debug_assert_held(held);
         for count in &self.writes {
             Stripe { count }.bump();
         }
@@ -91,6 +93,14 @@ impl<K, V> ShardCell<K, V> {
     #[inline]
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Shard<K, V>> {
         self.lock.write()
+    }
+
+    /// Panics in debug builds unless `held` locks this cell's shard.
+    fn debug_assert_held(&self, held: &RwLockWriteGuard<'_, Shard<K, V>>) {
+        debug_assert!(
+            std::ptr::eq(&**held, self.lock.data_ptr()),
+            "a stripe count changes only under its own shard's lock"
+        );
     }
 }
 
