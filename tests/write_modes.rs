@@ -106,6 +106,29 @@ fn a_failed_write_through_returns_the_error_and_leaves_the_cache_as_the_store_is
     assert_eq!(cache.entry_count(), 1);
 }
 
+/// A store call that fails after it changed the store (a timeout after the
+/// commit): the caller gets the error, and the cache keeps no older copy,
+/// so the next read sees what the store holds.
+#[test]
+fn a_write_through_that_failed_after_reaching_the_store_leaves_no_stale_copy() {
+    for around in [false, true] {
+        let store = MemStore::default();
+        store.set(1, 10);
+        store.set(2, 20);
+        let b = builder(&store);
+        let cache = if around { b.write_around() } else { b }.build().unwrap();
+        assert_eq!(cache.get(&1).unwrap(), Some(10));
+        assert_eq!(cache.get(&2).unwrap(), Some(20));
+        store.faults.fail_after_applying.store(true, SeqCst);
+        assert!(matches!(cache.insert(1, 11), Err(WriteError::Store(_))));
+        assert!(matches!(cache.remove(&2), Err(WriteError::Store(_))));
+        store.faults.fail_after_applying.store(false, SeqCst);
+        assert_eq!(cache.peek(&1), None, "around {around}");
+        assert_eq!(cache.get(&1).unwrap(), Some(11), "around {around}");
+        assert_eq!(cache.get(&2).unwrap(), None, "around {around}");
+    }
+}
+
 #[test]
 fn write_around_writes_the_store_and_drops_the_cached_copy() {
     let store = MemStore::default();

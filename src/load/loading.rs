@@ -353,8 +353,9 @@ where
 
     /// Runs `write` (a change to the store, or queuing one) as a write of
     /// `key`, then caches the value it returns, or drops the cached value
-    /// if it returns `None` or panics; if it fails, the store is as it
-    /// was and so is the cache. If another write of the key ended while
+    /// if it returns `None`, fails or panics (a failed store call may still
+    /// have changed the store: a timeout after the commit). If another
+    /// write of the key ended while
     /// this one ran, the key is dropped from the cache instead, so that the
     /// next read loads the store's own value; a load that began before this
     /// write ended never caches what it read after it (see
@@ -378,7 +379,10 @@ where
                 inner.remove_written(&key);
                 Ok(result)
             }
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => {
+                inner.remove_written(&key);
+                Err(e)
+            }
             Err(panic) => {
                 inner.remove_written(&key);
                 std::panic::resume_unwind(panic)

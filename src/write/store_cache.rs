@@ -302,8 +302,11 @@ where
     ///
     /// [`WriteError::Store`] if the store rejected a write-through or
     /// write-around write (or a write-behind write falling back to
-    /// write-through): the cache then holds no unwritten value.
-    /// [`WriteError::QueueFull`] and [`WriteError::Closed`] for write-behind.
+    /// write-through): the cache then holds no copy of `key` at all (a
+    /// failed call may still have reached the store, so the next read loads
+    /// what the store holds). [`WriteError::QueueFull`] and
+    /// [`WriteError::Closed`] for write-behind, with nothing queued; the
+    /// cached copy is dropped likewise.
     ///
     /// # Examples
     ///

@@ -32,6 +32,9 @@ pub struct Faults {
     pub fail_loads: AtomicBool,
     /// Sleep this many microseconds in every load.
     pub slow_load_micros: AtomicU64,
+    /// Apply every write, then report it failed (a timeout after the
+    /// commit).
+    pub fail_after_applying: AtomicBool,
 }
 
 /// One call to stop part-way, once: a load of key `load` after it read the
@@ -207,6 +210,9 @@ impl Store<u64, u64> for MemStore {
             if let Change::Put(v) = change {
                 self.hold.here(&self.hold.write, *v);
             }
+        }
+        if self.faults.fail_after_applying.load(SeqCst) {
+            return Err("timed out (after applying)".into());
         }
         Ok(())
     }
