@@ -355,12 +355,11 @@ where
     /// `key`, then caches the value it returns, or drops the cached value
     /// if it returns `None`, fails or panics (a failed store call may still
     /// have changed the store: a timeout after the commit). If another
-    /// write of the key ended while
-    /// this one ran, the key is dropped from the cache instead, so that the
-    /// next read loads the store's own value; a load that began before this
-    /// write ended never caches what it read after it (see
-    /// [`guard`](crate::load::guard)). `write` is given the write's order
-    /// among the writes of `key` ([`Seen::order`]).
+    /// write of the key ended while this one ran, the key is dropped from
+    /// the cache instead, so that the next read loads the store's own
+    /// value; a load that began before this write ended never caches what
+    /// it read after it (see [`guard`](crate::load::guard)). `write` is
+    /// given the write's order among the writes of `key` ([`Seen::order`]).
     pub(crate) fn write<R, F>(
         &self,
         key: K,
