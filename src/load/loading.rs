@@ -357,8 +357,8 @@ where
     /// have changed the store: a timeout after the commit). If another
     /// write of the key ended while this one ran, the key is dropped from
     /// the cache instead, so that the next read loads the store's own
-    /// value; a load that began before this write ended never caches what
-    /// it read after it (see [`guard`](crate::load::guard)). `write` is
+    /// value; what a load that began before this write ended read never
+    /// stays cached past that end (see [`guard`](crate::load::guard)). `write` is
     /// given the write's order among the writes of `key` ([`Seen::order`]).
     pub(crate) fn write<R, F>(
         &self,
