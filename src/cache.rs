@@ -804,29 +804,28 @@ where
             deadline,
         };
         let mut removed = Removed::default();
-        {
+        let inserted = {
             let mut shard = cell.write();
             let found = shard.find(hash, &write.key);
-            if let Some(decide) = decide {
-                let stripe = cell.stripe(hash, &shard);
-                match decide(found.map(|id| shard.value(id)), stripe) {
-                    Verdict::Insert => {}
-                    Verdict::Skip => return false,
-                    Verdict::Remove => {
-                        if let Some((key, value, cause)) = shard.remove(hash, &write.key, &mut now)
-                        {
-                            removed.push(key, value, cause);
-                        }
-                        drop(shard);
-                        self.deliver(removed);
-                        return false;
+            let verdict = decide.map_or(Verdict::Insert, |decide| {
+                decide(found.map(|id| shard.value(id)), cell.stripe(hash, &shard))
+            });
+            match verdict {
+                Verdict::Insert => {
+                    shard.insert(found, write, &mut now, || self.samples(), &mut removed);
+                    true
+                }
+                Verdict::Skip => return false,
+                Verdict::Remove => {
+                    if let Some((key, value, cause)) = shard.remove(hash, &write.key, &mut now) {
+                        removed.push(key, value, cause);
                     }
+                    false
                 }
             }
-            shard.insert(found, write, &mut now, || self.samples(), &mut removed);
-        }
+        };
         self.deliver(removed);
-        true
+        inserted
     }
 
     /// The create or update hook's verdict for a write, if hooks are set.
