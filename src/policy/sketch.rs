@@ -100,6 +100,7 @@ impl FrequencySketch {
     }
 
     /// The number of distinct entries the sketch was sized for.
+    #[inline]
     pub(crate) fn sized_for(&self) -> u64 {
         self.sized_for
     }

@@ -468,7 +468,9 @@ impl TinyLfu {
     }
 
     /// [`grow_sketch_if_needed`](Self::grow_sketch_if_needed) with `held`
-    /// ids.
+    /// ids. Every new key asks, and the answer is nearly always no: the
+    /// test is inlined, the growth is not.
+    #[inline]
     fn grow_sketch_for(&mut self, held: u64) {
         let sized = self.sketch.sized_for();
         let limit = if self.weighted {
@@ -477,8 +479,15 @@ impl TinyLfu {
             self.capacity
         };
         if held > sized && sized < limit {
-            self.sketch = FrequencySketch::new(sized.saturating_mul(2).min(limit));
+            self.grow_sketch(sized.saturating_mul(2).min(limit));
         }
+    }
+
+    /// Replaces the sketch with one sized for `entries`.
+    #[cold]
+    #[inline(never)]
+    fn grow_sketch(&mut self, entries: u64) {
+        self.sketch = FrequencySketch::new(entries);
     }
 
     // ----- queues -----
