@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use super::{Room, TestEntries, TinyLfu};
+use super::{Entries, Room, TestEntries, TinyLfu};
 
 /// Longest replay of one trace, in accesses.
 const MAX_ACCESSES: usize = 4_000_000;
@@ -119,7 +119,14 @@ impl Model {
                 self.policy.insert_counted(id, 1);
                 self.evict();
             }
-            Room::Evict(victim, placement) => {
+            Room::Evict(victim, placement, victim_hash) => {
+                if let Some(known) = victim_hash {
+                    assert_eq!(
+                        known,
+                        self.hashes.hash(victim),
+                        "the duel's hash of {victim}"
+                    );
+                }
                 // The new key takes the victim's id, as the shard's refill does.
                 let old = std::mem::replace(&mut self.keys[victim as usize], key);
                 self.map.remove(&old);

@@ -68,8 +68,10 @@ pub(crate) enum Room {
     /// Add it with [`TinyLfu::insert_counted`], then evict as usual.
     Insert,
     /// Evict this id and give its place to the new key with
-    /// [`TinyLfu::reuse`]; nothing else needs evicting.
-    Evict(u32, Placement),
+    /// [`TinyLfu::reuse`]; nothing else needs evicting. The last field is
+    /// the evicted key's hash when the duel computed it (the shard needs it
+    /// to unlink the id from its index, and a key's hash may be costly).
+    Evict(u32, Placement, Option<u64>),
     /// The new key was the window's candidate and lost its duel: it is
     /// evicted on arrival, and nothing else changes.
     Reject,
@@ -240,7 +242,7 @@ impl TinyLfu {
             if self.queues[WINDOW as usize].weight < self.window_max {
                 // The window fits the new key: the main space is over its share.
                 return match self.main_victim(entries) {
-                    Some(victim) => Room::Evict(victim, Placement(WINDOW)),
+                    Some(victim) => Room::Evict(victim, Placement(WINDOW), None),
                     None => Room::Insert,
                 };
             }
@@ -251,8 +253,9 @@ impl TinyLfu {
                 };
                 // Whatever the duel's outcome, the new key leaves the window.
                 self.behind_new = NIL;
-                return if self.admit(hash, entries.hash(victim)) {
-                    Room::Evict(victim, Placement(PROBATION))
+                let victim_hash = entries.hash(victim);
+                return if self.admit(hash, victim_hash) {
+                    Room::Evict(victim, Placement(PROBATION), Some(victim_hash))
                 } else {
                     Room::Reject
                 };
@@ -262,13 +265,14 @@ impl TinyLfu {
                 self.move_to(PROBATION, candidate);
                 continue;
             };
-            let evicted = if self.admit(entries.hash(candidate), entries.hash(victim)) {
+            let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
+            let evicted = if self.admit(candidate_hash, victim_hash) {
                 self.move_to(PROBATION, candidate);
-                victim
+                (victim, victim_hash)
             } else {
-                candidate
+                (candidate, candidate_hash)
             };
-            return Room::Evict(evicted, Placement(WINDOW));
+            return Room::Evict(evicted.0, Placement(WINDOW), Some(evicted.1));
         }
     }
 

@@ -340,8 +340,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                         self.push(w, false);
                         true
                     }
-                    Room::Evict(victim, placement) => {
-                        self.refill(victim, placement, w, now, removed);
+                    Room::Evict(victim, placement, victim_hash) => {
+                        self.refill(victim, placement, victim_hash, w, now, removed);
                         false
                     }
                     Room::Reject => {
@@ -387,11 +387,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     }
 
     /// Evicts `victim` and puts the new entry `w` in its place: the id
-    /// changes hands, so nothing is swap-removed or relocated.
+    /// changes hands, so nothing is swap-removed or relocated. `victim_hash`
+    /// is the victim's key hash if the policy computed it.
     fn refill(
         &mut self,
         victim: u32,
         placement: Placement,
+        victim_hash: Option<u64>,
         w: Write<K, V>,
         now: &mut Now<'_>,
         removed: &mut Removed<K, V>,
@@ -402,7 +404,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             RemovalCause::Expired
         };
         let index = victim as usize;
-        let old_hash = self.hasher.hash_one(&self.slots[index].key);
+        let old_hash = victim_hash.unwrap_or_else(|| self.hasher.hash_one(&self.slots[index].key));
+        debug_assert_eq!(old_hash, self.hasher.hash_one(&self.slots[index].key));
         let held = self.table.remove(old_hash, victim);
         debug_assert!(held, "slot {victim} missing from the table");
         self.wheel.cancel(victim);
