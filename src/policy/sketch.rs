@@ -137,7 +137,9 @@ impl FrequencySketch {
 
     /// Records `n` more occurrences of the key: each of its four counters
     /// grows by `n`, saturating at 15. Halves all counters when the sample
-    /// period is reached.
+    /// period is reached. Inlined, so that the common `n` of 1 (a new
+    /// key) compiles to a compare per counter.
+    #[inline]
     pub(crate) fn increment(&mut self, hash: u64, n: u8) {
         let h = remix(hash);
         let block = self.block(self.block_base(h));
@@ -157,6 +159,8 @@ impl FrequencySketch {
     }
 
     /// Halves every counter (the TinyLFU reset).
+    #[cold]
+    #[inline(never)]
     fn halve(&mut self) {
         for word in &mut self.table {
             *word = (*word >> 1) & HALVE_MASK;
