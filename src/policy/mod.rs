@@ -44,9 +44,9 @@
 //! better on `multi2`, where it is most of moka's lead, but 5 worse on
 //! `gli`). Not counting only the read hits while the cache is under half
 //! full kept `gli` and still gave `multi2`@500 1.4–2.1 points, but over
-//! four hash seeds the mean moved by 0.00 to +0.06, and in five runs of
-//! the comparison bench `cs` and `ps` each lost about 0.8, for a mean of
-//! 48.28 against 48.33.
+//! four hash seeds the mean moved by 0.00 to +0.06, and in the comparison
+//! bench (two runs with it, three without) `cs` and `ps` each lost about
+//! 0.8, for a mean of 48.28 against 48.33.
 //!
 //! # CLOCK approximation of the LRU orders
 //!

@@ -266,13 +266,13 @@ impl TinyLfu {
                 continue;
             };
             let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
-            let evicted = if self.admit(candidate_hash, victim_hash) {
+            let (evicted, evicted_hash) = if self.admit(candidate_hash, victim_hash) {
                 self.move_to(PROBATION, candidate);
                 (victim, victim_hash)
             } else {
                 (candidate, candidate_hash)
             };
-            return Room::Evict(evicted.0, Placement(WINDOW), Some(evicted.1));
+            return Room::Evict(evicted, Placement(WINDOW), Some(evicted_hash));
         }
     }
 
