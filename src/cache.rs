@@ -30,7 +30,7 @@ use crate::{
 /// method hands out a guard, so no caller can hold a lock of the cache.
 ///
 /// **Locking:** entries are spread over shards, each behind a
-/// `parking_lot::RwLock`. A read hit takes its shard's lock shared; writes,
+/// reader-writer lock. A read hit takes its shard's lock shared; writes,
 /// evictions and reaping take it exclusive for a bounded time. User code
 /// (weigher, expiry hooks, listener, loaders, predicates) always runs with no
 /// lock held.
@@ -648,15 +648,17 @@ where
             return self.read_timed(key);
         }
         // No entry has a deadline and reads move none: the lean path, with
-        // nothing to keep across the lock but the key and the shard.
+        // nothing to keep across the lock but the key and the shard. The
+        // lock counts the lookup; only a miss is counted here.
         let (hash, cell) = self.shards.cell_for(key);
-        let shard = cell.read();
+        let shard = cell.read_counting();
         let value = match shard.locate(hash, key) {
             Some((_, slot)) => {
                 if !slot.untimed_hit() {
                     // An entry with a deadline, written since the test
-                    // above: read it the timed way.
+                    // above: read it the timed way, which counts it.
                     drop(shard);
+                    self.lookups.uncount();
                     return self.read_timed(key);
                 }
                 Some(slot.value.clone())
@@ -664,7 +666,9 @@ where
             None => None,
         };
         drop(shard);
-        self.lookups.record(value.is_some());
+        if value.is_none() {
+            self.lookups.record_counted_miss();
+        }
         value
     }
 
@@ -1035,7 +1039,7 @@ where
     /// divided by the number of shards, so each shard samples over as many
     /// lookups as its share of the capacity calls for.
     fn samples(&self) -> (u64, u64) {
-        let (hits, misses) = self.lookups.totals();
+        let (hits, misses) = self.lookup_totals();
         let n = self.shards.len() as u64;
         (hits / n, misses / n)
     }
@@ -1046,6 +1050,9 @@ where
         self.maintenance.pass(|| {
             let now = self.timing.clock.now();
             for cell in self.shards.iter() {
+                // Widens the lock's wrapping lookup count while it is
+                // still far from wrapping twice (see `raw::lock`).
+                cell.lookups();
                 loop {
                     let mut removed = Removed::default();
                     let done = cell.write().reap(now, &mut removed);
@@ -1058,13 +1065,24 @@ where
         });
     }
 
+    /// Cumulative (hits, misses): the striped counters, plus the lookups
+    /// the shard locks counted (whose misses the counters took back).
+    fn lookup_totals(&self) -> (u64, u64) {
+        let (hits, misses) = self.lookups.totals();
+        let counted = self
+            .shards
+            .iter()
+            .fold(0u64, |sum, cell| sum.wrapping_add(cell.lookups()));
+        (hits.wrapping_add(counted), misses)
+    }
+
     fn deliver(&self, removed: Removed<K, V>) {
         removed.deliver(self.listener.as_ref());
     }
 
     fn stats(&self) -> CacheStats {
         let mut stats = CacheStats::default();
-        (stats.hits, stats.misses) = self.lookups.totals();
+        (stats.hits, stats.misses) = self.lookup_totals();
         for cell in self.shards.iter() {
             let removals = cell.read().removals();
             for (total, n) in stats.removals.iter_mut().zip(removals) {

@@ -20,7 +20,8 @@
 //! |---|---|---|
 //! | `test-util` | [`clock::MockClock`] and `Cache::check_invariants` | one branch per clock read |
 // `unsafe` is denied everywhere (Cargo.toml's lints) but in one module,
-// `shard::group`, whose SSE2 tag match a benchmark showed to be needed.
+// `shard::raw`: the SSE2 tag match and the shard lock, each of which a
+// benchmark showed to be needed.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;

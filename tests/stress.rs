@@ -612,3 +612,66 @@ fn oversized_replace_of_an_expired_entry_does_not_panic_with_no_explicit_removal
         "removals by [Expired, Explicit, Replaced, Size]"
     );
 }
+
+/// Hits and misses stay exact when many threads read while others write
+/// the same shards: a `get` on a cache without expiry counts its lookup in
+/// its shard lock's word and only its miss in the thread's stripe, and
+/// readers that find a writer inside back out and wait.
+#[test]
+fn hits_and_misses_are_exact_under_concurrent_writes() {
+    const PRESENT: u64 = 500;
+    const READS: u64 = 20_000;
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(10 * PRESENT)
+        .num_shards(SHARDS)
+        .build()
+        .unwrap();
+    for key in 0..PRESENT {
+        cache.insert(key, key);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (cache, stop) = (cache.clone(), stop.clone());
+            thread::spawn(move || {
+                // Rewrites present keys with their own value (readers keep
+                // finding them) and churns keys readers never ask for.
+                let mut i = 0u64;
+                while !stop.load(SeqCst) {
+                    cache.insert(i % PRESENT, i % PRESENT);
+                    cache.insert(1_000_000 + w * 1_000 + i % 1_000, 0);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let reader_cache = cache.clone();
+    let counts = parallel(TIMEOUT, "reader", THREADS, move |t| {
+        let (mut hits, mut misses) = (0u64, 0u64);
+        for i in 0..READS {
+            // Every third key asked for is absent: 10_000 and up.
+            let key = (i * 7 + t as u64) % (PRESENT + PRESENT / 2);
+            let key = if key >= PRESENT { 10_000 + key } else { key };
+            match reader_cache.get(&key) {
+                Some(v) => {
+                    assert_eq!(v, key, "a value under another key");
+                    hits += 1;
+                }
+                None => {
+                    assert!(key >= 10_000, "present key {key} missed");
+                    misses += 1;
+                }
+            }
+        }
+        (hits, misses)
+    });
+    stop.store(true, SeqCst);
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    let (hits, misses) = counts
+        .iter()
+        .fold((0, 0), |(h, m), (th, tm)| (h + th, m + tm));
+    assert_eq!(hits + misses, THREADS as u64 * READS);
+    assert!(hits > 0 && misses > 0);
+    let stats = cache.stats();
+    assert_eq!((stats.hits(), stats.misses()), (hits, misses));
+}

@@ -20,7 +20,8 @@
 //! # Locking rules
 //!
 //! The shard knows nothing of locks; [`Shards`] wraps each in a
-//! `parking_lot::RwLock`. Methods taking `&self` (lookup, touch, sliding a
+//! reader-writer lock (`raw::lock`, whose shared acquire can also count a
+//! lookup). Methods taking `&self` (lookup, touch, sliding a
 //! deadline) are what a read hit does under the *shared* lock: they write
 //! only the slot's atomic word. Everything
 //! else takes `&mut self` under the exclusive lock. No method calls user
@@ -33,7 +34,7 @@
 //! the table takes its home chunk from the low 32 bits and its tag from the
 //! top 8, and the policy's frequency sketch re-mixes the whole word.
 
-mod group;
+mod raw;
 mod sharded;
 mod slot;
 mod table;

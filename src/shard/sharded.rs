@@ -1,4 +1,5 @@
-//! The thin concurrent layer: an array of `RwLock`ed shards.
+//! The thin concurrent layer: an array of locked shards (the lock is
+//! [`raw::lock`](super::raw::lock)).
 
 use std::{
     borrow::Borrow,
@@ -10,9 +11,13 @@ use std::{
 };
 
 use ahash::RandomState;
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Layout, Shard};
+use super::{
+    Layout, Shard,
+    raw::lock::{self, LookupCount, ReadGuard as RwLockReadGuard, ShardLock},
+};
+
+type RwLockWriteGuard<'a, T> = lock::WriteGuard<'a, T>;
 
 /// Write counters per shard: the shard's keys are spread over this many
 /// stripes by their hash.
@@ -27,8 +32,10 @@ pub(crate) const STRIPES: usize = 8;
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub(crate) struct ShardCell<K, V> {
-    lock: RwLock<Shard<K, V>>,
+    lock: ShardLock<Shard<K, V>>,
     writes: WriteCounts,
+    /// The lookups counted in the lock's word, widened.
+    lookups: LookupCount,
 }
 
 /// A shard's stripe counts, on one cache line of their own.
@@ -91,10 +98,22 @@ impl<K, V> ShardCell<K, V> {
         }
     }
 
-    /// Shared access: what a read hit takes.
+    /// Shared access.
     #[inline]
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Shard<K, V>> {
         self.lock.read()
+    }
+
+    /// Shared access counting one lookup in the lock's own word: what a
+    /// `get` takes. The caller counts the lookup's misses apart.
+    #[inline]
+    pub(crate) fn read_counting(&self) -> RwLockReadGuard<'_, Shard<K, V>> {
+        lock::read_counting(&self.lock)
+    }
+
+    /// The lookups [`read_counting`](Self::read_counting) has counted.
+    pub(crate) fn lookups(&self) -> u64 {
+        lock::lookups(&self.lock, &self.lookups)
     }
 
     /// Exclusive access: writes, evictions, reaping.
@@ -151,8 +170,9 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                     sliding,
                 };
                 ShardCell {
-                    lock: RwLock::new(Shard::new(&layout, hasher.clone(), now)),
+                    lock: ShardLock::new(Shard::new(&layout, hasher.clone(), now)),
                     writes: Default::default(),
+                    lookups: LookupCount::default(),
                 }
             })
             .collect();

@@ -31,7 +31,7 @@
 //! sizes it for a bounded shard up front, and it doubles (rehashing every
 //! entry from its key) only when an unbounded shard outgrows it.
 
-use super::group;
+use super::raw::group;
 
 const WIDTH: usize = 12;
 /// Index of the overflow count among the control bytes.

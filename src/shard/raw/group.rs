@@ -1,6 +1,6 @@
 //! Matching one tag against a chunk's sixteen control bytes at once.
 //!
-//! This is the crate's only `unsafe` code. On x86-64 the match is SSE2's
+//! One of the two parts of [`raw`](super), the crate's only `unsafe` code. On x86-64 the match is SSE2's
 //! byte compare and mask move (`pcmpeqb`, `pmovmskb`): three instructions
 //! where the portable byte-by-byte fold below compiles to about 38 (a
 //! partial vector compare, shuffles and scalar compares). Measured with
@@ -18,7 +18,7 @@
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[allow(unsafe_code)]
 #[inline]
-pub(super) fn matching(ctrl: &[u8; 16], tag: u8, width: usize) -> u32 {
+pub(in crate::shard) fn matching(ctrl: &[u8; 16], tag: u8, width: usize) -> u32 {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
     };
