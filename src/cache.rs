@@ -648,26 +648,25 @@ where
             return self.read_timed(key);
         }
         // No entry has a deadline and reads move none: the lean path, with
-        // nothing to keep across the lock but the key and the shard. The
-        // lock counts the lookup; only a miss is counted here.
+        // nothing to keep across the lock but the key and the shard. A hit
+        // is counted by the lock's release; only a miss is counted here.
         let (hash, cell) = self.shards.cell_for(key);
-        let shard = cell.read_counting();
+        let shard = cell.read();
         let value = match shard.locate(hash, key) {
             Some((_, slot)) => {
                 if !slot.untimed_hit() {
                     // An entry with a deadline, written since the test
                     // above: read it the timed way, which counts it.
                     drop(shard);
-                    self.lookups.uncount();
                     return self.read_timed(key);
                 }
                 Some(slot.value.clone())
             }
             None => None,
         };
-        drop(shard);
+        ShardCell::unlock_counting(shard, value.is_some());
         if value.is_none() {
-            self.lookups.record_counted_miss();
+            self.lookups.record(false);
         }
         value
     }
@@ -1050,9 +1049,9 @@ where
         self.maintenance.pass(|| {
             let now = self.timing.clock.now();
             for cell in self.shards.iter() {
-                // Widens the lock's wrapping lookup count while it is
-                // still far from wrapping twice (see `raw::lock`).
-                cell.lookups();
+                // Widens the lock's wrapping hit count while it is still
+                // far from wrapping twice (see `raw::lock`).
+                cell.hits();
                 loop {
                     let mut removed = Removed::default();
                     let done = cell.write().reap(now, &mut removed);
@@ -1065,15 +1064,12 @@ where
         });
     }
 
-    /// Cumulative (hits, misses): the striped counters, plus the lookups
-    /// the shard locks counted (whose misses the counters took back).
+    /// Cumulative (hits, misses): the striped counters, plus the hits the
+    /// shard locks counted.
     fn lookup_totals(&self) -> (u64, u64) {
         let (hits, misses) = self.lookups.totals();
-        let counted = self
-            .shards
-            .iter()
-            .fold(0u64, |sum, cell| sum.wrapping_add(cell.lookups()));
-        (hits.wrapping_add(counted), misses)
+        let counted: u64 = self.shards.iter().map(ShardCell::hits).sum();
+        (hits + counted, misses)
     }
 
     fn deliver(&self, removed: Removed<K, V>) {

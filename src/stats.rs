@@ -244,72 +244,25 @@ impl Lookups {
         }
     }
 
-    /// Counts a miss of a lookup that its shard's lock has already counted
-    /// (see [`ShardCell::read_counting`](crate::shard::ShardCell)): the
-    /// cache's hits are the lock's lookups plus these counters' hits, so
-    /// the miss takes one hit back.
-    #[inline]
-    pub(crate) fn record_counted_miss(&self) {
-        self.take_back_hit(true);
-    }
-
-    /// Takes back a lookup the lock counted that is then counted here
-    /// (with [`record`](Self::record)) instead.
-    #[cold]
-    pub(crate) fn uncount(&self) {
-        self.take_back_hit(false);
-    }
-
-    /// One hit less, and one miss more if `miss`.
-    #[inline]
-    fn take_back_hit(&self, miss: bool) {
-        let own = self.stripes.get(STRIPE.with(Cell::get)).or_else(|| {
-            INDEX
-                .try_with(|i| i.0)
-                .ok()
-                .and_then(|i| self.stripes.get(i))
-        });
-        match own {
-            Some(own) => {
-                own.hits
-                    .store(own.hits.load(Relaxed).wrapping_sub(1), Relaxed);
-                if miss {
-                    own.misses.store(own.misses.load(Relaxed) + 1, Relaxed);
-                }
-            }
-            None => {
-                self.shared.hits.fetch_sub(1, Relaxed);
-                if miss {
-                    self.shared.misses.fetch_add(1, Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Cumulative (hits, misses) of these counters. The hits wrap: lookups
-    /// the shard locks counted take theirs back here when they miss, so
-    /// the cache adds the locks' lookups to get its hits.
+    /// Cumulative (hits, misses) of these counters. (A `get` on a cache
+    /// without expiry counts its hit in its shard lock instead, see
+    /// `shard::raw::lock`; the cache adds those.)
     pub(crate) fn totals(&self) -> (u64, u64) {
         self.stripes
             .iter()
             .chain([&self.shared])
-            .fold((0u64, 0u64), |(h, m), s| {
-                (
-                    h.wrapping_add(s.hits.load(Relaxed)),
-                    m + s.misses.load(Relaxed),
-                )
+            .fold((0, 0), |(h, m), s| {
+                (h + s.hits.load(Relaxed), m + s.misses.load(Relaxed))
             })
     }
 }
 
 impl Stripe {
-    /// One count by the stripe's only writer: a plain load and store
-    /// (wrapping: a stripe's hits go below zero when the misses of lookups
-    /// its shard locks counted take theirs back).
+    /// One count by the stripe's only writer: a plain load and store.
     #[inline]
     fn count(&self, hit: bool) {
         let counter = if hit { &self.hits } else { &self.misses };
-        counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
     }
 }
 

@@ -614,9 +614,9 @@ fn oversized_replace_of_an_expired_entry_does_not_panic_with_no_explicit_removal
 }
 
 /// Hits and misses stay exact when many threads read while others write
-/// the same shards: a `get` on a cache without expiry counts its lookup in
-/// its shard lock's word and only its miss in the thread's stripe, and
-/// readers that find a writer inside back out and wait.
+/// the same shards: a `get` on a cache without expiry counts its hit in its
+/// shard lock's word as it releases the lock and its miss in the thread's
+/// stripe, and readers that find a writer inside back out and wait.
 #[test]
 fn hits_and_misses_are_exact_under_concurrent_writes() {
     const PRESENT: u64 = 500;

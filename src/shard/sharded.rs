@@ -14,7 +14,7 @@ use ahash::RandomState;
 
 use super::{
     Layout, Shard,
-    raw::lock::{self, LookupCount, ReadGuard as RwLockReadGuard, ShardLock},
+    raw::lock::{self, HitCount, ReadGuard as RwLockReadGuard, ShardLock},
 };
 
 type RwLockWriteGuard<'a, T> = lock::WriteGuard<'a, T>;
@@ -34,8 +34,8 @@ pub(crate) const STRIPES: usize = 8;
 pub(crate) struct ShardCell<K, V> {
     lock: ShardLock<Shard<K, V>>,
     writes: WriteCounts,
-    /// The lookups counted in the lock's word, widened.
-    lookups: LookupCount,
+    /// The hits counted in the lock's word, widened.
+    hits: HitCount,
 }
 
 /// A shard's stripe counts, on one cache line of their own.
@@ -104,16 +104,17 @@ impl<K, V> ShardCell<K, V> {
         self.lock.read()
     }
 
-    /// Shared access counting one lookup in the lock's own word: what a
-    /// `get` takes. The caller counts the lookup's misses apart.
+    /// Releases `guard` (from this cell's [`read`](Self::read)), counting
+    /// a hit in the lock's own word if `hit`: how a `get` leaves. The
+    /// caller counts misses apart.
     #[inline]
-    pub(crate) fn read_counting(&self) -> RwLockReadGuard<'_, Shard<K, V>> {
-        lock::read_counting(&self.lock)
+    pub(crate) fn unlock_counting(guard: RwLockReadGuard<'_, Shard<K, V>>, hit: bool) {
+        lock::unlock_counting(guard, hit);
     }
 
-    /// The lookups [`read_counting`](Self::read_counting) has counted.
-    pub(crate) fn lookups(&self) -> u64 {
-        lock::lookups(&self.lock, &self.lookups)
+    /// The hits [`unlock_counting`](Self::unlock_counting) has counted.
+    pub(crate) fn hits(&self) -> u64 {
+        lock::hits(&self.lock, &self.hits)
     }
 
     /// Exclusive access: writes, evictions, reaping.
@@ -172,7 +173,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                 ShardCell {
                     lock: ShardLock::new(Shard::new(&layout, hasher.clone(), now)),
                     writes: Default::default(),
-                    lookups: LookupCount::default(),
+                    hits: HitCount::default(),
                 }
             })
             .collect();
