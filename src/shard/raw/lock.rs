@@ -495,6 +495,51 @@ mod tests {
     }
 
     #[test]
+    fn sleepers_inside_the_lock_make_the_others_park_and_all_are_woken() {
+        // Critical sections that sleep make every other thread give up
+        // spinning and park, over and over: a lost wake-up shows as a
+        // worker that never finishes, which the deadline turns into a
+        // failure instead of a hang.
+        let lock = std::sync::Arc::new(ShardLock::new((0u64, 0u64)));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        const OPS: u64 = 300;
+        for t in 0..8u64 {
+            let (lock, done_tx) = (lock.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                for i in 0..OPS {
+                    let nap =
+                        std::time::Duration::from_micros(if i % 16 == t % 16 { 200 } else { 0 });
+                    if t % 2 == 0 {
+                        let mut pair = lock.write();
+                        pair.0 += 1;
+                        std::thread::sleep(nap);
+                        pair.1 += 1;
+                    } else {
+                        let pair = lock.read();
+                        assert_eq!(pair.0, pair.1, "a reader saw a write half done");
+                        std::thread::sleep(nap);
+                        unlock_counting(pair, true);
+                        reads += 1;
+                    }
+                }
+                done_tx.send(reads).unwrap();
+            });
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut reads = 0;
+        for _ in 0..8 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            reads += done_rx
+                .recv_timeout(left)
+                .expect("a worker is stuck: a wake-up was lost");
+        }
+        assert_eq!(reads, 4 * OPS);
+        assert_eq!(hits(&*lock, &HitCount::default()), 4 * OPS);
+        assert_eq!(*lock.read(), (4 * OPS, 4 * OPS));
+    }
+
+    #[test]
     fn the_lookup_count_widens_across_its_wraps() {
         let widened = HitCount::default();
         let width = HIT_MASK + 1;
