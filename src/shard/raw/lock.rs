@@ -32,10 +32,12 @@
 //! Waiting spins briefly, then parks in `parking_lot_core`'s parking lot,
 //! keyed by the word's address; the bit [`PARKED`] is set (under the parking
 //! lot's bucket lock, with the condition re-checked in the same atomic
-//! operation) before a thread sleeps, and every release that sees it clears
-//! it and wakes all sleepers, who then look again. Shard locks are held for
-//! short, bounded sections (no user code runs under them), so waking all is
-//! cheap next to tracking who waits for what.
+//! operation) before a thread sleeps. The last reader out, seeing it, wakes
+//! all sleepers to look again (shard locks are held for short, bounded
+//! sections with no user code under them, so that is cheap); a writer's
+//! release wakes the first waiting writer or every waiting reader, and
+//! about once every 0.5 ms hands the lock straight to them (see
+//! `unlock_exclusive_slow`).
 //!
 //! 23 bits of readers hold every thread a process can have (Linux caps thread
 //! ids at 2^22); the hit count wraps after 2^39 hits on one shard, and
