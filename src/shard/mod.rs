@@ -20,8 +20,8 @@
 //! # Locking rules
 //!
 //! The shard knows nothing of locks; [`Shards`] wraps each in a
-//! reader-writer lock (`raw::lock`, whose shared acquire can also count a
-//! lookup). Methods taking `&self` (lookup, touch, sliding a
+//! reader-writer lock (`raw::lock`, whose shared release can also count a
+//! hit). Methods taking `&self` (lookup, touch, sliding a
 //! deadline) are what a read hit does under the *shared* lock: they write
 //! only the slot's atomic word. Everything
 //! else takes `&mut self` under the exclusive lock. No method calls user

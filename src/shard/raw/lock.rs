@@ -21,7 +21,7 @@
 //! | bits | meaning |
 //! |---|---|
 //! | 0 | [`WRITER`]: a writer holds the lock, or has claimed it and waits for the readers to leave |
-//! | 1 | [`PARKED`]: some thread may be parked on the lock; whoever releases wakes them all |
+//! | 1 | [`PARKED`]: some thread may be parked on the lock; a release that sees it wakes sleepers (see below) |
 //! | 2..25 | the number of readers inside, or about to back out ([`ONE_READER`]) |
 //! | 25..64 | hits counted by [`unlock_counting`], modulo 2^39 ([`ONE_HIT`]) |
 //!
