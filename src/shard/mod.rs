@@ -127,6 +127,8 @@ pub(crate) struct Layout {
     pub(crate) timed: bool,
     /// Reads slide deadlines (time to idle).
     pub(crate) sliding: bool,
+    /// Bytes the shard's frequency sketch may take (see [`TinyLfu::new`]).
+    pub(crate) sketch_budget: u64,
 }
 
 /// One shard of the cache: table, slots, policy and timer wheel.
@@ -163,7 +165,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             slots: Vec::with_capacity(reserve),
             hard,
             sliding: layout.sliding,
-            policy: TinyLfu::new(layout.capacity, layout.weighted, reserve),
+            policy: TinyLfu::new(
+                layout.capacity,
+                layout.weighted,
+                reserve,
+                layout.sketch_budget,
+            ),
             wheel,
             hasher,
             removals: [0; 4],

@@ -12,6 +12,8 @@ use std::{
 
 use ahash::RandomState;
 
+use crate::policy::SKETCH_BUDGET;
+
 use super::{
     Layout, Shard,
     raw::lock::{self, HitCount, ReadGuard as RwLockReadGuard, ShardLock},
@@ -169,6 +171,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                     reserve,
                     timed,
                     sliding,
+                    sketch_budget: SKETCH_BUDGET / n,
                 };
                 ShardCell {
                     lock: ShardLock::new(Shard::new(&layout, hasher.clone(), now)),
