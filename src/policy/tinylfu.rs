@@ -3,14 +3,12 @@
 //! See the [module documentation](super) for the algorithm; this file holds
 //! the data structure: three intrusive doubly linked queues threaded through
 //! one `[u32; 2]` per id, a queue tag byte per id, an atomic touch counter
-//! per id, optional weights, the frequency sketch and the ghosts that size
-//! the window.
+//! per id, optional weights, the frequency sketch and the window climber.
 
 use std::fmt;
 
-use super::Entries;
-use super::ghost::{Ghosts, Side};
 use super::sketch::FrequencySketch;
+use super::{Entries, climber::HillClimber};
 
 /// "No id": end of a queue.
 const NIL: u32 = u32::MAX;
@@ -38,27 +36,6 @@ const SATURATED: u8 = 15;
 
 /// Share of the main space given to the protected segment, in percent.
 const PROTECTED_PERCENT: u64 = 80;
-
-/// Evictions each side's ghost remembers, in percent of the capacity (at
-/// least [`GHOST_MIN`]). Measured on the simulator over four hash seeds,
-/// against the hill climber the ghosts replaced (mean of the 30 rows
-/// 47.49): 1, 2, 3 and 5% gave +0.26, +0.32, +0.35 and +0.28 in a first
-/// version, and 3, 8 and 25% +0.31, +0.28 and −0.18 in this one (at 25%
-/// `gli`, `cs` and `zigzag` lose 2 to 6 points: the window grows on keys
-/// that come back too late to be a window's business).
-const GHOST_PERCENT: u64 = 3;
-/// Fewest evictions a side's ghost remembers (4 measured +0.06 over 8, 16
-/// cost `cpp`@100 0.7 points).
-const GHOST_MIN: u64 = 4;
-/// Keys turned away on arrival that their ghost remembers: one per this
-/// many units of capacity, at least [`ARRIVAL_GHOST_MIN`]. Short, so that
-/// loops a little larger than the cache do not count (see [`ghost`]);
-/// without it an empty window could never grow again.
-///
-/// [`ghost`]: super::ghost
-const ARRIVAL_GHOST_DIVISOR: u64 = 256;
-/// Fewest keys turned away on arrival that their ghost remembers.
-const ARRIVAL_GHOST_MIN: u64 = 2;
 
 /// Slot of the previous id in a link pair.
 const PREV: usize = 0;
@@ -119,19 +96,21 @@ pub(crate) struct TinyLfu {
     queues: [Queue; 3],
     /// Maximum total weight.
     capacity: u64,
-    /// Target weight of the window (the ghosts move it).
+    /// Target weight of the window (the climber moves it).
     window_max: u64,
     /// Target weight of the protected segment.
     protected_max: u64,
     /// Ids removed but not yet refilled by `relocate`.
     vacant: usize,
+    /// Whether the cache has been full once (the climber samples from then).
+    warm: bool,
     /// Frequency estimates for admission.
     sketch: FrequencySketch,
     /// Bytes the sketch may take, unless its minimum of
     /// [`FrequencySketch::MIN_BYTES_PER_ENTRY`] per entry needs more.
     sketch_budget: u64,
-    /// Keys evicted lately, by side: they size the window.
-    ghosts: Ghosts,
+    /// Window sizing.
+    climber: HillClimber,
     /// State of the xorshift generator behind the anti-flooding admissions.
     rng: u64,
     /// The first window id [`make_room`](Self::make_room) moved to the
@@ -179,12 +158,13 @@ impl TinyLfu {
             window_max: 0,
             protected_max: 0,
             vacant: 0,
+            warm: false,
             sketch: FrequencySketch::new(
                 Self::initial_sketch_size(capacity, weighted, expected_ids),
                 sketch_budget,
             ),
             sketch_budget,
-            ghosts: Ghosts::default(),
+            climber: HillClimber::new(capacity),
             rng: 0x2545_f491_4f6c_dd1d,
             behind_new: NIL,
             newest: NIL,
@@ -215,7 +195,6 @@ impl TinyLfu {
     /// Adds the new id `id` (equal to the current number of ids) to the
     /// window, and counts the write in the sketch.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
-        self.adapt(hash);
         self.insert_counted(id, weight);
         self.grow_sketch_if_needed();
         self.sketch.increment(hash, 1);
@@ -255,7 +234,6 @@ impl TinyLfu {
         self.behind_new = NIL;
         // The new key, not yet an id, is the newest now.
         self.newest = NIL;
-        self.adapt(hash);
         // The sketch is sized for the ids held with the new one among them.
         self.grow_sketch_for(self.len() as u64 + 1);
         self.sketch.increment(hash, 1);
@@ -278,15 +256,12 @@ impl TinyLfu {
         if self.weighted_size() < self.capacity {
             return Room::Insert;
         }
+        self.warm = true;
         loop {
             if self.queues[WINDOW as usize].weight < self.window_max {
                 // The window fits the new key: the main space is over its share.
                 return match self.main_victim(entries) {
-                    Some(victim) => {
-                        let victim_hash = entries.hash(victim);
-                        self.remember(Side::Main, victim_hash);
-                        Room::Evict(victim, Placement(WINDOW), Some(victim_hash))
-                    }
+                    Some(victim) => Room::Evict(victim, Placement(WINDOW), None),
                     None => Room::Insert,
                 };
             }
@@ -299,10 +274,8 @@ impl TinyLfu {
                 self.behind_new = NIL;
                 let victim_hash = entries.hash(victim);
                 return if self.admit(hash, victim_hash, true) {
-                    self.remember(Side::Main, victim_hash);
                     Room::Evict(victim, Placement(PROBATION), Some(victim_hash))
                 } else {
-                    self.remember(Side::Arrival, hash);
                     Room::Reject
                 };
             };
@@ -314,10 +287,8 @@ impl TinyLfu {
             let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
             let (evicted, evicted_hash) = if self.admit(candidate_hash, victim_hash, false) {
                 self.move_to(PROBATION, candidate);
-                self.remember(Side::Main, victim_hash);
                 (victim, victim_hash)
             } else {
-                self.remember(Side::Window, candidate_hash);
                 (candidate, candidate_hash)
             };
             return Room::Evict(evicted, Placement(WINDOW), Some(evicted_hash));
@@ -463,45 +434,15 @@ impl TinyLfu {
         }
     }
 
-    /// Remembers an eviction from `side` in its ghost.
-    fn remember(&mut self, side: Side, hash: u64) {
-        // Weighted caches count ids, not weight units: their ghosts are
-        // sized by the ids held.
-        let base = if self.weighted {
-            self.len() as u64
-        } else {
-            self.capacity
-        };
-        self.ghosts.set_lens(
-            (base * GHOST_PERCENT / 100).max(GHOST_MIN),
-            (base / ARRIVAL_GHOST_DIVISOR).max(ARRIVAL_GHOST_MIN),
-        );
-        self.ghosts.remember(side, hash);
-    }
-
-    /// A new key with `hash` arrives: if the policy evicted it lately, moves
-    /// the window one step toward the side that would have kept it (one
-    /// unit, or one average entry's weight when weighted).
-    fn adapt(&mut self, hash: u64) {
-        let Some(side) = self.ghosts.recall(hash) else {
-            return;
-        };
-        let step = if self.weighted {
-            (self.weighted_size() / (self.len() as u64).max(1)).max(1)
-        } else {
-            1
-        };
-        let window = match side {
-            Side::Window | Side::Arrival => self.window_max.saturating_add(step),
-            Side::Main => self.window_max.saturating_sub(step),
-        };
-        self.set_window_max(window);
-    }
-
-    /// The window's target weight.
-    #[cfg(test)]
-    pub(crate) fn window_max(&self) -> u64 {
-        self.window_max
+    /// Feeds the shard's cumulative hit and miss counts to the climber, and
+    /// applies the window change it decides.
+    pub(crate) fn record_sample(&mut self, hits: u64, misses: u64) {
+        let climbed = self
+            .climber
+            .record(hits, misses, self.warm, self.window_max);
+        if let Some(window) = climbed {
+            self.set_window_max(window);
+        }
     }
 
     /// Total weight of the ids held.
@@ -533,7 +474,7 @@ impl TinyLfu {
         }
     }
 
-    /// Forgets all ids, frequencies and ghosts, and resets the window.
+    /// Forgets all ids, frequencies and the window climb.
     pub(crate) fn clear(&mut self) {
         self.links.clear();
         self.tags.clear();
@@ -541,8 +482,9 @@ impl TinyLfu {
         self.queues = [Queue::EMPTY; 3];
         self.vacant = 0;
         self.newest = NIL;
+        self.warm = false;
         self.sketch.clear();
-        self.ghosts.clear();
+        self.climber.clear();
         self.set_window_max(self.capacity.div_ceil(100));
     }
 
@@ -646,16 +588,13 @@ impl TinyLfu {
         if self.weighted_size() <= self.capacity {
             return None;
         }
+        self.warm = true;
         loop {
             if self.queues[WINDOW as usize].weight <= self.window_max {
                 // The window fits: the main space is over its share.
-                if let Some(victim) = self.main_victim(entries) {
-                    self.remember(Side::Main, entries.hash(victim));
-                    return Some(victim);
-                }
-                let head = self.window_head(entries)?;
-                self.remember(Side::Window, entries.hash(head));
-                return Some(head);
+                return self
+                    .main_victim(entries)
+                    .or_else(|| self.window_head(entries));
             }
             let candidate = self.window_head(entries)?;
             let Some(victim) = self.main_victim(entries) else {
@@ -664,16 +603,14 @@ impl TinyLfu {
                 continue;
             };
             let fresh = candidate == self.newest;
-            let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
-            return Some(if self.admit(candidate_hash, victim_hash, fresh) {
-                self.move_to(PROBATION, candidate);
-                self.remember(Side::Main, victim_hash);
-                victim
-            } else {
-                let side = if fresh { Side::Arrival } else { Side::Window };
-                self.remember(side, candidate_hash);
-                candidate
-            });
+            return Some(
+                if self.admit(entries.hash(candidate), entries.hash(victim), fresh) {
+                    self.move_to(PROBATION, candidate);
+                    victim
+                } else {
+                    candidate
+                },
+            );
         }
     }
 

@@ -58,6 +58,9 @@ use table::Table;
 /// expiry never keeps readers waiting long.
 pub(crate) const REAP_BUDGET: usize = 512;
 
+/// The policy's hill climber is fed fresh counts on one write in this many.
+const SAMPLE_EVERY: u64 = 32;
+
 /// Reads the clock at most once, and only if an entry has a deadline (a read
 /// takes it up front, before the shard lock, once the cache has made any).
 #[derive(Debug)]
@@ -307,11 +310,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Inserts or replaces an entry, then evicts down to capacity. `found`
     /// is what [`find`](Self::find) returned for the key under this same
     /// lock (the caller looks first, to show a predicate the value).
+    /// `samples` gives cumulative (hits, misses) for the policy's hill
+    /// climber; it is called on one write in [`SAMPLE_EVERY`].
     pub(crate) fn insert(
         &mut self,
         found: Option<u32>,
         w: Write<K, V>,
         now: &mut Now<'_>,
+        samples: impl FnOnce() -> (u64, u64),
         removed: &mut Removed<K, V>,
     ) {
         self.version += 1;
@@ -323,6 +329,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.count(RemovalCause::Size, 1);
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
+        }
+        // Sampled before the write's evictions, which then follow any
+        // window change the climber makes.
+        if self.version % SAMPLE_EVERY == 0 {
+            let (hits, misses) = samples();
+            self.policy.record_sample(hits, misses);
         }
         let grew = match found {
             Some(id) => self.replace(id, w, now, removed),
@@ -354,7 +366,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         };
         // A replacement that did not grow the entry leaves the shard within
         // its capacity; the queue rebalancing `evict` would also do (after
-        // the ghosts moved a target) waits for the next write that adds.
+        // the climber moved a target) waits for the next write that adds.
         if grew {
             self.evict(now, removed);
         }
