@@ -97,7 +97,11 @@
 //! key only once it has been seen twice could reconcile the two; a first
 //! try (once the cache is full, turn away every new key the sketch had
 //! not seen before) took the ghosts' 47.85 down to 47.28, OLTP and `P12`
-//! losing 3.3 to 3.6 points, so it needs more thought than that.
+//! losing 3.3 to 3.6 points, so it needs more thought than that. Nor
+//! did snapping the window to 0 when a main-side vote takes it below 0.5%
+//! of the capacity do it: the simulator kept 47.84 and its Zipf rows'
+//! windows went to 0, but the mixed rows on two threads stayed at
+//! 0.70–0.87× (two runs), so the window is not the whole of the cost there.
 //!
 //! # CLOCK approximation of the LRU orders
 //!
