@@ -326,8 +326,8 @@ impl TinyLfu {
             self.join_window(id);
             self.newest = id;
         } else {
+            // `make_room` has already reset `newest`: nothing to undo.
             self.push_tail(placement.0, id);
-            self.newest = NIL;
         }
     }
 

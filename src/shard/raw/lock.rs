@@ -104,38 +104,46 @@ pub(crate) trait Word {
     ) -> Result<u64, u64>;
 }
 
-impl Word for AtomicU64 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u64 {
-        self.load(order)
-    }
-    #[inline]
-    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-        self.fetch_add(value, order)
-    }
-    #[inline]
-    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
-        self.fetch_sub(value, order)
-    }
-    #[inline]
-    fn fetch_or(&self, value: u64, order: Ordering) -> u64 {
-        self.fetch_or(value, order)
-    }
-    #[inline]
-    fn fetch_and(&self, value: u64, order: Ordering) -> u64 {
-        self.fetch_and(value, order)
-    }
-    #[inline]
-    fn compare_exchange_weak(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.compare_exchange_weak(current, new, success, failure)
-    }
+/// Implements [`Word`] for an atomic type with `AtomicU64`'s methods, by
+/// forwarding each operation.
+macro_rules! forward_word {
+    ($atomic:ty) => {
+        impl Word for $atomic {
+            #[inline]
+            fn load(&self, order: Ordering) -> u64 {
+                self.load(order)
+            }
+            #[inline]
+            fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+                self.fetch_add(value, order)
+            }
+            #[inline]
+            fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
+                self.fetch_sub(value, order)
+            }
+            #[inline]
+            fn fetch_or(&self, value: u64, order: Ordering) -> u64 {
+                self.fetch_or(value, order)
+            }
+            #[inline]
+            fn fetch_and(&self, value: u64, order: Ordering) -> u64 {
+                self.fetch_and(value, order)
+            }
+            #[inline]
+            fn compare_exchange_weak(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                self.compare_exchange_weak(current, new, success, failure)
+            }
+        }
+    };
 }
+
+forward_word!(AtomicU64);
 
 /// What an [`unpark_filter`](Parking::unpark_filter) did, as its callback
 /// sees it (`parking_lot_core`'s own result cannot be built outside it).
@@ -770,32 +778,7 @@ mod tests {
         use loom::sync::{Arc, Mutex};
         use loom::thread;
 
-        impl Word for loom::sync::atomic::AtomicU64 {
-            fn load(&self, order: Ordering) -> u64 {
-                self.load(order)
-            }
-            fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-                self.fetch_add(value, order)
-            }
-            fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
-                self.fetch_sub(value, order)
-            }
-            fn fetch_or(&self, value: u64, order: Ordering) -> u64 {
-                self.fetch_or(value, order)
-            }
-            fn fetch_and(&self, value: u64, order: Ordering) -> u64 {
-                self.fetch_and(value, order)
-            }
-            fn compare_exchange_weak(
-                &self,
-                current: u64,
-                new: u64,
-                success: Ordering,
-                failure: Ordering,
-            ) -> Result<u64, u64> {
-                self.compare_exchange_weak(current, new, success, failure)
-            }
-        }
+        forward_word!(loom::sync::atomic::AtomicU64);
 
         /// A parked thread: its key, its token, and where its waker leaves
         /// the unpark token.
