@@ -815,7 +815,7 @@ where
             });
             match verdict {
                 Verdict::Insert => {
-                    shard.insert(found, write, &mut now, || self.samples(), &mut removed);
+                    shard.insert(found, write, &mut now, &mut removed);
                     true
                 }
                 Verdict::Skip => return false,
@@ -1032,15 +1032,6 @@ where
             self.deliver(removed);
             return;
         }
-    }
-
-    /// Hit and miss counts for a shard's hill climber: the cache-wide counts
-    /// divided by the number of shards, so each shard samples over as many
-    /// lookups as its share of the capacity calls for.
-    fn samples(&self) -> (u64, u64) {
-        let (hits, misses) = self.lookup_totals();
-        let n = self.shards.len() as u64;
-        (hits / n, misses / n)
     }
 
     /// One maintenance pass: reap expired entries shard by shard in bounded

@@ -122,7 +122,6 @@ impl Model {
             return true;
         }
         let hash = hash_key(key);
-        self.policy.record_sample(self.hits, self.misses);
         match self.policy.make_room(&self.hashes, hash) {
             Room::Insert => {
                 let id = self.keys.len() as u32;
@@ -165,7 +164,6 @@ impl Model {
         self.hashes.push(hash);
         self.map.insert(key, id);
         self.policy.insert(id, hash, 1);
-        self.policy.record_sample(self.hits, self.misses);
         self.evict();
         false
     }

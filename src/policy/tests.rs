@@ -60,6 +60,46 @@ fn a_new_key_needs_more_than_its_own_access_to_displace_a_resident() {
 }
 
 #[test]
+fn ghosts_grow_the_window_for_recency_and_empty_it_for_loops() {
+    // A hot set fills the main space; new keys are each read once more,
+    // 25 new keys later. Only a window of 25 or more (the first is 10)
+    // catches that second read, and the keys it turned away, asked for
+    // again, say so.
+    let mut rng = Rng::new(9);
+    let mut model = Model::new(1_000);
+    for i in 0..20_000u64 {
+        model.access(rng.below(700));
+        model.access(1_000_000 + i);
+        if i >= 25 {
+            model.access(1_000_000 + i - 25);
+        }
+    }
+    let window = model.policy.window_max();
+    assert!(window >= 25, "window {window} after a recency workload");
+    // Then a loop a little larger than the cache: the main space's
+    // evictions come back, and empty the window.
+    for &k in &looping(1_100, 100) {
+        model.access(2_000_000 + k);
+    }
+    assert_eq!(model.policy.window_max(), 0);
+}
+
+#[test]
+fn zipf_keeps_the_window_empty() {
+    // On skew the votes wander a little above none; below 1% of the
+    // capacity they give no window, so cold keys never enter the table.
+    let mut model = Model::new(10_000);
+    let mut largest = 0;
+    for (i, &k) in zipf(500_000, 1.0, 600_000, 5).iter().enumerate() {
+        model.access(k);
+        if i > 100_000 {
+            largest = largest.max(model.policy.window_max());
+        }
+    }
+    assert_eq!(largest, 0, "a window on Zipf");
+}
+
+#[test]
 fn zipf_beats_lru() {
     let trace = zipf(50_000, 1.0, 60_000, 3);
     let (ours, lru) = (ratio(&trace, 500), lru_ratio(&trace, 500));
@@ -82,7 +122,7 @@ fn scans_do_not_flush_the_hot_set() {
 #[test]
 fn recency_burst_is_served_by_the_window() {
     // Each new key is read a few times right after its insert, then never:
-    // only the window (and the climber growing it) can catch these hits.
+    // only the window (and the ghosts growing it) can catch these hits.
     let mut trace = Vec::new();
     for key in 0..20_000u64 {
         trace.extend([key, key, key]);
@@ -126,8 +166,9 @@ enum Op {
     Remove(usize),
     /// Ask for a victim, and remove it if any.
     Victim,
-    /// Report hit/miss counts.
-    Sample(u16, u16),
+    /// Insert again, with this weight, the key at this index (mod len) of
+    /// those evicted so far, which the ghosts may recall.
+    Return(usize, u32),
     /// Clear everything.
     Clear,
 }
@@ -139,7 +180,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<usize>(), 1u8..20).prop_map(|(i, n)| Op::Touch(i, n)),
         2 => any::<usize>().prop_map(Op::Remove),
         5 => Just(Op::Victim),
-        1 => (0u16..200, 0u16..200).prop_map(|(h, m)| Op::Sample(h, m)),
+        3 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Return(i, w)),
         1 => Just(Op::Clear),
     ]
 }
@@ -157,7 +198,9 @@ proptest! {
         let mut policy = TinyLfu::new(capacity, weighted, 8, SKETCH_BUDGET);
         // keys[id] = the key living at id; weights mirror the policy's.
         let (mut keys, mut weights): (Vec<u64>, Vec<u32>) = (Vec::new(), Vec::new());
-        let (mut next_key, mut hits, mut misses) = (0u64, 0u64, 0u64);
+        let mut next_key = 0u64;
+        // Keys evicted so far, and not inserted again.
+        let mut gone: Vec<u64> = Vec::new();
         let mut ids = TestEntries::default();
         for op in ops {
             let len = keys.len();
@@ -190,14 +233,19 @@ proptest! {
                     prop_assert_eq!(victim.is_some(), over, "victim vs size {}", policy.weighted_size());
                     if let Some(id) = victim {
                         prop_assert!((id as usize) < len, "victim {} of {}", id, len);
+                        gone.push(keys[id as usize]);
                         policy.remove(id);
                         remove_model(&mut policy, &mut ids, &mut keys, &mut weights, id);
                     }
                 }
-                Op::Sample(h, m) => {
-                    hits += u64::from(h);
-                    misses += u64::from(m);
-                    policy.record_sample(hits, misses);
+                Op::Return(i, w) if !gone.is_empty() => {
+                    let w = if weighted { w.min(capacity as u32) } else { 1 };
+                    if u64::from(w) > capacity { continue; }
+                    let key = gone.swap_remove(i % gone.len());
+                    policy.insert(len as u32, key_hash(key), w);
+                    ids.push(key_hash(key));
+                    keys.push(key);
+                    weights.push(w);
                 }
                 Op::Clear => {
                     policy.clear();
