@@ -282,6 +282,50 @@ fn remove_model(
     }
 }
 
+/// The proptest below at a capacity large enough for sampled ghosts (one
+/// key in 4 at 5,000) and a dead zone (50 units): a recency phase grows
+/// the window past the dead zone, a Zipf phase shrinks it back, and both
+/// ways of admitting agree on every access.
+#[test]
+fn make_room_agrees_with_insert_then_victim_when_ghosts_are_sampled() {
+    let mut rng = Rng::new(17);
+    let mut with_room = Model::new(5_000);
+    let mut reference = Model::new(5_000);
+    let mut trace = Vec::new();
+    for i in 0..40_000u64 {
+        trace.push(rng.below(3_000));
+        trace.push(1_000_000 + i);
+        if i >= 200 {
+            trace.push(1_000_000 + i - 200);
+        }
+    }
+    let grown = trace.len();
+    trace.extend(zipf(100_000, 1.0, 400_000, 8).iter().map(|k| 2_000_000 + k));
+    let mut largest = 0;
+    for (step, &key) in trace.iter().enumerate() {
+        let hit = with_room.access(key);
+        assert_eq!(
+            hit,
+            reference.access_insert_then_evict(key),
+            "step {step} key {key}"
+        );
+        if step % 1_000 == 0 {
+            with_room.policy.check_invariants(reference.keys().len());
+        }
+        if step < grown {
+            largest = largest.max(with_room.policy.window_max());
+        }
+    }
+    assert!(
+        largest > 50,
+        "window {largest} after the recency phase: inside the dead zone"
+    );
+    assert_eq!(with_room.policy.window_max(), 0, "window left after Zipf");
+    for &k in reference.keys() {
+        assert!(with_room.contains(k), "{k} held by the reference only");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 

@@ -54,11 +54,12 @@ const GHOST_MIN: u64 = 4;
 /// units of capacity (1%), the window in effect is none. A window of any
 /// size, even one unit, sends every cold miss into the table and another
 /// entry out of it, where an empty window turns the cold key away after
-/// one duel; on Zipf workloads the votes wander between 0 and a few tenths
-/// of a percent, which cost the comparison bench's mixed Zipf row on two
-/// threads a third of its rate until this dead zone kept the window empty
-/// there. Simulator, four hash seeds: 0.5% and 1% gave the same mean
-/// (47.81), 2% 47.59 (the recency-heavy traces need their small windows).
+/// one duel. On Zipf workloads the votes wander between 0 and under 1%:
+/// the first ghosts, without this dead zone (and without sampling, and
+/// before the shard's layout fix), took a third off the comparison bench's
+/// mixed Zipf rate on two threads. Simulator, four hash seeds: 0.5% and 1%
+/// gave the same mean (47.81), 2% 47.59 (the recency-heavy traces need
+/// their small windows).
 const DEAD_ZONE_DIVISOR: u64 = 100;
 /// Units a main-side ghost's return takes off the votes (a window-side or
 /// arrival ghost's adds one). Simulator, four hash seeds: 47.75 with 1,
