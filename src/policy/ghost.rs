@@ -82,7 +82,7 @@ pub(crate) struct Ghosts {
     slots: Vec<u32>,
     /// Evictions so far, per side (modulo 2^18).
     evictions: [u32; 3],
-    /// Evictions each side remembers.
+    /// Sampled evictions each side remembers.
     lens: [u64; 3],
     /// One key in `1 << rate_shift` (by hash) has a ghost; the others are
     /// neither remembered nor recalled.
@@ -90,9 +90,10 @@ pub(crate) struct Ghosts {
 }
 
 impl Ghosts {
-    /// Sets how many evictions the window and main sides remember (`len`
-    /// each) and the arrival side (`arrival`). A table that must grow for
-    /// them forgets everything.
+    /// Sets how many evictions the window and main sides stand for (`len`
+    /// each) and the arrival side (`arrival`), and from that the sampling
+    /// rate: each side remembers its length divided by the rate, of the
+    /// sampled keys. A table that must grow for them forgets everything.
     #[inline]
     pub(crate) fn set_lens(&mut self, len: u64, arrival: u64) {
         let rate_shift = (len / MIN_SAMPLED_LEN).max(1).ilog2().min(MAX_RATE_SHIFT);
