@@ -61,7 +61,7 @@ const GHOST_MIN: u64 = 4;
 /// gave the same mean (47.81), 2% 47.59 (the recency-heavy traces need
 /// their small windows). Not every Zipf window stays shut: starting from
 /// the first window of 1%, some shards' votes climb to 1.6–2.6% while the
-/// cache warms up, and on the comparison bench's mixed stream about 5% of
+/// cache warms up, and on a stream like the mixed bench rows' about 5% of
 /// the later admissions still found a window open (starting the votes at
 /// 0 shuts them all, for 0.17 of the simulator's mean).
 const DEAD_ZONE_DIVISOR: u64 = 100;
