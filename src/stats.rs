@@ -296,6 +296,26 @@ impl Drop for ThreadIndex {
     }
 }
 
+/// This thread's process-wide index (see [`Lookups`]): unique among live
+/// threads, small, and reused after a thread exits. The shard lock uses it
+/// to pick the thread's reader slot. `usize::MAX` on a thread that is
+/// exiting and has given its index back.
+#[inline]
+pub(crate) fn thread_index() -> usize {
+    let index = STRIPE.with(Cell::get);
+    if index != NO_STRIPE {
+        return index;
+    }
+    thread_index_slow()
+}
+
+/// [`thread_index`] on a thread that has none published yet: takes one.
+#[cold]
+#[inline(never)]
+fn thread_index_slow() -> usize {
+    INDEX.try_with(|i| i.0).unwrap_or(NO_STRIPE)
+}
+
 /// [`STRIPE`]'s value while the thread holds no index.
 const NO_STRIPE: usize = usize::MAX;
 

@@ -100,10 +100,11 @@ impl<K, V> ShardCell<K, V> {
         }
     }
 
-    /// Shared access.
+    /// Shared access: in the thread's reader slot of the lock when it is
+    /// free (see [`raw::lock`](super::raw::lock)).
     #[inline]
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Shard<K, V>> {
-        self.lock.read()
+        lock::read(&self.lock)
     }
 
     /// Releases `guard` (from this cell's [`read`](Self::read)), counting
