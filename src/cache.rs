@@ -612,6 +612,11 @@ where
         self.inner.lookups.record(hit);
     }
 
+    /// Counts one read answered with a stale value (a loading cache's).
+    pub(crate) fn record_stale_hit(&self) {
+        self.inner.lookups.record_stale_hit();
+    }
+
     /// See `Inner::remove_if`.
     pub(crate) fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) {
         self.inner.remove_if(key, doomed);
@@ -1077,6 +1082,7 @@ where
             }
         }
         self.loads.fill(&mut stats);
+        stats.stale_hits = self.lookups.stale_hits();
         stats
     }
 }

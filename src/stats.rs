@@ -136,7 +136,6 @@ pub(crate) struct LoadCounters {
     failures: AtomicU64,
     nanos: AtomicU64,
     refreshes: AtomicU64,
-    stale_hits: AtomicU64,
     skipped_refreshes: AtomicU64,
 }
 
@@ -144,11 +143,6 @@ impl LoadCounters {
     /// Counts one background reload started.
     pub(crate) fn refreshed(&self) {
         self.refreshes.fetch_add(1, Relaxed);
-    }
-
-    /// Counts one read answered with a stale value.
-    pub(crate) fn stale_hit(&self) {
-        self.stale_hits.fetch_add(1, Relaxed);
     }
 
     /// Counts one background reload skipped for a full queue.
@@ -170,7 +164,6 @@ impl LoadCounters {
         stats.load_failures = self.failures.load(Relaxed);
         stats.load_nanos = self.nanos.load(Relaxed);
         stats.refreshes = self.refreshes.load(Relaxed);
-        stats.stale_hits = self.stale_hits.load(Relaxed);
         stats.skipped_refreshes = self.skipped_refreshes.load(Relaxed);
     }
 }
@@ -178,15 +171,19 @@ impl LoadCounters {
 /// Number of per-thread stripes of hit and miss counters in each cache.
 const STRIPES: usize = 64;
 
-/// One thread's hit and miss counters, alone on its cache line.
+/// One thread's hit, miss and stale-hit counters, alone on its cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
+    /// A loading cache's reads answered with a stale value: counted here
+    /// rather than in [`LoadCounters`], where the readers of a hot key in
+    /// its stale window would all add to one word.
+    stale_hits: AtomicU64,
 }
 
-/// Exact hit and miss counts without a locked instruction on the read path.
+/// Exact hit, miss and stale-hit counts without a locked instruction on the read path.
 ///
 /// Every live thread owns a process-wide index, handed out from a pool and
 /// returned when the thread exits, so no two live threads share an index.
@@ -219,29 +216,45 @@ impl Lookups {
     /// Counts one lookup.
     #[inline]
     pub(crate) fn record(&self, hit: bool) {
+        self.count(if hit { Count::Hit } else { Count::Miss });
+    }
+
+    /// Counts one read a loading cache answered with a stale value.
+    #[inline]
+    pub(crate) fn record_stale_hit(&self) {
+        self.count(Count::StaleHit);
+    }
+
+    /// Adds one to `which` in the calling thread's stripe.
+    #[inline]
+    fn count(&self, which: Count) {
         match self.stripes.get(STRIPE.with(Cell::get)) {
-            Some(own) => own.count(hit),
-            None => self.record_unstriped(hit),
+            Some(own) => own.count(which),
+            None => self.count_unstriped(which),
         }
     }
 
-    /// Counts a lookup of a thread without a stripe number yet (its first
-    /// count takes one), beyond the stripes, or exiting.
+    /// Counts for a thread without a stripe number yet (its first count
+    /// takes one), beyond the stripes, or exiting.
     #[cold]
     #[inline(never)]
-    fn record_unstriped(&self, hit: bool) {
+    fn count_unstriped(&self, which: Count) {
         let index = INDEX.try_with(|i| i.0).ok();
         match index.and_then(|i| self.stripes.get(i)) {
-            Some(own) => own.count(hit),
+            Some(own) => own.count(which),
             None => {
-                let counter = if hit {
-                    &self.shared.hits
-                } else {
-                    &self.shared.misses
-                };
-                counter.fetch_add(1, Relaxed);
+                self.shared.counter(which).fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Cumulative stale hits of these counters.
+    pub(crate) fn stale_hits(&self) -> u64 {
+        self.stripes
+            .iter()
+            .chain([&self.shared])
+            .map(|s| s.stale_hits.load(Relaxed))
+            .sum()
     }
 
     /// Cumulative (hits, misses) of these counters. (A `get` on a cache
@@ -257,11 +270,29 @@ impl Lookups {
     }
 }
 
+/// Which counter of a [`Stripe`].
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    Hit,
+    Miss,
+    StaleHit,
+}
+
 impl Stripe {
+    /// The counter of `which`.
+    #[inline]
+    fn counter(&self, which: Count) -> &AtomicU64 {
+        match which {
+            Count::Hit => &self.hits,
+            Count::Miss => &self.misses,
+            Count::StaleHit => &self.stale_hits,
+        }
+    }
+
     /// One count by the stripe's only writer: a plain load and store.
     #[inline]
-    fn count(&self, hit: bool) {
-        let counter = if hit { &self.hits } else { &self.misses };
+    fn count(&self, which: Count) {
+        let counter = self.counter(which);
         counter.store(counter.load(Relaxed) + 1, Relaxed);
     }
 }
@@ -341,6 +372,9 @@ mod tests {
                         s.spawn(move || {
                             for i in 0..1_000 {
                                 lookups.record((i + t + round) % 3 != 0);
+                                if i % 10 == 0 {
+                                    lookups.record_stale_hit();
+                                }
                             }
                         })
                     })
@@ -361,5 +395,6 @@ mod tests {
             })
             .sum();
         assert_eq!(misses, expected_misses);
+        assert_eq!(lookups.stale_hits(), 3 * 80 * 100, "no stale hit lost");
     }
 }

@@ -241,12 +241,17 @@ pub(crate) fn remaining(now: u64, deadline: u64) -> Remaining {
 }
 
 /// A uniform number in `[0, 1)` from a per-thread xorshift generator.
+#[inline]
 pub(crate) fn unit_random() -> f64 {
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
+        /// The generator's state; 0 until the thread's first draw seeds it.
+        static STATE: Cell<u64> = const { Cell::new(0) };
     }
     STATE.with(|s| {
         let mut x = s.get();
+        if x == 0 {
+            x = seed();
+        }
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;

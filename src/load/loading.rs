@@ -33,6 +33,7 @@ use crate::{
         fresh::{Freshness, Loaded, State, new_stamp},
         guard::{self, Seen},
         pool::{Job, Pool},
+        reloading::Reloading,
     },
 };
 
@@ -118,6 +119,8 @@ struct LoadingInner<K, V, E> {
     flights: Arc<Flights<K, Option<V>>>,
     settings: Settings,
     pool: Option<Pool>,
+    /// The values whose background reload is under way.
+    reloading: Reloading,
     me: Weak<LoadingInner<K, V, E>>,
 }
 
@@ -171,6 +174,7 @@ where
             flights: Arc::default(),
             settings,
             pool,
+            reloading: Reloading::default(),
             me: me.clone(),
         });
         LoadingCache { inner }
@@ -520,12 +524,12 @@ where
         match state {
             State::Fresh => Read::Done(entry.value),
             State::RefreshDue => {
-                self.reload(key, Some(entry.stamp));
+                self.reload_unless_under_way(key, entry.stamp);
                 Read::Done(entry.value)
             }
             State::Stale => {
-                self.cache.load_counters().stale_hit();
-                self.reload(key, Some(entry.stamp));
+                self.cache.record_stale_hit();
+                self.reload_unless_under_way(key, entry.stamp);
                 Read::Done(entry.value)
             }
             State::Fallback => Read::Load(Some(entry.value)),
@@ -599,7 +603,7 @@ where
     fn fall_back(&self, fallback: Option<Option<V>>, e: Arc<E>) -> Result<Option<V>, Arc<E>> {
         match fallback {
             Some(value) => {
-                self.cache.load_counters().stale_hit();
+                self.cache.record_stale_hit();
                 Ok(value)
             }
             None => Err(e),
@@ -683,6 +687,16 @@ where
             .remove_if(key, |_, stripe| guard::write_removes(&stripe));
     }
 
+    /// [`reload`](Self::reload) of the value stamped `stamp`, skipped
+    /// without asking the flight map if [`Reloading`] knows it is under
+    /// way (the reads of a hot key during its reload).
+    #[inline]
+    fn reload_unless_under_way(&self, key: &K, stamp: u64) {
+        if !self.reloading.under_way(stamp) {
+            self.reload(key, Some(stamp));
+        }
+    }
+
     /// Starts one reload of `key` unless a load of it is already under way.
     /// `stamp` is the value it should replace (`None`: whatever is there,
     /// including nothing). Without reload threads it runs here and now.
@@ -691,6 +705,9 @@ where
             Role::Leader(guard) => guard,
             Role::Waiter(_) => return false,
         };
+        if let Some(stamp) = stamp {
+            self.reloading.start(stamp);
+        }
         let Some(pool) = &self.pool else {
             self.finish_reload(guard, stamp);
             return true;
@@ -707,6 +724,9 @@ where
                 // Dropping the job drops the guard: the flight is abandoned
                 // and anyone who joined it loads by themselves.
                 drop(job);
+                if let Some(stamp) = stamp {
+                    self.reloading.end(stamp);
+                }
                 self.cache.load_counters().skipped_refresh();
                 false
             }
@@ -715,6 +735,8 @@ where
 
     /// The body of a background reload.
     fn finish_reload(&self, guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>) {
+        // However this ends, the value's reload is no longer under way.
+        let _ending = stamp.map(|stamp| self.reloading.ending(stamp));
         guard.claim();
         let key = guard.key().clone();
         // Between the read that asked for this reload and now, another load

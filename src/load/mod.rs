@@ -7,6 +7,8 @@
 //! - [`guard`]: keeps a load or write that overlapped another write from
 //!   caching stale data;
 //! - [`pool`]: the bounded `larder-reload-N` threads for background reloads;
+//! - [`reloading`]: which values have a background reload under way (a
+//!   hint that keeps reads in a refresh window off the flight map);
 //! - [`loading`]: the cache that ties them together; [`builder`] its settings.
 
 pub(crate) mod builder;
@@ -15,6 +17,7 @@ pub(crate) mod fresh;
 pub(crate) mod guard;
 pub(crate) mod loading;
 pub(crate) mod pool;
+pub(crate) mod reloading;
 
 pub use builder::LoadingCacheBuilder;
 pub use loading::LoadingCache;
