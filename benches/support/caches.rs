@@ -135,6 +135,14 @@ pub(crate) fn mixed_op<C: BenchCache>(cache: &C, op: u64) -> bool {
 /// percent. Moka's pending work is run every 64 requests so that its policy
 /// sees the accesses, as its own simulator does.
 pub(crate) fn replay<C: BenchCache>(cache: &C, keys: &[u64]) -> f64 {
+    replay_syncing(cache, keys, 64)
+}
+
+/// [`replay`] with the cache's pending work run every `every` requests.
+/// Between two runs moka holds the keys inserted meanwhile beyond its
+/// capacity (up to `every` more entries), so `every = 1` holds it to its
+/// capacity, as larder and quick_cache always are.
+pub(crate) fn replay_syncing<C: BenchCache>(cache: &C, keys: &[u64], every: usize) -> f64 {
     let mut hits = 0u64;
     for (i, &key) in keys.iter().enumerate() {
         if cache.get(key).is_some() {
@@ -142,7 +150,7 @@ pub(crate) fn replay<C: BenchCache>(cache: &C, keys: &[u64]) -> f64 {
         } else {
             cache.insert(key, key);
         }
-        if i % 64 == 63 {
+        if i % every == every - 1 {
             cache.sync();
         }
     }
