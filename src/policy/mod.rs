@@ -110,7 +110,17 @@
 //! or one less than the victim (45.98); an aged candidate winning ties
 //! (46.33). Leaving the sketch off while the cache is under half full
 //! gives `multi2` +1.0 and +0.6 and costs `gli`@1000 9.3 points (47.35),
-//! as before.
+//! as before. Exact counts in place of the sketch (same halving) show
+//! what its collisions cost and give: Zipf +0.5 to +0.8, `multi2`@500
+//! +0.8, `sprite`@100 +0.9, `P3`@50k +0.9, but `zigzag` −7.8 and `P6`
+//! −1.0 (mean 47.68): the sketch's noise gives the keys of a loop a stable
+//! order that exact ties do not. 16 bytes per entry keeps most of the gain
+//! without the loss (47.92; 32 and 128 bytes lose `zigzag` again), and 16
+//! bytes only for caches of up to 20k entries 47.91 (`sprite`@100 +0.6,
+//! `multi2`@500 +0.3, Zipf at 10k +0.2 to +0.5): not taken, for a tenth of
+//! a point and no row brought within reach of its target. Breaking ties in
+//! the duel by a hash of the key, a stable order like the noise's, lost
+//! `gli` and `cs` badly (47.31 with the sketch, 46.04 with exact counts).
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their

@@ -38,6 +38,10 @@
 //! this 2-core machine; 4 gives threads on a 4-core machine a slot each.
 //! The slots cost 512 bytes per shard.
 //!
+//! Marking the slot with a `fetch_or`, which x86-64 does with one `lock bts`
+//! (no load before it, no compare), measured 1.09–1.12x the time of the
+//! load and compare-exchange on the same harness, three runs: not kept.
+//!
 //! Writers pay for the slots: they read four more lines, and a writer that
 //! finds a slot held spins, then yields, until it is free (a slot reader's
 //! plain store cannot wake a sleeper). Shard locks are held for short
