@@ -240,24 +240,28 @@ pub(crate) fn remaining(now: u64, deadline: u64) -> Remaining {
     (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)))
 }
 
-/// A uniform number in `[0, 1)` from a per-thread xorshift generator.
+/// 64 random bits from a per-thread xorshift generator.
 #[inline]
-pub(crate) fn unit_random() -> f64 {
+pub(crate) fn random_bits() -> u64 {
     thread_local! {
         /// The generator's state; 0 until the thread's first draw seeds it.
         static STATE: Cell<u64> = const { Cell::new(0) };
     }
-    STATE.with(|s| {
-        let mut x = s.get();
-        if x == 0 {
-            x = seed();
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
+    let mut x = STATE.get();
+    if x == 0 {
+        x = seed();
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.set(x);
+    x
+}
+
+/// A uniform number in `[0, 1)`, from [`random_bits`].
+#[inline]
+pub(crate) fn unit_random() -> f64 {
+    (random_bits() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A non-zero per-thread seed.

@@ -26,7 +26,7 @@ use std::{
 use crate::{
     Cache, CacheStats,
     cache::{LoadRecord, Verdict},
-    expiry::{NEVER, unit_random},
+    expiry::{NEVER, random_bits, unit_random},
     load::{
         Loader,
         flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
@@ -516,7 +516,7 @@ where
             None if self.settings.freshness.needs_clock(&entry) => self.cache.now(),
             None => 0, // not looked at
         };
-        let state = self.settings.freshness.state(&entry, now, unit_random);
+        let state = self.settings.freshness.state(&entry, now, random_bits);
         self.cache.record_lookup(matches!(
             state,
             State::Fresh | State::RefreshDue | State::Stale
