@@ -122,6 +122,30 @@
 //! the duel by a hash of the key, a stable order like the noise's, lost
 //! `gli` and `cs` badly (47.31 with the sketch, 46.04 with exact counts).
 //!
+//! Later on 5 December, moka's own policy (0.12.16) was read to see what
+//! it does differently on `multi2`. Every new entry goes straight into the
+//! main space's probation queue (its window queue stays empty) after a
+//! duel on arrival against the probation's least recent entries, which it
+//! must beat strictly; a read hit moves an entry to the tail of its queue,
+//! and nothing is promoted to a protected segment: one LRU queue behind a
+//! TinyLFU filter. Its sketch starts when the cache is half full. In the
+//! simulator (hash seeds 1 and 2, larder 48.91 and 57.23 on `multi2`@500
+//! and @1000) larder's structure made to match gives no more: no protected
+//! segment 48.91 / 57.34, no window at all 49.38 / 56.96, a fixed 1%
+//! window 48.09 / 56.89 (moka held to its capacity: 49.6 / 57.7). What
+//! moka gains there is the sketch's late start, measured before at +1.0
+//! and −9.3 on `gli`@1000, and these gentler forms of it (four seeds,
+//! baseline 47.81) were not kept either: halving the sketch once when the
+//! cache first fills (47.18: `gli`@500 −12.5, `P6`@50k −2.3, `multi2`@500
+//! +0.15), twice (47.34: `multi2`@500 +0.9, `gli`@1000 −10.3, `P6`@50k
+//! −2.5, `P12`@50k −1.8) or clearing it then (47.09, `gli`@1000 −16.4);
+//! not folding read hits into the sketch until the cache is half full
+//! (47.74) or full (47.76; `multi2`@500 +0.6 and +0.8, `P6`@50k −1.3).
+//! Halving every 5 or 16 increments per entry instead of 10 gave 47.51
+//! (every trace lower, `zigzag` −1.9) and 47.76 (`P6`@50k −0.6, `zigzag`
+//! −0.6); 16 bytes per entry again 47.92, with `P3`@50k +0.3, still 0.7
+//! below moka there.
+//!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
 //! votes wandered between 0 and about 1% of the capacity, where the
