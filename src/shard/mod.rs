@@ -49,8 +49,26 @@
 //! time, alternating rounds of both builds in one process); a sketch
 //! increment specialized for the new key's one (about 10 instructions
 //! fewer per new key, 0.985–0.994 of the time, within the same harness's
-//! spread of a build against itself, 1.02); and `#[inline]` on
-//! `Shard::insert`, which added about 40 instructions per insert.
+//! spread of a build against itself, 1.02); `#[inline]` on
+//! `Shard::insert`, which added about 40 instructions per insert; and
+//! turning a new key away without looking for a victim when its estimate
+//! is at most one (a fresh key must lead the victim by more than one, so
+//! the duel's answer is known): 305 → 287 instructions per mixed
+//! operation, but 0.99–1.01 of the time, as the probation head that a run
+//! of rejected keys faces stays in L1, and `P6`@50k −0.5 in the simulator
+//! from the head's deferred settling.
+//!
+//! Where the time goes, in alternating 0.3 s rounds of larder and
+//! quick_cache on the mixed stream (1M operations, cycled): with its
+//! inserts dropped, larder's gets run 1.30× quick_cache's rate (19 ns
+//! against 25); with them, an insert costs larder about 63 ns and
+//! quick_cache about 32, the difference being the sketch's random line per
+//! new key and the CLOCK sweep's folds and promotions, work a policy
+//! without a sketch does not do. The comparison bench's mixed row on one
+//! thread (0.71–0.87×) depends on its stream too: on the same workload,
+//! 1M operations cycled gave 0.84–0.99× and 4M cycled 1.12–1.41×, as
+//! quick_cache's rate moved between 15 and 33 Mops/s from round to round
+//! while larder's stayed at 24–27.
 
 mod raw;
 mod sharded;
