@@ -153,7 +153,11 @@
 //! line: 47.48 at 8 bits, 47.52 at 16. Clearing the bits at each halving
 //! forgets every key seen once, faster aging than the sketch's own.
 //! Without a protected segment, `P3`@50k gains 0.4 and `P6` 1.0 to 1.4,
-//! as measured before the mean is lower; one shard instead of the
+//! but the mean is lower (47.77: `P12`@10k −1.8, OLTP −0.6); a protected
+//! segment of 60 or 70% instead of 80 gave 47.83 and 47.86 (`P6` +0.4 to
+//! +0.9, `sprite`@100 +0.4 to +0.5, `cpp`@100 −0.2), no flagged row
+//! brought within 0.5 of its target, and not taken on a twentieth of a
+//! point; one shard instead of the
 //! default eight leaves the comparison bench's `P3`@50k where it was
 //! (26.46 against 26.73).
 //!
