@@ -154,7 +154,7 @@ pub(crate) struct Layout {
     pub(crate) capacity: u64,
     /// Entries carry weights from a weigher.
     pub(crate) weighted: bool,
-    /// Entries to allocate storage for up front.
+    /// Entries to reserve storage for (written as entries arrive).
     pub(crate) reserve: usize,
     /// The cache gives entries deadlines (TTL, TTI or expiry hooks).
     pub(crate) timed: bool,
@@ -194,7 +194,8 @@ pub(crate) struct Shard<K, V> {
 
 impl<K: Hash + Eq, V> Shard<K, V> {
     /// An empty shard as `layout` describes, with storage for
-    /// `layout.reserve` entries allocated up front.
+    /// `layout.reserve` entries reserved (the index starts at one page and
+    /// grows to that size).
     pub(crate) fn new(layout: &Layout, hasher: RandomState, now: u64) -> Self {
         let reserve = layout.reserve;
         let mut wheel = TimerWheel::new(now);

@@ -221,9 +221,11 @@ impl<K: Hash + Eq, V> Shards<K, V> {
     }
 }
 
-/// Entries to allocate up front for a shard of `capacity`: all of it for
+/// Entries to reserve room for in a shard of `capacity`: all of it for
 /// bounded caches, so a full cache carries no growth slack, but never more
-/// than 4 Mi entries across the cache (a huge bound is not a promise to fill it).
+/// than 4 Mi entries across the cache (a huge bound is not a promise to fill
+/// it). The room is written only as entries arrive (see `Table` and
+/// `TimerWheel::reserve`).
 fn reservation(capacity: u64, shards: usize) -> usize {
     const CACHE_WIDE: u64 = 1 << 22;
     let per_shard = (CACHE_WIDE / shards as u64).max(1);
