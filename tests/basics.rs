@@ -74,6 +74,39 @@ fn entry_count_never_exceeds_capacity() {
     }
 }
 
+/// A shard's index starts at one page and grows to the size its bound
+/// needs as entries arrive; filling past that point, and churning once
+/// full, keeps every entry findable and the structures consistent.
+#[test]
+fn a_large_bound_fills_through_the_index_growth() {
+    let cache = Cache::builder()
+        .max_capacity(20_000)
+        .num_shards(2)
+        .build()
+        .unwrap();
+    for i in 0..20_000u64 {
+        cache.insert(i, i);
+        if i % 1_000 == 0 {
+            cache.check_invariants();
+        }
+    }
+    cache.check_invariants();
+    // Each shard holds half the bound, and the keys do not split evenly:
+    // the fuller shard starts evicting a little before 20,000.
+    let filled = cache.entry_count();
+    assert!((19_500..=20_000).contains(&filled), "{filled} entries");
+    let held = (0..20_000u64).filter(|i| cache.get(i) == Some(*i)).count();
+    assert_eq!(held as u64, filled);
+    for i in 20_000..60_000u64 {
+        cache.insert(i, i);
+    }
+    cache.check_invariants();
+    let filled = cache.entry_count();
+    assert!((19_500..=20_000).contains(&filled), "{filled} entries");
+    let held = (0..60_000u64).filter(|i| cache.peek(i) == Some(*i)).count();
+    assert_eq!(held as u64, filled);
+}
+
 #[test]
 fn zero_capacity_keeps_nothing_and_reports_each_refusal() {
     let seen = Arc::new(Mutex::new(Vec::new()));
