@@ -22,8 +22,11 @@
 //!    compares larder with that column and quick_cache. (The moka replays
 //!    run on threads of their own, in parallel with the other two: a hit
 //!    ratio does not depend on timing, and the section takes less time.)
-//! 3. **Memory**: heap bytes per entry with 1M `u64 -> u64` entries, minus
-//!    the 16 bytes of key and value, from a counting global allocator.
+//! 3. **Memory**: first the resident memory (Linux's VmRSS) a cache adds
+//!    when built with a bound of 100M entries and given 1,000, what a
+//!    generous bound costs before it is used; then heap bytes per entry with
+//!    1M `u64 -> u64` entries, minus the 16 bytes of key and value, from a
+//!    counting global allocator.
 //! 4. **Mass expiry**: latency of gets on 10k long-lived keys while 1M
 //!    entries with the same time to live expire and are reaped, next to the
 //!    same measure taken while the cache is idle.
@@ -445,6 +448,7 @@ fn memory() {
          of capacity {ENTRIES} and reading each once, per entry held; overhead = that minus the 16 bytes \
          of key and value.\n"
     );
+    resident_before_use();
     println!("| cache | entries held | heap bytes per entry | overhead per entry |");
     println!("|---|--:|--:|--:|");
     fn row<C: BenchCache>(label: &str, make: impl FnOnce() -> C) {
@@ -474,6 +478,68 @@ fn memory() {
     row("moka (time_to_live)", || caches::moka_ttl(ENTRIES, HOUR));
     row("quick_cache", || caches::quick(ENTRIES));
     println!();
+}
+
+/// What a generous bound costs before it is used: the resident memory each
+/// cache adds when built with a bound of `BOUND` entries and given `HELD`.
+/// Runs before the heap-bytes rows, with every cache kept until the end, so
+/// no row reuses pages another freed.
+fn resident_before_use() {
+    const BOUND: u64 = 100_000_000;
+    const HELD: u64 = 1_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+    let Some(start) = resident_bytes() else {
+        println!("(Resident memory: not measured, no /proc/self/status here.)\n");
+        return;
+    };
+    println!(
+        "Resident memory (the process's VmRSS, Linux) that a cache adds when built with a bound of \
+         {BOUND} entries and given {HELD}: what a generous bound costs before it is used. The heap-bytes \
+         table below is of full caches.\n"
+    );
+    println!("| cache | resident memory added |");
+    println!("|---|--:|");
+    let mut kept: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut last = start;
+    let mut row = |label: &str, cache: Box<dyn std::any::Any>| {
+        let now = resident_bytes().unwrap_or(last);
+        println!(
+            "| {label} | {:.2} MB |",
+            now.saturating_sub(last) as f64 / 1e6
+        );
+        last = now;
+        kept.push(cache);
+    };
+    fn filled<C: BenchCache>(cache: C) -> C {
+        for key in 0..HELD {
+            cache.insert(key, key);
+        }
+        cache.sync();
+        cache
+    }
+    row(
+        "larder (no expiry)",
+        Box::new(filled(caches::larder(BOUND))),
+    );
+    row(
+        "larder (time_to_live)",
+        Box::new(filled(caches::larder_ttl(BOUND, HOUR))),
+    );
+    row("moka (no expiry)", Box::new(filled(caches::moka(BOUND))));
+    row(
+        "moka (time_to_live)",
+        Box::new(filled(caches::moka_ttl(BOUND, HOUR))),
+    );
+    row("quick_cache", Box::new(filled(caches::quick(BOUND))));
+    println!();
+}
+
+/// This process's resident set in bytes, where `/proc` tells it.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 // --------------------------------------------------------------- mass expiry
