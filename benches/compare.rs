@@ -443,12 +443,12 @@ fn memory() {
     const ENTRIES: u64 = 1_000_000;
     const HOUR: Duration = Duration::from_secs(3600);
     println!("## Memory\n");
+    resident_before_use();
     println!(
         "Heap bytes (as requested from the allocator) after inserting {ENTRIES} distinct keys into a cache \
          of capacity {ENTRIES} and reading each once, per entry held; overhead = that minus the 16 bytes \
          of key and value.\n"
     );
-    resident_before_use();
     println!("| cache | entries held | heap bytes per entry | overhead per entry |");
     println!("|---|--:|--:|--:|");
     fn row<C: BenchCache>(label: &str, make: impl FnOnce() -> C) {
@@ -494,8 +494,7 @@ fn resident_before_use() {
     };
     println!(
         "Resident memory (the process's VmRSS, Linux) that a cache adds when built with a bound of \
-         {BOUND} entries and given {HELD}: what a generous bound costs before it is used. The heap-bytes \
-         table below is of full caches.\n"
+         {BOUND} entries and given {HELD}: what a generous bound costs before it is used.\n"
     );
     println!("| cache | resident memory added |");
     println!("|---|--:|");

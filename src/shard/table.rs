@@ -361,7 +361,7 @@ mod tests {
         let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let entries = 10_000;
         let mut table = Table::with_capacity(entries);
-        let sized = (entries * 4).div_ceil(3 * WIDTH);
+        let sized = table.sized;
         assert_eq!(table.chunks.len(), FIRST_CHUNKS);
         let mut sizes = vec![table.chunks.len()];
         for id in 0..entries as u32 {
