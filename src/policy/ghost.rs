@@ -22,9 +22,9 @@
 //! counts. In large caches only a hashed sample of the keys has ghosts
 //! (see [`MIN_SAMPLED_LEN`]).
 //!
-//! The returns are votes: the window in effect follows them, except that
-//! votes for less than 1% of the capacity give no window at all (see
-//! `DEAD_ZONE_DIVISOR` in [`TinyLfu`](super::TinyLfu)'s file).
+//! The returns are votes: the window follows them, and below 1% of the
+//! capacity it takes only keys the sketch already knows (see
+//! `SELECTIVE_DIVISOR` in [`TinyLfu`](super::TinyLfu)'s file).
 
 /// Where an evicted key left from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

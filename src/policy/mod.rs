@@ -19,7 +19,8 @@
 //!   *victim*): the one with the higher estimated recent frequency in the
 //!   [sketch] stays, the other is evicted. Ties go to the victim, so
 //!   one-hit wonders and scans never displace established keys. A key that
-//!   duels on arrival (the window is empty or holds only touched ids) must
+//!   duels on arrival (the window is empty or holds only touched ids, or is
+//!   selective and the key cold, see below) must
 //!   lead by more than the access that brings it, or on loops a little
 //!   larger than the cache it evicts the keys due next. Against a
 //!   victim with a saturated count, a warm candidate (6+) that loses still
@@ -27,10 +28,17 @@
 //! * [Ghosts](ghost) of the last evictions from each side size the
 //!   window: a new key the window evicted lately votes for one unit more
 //!   window, one the main space evicted for two units less (ARC's
-//!   adaptation), and votes for less than 1% of the capacity give no
-//!   window at all. A window near zero makes the cache behave like
+//!   adaptation). A window near zero makes the cache behave like
 //!   TinyLFU (best on loops and skew), a large one like LRU (best when
-//!   recency dominates). The protected segment stays 80% of whatever the
+//!   recency dominates).
+//! * A window below 1% of the capacity is **selective**: a new key enters
+//!   it only if the sketch has counted it three times (its arrival
+//!   included); a colder one duels on arrival, as if there were no window,
+//!   and is turned away without touching the table. So on skewed
+//!   workloads, where the votes wander below 1%, a cold miss costs one
+//!   look at the sketch, while a small window still takes the keys that
+//!   come back soon (`P3`@50k +1.1 against no window at all below 1%; see
+//!   `SELECTIVE_DIVISOR` in `tinylfu.rs`). The protected segment stays 80% of whatever the
 //!   window leaves. Until 4 December a hill climber sized the window from
 //!   the hit rate of successive samples, as Caffeine's does; the ghosts,
 //!   which compare both sides on the same requests, lifted the
@@ -168,9 +176,9 @@
 //! miss an insert into the table and an eviction out of it, where an
 //! empty window turns the cold key away after one duel; the comparison
 //! bench's mixed Zipf row on two threads fell from 1.15–1.30× quick_cache's
-//! rate to 0.73–0.83×. Three changes made them pay: the dead zone below 1%
-//! (votes on Zipf stay under it, and a test checks the window stays
-//! empty); ghosts for only a hashed sample of the keys in large caches
+//! rate to 0.73–0.83×. Three changes made them pay: a dead zone below 1%
+//! (no window at all while the votes stayed under it, as on Zipf; since
+//! 5 December the selective window above); ghosts for only a hashed sample of the keys in large caches
 //! ([`ghost`]), so the rest cost a remix and a test; and the shard's
 //! table and slots on a cache line of their own (see `Shard`), without
 //! which the new policy's size moved them onto the lock word's line and

@@ -50,21 +50,45 @@ const GHOST_PERCENT: u64 = 3;
 /// Fewest evictions a side's ghost remembers (4 measured +0.06 over 8, 16
 /// cost `cpp`@100 0.7 points).
 const GHOST_MIN: u64 = 4;
-/// While the ghosts' votes ask for a window below one unit per this many
-/// units of capacity (1%), the window in effect is none. A window of any
-/// size, even one unit, sends every cold miss into the table and another
-/// entry out of it, where an empty window turns the cold key away after
-/// one duel. On Zipf workloads the votes wander between 0 and under 1%:
-/// the first ghosts, without this dead zone (and without sampling, and
-/// before the shard's layout fix), took a third off the comparison bench's
-/// mixed Zipf rate on two threads. Simulator, four hash seeds: 0.5% and 1%
-/// gave the same mean (47.81), 2% 47.59 (the recency-heavy traces need
-/// their small windows). Not every Zipf window stays shut: starting from
-/// the first window of 1%, some shards' votes climb to 1.6–2.6% while the
-/// cache warms up, and on a stream like the mixed bench rows' about 5% of
-/// the later admissions still found a window open (starting the votes at
-/// 0 shuts them all, for 0.17 of the simulator's mean).
-const DEAD_ZONE_DIVISOR: u64 = 100;
+/// While the window is below one unit per this many units of capacity
+/// (1%), it is *selective*: a new key enters it only if the sketch
+/// already counts it at [`SELECTIVE_ENTRY`] or more (its arrival
+/// included); any other new key duels on arrival, as it would with no
+/// window. A window that takes every new key sends every cold miss into
+/// the table and another entry out of it, where a duel on arrival turns
+/// the cold key away at the cost of one look at the sketch. On Zipf
+/// workloads the votes wander between 0 and about 1%: the first ghosts,
+/// which let every key into a window of any size (and without sampling,
+/// and before the shard's layout fix), took a third off the comparison
+/// bench's mixed Zipf rate on two threads.
+///
+/// Until 5 December a window below 1% was none at all (a dead zone). But
+/// on `P3`@50k the votes swing around 1% (0.2 to 1.5% in one run) and a
+/// window of their size is worth 1 to 2 points there: the dead zone left
+/// larder 0.8 to 1.5 points below moka in the comparison bench. Measured
+/// in the simulator over four hash seeds and 3M accesses per trace (the
+/// dead zone's mean 48.17), and for time on the bench's mixed Zipf stream
+/// on two threads (both builds in one process, alternating rounds; a build
+/// against itself reads 1.00–1.02x): no dead zone, every key entering
+/// any window, 48.21 (`P3`@50k +1.0, Zipf at 100k +0.25 to +0.55) but
+/// 1.31–1.35x the time; this selective window 48.20 (`P3`@50k +1.06, Zipf
+/// 0.8 at 100k +0.44, `zigzag` −0.7) and 1.06–1.07x the time (1.01x on
+/// one thread), and in the comparison bench `P3`@50k 27.7–27.9 against
+/// 26.3–26.7 (moka 27.4–27.8). Also measured and not kept: a floor of
+/// 0.3 to 1% under the window (47.96–47.99: the loops and `zigzag` lose
+/// 1.5 to 2.7 points, a window lets the loop's keys in), a window that
+/// shuts below 0.1% and opens again only at 1% (48.21, but `P3`@50k only
+/// +0.3: once shut it seldom reopens), a dead zone of 0.25% (48.22,
+/// `P3`@50k +0.4), and arrival ghosts 2 to 8 times longer (48.08–48.18,
+/// `P3` within 0.2).
+const SELECTIVE_DIVISOR: u64 = 100;
+/// Estimate (after its arrival's increment) a new key needs to enter a
+/// selective window; see [`SELECTIVE_DIVISOR`]. Measured as there: 2,
+/// letting in keys seen once before, `P3`@50k +0.9 but `zigzag` −1.3 and
+/// 1.34x the time on two threads (on Zipf most cold misses were seen
+/// once before); 3, `P3`@50k +1.05 for 1.06–1.07x; 4, +0.7 (27.2–27.6 in
+/// the comparison bench) for 1.04–1.06x; 5, +0.6 (27.4–27.5) for 1.02x.
+const SELECTIVE_ENTRY: u8 = 3;
 /// Units a main-side ghost's return takes off the votes (a window-side or
 /// arrival ghost's adds one). Simulator, four hash seeds: 47.75 with 1,
 /// 47.81 with 2.
@@ -138,11 +162,11 @@ pub(crate) struct TinyLfu {
     queues: [Queue; 3],
     /// Maximum total weight.
     capacity: u64,
-    /// Target weight of the window in effect: `votes`, or 0 while the
-    /// votes are below [`DEAD_ZONE_DIVISOR`]'s share of the capacity.
+    /// Target weight of the window: what the ghosts' votes ask for.
     window_max: u64,
-    /// The window size the ghosts' votes ask for.
-    votes: u64,
+    /// The window is below [`SELECTIVE_DIVISOR`]'s share of the capacity:
+    /// new keys the sketch barely knows duel on arrival instead.
+    selective: bool,
     /// Target weight of the protected segment.
     protected_max: u64,
     /// Ids removed but not yet refilled by `relocate`.
@@ -171,6 +195,10 @@ pub(crate) struct TinyLfu {
     /// on arrival (it has not been read or moved since, or it would not be
     /// the newest).
     newest_freq: u8,
+    /// An id was added since the last [`victim`](Self::victim) (which the
+    /// shard calls right after adding one): the newest, if it must
+    /// [duel on arrival](Self::duels_on_arrival), duels in that call.
+    arriving: bool,
 }
 
 impl fmt::Debug for TinyLfu {
@@ -205,7 +233,7 @@ impl TinyLfu {
             queues: [Queue::EMPTY; 3],
             capacity,
             window_max: 0,
-            votes: 0,
+            selective: false,
             protected_max: 0,
             vacant: 0,
             sketch: FrequencySketch::new(
@@ -219,6 +247,7 @@ impl TinyLfu {
             behind_new: NIL,
             newest: NIL,
             newest_freq: 0,
+            arriving: false,
         };
         policy.set_votes(capacity.div_ceil(100));
         policy
@@ -236,12 +265,11 @@ impl TinyLfu {
         }
     }
 
-    /// Sets the votes, the window in effect that follows from them (none in
-    /// the dead zone) and the protected target from the rest.
+    /// Sets the window the votes ask for, whether it is selective, and the
+    /// protected target from the rest.
     fn set_votes(&mut self, votes: u64) {
-        self.votes = votes.min(self.capacity);
-        let dead = self.capacity / DEAD_ZONE_DIVISOR;
-        self.window_max = if self.votes < dead { 0 } else { self.votes };
+        self.window_max = votes.min(self.capacity);
+        self.selective = self.window_max < self.capacity / SELECTIVE_DIVISOR;
         let main = self.capacity - self.window_max;
         self.protected_max = main / 100 * PROTECTED_PERCENT + main % 100 * PROTECTED_PERCENT / 100;
     }
@@ -266,6 +294,7 @@ impl TinyLfu {
         }
         self.join_window(id);
         self.newest = id;
+        self.arriving = true;
     }
 
     /// Decides, before a new key with `hash` is added to an unweighted
@@ -293,6 +322,15 @@ impl TinyLfu {
         // The sketch is sized for the ids held with the new one among them.
         self.grow_sketch_for(self.len() as u64 + 1);
         self.newest_freq = self.sketch.increment(hash, 1);
+        if self.duels_on_arrival() && self.weighted_size() >= self.capacity {
+            // A selective window's duel on arrival, after the rebalancing
+            // `victim` does first.
+            self.shrink_protected(entries);
+            self.drain_window(entries);
+            if let Some(room) = self.duel_on_arrival(entries, hash) {
+                return room;
+            }
+        }
         self.shrink_protected(entries);
         // `drain_window`, with the new key's unit in the window.
         let main_max = self.capacity - self.window_max;
@@ -326,19 +364,7 @@ impl TinyLfu {
             }
             let Some(candidate) = self.window_head_before_new(entries) else {
                 // The new key heads the window: it is the candidate.
-                let Some(victim) = self.main_victim(entries) else {
-                    return Room::Insert;
-                };
-                // Whatever the duel's outcome, the new key leaves the window.
-                self.behind_new = NIL;
-                let victim_hash = entries.hash(victim);
-                return if self.admit(self.newest_freq, victim_hash, true) {
-                    self.remember(Side::Main, victim_hash);
-                    Room::Evict(victim, Placement(PROBATION), Some(victim_hash))
-                } else {
-                    self.remember(Side::Arrival, hash);
-                    Room::Reject
-                };
+                return self.duel_on_arrival(entries, hash).unwrap_or(Room::Insert);
             };
             let Some(victim) = self.main_victim(entries) else {
                 // Empty main space: the candidate goes in without a duel.
@@ -357,6 +383,43 @@ impl TinyLfu {
             };
             return Room::Evict(evicted, Placement(WINDOW), Some(evicted_hash));
         }
+    }
+
+    /// Whether the key just counted must duel on arrival rather than join
+    /// the window: the window is selective and the sketch barely knows the
+    /// key (see [`SELECTIVE_DIVISOR`]).
+    fn duels_on_arrival(&self) -> bool {
+        self.selective && self.newest_freq < SELECTIVE_ENTRY
+    }
+
+    /// [`make_room`](Self::make_room)'s duel of the new key, with `hash`,
+    /// against the main space's victim: the victim is evicted and the key
+    /// takes its place in probation, or the key is turned away. `None`
+    /// when the main space is empty.
+    fn duel_on_arrival(&mut self, entries: &impl Entries, hash: u64) -> Option<Room> {
+        let victim = self.main_victim(entries)?;
+        // Whatever the duel's outcome, the new key leaves the window.
+        self.behind_new = NIL;
+        let victim_hash = entries.hash(victim);
+        Some(if self.admit_arrival(hash, victim_hash) {
+            Room::Evict(victim, Placement(PROBATION), Some(victim_hash))
+        } else {
+            Room::Reject
+        })
+    }
+
+    /// The duel of a key on arrival (with `hash`, its estimate
+    /// [`newest_freq`](Self::newest_freq)) against the victim with
+    /// `victim_hash`: whether the key wins. The loser is remembered by its
+    /// side's ghost.
+    fn admit_arrival(&mut self, hash: u64, victim_hash: u64) -> bool {
+        let admitted = self.admit(self.newest_freq, victim_hash, true);
+        if admitted {
+            self.remember(Side::Main, victim_hash);
+        } else {
+            self.remember(Side::Arrival, hash);
+        }
+        admitted
     }
 
     /// The window's untouched head among the ids ahead of a new key at its
@@ -533,8 +596,8 @@ impl TinyLfu {
         };
         let step = unit * self.ghosts.rate();
         let window = match side {
-            Side::Window | Side::Arrival => self.votes.saturating_add(step),
-            Side::Main => self.votes.saturating_sub(MAIN_VOTE * step),
+            Side::Window | Side::Arrival => self.window_max.saturating_add(step),
+            Side::Main => self.window_max.saturating_sub(MAIN_VOTE * step),
         };
         self.set_votes(window);
     }
@@ -543,6 +606,12 @@ impl TinyLfu {
     #[cfg(test)]
     pub(crate) fn window_max(&self) -> u64 {
         self.window_max
+    }
+
+    /// Sets the window's target as the ghosts' votes would.
+    #[cfg(test)]
+    pub(crate) fn set_window(&mut self, window: u64) {
+        self.set_votes(window);
     }
 
     /// Total weight of the ids held.
@@ -582,6 +651,7 @@ impl TinyLfu {
         self.queues = [Queue::EMPTY; 3];
         self.vacant = 0;
         self.newest = NIL;
+        self.arriving = false;
         self.sketch.clear();
         self.ghosts.clear();
         self.set_votes(self.capacity.div_ceil(100));
@@ -682,6 +752,16 @@ impl TinyLfu {
     /// sketch), drains the window into the main space while there is room,
     /// and runs the TinyLFU duel when the window overflows a full main space.
     pub(crate) fn victim(&mut self, entries: &impl Entries) -> Option<u32> {
+        let arriving = std::mem::take(&mut self.arriving);
+        if arriving
+            && self.newest != NIL
+            && self.duels_on_arrival()
+            && self.weighted_size() > self.capacity
+        {
+            if let Some(evicted) = self.newest_duels_on_arrival(entries) {
+                return Some(evicted);
+            }
+        }
         self.shrink_protected(entries);
         self.drain_window(entries);
         if self.weighted_size() <= self.capacity {
@@ -704,22 +784,57 @@ impl TinyLfu {
                 self.move_to(PROBATION, candidate);
                 continue;
             };
-            let fresh = candidate == self.newest;
-            let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
-            let candidate_freq = if fresh {
-                self.newest_freq
-            } else {
-                self.sketch.estimate(candidate_hash)
-            };
-            return Some(if self.admit(candidate_freq, victim_hash, fresh) {
-                self.move_to(PROBATION, candidate);
-                self.remember(Side::Main, victim_hash);
+            return Some(self.duel(candidate, victim, entries));
+        }
+    }
+
+    /// A selective window's duel on arrival of the id just added, as
+    /// [`make_room`](Self::make_room) has it: the queues rebalanced without
+    /// the new id, which then duels the main space's victim and goes to
+    /// probation or is evicted. Returns the id to evict; `None` (the new id
+    /// back at the window's tail) when the main space is empty.
+    fn newest_duels_on_arrival(&mut self, entries: &impl Entries) -> Option<u32> {
+        let candidate = self.newest;
+        self.unlink(candidate);
+        self.shrink_protected(entries);
+        self.drain_window(entries);
+        let Some(victim) = self.main_victim(entries) else {
+            self.push_tail(WINDOW, candidate);
+            self.newest = candidate;
+            return None;
+        };
+        Some(
+            if self.admit_arrival(entries.hash(candidate), entries.hash(victim)) {
+                self.push_tail(PROBATION, candidate);
                 victim
             } else {
-                let side = if fresh { Side::Arrival } else { Side::Window };
-                self.remember(side, candidate_hash);
+                // Linked again so that its removal finds it where it was.
+                self.push_tail(WINDOW, candidate);
                 candidate
-            });
+            },
+        )
+    }
+
+    /// The TinyLFU duel of the window's `candidate` against the main
+    /// space's `victim`: the winner stays (a winning candidate moves to
+    /// probation), the loser is returned for eviction and remembered by
+    /// its side's ghost.
+    fn duel(&mut self, candidate: u32, victim: u32, entries: &impl Entries) -> u32 {
+        let fresh = candidate == self.newest;
+        let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
+        let candidate_freq = if fresh {
+            self.newest_freq
+        } else {
+            self.sketch.estimate(candidate_hash)
+        };
+        if self.admit(candidate_freq, victim_hash, fresh) {
+            self.move_to(PROBATION, candidate);
+            self.remember(Side::Main, victim_hash);
+            victim
+        } else {
+            let side = if fresh { Side::Arrival } else { Side::Window };
+            self.remember(side, candidate_hash);
+            candidate
         }
     }
 
@@ -872,13 +987,13 @@ impl TinyLfu {
             "the newest id {} has left the window",
             self.newest
         );
-        assert!(self.votes <= self.capacity, "window votes over capacity");
-        assert!(
-            self.window_max == self.votes
-                || (self.window_max == 0 && self.votes < self.capacity / DEAD_ZONE_DIVISOR),
-            "window {} in effect for votes {}",
+        assert!(self.window_max <= self.capacity, "window over capacity");
+        assert_eq!(
+            self.selective,
+            self.window_max < self.capacity / SELECTIVE_DIVISOR,
+            "window {} of {} selective or not",
             self.window_max,
-            self.votes
+            self.capacity
         );
     }
 }
