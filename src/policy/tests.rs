@@ -233,78 +233,129 @@ fn key_hash(key: u64) -> u64 {
     key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// The op strategy without `Clear`, so that a cache of 100 or more units
+/// fills up.
+fn filling_op() -> impl Strategy<Value = Op> {
+    op().prop_filter("no clear", |o| !matches!(o, Op::Clear))
+}
+
+/// Runs `ops` against a policy of `capacity` (its window set to `window`
+/// first, if given), checking its invariants and weights after each.
+fn check_ops(
+    capacity: u64,
+    weighted: bool,
+    window: Option<u64>,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let mut policy = TinyLfu::new(capacity, weighted, 8, SKETCH_BUDGET);
+    if let Some(window) = window {
+        policy.set_window(window);
+    }
+    // keys[id] = the key living at id; weights mirror the policy's.
+    let (mut keys, mut weights): (Vec<u64>, Vec<u32>) = (Vec::new(), Vec::new());
+    let mut next_key = 0u64;
+    // Keys evicted so far, and not inserted again.
+    let mut gone: Vec<u64> = Vec::new();
+    let mut ids = TestEntries::default();
+    for op in ops {
+        let len = keys.len();
+        match op {
+            Op::Insert(w) => {
+                let w = if weighted { w.min(capacity as u32) } else { 1 };
+                if u64::from(w) > capacity {
+                    continue;
+                }
+                policy.insert(len as u32, key_hash(next_key), w);
+                ids.push(key_hash(next_key));
+                keys.push(next_key);
+                weights.push(w);
+                next_key += 1;
+            }
+            Op::Update(i, w) if len > 0 => {
+                let w = if weighted { w.min(capacity as u32) } else { 1 };
+                let id = (i % len) as u32;
+                ids.touch(id);
+                let grew = policy.reweigh(id, w);
+                prop_assert_eq!(
+                    grew,
+                    weighted && w > weights[i % len],
+                    "reweigh reports growth"
+                );
+                weights[i % len] = w;
+            }
+            Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| ids.touch((i % len) as u32)),
+            Op::Remove(i) if len > 0 => {
+                policy.remove((i % len) as u32);
+                remove_model(
+                    &mut policy,
+                    &mut ids,
+                    &mut keys,
+                    &mut weights,
+                    (i % len) as u32,
+                );
+            }
+            Op::Victim => {
+                let over = policy.weighted_size() > capacity;
+                let victim = policy.victim(&ids);
+                prop_assert_eq!(
+                    victim.is_some(),
+                    over,
+                    "victim vs size {}",
+                    policy.weighted_size()
+                );
+                if let Some(id) = victim {
+                    prop_assert!((id as usize) < len, "victim {} of {}", id, len);
+                    gone.push(keys[id as usize]);
+                    policy.remove(id);
+                    remove_model(&mut policy, &mut ids, &mut keys, &mut weights, id);
+                }
+            }
+            Op::Return(i, w) if !gone.is_empty() => {
+                let w = if weighted { w.min(capacity as u32) } else { 1 };
+                if u64::from(w) > capacity {
+                    continue;
+                }
+                let key = gone.swap_remove(i % gone.len());
+                policy.insert(len as u32, key_hash(key), w);
+                ids.push(key_hash(key));
+                keys.push(key);
+                weights.push(w);
+            }
+            Op::Clear => {
+                policy.clear();
+                ids = TestEntries::default();
+                keys.clear();
+                weights.clear();
+            }
+            _ => {}
+        }
+        policy.check_invariants(keys.len());
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        prop_assert_eq!(policy.weighted_size(), total);
+        for (id, &w) in weights.iter().enumerate() {
+            prop_assert_eq!(policy.weight(id as u32), w);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn invariants_hold(capacity in 0u64..24, weighted: bool, ops in prop::collection::vec(op(), 1..300)) {
-        let mut policy = TinyLfu::new(capacity, weighted, 8, SKETCH_BUDGET);
-        // keys[id] = the key living at id; weights mirror the policy's.
-        let (mut keys, mut weights): (Vec<u64>, Vec<u32>) = (Vec::new(), Vec::new());
-        let mut next_key = 0u64;
-        // Keys evicted so far, and not inserted again.
-        let mut gone: Vec<u64> = Vec::new();
-        let mut ids = TestEntries::default();
-        for op in ops {
-            let len = keys.len();
-            match op {
-                Op::Insert(w) => {
-                    let w = if weighted { w.min(capacity as u32) } else { 1 };
-                    if u64::from(w) > capacity { continue; }
-                    policy.insert(len as u32, key_hash(next_key), w);
-                    ids.push(key_hash(next_key));
-                    keys.push(next_key);
-                    weights.push(w);
-                    next_key += 1;
-                }
-                Op::Update(i, w) if len > 0 => {
-                    let w = if weighted { w.min(capacity as u32) } else { 1 };
-                    let id = (i % len) as u32;
-                    ids.touch(id);
-                    let grew = policy.reweigh(id, w);
-                    prop_assert_eq!(grew, weighted && w > weights[i % len], "reweigh reports growth");
-                    weights[i % len] = w;
-                }
-                Op::Touch(i, n) if len > 0 => (0..n).for_each(|_| ids.touch((i % len) as u32)),
-                Op::Remove(i) if len > 0 => {
-                    policy.remove((i % len) as u32);
-                    remove_model(&mut policy, &mut ids, &mut keys, &mut weights, (i % len) as u32);
-                }
-                Op::Victim => {
-                    let over = policy.weighted_size() > capacity;
-                    let victim = policy.victim(&ids);
-                    prop_assert_eq!(victim.is_some(), over, "victim vs size {}", policy.weighted_size());
-                    if let Some(id) = victim {
-                        prop_assert!((id as usize) < len, "victim {} of {}", id, len);
-                        gone.push(keys[id as usize]);
-                        policy.remove(id);
-                        remove_model(&mut policy, &mut ids, &mut keys, &mut weights, id);
-                    }
-                }
-                Op::Return(i, w) if !gone.is_empty() => {
-                    let w = if weighted { w.min(capacity as u32) } else { 1 };
-                    if u64::from(w) > capacity { continue; }
-                    let key = gone.swap_remove(i % gone.len());
-                    policy.insert(len as u32, key_hash(key), w);
-                    ids.push(key_hash(key));
-                    keys.push(key);
-                    weights.push(w);
-                }
-                Op::Clear => {
-                    policy.clear();
-                    ids = TestEntries::default();
-                    keys.clear();
-                    weights.clear();
-                }
-                _ => {}
-            }
-            policy.check_invariants(keys.len());
-            let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-            prop_assert_eq!(policy.weighted_size(), total);
-            for (id, &w) in weights.iter().enumerate() {
-                prop_assert_eq!(policy.weight(id as u32), w);
-            }
-        }
+        check_ops(capacity, weighted, None, ops)?;
+    }
+
+    /// Caches of 100 to 130 units, where a window of 0 is selective (a new
+    /// key the sketch barely knows duels on arrival), filled and churned.
+    #[test]
+    fn invariants_hold_with_a_selective_window(
+        capacity in 100u64..=130,
+        weighted: bool,
+        ops in prop::collection::vec(filling_op(), 200..1_500),
+    ) {
+        check_ops(capacity, weighted, Some(0), ops)?;
     }
 }
 
