@@ -238,7 +238,7 @@
 //! weighted caches: 9 bytes (13 weighted); the touch counter lives in the
 //! shard's slot. The sketch takes 8 bytes per entry of capacity while the
 //! cache's sketches fit in [`SKETCH_BUDGET`] (4 MiB), and fewer beyond, down
-//! to 4 (see [`sketch`]).
+//! to 4; a cache bounded at 2,048 entries or fewer gets 16 (see [`sketch`]).
 
 mod ghost;
 mod sketch;
@@ -249,6 +249,7 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use sketch::SketchBudget;
 pub(crate) use tinylfu::{Placement, Room, TinyLfu};
 
 /// Bytes the frequency sketches of one cache take at most while they can

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use super::{Entries, Room, SKETCH_BUDGET, TestEntries, TinyLfu};
+use super::{Entries, Room, SketchBudget, TestEntries, TinyLfu};
 
 /// Longest replay of one trace, in accesses.
 const MAX_ACCESSES: usize = 4_000_000;
@@ -95,7 +95,12 @@ impl Model {
             map: HashMap::new(),
             keys: Vec::new(),
             hashes: TestEntries::default(),
-            policy: TinyLfu::new(capacity, false, capacity as usize + 1, SKETCH_BUDGET),
+            policy: TinyLfu::new(
+                capacity,
+                false,
+                capacity as usize + 1,
+                SketchBudget::of_shard(capacity, false, 1),
+            ),
             hits: 0,
             misses: 0,
         }

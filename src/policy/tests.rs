@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use proptest::prelude::*;
 
 use super::sim::{Model, Rng, hot_and_scans, looping, zipf};
-use super::{SKETCH_BUDGET, TestEntries, TinyLfu};
+use super::{SketchBudget, TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
 fn ratio(trace: &[u64], capacity: u64) -> f64 {
@@ -175,7 +175,7 @@ fn recency_burst_is_served_by_the_window() {
 
 #[test]
 fn weights_bound_the_size() {
-    let mut policy = TinyLfu::new(100, true, 0, SKETCH_BUDGET);
+    let mut policy = TinyLfu::new(100, true, 0, SketchBudget::of_shard(100, true, 1));
     let mut ids = TestEntries::default();
     let mut len = 0u32;
     let mut rng = Rng::new(5);
@@ -247,7 +247,12 @@ fn check_ops(
     window: Option<u64>,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
-    let mut policy = TinyLfu::new(capacity, weighted, 8, SKETCH_BUDGET);
+    let mut policy = TinyLfu::new(
+        capacity,
+        weighted,
+        8,
+        SketchBudget::of_shard(capacity, weighted, 1),
+    );
     if let Some(window) = window {
         policy.set_window(window);
     }

@@ -10,7 +10,7 @@ use std::fmt;
 
 use super::Entries;
 use super::ghost::{Ghosts, Side};
-use super::sketch::FrequencySketch;
+use super::sketch::{FrequencySketch, SketchBudget};
 
 /// "No id": end of a queue.
 const NIL: u32 = u32::MAX;
@@ -173,9 +173,9 @@ pub(crate) struct TinyLfu {
     vacant: usize,
     /// Frequency estimates for admission.
     sketch: FrequencySketch,
-    /// Bytes the sketch may take, unless its minimum of
-    /// [`FrequencySketch::MIN_BYTES_PER_ENTRY`] per entry needs more.
-    sketch_budget: u64,
+    /// What the sketch may take, in all and per entry, unless its minimum
+    /// of [`FrequencySketch::MIN_BYTES_PER_ENTRY`] per entry needs more.
+    sketch_budget: SketchBudget,
     /// Keys evicted lately, by side: they size the window.
     ghosts: Ghosts,
     /// The ids or capacity the ghosts' lengths were last set for.
@@ -217,13 +217,13 @@ impl fmt::Debug for TinyLfu {
 impl TinyLfu {
     /// A policy for `capacity` weight units (entries when not `weighted`),
     /// with per-id vectors sized for exactly `expected_ids` ids and a
-    /// frequency sketch of at most `sketch_budget` bytes (or
+    /// frequency sketch within `sketch_budget` (or
     /// [`FrequencySketch::MIN_BYTES_PER_ENTRY`] per entry, if more).
     pub(crate) fn new(
         capacity: u64,
         weighted: bool,
         expected_ids: usize,
-        sketch_budget: u64,
+        sketch_budget: SketchBudget,
     ) -> Self {
         let mut policy = Self {
             links: Vec::with_capacity(expected_ids),

@@ -85,7 +85,7 @@ use crate::{
     RemovalCause,
     expiry::{Deadline, NEVER, clock::Clock, wheel::TimerWheel},
     notify::Removed,
-    policy::{Entries, Placement, Room, TinyLfu},
+    policy::{Entries, Placement, Room, SketchBudget, TinyLfu},
 };
 pub(crate) use slot::Slot;
 use table::Table;
@@ -161,7 +161,7 @@ pub(crate) struct Layout {
     /// Reads slide deadlines (time to idle).
     pub(crate) sliding: bool,
     /// Bytes the shard's frequency sketch may take (see [`TinyLfu::new`]).
-    pub(crate) sketch_budget: u64,
+    pub(crate) sketch_budget: SketchBudget,
 }
 
 /// The part of a shard a read looks at: the table and the slots, on a

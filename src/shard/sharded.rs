@@ -12,7 +12,7 @@ use std::{
 
 use ahash::RandomState;
 
-use crate::policy::SKETCH_BUDGET;
+use crate::policy::SketchBudget;
 
 use super::{
     Layout, Shard,
@@ -158,6 +158,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         debug_assert!(count.is_power_of_two());
         let hasher = RandomState::new();
         let n = count as u64;
+        let sketch_budget = SketchBudget::of_shard(capacity, weighted, n);
         let cells = (0..n)
             .map(|i| {
                 let capacity = capacity / n + u64::from(i < capacity % n);
@@ -172,7 +173,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                     reserve,
                     timed,
                     sliding,
-                    sketch_budget: SKETCH_BUDGET / n,
+                    sketch_budget,
                 };
                 ShardCell {
                     lock: ShardLock::new(Shard::new(&layout, hasher.clone(), now)),
