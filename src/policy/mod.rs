@@ -169,6 +169,20 @@
 //! default eight leaves the comparison bench's `P3`@50k where it was
 //! (26.46 against 26.73).
 //!
+//! In the evening of 5 December `P3`@50k turned out to be the window's:
+//! its votes swing around 1% of the capacity, where the dead zone of
+//! then gave no window at all, and a window of the votes' size is worth a
+//! point there. The selective window (above) took it, and the constants
+//! around it were measured again (four hash seeds, mean 47.86 with it):
+//! selective below 2% or 0.5% instead of 1% (47.79; 47.88, but a window
+//! of 0.5 to 1% then takes every key, which costs time on Zipf), ghosts of
+//! 2 or 5% (47.85, 47.88), a main-side vote of 1 or 3 (47.72, 47.79),
+//! the arrival ghost at 1/128 or 1/512 (47.79, 47.86), a protected
+//! segment of 70 or 60% (47.90, 47.87: `sprite`@100 +0.5, `multi2`@1000
+//! +0.25, `cpp`@100 −0.3; not taken, as before) and an entry estimate
+//! of 4 (47.83): none kept. A 16-byte sketch for caches of up to 2,048
+//! entries was (see [`sketch`]).
+//!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
 //! votes wandered between 0 and about 1% of the capacity, where the
