@@ -37,8 +37,11 @@
 //! (`cargo bench --bench compare -- /path/to/traces`) or in `$LARDER_TRACES`;
 //! `.zst` traces need `zstd` and `.gz` ones `gzip` on the `PATH` (rows are
 //! skipped with a note otherwise). `LARDER_COMPARE=hits,memory` runs only
-//! the named sections (`throughput`, `hits`, `memory`, `expiry`). Under
-//! `cargo test` (no `--bench` argument) it does nothing.
+//! the named sections (`throughput`, `hits`, `memory`, `expiry`);
+//! `LARDER_COMPARE_ROWS=P3,multi2` keeps only the hit-ratio rows whose
+//! workload starts with one of the given prefixes (the average is then
+//! over those rows). Under `cargo test` (no `--bench` argument) it does
+//! nothing.
 //!
 //! The counting allocator adds a few atomic increments to every allocation
 //! in every section; caches that allocate per insert pay slightly more.
@@ -315,9 +318,31 @@ struct HitTable {
     /// Rows where larder trails the better of moka held to its capacity
     /// and quick_cache.
     flagged_held: usize,
+    /// Workload prefixes of the rows to run (`LARDER_COMPARE_ROWS`); all
+    /// rows when `None`.
+    only: Option<Vec<String>>,
 }
 
 impl HitTable {
+    /// A table of the rows `LARDER_COMPARE_ROWS` names (all by default).
+    fn from_env() -> Self {
+        let only = std::env::var("LARDER_COMPARE_ROWS")
+            .ok()
+            .map(|rows| rows.split(',').map(|r| r.trim().to_owned()).collect());
+        HitTable {
+            only,
+            ..HitTable::default()
+        }
+    }
+
+    /// Whether rows of `workload` are to be run.
+    fn wants(&self, workload: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| {
+            only.iter()
+                .any(|prefix| workload.starts_with(prefix.as_str()))
+        })
+    }
+
     fn run(&mut self, workload: &str, keys: &[u64], capacity: u64) {
         // A hit ratio does not depend on timing, so the slowest replays
         // (moka's) run on threads of their own while the other two share
@@ -377,30 +402,35 @@ fn hit_ratios(trace_dir: &Path) {
         "| workload | requests | capacity | larder % | moka % | moka held to capacity % | quick_cache % | | |"
     );
     println!("|---|--:|--:|--:|--:|--:|--:|---|---|");
-    let mut table = HitTable::default();
+    let mut table = HitTable::from_env();
     for (i, s) in [0.8, 1.0, 1.2].into_iter().enumerate() {
+        let workload = format!("Zipf s={s:.1} over 1M keys");
+        if !table.wants(&workload) {
+            continue;
+        }
         let keys = zipf_stream(1_000_000, s, SYNTHETIC_REQUESTS, 21 + i as u64, 0);
         for capacity in [10_000, 100_000] {
-            table.run(&format!("Zipf s={s:.1} over 1M keys"), &keys, capacity);
+            table.run(&workload, &keys, capacity);
         }
     }
-    let keys = hot_scan_stream(5_000, 50_000, 20_000, SYNTHETIC_REQUESTS, 24);
-    table.run(
-        "5k hot keys, every 50k reads a 20k one-shot scan",
-        &keys,
-        10_000,
-    );
+    let workload = "5k hot keys, every 50k reads a 20k one-shot scan";
+    if table.wants(workload) {
+        let keys = hot_scan_stream(5_000, 50_000, 20_000, SYNTHETIC_REQUESTS, 24);
+        table.run(workload, &keys, 10_000);
+    }
     for period in [1_100, 1_500] {
-        table.run(
-            &format!("loop over {period} keys"),
-            &loop_stream(period, 1_000_000),
-            1_000,
-        );
+        let workload = format!("loop over {period} keys");
+        if table.wants(&workload) {
+            table.run(&workload, &loop_stream(period, 1_000_000), 1_000);
+        }
     }
 
     let mut notes = Vec::new();
     let mut missing_tools = BTreeSet::new();
     for &(name, file, capacities) in TRACES {
+        if !table.wants(name) {
+            continue;
+        }
         let path = trace_dir.join(file);
         match read_trace(&path, TRACE_LIMIT) {
             Ok(keys) => {
