@@ -138,8 +138,9 @@ pub(crate) enum Room {
     /// the evicted key's hash when the duel computed it (the shard needs it
     /// to unlink the id from its index, and a key's hash may be costly).
     Evict(u32, Placement, Option<u64>),
-    /// The new key was the window's candidate and lost its duel: it is
-    /// evicted on arrival, and nothing else changes.
+    /// The new key dueled on arrival (as the window's candidate, or kept
+    /// out of a selective window) and lost: it is evicted on arrival, and
+    /// the shard's table is not touched.
     Reject,
 }
 
