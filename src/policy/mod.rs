@@ -34,7 +34,7 @@
 //! * A window below 1% of the capacity is **selective**: a new key enters
 //!   it only if the sketch has counted it three times (its arrival
 //!   included); a colder one duels on arrival, as if there were no window,
-//!   and is turned away without touching the table. So on skewed
+//!   and unless it wins is turned away without touching the table. So on skewed
 //!   workloads, where the votes wander below 1%, a cold miss costs one
 //!   look at the sketch, while a small window still takes the keys that
 //!   come back soon (`P3`@50k +1.1 against no window at all below 1%; see
