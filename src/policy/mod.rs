@@ -227,7 +227,9 @@
 //! order ids by "not read since it last came round" rather than by exact
 //! recency — CLOCK's classic approximation of LRU, and the sketch still sees
 //! every counted hit before any admission decision about that id is made.
-//! A new entry ([`TinyLfu::insert`]) is counted in the sketch at once.
+//! A new entry ([`TinyLfu::insert`]) is counted in the sketch at once. Until
+//! the cache first has to evict, the touches of the window heads that
+//! drain while it fills are taken but not counted (see `TinyLfu::filled`).
 //!
 //! Each touched head is examined at most once per trip round its queue and
 //! each examination consumes its touches, so [`TinyLfu::victim`] is

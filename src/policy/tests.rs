@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use proptest::prelude::*;
 
-use super::sim::{Model, Rng, hot_and_scans, looping, zipf};
+use super::sim::{Model, Rng, hash_key, hot_and_scans, looping, zipf};
 use super::{SketchBudget, TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
@@ -226,6 +226,35 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Return(i, w)),
         1 => Just(Op::Clear),
     ]
+}
+
+#[test]
+fn window_hits_count_once_the_cache_has_filled() {
+    // A cache of 20 with a window of one. Key 0 is read five times in the
+    // window, then drained from it (a second chance first) while the cache
+    // fills: those reads are not counted.
+    let mut model = Model::new(20);
+    assert!(!model.access(0));
+    (0..5).for_each(|_| assert!(model.access(0)));
+    for key in 1..20 {
+        assert!(!model.access(key));
+    }
+    assert_eq!(model.keys().len(), 20);
+    assert_eq!(
+        model.policy.estimate(hash_key(0)),
+        1,
+        "fill-time reads counted"
+    );
+    // Full now: a new key's reads in the window count when it drains.
+    assert!(!model.access(100));
+    assert!(model.contains(100), "a new key kept out of the window");
+    (0..5).for_each(|_| assert!(model.access(100)));
+    assert!(!model.access(101));
+    assert_eq!(
+        model.policy.estimate(hash_key(100)),
+        6,
+        "reads after the fill"
+    );
 }
 
 /// Hash of an id's key in the model test: ids move, so the key is tracked.
