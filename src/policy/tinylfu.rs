@@ -350,9 +350,10 @@ impl TinyLfu {
         // The sketch is sized for the ids held with the new one among them.
         self.grow_sketch_for(self.len() as u64 + 1);
         self.newest_freq = self.sketch.increment(hash, 1);
-        // Full, with the new key: as `victim` sees it.
-        self.filled |= self.weighted_size() >= self.capacity;
-        if self.duels_on_arrival() && self.weighted_size() >= self.capacity {
+        // Over capacity with the new key, as `victim` sees it.
+        let over = self.weighted_size() >= self.capacity;
+        self.filled |= over;
+        if over && self.duels_on_arrival() {
             // A selective window's duel on arrival, after the rebalancing
             // `victim` does first.
             self.shrink_protected(entries);
@@ -789,13 +790,10 @@ impl TinyLfu {
     /// sketch), drains the window into the main space while there is room,
     /// and runs the TinyLFU duel when the window overflows a full main space.
     pub(crate) fn victim(&mut self, entries: &impl Entries) -> Option<u32> {
-        self.filled |= self.weighted_size() > self.capacity;
+        let over = self.weighted_size() > self.capacity;
+        self.filled |= over;
         let arriving = std::mem::take(&mut self.arriving);
-        if arriving
-            && self.newest != NIL
-            && self.duels_on_arrival()
-            && self.weighted_size() > self.capacity
-        {
+        if arriving && over && self.newest != NIL && self.duels_on_arrival() {
             if let Some(evicted) = self.newest_duels_on_arrival(entries) {
                 return Some(evicted);
             }
