@@ -42,6 +42,22 @@
 //! (no load before it, no compare), measured 1.09–1.12x the time of the
 //! load and compare-exchange on the same harness, three runs: not kept.
 //!
+//! How much of a hit is still the lock, measured late on 5 December with
+//! the same harness (a Zipf 1.0 read of 100k entries present in a cache
+//! of 200k, as the comparison bench's get-hit row; three runs each): the
+//! compare-exchange replaced by a plain store and the state word read
+//! relaxed, which is unsound and was built only to be timed, made a hit
+//! 0.90–0.91x as long, 0.78–0.79x quick_cache's time against 0.88–0.89x
+//! with the lock as it is. So the one locked instruction is a tenth of a
+//! hit, and removing it would only just reach the core engine's aim of
+//! 0.8x; the rest is the index chunk and the entry, two cache misses at
+//! that size. Doing without it soundly needs an asymmetric fence
+//! (`membarrier` on Linux, a system call on every writer, so a read-biased
+//! mode that writes turn off, as BRAVO does): not built. A prefetch of
+//! the key's index chunk issued before the lock, so that its miss
+//! overlaps the compare-exchange, measured 0.97–1.02x with the lock and
+//! nothing on top of the plain store: not kept either.
+//!
 //! Writers pay for the slots: they read four more lines, and a writer that
 //! finds a slot held spins, then yields, until it is free (a slot reader's
 //! plain store cannot wake a sleeper). Shard locks are held for short
