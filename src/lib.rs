@@ -19,9 +19,10 @@
 //! | feature | what it adds | cost |
 //! |---|---|---|
 //! | `test-util` | [`clock::MockClock`] and `Cache::check_invariants` | one branch per clock read |
-// `unsafe` is denied everywhere (Cargo.toml's lints) but in one module,
-// `shard::raw`: the SSE2 tag match and the shard lock, each of which a
-// benchmark showed to be needed.
+// `unsafe` is denied everywhere (Cargo.toml's lints) but in two modules:
+// `shard::raw` (the SSE2 tag match and the shard lock) and `expiry::tsc`
+// (one `rdtsc` to read the clock), each of which a benchmark showed to be
+// needed.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;

@@ -1,9 +1,10 @@
 //! Expiry on a `MockClock`: TTL, TTI, per-entry TTL, `Expiry` hooks, jitter,
-//! and reaping with notifications.
+//! and reaping with notifications; and once on the system clock, which
+//! must keep time with `Instant`.
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
@@ -252,4 +253,53 @@ fn mass_expiry_is_reaped_completely_in_bounded_batches() {
             .all(|e| e.2 == RemovalCause::Expired)
     );
     cache.check_invariants();
+}
+
+/// The system clock (the time-stamp counter where the kernel trusts it,
+/// else `Instant`) against `Instant`: reads that `Instant` places well
+/// before the deadline find the entry, reads it places after it do not.
+/// The assertions depend on the times measured, so a preempted thread
+/// cannot fail them; only a clock that ran fast or slow can.
+#[test]
+fn system_clock_keeps_time_with_instant() {
+    const TTL: Duration = Duration::from_millis(40);
+    // Calibration error is about 10 ppm; a millisecond is far above it.
+    const MARGIN: Duration = Duration::from_millis(1);
+    let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+    let (mut early, mut late) = (0, 0);
+    for round in 0..5 {
+        let before = Instant::now();
+        cache.insert_with_ttl(round, round, TTL);
+        let after_insert = Instant::now();
+        loop {
+            // The insert read the clock between `before` and `after_insert`,
+            // and this get between `start` and `end`.
+            let start = Instant::now();
+            let seen = cache.get(&round);
+            let end = Instant::now();
+            if end.duration_since(before) + MARGIN < TTL {
+                assert_eq!(
+                    seen,
+                    Some(round),
+                    "gone {:?} into a {TTL:?} lifetime",
+                    end - before
+                );
+                early += 1;
+            } else if start.duration_since(after_insert) > TTL + MARGIN {
+                assert_eq!(
+                    seen,
+                    None,
+                    "still there {:?} into a {TTL:?} lifetime",
+                    start - after_insert
+                );
+                late += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    assert!(
+        early > 0 && late == 5,
+        "reads before and after every deadline"
+    );
 }

@@ -1,10 +1,14 @@
 //! Time sources.
 //!
 //! The cache reads time as nanoseconds since its own origin (a `u64`), so
-//! deadlines fit in one atomic word. [`Clock::System`] reads [`Instant`];
+//! deadlines fit in one atomic word. The system clock is the processor's
+//! time-stamp counter where the kernel trusts it ([`Clock::Tsc`], see
+//! [`tsc`](super::tsc)) and [`Instant`] elsewhere ([`Clock::System`]);
 //! [`MockClock`] (feature `test-util`) is moved by hand so tests need no sleeps.
 
 use std::time::Instant;
+
+use super::tsc::Tsc;
 
 #[cfg(feature = "test-util")]
 use std::{
@@ -20,21 +24,36 @@ use std::{
 pub(crate) enum Clock {
     /// Monotonic system time, measured from the given origin.
     System(Instant),
+    /// The calibrated time-stamp counter, from the tick `origin`.
+    Tsc {
+        /// The tick count when the clock was made.
+        origin: u64,
+        /// The counter and its rate.
+        tsc: Tsc,
+    },
     /// Hand-driven time for tests.
     #[cfg(feature = "test-util")]
     Mock(MockClock),
 }
 
 impl Clock {
-    /// A system clock whose origin is now.
+    /// A system clock whose origin is now: the time-stamp counter where
+    /// it may be used, else [`Instant`]. The first in a process calibrates
+    /// the counter (about 2 ms, see [`tsc`](super::tsc)).
     pub(crate) fn system() -> Self {
-        Clock::System(Instant::now())
+        match Tsc::get() {
+            Some(tsc) => Clock::Tsc {
+                origin: tsc.ticks(),
+                tsc,
+            },
+            None => Clock::System(Instant::now()),
+        }
     }
 
     /// True for a hand-driven clock: background work then waits to be asked.
     pub(crate) fn is_manual(&self) -> bool {
         match self {
-            Clock::System(_) => false,
+            Clock::System(_) | Clock::Tsc { .. } => false,
             #[cfg(feature = "test-util")]
             Clock::Mock(_) => true,
         }
@@ -44,6 +63,7 @@ impl Clock {
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         match self {
+            Clock::Tsc { origin, tsc } => tsc.nanos_between(*origin, tsc.ticks()),
             Clock::System(origin) => saturating_nanos(origin.elapsed().as_nanos()),
             #[cfg(feature = "test-util")]
             Clock::Mock(mock) => mock.nanos.load(Ordering::Acquire),

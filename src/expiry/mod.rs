@@ -15,6 +15,7 @@
 //! random factor in `1 ± jitter`.
 
 pub(crate) mod clock;
+mod tsc;
 pub(crate) mod wheel;
 
 use std::{

@@ -1,0 +1,223 @@
+//! The processor's time-stamp counter as the system clock, where the
+//! kernel itself trusts it.
+//!
+//! Every `get` on a cache with deadlines reads the clock. [`Instant::now`]
+//! is a `clock_gettime` through the vDSO, which with the TSC as the kernel's
+//! clock source is an `rdtsc` plus a sequence-lock read and a scaling; with
+//! `Instant::elapsed`'s subtraction and conversion it measured 20.3 ns per
+//! call on this project's machine, against 7.2 ns for the bare `rdtsc`.
+//! So where the TSC is safe to use, the cache reads it directly and scales
+//! the ticks itself: [`Tsc::ticks`] and [`Tsc::nanos_between`].
+//!
+//! # When the TSC is used
+//!
+//! Only on x86-64 Linux when the kernel's current clock source is `tsc`
+//! (the kernel checks at boot that the counters of all CPUs agree and
+//! switches away from it when they do not, or when it drifts), and the
+//! processor reports an invariant TSC (CPUID `0x8000_0007`, EDX bit 8: a
+//! constant rate in every power state). Anywhere else [`Tsc::get`] is
+//! `None` and the cache reads [`Instant`], as before.
+//!
+//! # Calibration
+//!
+//! The rate is measured once per process, on the first system clock a
+//! cache makes: a tick count and an `Instant` are read together (the
+//! `Instant` between two `rdtsc`s, whose midpoint stands for it) at the
+//! start and again at least [`CALIBRATION`] later, and the ratio kept as
+//! nanoseconds per tick in 32.32 fixed point. The uncertainty of the two
+//! readings (a few tens of nanoseconds) over 2 ms is about 10 parts per
+//! million: a one-hour time to live may end some tens of milliseconds early
+//! or late relative to wall time. Deadlines and the times they are compared
+//! with all come from the same scaled counter, so the cache's own ordering
+//! of events is exact. A rate outside 100 MHz to 20 GHz is taken for a
+//! failed measurement and the cache falls back to `Instant`.
+
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long the calibration measures the counter's rate against
+/// [`Instant`], once per process.
+pub(crate) const CALIBRATION: Duration = Duration::from_millis(2);
+
+/// The calibrated time-stamp counter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tsc {
+    /// Nanoseconds per tick, times 2^32.
+    nanos_per_tick: u64,
+}
+
+impl Tsc {
+    /// The process's calibrated counter, if the TSC may be used (see the
+    /// module docs). The first call calibrates, taking [`CALIBRATION`].
+    pub(crate) fn get() -> Option<Tsc> {
+        static TSC: OnceLock<Option<Tsc>> = OnceLock::new();
+        *TSC.get_or_init(calibrate)
+    }
+
+    /// The counter now.
+    #[inline]
+    pub(crate) fn ticks(self) -> u64 {
+        read()
+    }
+
+    /// Nanoseconds from tick `from` to tick `to` (0 if `to` is earlier).
+    #[inline]
+    pub(crate) fn nanos_between(self, from: u64, to: u64) -> u64 {
+        let ticks = u128::from(to.saturating_sub(from));
+        let nanos = (ticks * u128::from(self.nanos_per_tick)) >> 32;
+        u64::try_from(nanos).unwrap_or(u64::MAX)
+    }
+}
+
+/// Reads the time-stamp counter.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn read() -> u64 {
+    // SAFETY: `rdtsc` exists on every x86-64 processor and has no memory
+    // effects. A `Tsc` exists only where the kernel's own clock source is
+    // the TSC, read from user space by the vDSO, so the instruction is
+    // not disabled for user code (CR4.TSD) there.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// No counter off x86-64; never called, since [`calibrate`] says `None`.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn read() -> u64 {
+    0
+}
+
+/// Measures the counter's rate, or `None` where it must not be used.
+fn calibrate() -> Option<Tsc> {
+    if !usable() {
+        return None;
+    }
+    let (start, start_ticks) = paired_reading();
+    while start.elapsed() < CALIBRATION {
+        std::hint::spin_loop();
+    }
+    let (end, end_ticks) = paired_reading();
+    let nanos = u128::from(super::clock::saturating_nanos(
+        end.duration_since(start).as_nanos(),
+    ));
+    let ticks = u128::from(end_ticks.checked_sub(start_ticks)?);
+    if ticks == 0 {
+        return None;
+    }
+    // 100 MHz to 20 GHz: 10 ns to 0.05 ns per tick.
+    let hertz = ticks * 1_000_000_000 / nanos.max(1);
+    if !(100_000_000..=20_000_000_000).contains(&hertz) {
+        return None;
+    }
+    let nanos_per_tick = u64::try_from((nanos << 32) / ticks).ok()?;
+    Some(Tsc { nanos_per_tick })
+}
+
+/// An `Instant` and the tick count at the same moment: the midpoint of
+/// two counter reads around it, taking the tightest of a few tries.
+fn paired_reading() -> (Instant, u64) {
+    let mut best: Option<(u64, Instant, u64)> = None;
+    for _ in 0..5 {
+        let before = read();
+        let instant = Instant::now();
+        let after = read();
+        let width = after.wrapping_sub(before);
+        if best.is_none_or(|(w, _, _)| width < w) {
+            best = Some((width, instant, before + width / 2));
+        }
+    }
+    let (_, instant, ticks) = best.expect("five tries were made");
+    (instant, ticks)
+}
+
+/// Whether the TSC may serve as the clock here (see the module docs).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn usable() -> bool {
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+    if !source.is_ok_and(|s| s.trim() == "tsc") {
+        return false;
+    }
+    let highest = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    highest >= 0x8000_0007 && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0
+}
+
+/// Elsewhere the cache reads `Instant`.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn usable() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_is_exact_on_round_rates() {
+        // 2 GHz: half a nanosecond per tick.
+        let tsc = Tsc {
+            nanos_per_tick: 1 << 31,
+        };
+        assert_eq!(tsc.nanos_between(10, 10), 0);
+        assert_eq!(tsc.nanos_between(0, 2_000_000_000), 1_000_000_000);
+        assert_eq!(tsc.nanos_between(5, 3), 0, "an earlier tick gives 0");
+        assert_eq!(
+            tsc.nanos_between(0, u64::MAX),
+            u64::MAX / 2,
+            "no overflow at the end of the counter"
+        );
+    }
+
+    #[test]
+    fn the_counter_follows_instant() {
+        // Where the TSC is used, it must keep time with `Instant`; where it
+        // may be used, calibration must have succeeded.
+        let Some(tsc) = Tsc::get() else {
+            assert!(
+                !usable() || cfg!(not(target_arch = "x86_64")),
+                "usable but calibration failed"
+            );
+            return;
+        };
+        // Each counter reading is bracketed by two `Instant`s, so a
+        // preempted thread only widens the bracket; a rate off by more than
+        // 0.1% falls outside it.
+        let (first_before, first, first_after) = (Instant::now(), tsc.ticks(), Instant::now());
+        std::thread::sleep(Duration::from_millis(50));
+        let (last_before, last, last_after) = (Instant::now(), tsc.ticks(), Instant::now());
+        let by_tsc = tsc.nanos_between(first, last) as f64;
+        let shortest = last_before.duration_since(first_after).as_nanos() as f64;
+        let longest = last_after.duration_since(first_before).as_nanos() as f64;
+        assert!(
+            by_tsc >= shortest * 0.999 - 1_000.0 && by_tsc <= longest * 1.001 + 1_000.0,
+            "the counter says {by_tsc} ns where Instant says {shortest} to {longest} ns"
+        );
+    }
+
+    #[test]
+    fn the_counter_never_goes_back_across_threads() {
+        let Some(tsc) = Tsc::get() else { return };
+        let origin = tsc.ticks();
+        let last = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..100_000 {
+                        // A reading published before we look must not be
+                        // later than ours, give or take the few hundred
+                        // cycles `rdtsc` may run ahead of the load.
+                        let seen = last.load(std::sync::atomic::Ordering::SeqCst);
+                        let now = tsc.nanos_between(origin, tsc.ticks());
+                        assert!(
+                            now + 1_000 >= seen,
+                            "a reading of {now} ns after one of {seen} ns"
+                        );
+                        last.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+    }
+}
