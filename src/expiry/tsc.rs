@@ -31,6 +31,12 @@
 //! with all come from the same scaled counter, so the cache's own ordering
 //! of events is exact. A rate outside 100 MHz to 20 GHz is taken for a
 //! failed measurement and the cache falls back to `Instant`.
+//!
+//! The rate is not measured again: a virtual machine moved to a host whose
+//! counter runs at another rate, without the hypervisor scaling it (KVM and
+//! the other common hypervisors scale it, so that the guest kernel can
+//! keep the TSC as its clock), would see lifetimes stretch or shrink by
+//! the ratio of the two rates until the process restarts.
 
 #![allow(unsafe_code)]
 
