@@ -38,7 +38,7 @@ mod stats;
 mod write;
 
 pub use builder::{BuildError, CacheBuilder};
-pub use cache::Cache;
+pub use cache::{Cache, Iter};
 pub use expiry::Expiry;
 pub use load::{Loader, LoadingCache, LoadingCacheBuilder};
 pub use notify::RemovalCause;

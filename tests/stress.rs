@@ -229,6 +229,66 @@ fn values_match_their_keys_and_capacity_holds_under_contention() {
     assert_eq!(stats.load_failures(), 0);
 }
 
+#[test]
+fn iter_lists_each_key_once_with_its_own_value_under_contention() {
+    const WRITERS: usize = 6;
+    const OPS: usize = 40_000;
+    let cache: Cache<u64, Val> = Cache::builder()
+        .max_capacity(CAPACITY)
+        .num_shards(SHARDS)
+        .build()
+        .unwrap();
+    for key in 0..CAPACITY {
+        cache.insert(key, Val::new(key, 0));
+    }
+    let writing = Arc::new(AtomicUsize::new(WRITERS));
+    let passes = {
+        let (cache, writing) = (cache.clone(), writing.clone());
+        parallel(TIMEOUT, "iterating while writing", THREADS, move |t| {
+            let mut rng = Rng::new(t as u64 + 100);
+            if t < WRITERS {
+                for i in 0..OPS {
+                    let key = rng.below(KEY_SPACE);
+                    if rng.below(4) == 0 {
+                        cache.remove(&key);
+                    } else {
+                        cache.insert(key, Val::new(key, i as u64));
+                    }
+                }
+                writing.fetch_sub(1, SeqCst);
+                return 0;
+            }
+            // Iterators: every pass lists each key at most once, each with
+            // a value made for it, and no more entries than the bound; the
+            // loop body writes to the cache, which it could not do if the
+            // iterator held a shard's lock between items.
+            let mut passes = 0;
+            while writing.load(SeqCst) > 0 || passes == 0 {
+                let mut seen = HashSet::new();
+                for (key, value) in cache.iter() {
+                    value.check(key);
+                    assert!(seen.insert(key), "key {key} listed twice in one pass");
+                    if rng.below(64) == 0 {
+                        cache.insert(key, Val::new(key, 1));
+                        cache.get(&rng.below(KEY_SPACE));
+                    }
+                }
+                assert!(
+                    seen.len() as u64 <= CAPACITY,
+                    "{} entries listed",
+                    seen.len()
+                );
+                passes += 1;
+            }
+            passes
+        })
+    };
+    assert!(passes[WRITERS..].iter().all(|&p| p > 0));
+    let listed: HashSet<u64> = cache.iter().map(|(k, _)| k).collect();
+    let peeked: HashSet<u64> = (0..KEY_SPACE).filter(|k| cache.peek(k).is_some()).collect();
+    assert_eq!(listed, peeked, "once quiet, iter and peek agree");
+}
+
 /// Weight of the value stored under `key`: 1..=16, or more than a shard's
 /// share of the capacity for a few keys (those are never stored).
 fn weight_of(key: u64) -> usize {

@@ -206,6 +206,11 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         self.cells.iter()
     }
 
+    /// Shard `i`, if there is one.
+    pub(crate) fn get(&self, i: usize) -> Option<&ShardCell<K, V>> {
+        self.cells.get(i)
+    }
+
     /// Number of shards.
     pub(crate) fn len(&self) -> usize {
         self.cells.len()

@@ -5,7 +5,8 @@
 //! The reference learns about size evictions from the eviction listener (the
 //! only removals it cannot predict) and checks each for consistency; every
 //! other notification it predicts exactly. After every step the cache's
-//! contents must equal the reference's live entries, and the cache's own
+//! contents must equal the reference's live entries (key by key, and as
+//! `iter` lists them), and the cache's own
 //! consistency check (table, slots, wheel, policy) must pass.
 #![allow(dead_code, unreachable_pub)]
 
@@ -242,6 +243,13 @@ fn check(cache: &Cache<u8, u16>, m: &Model) {
             "contents differ at key {k}"
         );
     }
+    let mut listed: Vec<(u8, u16)> = cache.iter().collect();
+    listed.sort_unstable();
+    let mut live: Vec<(u8, u16)> = (0..KEYS)
+        .filter_map(|k| m.live(k).map(|e| (k, e.value)))
+        .collect();
+    live.sort_unstable();
+    assert_eq!(listed, live, "iter() lists the live entries, once each");
     assert_eq!(
         cache.entry_count(),
         m.map.len() as u64,
