@@ -189,6 +189,50 @@ fn stale_while_revalidate_serves_stale_inside_the_window_and_waits_past_it() {
 }
 
 #[test]
+fn iter_lists_what_peek_returns_fresh_values_only() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap(); // loaded at 0, fresh to 10, stale to 15
+    clock.advance(6 * SEC);
+    cache.get(&2).unwrap(); // loaded at 6, fresh to 16
+    let listed = |cache: &LoadingCache<u64, u64, String>| {
+        let mut entries: Vec<(u64, u64)> = cache.iter().collect();
+        entries.sort_unstable();
+        entries
+    };
+    assert_eq!(listed(&cache), [(1, 1001), (2, 2002)]);
+    clock.advance(5 * SEC); // at 11: key 1 is stale, still cached
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(listed(&cache), [(2, 2002)], "a stale value is not listed");
+    source.fail.store(true, SeqCst);
+    let before = cache.stats();
+    assert_eq!(listed(&cache), [(2, 2002)]);
+    assert_eq!(source.calls(), 2, "iterating loads nothing");
+    assert_eq!(
+        (cache.stats().hits(), cache.stats().stale_hits()),
+        (before.hits(), before.stale_hits()),
+        "and counts nothing"
+    );
+
+    // An absence cached by negative caching is not a value to list.
+    let absent = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(|k: &u64| Ok::<_, String>((*k < 10).then_some(*k)))
+        .negative_ttl(5 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(absent.get_many([5, 50]).unwrap(), HashMap::from([(5, 5)]));
+    assert_eq!(absent.entry_count(), 2, "the absence is cached");
+    assert_eq!(absent.iter().collect::<Vec<_>>(), [(5, 5)]);
+}
+
+#[test]
 fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
     let clock = MockClock::new();
     let source = Source::default();

@@ -74,6 +74,21 @@ fn write_through_writes_the_store_first_and_caches_the_value() {
 }
 
 #[test]
+fn iter_lists_the_cached_values_without_reading_the_store() {
+    let store = MemStore::default();
+    let cache = builder(&store).build().unwrap();
+    for k in 0..5 {
+        cache.insert(k, k * 10).unwrap();
+    }
+    cache.remove(&3).unwrap();
+    let mut entries: Vec<(u64, u64)> = cache.iter().collect();
+    entries.sort_unstable();
+    assert_eq!(entries, [(0, 0), (1, 10), (2, 20), (4, 40)]);
+    assert_eq!(store.load_calls.load(SeqCst), 0, "the store was not read");
+    assert_eq!(cache.stats().hits() + cache.stats().misses(), 0);
+}
+
+#[test]
 fn a_failed_write_through_returns_the_error_and_leaves_the_cache_as_the_store_is() {
     let store = MemStore::default();
     store.set(1, 10);

@@ -340,6 +340,31 @@ where
         entry.value
     }
 
+    /// Every key with a value [`peek`](Self::peek) would return, with
+    /// that value: cached, fresh or due for refresh (not stale, not an
+    /// absence cached by negative caching). Like `peek` it loads, counts and
+    /// refreshes nothing. Entries are listed as [`Cache::iter`] lists
+    /// them: one shard at a time, with no lock held between items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// cache.insert(2, 20);
+    /// let mut entries: Vec<(u8, u8)> = cache.iter().collect();
+    /// entries.sort();
+    /// assert_eq!(entries, [(1, 1), (2, 20)]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.inner.cache.iter().filter_map(move |(key, entry)| {
+            if entry.expires_at != NEVER && self.inner.cache.now() >= entry.expires_at {
+                return None;
+            }
+            entry.value.map(|value| (key, value))
+        })
+    }
+
     /// Stores `value` under `key` as if just loaded (fresh for the time to
     /// live), replacing any cached value and outdating any reload under way.
     ///

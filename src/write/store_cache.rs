@@ -295,6 +295,12 @@ where
         self.inner.reads.peek(key)
     }
 
+    /// Every key with a value [`peek`](Self::peek) would return, with that
+    /// value, without loading or counting (see [`LoadingCache::iter`]).
+    pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.inner.reads.iter()
+    }
+
     /// Writes `value` under `key` by the cache's policy (see the table on
     /// [`StoreCache`]).
     ///

@@ -249,5 +249,11 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
                 "{at}: peek({k}) after the step"
             );
         }
+        let mut listed: Vec<_> = cache.iter().collect();
+        listed.sort_unstable();
+        let peeked: Vec<_> = (0..KEYS)
+            .filter_map(|k| m.live(k).and_then(|h| h.value).map(|v| (k, v)))
+            .collect();
+        assert_eq!(listed, peeked, "{at}: iter() lists what peek returns");
     }
 }
