@@ -1,4 +1,5 @@
-//! User code that panics (weigher, listener, loader, expiry hooks) must not
+//! User code that panics (weigher, listener, loader, expiry hooks, a
+//! value's `Clone`) must not
 //! corrupt the cache nor leave it stuck; and the hooks' documented promises
 //! (run with no lock held, listener on the removing thread) hold.
 //!
@@ -154,6 +155,46 @@ fn panicking_weigher_propagates_and_leaves_the_cache_usable() {
             (0, 0, RemovalCause::Explicit)
         ]
     );
+    cache.check_invariants();
+}
+
+/// A value whose `clone` panics while `FRAGILE` is set: a `get` or an
+/// `iter` clones values under a shard's read lock.
+#[derive(Debug, PartialEq)]
+struct Fragile(u32);
+
+static FRAGILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Clone for Fragile {
+    fn clone(&self) -> Self {
+        assert!(!FRAGILE.load(SeqCst), "clone of {} refused", self.0);
+        Fragile(self.0)
+    }
+}
+
+#[test]
+fn panicking_value_clone_releases_the_shard_lock() {
+    let cache: Cache<u32, Fragile> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(k, Fragile(k));
+    }
+    FRAGILE.store(true, SeqCst);
+    assert_eq!(panic_of(|| cache.get(&3)), "clone of 3 refused");
+    let msg = panic_of(|| cache.iter().count());
+    assert!(msg.starts_with("clone of "), "{msg}");
+    FRAGILE.store(false, SeqCst);
+    // The one shard's lock was released by both unwinds: a write goes in.
+    let c = cache.clone();
+    within("a write after the panics", move || {
+        c.insert(42, Fragile(42));
+        c.remove(&0);
+    });
+    assert_eq!(cache.get(&42), Some(Fragile(42)));
+    assert_eq!(cache.iter().count(), 10);
     cache.check_invariants();
 }
 
