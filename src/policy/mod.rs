@@ -191,8 +191,9 @@
 //! 51.3 at 200), what about 17 more entries give larder (37.3 at 130,
 //! 43.9 at 164): the entries moka holds past its bound between two
 //! maintenance runs. Held to its capacity
-//! it trails larder (30.8 against 31.5). ARC gets 25.7 there and LRU
-//! 21.6, Belady's optimum 50.8. A 32- or 64-byte sketch for small caches
+//! it trails larder (30.8 against 31.5). ARC gets 25.7 there, LIRS 25.6
+//! (its HIR part 1% of the cache; 25.4 at 5 or 10%: scratch models of both),
+//! LRU 21.6 and Belady's optimum 50.8. A 32- or 64-byte sketch for small caches
 //! (46.67, 46.55: `sprite`@100 +0.3, `cs`@500 +0.4, `zigzag` −6 to −7.5,
 //! whose loop wants the ties of a coarser sketch), ghosts of at least 8,
 //! 16 or 32 keys (46.94, 46.94, 46.97), a sample period of 15, 20 or 30
