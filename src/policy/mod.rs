@@ -193,7 +193,10 @@
 //! maintenance runs. Held to its capacity
 //! it trails larder (30.8 against 31.5). ARC gets 25.7 there, LIRS 25.6
 //! (its HIR part 1% of the cache; 25.4 at 5 or 10%: scratch models of both),
-//! LRU 21.6 and Belady's optimum 50.8. A 32- or 64-byte sketch for small caches
+//! LRU 21.6 and Belady's optimum 50.8. (The same LIRS model gets 51.1 and
+//! 58.2 on `multi2`@500 and @1000, about a point above larder and moka:
+//! the rows where reuse distance tells more than frequency; it is level on
+//! `gli`, `ps` and `2_pools`.) A 32- or 64-byte sketch for small caches
 //! (46.67, 46.55: `sprite`@100 +0.3, `cs`@500 +0.4, `zigzag` −6 to −7.5,
 //! whose loop wants the ties of a coarser sketch), ghosts of at least 8,
 //! 16 or 32 keys (46.94, 46.94, 46.97), a sample period of 15, 20 or 30
