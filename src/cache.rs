@@ -80,6 +80,14 @@ where
     }
 }
 
+/// Once it has returned `None` (every shard listed), it keeps doing so.
+impl<K, V> std::iter::FusedIterator for Iter<'_, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+}
+
 impl<K, V> fmt::Debug for Iter<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Iter")

@@ -229,3 +229,31 @@ fn cache_is_a_cheap_shared_send_sync_handle() {
     let debug = format!("{cache:?}");
     assert!(debug.contains("entry_count: 1"), "{debug}");
 }
+
+#[test]
+fn iter_walks_every_shard_once_and_stays_done() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(10_000)
+        .num_shards(16)
+        .build()
+        .unwrap();
+    for k in 0..1_000 {
+        cache.insert(k, k * 2);
+    }
+    let mut iter = cache.iter();
+    let mut keys: Vec<u64> = iter
+        .by_ref()
+        .map(|(k, v)| {
+            assert_eq!(v, k * 2);
+            k
+        })
+        .collect();
+    assert!(
+        iter.next().is_none(),
+        "an exhausted iterator stays exhausted"
+    );
+    keys.sort_unstable();
+    assert_eq!(keys, (0..1_000).collect::<Vec<_>>());
+    assert_eq!(cache.stats().hits() + cache.stats().misses(), 0);
+    assert_eq!(Cache::<u8, u8>::new(4).iter().count(), 0);
+}
