@@ -210,7 +210,10 @@
 //! two within two steps of it: 47.89 over all rows
 //! against 47.94), stopping the descent at the line (47.93), or no
 //! selective window for caches below 2,000 or 20,000 entries (47.89,
-//! 47.86: `multi2`@1000 +0.24, `zigzag` −1.5) do not get it back; a fixed
+//! 47.86: `multi2`@1000 +0.24, `zigzag` −1.5) do not get it back, and
+//! holding the window at its first 1% until the climber has had 32, 64 or
+//! 128 votes gets half of it (`multi2`@1000 +0.5) for less elsewhere
+//! (47.90, 47.89, 47.87: `multi2`@500 −0.3, `zigzag` −0.9); a fixed
 //! window loses elsewhere (`sprite`@500 −4 at 1%, `gli` −0.6 to −3 at
 //! 5 to 10%).
 //!
