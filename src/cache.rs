@@ -62,8 +62,8 @@ pub struct Iter<'a, K, V> {
 
 impl<K, V> Iterator for Iter<'_, K, V>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone,
+    V: Clone,
 {
     type Item = (K, V);
 
@@ -81,12 +81,7 @@ where
 }
 
 /// Once it has returned `None` (every shard listed), it keeps doing so.
-impl<K, V> std::iter::FusedIterator for Iter<'_, K, V>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-}
+impl<K: Hash + Eq + Clone, V: Clone> std::iter::FusedIterator for Iter<'_, K, V> {}
 
 impl<K, V> fmt::Debug for Iter<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

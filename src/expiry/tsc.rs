@@ -105,9 +105,7 @@ fn calibrate() -> Option<Tsc> {
         std::hint::spin_loop();
     }
     let (end, end_ticks) = paired_reading();
-    let nanos = u128::from(super::clock::saturating_nanos(
-        end.duration_since(start).as_nanos(),
-    ));
+    let nanos = end.duration_since(start).as_nanos();
     let ticks = u128::from(end_ticks.checked_sub(start_ticks)?);
     if ticks == 0 {
         return None;

@@ -332,9 +332,13 @@ where
     /// assert_eq!(cache.peek(&1), Some(1));
     /// ```
     pub fn peek(&self, key: &K) -> Option<V> {
-        let entry = self.inner.cache.peek(key)?;
-        let now = self.inner.cache.now();
-        if entry.expires_at != NEVER && now >= entry.expires_at {
+        self.unexpired(self.inner.cache.peek(key)?)
+    }
+
+    /// `entry`'s value if it is fresh or due for refresh now (what `peek`
+    /// and `iter` return): not stale, not a cached absence.
+    fn unexpired(&self, entry: Loaded<V>) -> Option<V> {
+        if entry.expires_at != NEVER && self.inner.cache.now() >= entry.expires_at {
             return None;
         }
         entry.value
@@ -357,12 +361,10 @@ where
     /// assert_eq!(entries, [(1, 1), (2, 20)]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
-        self.inner.cache.iter().filter_map(move |(key, entry)| {
-            if entry.expires_at != NEVER && self.inner.cache.now() >= entry.expires_at {
-                return None;
-            }
-            entry.value.map(|value| (key, value))
-        })
+        self.inner
+            .cache
+            .iter()
+            .filter_map(|(key, entry)| Some((key, self.unexpired(entry)?)))
     }
 
     /// Stores `value` under `key` as if just loaded (fresh for the time to
