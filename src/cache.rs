@@ -6,8 +6,9 @@ use std::{
     borrow::Borrow,
     convert::Infallible,
     fmt,
-    future::Future,
+    future::{Future, poll_fn},
     hash::Hash,
+    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +17,10 @@ use crate::{
     CacheBuilder, CacheStats, RemovalCause,
     builder::Weigher,
     expiry::{Deadline, Remaining, Timing, remaining},
-    load::flight::{Flights, Leader, LeaderGuard, Outcome, Role},
+    load::{
+        flight::{Flights, Leader, LeaderGuard, Outcome, Role},
+        guard::Seen,
+    },
     maintenance::{Maintained, Maintenance},
     notify::{Listener, Removed},
     shard::{Now, ShardCell, Shards, Stripe, Write},
@@ -310,6 +314,17 @@ where
     /// cache freely, except to load its own key (that panics rather than
     /// waiting for itself).
     ///
+    /// # Writes during the load
+    ///
+    /// If the key is written while `init` runs (an [`insert`](Self::insert),
+    /// [`remove`](Self::remove), an invalidation), `init`'s value may be
+    /// older than that write: it is returned to this caller and its waiters
+    /// but not cached, so the cache keeps the write's outcome. This is the
+    /// cache-aside race (a load reads the database, an update writes it and
+    /// invalidates the key, then the load caches what it read) closed.
+    /// Keys are counted in groups (8 per shard), so a write to another key
+    /// of the same group can also leave a value uncached, now and then.
+    ///
     /// # Examples
     ///
     /// ```
@@ -483,20 +498,14 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
-        self.clear(false);
-    }
-
-    /// Empties every shard; with `written`, counts a write on each of its
-    /// stripes under the same lock (see [`insert_if`](Self::insert_if)).
-    fn clear(&self, written: bool) {
         let now = self.inner.timing.clock.now();
         for cell in self.inner.shards.iter() {
             let mut removed = Removed::default();
             {
                 let mut shard = cell.write();
-                if written {
-                    cell.bump_all(&shard);
-                }
+                // A write on every key, so no load begun before it caches
+                // its older value after it.
+                cell.bump_all(&shard);
                 shard.clear(now, &mut removed);
             }
             self.inner.deliver(removed);
@@ -657,21 +666,14 @@ where
         ttl: Option<Duration>,
         decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
     ) -> bool {
-        self.inner.insert_if(key, value, ttl, Some(decide))
+        self.inner.insert_if(key, value, ttl, decide)
     }
 
     /// The write count of `key`'s stripe, read without a lock: what a load
     /// or a write takes before it reads or changes the store (see
     /// [`guard`](crate::load::guard)).
-    pub(crate) fn write_count(&self, key: &K) -> u32 {
-        let (hash, cell) = self.inner.shards.cell_for(key);
-        cell.write_count(hash)
-    }
-
-    /// [`invalidate_all`](Self::invalidate_all), counting a write on every
-    /// stripe of each shard as it is emptied.
-    pub(crate) fn invalidate_all_written(&self) {
-        self.clear(true);
+    pub(crate) fn seen(&self, key: &K) -> Seen {
+        self.inner.seen(key)
     }
 
     /// `get` without counting the hit or miss (see
@@ -846,13 +848,13 @@ where
         Some(shard.value(id).clone())
     }
 
+    /// A user's insert: a write, so it counts itself on the key's stripe
+    /// (a load that began before it then leaves its older value uncached).
     fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
-        self.insert_if(
-            key,
-            value,
-            ttl,
-            None::<fn(Option<&V>, Stripe<'_>) -> Verdict>,
-        );
+        self.insert_if(key, value, ttl, |_, stripe| {
+            stripe.bump();
+            Verdict::Insert
+        });
     }
 
     /// Inserts unless `decide`, shown the value under the key (if any, live
@@ -865,7 +867,7 @@ where
         key: K,
         value: V,
         ttl: Option<Duration>,
-        decide: Option<impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict>,
+        decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
@@ -891,10 +893,7 @@ where
         let inserted = {
             let mut shard = cell.write();
             let found = shard.find(hash, &write.key);
-            let verdict = decide.map_or(Verdict::Insert, |decide| {
-                decide(found.map(|id| shard.value(id)), cell.stripe(hash, &shard))
-            });
-            match verdict {
+            match decide(found.map(|id| shard.value(id)), cell.stripe(hash, &shard)) {
                 Verdict::Insert => {
                     shard.insert(found, write, &mut now, &mut removed);
                     true
@@ -942,7 +941,12 @@ where
     {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
-        let (key, value, cause) = cell.write().remove(hash, key, &mut now)?;
+        let (key, value, cause) = {
+            let mut shard = cell.write();
+            // A write, whether or not the key is cached (it may be loading).
+            cell.stripe(hash, &shard).bump();
+            shard.remove(hash, key, &mut now)?
+        };
         let live = cause == RemovalCause::Explicit;
         match &self.listener {
             None => live.then_some(value),
@@ -991,13 +995,14 @@ where
         loop {
             let flight = match self.flights.begin(&key, Leader::here()) {
                 Role::Leader(guard) => {
+                    let seen = self.seen(&key);
                     // Someone may have finished loading between our miss and now.
                     if let Some(v) = self.peek(&key) {
                         guard.finish(Outcome::Loaded(v.clone()));
                         return Ok(v);
                     }
                     let result = self.timed_load(init);
-                    return self.publish(key, guard, result);
+                    return self.publish(key, guard, seen, result);
                 }
                 Role::Waiter(flight) => flight,
             };
@@ -1026,18 +1031,25 @@ where
         loop {
             let flight = match self.flights.begin(&key, Leader::Detached) {
                 Role::Leader(guard) => {
+                    let seen = self.seen(&key);
                     if let Some(v) = self.peek(&key) {
                         guard.finish(Outcome::Loaded(v.clone()));
                         return Ok(v);
                     }
-                    let init = init.take().expect("a caller leads at most once");
+                    let mut init = pin!(init.take().expect("a caller leads at most once"));
                     let result = {
                         let record = LoadRecord::start(&self.loads);
-                        let result = init.await;
+                        // Each poll of `init` runs the load on this thread:
+                        // a wait for the key from inside it is a self-load.
+                        let result = poll_fn(|cx| {
+                            let _here = guard.polling();
+                            init.as_mut().poll(cx)
+                        })
+                        .await;
                         record.finish(result.is_ok());
                         result
                     };
-                    return self.publish(key, guard, result);
+                    return self.publish(key, guard, seen, result);
                 }
                 Role::Waiter(flight) => flight,
             };
@@ -1047,11 +1059,21 @@ where
         }
     }
 
-    /// Caches a leader's value and hands its result to the waiters.
+    /// `key`'s stripe count before a load begins (see
+    /// [`guard`](crate::load::guard)).
+    fn seen(&self, key: &K) -> Seen {
+        let (hash, cell) = self.shards.cell_for(key);
+        Seen::new(cell.write_count(hash))
+    }
+
+    /// Caches a leader's value, unless the key was written since `seen`
+    /// (the value may be older than that write), and hands its result to
+    /// the waiters either way.
     fn publish<E>(
         &self,
         key: K,
         guard: LeaderGuard<K, V>,
+        seen: Seen,
         result: Result<V, E>,
     ) -> Result<V, Arc<E>>
     where
@@ -1060,7 +1082,7 @@ where
     {
         match result {
             Ok(v) => {
-                self.insert(key, v.clone(), None);
+                self.insert_if(key, v.clone(), None, |_, stripe| seen.load_verdict(&stripe));
                 guard.finish(Outcome::Loaded(v.clone()));
                 Ok(v)
             }
@@ -1104,8 +1126,9 @@ where
                 }
                 let mut now = Now::new(&self.timing.clock);
                 for key in &doomed {
-                    if let Some((k, v, cause)) = shard.remove(self.shards.hash(key), key, &mut now)
-                    {
+                    let hash = self.shards.hash(key);
+                    cell.stripe(hash, &shard).bump();
+                    if let Some((k, v, cause)) = shard.remove(hash, key, &mut now) {
                         removed.push(k, v, cause);
                     }
                 }

@@ -464,3 +464,95 @@ fn get_with_on_a_present_key_does_not_call_the_loader() {
     let stats = cache.stats();
     assert_eq!((stats.hits(), stats.misses(), stats.loads()), (2, 0, 0));
 }
+
+/// Runs `get_with(1)` on a thread whose `init` returns 1 (what it "read
+/// from the store") only after `write` has run on this thread. Returns what
+/// `get_with` returned and what the cache holds for key 1 afterwards.
+fn load_overlapping(
+    cache: &Cache<u32, u32>,
+    write: impl FnOnce(&Cache<u32, u32>),
+) -> (u32, Option<u32>) {
+    let (started, load_started) = mpsc::channel::<()>();
+    let (go, may_finish) = mpsc::channel::<()>();
+    let loader = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.get_with(1, || {
+                started.send(()).unwrap();
+                may_finish.recv_timeout(TIMEOUT).unwrap();
+                1
+            })
+        })
+    };
+    load_started
+        .recv_timeout(TIMEOUT)
+        .expect("the loader started");
+    write(cache);
+    go.send(()).unwrap();
+    let loaded = loader.join().expect("the loader returned");
+    (loaded, cache.peek(&1))
+}
+
+#[test]
+fn get_with_does_not_cache_a_value_older_than_a_write_during_its_load() {
+    // Alone, a load caches its value.
+    let cache: Cache<u32, u32> = Cache::new(100);
+    assert_eq!(load_overlapping(&cache, |_| {}), (1, Some(1)));
+
+    // An insert during the load wins: the load's value is returned to its
+    // caller but does not replace the newer one.
+    let cache: Cache<u32, u32> = Cache::new(100);
+    assert_eq!(load_overlapping(&cache, |c| c.insert(1, 2)), (1, Some(2)));
+    let cache: Cache<u32, u32> = Cache::new(100);
+    let insert_ttl = |c: &Cache<u32, u32>| c.insert_with_ttl(1, 2, Duration::from_secs(60));
+    assert_eq!(load_overlapping(&cache, insert_ttl), (1, Some(2)));
+
+    // An invalidation during the load (the cache-aside update: write the
+    // database, then drop the key) is not undone by the load's older value,
+    // whether the key was cached or not.
+    type Write = fn(&Cache<u32, u32>);
+    let cases: [(&str, Write); 4] = [
+        ("invalidate", |c| c.invalidate(&1)),
+        ("remove", |c| assert_eq!(c.remove(&1), None)),
+        ("invalidate_all", |c| c.invalidate_all()),
+        ("invalidate_entries_if", |c| {
+            c.insert(1, 5);
+            c.invalidate_entries_if(|k, _| *k == 1);
+        }),
+    ];
+    for (what, write) in cases {
+        let cache: Cache<u32, u32> = Cache::new(100);
+        assert_eq!(load_overlapping(&cache, write), (1, None), "{what}");
+        // The next load caches as usual.
+        assert_eq!(cache.get_with(1, || 3), 3, "{what}");
+        assert_eq!(cache.peek(&1), Some(3), "{what}");
+    }
+}
+
+#[test]
+fn waiters_share_a_load_that_a_write_kept_out_of_the_cache() {
+    let cache: Cache<u32, u32> = Cache::new(100);
+    let (started, load_started) = mpsc::channel::<()>();
+    let (go, may_finish) = mpsc::channel::<()>();
+    let leader = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.get_with(1, || {
+                started.send(()).unwrap();
+                may_finish.recv_timeout(TIMEOUT).unwrap();
+                1
+            })
+        })
+    };
+    load_started.recv_timeout(TIMEOUT).unwrap();
+    let waiter = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get_with(1, || panic!("the waiter must share the load")))
+    };
+    hold_until_misses(&cache, 2);
+    cache.invalidate(&1);
+    go.send(()).unwrap();
+    assert_eq!(leader.join().unwrap(), 1);
+    assert_eq!(waiter.join().unwrap(), 1);
+    assert_eq!(cache.peek(&1), None);
+}

@@ -636,3 +636,84 @@ async fn async_leader_and_blocking_waiters_share_one_load() {
     })
     .await;
 }
+
+/// The message of a task's panic, or a failure if it returned.
+async fn panic_of<T: std::fmt::Debug>(task: tokio::task::JoinHandle<T>) -> String {
+    match task.await {
+        Ok(v) => panic!("expected a panic, got {v:?}"),
+        Err(e) => panic_message(&*e.into_panic()),
+    }
+}
+
+#[tokio::test]
+async fn async_init_loading_its_own_key_panics_instead_of_hanging() {
+    bounded("async self-loading init", async {
+        let cache: Cache<u32, u32> = Cache::new(100);
+        // Awaiting its own key from inside `init`.
+        let awaiting = {
+            let (cache, inner) = (cache.clone(), cache.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_with_async(
+                        1,
+                        async move { inner.get_with_async(1, async { 2 }).await + 1 },
+                    )
+                    .await
+            })
+        };
+        let message = panic_of(awaiting).await;
+        assert!(
+            message.contains("load its own key"),
+            "unclear panic: {message:?}"
+        );
+        // Blocking on its own key from inside `init`.
+        let blocking = {
+            let (cache, inner) = (cache.clone(), cache.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_with_async(1, async move { inner.get_with(1, || 2) + 1 })
+                    .await
+            })
+        };
+        let message = panic_of(blocking).await;
+        assert!(
+            message.contains("load its own key"),
+            "unclear panic: {message:?}"
+        );
+        // No flight is left behind, and the key's own waiters still work:
+        // another task may wait on an async leader that is not itself.
+        assert_eq!(cache.get_with_async(1, async { 3 }).await, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn loading_cache_get_async_with_a_self_reading_loader_panics_instead_of_hanging() {
+    bounded("LoadingCache self-reading loader", async {
+        type Users = larder::LoadingCache<u32, u32, String>;
+        let me: Arc<std::sync::Mutex<Option<Users>>> = Arc::default();
+        let cache: Users = {
+            let me = me.clone();
+            Cache::builder()
+                .loader(move |k: &u32| -> Result<Option<u32>, String> {
+                    let cache = me.lock().unwrap().clone().expect("set before any read");
+                    Ok(cache.get(k).map_err(|e| (*e).clone())?.map(|v| v + 1))
+                })
+                .build()
+                .unwrap()
+        };
+        *me.lock().unwrap() = Some(cache.clone());
+        let reader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_async(&2).await })
+        };
+        let message = panic_of(reader).await;
+        assert!(
+            message.contains("load its own key"),
+            "unclear panic: {message:?}"
+        );
+        // Break the loader's cycle back to its cache so its threads can end.
+        me.lock().unwrap().take();
+    })
+    .await;
+}

@@ -813,3 +813,53 @@ fn weigher_and_listener_see_only_present_values() {
         vec![(30, 30, larder::RemovalCause::Explicit)]
     );
 }
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+#[test]
+fn a_reader_joining_a_late_reload_never_gets_a_value_expired_meanwhile() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .reload_threads(1)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    cache.get(&2).unwrap();
+    clock.advance(11 * SEC); // both stale, inside the window
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&2).unwrap(), Some(2002), "stale hit");
+    assert_eq!(
+        entered.recv_timeout(10 * SEC),
+        Ok(2),
+        "2's reload holds the one worker"
+    );
+    assert_eq!(
+        cache.get(&1).unwrap(),
+        Some(1001),
+        "stale hit; 1's reload queued"
+    );
+    cache.insert(1, 100); // replaces the value the reload was asked for
+    clock.advance(29 * SEC); // 100 is past its TTL and its stale window
+    assert_eq!(cache.peek(&1), None);
+    // A reader now must load: it joins the queued reload's flight.
+    let mut reader = std::pin::pin!(cache.get_async(&1));
+    assert!(
+        poll_once(reader.as_mut()).is_pending(),
+        "waits on the reload"
+    );
+    drop(gate);
+    cache.run_pending_tasks();
+    let std::task::Poll::Ready(read) = poll_once(reader.as_mut()) else {
+        panic!("the reload ended; the reader should be done");
+    };
+    let read = read.unwrap().expect("the loader has every key");
+    assert_eq!(read / 1000, 1, "a load of key 1, not the expired {read}");
+}

@@ -106,10 +106,7 @@ impl<V: Clone> Flight<V> {
     /// If called from the leader's own thread (a loader that loads its own
     /// key would wait for itself forever).
     pub(crate) fn wait(&self) -> Outcome<V> {
-        assert!(
-            *self.leader.lock() != Leader::here(),
-            "larder: a loader asked the cache to load its own key; this would wait forever"
-        );
+        self.assert_not_leader();
         let mut state = self.state.lock();
         loop {
             match &*state {
@@ -127,7 +124,20 @@ impl<V: Clone> Flight<V> {
     /// Records the calling thread as the one running the load (a reload
     /// worker that picked it up), for the self-load check.
     fn claim(&self) {
-        *self.leader.lock() = Leader::here();
+        self.set_leader(Leader::here());
+    }
+
+    fn set_leader(&self, leader: Leader) {
+        *self.leader.lock() = leader;
+    }
+
+    /// Panics if the calling thread runs this flight's load: see
+    /// [`wait`](Self::wait).
+    fn assert_not_leader(&self) {
+        assert!(
+            *self.leader.lock() != Leader::here(),
+            "larder: a loader asked the cache to load its own key; this would wait forever"
+        );
     }
 
     fn finish(&self, outcome: Outcome<V>) {
@@ -156,6 +166,9 @@ impl<V: Clone> Future for FlightWait<V> {
         match &mut *state {
             State::Done(outcome) => Poll::Ready(outcome.share()),
             State::Running(wakers) => {
+                // Only while the load runs: once it is done, any thread may
+                // read the outcome, the leader's included.
+                self.flight.assert_not_leader();
                 if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
                     wakers.push(cx.waker().clone());
                 }
@@ -233,6 +246,16 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
         self.flight.claim();
     }
 
+    /// Records the calling thread as the one running the load until the
+    /// returned mark drops: how an async leader marks each poll of its
+    /// loader future, which may run on a different thread each time.
+    pub(crate) fn polling(&self) -> Polling<'_, V> {
+        self.flight.set_leader(Leader::here());
+        Polling {
+            flight: &self.flight,
+        }
+    }
+
     /// Publishes the outcome to the waiters and retires the flight. Call it
     /// after the value is in the cache.
     pub(crate) fn finish(mut self, outcome: Outcome<V>) {
@@ -245,6 +268,19 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
             .map
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
         self.flight.finish(outcome);
+    }
+}
+
+/// See [`LeaderGuard::polling`]: on drop (the poll returned or panicked)
+/// the load has no thread again.
+#[derive(Debug)]
+pub(crate) struct Polling<'a, V: Clone> {
+    flight: &'a Flight<V>,
+}
+
+impl<V: Clone> Drop for Polling<'_, V> {
+    fn drop(&mut self) {
+        self.flight.set_leader(Leader::Detached);
     }
 }
 

@@ -66,6 +66,15 @@ pub(crate) struct Loaded<V> {
     pub(crate) stamp: u64,
 }
 
+impl<V> Loaded<V> {
+    /// Whether the value is still fresh (or due for refresh) at `now`: not
+    /// past its time to live. A value past it is never handed to a caller
+    /// that did not ask for a stale one.
+    pub(crate) fn unexpired_at(&self, now: u64) -> bool {
+        self.expires_at == NEVER || now < self.expires_at
+    }
+}
+
 /// What a read should do with a stored value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {

@@ -31,6 +31,11 @@
 //! the key and counts itself. Two keys sharing a stripe only cost an
 //! occasional uncached load or dropped value.
 //!
+//! A plain [`Cache`] follows the load rule too: its `insert`, `remove`,
+//! `invalidate`, `invalidate_all` and `invalidate_entries_if` count
+//! themselves on the stripes they write, and a `get_with` leader caches
+//! its value only if no write ended since it began.
+//!
 //! [`Stripe`]: crate::shard::Stripe
 
 use std::hash::Hash;
@@ -48,10 +53,15 @@ where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    Seen(cache.write_count(key))
+    cache.seen(key)
 }
 
 impl Seen {
+    /// A count read from a stripe.
+    pub(crate) fn new(count: u32) -> Self {
+        Seen(count)
+    }
+
     /// A load's fill: cache what it read only if no write ended since.
     pub(crate) fn load_verdict(self, stripe: &Stripe<'_>) -> Verdict {
         if stripe.get() == self.0 {
@@ -213,7 +223,7 @@ mod tests {
                         Actor::Idle
                     }
                     4 => {
-                        cache.invalidate_all_written();
+                        cache.invalidate_all();
                         Actor::Idle
                     }
                     op => {
@@ -350,7 +360,7 @@ mod tests {
     fn clearing_counts_a_write_on_every_stripe() {
         let cache = cache();
         let loads: Vec<Seen> = (0..64).map(|k| seen(&cache, &k)).collect();
-        cache.invalidate_all_written();
+        cache.invalidate_all();
         for (k, seen) in (0..64).zip(loads) {
             assert!(!load(&cache, k, 0, seen), "key {k}");
         }

@@ -338,7 +338,7 @@ where
     /// `entry`'s value if it is fresh or due for refresh now (what `peek`
     /// and `iter` return): not stale, not a cached absence.
     fn unexpired(&self, entry: Loaded<V>) -> Option<V> {
-        if entry.expires_at != NEVER && self.inner.cache.now() >= entry.expires_at {
+        if !entry.unexpired_at(self.inner.cache.now()) {
             return None;
         }
         entry.value
@@ -464,7 +464,7 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
-        self.inner.cache.invalidate_all_written();
+        self.inner.cache.invalidate_all();
     }
 
     /// Number of cached entries, cached "absent" answers and values kept
@@ -586,11 +586,15 @@ where
     ) -> Result<Option<V>, Arc<E>> {
         // A load may have finished between this caller's miss and its lead.
         if let Some(entry) = self.cache.peek(guard.key()) {
-            if entry.expires_at == NEVER || self.cache.now() < entry.expires_at {
+            if entry.unexpired_at(self.cache.now()) {
                 guard.finish(Outcome::Loaded(entry.value.clone()));
                 return Ok(entry.value);
             }
         }
+        // The loader runs on this thread whoever began the flight (an async
+        // read begins it detached): a wait for the key from the loader is
+        // then caught as a self-load instead of blocking forever.
+        guard.claim();
         let key = guard.key().clone();
         let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
@@ -771,12 +775,15 @@ where
         if let Some(stamp) = stamp {
             match self.cache.peek_present(&key) {
                 Some(current) if current.stamp == stamp => {}
-                Some(current) => {
+                // Replaced by a value still fresh: the waiters take it.
+                Some(current) if current.unexpired_at(self.cache.now()) => {
                     guard.finish(Outcome::Loaded(current.value));
                     return;
                 }
-                // Gone: waiters load by themselves.
-                None => return,
+                // Gone, or replaced by a value that has expired since
+                // (a job queued behind a busy worker can start late):
+                // waiters load by themselves.
+                _ => return,
             }
         }
         self.cache.load_counters().refreshed();
