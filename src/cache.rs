@@ -322,8 +322,7 @@ where
     /// but not cached, so the cache keeps the write's outcome. This is the
     /// cache-aside race (a load reads the database, an update writes it and
     /// invalidates the key, then the load caches what it read) closed.
-    /// Keys are counted in groups (8 per shard), so a write to another key
-    /// of the same group can also leave a value uncached, now and then.
+    /// Writes of other keys, the loader's own included, do not matter.
     ///
     /// # Examples
     ///
@@ -498,13 +497,14 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
+        // No load begun before this call caches its value after it.
+        self.inner.flights.written_all();
         let now = self.inner.timing.clock.now();
         for cell in self.inner.shards.iter() {
             let mut removed = Removed::default();
             {
                 let mut shard = cell.write();
-                // A write on every key, so no load begun before it caches
-                // its older value after it.
+                // Nor does a loading cache's (see `load::guard`).
                 cell.bump_all(&shard);
                 shard.clear(now, &mut removed);
             }
@@ -848,13 +848,11 @@ where
         Some(shard.value(id).clone())
     }
 
-    /// A user's insert: a write, so it counts itself on the key's stripe
-    /// (a load that began before it then leaves its older value uncached).
+    /// A user's insert: a load of the key under way began before it and
+    /// will not cache its older value (see [`publish`](Self::publish)).
     fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
-        self.insert_if(key, value, ttl, |_, stripe| {
-            stripe.bump();
-            Verdict::Insert
-        });
+        self.flights.written(&key);
+        self.insert_if(key, value, ttl, |_, _| Verdict::Insert);
     }
 
     /// Inserts unless `decide`, shown the value under the key (if any, live
@@ -941,12 +939,9 @@ where
     {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
-        let (key, value, cause) = {
-            let mut shard = cell.write();
-            // A write, whether or not the key is cached (it may be loading).
-            cell.stripe(hash, &shard).bump();
-            shard.remove(hash, key, &mut now)?
-        };
+        // Whether or not the key is cached: it may be loading.
+        self.flights.written(key);
+        let (key, value, cause) = cell.write().remove(hash, key, &mut now)?;
         let live = cause == RemovalCause::Explicit;
         match &self.listener {
             None => live.then_some(value),
@@ -995,14 +990,13 @@ where
         loop {
             let flight = match self.flights.begin(&key, Leader::here()) {
                 Role::Leader(guard) => {
-                    let seen = self.seen(&key);
                     // Someone may have finished loading between our miss and now.
                     if let Some(v) = self.peek(&key) {
                         guard.finish(Outcome::Loaded(v.clone()));
                         return Ok(v);
                     }
                     let result = self.timed_load(init);
-                    return self.publish(key, guard, seen, result);
+                    return self.publish(key, guard, result);
                 }
                 Role::Waiter(flight) => flight,
             };
@@ -1031,7 +1025,6 @@ where
         loop {
             let flight = match self.flights.begin(&key, Leader::Detached) {
                 Role::Leader(guard) => {
-                    let seen = self.seen(&key);
                     if let Some(v) = self.peek(&key) {
                         guard.finish(Outcome::Loaded(v.clone()));
                         return Ok(v);
@@ -1049,7 +1042,7 @@ where
                         record.finish(result.is_ok());
                         result
                     };
-                    return self.publish(key, guard, seen, result);
+                    return self.publish(key, guard, result);
                 }
                 Role::Waiter(flight) => flight,
             };
@@ -1066,14 +1059,13 @@ where
         Seen::new(cell.write_count(hash))
     }
 
-    /// Caches a leader's value, unless the key was written since `seen`
+    /// Caches a leader's value, unless the key was written while it loaded
     /// (the value may be older than that write), and hands its result to
     /// the waiters either way.
     fn publish<E>(
         &self,
         key: K,
         guard: LeaderGuard<K, V>,
-        seen: Seen,
         result: Result<V, E>,
     ) -> Result<V, Arc<E>>
     where
@@ -1082,7 +1074,16 @@ where
     {
         match result {
             Ok(v) => {
-                self.insert_if(key, v.clone(), None, |_, stripe| seen.load_verdict(&stripe));
+                // Checked under the shard lock; a write marks the flight
+                // before it takes that lock, so one that lands after this
+                // fill replaces it, and one that landed before is seen.
+                self.insert_if(key, v.clone(), None, |_, _| {
+                    if guard.written() {
+                        Verdict::Skip
+                    } else {
+                        Verdict::Insert
+                    }
+                });
                 guard.finish(Outcome::Loaded(v.clone()));
                 Ok(v)
             }
@@ -1126,9 +1127,9 @@ where
                 }
                 let mut now = Now::new(&self.timing.clock);
                 for key in &doomed {
-                    let hash = self.shards.hash(key);
-                    cell.stripe(hash, &shard).bump();
-                    if let Some((k, v, cause)) = shard.remove(hash, key, &mut now) {
+                    self.flights.written(key);
+                    if let Some((k, v, cause)) = shard.remove(self.shards.hash(key), key, &mut now)
+                    {
                         removed.push(k, v, cause);
                     }
                 }

@@ -438,6 +438,10 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
     assert_eq!(unwritten, vec![(2, Change::Put(2)), (3, Change::Put(3))]);
     assert!(matches!(cache.insert(4, 4), Err(WriteError::Closed)));
     assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
+    // The cache keeps no copy of what the store never took: reads answer
+    // what the store holds.
+    assert_eq!((cache.peek(&2), cache.peek(&3)), (None, None));
+    assert_eq!(cache.get(&3).unwrap(), None);
     assert!(
         cache.close(Duration::from_millis(10)).is_empty(),
         "reported once"
@@ -839,4 +843,75 @@ fn handed_between_threads() {
     let s = cache.write_stats();
     assert_eq!(s.queued, (THREADS * WRITES) as u64);
     assert_eq!(s.queued, s.flushed + s.coalesced + s.dead_lettered);
+}
+
+#[test]
+fn a_dead_lettered_value_is_dropped_from_the_cache() {
+    let store = MemStore::default();
+    store.set(1, 100);
+    store.faults.poison.store(1, SeqCst); // the store refuses key 1
+    // The handler looks at the cache as it is told (through a cell, taken
+    // back at the end so the cache does not hold itself).
+    type Handle = Arc<Mutex<Option<StoreCache<u64, u64, MemStore>>>>;
+    let me: Handle = Arc::default();
+    let cached_when_told = Arc::new(Mutex::new(Vec::new()));
+    let cache = behind(&store, &Letters::default())
+        .dead_letter({
+            let (me, told) = (me.clone(), cached_when_told.clone());
+            move |dead| {
+                let cache = me.lock().clone().expect("set before any write");
+                told.lock().push((dead.key, cache.peek(&dead.key)));
+            }
+        })
+        .build()
+        .unwrap();
+    *me.lock() = Some(cache.clone());
+    cache.insert(1, 1).unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1), "read your write");
+    cache.flush();
+    assert_eq!(*cached_when_told.lock(), vec![(1, None)], "dropped before the report");
+    assert_eq!(store.get(1), Some(100));
+    assert_eq!(cache.peek(&1), None, "no copy of the refused value");
+    assert_eq!(cache.get(&1).unwrap(), Some(100), "what the store holds");
+    // Other keys keep their cached copies.
+    cache.insert(2, 2).unwrap();
+    cache.flush();
+    assert_eq!(cache.peek(&2), Some(2));
+    me.lock().take();
+}
+
+#[test]
+fn close_releases_writers_and_flushes_waiting_on_a_hung_store() {
+    let store = MemStore::default();
+    let cache = builder(&store)
+        .write_behind()
+        .batch_size(1)
+        .queue_capacity(1)
+        .when_full(WhenFull::Block)
+        .flush_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let gate = store.gate.write(); // the store hangs
+    cache.insert(1, 1).unwrap();
+    eventually("key 1 in flight", || cache.write_stats().in_flight == 1);
+    // Key 1 fills the queue until the store takes it.
+    let writer = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.insert(2, 2))
+    };
+    let flusher = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.flush())
+    };
+    thread::sleep(Duration::from_millis(50));
+    assert!(!writer.is_finished(), "the writer waits for room");
+    assert!(!flusher.is_finished(), "the flush waits for the store");
+    let report = cache.close(Duration::from_millis(100));
+    assert_eq!(report.unwritten, vec![(1, Change::Put(1))], "in flight");
+    // Both return although the store call is still hung.
+    eventually("the writer returned", || writer.is_finished());
+    eventually("the flush returned", || flusher.is_finished());
+    drop(gate);
+    assert!(matches!(writer.join().unwrap(), Err(WriteError::Closed)));
+    flusher.join().unwrap();
 }

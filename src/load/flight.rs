@@ -18,13 +18,22 @@
 //!
 //! The guard owns an `Arc` of the flight table, so a background reload can
 //! carry it to another thread.
+//!
+//! A plain [`Cache`](crate::Cache)'s writes mark the flight of their key, if
+//! one is under way, as *written* ([`Flights::written`]): its value may be
+//! older than the write, and the leader then hands it to its waiters without
+//! caching it. A count of the flights under way spares writes the map lookup
+//! when none is.
 
 use std::{
     any::Any,
     future::Future,
     hash::Hash,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
     task::{Context, Poll, Waker},
     thread::{self, ThreadId},
 };
@@ -88,6 +97,8 @@ pub(crate) struct Flight<V> {
     state: Mutex<State<V>>,
     done: Condvar,
     leader: Mutex<Leader>,
+    /// The key was written while this load ran.
+    written: AtomicBool,
 }
 
 impl<V: Clone> Flight<V> {
@@ -96,6 +107,7 @@ impl<V: Clone> Flight<V> {
             state: Mutex::new(State::Running(Vec::new())),
             done: Condvar::new(),
             leader: Mutex::new(leader),
+            written: AtomicBool::new(false),
         }
     }
 
@@ -190,6 +202,9 @@ pub(crate) enum Role<K: Hash + Eq, V: Clone> {
 /// The in-flight loads of one cache.
 pub(crate) struct Flights<K, V> {
     map: DashMap<K, Arc<Flight<V>>, RandomState>,
+    /// Flights in the map: counted up after one goes in, down before it
+    /// leaves, so a write that reads zero has no flight to mark.
+    active: AtomicUsize,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
@@ -200,6 +215,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
             Entry::Vacant(e) => {
                 let flight = Arc::new(Flight::new(leader));
                 e.insert(flight.clone());
+                self.active.fetch_add(1, SeqCst);
                 Role::Leader(LeaderGuard {
                     flights: self.clone(),
                     key: key.clone(),
@@ -207,6 +223,34 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                     finished: false,
                 })
             }
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Flights<K, V> {
+    /// Marks the flight of `key`, if one is under way, as written: a write
+    /// of the key calls this before it changes the cache.
+    #[inline]
+    pub(crate) fn written<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.active.load(SeqCst) == 0 {
+            return;
+        }
+        if let Some(flight) = self.map.get(key) {
+            flight.written.store(true, SeqCst);
+        }
+    }
+
+    /// Marks every flight under way as written (a clear of the cache).
+    pub(crate) fn written_all(&self) {
+        if self.active.load(SeqCst) == 0 {
+            return;
+        }
+        for flight in self.map.iter() {
+            flight.written.store(true, SeqCst);
         }
     }
 }
@@ -221,6 +265,7 @@ impl<K: Hash + Eq, V> Default for Flights<K, V> {
     fn default() -> Self {
         Flights {
             map: DashMap::with_hasher(RandomState::new()),
+            active: AtomicUsize::new(0),
         }
     }
 }
@@ -264,10 +309,17 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
 
     fn retire(&mut self, outcome: Outcome<V>) {
         self.finished = true;
+        self.flights.active.fetch_sub(1, SeqCst);
         self.flights
             .map
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
         self.flight.finish(outcome);
+    }
+
+    /// Whether the key was written since this flight began (see
+    /// [`Flights::written`]).
+    pub(crate) fn written(&self) -> bool {
+        self.flight.written.load(SeqCst)
     }
 }
 

@@ -31,10 +31,10 @@
 //! the key and counts itself. Two keys sharing a stripe only cost an
 //! occasional uncached load or dropped value.
 //!
-//! A plain [`Cache`] follows the load rule too: its `insert`, `remove`,
-//! `invalidate`, `invalidate_all` and `invalidate_entries_if` count
-//! themselves on the stripes they write, and a `get_with` leader caches
-//! its value only if no write ended since it began.
+//! [`Cache::invalidate_all`] counts a write on every stripe, so a loading
+//! cache's clear is a write of every key. (A plain `Cache`'s `get_with`
+//! keeps the same rule per key, exactly, through its flights: see
+//! [`flight`](crate::load::flight).)
 //!
 //! [`Stripe`]: crate::shard::Stripe
 

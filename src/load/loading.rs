@@ -159,6 +159,18 @@ where
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
 {
+    /// A function that invalidates a key of this cache, as
+    /// [`invalidate`](Self::invalidate) does, while the cache lives, without
+    /// keeping it alive: for the write-behind flusher, which the cache owns.
+    pub(crate) fn invalidator(&self) -> impl Fn(&K) + Send + Sync + 'static {
+        let cache = Arc::downgrade(&self.inner);
+        move |key| {
+            if let Some(inner) = cache.upgrade() {
+                inner.remove_written(key);
+            }
+        }
+    }
+
     pub(crate) fn from_parts(
         cache: Cache<K, Loaded<V>>,
         loader: Arc<dyn Loader<K, V, Error = E>>,

@@ -83,6 +83,9 @@ use crate::{
 /// The dead-letter handler.
 pub(crate) type Handler<K, V, E> = Arc<dyn Fn(DeadLetter<K, V, E>) + Send + Sync>;
 
+/// Drops a key's cached copy (see [`Queue::start`]).
+pub(crate) type Forget<K> = Box<dyn Fn(&K) + Send + Sync>;
+
 /// Write-behind settings, checked by the builder.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Config {
@@ -263,6 +266,7 @@ pub(crate) struct Queue<K, V, S: Store<K, V>> {
     origin: Instant,
     store: Arc<S>,
     handler: Option<Handler<K, V, S::Error>>,
+    forget: Forget<K>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
@@ -272,11 +276,15 @@ where
     V: Clone + Send + Sync + 'static,
     S: Store<K, V>,
 {
-    /// A queue with its flusher thread running.
+    /// A queue with its flusher thread running. `forget` drops a key's
+    /// cached copy: the flusher calls it for each change it gives up on, before
+    /// the dead-letter handler sees it, so the cache never keeps serving a
+    /// value the store refused.
     pub(crate) fn start(
         store: Arc<S>,
         config: Config,
         handler: Option<Handler<K, V, S::Error>>,
+        forget: Forget<K>,
     ) -> Arc<Self> {
         let (wake, woken) = crossbeam_channel::bounded(1);
         let lanes = thread::available_parallelism()
@@ -324,6 +332,7 @@ where
             origin: Instant::now(),
             store,
             handler,
+            forget,
             thread: Mutex::new(None),
         });
         let flusher = queue.clone();
@@ -556,6 +565,12 @@ where
         self.held.store(0, SeqCst);
         let dead = std::mem::take(&mut st.kept);
         drop(st);
+        // Writers waiting for room and flushes waiting for outcomes: the
+        // queue they wait on is gone (a hung store call may never end).
+        self.changed.notify_all();
+        for (key, _) in &unwritten {
+            (self.forget)(key);
+        }
         // Only another thread can see the flusher exited, so this never
         // joins itself.
         if exited {
@@ -718,6 +733,9 @@ where
                 attempts,
             } in given
             {
+                // The cache's copy is a value the store did not take. A newer
+                // change of the key still queued is read back from the queue.
+                (self.forget)(&key);
                 self.report(DeadLetter {
                     key,
                     change,

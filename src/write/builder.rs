@@ -397,7 +397,8 @@ where
         let config = self.config()?;
         let reads = self.reads.build()?;
         let queue = (self.mode == Mode::Behind).then(|| {
-            let queue = Queue::start(self.store.clone(), config, self.handler);
+            let forget = Box::new(reads.invalidator());
+            let queue = Queue::start(self.store.clone(), config, self.handler, forget);
             // The builder made this cell and nothing else fills it.
             let _ = self.queue.set(queue.clone());
             queue
