@@ -16,7 +16,7 @@ use std::{
 use crate::{
     CacheBuilder, CacheStats, RemovalCause,
     builder::Weigher,
-    expiry::{Deadline, Remaining, Timing, remaining},
+    expiry::{Deadline, Hooked, Timing, remaining},
     load::{
         flight::{Flights, Leader, LeaderGuard, Outcome, Role},
         guard::Seen,
@@ -832,7 +832,10 @@ where
         let before = remaining(now, seen);
         let after = hooks.expire_after_read(key, value, before);
         if after != before {
-            let deadline = self.timing.on_write(now, None, Some(after)).at;
+            let deadline = self
+                .timing
+                .on_write(now, None, Some(Hooked::After(after)))
+                .at;
             cell.write().reset_deadline(hash, key, seen, deadline);
         }
     }
@@ -917,7 +920,7 @@ where
         key: &K,
         value: &V,
         now: u64,
-    ) -> Option<Remaining> {
+    ) -> Option<Hooked> {
         let (hooks, _) = self.timing.hooks()?;
         let current = {
             let shard = cell.read();
@@ -927,8 +930,16 @@ where
                 .map(|id| shard.deadline(id))
         };
         Some(match current {
-            Some(deadline) => hooks.expire_after_update(key, value, remaining(now, deadline)),
-            None => hooks.expire_after_create(key, value),
+            Some(deadline) => {
+                let before = remaining(now, deadline);
+                let after = hooks.expire_after_update(key, value, before);
+                if after == before {
+                    Hooked::Kept(deadline)
+                } else {
+                    Hooked::After(after)
+                }
+            }
+            None => Hooked::After(hooks.expire_after_create(key, value)),
         })
     }
 

@@ -171,6 +171,70 @@ fn expiry_hooks_decide_each_entry_deadline() {
     assert_eq!(cache.get(&3), None);
 }
 
+/// Ten seconds from creation; the default update hook keeps what is left.
+struct TenSeconds;
+impl Expiry<u32, u32> for TenSeconds {
+    fn expire_after_create(&self, _: &u32, v: &u32) -> Option<Duration> {
+        (*v != 0).then(|| secs(10))
+    }
+}
+
+#[test]
+fn the_default_update_hook_keeps_the_deadline_under_jitter() {
+    let clock = MockClock::new();
+    let cache = Cache::builder()
+        .expire_after(TenSeconds)
+        .ttl_jitter(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for k in 0..20 {
+        cache.insert(k, 1); // deadlines between 5 s and 15 s
+    }
+    // Each update keeps the time left. Spread again by ±50% each time, the
+    // deadlines would wander: 200 updates shrink them to nothing.
+    for round in 1..=200 {
+        for k in 0..20 {
+            cache.insert(k, round);
+        }
+    }
+    clock.advance(Duration::from_millis(4_990));
+    assert_eq!((0..20).filter(|k| cache.contains_key(k)).count(), 20);
+    clock.advance(secs(10));
+    assert_eq!((0..20).filter(|k| cache.contains_key(k)).count(), 0);
+}
+
+/// Zero for every entry: "do not keep this".
+struct Zero;
+impl Expiry<u32, u32> for Zero {
+    fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+#[test]
+fn a_zero_time_to_live_expires_at_once() {
+    let clock = MockClock::new();
+    let (cache, log) = logged(Cache::builder().clock(clock.clone()));
+    cache.insert_with_ttl(1, 1, Duration::ZERO);
+    assert_eq!(cache.get(&1), None, "not even at the same instant");
+    assert!(!cache.contains_key(&1));
+    cache.run_pending_tasks();
+    assert_eq!(*log.lock().unwrap(), vec![(1, 1, RemovalCause::Expired)]);
+
+    let (cache, log) = logged(
+        Cache::builder()
+            .expire_after(Zero)
+            .ttl_jitter(0.3)
+            .clock(clock.clone()),
+    );
+    cache.insert(2, 2);
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.iter().count(), 0);
+    cache.run_pending_tasks();
+    assert_eq!(*log.lock().unwrap(), vec![(2, 2, RemovalCause::Expired)]);
+}
+
 #[test]
 fn jitter_spreads_expiry_of_entries_written_together() {
     let clock = MockClock::new();

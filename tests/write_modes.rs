@@ -869,7 +869,11 @@ fn a_dead_lettered_value_is_dropped_from_the_cache() {
     cache.insert(1, 1).unwrap();
     assert_eq!(cache.get(&1).unwrap(), Some(1), "read your write");
     cache.flush();
-    assert_eq!(*cached_when_told.lock(), vec![(1, None)], "dropped before the report");
+    assert_eq!(
+        *cached_when_told.lock(),
+        vec![(1, None)],
+        "dropped before the report"
+    );
     assert_eq!(store.get(1), Some(100));
     assert_eq!(cache.peek(&1), None, "no copy of the refused value");
     assert_eq!(cache.get(&1).unwrap(), Some(100), "what the store holds");

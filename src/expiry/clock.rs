@@ -124,7 +124,12 @@ impl MockClock {
         Self::default()
     }
 
-    /// Moves this clock and all its clones forward by `by`.
+    /// Moves this clock and all its clones forward by `by` (saturating).
+    ///
+    /// A cache keeps deadlines in 60 bits of nanoseconds from its clock's
+    /// origin, and counts any deadline from 2^60 ns (about 36.5 years) on
+    /// as none: past that point on a `MockClock`, entries stop expiring.
+    /// Tests of long lifetimes should stay below it.
     ///
     /// # Examples
     ///

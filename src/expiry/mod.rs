@@ -140,6 +140,16 @@ impl<K, V> fmt::Debug for Timing<K, V> {
 /// What a write needs to know about the entry it replaces, for `expire_after_update`.
 pub(crate) type Remaining = Option<Duration>;
 
+/// What the expiry hooks said of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hooked {
+    /// Expire this long from now (`None`: never), spread by the jitter.
+    After(Remaining),
+    /// The update hook left the time remaining as it was (the default
+    /// hook does): keep this deadline exactly, not a new jittered one.
+    Kept(u64),
+}
+
 impl<K, V> Timing<K, V> {
     /// Settings checked by the builder: durations are non-zero, jitter in `0..1`.
     pub(crate) fn new(
@@ -203,18 +213,19 @@ impl<K, V> Timing<K, V> {
         Some((self.expiry.as_deref()?, self.clone_key?))
     }
 
-    /// Deadlines for a write at `now`: `ttl` is a per-entry TTL, `hook` the
-    /// result of an expiry hook (`Some(None)` = the hook said "never").
+    /// Deadlines for a write at `now`: `ttl` is a per-entry TTL, `hook` what
+    /// an expiry hook said.
     pub(crate) fn on_write(
         &self,
         now: u64,
         ttl: Option<Duration>,
-        hook: Option<Remaining>,
+        hook: Option<Hooked>,
     ) -> Deadline {
         let hard = match (ttl, hook) {
             (Some(ttl), _) => self.after(now, saturating_nanos(ttl.as_nanos())),
-            (None, Some(Some(d))) => self.after(now, saturating_nanos(d.as_nanos())),
-            (None, Some(None)) => NEVER,
+            (None, Some(Hooked::After(Some(d)))) => self.after(now, saturating_nanos(d.as_nanos())),
+            (None, Some(Hooked::After(None))) => NEVER,
+            (None, Some(Hooked::Kept(deadline))) => deadline,
             (None, None) => self.ttl.map_or(NEVER, |t| self.after(now, t)),
         };
         let at = self.tti.map_or(hard, |tti| hard.min(self.after(now, tti)));
@@ -225,6 +236,8 @@ impl<K, V> Timing<K, V> {
     }
 
     /// `now + duration`, spread by the jitter and saturating at [`NEVER`].
+    /// A zero duration is `now`: expired at once. Any other is at least a
+    /// nanosecond, however the jitter spreads it.
     pub(crate) fn after(&self, now: u64, duration: u64) -> u64 {
         let spread = if self.jitter > 0.0 && duration > 0 {
             let factor = 1.0 + self.jitter * (2.0 * unit_random() - 1.0);
@@ -232,7 +245,8 @@ impl<K, V> Timing<K, V> {
         } else {
             duration
         };
-        now.saturating_add(spread.max(1)).min(NEVER - 1)
+        let spread = if duration == 0 { 0 } else { spread.max(1) };
+        now.saturating_add(spread).min(NEVER - 1)
     }
 }
 
@@ -308,9 +322,10 @@ mod tests {
             t.on_write(0, Some(Duration::from_secs(2)), None).at,
             2 * SEC
         );
-        assert_eq!(t.on_write(0, None, Some(None)).at, NEVER);
+        assert_eq!(t.on_write(0, None, Some(Hooked::After(None))).at, NEVER);
         assert_eq!(
-            t.on_write(0, None, Some(Some(Duration::from_secs(4)))).at,
+            t.on_write(0, None, Some(Hooked::After(Some(Duration::from_secs(4)))))
+                .at,
             4 * SEC
         );
         assert_eq!(
@@ -323,7 +338,7 @@ mod tests {
     fn the_first_deadline_made_is_remembered() {
         let t = timing(None, None, 0.0);
         t.on_write(0, None, None);
-        t.on_write(0, None, Some(None));
+        t.on_write(0, None, Some(Hooked::After(None)));
         assert!(!t.reads_want_clock(), "no entry has a deadline yet");
         t.on_write(0, Some(Duration::from_secs(1)), None);
         assert!(t.reads_want_clock());
