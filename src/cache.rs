@@ -37,7 +37,11 @@ use crate::{
 /// reader-writer lock. A read hit takes its shard's lock shared; writes,
 /// evictions and reaping take it exclusive for a bounded time. User code
 /// (weigher, expiry hooks, listener, loaders, predicates) always runs with no
-/// lock held.
+/// lock held. The exceptions are the key and value types' own `Hash`, `Eq`
+/// and `Clone`, which run under a shard's lock (a read clones its value
+/// there; a write hashes keys again as its shard's table grows or an entry
+/// moves): they must not call back into the same cache, and if one panics
+/// the lock is released and the shard left as it was.
 ///
 /// # Examples
 ///
@@ -1125,11 +1129,16 @@ where
                 let shard = cell.read();
                 (shard.snapshot(now), shard.version())
             };
-            let doomed: Vec<K> = entries
+            // Hashed here, not under the lock: `Hash` is user code, and a
+            // panic there would drop removals before the listener saw them.
+            let doomed: Vec<(u64, K)> = entries
                 .into_iter()
                 .filter(|(k, v)| predicate(k, v))
-                .map(|(k, _)| k)
+                .map(|(k, _)| (self.shards.hash(&k), k))
                 .collect();
+            for (_, key) in &doomed {
+                self.flights.written(key);
+            }
             let mut removed = Removed::default();
             {
                 let mut shard = cell.write();
@@ -1137,10 +1146,8 @@ where
                     continue;
                 }
                 let mut now = Now::new(&self.timing.clock);
-                for key in &doomed {
-                    self.flights.written(key);
-                    if let Some((k, v, cause)) = shard.remove(self.shards.hash(key), key, &mut now)
-                    {
+                for (hash, key) in &doomed {
+                    if let Some((k, v, cause)) = shard.remove(*hash, key, &mut now) {
                         removed.push(k, v, cause);
                     }
                 }

@@ -636,3 +636,114 @@ fn weigher_and_expiry_hooks_may_read_the_cache() {
     cache.check_invariants();
     handle.clear();
 }
+
+std::thread_local! {
+    /// Hash calls left on this thread before [`Fused`]'s hash panics
+    /// (negative: never).
+    static FUSE: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
+}
+
+/// A key whose `Hash` panics once, at a chosen call on this thread: the
+/// cache hashes keys again under a shard's write lock (to grow its table, to
+/// move the last entry into a removed one's place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fused(u32);
+
+impl std::hash::Hash for Fused {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        FUSE.with(|fuse| {
+            let left = fuse.get();
+            if left >= 0 {
+                fuse.set(left - 1);
+                assert!(left != 0, "hash of {} refused", self.0);
+            }
+        });
+        self.0.hash(h);
+    }
+}
+
+/// Runs `f` with the `n + 1`-th hash on this thread panicking; fails unless
+/// it did.
+fn with_fuse<T>(n: i64, f: impl FnOnce() -> T) {
+    FUSE.with(|fuse| fuse.set(n));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    FUSE.with(|fuse| fuse.set(-1));
+    assert!(outcome.is_err(), "the fuse went off");
+}
+
+fn fused_cache() -> Cache<Fused, u32> {
+    Cache::builder()
+        .max_capacity(10_000)
+        .num_shards(1)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_key_hash_panicking_while_the_table_grows_loses_nothing() {
+    let cache = fused_cache();
+    for k in 0..576 {
+        cache.insert(Fused(k), k); // the table's first size holds 576 ids
+    }
+    // One hash picks the shard; the 577th insert then grows the table and
+    // hashes the keys already held again: the 100th of them panics.
+    with_fuse(1 + 100, || cache.insert(Fused(576), 576));
+    cache.check_invariants();
+    let found = (0..577).filter(|&k| cache.contains_key(&Fused(k))).count();
+    assert_eq!(found, 576, "every key held before is still found");
+    assert_eq!(cache.entry_count(), 576);
+    cache.insert(Fused(576), 576);
+    assert_eq!(cache.entry_count(), 577);
+    cache.check_invariants();
+}
+
+#[test]
+fn a_key_hash_panicking_while_an_entry_is_removed_loses_nothing() {
+    let cache = fused_cache();
+    for k in 0..10 {
+        cache.insert(Fused(k), k);
+    }
+    // Picking the shard and finding key 3 take two hashes; the third, of the
+    // entry moved into 3's place, panics.
+    with_fuse(2, || cache.remove(&Fused(3)));
+    cache.check_invariants();
+    let found = (0..10).filter(|&k| cache.contains_key(&Fused(k))).count() as u64;
+    assert_eq!(cache.entry_count(), found, "every entry counted is found");
+    // Later well-behaved work keeps the bound.
+    for k in 100..20_100 {
+        cache.insert(Fused(k), k);
+        if k % 3 == 0 {
+            cache.remove(&Fused(k - 50));
+        }
+    }
+    assert!(cache.entry_count() <= 10_000);
+    cache.check_invariants();
+}
+
+#[test]
+fn a_key_hash_panicking_in_invalidate_entries_if_loses_no_notification() {
+    let notified = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<Fused, u32> = {
+        let notified = notified.clone();
+        Cache::builder()
+            .max_capacity(10_000)
+            .num_shards(1)
+            .eviction_listener(move |_, _, _| {
+                notified.fetch_add(1, SeqCst);
+            })
+            .build()
+            .unwrap()
+    };
+    for k in 0..10 {
+        cache.insert(Fused(k), k);
+    }
+    with_fuse(3, || cache.invalidate_entries_if(|_, _| true));
+    cache.check_invariants();
+    assert_eq!(
+        cache.entry_count() + notified.load(SeqCst) as u64,
+        10,
+        "every entry is held or was notified"
+    );
+    cache.invalidate_entries_if(|_, _| true);
+    assert_eq!((cache.entry_count(), notified.load(SeqCst)), (0, 10));
+}

@@ -476,11 +476,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     fn push(&mut self, w: Write<K, V>, count: bool) {
         let id =
             u32::try_from(self.index.slots.len()).expect("a shard holds fewer than 2^32 entries");
-        self.index.slots.push(Slot::new(w.key, w.value));
+        // The table first: its growth rehashes held keys (user code), and
+        // a panic there must not leave the new slot outside the table.
         let (slots, hasher) = (&self.index.slots, &self.hasher);
         self.index
             .table
             .insert_unique(w.hash, id, |i| hasher.hash_one(&slots[i as usize].key));
+        self.index.slots.push(Slot::new(w.key, w.value));
         if self.sliding {
             self.hard.push(NEVER);
         }
@@ -570,14 +572,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Unlinks `id` everywhere and swap-removes its slot.
     fn take(&mut self, id: u32) -> Slot<K, V> {
+        // Both hashes (user code) before anything changes: a panicking
+        // `Hash` leaves the shard as it was.
         let hash = self.hasher.hash_one(&self.index.slots[id as usize].key);
+        let last = (self.index.slots.len() - 1) as u32;
+        let last_hash =
+            (id != last).then(|| self.hasher.hash_one(&self.index.slots[last as usize].key));
         let held = self.index.table.remove(hash, id);
         debug_assert!(held, "slot {id} missing from the table");
         self.policy.remove(id);
         self.wheel.cancel(id);
-        let last = (self.index.slots.len() - 1) as u32;
-        if id != last {
-            let last_hash = self.hasher.hash_one(&self.index.slots[last as usize].key);
+        if let Some(last_hash) = last_hash {
             let held = self.index.table.relocate(last_hash, last, id);
             debug_assert!(held, "slot {last} missing from the table");
             self.policy.relocate(last, id);

@@ -202,14 +202,20 @@ impl Table {
         } else {
             doubled
         };
-        let old = std::mem::replace(&mut self.chunks, vec![Chunk::default(); size]);
-        for chunk in &old {
-            for pos in 0..WIDTH {
-                if chunk.ctrl[pos] != EMPTY {
-                    let id = chunk.ids[pos];
-                    self.place(rehash(id), id);
-                }
-            }
+        // Every hash (user code, which may panic) before the table changes.
+        let held: Vec<(u64, u32)> = self
+            .chunks
+            .iter()
+            .flat_map(|chunk| {
+                (0..WIDTH)
+                    .filter(|&pos| chunk.ctrl[pos] != EMPTY)
+                    .map(|pos| chunk.ids[pos])
+            })
+            .map(|id| (rehash(id), id))
+            .collect();
+        self.chunks = vec![Chunk::default(); size];
+        for (hash, id) in held {
+            self.place(hash, id);
         }
     }
 

@@ -517,7 +517,13 @@ impl<W: Word, P: Parking + Default> RawLock<W, P> {
     fn drain_slots_slow(&self) {
         let mut spin = SpinWait::new();
         for slot in &self.slots {
-            while slot.0.load(Acquire) & HELD != 0 {
+            // `SeqCst`, as in `slot_held`, which stops at the first held
+            // slot: a slot after it is first read here, and only a `SeqCst`
+            // load is ordered after the writer's `SeqCst` claim of the word
+            // against a reader's `SeqCst` check of it (an `Acquire` load may
+            // still see a slot free that a reader took before that check,
+            // on weaker hardware than x86-64).
+            while slot.0.load(SeqCst) & HELD != 0 {
                 if !(P::SPINS && spin.spin()) {
                     self.lot().yield_now();
                 }

@@ -622,6 +622,46 @@ mod model {
     }
 
     #[test]
+    fn loom_try_writer_and_a_slot_reader_handoffs() {
+        try_writer_and_a_slot_reader::<true>();
+    }
+
+    /// A writer's `try` that fails on a slot reader gives its claim back
+    /// while a word reader may be parked on it.
+    fn try_writer_a_slot_reader_and_a_word_reader<const FAIR: bool>() {
+        check(|| {
+            let g = guarded::<FAIR>();
+            let slot_reader = {
+                let g = g.clone();
+                thread::spawn(move || assert!(read_slot(&g, 0, true) <= 1))
+            };
+            let word_reader = {
+                let g = g.clone();
+                thread::spawn(move || assert!(read(&g, true) <= 1))
+            };
+            if g.lock.try_acquire_exclusive() {
+                // SAFETY (loom's cell): as in `write`.
+                g.value.with_mut(|v| unsafe { *v += 1 });
+                g.lock.release_exclusive();
+            }
+            slot_reader.join().unwrap();
+            word_reader.join().unwrap();
+            assert!(is_free(&g));
+            assert_eq!(counted(&g), 2);
+        });
+    }
+
+    #[test]
+    fn loom_try_writer_a_slot_reader_and_a_word_reader_racing() {
+        try_writer_a_slot_reader_and_a_word_reader::<false>();
+    }
+
+    #[test]
+    fn loom_try_writer_a_slot_reader_and_a_word_reader_handoffs() {
+        try_writer_a_slot_reader_and_a_word_reader::<true>();
+    }
+
+    #[test]
     fn loom_writers_and_a_reader_racing_releases() {
         writers_and_a_reader::<false>();
     }
