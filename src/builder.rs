@@ -248,7 +248,9 @@ where
 
     /// Spreads every deadline computed on a write by a random factor in
     /// `1 ± jitter`, so entries written together do not all expire together.
-    /// Default `0.0`; range `0.0..1.0` (e.g. `0.1` for ±10 %).
+    /// Default `0.0`; range `0.0..1.0` (e.g. `0.1` for ±10 %). An update
+    /// whose [`Expiry::expire_after_update`] leaves the time left as it was
+    /// (the default hook) keeps the entry's deadline, unspread again.
     pub fn ttl_jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
         self
@@ -259,6 +261,10 @@ where
     /// maintenance thread for expiry), after every lock is released, so it may
     /// call back into the cache. A panic in it is caught and discarded; the
     /// removal stands and other notifications are still delivered.
+    ///
+    /// A listener that owns a handle of its own cache keeps the cache (and
+    /// its `larder-maintenance` thread) alive for ever: reach it through a
+    /// cell you empty when done, or another owner's handle.
     pub fn eviction_listener(
         mut self,
         listener: impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static,

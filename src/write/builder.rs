@@ -299,7 +299,15 @@ where
     /// store would not take after `max_attempts` sends, with its last
     /// error; also with what a drop could not flush. A panic in the handler
     /// is contained. Without a handler, dead letters are kept and returned
-    /// by [`StoreCache::close`].
+    /// by [`StoreCache::close`] (they are not bounded by `queue_capacity`:
+    /// give a handler where a key may be refused forever).
+    ///
+    /// The cache has dropped its copy of the key by the time the handler
+    /// runs. The handler may read and write the cache, but must not wait
+    /// for the flusher it runs on: a [`flush`](StoreCache::flush) from it
+    /// would wait for itself, and a write into a full queue with
+    /// [`WhenFull::Block`](crate::WhenFull::Block) would wait for room only
+    /// the flusher can make. The same holds for the store's `write`.
     pub fn dead_letter(
         mut self,
         handler: impl Fn(DeadLetter<K, V, S::Error>) + Send + Sync + 'static,
