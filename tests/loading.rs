@@ -465,13 +465,10 @@ fn get_with_on_a_present_key_does_not_call_the_loader() {
     assert_eq!((stats.hits(), stats.misses(), stats.loads()), (2, 0, 0));
 }
 
-/// Runs `get_with(1)` on a thread whose `init` returns 1 (what it "read
-/// from the store") only after `write` has run on this thread. Returns what
-/// `get_with` returned and what the cache holds for key 1 afterwards.
-fn load_overlapping(
-    cache: &Cache<u32, u32>,
-    write: impl FnOnce(&Cache<u32, u32>),
-) -> (u32, Option<u32>) {
+/// Starts `get_with(1)` on a thread whose `init` returns 1 (what it "read
+/// from the store") once the returned sender is sent to; returns when
+/// `init` has begun.
+fn held_load(cache: &Cache<u32, u32>) -> (thread::JoinHandle<u32>, mpsc::Sender<()>) {
     let (started, load_started) = mpsc::channel::<()>();
     let (go, may_finish) = mpsc::channel::<()>();
     let loader = {
@@ -487,6 +484,17 @@ fn load_overlapping(
     load_started
         .recv_timeout(TIMEOUT)
         .expect("the loader started");
+    (loader, go)
+}
+
+/// Runs `write` on this thread while a [`held_load`] of key 1 is under way.
+/// Returns what `get_with` returned and what the cache holds for key 1
+/// afterwards.
+fn load_overlapping(
+    cache: &Cache<u32, u32>,
+    write: impl FnOnce(&Cache<u32, u32>),
+) -> (u32, Option<u32>) {
+    let (loader, go) = held_load(cache);
     write(cache);
     go.send(()).unwrap();
     let loaded = loader.join().expect("the loader returned");
@@ -532,19 +540,7 @@ fn get_with_does_not_cache_a_value_older_than_a_write_during_its_load() {
 #[test]
 fn waiters_share_a_load_that_a_write_kept_out_of_the_cache() {
     let cache: Cache<u32, u32> = Cache::new(100);
-    let (started, load_started) = mpsc::channel::<()>();
-    let (go, may_finish) = mpsc::channel::<()>();
-    let leader = {
-        let cache = cache.clone();
-        thread::spawn(move || {
-            cache.get_with(1, || {
-                started.send(()).unwrap();
-                may_finish.recv_timeout(TIMEOUT).unwrap();
-                1
-            })
-        })
-    };
-    load_started.recv_timeout(TIMEOUT).unwrap();
+    let (leader, go) = held_load(&cache);
     let waiter = {
         let cache = cache.clone();
         thread::spawn(move || cache.get_with(1, || panic!("the waiter must share the load")))

@@ -589,6 +589,16 @@ where
         }
     }
 
+    /// A fresh value of `guard`'s key, if a load finished between this
+    /// caller's miss and its lead: the flight then ends with it, unloaded.
+    fn loaded_meanwhile(&self, guard: &LeaderGuard<K, Option<V>>) -> Option<Option<V>> {
+        let entry = self.cache.peek(guard.key())?;
+        if !entry.unexpired_at(self.cache.now()) {
+            return None;
+        }
+        Some(entry.value)
+    }
+
     /// Runs the loader for the flight `guard` leads, stores and publishes
     /// the result.
     fn lead(
@@ -596,12 +606,9 @@ where
         guard: LeaderGuard<K, Option<V>>,
         fallback: Option<Option<V>>,
     ) -> Result<Option<V>, Arc<E>> {
-        // A load may have finished between this caller's miss and its lead.
-        if let Some(entry) = self.cache.peek(guard.key()) {
-            if entry.unexpired_at(self.cache.now()) {
-                guard.finish(Outcome::Loaded(entry.value.clone()));
-                return Ok(entry.value);
-            }
+        if let Some(value) = self.loaded_meanwhile(&guard) {
+            guard.finish(Outcome::Loaded(value.clone()));
+            return Ok(value);
         }
         // The loader runs on this thread whoever began the flight (an async
         // read begins it detached): a wait for the key from the loader is
@@ -846,7 +853,13 @@ where
         let mut led = Vec::new();
         for (key, fallback) in missing {
             match self.flights.begin(&key, Leader::here()) {
-                Role::Leader(guard) => led.push((guard, fallback)),
+                Role::Leader(guard) => match self.loaded_meanwhile(&guard) {
+                    Some(value) => {
+                        guard.finish(Outcome::Loaded(value.clone()));
+                        batch.add(key, Ok(value));
+                    }
+                    None => led.push((guard, fallback)),
+                },
                 Role::Waiter(flight) => batch.waits.push((key, flight, fallback)),
             }
         }
