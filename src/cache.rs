@@ -384,7 +384,11 @@ where
     /// Waiting for another caller's load never blocks the executor's thread:
     /// the waiting task is woken when that load ends. Works on any executor
     /// (larder depends on no runtime). `init` is only polled if this call
-    /// leads the load.
+    /// leads the load. While it is polled, `init` may use the cache freely
+    /// except to load its own key, blocking or awaiting: that panics, as in
+    /// [`get_with`](Self::get_with), instead of waiting for itself. The
+    /// key's other callers wait for it as usual. Writes made while it runs
+    /// keep its value out of the cache, as for `get_with`.
     ///
     /// # Cancellation
     ///

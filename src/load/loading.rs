@@ -238,6 +238,11 @@ where
     ///
     /// As for [`get`](Self::get).
     ///
+    /// # Panics
+    ///
+    /// As for [`get`](Self::get): a loader that reads its own key panics
+    /// here too, rather than leave the task waiting for itself.
+    ///
     /// # Examples
     ///
     /// ```
