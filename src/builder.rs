@@ -198,7 +198,10 @@ where
     /// Weighs each entry (unit: whatever `max_capacity` counts, e.g. bytes).
     /// Default: every entry weighs 1. Called on every insert, without any lock
     /// held. An entry heavier than its shard's share of the capacity is not
-    /// stored (the listener sees it as a `Size` eviction).
+    /// stored (the listener sees it as a `Size` eviction). An entry weighing
+    /// 0 takes no room: it does not count against the bound (a cache of
+    /// weightless entries has no limit on their number), but the policy may
+    /// still evict it to make room for others.
     ///
     /// # Examples
     ///

@@ -119,6 +119,42 @@ fn zero_capacity_keeps_nothing_and_reports_each_refusal() {
     cache.insert(1, 10);
     assert_eq!(cache.get(&1), None);
     assert_eq!(*seen.lock().unwrap(), vec![(1, 10, RemovalCause::Size)]);
+
+    // Entries a weigher weighs at nothing too.
+    let weightless = Cache::builder()
+        .max_capacity(0)
+        .weigher(|_: &u32, _: &u32| 0)
+        .build()
+        .unwrap();
+    for k in 0..100 {
+        weightless.insert(k, k);
+    }
+    assert_eq!((weightless.entry_count(), weightless.get(&7)), (0, None));
+}
+
+#[test]
+fn weightless_entries_take_no_room_but_can_be_evicted() {
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .num_shards(1)
+        .weigher(|_: &u32, v: &u32| u32::from(*v != 0))
+        .build()
+        .unwrap();
+    for k in 0..100 {
+        cache.insert(k, 0);
+    }
+    assert_eq!((cache.entry_count(), cache.weighted_size()), (100, 0));
+    for k in 100..120 {
+        cache.insert(k, 1);
+    }
+    cache.run_pending_tasks();
+    assert_eq!(
+        cache.weighted_size(),
+        10,
+        "the weighed entries fill the bound"
+    );
+    assert!(cache.entry_count() < 110, "weightless entries made room");
+    cache.check_invariants();
 }
 
 #[test]

@@ -366,7 +366,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         removed: &mut Removed<K, V>,
     ) {
         self.version += 1;
-        if u64::from(w.weight) > self.policy.capacity() {
+        // A shard without capacity keeps nothing, weightless entries
+        // included (a cache built with `max_capacity(0)`).
+        let capacity = self.policy.capacity();
+        if u64::from(w.weight) > capacity || capacity == 0 {
             if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced)
             {
                 removed.push(k, v, cause);
