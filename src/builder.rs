@@ -52,9 +52,14 @@ pub enum BuildError {
     /// a loading cache times its values with `time_to_live` and its own
     /// refresh settings.
     LoaderExpiryConflict,
-    /// A loading-cache setting that must be greater than zero is zero; the
-    /// setting is named.
+    /// A loading-cache or write-behind setting that must be greater than
+    /// zero is zero; the setting is named.
     ZeroSetting(&'static str),
+    /// A loading-cache setting above its limit: the setting, the value
+    /// given and the limit. `reload_threads` at most 1,024 (threads are
+    /// started at build), `reload_queue_capacity` at most 1,048,576 (the
+    /// queue is allocated whole at build).
+    TooLarge(&'static str, usize, usize),
     /// A loading-cache setting that only means something with a
     /// `time_to_live` was given without one; the setting is named.
     NeedsTimeToLive(&'static str),
@@ -84,6 +89,9 @@ impl fmt::Display for BuildError {
                 "expire_after cannot be combined with a loader; use time_to_live and refresh settings"
             ),
             BuildError::ZeroSetting(name) => write!(f, "{name} must be greater than zero"),
+            BuildError::TooLarge(name, given, limit) => {
+                write!(f, "{name} is {given}, more than the limit of {limit}")
+            }
             BuildError::NeedsTimeToLive(name) => {
                 write!(f, "{name} needs a time_to_live to count from")
             }

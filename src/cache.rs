@@ -229,7 +229,9 @@ where
     }
 
     /// Inserts `value` under `key` to live `ttl` from now, whatever the
-    /// cache's own expiry settings (time to idle still applies too).
+    /// cache's own expiry settings. Time to idle still applies, and so do
+    /// [`Expiry`](crate::Expiry) hooks on later reads and updates (a read
+    /// hook may move this deadline).
     ///
     /// # Examples
     ///

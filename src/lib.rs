@@ -12,13 +12,13 @@
 //!   ([`StoreCacheBuilder`] has its settings, [`WriteStats`] the counters);
 //! - [`Expiry`] for per-entry lifetimes, [`RemovalCause`] for the listener,
 //!   [`CacheStats`] for the counters;
-//! - [`clock::MockClock`] (feature `test-util`) to drive time in tests.
+//! - `clock::MockClock` (feature `test-util`) to drive time in tests.
 //!
 //! # Cargo features
 //!
 //! | feature | what it adds | cost |
 //! |---|---|---|
-//! | `test-util` | [`clock::MockClock`] and `Cache::check_invariants` | one branch per clock read |
+//! | `test-util` | `clock::MockClock` and `Cache::check_invariants` | one branch per clock read |
 // `unsafe` is denied everywhere (Cargo.toml's lints) but in two modules:
 // `shard::raw` (the SSE2 tag match and the shard lock) and `expiry::tsc`
 // (one `rdtsc` to read the clock), each of which a benchmark showed to be

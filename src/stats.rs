@@ -116,8 +116,9 @@ impl CacheStats {
     }
 
     /// Reads of a [`LoadingCache`](crate::LoadingCache) answered with a value
-    /// past its time to live: inside the stale-while-revalidate window, or
-    /// kept by stale-if-error after a failed load. Also counted as hits.
+    /// past its time to live: inside the stale-while-revalidate window (also
+    /// counted as a hit), or kept by stale-if-error after a failed load
+    /// (the read also counts as a miss, since it loaded).
     pub fn stale_hits(&self) -> u64 {
         self.stale_hits
     }

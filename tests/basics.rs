@@ -293,3 +293,18 @@ fn iter_walks_every_shard_once_and_stays_done() {
     assert_eq!(cache.stats().hits() + cache.stats().misses(), 0);
     assert_eq!(Cache::<u8, u8>::new(4).iter().count(), 0);
 }
+
+#[test]
+fn an_unbounded_cache_of_large_inline_values_builds_without_reserving_them_all() {
+    // Reserving room for the first 4 Mi entries of 8 or 64 KiB would ask
+    // the allocator for 34 GB or more up front (an abort, not an error).
+    let small: Cache<u64, [u8; 8192]> = Cache::builder().num_shards(1).build().unwrap();
+    small.insert(1, [1; 8192]);
+    assert_eq!(small.get(&1).map(|v| v[0]), Some(1));
+    let large: Cache<u64, Box<[u8; 65536]>> = Cache::new(u64::MAX);
+    large.insert(1, Box::new([2; 65536]));
+    let inline: Cache<u64, [u8; 65536]> = Cache::builder().build().unwrap();
+    inline.insert(1, [3; 65536]);
+    assert_eq!(inline.get(&1).map(|v| v[65535]), Some(3));
+    assert_eq!(large.entry_count() + small.entry_count(), 2);
+}

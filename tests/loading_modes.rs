@@ -251,6 +251,8 @@ fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
     assert_eq!(cache.get(&1).unwrap(), Some(1001));
     let s = cache.stats();
     assert_eq!((s.load_failures(), s.stale_hits()), (2, 2));
+    // A stale-if-error answer followed a load: a miss, not a hit.
+    assert_eq!((s.hits(), s.misses()), (0, 3));
 
     clock.advance(6 * SEC); // 41 s: past the window
     let err = cache.get(&1).unwrap_err();
@@ -749,6 +751,29 @@ fn bad_loading_settings_are_build_errors() {
         err(base().loader(loader).reload_queue_capacity(0)),
         BuildError::ZeroSetting("reload_queue_capacity")
     );
+    // Limits, checked whether or not a setting needs the reload threads.
+    let reloading = || base().loader(loader).refresh_after(SEC);
+    let too_many = err(reloading().reload_threads(usize::MAX));
+    assert_eq!(
+        too_many,
+        BuildError::TooLarge("reload_threads", usize::MAX, 1_024)
+    );
+    assert_eq!(
+        too_many.to_string(),
+        format!(
+            "reload_threads is {}, more than the limit of 1024",
+            usize::MAX
+        )
+    );
+    assert_eq!(
+        err(reloading().reload_queue_capacity(usize::MAX)),
+        BuildError::TooLarge("reload_queue_capacity", usize::MAX, 1 << 20)
+    );
+    assert_eq!(
+        err(base().loader(loader).reload_queue_capacity((1 << 20) + 1)),
+        BuildError::TooLarge("reload_queue_capacity", (1 << 20) + 1, 1 << 20)
+    );
+    assert!(reloading().reload_queue_capacity(1 << 20).build().is_ok());
     for beta in [0.0, -1.0, f64::INFINITY] {
         assert_eq!(
             err(base().loader(loader).early_expiry(beta)),

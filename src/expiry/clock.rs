@@ -105,6 +105,7 @@ pub(crate) fn saturating_nanos(nanos: u128) -> u64 {
 /// assert_eq!(cache.get(&1), None);
 /// ```
 #[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 #[derive(Clone, Debug, Default)]
 pub struct MockClock {
     nanos: Arc<AtomicU64>,

@@ -13,6 +13,10 @@ use crate::{
 const DEFAULT_RELOAD_THREADS: usize = 2;
 /// Default capacity of the reload queue.
 const DEFAULT_RELOAD_QUEUE: usize = 1_024;
+/// Most `larder-reload-N` threads: all are started when the cache is built.
+const MAX_RELOAD_THREADS: usize = 1_024;
+/// Largest reload queue: it is allocated whole when the cache is built.
+const MAX_RELOAD_QUEUE: usize = 1 << 20;
 
 impl<K, V> CacheBuilder<K, V>
 where
@@ -228,9 +232,9 @@ where
     }
 
     /// Number of `larder-reload-N` threads that run background reloads
-    /// (default 2). They are started only if a setting needs them
-    /// (`refresh_after`, `stale_while_revalidate` or `early_expiry`) and end
-    /// with the cache.
+    /// (default 2, at most 1,024). They are started only if a setting needs
+    /// them (`refresh_after`, `stale_while_revalidate` or `early_expiry`)
+    /// and end with the cache.
     ///
     /// # Examples
     ///
@@ -247,10 +251,11 @@ where
         self
     }
 
-    /// Capacity of the queue of background reloads (default 1,024). When it
-    /// is full a due reload is skipped, counted in
+    /// Capacity of the queue of background reloads (default 1,024, at most
+    /// 1,048,576). When it is full a due reload is skipped, counted in
     /// [`skipped_refreshes`](crate::CacheStats::skipped_refreshes), and
-    /// tried again by a later read; the queue never grows past this.
+    /// tried again by a later read. The queue is allocated whole when the
+    /// cache is built (about 24 bytes a place), if a setting needs reloads.
     ///
     /// # Examples
     ///
@@ -301,8 +306,24 @@ where
         if self.reload_threads == 0 {
             return Err(BuildError::ZeroSetting("reload_threads"));
         }
+        if self.reload_threads > MAX_RELOAD_THREADS {
+            let given = self.reload_threads;
+            return Err(BuildError::TooLarge(
+                "reload_threads",
+                given,
+                MAX_RELOAD_THREADS,
+            ));
+        }
         if self.reload_queue == 0 {
             return Err(BuildError::ZeroSetting("reload_queue_capacity"));
+        }
+        if self.reload_queue > MAX_RELOAD_QUEUE {
+            let given = self.reload_queue;
+            return Err(BuildError::TooLarge(
+                "reload_queue_capacity",
+                given,
+                MAX_RELOAD_QUEUE,
+            ));
         }
         if let Some(beta) = self.early_expiry {
             if !(beta.is_finite() && beta > 0.0) {

@@ -15,7 +15,7 @@ use ahash::RandomState;
 use crate::policy::SketchBudget;
 
 use super::{
-    Layout, Shard,
+    Layout, Shard, Slot,
     raw::lock::{self, HitCount, ReadGuard as RwLockReadGuard, ShardLock},
 };
 
@@ -165,7 +165,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                 let reserve = if weighted {
                     0
                 } else {
-                    reservation(capacity, count)
+                    reservation(capacity, count, std::mem::size_of::<Slot<K, V>>())
                 };
                 let layout = Layout {
                     capacity,
@@ -227,13 +227,16 @@ impl<K: Hash + Eq, V> Shards<K, V> {
     }
 }
 
-/// Entries to reserve room for in a shard of `capacity`: all of it for
-/// bounded caches, so a full cache carries no growth slack, but never more
-/// than 4 Mi entries across the cache (a huge bound is not a promise to fill
-/// it). The room is written only as entries arrive (see `Table` and
-/// `TimerWheel::reserve`).
-fn reservation(capacity: u64, shards: usize) -> usize {
+/// Entries to reserve room for in a shard of `capacity` whose slots take
+/// `slot_bytes` each: all of it for bounded caches, so a full cache carries
+/// no growth slack, but never more than 4 Mi entries nor 256 MiB of slots
+/// across the cache (a huge bound is not a promise to fill it, and an
+/// allocation the system refuses would abort the process). The room is
+/// written only as entries arrive (see `Table` and `TimerWheel::reserve`).
+fn reservation(capacity: u64, shards: usize, slot_bytes: usize) -> usize {
     const CACHE_WIDE: u64 = 1 << 22;
-    let per_shard = (CACHE_WIDE / shards as u64).max(1);
+    const CACHE_WIDE_BYTES: u64 = 1 << 28;
+    let entries = CACHE_WIDE.min(CACHE_WIDE_BYTES / slot_bytes.max(1) as u64);
+    let per_shard = (entries / shards as u64).max(1);
     (capacity.min(per_shard) as usize) + 1
 }

@@ -318,7 +318,9 @@ where
 
     /// Write-behind: how long dropping the last handle without
     /// [`close`](StoreCache::close) waits for the queue to drain (default
-    /// 2 s). What is still unwritten then goes to the dead-letter handler.
+    /// 2 s). What is still unwritten then goes to the dead-letter handler
+    /// (as [`WriteFailure::Dropped`](crate::WriteFailure::Dropped)); with
+    /// no handler, its count is printed on stderr and the changes are lost.
     pub fn drop_flush_timeout(mut self, timeout: Duration) -> Self {
         self.drop_timeout = Some(timeout);
         self

@@ -93,7 +93,9 @@ where
 /// write-through or write-around write is returned to the caller and
 /// leaves no unwritten value in the cache. A write-behind change is never
 /// lost silently: it reaches the store, or the dead-letter handler with its
-/// error, or the report of [`close`](Self::close).
+/// error, or the report of [`close`](Self::close). (Dropped without
+/// `close` and without a handler, a cache can only count what it could not
+/// write on stderr.)
 ///
 /// `StoreCache` is a cheap handle (`Clone`, `Send`, `Sync`); its threads end
 /// when the last handle is dropped (after a bounded final flush, see
