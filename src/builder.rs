@@ -287,7 +287,9 @@ where
     /// Number of independently locked shards, rounded up to a power of two.
     /// Default: one per 512 units of capacity, at most four per CPU. Range
     /// `1..=65536`. More shards, less contention; fewer, a better hit ratio
-    /// for small caches.
+    /// for small caches. A cache never has more shards than units of
+    /// capacity (the largest power of two within it), so that every shard
+    /// can hold something.
     pub fn num_shards(mut self, num_shards: usize) -> Self {
         self.num_shards = Some(num_shards);
         self
@@ -399,7 +401,10 @@ where
         match self.num_shards {
             Some(0) => Err(BuildError::ZeroShards),
             Some(n) if n > MAX_SHARDS => Err(BuildError::TooManyShards(n)),
-            Some(n) => Ok(n.next_power_of_two()),
+            Some(n) => {
+                let within_capacity = 1usize << self.max_capacity.max(1).ilog2().min(16);
+                Ok(n.next_power_of_two().min(within_capacity))
+            }
             None => Ok(default_shards(self.max_capacity)),
         }
     }
@@ -417,6 +422,23 @@ fn default_shards(capacity: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_given_never_outnumber_the_capacity() {
+        let shards = |capacity: u64, n: usize| {
+            CacheBuilder::<u32, u32>::default()
+                .max_capacity(capacity)
+                .num_shards(n)
+                .shard_count()
+        };
+        assert_eq!(shards(3, 4), Ok(2));
+        assert_eq!(shards(4, 3), Ok(4));
+        assert_eq!(shards(1, 64), Ok(1));
+        assert_eq!(shards(0, 64), Ok(1));
+        assert_eq!(shards(1_000, 16), Ok(16));
+        assert_eq!(shards(u64::MAX, 65_536), Ok(65_536));
+        assert_eq!(shards(3, 0), Err(BuildError::ZeroShards));
+    }
 
     #[test]
     fn default_shards_follow_capacity_then_cpus() {
