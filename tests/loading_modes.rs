@@ -723,11 +723,19 @@ fn waiters_take_over_when_the_leading_load_panics() {
     assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
     let c = cache.clone();
     let waiter = thread::spawn(move || c.get(&1));
-    thread::sleep(Duration::from_millis(50)); // let the waiter join the flight
+    // The waiter has missed once the count says so; joining the flight is
+    // its next step (a little slack for it to get there).
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    while cache.stats().misses() < 2 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(cache.stats().misses(), 2, "the waiter reached the cache");
+    thread::sleep(Duration::from_millis(20));
     drop(gate);
     assert!(leader.join().is_err(), "the leader's loader panicked");
-    // The waiter either loaded itself or was late enough to lead outright.
-    assert_eq!(waiter.join().unwrap().unwrap().map(|v| v / 1000), Some(1));
+    // The waiter loaded in the leader's place: the second call.
+    assert_eq!(waiter.join().unwrap().unwrap(), Some(1002));
+    assert_eq!(source.calls(), 2);
 }
 
 #[test]

@@ -155,14 +155,16 @@ fn values_match_their_keys_and_capacity_holds_under_contention() {
         let (cache, next_id, loads) = (cache.clone(), next_id.clone(), loads.clone());
         parallel(TIMEOUT, "mixed workload", THREADS, move |t| {
             let mut rng = Rng::new(t as u64 + 1);
-            let mut lookups = 0u64;
+            let (mut lookups, mut gets, mut found) = (0u64, 0u64, 0u64);
             for _ in 0..OPS {
                 let key = rng.below(KEY_SPACE);
                 match rng.below(10) {
                     0..=3 => {
                         lookups += 1;
+                        gets += 1;
                         if let Some(v) = cache.get(&key) {
                             v.check(key);
+                            found += 1;
                         }
                     }
                     4..=6 => cache.insert(key, Val::new(key, next_id.fetch_add(1, SeqCst))),
@@ -181,9 +183,14 @@ fn values_match_their_keys_and_capacity_holds_under_contention() {
                     }
                 }
             }
-            lookups
+            (lookups, gets, found)
         })
     };
+    let (lookups, gets, found) = lookups
+        .into_iter()
+        .fold((0, 0, 0), |(l, g, f), (dl, dg, df)| {
+            (l + dl, g + dg, f + df)
+        });
     let samples = monitor.finish();
     assert!(samples > 0, "the monitor sampled while the workers ran");
 
@@ -218,9 +225,15 @@ fn values_match_their_keys_and_capacity_holds_under_contention() {
     let stats = cache.stats();
     assert_eq!(
         stats.hits() + stats.misses(),
-        lookups.iter().sum::<u64>(),
+        lookups,
         "one hit or miss per get / get_with"
     );
+    // About a tenth of the keys are cached at any time.
+    assert!(
+        found * 50 > gets,
+        "gets found {found} values in {gets} calls"
+    );
+    assert!(stats.hits() >= found, "every value a get found is a hit");
     assert_eq!(
         stats.loads(),
         loads.load(SeqCst) as u64,
@@ -317,19 +330,22 @@ fn weighted_size_stays_within_capacity_under_contention() {
         .build()
         .unwrap();
     let monitor = Monitor::start(&cache);
-    {
+    let (gets, found) = {
         let cache = cache.clone();
-        parallel(TIMEOUT, "weighted workload", THREADS, move |t| {
+        let counts = parallel(TIMEOUT, "weighted workload", THREADS, move |t| {
             let mut rng = Rng::new(100 + t as u64);
             let check = |key: u64, v: &Arc<Vec<u64>>| {
                 assert_eq!(**v, *weighted_value(key), "value under key {key}")
             };
+            let (mut gets, mut found) = (0u64, 0u64);
             for _ in 0..OPS {
                 let key = rng.below(KEY_SPACE);
                 match rng.below(10) {
                     0..=3 => {
+                        gets += 1;
                         if let Some(v) = cache.get(&key) {
                             check(key, &v);
+                            found += 1;
                         }
                     }
                     4..=7 => cache.insert(key, weighted_value(key)),
@@ -339,9 +355,22 @@ fn weighted_size_stays_within_capacity_under_contention() {
                     _ => check(key, &cache.get_with(key, || weighted_value(key))),
                 }
             }
+            (gets, found)
         });
-    }
+        counts
+            .into_iter()
+            .fold((0, 0), |(g, f), (dg, df)| (g + dg, f + df))
+    };
     monitor.finish();
+    // Weights from 1 to 300 in a bound of 1,000: a few keys at a time.
+    assert!(
+        found * 500 > gets,
+        "gets found {found} values in {gets} calls"
+    );
+    assert!(
+        cache.stats().hits() >= found,
+        "every value a get found is a hit"
+    );
     assert!(
         cache.weighted_size() <= CAPACITY,
         "weighted_size {}",
@@ -400,6 +429,9 @@ struct Made {
     overtaken: Vec<u64>,
     /// Loads among `cached`.
     loads: usize,
+    /// `get` calls, and the values they found.
+    gets: u64,
+    found: u64,
 }
 
 /// Runs a mixed workload with an eviction listener and checks that every
@@ -445,8 +477,10 @@ fn check_exactly_once_accounting(weighted: bool) {
                 let writing = || Writing::new(writes_of_key);
                 match rng.below(20) {
                     0..=6 => {
+                        made.gets += 1;
                         if let Some(v) = cache.get(&key) {
                             v.check(key);
+                            made.found += 1;
                         }
                     }
                     7..=11 => {
@@ -524,6 +558,16 @@ fn check_exactly_once_accounting(weighted: bool) {
     );
     let loads: usize = made.iter().map(|m| m.loads).sum();
     assert!(loads > 1_000, "{loads} loads that must be cached, to check");
+    let gets: u64 = made.iter().map(|m| m.gets).sum();
+    let found: u64 = made.iter().map(|m| m.found).sum();
+    assert!(
+        found * 500 > gets,
+        "gets found {found} values in {gets} calls"
+    );
+    assert!(
+        cache.stats().hits() >= found,
+        "every value a get found is a hit"
+    );
 
     // The maintenance thread may be delivering a batch right now: poll until
     // every id is accounted for (a duplicate never goes away by waiting).

@@ -65,6 +65,11 @@ struct Model {
     expected: Vec<Event>,
     hits: u64,
     misses: u64,
+    /// The step's write, if it was one: the total weight the reference held
+    /// once it was made (expired entries not yet reaped included), before
+    /// any eviction. Only a write can evict for size, and only past a
+    /// shard's capacity.
+    pressure: Option<u64>,
 }
 
 fn weight(value: u16) -> u32 {
@@ -72,6 +77,30 @@ fn weight(value: u16) -> u32 {
 }
 
 impl Model {
+    fn weight_of(&self, e: &Entry) -> u64 {
+        if self.cfg.weighted {
+            u64::from(weight(e.value))
+        } else {
+            1
+        }
+    }
+
+    fn total_weight(&self) -> u64 {
+        self.map.values().map(|e| self.weight_of(e)).sum()
+    }
+
+    /// The smallest shard's capacity: a shard evicts for size only once its
+    /// own weight, at most the total, is past its capacity (or keeps
+    /// nothing, at capacity 0). The cache splits
+    /// its bound evenly over its shards, of which it has at most the largest
+    /// power of two within the bound.
+    fn smallest_shard(&self) -> u64 {
+        let cap = self.cfg.capacity;
+        let within = 1u64 << cap.max(1).ilog2().min(16);
+        let shards = (self.cfg.shards.next_power_of_two() as u64).min(within);
+        cap / shards
+    }
+
     fn live(&self, k: u8) -> Option<Entry> {
         self.map.get(&k).copied().filter(|e| self.now < e.at)
     }
@@ -141,10 +170,12 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         Op::Insert(k, v) => {
             cache.insert(k, v);
             m.write(k, v, None);
+            m.pressure = Some(m.total_weight());
         }
         Op::InsertTtl(k, v, t) => {
             cache.insert_with_ttl(k, v, Duration::from_secs(u64::from(t)));
             m.write(k, v, Some(u64::from(t)));
+            m.pressure = Some(m.total_weight());
         }
         Op::Get(k) => {
             let expected = m.read(k);
@@ -211,6 +242,7 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
 /// be size evictions (or expiries) of entries the reference still holds.
 fn reconcile(observed: Vec<Event>, m: &mut Model) {
     let mut expected = std::mem::take(&mut m.expected);
+    let pressure = m.pressure.take();
     for (k, v, cause) in observed {
         if let Some(pos) = expected.iter().position(|&e| e == (k, v, cause)) {
             expected.swap_remove(pos);
@@ -222,7 +254,15 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
         });
         assert_eq!(held.value, v, "{cause:?} of {k} carried the wrong value");
         match cause {
-            RemovalCause::Size => assert!(m.now < held.at, "size eviction of an expired entry {k}"),
+            RemovalCause::Size => {
+                assert!(m.now < held.at, "size eviction of an expired entry {k}");
+                let floor = m.smallest_shard();
+                assert!(
+                    pressure.is_some_and(|total| total > floor || floor == 0),
+                    "size eviction of {k} with room to spare: {pressure:?} held, \
+                     no shard holds less than {floor}"
+                );
+            }
             RemovalCause::Expired => assert!(held.at <= m.now, "entry {k} reported expired early"),
             other => panic!("unpredicted {other:?} of {k}={v}"),
         }
@@ -255,17 +295,7 @@ fn check(cache: &Cache<u8, u16>, m: &Model) {
         m.map.len() as u64,
         "entry count (expired-unreaped included)"
     );
-    let weight_of = |e: &Entry| {
-        if m.cfg.weighted {
-            u64::from(weight(e.value))
-        } else {
-            1
-        }
-    };
-    assert_eq!(
-        cache.weighted_size(),
-        m.map.values().map(weight_of).sum::<u64>()
-    );
+    assert_eq!(cache.weighted_size(), m.total_weight());
     assert!(cache.weighted_size() <= m.cfg.capacity, "over capacity");
 }
 
@@ -281,6 +311,7 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
         expected: Vec::new(),
         hits: 0,
         misses: 0,
+        pressure: None,
     };
     for op in &ops {
         apply(op, &cache, &clock, &mut m);
