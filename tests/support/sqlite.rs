@@ -5,7 +5,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering::SeqCst},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::SeqCst},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -16,7 +19,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// The table, through one connection.
 pub struct Sqlite {
     conn: Mutex<Connection>,
-    pub write_calls: AtomicU64,
+    /// Write calls (transactions) so far; shared, to read after the store
+    /// moved into a cache.
+    pub write_calls: Arc<AtomicU64>,
 }
 
 /// A fresh database file path in the temporary directory, removed on drop.
@@ -55,7 +60,7 @@ impl Sqlite {
         )?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
-            write_calls: AtomicU64::new(0),
+            write_calls: Arc::default(),
         })
     }
 
