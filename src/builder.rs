@@ -275,7 +275,12 @@ where
     ///
     /// A listener that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever: reach it through a
-    /// cell you empty when done, or another owner's handle.
+    /// cell you empty when done, or another owner's handle. On a
+    /// write-behind [`StoreCache`](crate::StoreCache), a change the store
+    /// refused for good drops its key's copy on the `larder-write-behind`
+    /// thread, so the listener runs there: see
+    /// [`dead_letter`](crate::StoreCacheBuilder::dead_letter) for what it
+    /// cannot wait for.
     pub fn eviction_listener(
         mut self,
         listener: impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static,

@@ -919,3 +919,63 @@ fn close_releases_writers_and_flushes_waiting_on_a_hung_store() {
     assert!(matches!(writer.join().unwrap(), Err(WriteError::Closed)));
     flusher.join().unwrap();
 }
+
+/// A store that refuses every write.
+struct Refuser;
+
+impl larder::Store<u64, u64> for Refuser {
+    type Error = String;
+    fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    fn write(&self, _: &[(u64, Change<u64>)]) -> Result<(), String> {
+        Err("refused".into())
+    }
+}
+
+#[test]
+fn user_code_on_the_flusher_thread_may_call_the_cache_without_waiting_for_itself() {
+    type Handle = Arc<Mutex<Option<StoreCache<u64, u64, Refuser>>>>;
+    let me: Handle = Arc::default();
+    let (told, heard) = std::sync::mpsc::channel::<String>();
+    let told = Mutex::new(told);
+    // A dead letter drops the key's cached copy on the flusher thread, so the
+    // listener runs there (once: its own close drops key 2's copy too); it
+    // flushes, fills the queue, writes into the full queue, and closes.
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener({
+            let me = me.clone();
+            move |_k: Arc<u64>, _v: u64, _cause| {
+                let Some(cache) = me.lock().take() else {
+                    return;
+                };
+                let flushed = cache.flush_timeout(Duration::from_secs(30));
+                let room = cache.insert(2, 2);
+                let full = cache.insert(3, 3);
+                let report = cache.close(Duration::from_secs(30));
+                let on = thread::current().name().map(str::to_string);
+                let _ = told.lock().send(format!(
+                    "{on:?} flushed={flushed} {room:?} {full:?} unwritten={:?}",
+                    report.unwritten
+                ));
+            }
+        })
+        .store(Refuser)
+        .write_behind()
+        .queue_capacity(1)
+        .when_full(WhenFull::Block)
+        .max_attempts(1)
+        .dead_letter(|_| {})
+        .build()
+        .unwrap();
+    *me.lock() = Some(cache.clone());
+    cache.insert(1, 1).unwrap();
+    let heard = heard
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listener returned: nothing waited for its own flusher");
+    assert_eq!(
+        heard,
+        "Some(\"larder-write-behind\") flushed=false Ok(()) Err(QueueFull) unwritten=[(2, Put(2))]"
+    );
+}

@@ -80,6 +80,14 @@ use crate::{
     padded::Padded,
 };
 
+std::thread_local! {
+    /// The address of the queue whose flusher runs on this thread (0 on any
+    /// other thread): user code the flusher calls (the store, the
+    /// dead-letter handler, an eviction listener run by a removal it makes)
+    /// must not wait for that flusher.
+    static FLUSHER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The dead-letter handler.
 pub(crate) type Handler<K, V, E> = Arc<dyn Fn(DeadLetter<K, V, E>) + Send + Sync>;
 
@@ -400,6 +408,16 @@ where
         Ok(())
     }
 
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Whether the caller is this queue's own flusher (through user code it
+    /// runs), which must not wait for itself.
+    fn on_own_flusher(&self) -> bool {
+        FLUSHER_OF.with(|of| of.get() == self.address())
+    }
+
     /// [`push`](Self::push) when the queue looks full: under the main
     /// mutex, with the lanes drained, the full-queue policy decides.
     fn push_near_capacity(&self, key: K, change: Change<V>) -> Result<(), Refused<K, V>> {
@@ -415,6 +433,8 @@ where
             match self.config.when_full {
                 WhenFull::Fail => return Err(Refused::Full),
                 WhenFull::WriteThrough => return Err(Refused::WriteThrough(key, change)),
+                // Only the flusher makes room: it cannot wait for itself.
+                WhenFull::Block if self.on_own_flusher() => return Err(Refused::Full),
                 WhenFull::Block => {
                     let mark = st.buffer.flush_mark();
                     st.buffer.request_flush(mark);
@@ -489,7 +509,7 @@ where
 
     /// Waits until every write queued before the call has reached the store
     /// or the dead-letter handler, or until `deadline`; true if it did.
-    /// Returns at once if the flusher has stopped.
+    /// Returns at once if the flusher has stopped, or if called from it.
     pub(crate) fn flush(&self, deadline: Option<Instant>) -> bool {
         let mut st = self.state.lock();
         self.drain(&mut st);
@@ -498,7 +518,7 @@ where
         self.nudge();
         let settled = |st: &State<K, V, S::Error>| st.buffer.is_settled(mark) && st.reporting == 0;
         while !settled(&st) {
-            if st.exited {
+            if st.exited || self.on_own_flusher() {
                 return false;
             }
             match deadline {
@@ -528,7 +548,9 @@ where
         }
         self.drain(&mut st);
         self.nudge();
-        while !st.exited {
+        // Called from the flusher's own thread, it hands back what is left
+        // without waiting; the flusher stops once the user code returns.
+        while !st.exited && !self.on_own_flusher() {
             let timed_out = match deadline {
                 Some(at) => self.changed.wait_until(&mut st, at).timed_out(),
                 None => {
@@ -617,6 +639,7 @@ where
 
     /// The flusher thread's body.
     fn run(&self, woken: &Receiver<()>) {
+        FLUSHER_OF.with(|of| of.set(self.address()));
         while let Some((receipts, pairs)) = self.next_batch(woken) {
             self.send(receipts, pairs);
         }

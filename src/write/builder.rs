@@ -303,11 +303,15 @@ where
     /// give a handler where a key may be refused forever).
     ///
     /// The cache has dropped its copy of the key by the time the handler
-    /// runs. The handler may read and write the cache, but must not wait
-    /// for the flusher it runs on: a [`flush`](StoreCache::flush) from it
-    /// would wait for itself, and a write into a full queue with
-    /// [`WhenFull::Block`](crate::WhenFull::Block) would wait for room only
-    /// the flusher can make. The same holds for the store's `write`.
+    /// runs (so an eviction listener hears of it first, on the same thread).
+    /// User code the flusher runs (this handler, the store's `write`, such a
+    /// listener) may use the cache, but cannot wait for the flusher it runs
+    /// on: from there [`flush`](StoreCache::flush) returns at once
+    /// (`flush_timeout` returns `false`), a write into a full queue that
+    /// [`WhenFull::Block`](crate::WhenFull::Block) would make wait fails
+    /// with [`WriteError::QueueFull`](crate::WriteError::QueueFull) instead,
+    /// and
+    /// [`close`](StoreCache::close) hands back what is left without waiting.
     pub fn dead_letter(
         mut self,
         handler: impl Fn(DeadLetter<K, V, S::Error>) + Send + Sync + 'static,
