@@ -323,7 +323,10 @@ where
     /// # Writes during the load
     ///
     /// If the key is written while `init` runs (an [`insert`](Self::insert),
-    /// [`remove`](Self::remove), an invalidation), `init`'s value may be
+    /// [`remove`](Self::remove), [`invalidate`](Self::invalidate),
+    /// [`invalidate_all`](Self::invalidate_all), or
+    /// [`invalidate_entries_if`](Self::invalidate_entries_if) removing the
+    /// key's entry: it never sees a key still loading), `init`'s value may be
     /// older than that write: it is returned to this caller and its waiters
     /// but not cached, so the cache keeps the write's outcome. This is the
     /// cache-aside race (a load reads the database, an update writes it and
