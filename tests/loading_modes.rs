@@ -896,3 +896,27 @@ fn a_reader_joining_a_late_reload_never_gets_a_value_expired_meanwhile() {
     let read = read.unwrap().expect("the loader has every key");
     assert_eq!(read / 1000, 1, "a load of key 1, not the expired {read}");
 }
+
+#[test]
+fn a_queued_refresh_of_an_absent_key_never_overwrites_a_later_insert() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .refresh_after(10 * SEC)
+        .reload_threads(1)
+        .build()
+        .unwrap();
+    cache.get(&9).unwrap();
+    clock.advance(11 * SEC);
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    cache.get(&9).unwrap(); // key 9's reload holds the only worker
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(9));
+    assert!(cache.refresh(&1), "absent: queued");
+    cache.insert(1, 42); // while the refresh waits for a worker
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1).unwrap(), Some(42), "the insert wins");
+}

@@ -427,6 +427,7 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
     cache.insert(2, 2).unwrap();
     eventually("key 2 in flight", || cache.write_stats().in_flight == 1);
     cache.insert(3, 3).unwrap();
+    cache.insert(2, 22).unwrap(); // queued behind the 2 in flight
     let started = Instant::now();
     let report = cache.close(Duration::from_millis(100));
     assert!(
@@ -435,7 +436,11 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
     );
     let mut unwritten = report.unwritten.clone();
     unwritten.sort_by_key(|(k, _)| *k);
-    assert_eq!(unwritten, vec![(2, Change::Put(2)), (3, Change::Put(3))]);
+    assert_eq!(
+        unwritten,
+        vec![(2, Change::Put(22)), (3, Change::Put(3))],
+        "the latest change per key"
+    );
     assert!(matches!(cache.insert(4, 4), Err(WriteError::Closed)));
     assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
     // The cache keeps no copy of what the store never took: reads answer

@@ -763,14 +763,17 @@ where
         if let Some(stamp) = stamp {
             self.reloading.start(stamp);
         }
+        // Taken now, not when a worker gets to the job: a write of the key
+        // while the job waits in the queue must win over what it loads.
+        let seen = guard::seen(&self.cache, key);
         let Some(pool) = &self.pool else {
-            self.finish_reload(guard, stamp);
+            self.finish_reload(guard, stamp, seen);
             return true;
         };
         let me = self.me.clone();
         let job: Job = Box::new(move || {
             if let Some(inner) = me.upgrade() {
-                inner.finish_reload(guard, stamp);
+                inner.finish_reload(guard, stamp, seen);
             }
         });
         match pool.submit(job) {
@@ -788,8 +791,9 @@ where
         }
     }
 
-    /// The body of a background reload.
-    fn finish_reload(&self, guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>) {
+    /// The body of a background reload; `seen` is the key's write count
+    /// when the reload was asked for (see [`guard`](crate::load::guard)).
+    fn finish_reload(&self, guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>, seen: Seen) {
         // However this ends, the value's reload is no longer under way.
         let _ending = stamp.map(|stamp| self.reloading.ending(stamp));
         guard.claim();
@@ -811,7 +815,6 @@ where
             }
         }
         self.cache.load_counters().refreshed();
-        let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
                 let over = stamp.map_or(Over::Unwritten(seen), Over::Stamp);

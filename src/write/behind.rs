@@ -565,12 +565,19 @@ where
         st.stop = true;
         self.nudge();
         let exited = st.exited;
+        // The latest change per key: one in flight is older than one of the
+        // same key still queued.
         let mut unwritten: Vec<(K, Change<V>)> = st
-            .buffer
-            .pending_changes()
-            .map(|(k, c)| (k.clone(), c.clone()))
+            .flying
+            .iter()
+            .filter(|(k, _)| st.buffer.pending_change(k).is_none())
+            .cloned()
             .collect();
-        unwritten.extend(st.flying.iter().cloned());
+        unwritten.extend(
+            st.buffer
+                .pending_changes()
+                .map(|(k, c)| (k.clone(), c.clone())),
+        );
         // Reported once: forget them, so a second close does not repeat them.
         let old = std::mem::replace(
             &mut st.buffer,
