@@ -847,13 +847,8 @@ fn weigher_and_listener_see_only_present_values() {
     );
 }
 
-/// Polls `future` once with a waker that does nothing.
-fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
-    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-}
-
 #[test]
-fn a_reader_joining_a_late_reload_never_gets_a_value_expired_meanwhile() {
+fn a_reader_needing_a_key_whose_reload_is_queued_loads_it_without_waiting() {
     let clock = MockClock::new();
     let source = Source::default();
     let cache = clocked(&clock)
@@ -882,19 +877,88 @@ fn a_reader_joining_a_late_reload_never_gets_a_value_expired_meanwhile() {
     cache.insert(1, 100); // replaces the value the reload was asked for
     clock.advance(29 * SEC); // 100 is past its TTL and its stale window
     assert_eq!(cache.peek(&1), None);
-    // A reader now must load: it joins the queued reload's flight.
-    let mut reader = std::pin::pin!(cache.get_async(&1));
-    assert!(
-        poll_once(reader.as_mut()).is_pending(),
-        "waits on the reload"
-    );
-    drop(gate);
-    cache.run_pending_tasks();
-    let std::task::Poll::Ready(read) = poll_once(reader.as_mut()) else {
-        panic!("the reload ended; the reader should be done");
+    // A reader now must load. It does not wait behind the busy worker for
+    // the queued reload: it takes the reload over and loads on its own
+    // thread (it reaches the loader while the worker is still held).
+    let reader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get(&1))
     };
-    let read = read.unwrap().expect("the loader has every key");
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "the reader loads");
+    drop(gate);
+    let read = reader
+        .join()
+        .unwrap()
+        .unwrap()
+        .expect("the loader has every key");
     assert_eq!(read / 1000, 1, "a load of key 1, not the expired {read}");
+    cache.run_pending_tasks();
+    assert_eq!(
+        source.calls(),
+        4,
+        "1, 2, 2's reload, the reader's load: the job did nothing"
+    );
+    assert_eq!(cache.get(&1).unwrap(), Some(read));
+}
+
+/// Three keys whose loaders read the next one down (3 reads 2, 2 reads 1),
+/// one reload worker. Key 3's reload holds the worker, key 1's waits in the
+/// queue behind it, and a reader of key 2 loads it: its loader reads key 1,
+/// and key 3's loader reads key 2. Waiting for key 1's queued reload would
+/// wait for the worker, which waits for key 2: a deadlock.
+#[test]
+fn loaders_reading_keys_whose_reloads_are_queued_do_not_deadlock() {
+    type Chained = LoadingCache<u64, u64, String>;
+    let clock = MockClock::new();
+    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
+    let gate = Arc::new(Mutex::new(()));
+    let (entered_tx, entered) = mpsc::channel::<u64>();
+    let entered_tx = Mutex::new(entered_tx);
+    let cache: Chained = {
+        let (me, gate) = (me.clone(), gate.clone());
+        clocked(&clock)
+            .time_to_live(20 * SEC)
+            .loader(move |k: &u64| -> Result<Option<u64>, String> {
+                let _ = entered_tx.lock().send(*k);
+                let cache = me.lock().clone().expect("set before any read");
+                let below = |d: u64| cache.get(&d).map_err(|e| (*e).clone());
+                match *k {
+                    3 => {
+                        drop(gate.lock());
+                        Ok(below(2)?.map(|v| v + 1))
+                    }
+                    2 => Ok(below(1)?.map(|v| v + 1)),
+                    k => Ok(Some(k)),
+                }
+            })
+            .refresh_after(10 * SEC)
+            .reload_threads(1)
+            .build()
+            .unwrap()
+    };
+    *me.lock() = Some(cache.clone());
+    assert_eq!(cache.get(&3).unwrap(), Some(3), "loads 3, 2 and 1");
+    while entered.try_recv().is_ok() {}
+    clock.advance(15 * SEC); // all due for refresh
+    let held = gate.lock();
+    cache.get(&3).unwrap(); // 3's reload takes the worker, stops at the gate
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(3));
+    cache.get(&1).unwrap(); // 1's reload waits in the queue
+    clock.advance(10 * SEC); // 1 and 2 expire (3 too: its reload is under way)
+    let (done_tx, done) = mpsc::channel();
+    {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            let _ = done_tx.send(cache.get(&2));
+        });
+    }
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(2), "the reader loads 2");
+    drop(held);
+    let got = done.recv_timeout(10 * SEC).expect("no deadlock");
+    assert_eq!(got.unwrap(), Some(2));
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&3).unwrap(), Some(3), "3's reload ended too");
+    me.lock().take();
 }
 
 #[test]

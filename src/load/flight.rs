@@ -19,6 +19,15 @@
 //! The guard owns an `Arc` of the flight table, so a background reload can
 //! carry it to another thread.
 //!
+//! A background reload queued for a free worker leads its flight from the
+//! queue ([`Flights::begin_queued`]). A caller that needs the value now does
+//! not wait behind the queue: it takes the flight over
+//! ([`Flights::take_queued`]) and loads itself, and the job, when a worker
+//! gets to it, finds the flight taken and does nothing
+//! ([`LeaderGuard::start`]). Waiting behind the queue could deadlock: a
+//! loader that reads another key whose reload is queued behind the very
+//! reload that waits for this loader.
+//!
 //! A plain [`Cache`](crate::Cache)'s writes mark the flight of their key, if
 //! one is under way, as *written* ([`Flights::written`]): its value may be
 //! older than the write, and the leader then hands it to its waiters without
@@ -32,7 +41,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst},
     },
     task::{Context, Poll, Waker},
     thread::{self, ThreadId},
@@ -99,16 +108,37 @@ pub(crate) struct Flight<V> {
     leader: Mutex<Leader>,
     /// The key was written while this load ran.
     written: AtomicBool,
+    /// For a reload led from the queue: [`QUEUED`], then [`STARTED`] by its
+    /// job or [`TAKEN`] by a caller; [`NOT_QUEUED`] for any other load.
+    queued: AtomicU8,
 }
 
+/// [`Flight::queued`] of a load not led from the queue.
+const NOT_QUEUED: u8 = 0;
+/// A reload whose job waits for a worker.
+const QUEUED: u8 = 1;
+/// The reload's job runs it.
+const STARTED: u8 = 2;
+/// A caller took the reload over before its job ran.
+const TAKEN: u8 = 3;
+
 impl<V: Clone> Flight<V> {
-    fn new(leader: Leader) -> Self {
+    fn new(leader: Leader, queued: u8) -> Self {
         Flight {
             state: Mutex::new(State::Running(Vec::new())),
             done: Condvar::new(),
             leader: Mutex::new(leader),
             written: AtomicBool::new(false),
+            queued: AtomicU8::new(queued),
         }
+    }
+
+    /// Moves a queued reload's flight from [`QUEUED`] to `to`; false if it
+    /// was not queued (a job that started, or another taker, came first).
+    fn leave_queue(&self, to: u8) -> bool {
+        self.queued
+            .compare_exchange(QUEUED, to, SeqCst, SeqCst)
+            .is_ok()
     }
 
     /// Blocks until the leader finishes and returns what it produced.
@@ -210,10 +240,21 @@ pub(crate) struct Flights<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, or starts one led by `leader`.
     pub(crate) fn begin(self: &Arc<Self>, key: &K, leader: Leader) -> Role<K, V> {
+        self.begin_as(key, leader, NOT_QUEUED)
+    }
+
+    /// [`begin`](Self::begin) for a background reload whose job will wait
+    /// in the queue: a caller may take the flight over until the job starts
+    /// it ([`LeaderGuard::start`]).
+    pub(crate) fn begin_queued(self: &Arc<Self>, key: &K) -> Role<K, V> {
+        self.begin_as(key, Leader::Detached, QUEUED)
+    }
+
+    fn begin_as(self: &Arc<Self>, key: &K, leader: Leader, queued: u8) -> Role<K, V> {
         match self.map.entry(key.clone()) {
             Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new(leader));
+                let flight = Arc::new(Flight::new(leader, queued));
                 e.insert(flight.clone());
                 self.active.fetch_add(1, SeqCst);
                 Role::Leader(LeaderGuard {
@@ -221,9 +262,31 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                     key: key.clone(),
                     flight,
                     finished: false,
+                    taker: false,
                 })
             }
         }
+    }
+
+    /// Takes over `flight` (of `key`, found as a waiter) if it is a reload
+    /// still waiting in the queue: the caller then leads it on this thread,
+    /// and the job, when it runs, leaves it alone. `None` if it is not.
+    pub(crate) fn take_queued(
+        self: &Arc<Self>,
+        key: &K,
+        flight: &Arc<Flight<V>>,
+    ) -> Option<LeaderGuard<K, V>> {
+        if !flight.leave_queue(TAKEN) {
+            return None;
+        }
+        flight.claim();
+        Some(LeaderGuard {
+            flights: self.clone(),
+            key: key.clone(),
+            flight: flight.clone(),
+            finished: false,
+            taker: true,
+        })
     }
 }
 
@@ -278,6 +341,8 @@ pub(crate) struct LeaderGuard<K: Hash + Eq, V: Clone> {
     key: K,
     flight: Arc<Flight<V>>,
     finished: bool,
+    /// Took a queued reload over ([`Flights::take_queued`]).
+    taker: bool,
 }
 
 impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
@@ -289,6 +354,24 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
     /// Records the calling thread as the one running the load.
     pub(crate) fn claim(&self) {
         self.flight.claim();
+    }
+
+    /// For the job of a queued reload ([`Flights::begin_queued`]): whether
+    /// it runs the reload (then this thread is recorded as running it), or a
+    /// caller took it over (then this guard lets go without ending the
+    /// flight, which the taker ends). True for any other flight.
+    pub(crate) fn start(&mut self) -> bool {
+        match self.flight.queued.load(SeqCst) {
+            NOT_QUEUED | STARTED => {}
+            _ if self.flight.leave_queue(STARTED) => {}
+            _ => {
+                // Taken: the taker's guard retires the flight.
+                self.finished = true;
+                return false;
+            }
+        }
+        self.flight.claim();
+        true
     }
 
     /// Records the calling thread as the one running the load until the
@@ -305,6 +388,12 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
     /// after the value is in the cache.
     pub(crate) fn finish(mut self, outcome: Outcome<V>) {
         self.retire(outcome);
+    }
+
+    /// Whether this is a queued reload's own guard and a caller took the
+    /// flight over from it.
+    fn taken_from_me(&self) -> bool {
+        !self.taker && self.flight.queued.load(SeqCst) == TAKEN
     }
 
     fn retire(&mut self, outcome: Outcome<V>) {
@@ -338,8 +427,109 @@ impl<V: Clone> Drop for Polling<'_, V> {
 
 impl<K: Hash + Eq, V: Clone> Drop for LeaderGuard<K, V> {
     fn drop(&mut self) {
+        // A queued job's guard dropped unstarted (its queue was full, or the
+        // cache went away) while a caller took the flight: the taker ends it.
+        if !self.finished && !self.flight.leave_queue(STARTED) && self.taken_from_me() {
+            self.finished = true;
+        }
         if !self.finished {
             self.retire(Outcome::Abandoned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Barrier, thread};
+
+    use super::*;
+
+    type Table = Arc<Flights<u32, u32>>;
+
+    fn queued(flights: &Table, key: u32) -> LeaderGuard<u32, u32> {
+        match flights.begin_queued(&key) {
+            Role::Leader(guard) => guard,
+            Role::Waiter(_) => panic!("no flight of {key} yet"),
+        }
+    }
+
+    fn joined(flights: &Table, key: u32) -> Arc<Flight<u32>> {
+        match flights.begin(&key, Leader::Detached) {
+            Role::Waiter(flight) => flight,
+            Role::Leader(_) => panic!("a flight of {key} is under way"),
+        }
+    }
+
+    fn settled(flights: &Table) -> bool {
+        flights.map.is_empty() && flights.active.load(SeqCst) == 0
+    }
+
+    #[test]
+    fn a_taken_reload_is_ended_by_its_taker_and_left_by_its_job() {
+        let flights = Table::default();
+        let mut job = queued(&flights, 1);
+        let flight = joined(&flights, 1);
+        let taker = flights.take_queued(&1, &flight).expect("still queued");
+        assert!(flights.take_queued(&1, &flight).is_none(), "taken once");
+        assert!(!job.start(), "the job finds it taken");
+        drop(job);
+        assert!(!settled(&flights), "the taker still runs it");
+        let waiter = joined(&flights, 1);
+        let waiting = thread::spawn(move || matches!(waiter.wait(), Outcome::Loaded(7)));
+        taker.finish(Outcome::Loaded(7));
+        assert!(waiting.join().unwrap(), "the waiter got the taker's value");
+        assert!(settled(&flights));
+    }
+
+    #[test]
+    fn a_started_reload_cannot_be_taken() {
+        let flights = Table::default();
+        let mut job = queued(&flights, 1);
+        assert!(job.start());
+        let flight = joined(&flights, 1);
+        assert!(flights.take_queued(&1, &flight).is_none());
+        job.finish(Outcome::Loaded(1));
+        assert!(settled(&flights));
+        // Nor can any other flight.
+        let guard = match flights.begin(&2, Leader::Detached) {
+            Role::Leader(guard) => guard,
+            Role::Waiter(_) => unreachable!(),
+        };
+        assert!(flights.take_queued(&2, &joined(&flights, 2)).is_none());
+        drop(guard);
+        assert!(settled(&flights));
+    }
+
+    #[test]
+    fn an_unstarted_job_dropped_while_callers_take_it_ends_the_flight_once() {
+        // The job's guard dropped unstarted (a full queue) races callers
+        // taking the flight: exactly one of them ends it, and the count of
+        // flights under way comes back to zero, not below.
+        for _ in 0..500 {
+            let flights = Table::default();
+            let job = queued(&flights, 1);
+            let flight = joined(&flights, 1);
+            let start = Arc::new(Barrier::new(3));
+            let takers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (flights, flight, start) = (flights.clone(), flight.clone(), start.clone());
+                    thread::spawn(move || {
+                        start.wait();
+                        flights.take_queued(&1, &flight).map(|taker| {
+                            taker.finish(Outcome::Loaded(1));
+                        })
+                    })
+                })
+                .collect();
+            start.wait();
+            drop(job);
+            let took = takers.into_iter().filter_map(|t| t.join().unwrap()).count();
+            assert!(took <= 1);
+            assert!(settled(&flights), "took {took}");
+            assert!(matches!(
+                flight.wait(),
+                Outcome::Loaded(1) | Outcome::Abandoned
+            ));
         }
     }
 }

@@ -586,7 +586,11 @@ where
         loop {
             let flight = match self.flights.begin(key, Leader::here()) {
                 Role::Leader(guard) => return self.lead(guard, fallback),
-                Role::Waiter(flight) => flight,
+                // A reload still waiting for a worker: load now instead.
+                Role::Waiter(flight) => match self.flights.take_queued(key, &flight) {
+                    Some(guard) => return self.lead(guard, fallback),
+                    None => flight,
+                },
             };
             if let Some(result) = self.settle(flight.wait(), &fallback) {
                 return result;
@@ -756,7 +760,7 @@ where
     /// `stamp` is the value it should replace (`None`: whatever is there,
     /// including nothing). Without reload threads it runs here and now.
     fn reload(&self, key: &K, stamp: Option<u64>) -> bool {
-        let guard = match self.flights.begin(key, Leader::Detached) {
+        let guard = match self.flights.begin_queued(key) {
             Role::Leader(guard) => guard,
             Role::Waiter(_) => return false,
         };
@@ -793,10 +797,14 @@ where
 
     /// The body of a background reload; `seen` is the key's write count
     /// when the reload was asked for (see [`guard`](crate::load::guard)).
-    fn finish_reload(&self, guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>, seen: Seen) {
+    fn finish_reload(&self, mut guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>, seen: Seen) {
         // However this ends, the value's reload is no longer under way.
         let _ending = stamp.map(|stamp| self.reloading.ending(stamp));
-        guard.claim();
+        if !guard.start() {
+            // A reader needed the value before a worker got here and
+            // loaded it itself.
+            return;
+        }
         let key = guard.key().clone();
         // Between the read that asked for this reload and now, another load
         // may have replaced the value: then there is nothing to refresh.
@@ -830,7 +838,10 @@ where
         loop {
             let flight = match self.flights.begin(key, Leader::Detached) {
                 Role::Leader(guard) => return self.lead(guard, fallback),
-                Role::Waiter(flight) => flight,
+                Role::Waiter(flight) => match self.flights.take_queued(key, &flight) {
+                    Some(guard) => return self.lead(guard, fallback),
+                    None => flight,
+                },
             };
             if let Some(result) = self.settle(flight.wait_async().await, &fallback) {
                 return result;
@@ -868,7 +879,11 @@ where
                     }
                     None => led.push((guard, fallback)),
                 },
-                Role::Waiter(flight) => batch.waits.push((key, flight, fallback)),
+                Role::Waiter(flight) => match self.flights.take_queued(&key, &flight) {
+                    // A reload still waiting for a worker: in this batch.
+                    Some(guard) => led.push((guard, fallback)),
+                    None => batch.waits.push((key, flight, fallback)),
+                },
             }
         }
         if led.is_empty() {
