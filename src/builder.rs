@@ -259,7 +259,9 @@ where
 
     /// Spreads every deadline computed on a write by a random factor in
     /// `1 ± jitter`, so entries written together do not all expire together.
-    /// Default `0.0`; range `0.0..1.0` (e.g. `0.1` for ±10 %). An update
+    /// Default `0.0`; range `0.0..1.0` (e.g. `0.1` for ±10 %). On a
+    /// [`LoadingCache`](crate::LoadingCache) it spreads each loaded value's
+    /// time to live the same way. An update
     /// whose [`Expiry::expire_after_update`] leaves the time left as it was
     /// (the default hook) keeps the entry's deadline, unspread again.
     pub fn ttl_jitter(mut self, jitter: f64) -> Self {
@@ -272,6 +274,12 @@ where
     /// maintenance thread for expiry), after every lock is released, so it may
     /// call back into the cache. A panic in it is caught and discarded; the
     /// removal stands and other notifications are still delivered.
+    ///
+    /// On a [`LoadingCache`](crate::LoadingCache) the listener hears of
+    /// values only, not of cached absences (`negative_ttl`); with
+    /// `stale_while_revalidate` or `stale_if_error`, a value leaves (as
+    /// `Expired`) once the last of those windows ends, not at its time to
+    /// live; a reload that finds the key gone drops its value.
     ///
     /// A listener that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever: reach it through a
@@ -300,7 +308,8 @@ where
         self
     }
 
-    /// Reads time from `clock` instead of the system clock.
+    /// Reads time from `clock` instead of the system clock (feature
+    /// `test-util`, which provides [`MockClock`](crate::clock::MockClock)).
     ///
     /// The system clock is the processor's time-stamp counter on x86-64
     /// Linux when the kernel's own clock source is `tsc` and the CPU reports

@@ -358,8 +358,9 @@ where
     /// # Errors
     ///
     /// The error `init` returned, or the one returned by the concurrent
-    /// caller whose `init` this call waited for (same type `E` only; callers
-    /// expecting another type load by themselves).
+    /// caller whose `init` this call waited for (same type `E` only: a
+    /// waiter expecting another error type runs its own `init`; a value, on
+    /// the other hand, is shared whatever the types of the callers' errors).
     ///
     /// # Concurrent calls on the same key
     ///

@@ -80,7 +80,10 @@ impl CacheStats {
         self.removals(RemovalCause::Size) + self.removals(RemovalCause::Expired)
     }
 
-    /// Loader calls (`get_with`, `try_get_with`) that returned a value.
+    /// Loader calls that returned a value: `get_with` / `try_get_with`
+    /// inits, and a [`LoadingCache`](crate::LoadingCache)'s (or
+    /// [`StoreCache`](crate::StoreCache)'s) loads, background reloads and
+    /// batches included.
     pub fn load_successes(&self) -> u64 {
         self.load_successes
     }

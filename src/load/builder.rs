@@ -121,6 +121,10 @@ where
     /// and starts one background reload; the reloaded value replaces it when
     /// ready. Reads never wait for a refresh. Works with or without a
     /// `time_to_live` (set it shorter than the TTL to refresh before expiry).
+    /// A reload that finds the key absent drops the value (or caches the
+    /// absence, with `negative_ttl`); one that fails leaves the value as it
+    /// was, and the next read due for refresh tries again. Cached absences
+    /// are refreshed too.
     ///
     /// # Examples
     ///

@@ -71,7 +71,8 @@ pub trait Loader<K, V>: Send + Sync + 'static {
     fn load(&self, key: &K) -> Result<Option<V>, Self::Error>;
 
     /// Loads a batch of distinct keys; keys left out of the answer are
-    /// absent.
+    /// absent. Pairs for keys not asked for are ignored; of two pairs for
+    /// one key, the last is kept.
     ///
     /// # Errors
     ///
