@@ -363,14 +363,7 @@ fn weighted_size_stays_within_capacity_under_contention() {
     };
     monitor.finish();
     // Weights from 1 to 300 in a bound of 1,000: a few keys at a time.
-    assert!(
-        found * 500 > gets,
-        "gets found {found} values in {gets} calls"
-    );
-    assert!(
-        cache.stats().hits() >= found,
-        "every value a get found is a hit"
-    );
+    check_gets_found(gets, found, cache.stats().hits());
     assert!(
         cache.weighted_size() <= CAPACITY,
         "weighted_size {}",
@@ -401,6 +394,17 @@ struct Seen {
     ids: Vec<(u64, RemovalCause)>,
     /// Notifications whose key did not match their value.
     mismatched: usize,
+}
+
+/// `found` values in `gets` calls of `get`: some (the caches here hold a
+/// tenth to a hundredth of their keys, and the floor is far below), and no
+/// more than the hits counted.
+fn check_gets_found(gets: u64, found: u64, hits: u64) {
+    assert!(
+        found * 500 > gets,
+        "gets found {found} values in {gets} calls"
+    );
+    assert!(hits >= found, "every value a get found is a hit");
 }
 
 /// Counts the writes of one key (or of all, for a bulk invalidation) as a
@@ -560,14 +564,7 @@ fn check_exactly_once_accounting(weighted: bool) {
     assert!(loads > 1_000, "{loads} loads that must be cached, to check");
     let gets: u64 = made.iter().map(|m| m.gets).sum();
     let found: u64 = made.iter().map(|m| m.found).sum();
-    assert!(
-        found * 500 > gets,
-        "gets found {found} values in {gets} calls"
-    );
-    assert!(
-        cache.stats().hits() >= found,
-        "every value a get found is a hit"
-    );
+    check_gets_found(gets, found, cache.stats().hits());
 
     // The maintenance thread may be delivering a batch right now: poll until
     // every id is accounted for (a duplicate never goes away by waiting).

@@ -307,28 +307,13 @@ where
         let swr = positive(self.stale_while_revalidate, "stale_while_revalidate")?;
         let sie = positive(self.stale_if_error, "stale_if_error")?;
         let negative_ttl = positive(self.negative_ttl, "negative_ttl")?;
-        if self.reload_threads == 0 {
-            return Err(BuildError::ZeroSetting("reload_threads"));
-        }
-        if self.reload_threads > MAX_RELOAD_THREADS {
-            let given = self.reload_threads;
-            return Err(BuildError::TooLarge(
-                "reload_threads",
-                given,
-                MAX_RELOAD_THREADS,
-            ));
-        }
-        if self.reload_queue == 0 {
-            return Err(BuildError::ZeroSetting("reload_queue_capacity"));
-        }
-        if self.reload_queue > MAX_RELOAD_QUEUE {
-            let given = self.reload_queue;
-            return Err(BuildError::TooLarge(
-                "reload_queue_capacity",
-                given,
-                MAX_RELOAD_QUEUE,
-            ));
-        }
+        let count = |n: usize, limit: usize, name| match n {
+            0 => Err(BuildError::ZeroSetting(name)),
+            n if n > limit => Err(BuildError::TooLarge(name, n, limit)),
+            n => Ok(n),
+        };
+        count(self.reload_threads, MAX_RELOAD_THREADS, "reload_threads")?;
+        count(self.reload_queue, MAX_RELOAD_QUEUE, "reload_queue_capacity")?;
         if let Some(beta) = self.early_expiry {
             if !(beta.is_finite() && beta > 0.0) {
                 return Err(BuildError::BetaOutOfRange(beta));
