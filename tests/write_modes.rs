@@ -358,6 +358,9 @@ fn a_poisonous_key_is_dead_lettered_alone_and_flush_returns() {
         (13, &Change::Put(14), 3)
     );
     assert!(matches!(&dead.error, WriteFailure::Store(e) if **e == "key 13 is poisonous"));
+    // An error like any other, for `?` into a boxed error.
+    let boxed: Box<dyn std::error::Error> = Box::new(dead.error.clone());
+    assert_eq!(boxed.to_string(), "key 13 is poisonous");
     for k in (0..50).filter(|&k| k != 13) {
         assert_eq!(store.get(k), Some(k + 1), "key {k} landed");
     }

@@ -176,6 +176,8 @@ impl<E: fmt::Display> fmt::Display for WriteFailure<E> {
     }
 }
 
+impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteFailure<E> {}
+
 /// A change write-behind could not write, handed to the dead-letter handler
 /// ([`StoreCacheBuilder::dead_letter`]) with why.
 #[derive(Debug)]
