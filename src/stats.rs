@@ -25,8 +25,10 @@ use crate::RemovalCause;
 /// let stats = cache.stats();
 /// assert_eq!((stats.hits(), stats.misses()), (1, 1));
 /// assert_eq!(stats.hit_rate(), 0.5);
+/// // `{:?}` names every counter, removals by cause.
+/// assert!(format!("{stats:?}").starts_with("CacheStats { hits: 1, misses: 1, expired: 0, explicit: 0"));
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub(crate) hits: u64,
     pub(crate) misses: u64,
@@ -37,6 +39,26 @@ pub struct CacheStats {
     pub(crate) refreshes: u64,
     pub(crate) stale_hits: u64,
     pub(crate) skipped_refreshes: u64,
+}
+
+impl std::fmt::Debug for CacheStats {
+    /// Every counter by name, removals by cause.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStats")
+            .field("hits", &self.hits)
+            .field("misses", &self.misses)
+            .field("expired", &self.removals(RemovalCause::Expired))
+            .field("explicit", &self.removals(RemovalCause::Explicit))
+            .field("replaced", &self.removals(RemovalCause::Replaced))
+            .field("size", &self.removals(RemovalCause::Size))
+            .field("load_successes", &self.load_successes)
+            .field("load_failures", &self.load_failures)
+            .field("load_nanos", &self.load_nanos)
+            .field("refreshes", &self.refreshes)
+            .field("stale_hits", &self.stale_hits)
+            .field("skipped_refreshes", &self.skipped_refreshes)
+            .finish()
+    }
 }
 
 impl CacheStats {
