@@ -442,6 +442,11 @@ where
     /// the reload was skipped: the queue was full, or a load of `key` was
     /// already running.
     ///
+    /// If a read needs the value before a reload thread gets to it, the
+    /// read loads it at once itself (an ordinary load, in
+    /// [`loads`](crate::CacheStats::loads)) and the queued reload then does
+    /// nothing (it is not counted in `refreshes`).
+    ///
     /// # Examples
     ///
     /// ```
@@ -871,19 +876,23 @@ where
         }
         let mut led = Vec::new();
         for (key, fallback) in missing {
-            match self.flights.begin(&key, Leader::here()) {
-                Role::Leader(guard) => match self.loaded_meanwhile(&guard) {
-                    Some(value) => {
-                        guard.finish(Outcome::Loaded(value.clone()));
-                        batch.add(key, Ok(value));
-                    }
-                    None => led.push((guard, fallback)),
-                },
+            let guard = match self.flights.begin(&key, Leader::here()) {
+                Role::Leader(guard) => guard,
                 Role::Waiter(flight) => match self.flights.take_queued(&key, &flight) {
                     // A reload still waiting for a worker: in this batch.
-                    Some(guard) => led.push((guard, fallback)),
-                    None => batch.waits.push((key, flight, fallback)),
+                    Some(guard) => guard,
+                    None => {
+                        batch.waits.push((key, flight, fallback));
+                        continue;
+                    }
                 },
+            };
+            match self.loaded_meanwhile(&guard) {
+                Some(value) => {
+                    guard.finish(Outcome::Loaded(value.clone()));
+                    batch.add(key, Ok(value));
+                }
+                None => led.push((guard, fallback)),
             }
         }
         if led.is_empty() {
