@@ -693,9 +693,13 @@ where
     /// `get` without counting the hit or miss (see
     /// [`record_lookup`](Self::record_lookup)), with the clock reading it
     /// used if it read the clock, so the caller need not read it again.
-    pub(crate) fn get_uncounted(&self, key: &K) -> (Option<V>, Option<u64>) {
+    pub(crate) fn get_uncounted<Q>(&self, key: &Q) -> (Option<V>, Option<u64>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut now = Now::new(&self.inner.timing.clock);
-        let value = self.inner.read::<K, false>(key, &mut now);
+        let value = self.inner.read::<Q, false>(key, &mut now);
         (value, now.read_so_far())
     }
 

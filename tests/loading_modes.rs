@@ -984,3 +984,44 @@ fn a_queued_refresh_of_an_absent_key_never_overwrites_a_later_insert() {
     cache.run_pending_tasks();
     assert_eq!(cache.get(&1).unwrap(), Some(42), "the insert wins");
 }
+
+#[test]
+fn reads_take_any_borrowed_form_of_the_key() {
+    let clock = MockClock::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let cache: LoadingCache<String, usize, String> = {
+        let calls = calls.clone();
+        Cache::builder()
+            .clock(clock.clone())
+            .time_to_live(10 * SEC)
+            .loader(move |k: &String| {
+                calls.fetch_add(1, SeqCst);
+                Ok::<_, String>(Some(k.len()))
+            })
+            .refresh_after(5 * SEC)
+            .build()
+            .unwrap()
+    };
+    assert_eq!(cache.get("four").unwrap(), Some(4), "a miss loads");
+    assert_eq!(cache.get("four").unwrap(), Some(4), "a hit");
+    assert_eq!(cache.peek("four"), Some(4));
+    let std::task::Poll::Ready(read) = poll_once(std::pin::pin!(cache.get_async("three"))) else {
+        panic!("a load with no other caller completes in one poll");
+    };
+    assert_eq!(read.unwrap(), Some(5));
+    clock.advance(6 * SEC);
+    assert_eq!(cache.get("four").unwrap(), Some(4), "due: starts a reload");
+    cache.run_pending_tasks();
+    assert_eq!(calls.load(SeqCst), 3, "four, three, and four's reload");
+    assert_eq!(cache.stats().refreshes(), 1);
+    assert_eq!(
+        cache.get(&"four".to_string()).unwrap(),
+        Some(4),
+        "the owned key too"
+    );
+}
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}

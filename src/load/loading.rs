@@ -16,6 +16,7 @@
 //! concurrent `insert` or `invalidate` wins over a slow reload.
 
 use std::{
+    borrow::Borrow,
     collections::{HashMap, HashSet},
     fmt,
     hash::Hash,
@@ -221,11 +222,22 @@ where
     ///     .unwrap();
     /// assert_eq!(cache.get(&3).unwrap(), Some(30));
     /// assert_eq!(*cache.get(&0).unwrap_err(), "no zero");
+    ///
+    /// // Any borrowed form of the key, as for `Cache::get`.
+    /// let names = larder::Cache::builder()
+    ///     .loader(|k: &String| Ok::<_, String>(Some(k.len())))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(names.get("four").unwrap(), Some(4));
     /// ```
-    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<E>> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Arc<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         match self.inner.read(key) {
             Read::Done(v) => Ok(v),
-            Read::Load(fallback) => self.inner.load(key, fallback),
+            Read::Load(fallback) => self.inner.load(&key.to_owned(), fallback),
         }
     }
 
@@ -257,10 +269,14 @@ where
     ///     .unwrap();
     /// assert_eq!(block_on(cache.get_async(&1)).unwrap(), Some(2));
     /// ```
-    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<E>> {
+    pub async fn get_async<Q>(&self, key: &Q) -> Result<Option<V>, Arc<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         match self.inner.read(key) {
             Read::Done(v) => Ok(v),
-            Read::Load(fallback) => self.inner.load_async(key, fallback).await,
+            Read::Load(fallback) => self.inner.load_async(&key.to_owned(), fallback).await,
         }
     }
 
@@ -348,7 +364,11 @@ where
     /// cache.get(&1).unwrap();
     /// assert_eq!(cache.peek(&1), Some(1));
     /// ```
-    pub fn peek(&self, key: &K) -> Option<V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.unexpired(self.inner.cache.peek(key)?)
     }
 
@@ -555,7 +575,11 @@ where
 {
     /// Looks `key` up, counts the hit or miss, and starts a background
     /// reload if one is due.
-    fn read(&self, key: &K) -> Read<V> {
+    fn read<Q>(&self, key: &Q) -> Read<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let (Some(entry), seen) = self.cache.get_uncounted(key) else {
             self.cache.record_lookup(false);
             return Read::Load(None);
@@ -755,9 +779,13 @@ where
     /// without asking the flight map if [`Reloading`] knows it is under
     /// way (the reads of a hot key during its reload).
     #[inline]
-    fn reload_unless_under_way(&self, key: &K, stamp: u64) {
+    fn reload_unless_under_way<Q>(&self, key: &Q, stamp: u64)
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
         if !self.reloading.under_way(stamp) {
-            self.reload(key, Some(stamp));
+            self.reload(&key.to_owned(), Some(stamp));
         }
     }
 

@@ -8,6 +8,7 @@
 //! from caching a value the store no longer holds.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     fmt,
     hash::Hash,
@@ -251,7 +252,11 @@ where
     /// let cache = Cache::builder().store(Squares).build().unwrap();
     /// assert_eq!(cache.get(&4).unwrap(), Some(16));
     /// ```
-    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<S::Error>> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Arc<S::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.inner.reads.get(key)
     }
 
@@ -261,7 +266,11 @@ where
     /// # Errors
     ///
     /// As for [`get`](Self::get).
-    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<S::Error>> {
+    pub async fn get_async<Q>(&self, key: &Q) -> Result<Option<V>, Arc<S::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.inner.reads.get_async(key).await
     }
 
@@ -293,7 +302,11 @@ where
     }
 
     /// The cached value for `key`, without loading or counting.
-    pub fn peek(&self, key: &K) -> Option<V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.reads.peek(key)
     }
 
