@@ -524,9 +524,10 @@ where
     }
 
     /// Does now what the background threads would do soon: reaps expired
-    /// entries, then waits for every background reload queued so far to
-    /// finish (unless called from a reload itself). Tests use it to make
-    /// reloads deterministic.
+    /// entries, then waits for every background reload queued before the
+    /// call to finish (not those queued since, so it returns under steady
+    /// reload traffic too; and not at all when called from a reload
+    /// itself). Tests use it to make reloads deterministic.
     ///
     /// # Examples
     ///

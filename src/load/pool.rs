@@ -12,6 +12,7 @@
 
 use std::{
     cell::Cell,
+    collections::BTreeSet,
     panic::{AssertUnwindSafe, catch_unwind},
     thread::{self, JoinHandle},
 };
@@ -27,31 +28,56 @@ thread_local! {
     static WORKER: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The threads, their queue and a count of jobs not yet finished.
+/// The threads, their queue and the jobs not yet finished.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    sender: Mutex<Option<Sender<Job>>>,
+    sender: Mutex<Option<Sender<(u64, Job)>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pending: std::sync::Arc<Pending>,
 }
 
-/// Jobs queued or running, and a condition variable for [`Pool::settle`].
+/// The jobs queued or running, by the number each got when submitted, and
+/// a condition variable for [`Pool::settle`].
 #[derive(Debug, Default)]
 struct Pending {
-    count: Mutex<usize>,
-    idle: Condvar,
+    jobs: Mutex<Outstanding>,
+    finished: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Outstanding {
+    /// The number the next job gets.
+    next: u64,
+    /// Numbers of the jobs not yet finished.
+    unfinished: BTreeSet<u64>,
 }
 
 impl Pending {
-    fn add(&self) {
-        *self.count.lock() += 1;
+    /// Records a job about to be queued; returns its number.
+    fn add(&self) -> u64 {
+        let mut jobs = self.jobs.lock();
+        let number = jobs.next;
+        jobs.next += 1;
+        jobs.unfinished.insert(number);
+        number
     }
 
-    fn done(&self) {
-        let mut count = self.count.lock();
-        *count -= 1;
-        if *count == 0 {
-            self.idle.notify_all();
+    fn done(&self, number: u64) {
+        self.jobs.lock().unfinished.remove(&number);
+        self.finished.notify_all();
+    }
+
+    /// The number the next job will get: every job numbered below it was
+    /// submitted before now.
+    fn ticket(&self) -> u64 {
+        self.jobs.lock().next
+    }
+
+    /// Waits until no job numbered below `ticket` is unfinished.
+    fn wait_for(&self, ticket: u64) {
+        let mut jobs = self.jobs.lock();
+        while jobs.unfinished.first().is_some_and(|&n| n < ticket) {
+            self.finished.wait(&mut jobs);
         }
     }
 }
@@ -61,7 +87,7 @@ impl Pool {
     /// that the system refuses to spawn is left out; with none at all every
     /// submit is refused, so reloads are skipped and counted, not lost.
     pub(crate) fn new(threads: usize, capacity: usize) -> Self {
-        let (sender, receiver) = bounded::<Job>(capacity);
+        let (sender, receiver) = bounded::<(u64, Job)>(capacity);
         let pending = std::sync::Arc::new(Pending::default());
         let handles: Vec<_> = (0..threads)
             .filter_map(|i| {
@@ -88,26 +114,25 @@ impl Pool {
         let Some(sender) = sender.as_ref() else {
             return Err(job);
         };
-        self.pending.add();
-        match sender.try_send(job) {
+        let number = self.pending.add();
+        match sender.try_send((number, job)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.pending.done();
+            Err(TrySendError::Full((_, job)) | TrySendError::Disconnected((_, job))) => {
+                self.pending.done(number);
                 Err(job)
             }
         }
     }
 
-    /// Waits until every job submitted so far has finished. Returns at once
-    /// on a worker thread, where waiting would be for itself.
+    /// Waits until every job submitted before the call has finished (not
+    /// those submitted since: under steady reloads the queue may never be
+    /// empty). Returns at once on a worker thread, where waiting would be
+    /// for itself.
     pub(crate) fn settle(&self) {
         if WORKER.with(Cell::get) {
             return;
         }
-        let mut count = self.pending.count.lock();
-        while *count > 0 {
-            self.pending.idle.wait(&mut count);
-        }
+        self.pending.wait_for(self.pending.ticket());
     }
 
     /// Stops the workers after the queued jobs and joins them (all but the
@@ -123,13 +148,13 @@ impl Pool {
     }
 }
 
-fn work(jobs: &Receiver<Job>, pending: &Pending) {
+fn work(jobs: &Receiver<(u64, Job)>, pending: &Pending) {
     WORKER.with(|w| w.set(true));
-    for job in jobs {
+    for (number, job) in jobs {
         // The job records its own failure (a panicking loader counts as a
         // failed load through its guard); the worker only survives it.
         let _ = catch_unwind(AssertUnwindSafe(job));
-        pending.done();
+        pending.done(number);
     }
 }
 
@@ -180,6 +205,42 @@ mod tests {
         assert!(pool.submit(job).is_ok());
         pool.settle();
         assert_eq!(ran.load(Ordering::SeqCst), 1);
+        pool.stop();
+    }
+
+    #[test]
+    fn settling_waits_for_the_jobs_submitted_before_it_only() {
+        let pool = Pool::new(2, 8);
+        let (first_gate, later_gate) = (Arc::new(Mutex::new(())), Arc::new(Mutex::new(())));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let gated = |gate: &Arc<Mutex<()>>| -> Job {
+            let (gate, ran) = (gate.clone(), ran.clone());
+            Box::new(move || {
+                drop(gate.lock());
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let first = first_gate.lock();
+        let later = later_gate.lock();
+        assert!(pool.submit(gated(&first_gate)).is_ok());
+        let ticket = pool.pending.ticket();
+        // Submitted after the settle began: it must not wait for this one,
+        // which stays blocked until the end of the test.
+        assert!(pool.submit(gated(&later_gate)).is_ok());
+        let settling = {
+            let pending = pool.pending.clone();
+            thread::spawn(move || pending.wait_for(ticket))
+        };
+        drop(first);
+        settling.join().unwrap();
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            1,
+            "the first job, not the later one"
+        );
+        drop(later);
+        pool.settle();
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
         pool.stop();
     }
 
