@@ -16,6 +16,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => proptest::collection::vec(key.clone(), 0..6).prop_map(Op::GetMany),
         3 => (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
         2 => key.clone().prop_map(Op::Invalidate),
+        1 => any::<u8>().prop_map(Op::InvalidateIf),
         1 => Just(Op::InvalidateAll),
         2 => key.clone().prop_map(Op::Refresh),
         5 => (key, proptest::option::of(any::<u32>())).prop_map(|(k, v)| Op::DbSet(k, v)),

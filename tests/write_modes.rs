@@ -987,3 +987,18 @@ fn user_code_on_the_flusher_thread_may_call_the_cache_without_waiting_for_itself
         "Some(\"larder-write-behind\") flushed=false Ok(()) Err(QueueFull) unwritten=[(2, Put(2))]"
     );
 }
+
+#[test]
+fn invalidating_by_predicate_drops_cached_copies_and_leaves_the_store() {
+    let store = MemStore::default();
+    let cache = builder(&store).build().unwrap();
+    for k in 0..10 {
+        cache.insert(k, k * 10).unwrap();
+    }
+    cache.invalidate_entries_if(|_, v| v % 20 == 0);
+    let cached: Vec<u64> = (0..10).filter(|k| cache.contains_key(k)).collect();
+    assert_eq!(cached, vec![1, 3, 5, 7, 9]);
+    assert_eq!(store.get(4), Some(40), "the store keeps every row");
+    assert_eq!(cache.get(&4).unwrap(), Some(40), "read through again");
+    assert!(cache.contains_key(&4));
+}

@@ -22,10 +22,24 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
         2 => u.int_in_range(8..=40)?,
         _ => 1_000,
     };
-    let ttl = if u.arbitrary()? { Some(u.int_in_range(1..=15)?) } else { None };
-    let tti = if u.arbitrary()? { Some(u.int_in_range(1..=10)?) } else { None };
+    let ttl = if u.arbitrary()? {
+        Some(u.int_in_range(1..=15)?)
+    } else {
+        None
+    };
+    let tti = if u.arbitrary()? {
+        Some(u.int_in_range(1..=10)?)
+    } else {
+        None
+    };
     let shards = if u.arbitrary()? { 1 } else { 4 };
-    Ok(Config { capacity, shards, ttl, tti, weighted: u.arbitrary()? })
+    Ok(Config {
+        capacity,
+        shards,
+        ttl,
+        tti,
+        weighted: u.arbitrary()?,
+    })
 }
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {

@@ -17,14 +17,22 @@ use libfuzzer_sys::{
 use loading_model::{Config, KEYS, Op, run};
 
 fn config(u: &mut Unstructured<'_>) -> Result<Config> {
-    let ttl = if u.arbitrary()? { Some(u.int_in_range(1..=9)?) } else { None };
-    let negative_ttl = if u.arbitrary()? { Some(u.int_in_range(1..=4)?) } else { None };
+    let ttl = if u.arbitrary()? {
+        Some(u.int_in_range(1..=9)?)
+    } else {
+        None
+    };
+    let negative_ttl = if u.arbitrary()? {
+        Some(u.int_in_range(1..=4)?)
+    } else {
+        None
+    };
     Ok(Config { ttl, negative_ttl })
 }
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     let key = |u: &mut Unstructured<'_>| u.int_in_range(0..=KEYS - 1);
-    Ok(match u.int_in_range(0..=9u8)? {
+    Ok(match u.int_in_range(0..=10u8)? {
         0 => Op::Get(key(u)?),
         1 => {
             let n = u.int_in_range(0..=8u8)?;
@@ -37,6 +45,7 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         6 => Op::DbSet(key(u)?, u.arbitrary()?),
         7 => Op::DbFails(u.arbitrary()?),
         8 => Op::Advance(u.int_in_range(0..=5999)?),
+        9 => Op::InvalidateIf(u.int_in_range(1..=4)?),
         _ => Op::RunPending,
     })
 }

@@ -41,7 +41,13 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         10 => {
             let n = u.int_in_range(1..=8)?;
             let pushes = (0..n)
-                .map(|_| Ok((u.int_in_range(0..=KEYS - 1)?, u.arbitrary()?, u.arbitrary()?)))
+                .map(|_| {
+                    Ok((
+                        u.int_in_range(0..=KEYS - 1)?,
+                        u.arbitrary()?,
+                        u.arbitrary()?,
+                    ))
+                })
                 .collect::<Result<_>>()?;
             Op::Drain(pushes)
         }

@@ -495,6 +495,38 @@ where
         self.inner.remove_written(key);
     }
 
+    /// Removes every value for which `predicate` returns true (cached
+    /// absences are kept). The predicate runs with no lock held, on the
+    /// values [`iter`](Self::iter) lists; each removal is an
+    /// [`invalidate`](Self::invalidate), so a load of the key under way does
+    /// not cache the value it read before it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// for k in 0..10 { cache.get(&k).unwrap(); }
+    /// cache.invalidate_entries_if(|_, v| v % 2 == 0);
+    /// assert_eq!((cache.contains_key(&3), cache.contains_key(&4)), (true, false));
+    /// ```
+    pub fn invalidate_entries_if(&self, predicate: impl Fn(&K, &V) -> bool) {
+        for (key, value) in self.iter() {
+            if predicate(&key, &value) {
+                self.invalidate(&key);
+            }
+        }
+    }
+
+    /// True if [`peek`](Self::peek) would return a value: no load, count or
+    /// refresh.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.peek(key).is_some()
+    }
+
     /// Removes every value.
     ///
     /// # Examples

@@ -421,6 +421,21 @@ where
         self.inner.reads.invalidate(key);
     }
 
+    /// Drops the cached copies for which `predicate` returns true (the
+    /// store is not touched); see [`LoadingCache::invalidate_entries_if`].
+    pub fn invalidate_entries_if(&self, predicate: impl Fn(&K, &V) -> bool) {
+        self.inner.reads.invalidate_entries_if(predicate);
+    }
+
+    /// True if [`peek`](Self::peek) would return a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.reads.contains_key(key)
+    }
+
     /// Drops every cached value (the store is not touched).
     pub fn invalidate_all(&self) {
         self.inner.reads.invalidate_all();

@@ -35,6 +35,8 @@ pub enum Op {
     GetMany(Vec<u8>),
     Insert(u8, u32),
     Invalidate(u8),
+    /// `invalidate_entries_if` of the values divisible by this (at least 1).
+    InvalidateIf(u8),
     InvalidateAll,
     Refresh(u8),
     /// The database changes under the cache: a value, or the key deleted.
@@ -208,6 +210,17 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
             Op::Invalidate(k) => {
                 cache.invalidate(&k);
                 m.held.remove(&k);
+            }
+            Op::InvalidateIf(d) => {
+                let d = u32::from(d.max(1));
+                cache.invalidate_entries_if(|_, v| v % d == 0);
+                // The values `iter` lists (live, not absences) that match.
+                let doomed: Vec<u8> = (0..KEYS)
+                    .filter(|&k| m.live(k).and_then(|h| h.value).is_some_and(|v| v % d == 0))
+                    .collect();
+                for k in doomed {
+                    m.held.remove(&k);
+                }
             }
             Op::InvalidateAll => {
                 cache.invalidate_all();
