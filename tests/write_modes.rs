@@ -358,8 +358,11 @@ fn a_poisonous_key_is_dead_lettered_alone_and_flush_returns() {
         (13, &Change::Put(14), 3)
     );
     assert!(matches!(&dead.error, WriteFailure::Store(e) if **e == "key 13 is poisonous"));
-    // An error like any other, for `?` into a boxed error.
-    let boxed: Box<dyn std::error::Error> = Box::new(dead.error.clone());
+    // An error like any other, for `?` into a boxed error; the letter can
+    // be kept (cloned) past the handler.
+    let kept = dead.clone();
+    assert_eq!((kept.key, kept.attempts), (13, 3));
+    let boxed: Box<dyn std::error::Error> = Box::new(kept.error);
     assert_eq!(boxed.to_string(), "key 13 is poisonous");
     for k in (0..50).filter(|&k| k != 13) {
         assert_eq!(store.get(k), Some(k + 1), "key {k} landed");
@@ -444,7 +447,7 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
         vec![(2, Change::Put(22)), (3, Change::Put(3))],
         "the latest change per key"
     );
-    assert!(matches!(cache.insert(4, 4), Err(WriteError::Closed)));
+    assert_eq!(cache.insert(4, 4), Err(WriteError::Closed));
     assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
     // The cache keeps no copy of what the store never took: reads answer
     // what the store holds.

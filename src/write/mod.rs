@@ -117,7 +117,7 @@ impl<V> Change<V> {
 }
 
 /// Why a write of a [`StoreCache`] failed.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteError<E> {
     /// The store rejected the write (write-through, write-around, or
     /// write-behind falling back to write-through); the cache holds no
@@ -177,6 +177,17 @@ impl<E: fmt::Display> fmt::Display for WriteFailure<E> {
 }
 
 impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteFailure<E> {}
+
+impl<K: Clone, V: Clone, E> Clone for DeadLetter<K, V, E> {
+    fn clone(&self) -> Self {
+        DeadLetter {
+            key: self.key.clone(),
+            change: self.change.clone(),
+            attempts: self.attempts,
+            error: self.error.clone(),
+        }
+    }
+}
 
 /// A change write-behind could not write, handed to the dead-letter handler
 /// ([`StoreCacheBuilder::dead_letter`]) with why.
