@@ -687,7 +687,8 @@ where
     /// or a write takes before it reads or changes the store (see
     /// [`guard`](crate::load::guard)).
     pub(crate) fn seen(&self, key: &K) -> Seen {
-        self.inner.seen(key)
+        let (hash, cell) = self.inner.shards.cell_for(key);
+        Seen::new(cell.write_count(hash))
     }
 
     /// `get` without counting the hit or miss (see
@@ -1079,13 +1080,6 @@ where
                 return result;
             }
         }
-    }
-
-    /// `key`'s stripe count before a load begins (see
-    /// [`guard`](crate::load::guard)).
-    fn seen(&self, key: &K) -> Seen {
-        let (hash, cell) = self.shards.cell_for(key);
-        Seen::new(cell.write_count(hash))
     }
 
     /// Caches a leader's value, unless the key was written while it loaded

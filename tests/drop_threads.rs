@@ -4,51 +4,27 @@
 //! must not share the process with other tests' caches.
 
 use std::{
-    fs,
     sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
+#[path = "support/named_threads.rs"]
+mod named_threads;
+
 use larder::{Cache, RemovalCause};
+use named_threads::Named;
 
-/// `/proc/*/comm` holds at most 15 bytes of the thread name, so
-/// "larder-maintenance" reads as "larder-maintena".
-const COMM_PREFIX: &str = "larder-maintena";
+/// `larder-maintenance` threads (read as "larder-maintena": see [`Named`]).
+const MAINTENANCE: Named = Named("larder-maintena");
 
-/// Threads of this process whose name is `larder-maintenance` (Linux).
 fn maintenance_threads() -> usize {
-    fs::read_dir("/proc/self/task")
-        .expect("/proc/self/task is readable (Linux)")
-        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end().starts_with(COMM_PREFIX))
-        .count()
+    MAINTENANCE.count()
 }
 
 /// Polls for up to 2 s until the count is `expected`; returns the last count.
 fn wait_for_threads(expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let n = maintenance_threads();
-        if n == expected || Instant::now() > deadline {
-            return n;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Watches the count for 300 ms: a thread that ends late changes it.
-/// Returns the first count that differs from `expected`, or `expected`.
-fn stays(expected: usize) -> usize {
-    let until = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < until {
-        let n = maintenance_threads();
-        if n != expected {
-            return n;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    expected
+    MAINTENANCE.wait_for(expected, Duration::from_secs(2))
 }
 
 #[test]
@@ -122,7 +98,7 @@ fn maintenance_threads_reap_idle_caches_and_end_with_the_last_handle() {
     drop(a);
     drop(a2);
     assert_eq!(
-        stays(baseline + 3),
+        MAINTENANCE.stays(baseline + 3),
         baseline + 3,
         "a3 still holds the cache"
     );

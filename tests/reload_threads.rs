@@ -4,52 +4,35 @@
 //! counts the threads of its own process.
 
 use std::{
-    fs,
     sync::{Arc, Mutex, mpsc},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use larder::{Cache, LoadingCache};
+#[path = "support/named_threads.rs"]
+mod named_threads;
 
-/// Threads of this process whose name starts with `larder-reload-` (Linux).
+use larder::{Cache, LoadingCache};
+use named_threads::Named;
+
+/// The `larder-reload-N` threads.
+const RELOAD: Named = Named("larder-reload-");
+
 fn reload_threads() -> usize {
-    fs::read_dir("/proc/self/task")
-        .expect("/proc/self/task is readable (Linux)")
-        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end().starts_with("larder-reload-"))
-        .count()
+    RELOAD.count()
 }
 
 /// Polls for up to 5 s until the count is `expected`; returns the last count.
 fn wait_for(expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = reload_threads();
-        if n == expected || Instant::now() > deadline {
-            return n;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    RELOAD.wait_for(expected, Duration::from_secs(5))
 }
 
 /// [`wait_for`], then watches the count for 300 ms more: a thread that
-/// starts or ends late changes it. Returns the first count that differs, or
-/// `expected`.
+/// starts or ends late changes it.
 fn steady(expected: usize) -> usize {
-    let n = wait_for(expected);
-    if n != expected {
-        return n;
+    match wait_for(expected) {
+        n if n == expected => RELOAD.stays(expected),
+        n => n,
     }
-    let until = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < until {
-        let n = reload_threads();
-        if n != expected {
-            return n;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    expected
 }
 
 type Slot = Arc<Mutex<Option<LoadingCache<u32, u32, String>>>>;
