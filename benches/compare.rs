@@ -306,6 +306,8 @@ const TRACES: &[(&str, &str, &[u64])] = &[
     ("cs (LIRS)", "lirs/cs.trace.gz", &[500]),
     ("ps (LIRS)", "lirs/ps.trace.gz", &[500]),
     ("2_pools (LIRS)", "lirs/2_pools.trace.gz", &[500]),
+    ("cpp (LIRS)", "lirs/cpp.trace.gz", &[100]),
+    ("zigzag (LIRS)", "lirs/zigzag.trace.gz", &[500]),
 ];
 
 /// Prints the rows as they are measured and keeps their ratios for the average.
