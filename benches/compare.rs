@@ -19,7 +19,12 @@
 //!    hundred entries is worth points of hit ratio, so a second moka column
 //!    replays with its pending tasks run after every request, held to its
 //!    capacity as larder and quick_cache are; a second mark, `⚠ held`,
-//!    compares larder with that column and quick_cache. (The moka replays
+//!    compares larder with that column and quick_cache. Every cache seeds
+//!    its hasher afresh, and on the small traces the seed alone moves a
+//!    cache's hit ratio by up to 4 points (larder's `zigzag`@500 gave
+//!    19.6 to 23.9 over 16 runs, quick_cache's `cpp`@100 76.9 to 77.7), so
+//!    a workload of fewer than a million requests is replayed 8 times,
+//!    with fresh caches, and the row is their mean. (The moka replays
 //!    run on threads of their own, in parallel with the other two: a hit
 //!    ratio does not depend on timing, and the section takes less time.)
 //! 3. **Memory**: first the resident memory (Linux's VmRSS) a cache adds
@@ -40,8 +45,9 @@
 //! the named sections (`throughput`, `hits`, `memory`, `expiry`);
 //! `LARDER_COMPARE_ROWS=P3,multi2` keeps only the hit-ratio rows whose
 //! workload starts with one of the given prefixes (the average is then
-//! over those rows). Under `cargo test` (no `--bench` argument) it does
-//! nothing.
+//! over those rows); `LARDER_COMPARE_REPLAYS=n` replays every row `n`
+//! times (1 gives one replay of each, as before 6 December). Under
+//! `cargo test` (no `--bench` argument) it does nothing.
 //!
 //! The counting allocator adds a few atomic increments to every allocation
 //! in every section; caches that allocate per insert pay slightly more.
@@ -292,6 +298,11 @@ fn throughput() {
 const SYNTHETIC_REQUESTS: usize = 2_000_000;
 /// Most requests read from one trace.
 const TRACE_LIMIT: usize = 3_000_000;
+/// Workloads shorter than this many requests are replayed [`REPLAYS`]
+/// times, with fresh caches each time (see [`HitTable::run`]).
+const REPLAYS_BELOW: usize = 1_000_000;
+/// Replays of a short workload.
+const REPLAYS: usize = 8;
 
 /// Trace label, path under the trace directory, capacities.
 const TRACES: &[(&str, &str, &[u64])] = &[
@@ -323,6 +334,9 @@ struct HitTable {
     /// Workload prefixes of the rows to run (`LARDER_COMPARE_ROWS`); all
     /// rows when `None`.
     only: Option<Vec<String>>,
+    /// Replays of every row (`LARDER_COMPARE_REPLAYS`); by the workload's
+    /// length when `None` (see [`HitTable::replays`]).
+    replays: Option<usize>,
 }
 
 impl HitTable {
@@ -331,8 +345,16 @@ impl HitTable {
         let only = std::env::var("LARDER_COMPARE_ROWS")
             .ok()
             .map(|rows| rows.split(',').map(|r| r.trim().to_owned()).collect());
+        let replays =
+            std::env::var("LARDER_COMPARE_REPLAYS")
+                .ok()
+                .map(|n| match n.trim().parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => panic!("LARDER_COMPARE_REPLAYS must be a positive integer, not {n:?}"),
+                });
         HitTable {
             only,
+            replays,
             ..HitTable::default()
         }
     }
@@ -346,35 +368,52 @@ impl HitTable {
     }
 
     fn run(&mut self, workload: &str, keys: &[u64], capacity: u64) {
+        let replays = self.replays(keys.len());
+        // Each replay builds fresh caches, and each cache seeds its own
+        // hasher, so the replays of one row differ by the luck of the
+        // hash (for all three caches, by up to 4 points on the small LIRS
+        // traces); their mean is the row's figure.
+        let mean = |replay: &dyn Fn() -> f64| {
+            let start = Instant::now();
+            let sum: f64 = (0..replays).map(|_| replay()).sum();
+            (sum / replays as f64, start.elapsed().as_secs_f64())
+        };
         // A hit ratio does not depend on timing, so the slowest replays
         // (moka's) run on threads of their own while the other two share
         // this one.
-        let timed = |replay: &dyn Fn() -> f64| {
-            let start = Instant::now();
-            (replay(), start.elapsed().as_secs_f64())
-        };
         let ((l, lt), (m, mt), (h, ht), (q, qt)) = thread::scope(|s| {
-            let moka = s.spawn(|| timed(&|| replay(&caches::moka(capacity), keys)));
-            let held = s.spawn(|| timed(&|| replay_syncing(&caches::moka(capacity), keys, 1)));
-            let larder = timed(&|| replay(&caches::larder(capacity), keys));
-            let quick = timed(&|| replay(&caches::quick(capacity), keys));
+            let moka = s.spawn(|| mean(&|| replay(&caches::moka(capacity), keys)));
+            let held = s.spawn(|| mean(&|| replay_syncing(&caches::moka(capacity), keys, 1)));
+            let larder = mean(&|| replay(&caches::larder(capacity), keys));
+            let quick = mean(&|| replay(&caches::quick(capacity), keys));
             let join = |replay: thread::ScopedJoinHandle<'_, _>| {
                 replay.join().expect("moka replay panicked")
             };
             (larder, join(moka), join(held), quick)
         });
         eprintln!(
-            "hit ratio: {workload} at {capacity}: replays took larder {lt:.1} s, moka {mt:.1} s \
-             (held to capacity {ht:.1} s), quick_cache {qt:.1} s"
+            "hit ratio: {workload} at {capacity}, {replays} replays: took larder {lt:.1} s, \
+             moka {mt:.1} s (held to capacity {ht:.1} s), quick_cache {qt:.1} s"
         );
         let ratios = [l, m, h, q];
-        self.print(
-            workload,
-            &keys.len().to_string(),
-            &capacity.to_string(),
-            ratios,
-        );
+        let requests = if replays == 1 {
+            keys.len().to_string()
+        } else {
+            format!("{} ×{replays}", keys.len())
+        };
+        self.print(workload, &requests, &capacity.to_string(), ratios);
         self.rows.push(ratios);
+    }
+
+    /// Replays of a workload of `requests`: [`REPLAYS`] below
+    /// [`REPLAYS_BELOW`] requests, one from there on, or
+    /// `LARDER_COMPARE_REPLAYS` for every row.
+    fn replays(&self, requests: usize) -> usize {
+        match self.replays {
+            Some(n) => n,
+            None if requests < REPLAYS_BELOW => REPLAYS,
+            None => 1,
+        }
     }
 
     fn print(&mut self, workload: &str, requests: &str, capacity: &str, [l, m, h, q]: [f64; 4]) {
@@ -397,7 +436,9 @@ fn hit_ratios(trace_dir: &Path) {
          Same capacity for all three; larder and quick_cache with their default shards, \
          moka running its pending tasks every 64 requests (and holding up to 64 entries beyond \
          its capacity in between), and once more with them run after every request (held to its \
-         capacity). ⚠: larder more than 0.5 points below the better of moka and quick_cache; \
+         capacity). Workloads of fewer than {REPLAYS_BELOW} requests are replayed several times \
+         (×n), each time with fresh caches and so fresh hash seeds, and the row gives the mean. \
+         ⚠: larder more than 0.5 points below the better of moka and quick_cache; \
          ⚠ held: below the better of moka held to its capacity and quick_cache.\n"
     );
     println!(
