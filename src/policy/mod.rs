@@ -233,7 +233,11 @@
 //! margin (47.92, `P6`@50k −0.36); a double vote for a return found in
 //! the newest half or quarter of its ghost (47.86, 47.90); taking a count
 //! off a victim that wins its duel, or letting a victim defend a tie only
-//! once (`cs`, the loops and `gli` lose up to 30 points); demoting
+//! once (`cs`, the loops and `gli` lose up to 30 points); a window
+//! candidate winning ties at a count of 1, between two keys seen once
+//! (46.81: `gli` −11.6 to −11.9, `ps` −2.2, `multi2`@500 −1.2, even `cpp`
+//! −0.4: a probation entry seen once and kept is worth more than a new
+//! one); demoting
 //! protected overflow to probation's head (`cpp` −0.9); halving every 5,
 //! 7, 15 or 20 increments per entry in caches of up to 256 (`cpp` 76.5,
 //! 76.9, 76.0 and 74.9 against 76.5, two seeds); fixed windows of 1 to
