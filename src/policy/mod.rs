@@ -247,7 +247,16 @@
 //! only in caches of up to 2,048 entries (47.98: `cs`@500
 //! +0.45, `cpp`@100 +0.30, `sprite`@500 −0.30; in 16 runs of the
 //! comparison bench's small rows `cs` +0.28 but `cpp` −0.15, within their
-//! run-to-run spread, so not taken).
+//! run-to-run spread, so not taken). Traced per 100 requests, `multi2`@1000
+//! loses most of its 0.5 points to a fixed window of 1% (57.34 against
+//! 57.88) in one stretch: main-side votes take the window from 10 to 4
+//! entries (selective) between requests 4,000 and 9,700, and from 10,300
+//! to 10,800, with the window back at 10, the adaptive cache hits 28–37%
+//! where the fixed one hits 58–67% (about 140 hits of the 150 it trails
+//! by): keys the smaller window lost, read again. No selective window in
+//! caches of up to 2,048 entries wins back half of it (47.89: `multi2`@1000
+//! +0.24, `zigzag` −1.5), a selective window there only below 0.5% none
+//! (47.92), an entry estimate of 2 there none (47.89, `zigzag` −1.2).
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
