@@ -257,6 +257,10 @@
 //! caches of up to 2,048 entries wins back half of it (47.89: `multi2`@1000
 //! +0.24, `zigzag` −1.5), a selective window there only below 0.5% none
 //! (47.92), an entry estimate of 2 there none (47.89, `zigzag` −1.2).
+//! Nor does a window that drifts back up toward 1% once the cache is
+//! full, one unit per 10 or 30% of the capacity in misses (47.47, 47.54:
+//! `multi2`@1000 +0.1, `cpp`@100 +0.4 to +0.5, but the loops −2.5 to
+//! −3.8 and `zigzag` −2.2 to −2.6: they want the window at none).
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
