@@ -262,6 +262,29 @@
 //! `multi2`@1000 +0.1, `cpp`@100 +0.4 to +0.5, but the loops −2.5 to
 //! −3.8 and `zigzag` −2.2 to −2.6: they want the window at none).
 //!
+//! Later on 6 December, ties decided by feedback rather than always for
+//! the victim (simulator, four hash seeds, baseline 47.94): each tie
+//! between a window candidate and the victim remembered its loser, and
+//! the rule flipped between "victim wins" and "candidate wins" on a
+//! score, one way when a loser came back within a horizon, the other when
+//! a winner was read again. The victim kept on a tie is hardly ever read
+//! before its next duel (it stays probation's head), so the score drifted
+//! to the candidate, and every form lost: horizons of 25% to 2× the
+//! capacity in misses 47.37 to 47.52 (`zigzag` −3.5, `P6`@50k −1.3 to
+//! −1.9, `multi2`@1000 −1.0 to −5.4), only ties at a count of 2 or more
+//! 47.77 to 47.79 (`cpp`@100 +0.52, `P6`@50k −1.4, `zigzag` −0.9), a
+//! victim's read weighted by the ties it won 47.51. Given the answer by
+//! an oracle in the simulator (whichever of the two tied keys is
+//! requested first, within 1 to 10 times the capacity in requests) the
+//! rule did no better (47.51 to 47.56): keeping the victim costs one more
+//! duel at most, admitting the candidate a slot for a whole trip through
+//! probation, so the key that returns first is not the key worth
+//! keeping. A key back from the window's ghost (16 times as long)
+//! admitted unless the victim leads it by 2 or 3 gives `cpp`@100 +0.8 to
+//! +1.0, near quick_cache, in caches of up to 256 entries, but `sprite`@100
+//! −0.35 to −0.64, and up to 600 or 1,100 entries `zigzag` −4.5 and
+//! `sprite`@500 −1.0: a rule for one trace, not kept.
+//!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
 //! votes wandered between 0 and about 1% of the capacity, where the
