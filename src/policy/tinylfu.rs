@@ -639,6 +639,27 @@ impl TinyLfu {
         self.window_max
     }
 
+    /// The protected segment's target weight.
+    #[cfg(test)]
+    pub(crate) fn protected_max(&self) -> u64 {
+        self.protected_max
+    }
+
+    /// The ids of the window, probation and protected queues, each oldest
+    /// first.
+    #[cfg(test)]
+    pub(crate) fn queue_ids(&self) -> [Vec<u32>; 3] {
+        self.queues.map(|queue| {
+            let mut ids = Vec::new();
+            let mut id = queue.head;
+            while id != NIL {
+                ids.push(id);
+                id = self.links[id as usize][NEXT];
+            }
+            ids
+        })
+    }
+
     /// The sketch's estimate for a key with `hash`.
     #[cfg(test)]
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
