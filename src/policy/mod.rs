@@ -363,6 +363,8 @@ mod sketch;
 mod tinylfu;
 
 #[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
