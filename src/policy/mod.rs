@@ -329,6 +329,8 @@
 //! order ids by "not read since it last came round" rather than by exact
 //! recency — CLOCK's classic approximation of LRU, and the sketch still sees
 //! every counted hit before any admission decision about that id is made.
+//! (A new key that duels on arrival is not looked at for touches: the shard
+//! adds it and asks for victims under one exclusive lock, so it has none.)
 //! A new entry ([`TinyLfu::insert`]) is counted in the sketch at once. Until
 //! the cache first has to evict, the touches of the window heads that
 //! drain while it fills are taken but not counted (see `TinyLfu::filled`).
@@ -349,6 +351,15 @@
 //! insert-then-victim protocol step by step, and the simulator's rows are
 //! identical either way; a new key into a full cache costs about a quarter
 //! fewer instructions.
+//!
+//! The insert-then-victim protocol is in turn held to a reference model
+//! (`reference.rs`, test-only): the algorithm above written out plainly
+//! over keys, with a `VecDeque` per queue and a `HashMap` of touches,
+//! sharing only the sketch and the ghosts. Proptests drive both with the
+//! same inserts, returns, reads, reweighs, removals and clears, and compare
+//! every victim, every queue's order and the window and protected targets
+//! after each step, weighted and not, with a selective window and with
+//! sampled ghosts.
 //!
 //! # Memory
 //!

@@ -51,7 +51,9 @@ const GHOST_PERCENT: u64 = 3;
 /// cost `cpp`@100 0.7 points).
 const GHOST_MIN: u64 = 4;
 /// While the window is below one unit per this many units of capacity
-/// (1%), it is *selective*: a new key enters it only if the sketch
+/// (1%; `window_max < capacity / SELECTIVE_DIVISOR` in whole units, so a
+/// cache of fewer than 100 units is never selective, and one of 150 is
+/// only at a window of 0), it is *selective*: a new key enters it only if the sketch
 /// already counts it at [`SELECTIVE_ENTRY`] or more (its arrival
 /// included); any other new key duels on arrival, as it would with no
 /// window. A window that takes every new key sends every cold miss into
@@ -188,13 +190,20 @@ pub(crate) struct TinyLfu {
     /// belongs just ahead of it, where it would have been at the tail.
     behind_new: u32,
     /// The id of the key added last while it is still where it arrived,
-    /// untouched, at the window's tail end (`NIL` once it has moved, been
-    /// touched or removed): when it is the window's candidate, the duel is
-    /// for a key that has not yet been read back (see [`admit`](Self::admit)).
+    /// at the window's tail end (`NIL` once it has moved or been removed):
+    /// when it is the window's candidate, the duel is for a key that has
+    /// not yet been read back (see [`admit`](Self::admit)). The policy
+    /// learns of reads only by folding touches, and a duel on arrival
+    /// does not fold the newest key's: the shard adds a key and asks for
+    /// victims under one exclusive lock, so none can have been read in
+    /// between.
     newest: u32,
     /// The sketch's estimate of the newest key, taken when it was counted
-    /// on arrival (it has not been read or moved since, or it would not be
-    /// the newest).
+    /// on arrival and not looked at again: the key has not been read or
+    /// moved since, or it would not be the newest, but other keys' touches
+    /// folded before its duel may have moved counters it shares, or halved
+    /// them all. The duel takes the arrival's figure anyway, one look at
+    /// the sketch fewer (see [`admit`](Self::admit)).
     newest_freq: u8,
     /// An id was added since the last [`victim`](Self::victim) (which the
     /// shard calls right after adding one): the newest, if it must
@@ -303,7 +312,9 @@ impl TinyLfu {
     }
 
     /// Adds the new id `id` (equal to the current number of ids) to the
-    /// window, and counts the write in the sketch.
+    /// window, and counts the write in the sketch: first the ghosts vote if
+    /// they remember the key (see [`adapt`](Self::adapt)), and the sketch
+    /// is rebuilt larger if it holds more ids than it was sized for.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
         self.adapt(hash);
         self.insert_counted(id, weight);
