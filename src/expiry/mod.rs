@@ -3,7 +3,7 @@
 //! Every entry carries one deadline (nanoseconds since the cache's clock
 //! origin, [`NEVER`] when it has none). Readers compare it with the clock and
 //! treat a passed deadline as a miss, so an expired entry is never returned
-//! whether or not it has been reaped; the [wheel](wheel) only decides when the
+//! whether or not it has been reaped; the [wheel] only decides when the
 //! memory is reclaimed and the listener told.
 //!
 //! Deadlines come from, in order of precedence: a per-entry TTL

@@ -131,7 +131,7 @@ enum Over {
     /// Only the entry with this stamp (a reload).
     Stamp(u64),
     /// Whatever is there, if no write of the key ended since `Seen` was
-    /// taken (a load; see [`guard`](crate::load::guard)).
+    /// taken (a load; see [`guard`]).
     Unwritten(Seen),
     /// The end of a write that began at `Seen`: whatever is there if no
     /// other write of the key ended since, else the key's entry goes.
@@ -426,7 +426,7 @@ where
     /// write of the key ended while this one ran, the key is dropped from
     /// the cache instead, so that the next read loads the store's own
     /// value; what a load that began before this write ended read never
-    /// stays cached past that end (see [`guard`](crate::load::guard)). `write` is
+    /// stays cached past that end (see [`guard`]). `write` is
     /// given the write's order among the writes of `key` ([`Seen::order`]).
     pub(crate) fn write<R, F>(
         &self,
@@ -802,7 +802,7 @@ where
     }
 
     /// Ends a write that leaves nothing to cache: drops `key`'s entry and
-    /// counts the write (see [`guard`](crate::load::guard)).
+    /// counts the write (see [`guard`]).
     fn remove_written(&self, key: &K) {
         self.cache
             .remove_if(key, |_, stripe| guard::write_removes(&stripe));
@@ -862,7 +862,7 @@ where
     }
 
     /// The body of a background reload; `seen` is the key's write count
-    /// when the reload was asked for (see [`guard`](crate::load::guard)).
+    /// when the reload was asked for (see [`guard`]).
     fn finish_reload(&self, mut guard: LeaderGuard<K, Option<V>>, stamp: Option<u64>, seen: Seen) {
         // However this ends, the value's reload is no longer under way.
         let _ending = stamp.map(|stamp| self.reloading.ending(stamp));

@@ -5,7 +5,7 @@
 //!
 //! Entries live in a dense `Vec` of [slots](slot) (key, value, and one
 //! atomic word holding the deadline and the policy's touch counter), indexed
-//! by `u32` ids `0..len`. A [table](table) of 64-byte chunks maps key hashes to
+//! by `u32` ids `0..len`. A [table] of 64-byte chunks maps key hashes to
 //! ids. What only writers need lives in parallel arrays owned by the parts
 //! that use it: queue links in the [policy](crate::policy), slot links in
 //! the [timing wheel](crate::expiry::wheel) (only for caches with expiry),

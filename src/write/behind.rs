@@ -158,7 +158,7 @@ pub struct WriteStats {
     pub queue_len: usize,
     /// Of those, entries in a store call now.
     pub in_flight: usize,
-    /// Calls of [`Store::write`](crate::Store::write) made by the flusher.
+    /// Calls of [`Store::write`] made by the flusher.
     pub store_calls: u64,
     /// Total time of those calls (the flush latency).
     pub store_time: Duration,
@@ -167,7 +167,7 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
-    /// Mean time of one [`Store::write`](crate::Store::write) call of the
+    /// Mean time of one [`Store::write`] call of the
     /// flusher; zero before the first.
     pub fn mean_flush_latency(&self) -> Duration {
         let mean = self.store_time.as_nanos() / u128::from(self.store_calls.max(1));

@@ -308,7 +308,7 @@ where
     /// listener) may use the cache, but cannot wait for the flusher it runs
     /// on: from there [`flush`](StoreCache::flush) returns at once
     /// (`flush_timeout` returns `false`), a write into a full queue that
-    /// [`WhenFull::Block`](crate::WhenFull::Block) would make wait fails
+    /// [`WhenFull::Block`] would make wait fails
     /// with [`WriteError::QueueFull`](crate::WriteError::QueueFull) instead,
     /// and
     /// [`close`](StoreCache::close) hands back what is left without waiting.
