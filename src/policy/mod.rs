@@ -20,11 +20,12 @@
 //!   [sketch] stays, the other is evicted. Ties go to the victim, so
 //!   one-hit wonders and scans never displace established keys. A key that
 //!   duels on arrival (the window is empty or holds only touched ids, or is
-//!   selective and the key cold, see below) must
-//!   lead by more than the access that brings it, or on loops a little
-//!   larger than the cache it evicts the keys due next. Against a
-//!   victim with a saturated count, a warm candidate (6+) that loses still
-//!   wins 1 time in 128, so hash flooding cannot make a victim immortal.
+//!   selective and the key cold, see below) must lead by more than the
+//!   access that brings it, or on loops a little larger than the cache it
+//!   evicts the keys due next; so must the candidate of a window of one
+//!   unit, which has waited a single miss. Against a victim with a
+//!   saturated count, a warm candidate (6+) that loses still wins 1 time
+//!   in 128, so hash flooding cannot make a victim immortal.
 //! * [Ghosts](ghost) of the last evictions from each side size the
 //!   window: a new key the window evicted lately votes for one unit more
 //!   window, one the main space evicted for two units less (ARC's

@@ -13,7 +13,8 @@
 //! (default 64), `LARDER_SIM_SEED=n` seeds the model's key hash (default
 //! 1). Between two runs moka holds its pending inserts beyond its
 //! capacity, which is worth up to 4 points on 100-entry caches; `1` gives
-//! the strict comparison.
+//! the strict comparison. `LARDER_SIM_SMALL=1` replaces the rows with 47
+//! of small caches (see [`small_workloads`]).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -415,10 +416,54 @@ fn lirs_trace(name: &str) -> Option<Vec<u64>> {
 /// One workload: a name, its trace (if available) and the capacities to try.
 type Workload = (String, Option<Vec<u64>>, Vec<u64>);
 
+/// Accesses of an ARC trace replayed into a small cache.
+const SMALL_ACCESSES: usize = 500_000;
+
+/// The small-cache rows: every LIRS trace at 50, 100 and 200 entries, the
+/// first half million accesses of OLTP at 100 and 250 and of `P2` and
+/// `P6` at 250, and Zipf 0.8 and 1.0 over 20,000 keys at 100 and 250. The
+/// main rows' smallest caches hold 100 entries, and once those hid a
+/// policy that got LRU's 0% on loops at 50 (see `window_of_one` in
+/// `tinylfu.rs`).
+fn small_workloads(wanted: impl Fn(&str) -> bool) -> Vec<Workload> {
+    let mut w: Vec<Workload> = Vec::new();
+    for s in [0.8, 1.0] {
+        let name = format!("zipf {s}");
+        let trace = wanted(&name).then(|| zipf(20_000, s, 300_000, 42));
+        w.push((name, trace, vec![100, 250]));
+    }
+    let arc = |name: &str| {
+        let mut trace = arc_trace(name)?;
+        trace.truncate(SMALL_ACCESSES);
+        Some(trace)
+    };
+    for (name, sizes) in [("OLTP", &[100, 250][..]), ("P2", &[250]), ("P6", &[250])] {
+        w.push((
+            name.into(),
+            wanted(name).then(|| arc(name)).flatten(),
+            sizes.to_vec(),
+        ));
+    }
+    for name in [
+        "2_pools", "backf", "cpp", "cs", "gli", "loop", "multi1", "multi2", "multi3", "ps", "scan",
+        "sprite", "zigzag",
+    ] {
+        w.push((
+            name.into(),
+            wanted(name).then(|| lirs_trace(name)).flatten(),
+            vec![50, 100, 200],
+        ));
+    }
+    w
+}
+
 /// Every workload of the report.
 fn workloads() -> Vec<Workload> {
     let only = std::env::var("LARDER_SIM_ONLY").ok();
     let wanted = |n: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n));
+    if std::env::var("LARDER_SIM_SMALL").is_ok() {
+        return small_workloads(wanted);
+    }
     let mut w: Vec<Workload> = Vec::new();
     for s in [0.8, 1.0, 1.2] {
         let name = format!("zipf {s}");
