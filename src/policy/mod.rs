@@ -23,7 +23,7 @@
 //!   selective and the key cold, see below) must lead by more than the
 //!   access that brings it, or on loops a little larger than the cache it
 //!   evicts the keys due next; so must the candidate of a window of one
-//!   unit, which has waited a single miss. Against a victim with a
+//!   entry (unweighted), which has waited a single miss. Against a victim with a
 //!   saturated count, a warm candidate (6+) that loses still wins 1 time
 //!   in 128, so hash flooding cannot make a victim immortal.
 //! * [Ghosts](ghost) of the last evictions from each side size the

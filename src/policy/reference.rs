@@ -458,17 +458,17 @@ impl Reference {
     /// loser is evicted and remembered by its side's ghost, a winning
     /// candidate moves to probation. The newest key, still where it
     /// arrived, duels with its estimate of then (fresh), and if it loses
-    /// the arrival ghost remembers it. A window of one unit that takes
-    /// every new key holds its candidate for a single miss: that candidate
-    /// must lead as a fresh one must, though it is remembered as the
-    /// window's.
+    /// the arrival ghost remembers it. An unweighted window of one entry
+    /// that takes every new key holds its candidate for a single miss: that
+    /// candidate must lead as a fresh one must, though it is remembered as
+    /// the window's.
     fn duel(&mut self, candidate: u64, victim: u64) -> u64 {
         let fresh = self.newest.filter(|&(newest, _)| newest == candidate);
         let candidate_freq = match fresh {
             Some((_, freq)) => freq,
             None => self.estimate(candidate),
         };
-        let window_of_one = self.window_max <= 1 && !self.selective();
+        let window_of_one = !self.weighted && self.window_max <= 1 && !self.selective();
         if self.admits(candidate_freq, victim, fresh.is_some() || window_of_one) {
             self.move_to(candidate, Queue::Probation);
             self.remember(Side::Main, victim);

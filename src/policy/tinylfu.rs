@@ -907,7 +907,7 @@ impl TinyLfu {
         }
     }
 
-    /// Whether the window holds a single unit and takes every new key: its
+    /// Whether the window holds a single entry and takes every new key: its
     /// candidate is then the key that arrived one miss before, unread since
     /// (the window's head is untouched), and is judged as a fresh one (see
     /// [`admit`](Self::admit)). Aged for one miss, it has nothing more to
@@ -925,8 +925,11 @@ impl TinyLfu {
     /// @100 −0.3 and −0.5, `backf`@50 −0.6. A window of up to two units
     /// judged the same way: 47.94 and 24.65 (`multi3`@200 −0.5, `cpp`@100
     /// only +0.1); a selective window of one included: `P6`@50k −0.2.
+    /// Not in weighted caches, whose window of one unit may hold any
+    /// number of weightless entries, or none: its candidate may have waited
+    /// any number of misses.
     fn window_of_one(&self) -> bool {
-        self.window_max <= 1 && !self.selective
+        !self.weighted && self.window_max <= 1 && !self.selective
     }
 
     /// TinyLFU admission: whether the window's candidate, with estimate
