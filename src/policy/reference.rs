@@ -515,7 +515,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::Reference;
-    use crate::policy::sim::{Rng, hash_key, looping, zipf};
+    use crate::policy::sim::{Rng, hash_key, window_phases};
     use crate::policy::{SketchBudget, TestEntries, TinyLfu};
 
     /// The policy, driven through dense ids as the shard drives it (a
@@ -829,18 +829,7 @@ mod tests {
     fn policy_decides_as_the_reference_when_ghosts_are_sampled() {
         let capacity = 5_000;
         let mut pair = Pair::new(capacity, false, 1_000, None);
-        let mut rng = Rng::new(17);
-        let mut trace = Vec::new();
-        for i in 0..15_000u64 {
-            trace.push(rng.below(3_000));
-            trace.push(1_000_000 + i);
-            if i >= 200 {
-                trace.push(1_000_000 + i - 200);
-            }
-        }
-        let grown = trace.len();
-        trace.extend(looping(5_500, 10).iter().map(|k| 3_000_000 + k));
-        trace.extend(zipf(100_000, 1.0, 100_000, 8).iter().map(|k| k ^ 1 << 63));
+        let (trace, grown) = window_phases(15_000, 10, 100_000);
         let (mut largest, mut selective) = (0, 0);
         for (step, &key) in trace.iter().enumerate() {
             pair.access(key);

@@ -351,6 +351,37 @@ pub(super) fn looping(length: u64, passes: usize) -> Vec<u64> {
     (0..passes).flat_map(|_| 0..length).collect()
 }
 
+/// A trace that moves a policy's window through its range, for the tests
+/// that compare two ways of running the policy: `rounds` of recency (a
+/// read from 3,000 keys, a new key, and the new key of 200 rounds before:
+/// the window grows), then a loop of 5,500 keys `loop_passes` times (a
+/// little larger than a cache of 5,000: the window shrinks, selective),
+/// then `zipf_requests` of Zipf 1.0 over 100,000 keys. Returns the trace
+/// and where the recency phase ends.
+pub(super) fn window_phases(
+    rounds: u64,
+    loop_passes: usize,
+    zipf_requests: usize,
+) -> (Vec<u64>, usize) {
+    let mut rng = Rng::new(17);
+    let mut trace = Vec::new();
+    for i in 0..rounds {
+        trace.push(rng.below(3_000));
+        trace.push(1_000_000 + i);
+        if i >= 200 {
+            trace.push(1_000_000 + i - 200);
+        }
+    }
+    let grown = trace.len();
+    trace.extend(looping(5_500, loop_passes).iter().map(|k| 3_000_000 + k));
+    trace.extend(
+        zipf(100_000, 1.0, zipf_requests, 8)
+            .iter()
+            .map(|k| 2_000_000 + k),
+    );
+    (trace, grown)
+}
+
 /// A hot set read uniformly in bursts of `burst`, each followed by a scan of
 /// `scan` never-seen keys.
 pub(super) fn hot_and_scans(hot: u64, burst: usize, scan: usize, rounds: usize) -> Vec<u64> {

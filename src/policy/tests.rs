@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use proptest::prelude::*;
 
-use super::sim::{Model, Rng, hash_key, hot_and_scans, looping, zipf};
+use super::sim::{Model, Rng, hash_key, hot_and_scans, looping, window_phases, zipf};
 use super::{SketchBudget, TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
@@ -429,20 +429,9 @@ fn remove_model(
 /// on every access.
 #[test]
 fn make_room_agrees_with_insert_then_victim_when_ghosts_are_sampled() {
-    let mut rng = Rng::new(17);
     let mut with_room = Model::new(5_000);
     let mut reference = Model::new(5_000);
-    let mut trace = Vec::new();
-    for i in 0..40_000u64 {
-        trace.push(rng.below(3_000));
-        trace.push(1_000_000 + i);
-        if i >= 200 {
-            trace.push(1_000_000 + i - 200);
-        }
-    }
-    let grown = trace.len();
-    trace.extend(looping(5_500, 30).iter().map(|k| 3_000_000 + k));
-    trace.extend(zipf(100_000, 1.0, 400_000, 8).iter().map(|k| 2_000_000 + k));
+    let (trace, grown) = window_phases(40_000, 30, 400_000);
     let (mut largest, mut selective) = (0, 0);
     for (step, &key) in trace.iter().enumerate() {
         let hit = with_room.access(key);
