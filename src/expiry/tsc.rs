@@ -6,7 +6,7 @@
 //! clock source is an `rdtsc` plus a sequence-lock read and a scaling; with
 //! `Instant::elapsed`'s subtraction and conversion it measured 20.3 ns per
 //! call on this project's machine, against 7.2 ns for the bare `rdtsc`
-//! (about 13 with the fence that orders it after earlier loads, see
+//! (about 14 with the fence that orders it after earlier loads, see
 //! [`read`]).
 //! So where the TSC is safe to use, the cache reads it directly and scales
 //! the ticks itself: [`Tsc::ticks`] and [`Tsc::nanos_between`].
