@@ -233,6 +233,76 @@ fn iter_lists_what_peek_returns_fresh_values_only() {
 }
 
 #[test]
+fn remove_returns_what_peek_would_and_removes_every_kind_of_entry() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap(); // loaded at 0: fresh to 10, stale to 15
+    cache.get(&2).unwrap();
+    assert_eq!(cache.remove(&1), Some(1001), "a fresh value");
+    assert_eq!(cache.remove(&1), None, "gone");
+    clock.advance(11 * SEC);
+    assert_eq!(cache.entry_count(), 1, "key 2 is stale, still cached");
+    assert_eq!(cache.remove(&2), None, "a stale value is not returned");
+    assert_eq!(cache.entry_count(), 0, "but it is removed");
+    assert_eq!(cache.get(&2).unwrap(), Some(2003), "and loaded again");
+    assert_eq!(source.calls(), 3);
+
+    let absent = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(|k: &u64| Ok::<_, String>((*k < 10).then_some(*k)))
+        .negative_ttl(5 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(absent.get(&50).unwrap(), None);
+    assert_eq!(absent.entry_count(), 1, "the absence is cached");
+    assert_eq!(absent.remove(&50), None);
+    assert_eq!(absent.entry_count(), 0, "and removed");
+}
+
+#[test]
+fn a_load_under_way_does_not_cache_what_a_removal_dropped() {
+    // The cache-aside update: the database is written, then the key
+    // dropped, while a read that missed still loads the old row.
+    type Drop = fn(&LoadingCache<u64, u64, String>);
+    let cases: [(&str, Drop); 2] = [
+        ("invalidate", |c| c.invalidate(&7)),
+        ("remove", |c| assert_eq!(c.remove(&7), None)),
+    ];
+    for (what, drop_key) in cases {
+        let clock = MockClock::new();
+        let source = Source::default();
+        let cache = clocked(&clock).loader(source.clone()).build().unwrap();
+        let entered = source.announce();
+        let gate = source.gate.lock();
+        let reader = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.get(&7).unwrap())
+        };
+        assert_eq!(entered.recv_timeout(10 * SEC), Ok(7), "{what}");
+        drop_key(&cache);
+        drop(gate);
+        assert_eq!(
+            reader.join().unwrap(),
+            Some(7001),
+            "{what}: the reader gets its load"
+        );
+        assert_eq!(cache.peek(&7), None, "{what}: which is not cached");
+        assert_eq!(
+            cache.get(&7).unwrap(),
+            Some(7002),
+            "{what}: the next read loads"
+        );
+        assert_eq!(cache.peek(&7), Some(7002), "{what}: and caches");
+    }
+}
+
+#[test]
 fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
     let clock = MockClock::new();
     let source = Source::default();
@@ -539,6 +609,17 @@ fn a_reload_never_overwrites_a_newer_insert() {
     assert_eq!(cache.get(&1).unwrap(), Some(42));
     assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
     cache.invalidate(&1);
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&1), None);
+
+    // Or a removed one.
+    cache.insert(1, 43);
+    clock.advance(2 * SEC);
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&1).unwrap(), Some(43));
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    assert_eq!(cache.remove(&1), Some(43));
     drop(gate);
     cache.run_pending_tasks();
     assert_eq!(cache.peek(&1), None);

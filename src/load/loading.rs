@@ -495,6 +495,29 @@ where
         self.inner.remove_written(key);
     }
 
+    /// [`invalidate`](Self::invalidate), returning the value
+    /// [`peek`](Self::peek) would have: `None` if the key held nothing, a
+    /// stale value or a cached absence (each removed all the same). As
+    /// with `invalidate`, a load of the key under way does not cache the
+    /// value it read before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// cache.get(&1).unwrap();
+    /// assert_eq!(cache.remove(&1), Some(1));
+    /// assert_eq!(cache.remove(&1), None);
+    /// ```
+    pub fn remove(&self, key: &K) -> Option<V> {
+        let mut held = None;
+        self.inner.cache.remove_if(key, |entry, stripe| {
+            held = entry.cloned();
+            guard::write_removes(&stripe)
+        });
+        self.unexpired(held?)
+    }
+
     /// Removes every value for which `predicate` returns true (cached
     /// absences are kept). The predicate runs with no lock held, on the
     /// values [`iter`](Self::iter) lists; each removal is an
