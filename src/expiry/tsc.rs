@@ -6,8 +6,8 @@
 //! clock source is an `rdtsc` plus a sequence-lock read and a scaling; with
 //! `Instant::elapsed`'s subtraction and conversion it measured 20.3 ns per
 //! call on this project's machine, against 7.2 ns for the bare `rdtsc`
-//! (about 14 with the fence that orders it after earlier loads, see
-//! [`read`]).
+//! (about 14 for `rdtscp`, which orders the reading after earlier loads,
+//! see [`read`]).
 //! So where the TSC is safe to use, the cache reads it directly and scales
 //! the ticks itself: [`Tsc::ticks`] and [`Tsc::nanos_between`].
 //!
@@ -17,8 +17,9 @@
 //! (the kernel checks at boot that the counters of all CPUs agree and
 //! switches away from it when they do not, or when it drifts), and the
 //! processor reports an invariant TSC (CPUID `0x8000_0007`, EDX bit 8: a
-//! constant rate in every power state). Anywhere else [`Tsc::get`] is
-//! `None` and the cache reads [`Instant`], as before.
+//! constant rate in every power state) and the `rdtscp` instruction
+//! (`0x8000_0001`, EDX bit 27). Anywhere else [`Tsc::get`] is `None` and
+//! the cache reads [`Instant`], as before.
 //!
 //! # Calibration
 //!
@@ -89,20 +90,25 @@ impl Tsc {
 /// racing on one published reading, and to 1.2 µs on a busy host
 /// (`the_counter_never_goes_back_across_threads` failed in CI on 6
 /// December); with `lfence` first, as the kernel's own clock reads do
-/// (`rdtsc_ordered`), none in 24 million readings. The fence costs a read
-/// about 6 ns (14.0 against 7.8 in a loop of readings), still less than
-/// [`Instant::now`]'s 20.
+/// (`rdtsc_ordered`), or with `rdtscp`, none in 24 million readings.
+/// `rdtscp` waits for the earlier loads as the fence does, but lets the
+/// instructions after it start meanwhile, where `lfence` holds them back:
+/// both take 14 ns in a loop of readings (7.8 bare), but in alternating
+/// runs of the `expiry_churn` bench a timed operation took 76–80 ns with
+/// `rdtscp` against 83–89 with the fence (67–74 bare, 87–88 through
+/// [`Instant`]), and the stampede bench's timed reads kept more of their
+/// margin (early expiry's p99 1.77× a plain hit's against 1.87×).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn read() -> u64 {
-    // SAFETY: `lfence` and `rdtsc` exist on every x86-64 processor (SSE2 is
-    // part of the base instruction set) and have no memory effects. A `Tsc`
-    // exists only where the kernel's own clock source is the TSC, read from
-    // user space by the vDSO, so the instruction is not disabled for user
-    // code (CR4.TSD) there.
+    // SAFETY: a `Tsc` exists only where CPUID reports `rdtscp` (see
+    // `usable`), which has no memory effects beyond writing `aux`, and
+    // where the kernel's own clock source is the TSC, read from user space
+    // by the vDSO, so the instruction is not disabled for user code
+    // (CR4.TSD) there.
     unsafe {
-        std::arch::x86_64::_mm_lfence();
-        std::arch::x86_64::_rdtsc()
+        let mut aux = 0u32;
+        std::arch::x86_64::__rdtscp(&mut aux)
     }
 }
 
@@ -163,7 +169,11 @@ fn usable() -> bool {
         return false;
     }
     let highest = std::arch::x86_64::__cpuid(0x8000_0000).eax;
-    highest >= 0x8000_0007 && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0
+    // An invariant TSC (leaf 0x8000_0007, EDX bit 8) and `rdtscp` (leaf
+    // 0x8000_0001, EDX bit 27), which `read` needs.
+    highest >= 0x8000_0007
+        && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0
+        && std::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 27) != 0
 }
 
 /// Elsewhere the cache reads `Instant`.
