@@ -56,7 +56,16 @@
 //! the duel's answer is known): 305 → 287 instructions per mixed
 //! operation, but 0.99–1.01 of the time, as the probation head that a run
 //! of rejected keys faces stays in L1, and `P6`@50k −0.5 in the simulator
-//! from the head's deferred settling.
+//! from the head's deferred settling. On 6 December, after the write
+//! lock's waits went out of line (346 instructions per insert and 304 per
+//! mixed operation, with a fixed hash seed), splitting `Shard::insert` so
+//! that only a present key's replacement stays in it (the new key's path
+//! and the refusal of an entry too heavy for the shard in functions of
+//! their own): 339 per insert but 307 per mixed operation, 0.99–1.05× the
+//! rate of the unsplit build in alternating rounds in one process (a build
+//! against itself: 1.00–1.02×), and 0.78× quick_cache in two runs of the
+//! comparison bench's insert row against 0.81–0.83×; with the split
+//! function `#[inline]`, 342 and 305 and no faster: neither kept.
 //!
 //! Where the time goes, in alternating 0.3 s rounds of larder and
 //! quick_cache on the mixed stream (1M operations, cycled): with its
