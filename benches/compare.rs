@@ -43,6 +43,11 @@
 //! `.zst` traces need `zstd` and `.gz` ones `gzip` on the `PATH` (rows are
 //! skipped with a note otherwise). `LARDER_COMPARE=hits,memory` runs only
 //! the named sections (`throughput`, `hits`, `memory`, `expiry`);
+//! `LARDER_COMPARE_STREAM=4194304` makes the throughput section's
+//! streams that long instead of 2^20 requests (a power of two; each is
+//! cycled, so a longer one brings back a key seen once per pass less
+//! often: more one-time keys, which larder's admission turns away after
+//! one look at its sketch while quick_cache takes each in);
 //! `LARDER_COMPARE_ROWS=P3,multi2` keeps only the hit-ratio rows whose
 //! workload starts with one of the given prefixes (the average is then
 //! over those rows); `LARDER_COMPARE_REPLAYS=n` replays every row `n`
@@ -115,8 +120,22 @@ const RUN_TIME: Duration = Duration::from_millis(200);
 const WARM_UP: Duration = Duration::from_millis(200);
 /// Ops between two looks at the clock.
 const CHUNK: usize = 4096;
-/// Length of each pre-generated stream (a power of two).
+/// Length of each pre-generated stream of the throughput section (a
+/// power of two), unless `LARDER_COMPARE_STREAM` gives another.
 const STREAM: usize = 1 << 20;
+
+/// The throughput streams' length: [`STREAM`], or `LARDER_COMPARE_STREAM`
+/// (a power of two). The streams are cycled, so their length decides how
+/// often a key seen once per pass comes back; see the module docs.
+fn stream_len() -> usize {
+    match std::env::var("LARDER_COMPARE_STREAM") {
+        Err(_) => STREAM,
+        Ok(n) => match n.trim().parse::<usize>() {
+            Ok(n) if n.is_power_of_two() => n,
+            _ => panic!("LARDER_COMPARE_STREAM must be a power of two, not {n:?}"),
+        },
+    }
+}
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -230,11 +249,13 @@ fn throughput() {
     const PRESENT: u64 = 100_000;
     const CAPACITY: u64 = 100_000;
     const KEYS: u64 = 1_000_000;
+    let stream = stream_len();
     println!("## Throughput\n");
     println!(
         "Mops/s, median of {RUNS} runs of {:.1} s. get hit: {PRESENT} entries present, Zipf(1.0) reads among them. \
          mixed: capacity {CAPACITY}, Zipf(1.0) over {KEYS} keys, 90% get (insert on miss) / 10% insert, \
-         each thread with its own key stream. insert: capacity {CAPACITY}, Zipf(1.0) over {KEYS} keys.\n",
+         each thread with its own key stream. insert: capacity {CAPACITY}, Zipf(1.0) over {KEYS} keys. \
+         Each stream is {stream} requests, cycled.\n",
         RUN_TIME.as_secs_f64()
     );
     println!(
@@ -251,7 +272,7 @@ fn throughput() {
 
     eprintln!("throughput: get hit");
     let get_hit = speeds(
-        &[zipf_stream(PRESENT, 1.0, STREAM, 11, 0)],
+        &[zipf_stream(PRESENT, 1.0, stream, 11, 0)],
         Op::Get,
         &prefilled(caches::larder(2 * PRESENT), PRESENT),
         &prefilled(caches::moka(2 * PRESENT), PRESENT),
@@ -262,7 +283,7 @@ fn throughput() {
     eprintln!("throughput: mixed, 1 thread");
     let mixed = |threads: u64| {
         let streams: Vec<_> = (0..threads)
-            .map(|t| mixed_stream(KEYS, 1.0, STREAM, 12 + t, 0.1))
+            .map(|t| mixed_stream(KEYS, 1.0, stream, 12 + t, 0.1))
             .collect();
         speeds(
             &streams,
@@ -278,7 +299,7 @@ fn throughput() {
 
     eprintln!("throughput: insert");
     let insert = speeds(
-        &[zipf_stream(KEYS, 1.0, STREAM, 15, 0)],
+        &[zipf_stream(KEYS, 1.0, stream, 15, 0)],
         Op::Insert,
         &caches::larder(CAPACITY),
         &caches::moka(CAPACITY),
