@@ -46,8 +46,7 @@
 //! `LARDER_COMPARE_STREAM=4194304` makes the throughput section's
 //! streams that long instead of 2^20 requests (a power of two; each is
 //! cycled, so a longer one brings back a key seen once per pass less
-//! often: more one-time keys, which larder's admission turns away after
-//! one look at its sketch while quick_cache takes each in);
+//! often: more one-time keys);
 //! `LARDER_COMPARE_ROWS=P3,multi2` keeps only the hit-ratio rows whose
 //! workload starts with one of the given prefixes (the average is then
 //! over those rows); `LARDER_COMPARE_REPLAYS=n` replays every row `n`
