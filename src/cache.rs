@@ -715,8 +715,12 @@ where
     }
 
     /// See `Inner::remove_if`.
-    pub(crate) fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) {
-        self.inner.remove_if(key, doomed);
+    pub(crate) fn remove_if(
+        &self,
+        key: &K,
+        doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool,
+    ) -> bool {
+        self.inner.remove_if(key, doomed)
     }
 
     /// The load and refresh counters that [`stats`](Self::stats) reports.
@@ -988,8 +992,9 @@ where
     /// Removes `key`'s entry (live, or expired but not yet reaped) if
     /// `doomed`, shown its value (if any) and the key's write-count stripe
     /// with the shard locked, says so. `doomed` is larder's own code, never
-    /// the user's.
-    fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) {
+    /// the user's. Returns whether it removed a live entry (one
+    /// [`peek`](Self::peek) would have returned).
+    fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) -> bool {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
         let taken = {
@@ -1002,11 +1007,13 @@ where
                 None
             }
         };
-        if let Some((key, value, cause)) = taken {
-            let mut removed = Removed::default();
-            removed.push(key, value, cause);
-            self.deliver(removed);
-        }
+        let Some((key, value, cause)) = taken else {
+            return false;
+        };
+        let mut removed = Removed::default();
+        removed.push(key, value, cause);
+        self.deliver(removed);
+        cause == RemovalCause::Explicit
     }
 
     fn get_or_load<E>(&self, key: K, init: impl FnOnce() -> Result<V, E>) -> Result<V, Arc<E>>

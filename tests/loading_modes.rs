@@ -266,6 +266,22 @@ fn remove_returns_what_peek_would_and_removes_every_kind_of_entry() {
 }
 
 #[test]
+fn remove_returns_nothing_for_a_value_past_its_time_to_idle() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_idle(10 * SEC)
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    clock.advance(11 * SEC); // idle too long, not yet reaped
+    assert_eq!(cache.peek(&1), None, "expired");
+    assert_eq!(cache.remove(&1), None, "what peek would have returned");
+    assert_eq!(cache.entry_count(), 0, "removed all the same");
+}
+
+#[test]
 fn a_load_under_way_does_not_cache_what_a_removal_dropped() {
     // The cache-aside update: the database is written, then the key
     // dropped, while a read that missed still loads the old row.

@@ -297,7 +297,9 @@ mod tests {
                     Some(v) => {
                         cache.insert_if(key, v, None, |_, s| seen.write_verdict(&s));
                     }
-                    None => cache.remove_if(&key, |_, s| write_removes(&s)),
+                    None => {
+                        cache.remove_if(&key, |_, s| write_removes(&s));
+                    }
                 }
                 Actor::Idle
             }

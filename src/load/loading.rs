@@ -511,11 +511,13 @@ where
     /// ```
     pub fn remove(&self, key: &K) -> Option<V> {
         let mut held = None;
-        self.inner.cache.remove_if(key, |entry, stripe| {
+        let live = self.inner.cache.remove_if(key, |entry, stripe| {
             held = entry.cloned();
             guard::write_removes(&stripe)
         });
-        self.unexpired(held?)
+        // An entry the inner cache holds past its deadline (its time to
+        // idle, say) is expired however fresh its record says it is.
+        self.unexpired(held.filter(|_| live)?)
     }
 
     /// Removes every value for which `predicate` returns true (cached
@@ -779,9 +781,10 @@ where
             (None, None) => {
                 // Absent and not cached: drop what the cache held for the key.
                 match over {
-                    Over::Stamp(stamp) => self
-                        .cache
-                        .remove_if(&key, |e, _| e.is_some_and(|e| e.stamp == stamp)),
+                    Over::Stamp(stamp) => {
+                        self.cache
+                            .remove_if(&key, |e, _| e.is_some_and(|e| e.stamp == stamp));
+                    }
                     Over::Unwritten(_) => self.cache.invalidate(&key),
                     Over::Written(_) => self.remove_written(&key),
                 }
