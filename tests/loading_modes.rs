@@ -26,14 +26,15 @@ use threads::{panic_message, parallel};
 const SEC: Duration = Duration::from_secs(1);
 
 /// A loader whose answers are `key * 1000 + call number`, so each load is
-/// visible in the value; it can be told to fail, to panic, or to block on a
-/// gate until released.
+/// visible in the value; it can be told to fail, to panic, to report every
+/// key absent, or to block on a gate until released.
 #[derive(Clone, Default)]
 struct Source {
     calls: Arc<AtomicU64>,
     fail: Arc<AtomicBool>,
     panic: Arc<AtomicBool>,
     panic_once: Arc<AtomicBool>,
+    absent: Arc<AtomicBool>,
     gate: Arc<Mutex<()>>,
     entered: Arc<Mutex<Option<mpsc::Sender<u64>>>>,
 }
@@ -65,6 +66,9 @@ impl Loader<u64, u64> for Source {
         }
         if self.fail.load(SeqCst) {
             return Err(format!("store down for {key}"));
+        }
+        if self.absent.load(SeqCst) {
+            return Ok(None);
         }
         Ok(Some(key * 1000 + n))
     }
@@ -1121,4 +1125,40 @@ fn reads_take_any_borrowed_form_of_the_key() {
 /// Polls `future` once with a waker that does nothing.
 fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
     future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+#[test]
+fn an_absent_answer_never_drops_an_insert_made_while_it_loaded() {
+    // Without negative caching, a load that finds the key absent drops the
+    // key's entry; not the value of an insert that ended after it began.
+    for background in [false, true] {
+        let what = if background { "a refresh" } else { "a read" };
+        let clock = MockClock::new();
+        let source = Source::default();
+        source.absent.store(true, SeqCst);
+        let builder = clocked(&clock).loader(source.clone());
+        let cache = match background {
+            true => builder.refresh_after(60 * SEC).reload_threads(1),
+            false => builder,
+        }
+        .build()
+        .unwrap();
+        let entered = source.announce();
+        let gate = source.gate.lock();
+        let reader = if background {
+            assert!(cache.refresh(&1), "absent: the worker takes it");
+            None
+        } else {
+            let cache = cache.clone();
+            Some(thread::spawn(move || cache.get(&1).unwrap()))
+        };
+        assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "{what}");
+        cache.insert(1, 42); // while the loader runs
+        drop(gate);
+        if let Some(reader) = reader {
+            assert_eq!(reader.join().unwrap(), None, "the reader gets its load");
+        }
+        cache.run_pending_tasks();
+        assert_eq!(cache.peek(&1), Some(42), "{what}: the insert wins");
+    }
 }

@@ -779,13 +779,18 @@ where
             (Some(_), _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
             (None, Some(negative)) => Some(negative),
             (None, None) => {
-                // Absent and not cached: drop what the cache held for the key.
+                // Absent and not cached: drop what the cache held for the
+                // key, as `over` allows: not a write that ended meanwhile.
                 match over {
                     Over::Stamp(stamp) => {
                         self.cache
                             .remove_if(&key, |e, _| e.is_some_and(|e| e.stamp == stamp));
                     }
-                    Over::Unwritten(_) => self.cache.invalidate(&key),
+                    Over::Unwritten(seen) => {
+                        self.cache.remove_if(&key, |_, stripe| {
+                            seen.load_verdict(&stripe) == Verdict::Insert
+                        });
+                    }
                     Over::Written(_) => self.remove_written(&key),
                 }
                 return false;
