@@ -257,13 +257,43 @@ where
         self
     }
 
-    /// Spreads every deadline computed on a write by a random factor in
-    /// `1 ± jitter`, so entries written together do not all expire together.
-    /// Default `0.0`; range `0.0..1.0` (e.g. `0.1` for ±10 %). On a
-    /// [`LoadingCache`](crate::LoadingCache) it spreads each loaded value's
-    /// time to live the same way. An update
-    /// whose [`Expiry::expire_after_update`] leaves the time left as it was
-    /// (the default hook) keeps the entry's deadline, unspread again.
+    /// Spreads the lifetimes the cache decides by a random factor in
+    /// `1 ± jitter`, so entries written together do not all expire together:
+    /// the [`time_to_live`](Self::time_to_live) of each write, and each time
+    /// an [`Expiry`] hook returns. Default `0.0`; range `0.0..1.0` (e.g. `0.1`
+    /// for ±10 %). On a [`LoadingCache`](crate::LoadingCache) it spreads each
+    /// loaded value's time to live the same way. An update whose
+    /// [`Expiry::expire_after_update`] leaves the time left as it was (the
+    /// default hook) keeps the entry's deadline, unspread again.
+    ///
+    /// A TTL given to [`Cache::insert_with_ttl`](crate::Cache::insert_with_ttl)
+    /// is kept exactly (a lifetime that comes from outside, such as a
+    /// token's, is not lengthened), and so is the
+    /// [`time_to_idle`](Self::time_to_idle).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(100))
+    ///     .ttl_jitter(0.2) // each write lives 80 to 120 s
+    ///     .clock(clock.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// for i in 0..100 {
+    ///     cache.insert(i, i);
+    /// }
+    /// cache.insert_with_ttl(1_000, 0, Duration::from_secs(100)); // exactly 100 s
+    /// clock.advance(Duration::from_secs(79));
+    /// assert_eq!(cache.iter().count(), 101);
+    /// clock.advance(Duration::from_secs(21)); // 100 s
+    /// assert_eq!(cache.get(&1_000), None);
+    /// clock.advance(Duration::from_secs(21)); // 121 s
+    /// assert_eq!(cache.iter().count(), 0);
+    /// ```
     pub fn ttl_jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
         self

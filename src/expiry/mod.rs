@@ -11,8 +11,9 @@
 //! `time_to_live`; `time_to_idle` then caps the result at "last access plus
 //! idle time". With both TTL and TTI the write-based deadline is kept apart
 //! (the *hard* deadline) so that reads can slide the idle deadline without
-//! going past it. `ttl_jitter` spreads every deadline computed on a write by a
-//! random factor in `1 ± jitter`.
+//! going past it. `ttl_jitter` spreads the lifetimes the cache decides (its
+//! `time_to_live`, the hooks' answers) by a random factor in `1 ± jitter`;
+//! a TTL given to `insert_with_ttl` and the time to idle are kept exactly.
 
 pub(crate) mod clock;
 mod tsc;
@@ -221,14 +222,17 @@ impl<K, V> Timing<K, V> {
         ttl: Option<Duration>,
         hook: Option<Hooked>,
     ) -> Deadline {
+        // The jitter spreads the lifetimes the cache decides (its time to
+        // live, the hooks' answers); a TTL the caller gave and the time to
+        // idle are kept exactly.
         let hard = match (ttl, hook) {
-            (Some(ttl), _) => self.after(now, saturating_nanos(ttl.as_nanos())),
+            (Some(ttl), _) => exact_after(now, saturating_nanos(ttl.as_nanos())),
             (None, Some(Hooked::After(Some(d)))) => self.after(now, saturating_nanos(d.as_nanos())),
             (None, Some(Hooked::After(None))) => NEVER,
             (None, Some(Hooked::Kept(deadline))) => deadline,
             (None, None) => self.ttl.map_or(NEVER, |t| self.after(now, t)),
         };
-        let at = self.tti.map_or(hard, |tti| hard.min(self.after(now, tti)));
+        let at = self.tti.map_or(hard, |tti| hard.min(exact_after(now, tti)));
         if at != NEVER && !self.reads_want_clock() {
             self.clock_reads.store(true, Relaxed);
         }
@@ -246,8 +250,13 @@ impl<K, V> Timing<K, V> {
             duration
         };
         let spread = if duration == 0 { 0 } else { spread.max(1) };
-        now.saturating_add(spread).min(NEVER - 1)
+        exact_after(now, spread)
     }
+}
+
+/// `now + duration`, not spread, saturating at [`NEVER`].
+fn exact_after(now: u64, duration: u64) -> u64 {
+    now.saturating_add(duration).min(NEVER - 1)
 }
 
 /// Time left until `deadline` at `now`, as the hooks see it.
@@ -358,6 +367,29 @@ mod tests {
             *lo < 92 * SEC && *hi > 108 * SEC,
             "spread covers the range: {lo}..{hi}"
         );
+    }
+
+    #[test]
+    fn jitter_leaves_a_given_ttl_and_the_time_to_idle_exact() {
+        let t = timing(Some(100), Some(50), 0.5);
+        for _ in 0..1000 {
+            let given = t.on_write(0, Some(Duration::from_secs(30)), None);
+            assert_eq!(given.hard, 30 * SEC, "insert_with_ttl's TTL is exact");
+            let idle = t.on_write(0, None, None);
+            assert_eq!(idle.at, 50 * SEC, "the idle deadline is exact");
+            assert!(
+                (50 * SEC..=150 * SEC).contains(&idle.hard),
+                "the cache's time to live is spread: {}",
+                idle.hard
+            );
+        }
+        let spread: std::collections::HashSet<_> = (0..100)
+            .map(|_| {
+                t.on_write(0, None, Some(Hooked::After(Some(Duration::from_secs(20)))))
+                    .hard
+            })
+            .collect();
+        assert!(spread.len() > 90, "a hook's lifetime is spread");
     }
 
     #[test]
