@@ -447,6 +447,10 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
         vec![(2, Change::Put(22)), (3, Change::Put(3))],
         "the latest change per key"
     );
+    assert_eq!(
+        report.in_flight, 0,
+        "the change of key 2 in the hung call is overtaken by the one queued"
+    );
     assert_eq!(cache.insert(4, 4), Err(WriteError::Closed));
     assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
     // The cache keeps no copy of what the store never took: reads answer
@@ -486,21 +490,53 @@ fn drop_without_close_flushes_with_a_bounded_wait() {
         assert_eq!(store.get(k), Some(k), "the drop flushed key {k}");
     }
 
-    // A store that hangs: the drop gives up after its timeout and reports.
+    // A store call that hangs: the drop gives up after its timeout and
+    // reports the change in that call as in flight (this store applied it
+    // before hanging, so it did land), and the one queued behind it as
+    // dropped (it never reached the store).
     let cache = behind(&store, &letters)
         .drop_flush_timeout(Duration::from_millis(50))
+        .flush_interval(Duration::from_millis(1))
+        .batch_size(1)
         .build()
         .unwrap();
-    let gate = store.gate.write();
+    store.hold.write.store(20, SeqCst);
     cache.insert(20, 20).unwrap();
+    // The flusher's call has applied key 20 and waits to return.
+    store.hold.reached.wait();
+    cache.insert(21, 21).unwrap();
     let started = Instant::now();
     drop(cache);
     assert!(started.elapsed() < Duration::from_secs(3));
-    drop(gate);
-    let letters = letters.lock();
-    assert_eq!(letters.len(), 1);
-    assert_eq!((letters[0].key, &letters[0].change), (20, &Change::Put(20)));
-    assert!(matches!(letters[0].error, WriteFailure::Dropped));
+    {
+        let letters = letters.lock();
+        let summary: Vec<_> = letters
+            .iter()
+            .map(|d| (d.key, d.change.clone(), d.error.to_string()))
+            .collect();
+        assert_eq!(letters.len(), 2, "{summary:?}");
+        assert_eq!((letters[0].key, &letters[0].change), (20, &Change::Put(20)));
+        assert!(
+            matches!(letters[0].error, WriteFailure::InFlight),
+            "{summary:?}"
+        );
+        assert_eq!((letters[1].key, &letters[1].change), (21, &Change::Put(21)));
+        assert!(
+            matches!(letters[1].error, WriteFailure::Dropped),
+            "{summary:?}"
+        );
+    }
+    store.hold.resume.wait();
+    assert_eq!(
+        store.get(20),
+        Some(20),
+        "the change reported in flight landed"
+    );
+    assert_eq!(
+        store.get(21),
+        None,
+        "the dropped change never reached the store"
+    );
 }
 
 #[test]

@@ -573,6 +573,7 @@ where
             .filter(|(k, _)| st.buffer.pending_change(k).is_none())
             .cloned()
             .collect();
+        let in_flight = unwritten.len();
         unwritten.extend(
             st.buffer
                 .pending_changes()
@@ -607,7 +608,11 @@ where
                 let _ = handle.join();
             }
         }
-        Leftovers { unwritten, dead }
+        Leftovers {
+            unwritten,
+            in_flight,
+            dead,
+        }
     }
 
     /// Whether a dead-letter handler was given.
@@ -783,7 +788,12 @@ where
 
 /// What [`Queue::close`] could not write.
 pub(crate) struct Leftovers<K, V, E> {
+    /// The latest change per key: first the `in_flight` ones, then those
+    /// still queued.
     pub(crate) unwritten: Vec<(K, Change<V>)>,
+    /// How many of `unwritten`, from the start, were in a store call that
+    /// had not returned (their outcome is unknown).
+    pub(crate) in_flight: usize,
     pub(crate) dead: Vec<DeadLetter<K, V, E>>,
 }
 

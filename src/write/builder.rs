@@ -322,9 +322,12 @@ where
 
     /// Write-behind: how long dropping the last handle without
     /// [`close`](StoreCache::close) waits for the queue to drain (default
-    /// 2 s). What is still unwritten then goes to the dead-letter handler
-    /// (as [`WriteFailure::Dropped`](crate::WriteFailure::Dropped)); with
-    /// no handler, its count is printed on stderr and the changes are lost.
+    /// 2 s). What is still unwritten then goes to the dead-letter handler:
+    /// as [`WriteFailure::InFlight`](crate::WriteFailure::InFlight) if it
+    /// was in a store call that had not returned (the store may yet write
+    /// it), else as [`WriteFailure::Dropped`](crate::WriteFailure::Dropped).
+    /// With no handler, its count is printed on stderr and the changes are
+    /// lost.
     pub fn drop_flush_timeout(mut self, timeout: Duration) -> Self {
         self.drop_timeout = Some(timeout);
         self

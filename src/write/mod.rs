@@ -152,8 +152,14 @@ pub enum WriteFailure<E> {
     /// The store's `write` panicked on the last attempt; the panic message.
     Panicked(String),
     /// The cache was dropped before the change could be written (its
-    /// bounded final flush ran out of time or the store kept failing).
+    /// bounded final flush ran out of time or the store kept failing): the
+    /// change never reached the store.
     Dropped,
+    /// The cache was dropped while the change was in a store call that had
+    /// not returned when its final flush ran out of time: the store may
+    /// still write it, or may have written it already. Check the store
+    /// before writing the change again.
+    InFlight,
 }
 
 impl<E> Clone for WriteFailure<E> {
@@ -162,6 +168,7 @@ impl<E> Clone for WriteFailure<E> {
             WriteFailure::Store(e) => WriteFailure::Store(e.clone()),
             WriteFailure::Panicked(m) => WriteFailure::Panicked(m.clone()),
             WriteFailure::Dropped => WriteFailure::Dropped,
+            WriteFailure::InFlight => WriteFailure::InFlight,
         }
     }
 }
@@ -172,6 +179,10 @@ impl<E: fmt::Display> fmt::Display for WriteFailure<E> {
             WriteFailure::Store(e) => write!(f, "{e}"),
             WriteFailure::Panicked(m) => write!(f, "the store panicked: {m}"),
             WriteFailure::Dropped => write!(f, "the cache was dropped before the write"),
+            WriteFailure::InFlight => write!(
+                f,
+                "the cache was dropped during the store call, whose outcome is unknown"
+            ),
         }
     }
 }
@@ -195,10 +206,11 @@ impl<K: Clone, V: Clone, E> Clone for DeadLetter<K, V, E> {
 pub struct DeadLetter<K, V, E> {
     /// The key.
     pub key: K,
-    /// The change that did not reach the store: the latest written for the
+    /// The change the store did not confirm: the latest written for the
     /// key (earlier ones were coalesced into it).
     pub change: Change<V>,
-    /// How many times it was sent.
+    /// How many times it was sent and failed; 0 for a change a drop hands
+    /// back ([`WriteFailure::Dropped`], [`WriteFailure::InFlight`]).
     pub attempts: u32,
     /// The last failure.
     pub error: WriteFailure<E>,

@@ -190,9 +190,13 @@ impl<K, V, S: Store<K, V>> Drop for StoreInner<K, V, S> {
 #[non_exhaustive]
 pub struct CloseReport<K, V, E> {
     /// Changes still queued, or in a store call that had not returned, when
-    /// the deadline passed (those may have landed). The latest change per
-    /// key; none reached the dead-letter handler.
+    /// the deadline passed: the latest change per key, the ones in that
+    /// store call first. None reached the dead-letter handler.
     pub unwritten: Vec<(K, Change<V>)>,
+    /// How many of [`unwritten`](Self::unwritten), from its start, were in
+    /// the store call that had not returned: the store may still write
+    /// them, or may have already. The rest never reached the store.
+    pub in_flight: usize,
     /// Dead letters kept because the cache has no dead-letter handler.
     pub dead_letters: Vec<DeadLetter<K, V, E>>,
 }
@@ -512,11 +516,13 @@ where
                 let left = queue.close(timeout);
                 CloseReport {
                     unwritten: left.unwritten,
+                    in_flight: left.in_flight,
                     dead_letters: left.dead,
                 }
             }
             None => CloseReport {
                 unwritten: Vec::new(),
+                in_flight: 0,
                 dead_letters: Vec::new(),
             },
         }
@@ -555,8 +561,9 @@ where
     S: Store<K, V>,
 {
     /// The close a drop does: what is left goes to the dead-letter handler
-    /// (unwritten changes as [`WriteFailure::Dropped`]), or is counted on
-    /// stderr if there is none.
+    /// (unwritten changes as [`WriteFailure::InFlight`] if they were in the
+    /// store call that had not returned, else [`WriteFailure::Dropped`]),
+    /// or is counted on stderr if there is none.
     fn close_on_drop(&self, timeout: Duration) {
         let left = self.close(timeout);
         let count = left.unwritten.len() + left.dead.len();
@@ -570,12 +577,16 @@ where
         for dead in left.dead {
             self.report(dead);
         }
-        for (key, change) in left.unwritten {
+        for (i, (key, change)) in left.unwritten.into_iter().enumerate() {
             self.report(DeadLetter {
                 key,
                 change,
                 attempts: 0,
-                error: WriteFailure::Dropped,
+                error: if i < left.in_flight {
+                    WriteFailure::InFlight
+                } else {
+                    WriteFailure::Dropped
+                },
             });
         }
     }
