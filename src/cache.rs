@@ -716,11 +716,15 @@ where
     }
 
     /// See `Inner::remove_if`.
-    pub(crate) fn remove_if(
+    pub(crate) fn remove_if<Q>(
         &self,
-        key: &K,
+        key: &Q,
         doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool,
-    ) -> bool {
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.remove_if(key, doomed)
     }
 
@@ -995,7 +999,11 @@ where
     /// with the shard locked, says so. `doomed` is larder's own code, never
     /// the user's. Returns whether it removed a live entry (one
     /// [`peek`](Self::peek) would have returned).
-    fn remove_if(&self, key: &K, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) -> bool {
+    fn remove_if<Q>(&self, key: &Q, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
         let taken = {

@@ -1120,6 +1120,14 @@ fn reads_take_any_borrowed_form_of_the_key() {
         Some(4),
         "the owned key too"
     );
+    // So do the writes that name a key.
+    assert!(cache.refresh("four"));
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 2);
+    assert_eq!(cache.remove("four"), Some(4));
+    assert_eq!(cache.peek("four"), None);
+    cache.invalidate("three");
+    assert_eq!(cache.peek("three"), None);
 }
 
 /// Polls `future` once with a waker that does nothing.

@@ -959,12 +959,53 @@ fn close_releases_writers_and_flushes_waiting_on_a_hung_store() {
     assert!(!flusher.is_finished(), "the flush waits for the store");
     let report = cache.close(Duration::from_millis(100));
     assert_eq!(report.unwritten, vec![(1, Change::Put(1))], "in flight");
+    assert_eq!(report.in_flight, 1, "counted as in flight");
     // Both return although the store call is still hung.
     eventually("the writer returned", || writer.is_finished());
     eventually("the flush returned", || flusher.is_finished());
     drop(gate);
     assert!(matches!(writer.join().unwrap(), Err(WriteError::Closed)));
     flusher.join().unwrap();
+}
+
+/// A table of string keys.
+#[derive(Clone, Default)]
+struct Names(Arc<Mutex<std::collections::HashMap<String, usize>>>);
+
+impl larder::Store<String, usize> for Names {
+    type Error = String;
+    fn load(&self, key: &String) -> Result<Option<usize>, String> {
+        Ok(self.0.lock().get(key).copied())
+    }
+    fn write(&self, batch: &[(String, Change<usize>)]) -> Result<(), String> {
+        let mut table = self.0.lock();
+        for (key, change) in batch {
+            match change {
+                Change::Put(v) => table.insert(key.clone(), *v),
+                Change::Delete => table.remove(key),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn writes_that_name_a_key_take_any_borrowed_form_of_it() {
+    let names = Names::default();
+    let cache = Cache::builder().store(names.clone()).build().unwrap();
+    cache.insert("one".to_string(), 1).unwrap();
+    cache.insert("two".to_string(), 2).unwrap();
+    assert_eq!(cache.get("one").unwrap(), Some(1));
+    cache.invalidate("one");
+    assert_eq!(cache.peek("one"), None, "the cached copy is dropped");
+    assert_eq!(
+        names.0.lock().get("one"),
+        Some(&1),
+        "the store is not touched"
+    );
+    cache.remove("two").unwrap();
+    assert_eq!(names.0.lock().get("two"), None, "removed from the store");
+    assert_eq!(cache.get("two").unwrap(), None);
 }
 
 /// A store that refuses every write.

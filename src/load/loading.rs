@@ -458,7 +458,9 @@ where
     }
 
     /// Starts a background reload of `key` now, whatever its age (on the
-    /// calling thread if the cache has no reload threads). Returns false if
+    /// calling thread if the cache has no reload threads). `key` may be any
+    /// borrowed form of the key type, as for [`get`](Self::get); the reload
+    /// takes an owned copy. Returns false if
     /// the reload was skipped: the queue was full, or a load of `key` was
     /// already running.
     ///
@@ -476,9 +478,13 @@ where
     /// cache.run_pending_tasks();
     /// assert_eq!(cache.stats().loads(), 2);
     /// ```
-    pub fn refresh(&self, key: &K) -> bool {
+    pub fn refresh<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let stamp = self.inner.cache.peek(key).map(|e| e.stamp);
-        self.inner.reload(key, stamp)
+        self.inner.reload(&key.to_owned(), stamp)
     }
 
     /// Removes `key`'s value; the next read loads it again.
@@ -491,7 +497,11 @@ where
     /// cache.invalidate(&1);
     /// assert_eq!(cache.peek(&1), None);
     /// ```
-    pub fn invalidate(&self, key: &K) {
+    pub fn invalidate<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.remove_written(key);
     }
 
@@ -509,7 +519,11 @@ where
     /// assert_eq!(cache.remove(&1), Some(1));
     /// assert_eq!(cache.remove(&1), None);
     /// ```
-    pub fn remove(&self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut held = None;
         let live = self.inner.cache.remove_if(key, |entry, stripe| {
             held = entry.cloned();
@@ -834,7 +848,11 @@ where
 
     /// Ends a write that leaves nothing to cache: drops `key`'s entry and
     /// counts the write (see [`guard`]).
-    fn remove_written(&self, key: &K) {
+    fn remove_written<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.cache
             .remove_if(key, |_, stripe| guard::write_removes(&stripe));
     }

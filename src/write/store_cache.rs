@@ -378,8 +378,12 @@ where
     /// cache.remove(&1).unwrap();
     /// assert_eq!(cache.get(&1).unwrap(), None);
     /// ```
-    pub fn remove(&self, key: &K) -> Result<(), WriteError<S::Error>> {
-        self.change(key.clone(), Change::Delete)
+    pub fn remove<Q>(&self, key: &Q) -> Result<(), WriteError<S::Error>>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        self.change(key.to_owned(), Change::Delete)
     }
 
     /// Applies one change by the cache's policy. Here the key is cloned
@@ -421,7 +425,11 @@ where
 
     /// Drops the cached copy of `key` (the store is not touched); the next
     /// read loads it again.
-    pub fn invalidate(&self, key: &K) {
+    pub fn invalidate<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.reads.invalidate(key);
     }
 
