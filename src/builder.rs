@@ -309,7 +309,10 @@ where
     /// values only, not of cached absences (`negative_ttl`); with
     /// `stale_while_revalidate` or `stale_if_error`, a value leaves (as
     /// `Expired`) once the last of those windows ends, not at its time to
-    /// live; a reload that finds the key gone drops its value.
+    /// live; a reload (refresh-ahead, stale-while-revalidate, early expiry,
+    /// [`refresh`](crate::LoadingCache::refresh)) that brings a new value
+    /// replaces the old one (`Replaced`, as an `insert` does), and one that
+    /// finds the key gone drops its value (`Explicit`).
     ///
     /// A listener that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever: reach it through a

@@ -733,10 +733,25 @@ where
         &self.inner.loads
     }
 
-    /// Panics if any shard's table, slots, wheel and policy disagree. For
-    /// tests and fuzzing only.
+    /// Checks larder's own bookkeeping and panics, naming what disagrees, if
+    /// any shard's index, entries, timing wheel, eviction policy, counts and
+    /// weights do not agree. For tests and fuzzing (feature `test-util`):
+    /// call it after a sequence of operations to check that the cache, not
+    /// only your code, kept its invariants. It takes each shard's lock in
+    /// turn and walks every entry, so it costs time in proportion to the
+    /// entries held.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(100);
+    /// for i in 0..1_000u32 {
+    ///     cache.insert(i % 150, i);
+    /// }
+    /// cache.check_invariants(); // panics if larder lost track of an entry
+    /// assert!(cache.entry_count() <= 100);
+    /// ```
     #[cfg(feature = "test-util")]
-    #[doc(hidden)]
     pub fn check_invariants(&self) {
         for cell in self.inner.shards.iter() {
             cell.read().check_invariants();

@@ -115,7 +115,9 @@ impl CacheStats {
         self.load_failures
     }
 
-    /// All loader calls.
+    /// All loader calls: successes and failures, background reloads
+    /// included (a [`LoadingCache::get_many`](crate::LoadingCache::get_many)
+    /// batch is one call).
     pub fn loads(&self) -> u64 {
         self.load_successes + self.load_failures
     }

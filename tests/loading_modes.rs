@@ -582,6 +582,51 @@ fn get_many_loads_only_the_missing_keys_in_one_batch() {
 }
 
 #[test]
+fn a_get_many_batch_counts_as_one_load() {
+    let batches = Arc::new(Batches::default());
+    let cache = Cache::builder()
+        .loader(BatchLoader(batches.clone()))
+        .build()
+        .unwrap();
+    cache.get_many([2, 4, 6, 8]).unwrap();
+    assert_eq!(batches.batches.lock().len(), 1);
+    let s = cache.stats();
+    assert_eq!((s.loads(), s.load_successes(), s.misses()), (1, 1, 4));
+}
+
+#[test]
+fn the_listener_hears_a_reloaded_value_replace_the_old_and_a_vanished_key_leave() {
+    let heard: Arc<Mutex<Vec<(u64, u64, larder::RemovalCause)>>> = Arc::default();
+    let source = Source::default();
+    let cache = Cache::builder()
+        .eviction_listener({
+            let heard = heard.clone();
+            move |k: Arc<u64>, v: u64, cause| heard.lock().push((*k, v, cause))
+        })
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert!(cache.refresh(&1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&1), Some(1002));
+    assert_eq!(
+        *heard.lock(),
+        vec![(1, 1001, larder::RemovalCause::Replaced)],
+        "a reload's value replaces the old one"
+    );
+    source.absent.store(true, SeqCst);
+    assert!(cache.refresh(&1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(
+        heard.lock()[1..],
+        [(1, 1002, larder::RemovalCause::Explicit)],
+        "a reload that finds the key gone drops its value"
+    );
+}
+
+#[test]
 fn get_many_waits_for_a_key_already_loading_instead_of_loading_it_again() {
     let source = Source::default();
     let cache = Cache::builder().loader(source.clone()).build().unwrap();

@@ -32,6 +32,11 @@ where
     /// time a loaded value stays *fresh*; the refresh settings on
     /// [`LoadingCacheBuilder`] say what happens around it.
     ///
+    /// So the cache's own settings (`max_capacity`, `weigher`,
+    /// `time_to_live`, `time_to_idle`, `ttl_jitter`, `eviction_listener`,
+    /// `num_shards`, `clock`) come before `loader`: the builder it returns
+    /// offers only the loading settings.
+    ///
     /// # Examples
     ///
     /// ```

@@ -67,7 +67,9 @@ where
     ///
     /// Every setting made so far carries over, as for
     /// [`loader`](Self::loader): `expire_after` is refused, and
-    /// `time_to_live` is how long a loaded or written value stays fresh.
+    /// `time_to_live` is how long a loaded or written value stays fresh. So
+    /// the cache's own settings come before `store`: the builder it returns
+    /// offers only the store's and the loading settings.
     ///
     /// # Examples
     ///
