@@ -130,6 +130,7 @@ pub(crate) struct Config {
 /// #         Ok(())
 /// #     }
 /// # }
+/// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
 /// let cache = Cache::builder().store(Table::default()).write_behind().build().unwrap();
 /// cache.insert(1, 10).unwrap();
 /// cache.insert(1, 11).unwrap(); // replaces the queued write of key 1

@@ -86,6 +86,7 @@ where
     /// #         Ok(())
     /// #     }
     /// # }
+    /// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
     /// use std::time::Duration;
     /// let cache = Cache::builder()
     ///     .max_capacity(10_000)
@@ -141,6 +142,7 @@ where
 /// #         Ok(())
 /// #     }
 /// # }
+/// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
 /// use std::time::Duration;
 /// use larder::WhenFull;
 ///
@@ -228,6 +230,7 @@ where
     /// #         Ok(())
     /// #     }
     /// # }
+    /// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
     /// let cache = Cache::builder().store(Table::default()).write_around().build().unwrap();
     /// cache.insert(1, 10).unwrap();
     /// assert_eq!(cache.entry_count(), 0);           // not cached by the write
@@ -354,6 +357,7 @@ where
     /// #         Ok(())
     /// #     }
     /// # }
+    /// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
     /// use std::time::Duration;
     /// let cache = Cache::builder()
     ///     .time_to_live(Duration::from_secs(60))
@@ -394,6 +398,7 @@ where
     /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
     /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
     /// # }
+    /// // `Nothing`: a `Store` that loads nothing and accepts every write.
     /// let err = Cache::builder().store(Nothing).batch_size(10).build().unwrap_err();
     /// assert_eq!(err, BuildError::NeedsWriteBehind("batch_size"));
     /// ```

@@ -115,19 +115,33 @@ where
 /// # Examples
 ///
 /// ```
-/// # use std::{collections::HashMap, sync::Mutex};
-/// # use larder::{Cache, Change, Store};
-/// # #[derive(Default)] struct Table(Mutex<HashMap<u32, String>>);
-/// # impl Store<u32, String> for Table {
-/// #     type Error = String;
-/// #     fn load(&self, k: &u32) -> Result<Option<String>, String> { Ok(self.0.lock().unwrap().get(k).cloned()) }
-/// #     fn write(&self, b: &[(u32, Change<String>)]) -> Result<(), String> {
-/// #         let mut t = self.0.lock().unwrap();
-/// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, v.clone()); } Change::Delete => { t.remove(k); } } }
-/// #         Ok(())
-/// #     }
-/// # }
-/// use std::time::Duration;
+/// use larder::{Cache, Change, Store};
+/// use std::{collections::HashMap, sync::Mutex, time::Duration};
+///
+/// /// The system of record: here a table in memory (the other examples
+/// /// call such a store `Table`).
+/// #[derive(Default)]
+/// struct Table(Mutex<HashMap<u32, String>>);
+///
+/// impl Store<u32, String> for Table {
+///     type Error = String;
+///
+///     fn load(&self, key: &u32) -> Result<Option<String>, String> {
+///         Ok(self.0.lock().unwrap().get(key).cloned())
+///     }
+///
+///     fn write(&self, batch: &[(u32, Change<String>)]) -> Result<(), String> {
+///         let mut table = self.0.lock().unwrap();
+///         for (key, change) in batch {
+///             match change {
+///                 Change::Put(value) => table.insert(*key, value.clone()),
+///                 Change::Delete => table.remove(key),
+///             };
+///         }
+///         Ok(())
+///     }
+/// }
+///
 /// let cache = Cache::builder()
 ///     .max_capacity(10_000)
 ///     .store(Table::default())
@@ -253,6 +267,7 @@ where
     /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
     /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
     /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
     /// let cache = Cache::builder().store(Squares).build().unwrap();
     /// assert_eq!(cache.get(&4).unwrap(), Some(16));
     /// ```
@@ -295,6 +310,7 @@ where
     /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
     /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
     /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
     /// let cache = Cache::builder().store(Squares).build().unwrap();
     /// assert_eq!(cache.get_many([2, 3]).unwrap()[&3], 9);
     /// ```
@@ -373,6 +389,7 @@ where
     /// #         Ok(())
     /// #     }
     /// # }
+    /// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
     /// let cache = Cache::builder().store(Table::default()).build().unwrap();
     /// cache.insert(1, 10).unwrap();
     /// cache.remove(&1).unwrap();
@@ -511,6 +528,7 @@ where
     /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
     /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
     /// # }
+    /// // `Sink`: a `Store` that loads nothing and accepts every write.
     /// use std::time::Duration;
     /// let cache = Cache::builder().store(Sink).write_behind().build().unwrap();
     /// cache.insert(1, 1).unwrap();
