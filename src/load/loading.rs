@@ -598,7 +598,9 @@ where
     /// entries, then waits for every background reload queued before the
     /// call to finish (not those queued since, so it returns under steady
     /// reload traffic too; and not at all when called from a reload
-    /// itself). Tests use it to make reloads deterministic.
+    /// itself). Tests use it to make reloads deterministic. A queued reload
+    /// that a read took over (see [`refresh`](Self::refresh)) is that
+    /// read's load, which the read itself waits for: this does not.
     ///
     /// # Examples
     ///
