@@ -1082,3 +1082,49 @@ fn invalidating_by_predicate_drops_cached_copies_and_leaves_the_store() {
     assert_eq!(cache.get(&4).unwrap(), Some(40), "read through again");
     assert!(cache.contains_key(&4));
 }
+
+/// With no dead-letter handler, `close` returns the dead letters. One the
+/// flusher is still settling (an eviction listener it runs for the refused
+/// value's cached copy is slow) when `close` runs out of time must be in the
+/// report all the same, not kept where no later call looks.
+#[test]
+fn close_reports_a_dead_letter_the_flusher_is_still_settling() {
+    let store = MemStore::default();
+    store.faults.poison.store(1, SeqCst); // the store refuses key 1
+    let (reached, at_listener) = std::sync::mpsc::channel::<()>();
+    let (release, go_on) = std::sync::mpsc::channel::<()>();
+    let (reached, go_on) = (Mutex::new(reached), Mutex::new(go_on));
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |k: Arc<u64>, _v: u64, _cause| {
+            let on_flusher = thread::current().name() == Some("larder-write-behind");
+            if *k == 1 && on_flusher {
+                let _ = reached.lock().send(());
+                let _ = go_on.lock().recv();
+            }
+        })
+        .store(store.clone())
+        .write_behind()
+        .batch_size(1)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    // The flusher has given up on key 1 and is dropping its cached copy.
+    at_listener
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the flusher dead-letters key 1");
+    let report = cache.close(Duration::from_millis(50));
+    release.send(()).unwrap();
+    let dead: Vec<_> = report
+        .dead_letters
+        .iter()
+        .map(|d| (d.key, d.change.clone()))
+        .collect();
+    assert_eq!(
+        dead,
+        vec![(1, Change::Put(1))],
+        "the dead letter is reported"
+    );
+    assert!(report.unwritten.is_empty());
+}

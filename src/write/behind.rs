@@ -757,28 +757,50 @@ where
                 st.buffer.batch_failed(batch, now, unit_random())
             }
         };
-        let reporting = given.len();
-        st.reporting += reporting;
         self.held.store(st.buffer.len(), SeqCst);
+        let letters = failure.map_or_else(Vec::new, |failure| {
+            given
+                .into_iter()
+                .map(|dead| DeadLetter {
+                    key: dead.key,
+                    change: dead.change,
+                    attempts: dead.attempts,
+                    error: failure.clone(),
+                })
+                .collect()
+        });
+        self.hand_over(st, letters);
+    }
+
+    /// Releases `st` and hands over the dead letters of a batch. Each key's
+    /// cached copy is dropped first (it is a value the store did not take;
+    /// a newer change of the key still queued is read back from the queue),
+    /// then the letter goes to the handler. Without a handler the letters
+    /// are kept at once, under the lock that settled them, so that a
+    /// `close` that runs out of time while the flusher is still dropping
+    /// the cached copies returns them all the same.
+    fn hand_over(
+        &self,
+        mut st: MutexGuard<'_, State<K, V, S::Error>>,
+        letters: Vec<DeadLetter<K, V, S::Error>>,
+    ) {
+        let reporting = letters.len();
+        st.reporting += reporting;
+        let (letters, kept): (Vec<_>, Vec<K>) = if self.handler.is_some() {
+            (letters, Vec::new())
+        } else {
+            let keys = letters.iter().map(|dead| dead.key.clone()).collect();
+            st.kept.extend(letters);
+            (Vec::new(), keys)
+        };
         drop(st);
         self.changed.notify_all();
-        if let Some(failure) = failure {
-            for buffer::DeadLetter {
-                key,
-                change,
-                attempts,
-            } in given
-            {
-                // The cache's copy is a value the store did not take. A newer
-                // change of the key still queued is read back from the queue.
-                (self.forget)(&key);
-                self.report(DeadLetter {
-                    key,
-                    change,
-                    attempts,
-                    error: failure.clone(),
-                });
-            }
+        for key in &kept {
+            (self.forget)(key);
+        }
+        for dead in letters {
+            (self.forget)(&dead.key);
+            self.report(dead);
         }
         if reporting > 0 {
             self.state.lock().reporting -= reporting;
