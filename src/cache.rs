@@ -673,6 +673,12 @@ where
         shard.find(hash, key).map(|id| shard.value(id).clone())
     }
 
+    /// Whether an insert runs user code that may panic before it stores the
+    /// value: a weigher or expiry hooks.
+    pub(crate) fn insert_runs_user_code(&self) -> bool {
+        self.inner.weigher.is_some() || self.inner.timing.hooks().is_some()
+    }
+
     /// See `Inner::insert_if`.
     pub(crate) fn insert_if(
         &self,

@@ -1128,3 +1128,44 @@ fn close_reports_a_dead_letter_the_flusher_is_still_settling() {
     );
     assert!(report.unwritten.is_empty());
 }
+
+/// A write whose value cannot be cached (the weigher panics on it) still
+/// reached the store or the queue: it must end like a failed write, dropping
+/// the key's older cached copy and counting itself, so that reads and later
+/// writes of the key never fall behind it.
+#[test]
+fn a_write_whose_value_the_weigher_refuses_leaves_no_older_copy_cached() {
+    const REFUSED: u64 = 666;
+    let quiet = |f: &dyn Fn()| {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        assert!(panicked.is_err(), "the weigher panicked");
+    };
+    for behind in [false, true] {
+        let store = MemStore::default();
+        let builder = Cache::builder()
+            .max_capacity(100)
+            .weigher(|_k: &u64, v: &u64| {
+                assert_ne!(*v, REFUSED, "the weigher refuses {REFUSED}");
+                1
+            })
+            .store(store.clone());
+        let cache = if behind {
+            builder.write_behind().build().unwrap()
+        } else {
+            builder.build().unwrap()
+        };
+        cache.insert(1, 10).unwrap();
+        cache.flush();
+        quiet(&|| {
+            let _ = cache.insert(1, REFUSED);
+        });
+        // (A read would load the refused value and panic in turn.)
+        assert_eq!(
+            cache.peek(&1),
+            None,
+            "behind: {behind}: the older copy is not served"
+        );
+        cache.flush();
+        assert_eq!(store.get(1), Some(REFUSED), "behind: {behind}");
+    }
+}

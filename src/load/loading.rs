@@ -421,8 +421,9 @@ where
 
     /// Runs `write` (a change to the store, or queuing one) as a write of
     /// `key`, then caches the value it returns, or drops the cached value
-    /// if it returns `None`, fails or panics (a failed store call may still
-    /// have changed the store: a timeout after the commit). If another
+    /// if it returns `None`, fails or panics, or if caching its value panics
+    /// (a weigher or expiry hook; a failed store call may still have changed
+    /// the store: a timeout after the commit). If another
     /// write of the key ended while this one ran, the key is dropped from
     /// the cache instead, so that the next read loads the store's own
     /// value; what a load that began before this write ended read never
@@ -439,7 +440,19 @@ where
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(seen.order())));
         match outcome {
             Ok(Ok((Some(value), result))) => {
-                inner.store(key, Some(value), 0, Over::Written(seen));
+                // A weigher or expiry hook that panics on the value leaves it
+                // uncached, yet the change was made: the write then ends as a
+                // failed one does, with a copy of the key kept for that.
+                let unwound = inner.cache.insert_runs_user_code().then(|| key.clone());
+                let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    inner.store(key, Some(value), 0, Over::Written(seen))
+                }));
+                if let Err(panic) = stored {
+                    if let Some(key) = unwound {
+                        inner.remove_written(&key);
+                    }
+                    std::panic::resume_unwind(panic)
+                }
                 Ok(result)
             }
             Ok(Ok((None, result))) => {
