@@ -153,7 +153,9 @@ pub enum WriteFailure<E> {
     Panicked(String),
     /// The cache was dropped before the change could be written (its
     /// bounded final flush ran out of time or the store kept failing): the
-    /// change never reached the store.
+    /// change was not in a store call then. It was never sent, or only in
+    /// calls that failed (and a failed call may still have written it, as
+    /// a timeout after the commit does).
     Dropped,
     /// The cache was dropped while the change was in a store call that had
     /// not returned when its final flush ran out of time: the store may

@@ -209,7 +209,10 @@ pub struct CloseReport<K, V, E> {
     pub unwritten: Vec<(K, Change<V>)>,
     /// How many of [`unwritten`](Self::unwritten), from its start, were in
     /// the store call that had not returned: the store may still write
-    /// them, or may have already. The rest never reached the store.
+    /// them, or may have already. The rest were not in a store call then.
+    /// A change of a key replaced by a newer one still queued is not
+    /// listed (the newer one is), even if it was in that call: it may
+    /// still land, before or after you write the newer one again.
     pub in_flight: usize,
     /// Dead letters kept because the cache has no dead-letter handler.
     pub dead_letters: Vec<DeadLetter<K, V, E>>,
