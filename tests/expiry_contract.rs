@@ -1790,3 +1790,32 @@ fn one_run_pending_tasks_reports_a_mass_expiry_whole() {
     assert_eq!(log.lock().unwrap().len(), 30_000);
     assert_eq!(cache.entry_count(), 0);
 }
+#[test]
+fn a_deadline_just_below_the_clock_range_still_expires() {
+    // MockClock::advance: "counts any deadline from 2^60 - 1 ns (about
+    // 36.5 years) on as none" (the all-ones 60-bit word is "none").
+    let edge = (1u64 << 60) - 1;
+    for deadline in [edge - 2, edge - 1] {
+        let clock = MockClock::new();
+        clock.advance(Duration::from_nanos(deadline - 10));
+        let (cache, _) = listened(Cache::builder().clock(clock.clone()));
+        cache.insert_with_ttl(1, 10, Duration::from_nanos(10));
+        clock.advance(Duration::from_nanos(9));
+        assert!(cache.contains_key(&1));
+        clock.advance(NS);
+        assert!(
+            !cache.contains_key(&1),
+            "a deadline of {deadline} ns counted as none"
+        );
+    }
+}
+
+#[test]
+fn a_deadline_at_the_end_of_the_clock_range_is_none() {
+    let clock = MockClock::new();
+    clock.advance(Duration::from_nanos((1u64 << 60) - 11));
+    let (cache, _) = listened(Cache::builder().clock(clock.clone()));
+    cache.insert_with_ttl(1, 10, Duration::from_nanos(10)); // due at 2^60 - 1 ns
+    clock.advance(secs(1));
+    assert_eq!(cache.peek(&1), Some(10));
+}

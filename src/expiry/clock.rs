@@ -128,8 +128,9 @@ impl MockClock {
     /// Moves this clock and all its clones forward by `by` (saturating).
     ///
     /// A cache keeps deadlines in 60 bits of nanoseconds from its clock's
-    /// origin, and counts any deadline from 2^60 ns (about 36.5 years) on
-    /// as none: past that point on a `MockClock`, entries stop expiring.
+    /// origin, the all-ones word meaning none, so it counts any deadline
+    /// from 2^60 - 1 ns (about 36.5 years) on as none: past that point on a
+    /// `MockClock`, entries stop expiring.
     /// Tests of long lifetimes should stay below it.
     ///
     /// # Examples
