@@ -1450,6 +1450,52 @@ fn an_expired_entry_making_room_is_heard_of_as_expired() {
 }
 
 #[test]
+fn a_write_into_a_full_cache_makes_room_from_expired_entries_before_live_ones() {
+    for weighed in [false, true] {
+        let clock = MockClock::new();
+        let mut builder = Cache::builder()
+            .max_capacity(4)
+            .num_shards(1)
+            .time_to_live(secs(10))
+            .clock(clock.clone());
+        if weighed {
+            builder = builder.weigher(|_: &u32, _: &u64| 1);
+        }
+        let (cache, log) = listened(builder);
+        for k in 0..4 {
+            cache.insert(k, u64::from(k));
+        }
+        // Make the old keys the policy's favourites, then let them expire.
+        for _ in 0..5 {
+            for k in 0..4 {
+                cache.get(&k);
+            }
+        }
+        clock.advance(secs(10));
+        for k in 10..14 {
+            cache.insert(k, u64::from(k));
+        }
+        for k in 10..14 {
+            assert!(
+                cache.contains_key(&k),
+                "weighed {weighed}: new key {k} kept while expired entries made room: {:?}",
+                log.lock().unwrap()
+            );
+        }
+        let mut heard = log.lock().unwrap().clone();
+        heard.sort_unstable_by_key(|e| e.0);
+        let expired: Vec<_> = (0..4)
+            .map(|k| (k, u64::from(k), RemovalCause::Expired))
+            .collect();
+        assert_eq!(
+            heard, expired,
+            "weighed {weighed}: reaped by the writes, nothing live evicted"
+        );
+        assert_stats_match(&cache, &log);
+    }
+}
+
+#[test]
 fn an_entry_expiring_while_the_predicate_runs_is_heard_of_as_expired() {
     let clock = MockClock::new();
     let (cache, log) = listened(

@@ -103,6 +103,12 @@ use table::Table;
 /// expiry never keeps readers waiting long.
 pub(crate) const REAP_BUDGET: usize = 512;
 
+/// At most this many expired entries are reaped by a write that needs room
+/// in a full shard, before the policy evicts a live entry for it: enough to
+/// make room for the write, few enough to keep the write short (the
+/// maintenance thread reaps the rest).
+const WRITE_REAP_BUDGET: usize = 8;
+
 /// Reads the clock at most once, and only if an entry has a deadline (a read
 /// takes it up front, before the shard lock, once the cache has made any).
 #[derive(Debug)]
@@ -390,6 +396,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let grew = match found {
             Some(id) => self.replace(id, w, now, removed),
             None if !self.policy.is_weighted() => {
+                if self.policy.len() as u64 >= capacity {
+                    // Room from entries already expired before any live one.
+                    self.reap_some(now, WRITE_REAP_BUDGET, removed);
+                }
                 let entries = SlotEntries {
                     slots: &self.index.slots,
                     hasher: &self.hasher,
@@ -522,6 +532,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Evicts what the policy chooses until the shard is within capacity. A
     /// victim whose deadline has already passed is reported as `Expired`.
     fn evict(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+        if self.policy.weighted_size() > self.policy.capacity() {
+            // Room from entries already expired before any live one.
+            self.reap_some(now, WRITE_REAP_BUDGET, removed);
+        }
         loop {
             let entries = SlotEntries {
                 slots: &self.index.slots,
@@ -608,18 +622,33 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Reaps up to [`REAP_BUDGET`] expired entries; true when none is left.
     pub(crate) fn reap(&mut self, now: u64, removed: &mut Removed<K, V>) -> bool {
+        self.reap_up_to(now, REAP_BUDGET, removed)
+    }
+
+    /// Reaps up to `budget` expired entries for a write that needs room,
+    /// reading the clock only if some entry has a deadline.
+    fn reap_some(&mut self, now: &mut Now<'_>, budget: usize, removed: &mut Removed<K, V>) {
+        if self.wheel.len() != 0 {
+            self.reap_up_to(now.get(), budget, removed);
+        }
+    }
+
+    /// Reaps up to `budget` expired entries; true when none is left.
+    fn reap_up_to(&mut self, now: u64, budget: usize, removed: &mut Removed<K, V>) -> bool {
         if self.wheel.len() == 0 {
             return true;
         }
-        self.version += 1;
         let mut expired = Vec::new();
         let slots = &self.index.slots;
         let done = self.wheel.advance(
             now,
-            REAP_BUDGET,
+            budget,
             |id| slots[id as usize].deadline(),
             &mut expired,
         );
+        if !expired.is_empty() {
+            self.version += 1;
+        }
         // Highest ids first: a swap-remove then never moves an id still to be taken.
         expired.sort_unstable_by(|a, b| b.cmp(a));
         for id in expired {
