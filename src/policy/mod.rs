@@ -26,6 +26,12 @@
 //!   entry (unweighted), which has waited a single miss. Against a victim with a
 //!   saturated count, a warm candidate (6+) that loses still wins 1 time
 //!   in 128, so hash flooding cannot make a victim immortal.
+//! * An id whose deadline has passed (expired, not yet reaped) never wins
+//!   a duel: an expired candidate is evicted, an expired victim gives way
+//!   to the candidate, and no ghost remembers either (the policy did not
+//!   choose them). So live keys are not turned away to keep expired
+//!   favourites; the shard also reaps a few expired entries before it
+//!   asks the policy for room (see `Shard::insert`).
 //! * [Ghosts](ghost) of the last evictions from each side size the
 //!   window: a new key the window evicted lately votes for one unit more
 //!   window, one the main space evicted for two units less (ARC's
@@ -457,6 +463,9 @@ pub(crate) trait Entries {
     fn hash(&self, id: u32) -> u64;
     /// Reads and clears the entry's touch counter.
     fn take_touches(&self, id: u32) -> u8;
+    /// Whether the entry's deadline has passed (it is leaving whatever the
+    /// policy decides, so it never wins a duel).
+    fn expired(&self, id: u32) -> bool;
 }
 
 /// Per-id hashes and touch counters kept beside the policy, the way a shard
@@ -466,6 +475,8 @@ pub(crate) trait Entries {
 pub(crate) struct TestEntries {
     hashes: Vec<u64>,
     touches: Vec<std::sync::atomic::AtomicU8>,
+    /// Hashes of the keys whose entries count as expired.
+    expired: std::collections::HashSet<u64>,
 }
 
 #[cfg(test)]
@@ -499,6 +510,11 @@ impl TestEntries {
         self.hashes.swap_remove(id as usize);
         self.touches.swap_remove(id as usize);
     }
+
+    /// Makes the entry of the key with `hash` count as expired.
+    pub(crate) fn expire(&mut self, hash: u64) {
+        self.expired.insert(hash);
+    }
 }
 
 #[cfg(test)]
@@ -509,5 +525,9 @@ impl Entries for TestEntries {
 
     fn take_touches(&self, id: u32) -> u8 {
         self.touches[id as usize].swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn expired(&self, id: u32) -> bool {
+        self.expired.contains(&self.hashes[id as usize])
     }
 }

@@ -174,6 +174,13 @@ impl Model {
         false
     }
 
+    /// Makes `key`'s entry count as expired from now on (the shard's
+    /// deadline passing).
+    #[cfg(test)]
+    pub(super) fn expire(&mut self, key: u64) {
+        self.hashes.expire(hash_key(key));
+    }
+
     /// The keys held, by id.
     pub(super) fn keys(&self) -> &[u64] {
         &self.keys

@@ -155,6 +155,47 @@ fn a_selective_window_takes_the_keys_the_sketch_knows() {
 }
 
 #[test]
+fn an_expired_entry_never_wins_a_duel() {
+    for insert_then_evict in [false, true] {
+        let access = |model: &mut Model, key: u64| {
+            if insert_then_evict {
+                model.access_insert_then_evict(key)
+            } else {
+                model.access(key)
+            }
+        };
+        let run = |expire: bool| {
+            let mut model = Model::new(10);
+            // Ten favourites, each counted ten times.
+            for _ in 0..10 {
+                for key in 0..10 {
+                    access(&mut model, key);
+                }
+            }
+            if expire {
+                for key in 0..10 {
+                    model.expire(key);
+                }
+            }
+            // Two keys never seen before: the first, cold, is then the
+            // window's candidate against the main space's victim.
+            access(&mut model, 100);
+            access(&mut model, 101);
+            model.policy.check_invariants(model.keys().len());
+            model.contains(100)
+        };
+        assert!(
+            !run(false),
+            "insert_then_evict {insert_then_evict}: a cold key loses to live favourites"
+        );
+        assert!(
+            run(true),
+            "insert_then_evict {insert_then_evict}: a cold key takes an expired favourite's place"
+        );
+    }
+}
+
+#[test]
 fn zipf_beats_lru() {
     let trace = zipf(50_000, 1.0, 60_000, 3);
     let (ours, lru) = (ratio(&trace, 500), lru_ratio(&trace, 500));

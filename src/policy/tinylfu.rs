@@ -398,7 +398,9 @@ impl TinyLfu {
                 return match self.main_victim(entries) {
                     Some(victim) => {
                         let victim_hash = entries.hash(victim);
-                        self.remember(Side::Main, victim_hash);
+                        if !entries.expired(victim) {
+                            self.remember(Side::Main, victim_hash);
+                        }
                         Room::Evict(victim, Placement(WINDOW), Some(victim_hash))
                     }
                     None => Room::Insert,
@@ -414,15 +416,26 @@ impl TinyLfu {
                 continue;
             };
             let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
-            let candidate_freq = self.sketch.estimate(candidate_hash);
-            let judged_fresh = self.window_of_one();
-            let (evicted, evicted_hash) = if self.admit(candidate_freq, victim_hash, judged_fresh) {
-                self.move_to(PROBATION, candidate);
-                self.remember(Side::Main, victim_hash);
-                (victim, victim_hash)
-            } else {
-                self.remember(Side::Window, candidate_hash);
-                (candidate, candidate_hash)
+            let (evicted, evicted_hash) = match Expired::of(entries, candidate, victim) {
+                // An expired id leaves without a duel, and no ghost
+                // remembers it: the policy did not choose it.
+                Expired::Candidate => (candidate, candidate_hash),
+                Expired::Victim => {
+                    self.move_to(PROBATION, candidate);
+                    (victim, victim_hash)
+                }
+                Expired::Neither => {
+                    let candidate_freq = self.sketch.estimate(candidate_hash);
+                    let judged_fresh = self.window_of_one();
+                    if self.admit(candidate_freq, victim_hash, judged_fresh) {
+                        self.move_to(PROBATION, candidate);
+                        self.remember(Side::Main, victim_hash);
+                        (victim, victim_hash)
+                    } else {
+                        self.remember(Side::Window, candidate_hash);
+                        (candidate, candidate_hash)
+                    }
+                }
             };
             return Room::Evict(evicted, Placement(WINDOW), Some(evicted_hash));
         }
@@ -444,11 +457,14 @@ impl TinyLfu {
         // Whatever the duel's outcome, the new key leaves the window.
         self.behind_new = NIL;
         let victim_hash = entries.hash(victim);
-        Some(if self.admit_arrival(hash, victim_hash) {
-            Room::Evict(victim, Placement(PROBATION), Some(victim_hash))
-        } else {
-            Room::Reject
-        })
+        // An expired victim leaves without a duel (the new key is live).
+        Some(
+            if entries.expired(victim) || self.admit_arrival(hash, victim_hash) {
+                Room::Evict(victim, Placement(PROBATION), Some(victim_hash))
+            } else {
+                Room::Reject
+            },
+        )
     }
 
     /// The duel of a key on arrival (with `hash`, its estimate
@@ -840,11 +856,15 @@ impl TinyLfu {
             if self.queues[WINDOW as usize].weight <= self.window_max {
                 // The window fits: the main space is over its share.
                 if let Some(victim) = self.main_victim(entries) {
-                    self.remember(Side::Main, entries.hash(victim));
+                    if !entries.expired(victim) {
+                        self.remember(Side::Main, entries.hash(victim));
+                    }
                     return Some(victim);
                 }
                 let head = self.window_head(entries)?;
-                self.remember(Side::Window, entries.hash(head));
+                if !entries.expired(head) {
+                    self.remember(Side::Window, entries.hash(head));
+                }
                 return Some(head);
             }
             let candidate = self.window_head(entries)?;
@@ -873,7 +893,9 @@ impl TinyLfu {
             return None;
         };
         Some(
-            if self.admit_arrival(entries.hash(candidate), entries.hash(victim)) {
+            if entries.expired(victim)
+                || self.admit_arrival(entries.hash(candidate), entries.hash(victim))
+            {
                 self.push_tail(PROBATION, candidate);
                 victim
             } else {
@@ -889,6 +911,14 @@ impl TinyLfu {
     /// probation), the loser is returned for eviction and remembered by
     /// its side's ghost.
     fn duel(&mut self, candidate: u32, victim: u32, entries: &impl Entries) -> u32 {
+        match Expired::of(entries, candidate, victim) {
+            Expired::Candidate => return candidate,
+            Expired::Victim => {
+                self.move_to(PROBATION, candidate);
+                return victim;
+            }
+            Expired::Neither => {}
+        }
         let fresh = candidate == self.newest;
         let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
         let candidate_freq = if fresh {
@@ -1048,6 +1078,26 @@ impl TinyLfu {
                 return;
             }
             self.move_to(PROBATION, head);
+        }
+    }
+}
+
+/// Which side of a duel has expired: an expired id leaves without one (an
+/// expired candidate first, so it never displaces a victim).
+enum Expired {
+    Candidate,
+    Victim,
+    Neither,
+}
+
+impl Expired {
+    fn of(entries: &impl Entries, candidate: u32, victim: u32) -> Self {
+        if entries.expired(candidate) {
+            Expired::Candidate
+        } else if entries.expired(victim) {
+            Expired::Victim
+        } else {
+            Expired::Neither
         }
     }
 }
