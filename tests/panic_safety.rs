@@ -747,3 +747,54 @@ fn a_key_hash_panicking_in_invalidate_entries_if_loses_no_notification() {
     cache.invalidate_entries_if(|_, _| true);
     assert_eq!((cache.entry_count(), notified.load(SeqCst)), (0, 10));
 }
+
+std::thread_local! {
+    /// Clones left on this thread before [`Brittle`]'s clone panics
+    /// (negative: never).
+    static SNAP: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
+}
+
+/// A key whose `Clone` panics once, at a chosen call on this thread: a
+/// load clones its key to register its flight.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Brittle(u32);
+
+impl Clone for Brittle {
+    fn clone(&self) -> Self {
+        SNAP.with(|snap| {
+            let left = snap.get();
+            if left >= 0 {
+                snap.set(left - 1);
+                assert!(left != 0, "clone of {} refused", self.0);
+            }
+        });
+        Brittle(self.0)
+    }
+}
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+#[test]
+fn a_key_clone_panicking_in_get_with_leaves_no_flight_behind() {
+    // Whichever of the key's clones panics, the next load of the key leads
+    // at once: it finds no flight that nobody will ever end.
+    for n in 0..8 {
+        let cache: Cache<Brittle, u32> = Cache::new(100);
+        SNAP.with(|snap| snap.set(n));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| cache.get_with(Brittle(1), || 1)));
+        SNAP.with(|snap| snap.set(-1));
+        if outcome.is_ok() {
+            break; // fewer than n + 1 clones: every one was tried
+        }
+        let mut next = std::pin::pin!(cache.get_with_async(Brittle(1), async { 2 }));
+        assert_eq!(
+            poll_once(next.as_mut()),
+            std::task::Poll::Ready(2),
+            "clone {n} panicked: the next load must not wait"
+        );
+        cache.check_invariants();
+    }
+}

@@ -251,6 +251,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     }
 
     fn begin_as(self: &Arc<Self>, key: &K, leader: Leader, queued: u8) -> Role<K, V> {
+        // The guard's copy is made before the flight goes in: a `Clone` that
+        // panics after would leave a flight nobody ends.
+        let own = key.clone();
         match self.map.entry(key.clone()) {
             Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
@@ -259,7 +262,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                 self.active.fetch_add(1, SeqCst);
                 Role::Leader(LeaderGuard {
                     flights: self.clone(),
-                    key: key.clone(),
+                    key: own,
                     flight,
                     finished: false,
                     taker: false,
@@ -276,13 +279,19 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         key: &K,
         flight: &Arc<Flight<V>>,
     ) -> Option<LeaderGuard<K, V>> {
+        if flight.queued.load(SeqCst) != QUEUED {
+            return None;
+        }
+        // Copied before the flight is taken: a `Clone` that panics after
+        // would leave a flight that neither the job nor a taker ends.
+        let key = key.clone();
         if !flight.leave_queue(TAKEN) {
             return None;
         }
         flight.claim();
         Some(LeaderGuard {
             flights: self.clone(),
-            key: key.clone(),
+            key,
             flight: flight.clone(),
             finished: false,
             taker: true,
@@ -531,5 +540,44 @@ mod tests {
                 Outcome::Loaded(1) | Outcome::Abandoned
             ));
         }
+    }
+
+    std::thread_local! {
+        /// Whether [`Brittle`]'s clone panics on this thread.
+        static BRITTLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A key whose `Clone` panics while [`BRITTLE`] is set.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Brittle(u32);
+
+    impl Clone for Brittle {
+        fn clone(&self) -> Self {
+            assert!(!BRITTLE.with(std::cell::Cell::get), "clone refused");
+            Brittle(self.0)
+        }
+    }
+
+    #[test]
+    fn a_key_clone_panicking_in_take_queued_leaves_the_reload_to_its_job() {
+        let flights: Arc<Flights<Brittle, u32>> = Arc::default();
+        let Role::Leader(mut job) = flights.begin_queued(&Brittle(1)) else {
+            panic!("no flight yet")
+        };
+        let Role::Waiter(flight) = flights.begin(&Brittle(1), Leader::Detached) else {
+            panic!("the reload's flight is under way")
+        };
+        BRITTLE.with(|b| b.set(true));
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            flights.take_queued(&Brittle(1), &flight).is_some()
+        }));
+        BRITTLE.with(|b| b.set(false));
+        assert!(taken.is_err(), "the clone panicked");
+        // Nobody took the reload over: its job runs and ends it.
+        assert!(job.start(), "the job still runs the reload");
+        job.finish(Outcome::Loaded(1));
+        assert!(flights.map.is_empty() && flights.active.load(SeqCst) == 0);
+        let waiter = thread::spawn(move || matches!(flight.wait(), Outcome::Loaded(1)));
+        assert!(waiter.join().unwrap(), "the waiter got the job's value");
     }
 }
