@@ -902,9 +902,15 @@ where
 
     /// A user's insert: a load of the key under way began before it and
     /// will not cache its older value (see [`publish`](Self::publish)).
+    /// The flight is marked under the shard lock, where the leader's fill
+    /// looks at the mark: marked before the lock, an insert that found no
+    /// flight yet could land while a load begun since runs, and that load
+    /// then cached its value over the insert's.
     fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
-        self.flights.written(&key);
-        self.insert_if(key, value, ttl, |_, _| Verdict::Insert);
+        self.insert_keyed(key, value, ttl, |key, _, _| {
+            self.flights.written(key);
+            Verdict::Insert
+        });
     }
 
     /// Inserts unless `decide`, shown the value under the key (if any, live
@@ -918,6 +924,17 @@ where
         value: V,
         ttl: Option<Duration>,
         decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+    ) -> bool {
+        self.insert_keyed(key, value, ttl, |_, found, stripe| decide(found, stripe))
+    }
+
+    /// [`insert_if`](Self::insert_if) with `decide` also shown the key.
+    fn insert_keyed(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<Duration>,
+        decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
@@ -943,7 +960,8 @@ where
         let inserted = {
             let mut shard = cell.write();
             let found = shard.find(hash, &write.key);
-            match decide(found.map(|id| shard.value(id)), cell.stripe(hash, &shard)) {
+            let stripe = cell.stripe(hash, &shard);
+            match decide(&write.key, found.map(|id| shard.value(id)), stripe) {
                 Verdict::Insert => {
                     shard.insert(found, write, &mut now, &mut removed);
                     true
@@ -1134,9 +1152,10 @@ where
     {
         match result {
             Ok(v) => {
-                // Checked under the shard lock; a write marks the flight
-                // before it takes that lock, so one that lands after this
-                // fill replaces it, and one that landed before is seen.
+                // Checked under the shard lock; an insert marks the flight
+                // under that lock and a removal before it takes it, so one
+                // that lands after this fill replaces it, and one that
+                // landed before is seen.
                 self.insert_if(key, v.clone(), None, |_, _| {
                     if guard.written() {
                         Verdict::Skip

@@ -552,3 +552,36 @@ fn waiters_share_a_load_that_a_write_kept_out_of_the_cache() {
     assert_eq!(waiter.join().unwrap(), 1);
     assert_eq!(cache.peek(&1), None);
 }
+
+#[test]
+fn an_insert_that_lands_while_init_runs_stays_even_if_it_began_before_the_load() {
+    // The insert of 2 stops in the weigher, before it takes the shard lock,
+    // until the load of key 1 has begun.
+    let (entered, in_weigher) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let (entered, released) = (Mutex::new(entered), Mutex::new(released));
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .weigher(move |_: &u32, v: &u32| {
+            if *v == 2 {
+                entered.lock().unwrap().send(()).unwrap();
+                released.lock().unwrap().recv_timeout(TIMEOUT).unwrap();
+            }
+            1
+        })
+        .build()
+        .unwrap();
+    let writer = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.insert(1, 2))
+    };
+    in_weigher.recv_timeout(TIMEOUT).unwrap();
+    let loaded = cache.get_with(1, || {
+        release.send(()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(cache.peek(&1), Some(2), "the insert landed during the load");
+        1
+    });
+    assert_eq!(loaded, 1, "the load's value goes to its caller");
+    assert_eq!(cache.peek(&1), Some(2), "the write's outcome stays cached");
+}
