@@ -110,7 +110,8 @@ impl CacheStats {
         self.load_successes
     }
 
-    /// Loader calls that returned an error or panicked.
+    /// Loader calls that returned an error or panicked, and async loads
+    /// dropped before they finished (their caller cancelled them).
     pub fn load_failures(&self) -> u64 {
         self.load_failures
     }
@@ -122,7 +123,9 @@ impl CacheStats {
         self.load_successes + self.load_failures
     }
 
-    /// Time spent in loaders, in total.
+    /// Time spent in loaders, in total: from each load's start to its
+    /// end, so an async load counts the time it waited to be polled, and
+    /// a cancelled one the time until it was dropped.
     pub fn total_load_time(&self) -> Duration {
         Duration::from_nanos(self.load_nanos)
     }

@@ -287,6 +287,12 @@ async fn cancelled_leader_hands_the_load_to_a_waiter(waiters: usize, how: Cancel
         "the leader's init never completed"
     );
     assert_eq!(cache.get(&5), Some(values[0].clone()));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.load_successes(), stats.load_failures()),
+        (1, 1),
+        "the waiter's load succeeded; the cancelled one counts as a failure"
+    );
 }
 
 #[tokio::test]
