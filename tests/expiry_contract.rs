@@ -552,50 +552,45 @@ impl Expiry<u32, u64> for Hooks {
 #[test]
 fn jitter_spreads_every_hook_answer() {
     let step = Duration::from_millis(250);
-    // Create.
-    let clock = MockClock::new();
-    let (cache, _) = listened(
-        Cache::builder()
-            .expire_after(Hooks::new(Some(secs(100))))
-            .ttl_jitter(0.25)
-            .clock(clock.clone()),
-    );
-    for k in 0..200 {
-        cache.insert(k, 1);
+    // One hook answers 100 s, the others keep what they are given (a read
+    // or an update starts from an entry created to live for ever). A case:
+    // the hook's name, how to make it answer, and what follows each key's
+    // first insert.
+    type Case = (&'static str, fn(&mut Hooks), fn(&Cache<u32, u64>, u32));
+    let cases: [Case; 3] = [
+        ("create", |_| {}, |_, _| {}),
+        (
+            "read",
+            |h| h.read = Some(Some(secs(100))),
+            |c, k| assert_eq!(c.get(&k), Some(1)),
+        ),
+        (
+            "update",
+            |h| h.update = Some(Some(secs(100))),
+            |c, k| c.insert(k, 2),
+        ),
+    ];
+    for (hook, arm, then) in cases {
+        let clock = MockClock::new();
+        let created = if hook == "create" {
+            Some(secs(100))
+        } else {
+            None
+        };
+        let mut hooks = Hooks::new(created);
+        arm(&mut hooks);
+        let (cache, _) = listened(
+            Cache::builder()
+                .expire_after(hooks)
+                .ttl_jitter(0.25)
+                .clock(clock.clone()),
+        );
+        for k in 0..200 {
+            cache.insert(k, 1);
+            then(&cache, k);
+        }
+        assert_spread(&deadlines(&cache, &clock, 200, step), secs(100), 0.25, step);
     }
-    assert_spread(&deadlines(&cache, &clock, 200, step), secs(100), 0.25, step);
-
-    // Read: created to live for ever, each read answers 100 s.
-    let clock = MockClock::new();
-    let mut hooks = Hooks::new(None);
-    hooks.read = Some(Some(secs(100)));
-    let (cache, _) = listened(
-        Cache::builder()
-            .expire_after(hooks)
-            .ttl_jitter(0.25)
-            .clock(clock.clone()),
-    );
-    for k in 0..200 {
-        cache.insert(k, 1);
-        assert_eq!(cache.get(&k), Some(1));
-    }
-    assert_spread(&deadlines(&cache, &clock, 200, step), secs(100), 0.25, step);
-
-    // Update: created to live for ever, each update answers 100 s.
-    let clock = MockClock::new();
-    let mut hooks = Hooks::new(None);
-    hooks.update = Some(Some(secs(100)));
-    let (cache, _) = listened(
-        Cache::builder()
-            .expire_after(hooks)
-            .ttl_jitter(0.25)
-            .clock(clock.clone()),
-    );
-    for k in 0..200 {
-        cache.insert(k, 1);
-        cache.insert(k, 2);
-    }
-    assert_spread(&deadlines(&cache, &clock, 200, step), secs(100), 0.25, step);
 }
 
 #[test]
