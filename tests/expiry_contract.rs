@@ -412,6 +412,25 @@ fn deadlines(cache: &Cache<u32, u64>, clock: &MockClock, n: u32, step: Duration)
     found.into_iter().map(Option::unwrap).collect()
 }
 
+/// Every deadline of keys `0..200`, found in steps of 100 ms and counted
+/// from the clock's start (`elapsed`: the time the clock has run before),
+/// is within 50..=150 s, to a step: still the first write's spread.
+fn assert_deadlines_kept(
+    cache: &Cache<u32, u64>,
+    clock: &MockClock,
+    elapsed: Duration,
+    what: &str,
+) {
+    let step = Duration::from_millis(100);
+    for d in deadlines(cache, clock, 200, step) {
+        let at = elapsed.as_nanos() as u64 + d;
+        assert!(
+            (secs(50).as_nanos() as u64..=(secs(150) + step).as_nanos() as u64).contains(&at),
+            "{what} moved to {at} ns"
+        );
+    }
+}
+
 /// Every deadline is in `life·(1 ± jitter)` (to a step), and they are spread.
 fn assert_spread(found: &[u64], life: Duration, jitter: f64, step: Duration) {
     let life = life.as_nanos() as f64;
@@ -609,16 +628,8 @@ fn the_default_update_hook_keeps_the_deadline_unspread() {
     for k in 0..200 {
         cache.insert(k, 2); // the default update hook: deadlines kept
     }
-    let step = Duration::from_millis(100);
-    let found = deadlines(&cache, &clock, 200, step);
     // Spread again around the 40..140 s left, some would fall outside.
-    for d in found {
-        let at = secs(10).as_nanos() as u64 + d;
-        assert!(
-            (secs(50).as_nanos() as u64..=(secs(150) + step).as_nanos() as u64).contains(&at),
-            "an updated entry's deadline moved to {at} ns"
-        );
-    }
+    assert_deadlines_kept(&cache, &clock, secs(10), "an updated entry's deadline");
 }
 
 // ---------------------------------------------------------------------------
@@ -1561,14 +1572,7 @@ fn the_default_read_hook_keeps_the_deadline_under_jitter() {
             assert_eq!(cache.get(&k), Some(1));
         }
     }
-    let step = Duration::from_millis(100);
-    for d in deadlines(&cache, &clock, 200, step) {
-        let at = secs(40).as_nanos() as u64 + d;
-        assert!(
-            (secs(50).as_nanos() as u64..=(secs(150) + step).as_nanos() as u64).contains(&at),
-            "a read moved a deadline to {at} ns"
-        );
-    }
+    assert_deadlines_kept(&cache, &clock, secs(40), "a deadline a read kept");
 }
 
 #[test]

@@ -251,12 +251,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     }
 
     fn begin_as(self: &Arc<Self>, key: &K, leader: Leader, queued: u8) -> Role<K, V> {
-        // The guard's copy is made before the flight goes in: a `Clone` that
-        // panics after would leave a flight nobody ends.
-        let own = key.clone();
         match self.map.entry(key.clone()) {
             Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
+                // The guard's copy is made before the flight goes in: a
+                // `Clone` that panics after would leave a flight nobody
+                // ends. (A waiter needs no copy.)
+                let own = key.clone();
                 let flight = Arc::new(Flight::new(leader, queued));
                 e.insert(flight.clone());
                 self.active.fetch_add(1, SeqCst);
