@@ -294,6 +294,21 @@ fn replacing_an_expired_entry_reports_it_expired() {
 }
 
 #[test]
+fn invalidate_all_calls_entries_without_a_deadline_explicit_even_at_the_clock_end() {
+    // A `MockClock` saturates at `u64::MAX` ns, the very value that means
+    // "no deadline": an entry without one is still live there (reads
+    // return it), so clearing it is an explicit removal, not an expiry.
+    let clock = MockClock::new();
+    let (cache, log) = logged(Cache::builder().clock(clock.clone()));
+    cache.insert(1, 1);
+    clock.advance(Duration::MAX);
+    assert_eq!(cache.get(&1), Some(1), "live at the clock's end");
+    cache.invalidate_all();
+    assert_eq!(*log.lock().unwrap(), vec![(1, 1, RemovalCause::Explicit)]);
+    assert_eq!(cache.stats().removals(RemovalCause::Expired), 0);
+}
+
+#[test]
 fn mass_expiry_is_reaped_completely_in_bounded_batches() {
     let clock = MockClock::new();
     let (cache, log) = logged(

@@ -701,11 +701,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     pub(crate) fn clear(&mut self, now: u64, removed: &mut Removed<K, V>) {
         self.version += 1;
         for slot in std::mem::take(&mut self.index.slots) {
-            let expired = slot.deadline() <= now;
-            let cause = if expired {
-                RemovalCause::Expired
-            } else {
+            // As `is_live` judges: `NEVER` is `u64::MAX`, which a clock
+            // that saturates there reaches, and stays live even then.
+            let d = slot.deadline();
+            let cause = if d == NEVER || now < d {
                 RemovalCause::Explicit
+            } else {
+                RemovalCause::Expired
             };
             self.count(cause, 1);
             removed.push(slot.key, slot.value, cause);
