@@ -748,6 +748,41 @@ fn a_key_hash_panicking_in_invalidate_entries_if_loses_no_notification() {
     assert_eq!((cache.entry_count(), notified.load(SeqCst)), (0, 10));
 }
 
+#[test]
+fn a_key_hash_panicking_while_expired_entries_are_reaped_loses_nothing() {
+    let notified = Arc::new(AtomicUsize::new(0));
+    let clock = MockClock::new();
+    let cache: Cache<Fused, u32> = {
+        let notified = notified.clone();
+        Cache::builder()
+            .max_capacity(10_000)
+            .num_shards(1)
+            .time_to_live(Duration::from_secs(1))
+            .clock(clock.clone())
+            .eviction_listener(move |_, _, _| {
+                notified.fetch_add(1, SeqCst);
+            })
+            .build()
+            .unwrap()
+    };
+    for k in 0..10 {
+        cache.insert(Fused(k), k);
+    }
+    clock.advance(Duration::from_secs(2));
+    // The reap takes the ten expired entries off the timing wheel in one
+    // batch and hashes each key to unlink it: the fourth hash panics.
+    with_fuse(3, || cache.run_pending_tasks());
+    cache.check_invariants();
+    assert_eq!(
+        cache.entry_count() + notified.load(SeqCst) as u64,
+        10,
+        "every entry is held or was notified"
+    );
+    cache.run_pending_tasks();
+    assert_eq!((cache.entry_count(), notified.load(SeqCst)), (0, 10));
+    cache.check_invariants();
+}
+
 std::thread_local! {
     /// Clones left on this thread before [`Brittle`]'s clone panics
     /// (negative: never).

@@ -154,6 +154,67 @@ pub(crate) struct Write<K, V> {
     pub(crate) deadline: Deadline,
 }
 
+/// The key hashes [`Shard::take`] needs to remove an id: its own key's,
+/// and that of the last entry, which moves into its place (`None` when
+/// the id is the last).
+#[derive(Clone, Copy, Debug)]
+struct Unlink {
+    hash: u64,
+    last_hash: Option<u64>,
+}
+
+/// Fills `out` with the hashes for taking `ids` (descending, as a reap
+/// takes them) one after another from `slots`, each beside the position
+/// in `slots` of the entry the take moves into the id's place (the id's
+/// own if none). Each id still holds its own entry when its turn comes
+/// (only higher ids have had entries moved in), but the last position may
+/// hold one that an earlier take moved there from further back.
+fn batch_hashes<K: Hash, V>(
+    slots: &[Slot<K, V>],
+    hasher: &RandomState,
+    ids: &[u32],
+    out: &mut Vec<(Unlink, usize)>,
+) {
+    out.clear();
+    // The first earlier take whose id is not above the current last
+    // position: ids and last positions both descend.
+    let mut earlier = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        let (id, last) = (id as usize, slots.len() - 1 - i);
+        while earlier < i && ids[earlier] as usize > last {
+            earlier += 1;
+        }
+        let from = if earlier < i && ids[earlier] as usize == last {
+            out[earlier].1
+        } else {
+            last
+        };
+        let hash = hasher.hash_one(&slots[id].key);
+        let last_hash = (id != last).then(|| hasher.hash_one(&slots[from].key));
+        out.push((
+            Unlink { hash, last_hash },
+            if id == last { id } else { from },
+        ));
+    }
+}
+
+/// Puts ids popped off the timing wheel back on it when dropped (a reap's
+/// batch, if a key's `Hash` panics before any is taken); forgotten once
+/// the batch is sure to be taken.
+struct Requeue<'a, K, V> {
+    wheel: &'a mut TimerWheel,
+    slots: &'a [Slot<K, V>],
+    ids: &'a [u32],
+}
+
+impl<K, V> Drop for Requeue<'_, K, V> {
+    fn drop(&mut self) {
+        for &id in self.ids {
+            self.wheel.schedule(id, self.slots[id as usize].deadline());
+        }
+    }
+}
+
 /// The policy's view of the slots: key hashes and touch counters.
 struct SlotEntries<'a, K, V> {
     slots: &'a [Slot<K, V>],
@@ -220,6 +281,9 @@ pub(crate) struct Shard<K, V> {
     /// The ids a reap takes off the wheel, kept between reaps so that a
     /// write's reap does not allocate.
     due: Vec<u32>,
+    /// The key hashes those ids' removals need, kept likewise (with
+    /// [`batch_hashes`]' own bookkeeping).
+    due_hashes: Vec<(Unlink, usize)>,
     /// The tick (`now >> WRITE_REAP_SHIFT`) of the last reap a write did.
     write_reaped: u64,
     hasher: RandomState,
@@ -257,6 +321,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             ),
             wheel,
             due: Vec::new(),
+            due_hashes: Vec::new(),
             write_reaped: u64::MAX,
             hasher,
             removals: [0; 4],
@@ -627,6 +692,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let last = (self.index.slots.len() - 1) as u32;
         let last_hash =
             (id != last).then(|| self.hasher.hash_one(&self.index.slots[last as usize].key));
+        self.take_hashed(id, Unlink { hash, last_hash })
+    }
+
+    /// [`take`](Self::take) with the key hashes it needs already computed:
+    /// calls no user code.
+    fn take_hashed(&mut self, id: u32, Unlink { hash, last_hash }: Unlink) -> Slot<K, V> {
+        let last = (self.index.slots.len() - 1) as u32;
+        debug_assert_eq!(last_hash.is_some(), id != last);
         let held = self.index.table.remove(hash, id);
         debug_assert!(held, "slot {id} missing from the table");
         self.policy.remove(id);
@@ -687,13 +760,29 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         // Highest ids first: a swap-remove then never moves an id still to be taken.
         expired.sort_unstable_by(|a, b| b.cmp(a));
-        for &id in &expired {
-            let slot = self.take(id);
+        // Every hash the removals need (user code) before the first one:
+        // a `Hash` that panics midway would otherwise leave the ids not yet
+        // taken off the wheel for good, and the entries already taken in
+        // `removed`, which the unwinding caller drops unnotified. If one
+        // panics, the batch goes back on the wheel and nothing else has
+        // changed.
+        let mut hashes = std::mem::take(&mut self.due_hashes);
+        let requeue = Requeue {
+            wheel: &mut self.wheel,
+            slots: &self.index.slots,
+            ids: &expired,
+        };
+        batch_hashes(&self.index.slots, &self.hasher, &expired, &mut hashes);
+        std::mem::forget(requeue);
+        for (&id, &(unlink, _)) in expired.iter().zip(&hashes) {
+            let slot = self.take_hashed(id, unlink);
             self.count(RemovalCause::Expired, 1);
             removed.push(slot.key, slot.value, RemovalCause::Expired);
         }
         expired.clear();
+        hashes.clear();
         self.due = expired;
+        self.due_hashes = hashes;
         done
     }
 
@@ -781,5 +870,40 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             "over capacity"
         );
         self.policy.check_invariants(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The hashes computed up front for a batch are those that taking
+        /// its ids one at a time, highest first, computes as it goes.
+        #[test]
+        fn batch_hashes_are_those_the_takes_would_compute(
+            len in 1usize..40,
+            picks in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let hasher = RandomState::new();
+            let slots: Vec<Slot<u32, ()>> = (0..len as u32).map(|k| Slot::new(k, ())).collect();
+            let mut ids: Vec<u32> = picks.iter().map(|p| p.index(len) as u32).collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.dedup();
+            let mut out = Vec::new();
+            batch_hashes(&slots, &hasher, &ids, &mut out);
+            prop_assert_eq!(out.len(), ids.len());
+            // The takes, one after another, on the keys alone.
+            let mut keys: Vec<u32> = (0..len as u32).collect();
+            for (&id, &(unlink, _)) in ids.iter().zip(&out) {
+                let last = keys.len() - 1;
+                prop_assert_eq!(unlink.hash, hasher.hash_one(keys[id as usize]));
+                let moved = (id as usize != last).then(|| hasher.hash_one(keys[last]));
+                prop_assert_eq!(unlink.last_hash, moved);
+                keys.swap_remove(id as usize);
+            }
+        }
     }
 }
