@@ -22,7 +22,7 @@ use crate::{
         guard::Seen,
     },
     maintenance::{Maintained, Maintenance},
-    notify::{Listener, Removed},
+    notify::{Delivery, Listener, Removed},
     shard::{Now, ShardCell, Shards, Stripe, Write},
     stats::{LoadCounters, Lookups},
 };
@@ -956,7 +956,9 @@ where
             weight,
             deadline,
         };
-        let mut removed = Removed::default();
+        // Delivered once the shard is unlocked, even if a key's `Hash`
+        // panics while the insert evicts.
+        let mut removed = Delivery::new(self.listener.as_ref());
         let inserted = {
             let mut shard = cell.write();
             let found = shard.find(hash, &write.key);
@@ -975,7 +977,7 @@ where
                 }
             }
         };
-        self.deliver(removed);
+        drop(removed);
         inserted
     }
 
@@ -1203,7 +1205,9 @@ where
             for (_, key) in &doomed {
                 self.flights.written(key);
             }
-            let mut removed = Removed::default();
+            // Delivered once the shard is unlocked, even if a key's `Hash`
+            // panics in a removal after others were made.
+            let mut removed = Delivery::new(self.listener.as_ref());
             {
                 let mut shard = cell.write();
                 if shard.version() != version && attempt < ATTEMPTS {
@@ -1216,7 +1220,7 @@ where
                     }
                 }
             }
-            self.deliver(removed);
+            drop(removed);
             return;
         }
     }

@@ -67,6 +67,54 @@ impl RemovalCause {
 /// The user's eviction listener.
 pub(crate) type Listener<K, V> = Box<dyn Fn(Arc<K>, V, RemovalCause) + Send + Sync>;
 
+/// A [`Removed`] buffer that delivers its entries to the listener when it
+/// is dropped. Made before the shard guard whose removals it collects, it
+/// is dropped after that guard has unlocked, also when a key's `Hash` or
+/// `Eq` (user code the shard runs) panics under the lock: the removals made
+/// before the panic are still delivered, not dropped unheard of.
+pub(crate) struct Delivery<'a, K, V> {
+    removed: Removed<K, V>,
+    listener: Option<&'a Listener<K, V>>,
+}
+
+impl<'a, K, V> Delivery<'a, K, V> {
+    /// An empty buffer for `listener`.
+    pub(crate) fn new(listener: Option<&'a Listener<K, V>>) -> Self {
+        Delivery {
+            removed: Removed::default(),
+            listener,
+        }
+    }
+}
+
+impl<K, V> std::ops::Deref for Delivery<'_, K, V> {
+    type Target = Removed<K, V>;
+
+    fn deref(&self) -> &Removed<K, V> {
+        &self.removed
+    }
+}
+
+impl<K, V> std::ops::DerefMut for Delivery<'_, K, V> {
+    fn deref_mut(&mut self) -> &mut Removed<K, V> {
+        &mut self.removed
+    }
+}
+
+impl<K, V> Drop for Delivery<'_, K, V> {
+    fn drop(&mut self) {
+        // Each listener call is caught (see `deliver_to`), so delivering
+        // while unwinding cannot panic a second time.
+        std::mem::take(&mut self.removed).deliver(self.listener);
+    }
+}
+
+impl<K, V> fmt::Debug for Delivery<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.removed.fmt(f)
+    }
+}
+
 /// Entries removed under a lock, to be delivered after it is released.
 ///
 /// Holds the first entry inline: most writes remove zero or one entry, and

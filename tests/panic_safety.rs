@@ -783,6 +783,75 @@ fn a_key_hash_panicking_while_expired_entries_are_reaped_loses_nothing() {
     cache.check_invariants();
 }
 
+#[test]
+fn a_key_hash_panicking_while_an_insert_evicts_loses_no_notification() {
+    // A heavy entry evicts six light ones, hashing victims' keys under
+    // the shard lock (for the policy's ghosts and to unlink them): a panic
+    // at each of the insert's hashes after the first (which picks the
+    // shard) in turn.
+    for fuse in 1..8 {
+        let notified = Arc::new(AtomicUsize::new(0));
+        let cache: Cache<Fused, u32> = {
+            let notified = notified.clone();
+            Cache::builder()
+                .max_capacity(10)
+                .num_shards(1)
+                .weigher(|_, v: &u32| *v)
+                .eviction_listener(move |_, _, _| {
+                    notified.fetch_add(1, SeqCst);
+                })
+                .build()
+                .unwrap()
+        };
+        for k in 0..10 {
+            cache.insert(Fused(k), 1);
+        }
+        with_fuse(fuse, || cache.insert(Fused(10), 6));
+        let held = (0..11).filter(|&k| cache.contains_key(&Fused(k))).count();
+        assert_eq!(cache.entry_count(), held as u64, "fuse {fuse}");
+        assert_eq!(
+            held + notified.load(SeqCst),
+            10 + usize::from(cache.contains_key(&Fused(10))),
+            "fuse {fuse}: every entry is held or was notified"
+        );
+        // The next write evicts what the panic left over the bound.
+        cache.insert(Fused(11), 1);
+        assert!(cache.weighted_size() <= 10, "fuse {fuse}");
+        cache.check_invariants();
+    }
+}
+
+#[test]
+fn a_key_hash_panicking_under_the_lock_in_invalidate_entries_if_loses_no_notification() {
+    // Ten hashes of the doomed keys run unlocked; the removals then hash
+    // again under the lock: a panic at each of those in turn, after some
+    // entries were removed.
+    for fuse in 10..20 {
+        let notified = Arc::new(AtomicUsize::new(0));
+        let cache: Cache<Fused, u32> = {
+            let notified = notified.clone();
+            Cache::builder()
+                .max_capacity(10_000)
+                .num_shards(1)
+                .eviction_listener(move |_, _, _| {
+                    notified.fetch_add(1, SeqCst);
+                })
+                .build()
+                .unwrap()
+        };
+        for k in 0..10 {
+            cache.insert(Fused(k), k);
+        }
+        with_fuse(fuse, || cache.invalidate_entries_if(|_, _| true));
+        cache.check_invariants();
+        assert_eq!(
+            cache.entry_count() + notified.load(SeqCst) as u64,
+            10,
+            "fuse {fuse}: every entry is held or was notified"
+        );
+    }
+}
+
 std::thread_local! {
     /// Clones left on this thread before [`Brittle`]'s clone panics
     /// (negative: never).

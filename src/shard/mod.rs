@@ -25,8 +25,12 @@
 //! deadline) are what a read hit does under the *shared* lock: they write
 //! only the slot's atomic word. Everything
 //! else takes `&mut self` under the exclusive lock. No method calls user
-//! code: removed entries are moved into a [`Removed`] buffer for the caller
-//! to deliver after unlocking.
+//! code but the key's `Hash` and `Eq` (to find, place and unlink keys):
+//! removed entries are moved into a [`Removed`] buffer for the caller to
+//! deliver after unlocking, which the caller does even if one of those
+//! panics (`notify::Delivery`), and a method that removes entries hashes
+//! what it needs before it changes anything where it can (`take`, a
+//! reap's batch).
 //!
 //! # Hash bits
 //!
