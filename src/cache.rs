@@ -514,14 +514,16 @@ where
     pub fn invalidate_all(&self) {
         // No load begun before this call caches its value after it.
         self.inner.flights.written_all();
-        let now = self.inner.timing.clock.now();
         for cell in self.inner.shards.iter() {
             let mut removed = Removed::default();
             {
                 let mut shard = cell.write();
                 // Nor does a loading cache's (see `load::guard`).
                 cell.bump_all(&shard);
-                shard.clear(now, &mut removed);
+                // The time read under this shard's lock, as `remove` reads
+                // it: an entry that expired while earlier shards were
+                // cleared (or their listeners ran) is heard of as expired.
+                shard.clear(self.inner.timing.clock.now(), &mut removed);
             }
             self.inner.deliver(removed);
         }

@@ -1535,6 +1535,52 @@ fn an_entry_expiring_while_the_predicate_runs_is_heard_of_as_expired() {
 }
 
 #[test]
+fn an_entry_expiring_while_invalidate_all_runs_is_heard_of_as_expired() {
+    let clock = MockClock::new();
+    let log: Log = Arc::default();
+    let (sink, tick) = (log.clone(), clock.clone());
+    let cache: Cache<u32, u64> = Cache::builder()
+        .time_to_live(secs(5))
+        .num_shards(2)
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, v, c| {
+            let mut heard = sink.lock().unwrap();
+            if heard.is_empty() {
+                // Every entry expires once the first shard is cleared,
+                // before the second one is.
+                tick.advance(secs(5));
+            }
+            heard.push((*k, v, c));
+        })
+        .build()
+        .unwrap();
+    for k in 0..64 {
+        cache.insert(k, u64::from(k)); // both shards hold some (all but surely)
+    }
+    cache.invalidate_all();
+    let causes: Vec<RemovalCause> = log.lock().unwrap().iter().map(|e| e.2).collect();
+    assert_eq!(causes.len(), 64);
+    // The first shard's entries were live when it was cleared, the second's
+    // had expired: heard in that order, each batch whole.
+    let cleared_live = causes
+        .iter()
+        .take_while(|c| **c == RemovalCause::Explicit)
+        .count();
+    assert!(cleared_live > 0, "{causes:?}");
+    assert!(
+        cleared_live < 64,
+        "the second shard's expired entries were heard of as Explicit"
+    );
+    assert!(
+        causes[cleared_live..]
+            .iter()
+            .all(|c| *c == RemovalCause::Expired),
+        "{causes:?}"
+    );
+    assert_stats_match(&cache, &log);
+}
+
+#[test]
 fn capacity_zero_keeps_weightless_entries_neither() {
     let (cache, log) = listened(
         Cache::builder()
