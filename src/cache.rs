@@ -1156,10 +1156,10 @@ where
     {
         match result {
             Ok(v) => {
-                // Checked under the shard lock; an insert marks the flight
-                // under that lock and a removal before it takes it, so one
-                // that lands after this fill replaces it, and one that
-                // landed before is seen.
+                // Checked under the shard lock; an insert or a predicate's
+                // removal marks the flight under that lock and `remove`
+                // before it takes it, so one that lands after this fill
+                // replaces it, and one that landed before is seen.
                 self.insert_if(key, v.clone(), None, |_, _| {
                     if guard.written() {
                         Verdict::Skip
@@ -1204,9 +1204,6 @@ where
                 .filter(|(k, v)| predicate(k, v))
                 .map(|(k, _)| (self.shards.hash(&k), k))
                 .collect();
-            for (_, key) in &doomed {
-                self.flights.written(key);
-            }
             // Delivered once the shard is unlocked, even if a key's `Hash`
             // panics in a removal after others were made.
             let mut removed = Delivery::new(self.listener.as_ref());
@@ -1218,6 +1215,11 @@ where
                 let mut now = Now::new(&self.timing.clock);
                 for (hash, key) in &doomed {
                     if let Some((k, v, cause)) = shard.remove(*hash, key, &mut now) {
+                        // Under the lock, where a load's fill looks (as an
+                        // insert marks it), and only for a key this pass
+                        // removes: marked before a pass thrown away above,
+                        // a load begun since its copy was kept out.
+                        self.flights.written(key);
                         removed.push(k, v, cause);
                     }
                 }

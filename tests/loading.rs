@@ -538,6 +538,39 @@ fn get_with_does_not_cache_a_value_older_than_a_write_during_its_load() {
 }
 
 #[test]
+fn an_invalidate_entries_if_that_removes_nothing_does_not_keep_a_load_out() {
+    // The predicate picks key 1 from a shard copy taken while it was cached;
+    // then key 1 is removed (so the copy is stale and thrown away) and a
+    // load of it begins. The predicate's pass over the fresh copy finds
+    // nothing to remove: nothing writes key 1 while it loads.
+    let cache: Cache<u32, u32> = Cache::builder().num_shards(1).build().unwrap();
+    cache.insert(1, 5);
+    let (testing, predicate_runs) = mpsc::channel::<()>();
+    let (answer, may_answer) = mpsc::channel::<()>();
+    let invalidating = {
+        let cache = cache.clone();
+        let (testing, may_answer) = (Mutex::new(Some(testing)), Mutex::new(may_answer));
+        thread::spawn(move || {
+            cache.invalidate_entries_if(|k, _| {
+                if let Some(testing) = testing.lock().unwrap().take() {
+                    testing.send(()).unwrap();
+                    may_answer.lock().unwrap().recv_timeout(TIMEOUT).unwrap();
+                }
+                *k == 1
+            })
+        })
+    };
+    predicate_runs.recv_timeout(TIMEOUT).unwrap();
+    assert_eq!(cache.remove(&1), Some(5));
+    let (loader, go) = held_load(&cache);
+    answer.send(()).unwrap();
+    invalidating.join().unwrap();
+    go.send(()).unwrap();
+    assert_eq!(loader.join().unwrap(), 1);
+    assert_eq!(cache.peek(&1), Some(1), "the load's value is cached");
+}
+
+#[test]
 fn waiters_share_a_load_that_a_write_kept_out_of_the_cache() {
     let cache: Cache<u32, u32> = Cache::new(100);
     let (leader, go) = held_load(&cache);
