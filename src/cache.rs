@@ -143,6 +143,11 @@ struct Inner<K, V> {
     maintenance: Maintenance,
 }
 
+/// How many times one write asks the expiry hooks at most, when writes of
+/// its key keep changing the entry they were shown (see
+/// `Inner::insert_keyed`).
+const HOOK_ATTEMPTS: usize = 8;
+
 /// What a conditional insert does, decided with the shard locked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -931,6 +936,13 @@ where
     }
 
     /// [`insert_if`](Self::insert_if) with `decide` also shown the key.
+    ///
+    /// Expiry hooks run before the shard lock, shown the entry as they
+    /// find it. If a write of the key changes it before the lock is taken
+    /// (creates, removes or re-times it), they are asked again, up to
+    /// [`HOOK_ATTEMPTS`] times in all (then the last answer stands): an
+    /// update's answer never times an entry the write creates, nor a
+    /// create's one it updates.
     fn insert_keyed(
         &self,
         key: K,
@@ -940,39 +952,40 @@ where
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
-        let mut now = Now::new(&self.timing.clock);
-        let deadline = if ttl.is_some() || self.timing.is_timed() {
-            let hook = if ttl.is_none() {
-                self.write_hook(cell, hash, &key, &value, now.get())
-            } else {
-                None
-            };
-            self.timing.on_write(now.get(), ttl, hook)
-        } else {
-            Deadline::NONE
-        };
-        let write = Write {
-            hash,
-            key,
-            value,
-            weight,
-            deadline,
-        };
         // Delivered once the shard is unlocked, even if a key's `Hash`
         // panics while the insert evicts.
         let mut removed = Delivery::new(self.listener.as_ref());
         let inserted = {
-            let mut shard = cell.write();
-            let found = shard.find(hash, &write.key);
+            let mut attempt = 1;
+            let (mut shard, mut now, deadline) = loop {
+                let mut now = Now::new(&self.timing.clock);
+                let (deadline, shown) =
+                    self.write_deadline(cell, hash, &key, &value, ttl, &mut now);
+                let shard = cell.write();
+                let unchanged = |shown| shard.live_deadline(hash, &key, &mut now) == shown;
+                if attempt == HOOK_ATTEMPTS || shown.is_none_or(unchanged) {
+                    break (shard, now, deadline);
+                }
+                drop(shard);
+                attempt += 1;
+            };
+            let found = shard.find(hash, &key);
             let stripe = cell.stripe(hash, &shard);
-            match decide(&write.key, found.map(|id| shard.value(id)), stripe) {
+            match decide(&key, found.map(|id| shard.value(id)), stripe) {
                 Verdict::Insert => {
+                    let write = Write {
+                        hash,
+                        key,
+                        value,
+                        weight,
+                        deadline,
+                    };
                     shard.insert(found, write, &mut now, &mut removed);
                     true
                 }
                 Verdict::Skip => return false,
                 Verdict::Remove => {
-                    if let Some((key, value, cause)) = shard.remove(hash, &write.key, &mut now) {
+                    if let Some((key, value, cause)) = shard.remove(hash, &key, &mut now) {
                         removed.push(key, value, cause);
                     }
                     false
@@ -983,24 +996,44 @@ where
         inserted
     }
 
-    /// The create or update hook's verdict for a write, if hooks are set.
+    /// The deadlines of a write of `value` under `key` at `now`, and, if
+    /// expiry hooks decided them, what the hooks were shown of the key's
+    /// entry: `Some(deadline)` of a live one (an update), `Some(None)`
+    /// for none (a create).
+    fn write_deadline(
+        &self,
+        cell: &ShardCell<K, V>,
+        hash: u64,
+        key: &K,
+        value: &V,
+        ttl: Option<Duration>,
+        now: &mut Now<'_>,
+    ) -> (Deadline, Option<Option<u64>>) {
+        if ttl.is_none() && !self.timing.is_timed() {
+            return (Deadline::NONE, None);
+        }
+        let hooked = match ttl {
+            None => self.write_hook(cell, hash, key, value, now),
+            Some(_) => None,
+        };
+        let deadline = self.timing.on_write(now.get(), ttl, hooked.map(|(h, _)| h));
+        (deadline, hooked.map(|(_, shown)| shown))
+    }
+
+    /// The create or update hook's verdict for a write, if hooks are set,
+    /// with the deadline of the live entry it was shown (`None`: none).
     fn write_hook(
         &self,
         cell: &ShardCell<K, V>,
         hash: u64,
         key: &K,
         value: &V,
-        now: u64,
-    ) -> Option<Hooked> {
+        now: &mut Now<'_>,
+    ) -> Option<(Hooked, Option<u64>)> {
         let (hooks, _) = self.timing.hooks()?;
-        let current = {
-            let shard = cell.read();
-            let clock = &self.timing.clock;
-            shard
-                .lookup(hash, key, &mut Now::new(clock))
-                .map(|id| shard.deadline(id))
-        };
-        Some(match current {
+        let current = cell.read().live_deadline(hash, key, now);
+        let now = now.get();
+        let hooked = match current {
             Some(deadline) => {
                 let before = remaining(now, deadline);
                 let after = hooks.expire_after_update(key, value, before);
@@ -1011,7 +1044,8 @@ where
                 }
             }
             None => Hooked::After(hooks.expire_after_create(key, value)),
-        })
+        };
+        Some((hooked, current))
     }
 
     fn remove<Q>(&self, key: &Q) -> Option<V>

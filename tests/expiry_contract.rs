@@ -10,6 +10,7 @@ use std::{
     sync::{
         Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
+        mpsc,
     },
     time::Duration,
 };
@@ -810,6 +811,84 @@ fn a_write_over_an_expired_entry_is_a_create_not_an_update() {
     clock.advance(NS);
     assert_eq!(cache.peek(&1), None);
     assert!(seen.lock().unwrap().iter().all(|e| e.0 != "update"));
+}
+
+/// Creates for 10 s and updates for 100 s; a hook asked about value 2
+/// says it has begun and waits to be let go before it answers.
+struct Held {
+    begun: Mutex<mpsc::Sender<&'static str>>,
+    go: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Held {
+    fn answer(&self, hook: &'static str, value: u64, life: Duration) -> Option<Duration> {
+        if value == 2 {
+            self.begun.lock().unwrap().send(hook).unwrap();
+            self.go.lock().unwrap().recv_timeout(secs(10)).unwrap();
+        }
+        Some(life)
+    }
+}
+
+impl Expiry<u32, u64> for Held {
+    fn expire_after_create(&self, _: &u32, value: &u64) -> Option<Duration> {
+        self.answer("create", *value, secs(10))
+    }
+
+    fn expire_after_update(&self, _: &u32, value: &u64, _: Option<Duration>) -> Option<Duration> {
+        self.answer("update", *value, secs(100))
+    }
+}
+
+#[test]
+fn a_write_is_timed_as_what_it_turns_out_to_be_when_the_key_changes_under_its_hook() {
+    type Write = fn(&Cache<u32, u64>);
+    // Key 1 before the insert of 2, the write of key 1 made while the hook
+    // for 2 runs, and the hook that must decide 2's deadline, with its answer.
+    let cases: [(bool, Write, &str, Duration); 2] = [
+        (
+            true,
+            |c| assert_eq!(c.remove(&1), Some(1)),
+            "create",
+            secs(10),
+        ),
+        (false, |c| c.insert(1, 1), "update", secs(100)),
+    ];
+    for (cached, write, decides, life) in cases {
+        let clock = MockClock::new();
+        let (begun, hook_begun) = mpsc::channel();
+        let (go, hook_go) = mpsc::channel();
+        let held = Held {
+            begun: Mutex::new(begun),
+            go: Mutex::new(hook_go),
+        };
+        let (cache, log) = listened(Cache::builder().expire_after(held).clock(clock.clone()));
+        if cached {
+            cache.insert(1, 1);
+        }
+        let writer = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.insert(1, 2))
+        };
+        let first = hook_begun.recv_timeout(secs(10)).unwrap();
+        write(&cache);
+        // The hook asked first answers for a key that has changed since; a
+        // hook asked again is let go at once.
+        for _ in 0..2 {
+            go.send(()).unwrap();
+        }
+        writer.join().unwrap();
+        let asked: Vec<&str> = std::iter::once(first)
+            .chain(hook_begun.try_iter())
+            .collect();
+        clock.advance(life - NS);
+        assert_eq!(cache.peek(&1), Some(2), "{decides}: hooks asked {asked:?}");
+        clock.advance(NS);
+        assert_eq!(cache.peek(&1), None, "{decides}: hooks asked {asked:?}");
+        assert_eq!(asked.last(), Some(&decides), "hooks asked: {asked:?}");
+        cache.run_pending_tasks();
+        assert_stats_match(&cache, &log);
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -36,6 +36,13 @@ pub(crate) use wheel::NEVER;
 /// expires". The hooks run without any lock of the cache held; the read hook
 /// runs on every read hit, so keep it cheap.
 ///
+/// A write asks its hook about the key's entry as it finds it. If another
+/// write of the same key creates, removes or re-times that entry before
+/// this one lands, it asks again: the create hook for an entry it turns out
+/// to create, the update hook for one it turns out to replace (up to 8
+/// times in all, after which the last answer stands). So a hook may be
+/// called more than once for one write.
+///
 /// # Examples
 ///
 /// ```

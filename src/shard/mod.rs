@@ -394,6 +394,16 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.is_live(id, now).then_some(id)
     }
 
+    /// The deadline of `key`'s entry if it is present and live at `now`
+    /// ([`NEVER`] if it has none): what the expiry hooks are shown of it.
+    pub(crate) fn live_deadline<Q>(&self, hash: u64, key: &Q, now: &mut Now<'_>) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.lookup(hash, key, now).map(|id| self.deadline(id))
+    }
+
     /// False once the entry's deadline has passed.
     #[inline]
     fn is_live(&self, id: u32, now: &mut Now<'_>) -> bool {
