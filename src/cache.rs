@@ -21,7 +21,7 @@ use crate::{
         flight::{Flights, Leader, LeaderGuard, Outcome, Role},
         guard::Seen,
     },
-    maintenance::{Maintained, Maintenance},
+    maintenance::{Loading, Maintained, Maintenance},
     notify::{Delivery, Listener, Removed},
     shard::{Now, ShardCell, Shards, Stripe, Write},
     stats::{LoadCounters, Lookups},
@@ -632,7 +632,9 @@ where
     /// entries and delivers their notifications, on the calling thread. Also
     /// waits for a background pass already under way to finish delivering, so
     /// that on return every entry expired before the call has been reported
-    /// (unless called from the listener itself, which then does not wait).
+    /// (unless called from the listener itself, or from a loader such as
+    /// [`get_with`](Self::get_with)'s `init`, which then do not wait: that
+    /// pass's listener may be waiting for the very load).
     ///
     /// # Examples
     ///
@@ -1159,6 +1161,7 @@ where
                         // a wait for the key from inside it is a self-load.
                         let result = poll_fn(|cx| {
                             let _here = guard.polling();
+                            let _loading = Loading::here();
                             init.as_mut().poll(cx)
                         })
                         .await;
@@ -1215,7 +1218,10 @@ where
     /// Runs a loader, recording it in the stats even if it panics.
     fn timed_load<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let record = LoadRecord::start(&self.loads);
-        let result = init();
+        let result = {
+            let _loading = Loading::here();
+            init()
+        };
         record.finish(result.is_ok());
         result
     }

@@ -43,9 +43,31 @@ pub(crate) struct Maintenance {
 }
 
 thread_local! {
-    /// How many maintenance passes this thread is inside (a listener called
-    /// from a pass may call `run_pending_tasks` again).
+    /// How many maintenance passes and loads this thread is inside: then
+    /// [`Maintenance::settle`] does not wait (a listener called from a pass
+    /// may call `run_pending_tasks` again; see [`Loading`] for loads).
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as running a load (a loader call) until
+/// dropped. A pass's listener may be waiting for that load (a `get_with` of
+/// its key), so a `run_pending_tasks` from inside the loader must not wait
+/// for passes: the two would wait for each other.
+#[derive(Debug)]
+pub(crate) struct Loading(());
+
+impl Loading {
+    /// Marks the calling thread until the mark drops.
+    pub(crate) fn here() -> Self {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        Loading(())
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get() - 1));
+    }
 }
 
 impl Maintenance {
@@ -79,7 +101,8 @@ impl Maintenance {
         work();
     }
 
-    /// Waits until no pass is in progress, unless called from inside one.
+    /// Waits until no pass is in progress, unless called from inside one
+    /// or from a loader (see [`Loading`]).
     pub(crate) fn settle(&self) {
         if DEPTH.with(Cell::get) > 0 {
             return;

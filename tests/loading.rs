@@ -18,7 +18,7 @@ use std::{
 #[path = "support/threads.rs"]
 mod threads;
 
-use larder::Cache;
+use larder::{Cache, clock::MockClock};
 use threads::{panic_message, parallel};
 
 /// How long any group of threads may take before the test calls it a hang.
@@ -568,6 +568,52 @@ fn an_invalidate_entries_if_that_removes_nothing_does_not_keep_a_load_out() {
     go.send(()).unwrap();
     assert_eq!(loader.join().unwrap(), 1);
     assert_eq!(cache.peek(&1), Some(1), "the load's value is cached");
+}
+
+#[test]
+fn a_loader_may_run_pending_tasks_while_a_listener_waits_for_its_load() {
+    // A maintenance pass delivers key 2's expiry to a listener that reads
+    // key 1 through `get_with`, so it waits for key 1's load; that load's
+    // `init` calls `run_pending_tasks`, which must not wait for the pass.
+    let clock = MockClock::new();
+    let own: Arc<Mutex<Option<Cache<u32, u32>>>> = Arc::default();
+    let (heard, listener_runs) = mpsc::channel::<()>();
+    let (heard, listener_runs) = (Mutex::new(heard), Mutex::new(listener_runs));
+    let handle = own.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, _, _| {
+            if *k == 2 {
+                heard.lock().unwrap().send(()).unwrap();
+                let cache = handle.lock().unwrap().clone().expect("set");
+                assert_eq!(cache.get_with(1, || 3), 1, "the load's value");
+            }
+        })
+        .build()
+        .unwrap();
+    *own.lock().unwrap() = Some(cache.clone());
+    cache.insert_with_ttl(2, 2, Duration::from_secs(1));
+    clock.advance(Duration::from_secs(1));
+    let (loading, load_runs) = mpsc::channel::<()>();
+    let load_runs = Mutex::new(load_runs);
+    let c = cache.clone();
+    parallel(TIMEOUT, "a loader and a pass", 2, move |i| {
+        if i == 0 {
+            c.get_with(1, || {
+                loading.send(()).unwrap();
+                let listener_runs = listener_runs.lock().unwrap();
+                listener_runs.recv_timeout(TIMEOUT).unwrap();
+                c.run_pending_tasks();
+                1
+            });
+        } else {
+            load_runs.lock().unwrap().recv_timeout(TIMEOUT).unwrap();
+            c.run_pending_tasks(); // reaps key 2
+        }
+    });
+    own.lock().unwrap().take();
+    assert_eq!(cache.peek(&1), Some(1));
+    assert_eq!(cache.entry_count(), 1);
 }
 
 #[test]

@@ -36,6 +36,7 @@ use crate::{
         pool::{Job, Pool},
         reloading::Reloading,
     },
+    maintenance::Loading,
 };
 
 /// What the builder hands over, in clock nanoseconds.
@@ -790,7 +791,10 @@ where
     fn timed<T>(&self, load: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, u64) {
         let record = LoadRecord::start(self.cache.load_counters());
         let started = self.cache.now();
-        let result = load();
+        let result = {
+            let _loading = Loading::here();
+            load()
+        };
         record.finish(result.is_ok());
         (result, self.cache.now().saturating_sub(started))
     }
