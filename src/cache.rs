@@ -634,7 +634,11 @@ where
     /// that on return every entry expired before the call has been reported
     /// (unless called from the listener itself, or from a loader such as
     /// [`get_with`](Self::get_with)'s `init`, which then do not wait: that
-    /// pass's listener may be waiting for the very load).
+    /// pass's listener may be waiting for the very load). An expired entry
+    /// that another thread's write removed first (a write into a full shard
+    /// reaps expired entries to make room, an insert replaces one, a
+    /// `remove` or an invalidation takes one) is that thread's to report,
+    /// as its call returns: this call does not wait for it.
     ///
     /// # Examples
     ///
