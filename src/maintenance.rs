@@ -4,7 +4,9 @@
 //! [`Cache::run_pending_tasks`](crate::Cache::run_pending_tasks) does: advance
 //! each shard's timing wheel, reap expired entries in bounded batches (the
 //! shard lock is released between batches so readers never wait long), and
-//! deliver their removal notifications with no lock held.
+//! deliver their removal notifications with no lock held. A pass that
+//! panics (a key's `Hash` may, while reaping) is contained: the thread goes
+//! on to the next.
 //!
 //! Ownership runs one way: the cache owns the thread (a stop channel and the
 //! join handle); the thread holds only a `Weak` reference to the cache, which
@@ -13,6 +15,7 @@
 
 use std::{
     cell::Cell,
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, Weak},
     thread::{self, JoinHandle},
     time::Duration,
@@ -149,6 +152,8 @@ fn run<T: Maintained>(target: Weak<T>, stop: Receiver<()>) {
         let Some(target) = target.upgrade() else {
             return;
         };
-        target.background_pass();
+        // A pass that panics (a key's `Hash` while reaping) costs that
+        // pass, not the thread: the cache's later passes still run.
+        let _ = catch_unwind(AssertUnwindSafe(|| target.background_pass()));
     }
 }

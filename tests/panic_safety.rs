@@ -852,6 +852,47 @@ fn a_key_hash_panicking_under_the_lock_in_invalidate_entries_if_loses_no_notific
     }
 }
 
+/// Armed: the next hash of a [`Tripwire`] on the maintenance thread panics.
+static TRIPWIRE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A key whose `Hash` panics once on the `larder-maintenance` thread, when
+/// [`TRIPWIRE`] is armed: that thread hashes a key to reap its entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tripwire(u32);
+
+impl std::hash::Hash for Tripwire {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        if thread::current().name() == Some("larder-maintenance") {
+            assert!(!TRIPWIRE.swap(false, SeqCst), "hash of {} refused", self.0);
+        }
+        self.0.hash(h);
+    }
+}
+
+/// The maintenance thread reaps an idle cache for as long as the cache
+/// lives: a pass that panics (here a key's `Hash`) is not its end.
+#[test]
+fn the_maintenance_thread_outlives_a_panicking_pass() {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let cache: Cache<Tripwire, u32> = Cache::builder()
+        .eviction_listener(move |k: Arc<Tripwire>, _, cause| {
+            let name = thread::current().name().map(str::to_string);
+            let _ = tx.lock().unwrap().send((k.0, cause, name));
+        })
+        .build()
+        .unwrap();
+    TRIPWIRE.store(true, SeqCst);
+    cache.insert_with_ttl(Tripwire(1), 1, Duration::from_millis(1));
+    let (key, cause, name) = rx
+        .recv_timeout(TIMEOUT)
+        .expect("the entry was reaped by a later pass");
+    assert!(!TRIPWIRE.load(SeqCst), "a pass panicked first");
+    assert_eq!((key, cause), (1, RemovalCause::Expired));
+    assert_eq!(name.as_deref(), Some("larder-maintenance"));
+    cache.check_invariants();
+}
+
 std::thread_local! {
     /// Clones left on this thread before [`Brittle`]'s clone panics
     /// (negative: never).
