@@ -211,6 +211,10 @@ where
     /// weightless entries has no limit on their number), but the policy may
     /// still evict it to make room for others.
     ///
+    /// A weigher that owns a handle of its own cache keeps the cache (and
+    /// its `larder-maintenance` thread) alive for ever, as a listener does
+    /// (see [`eviction_listener`](Self::eviction_listener)).
+    ///
     /// # Examples
     ///
     /// ```
@@ -249,6 +253,9 @@ where
     /// Per-entry expiry decided by `expiry`'s hooks on create, read and
     /// update. Cannot be combined with `time_to_live` / `time_to_idle`.
     /// Keys must be `Clone`: the read hook runs outside the lock on a copy.
+    /// Hooks that own a handle of their own cache keep it (and its
+    /// `larder-maintenance` thread) alive for ever, as a listener does (see
+    /// [`eviction_listener`](Self::eviction_listener)).
     pub fn expire_after(mut self, expiry: impl Expiry<K, V>) -> Self
     where
         K: Clone,
@@ -299,8 +306,9 @@ where
         self
     }
 
-    /// Called once for every entry that leaves the cache, with its cause.
-    /// Default: none. It runs on the thread that caused the removal (or the
+    /// Called once for every entry that leaves the cache, with its cause,
+    /// while the cache lives: the entries still cached when its last handle
+    /// is dropped go without a call. Default: none. It runs on the thread that caused the removal (or the
     /// maintenance thread for expiry), after every lock is released, so it may
     /// call back into the cache. A panic in it is caught and discarded; the
     /// removal stands and other notifications are still delivered.

@@ -12,6 +12,8 @@
 //! join handle); the thread holds only a `Weak` reference to the cache, which
 //! it upgrades for the length of one pass. Dropping the last cache handle
 //! drops the channel's sender, which wakes the thread to exit, and joins it.
+//! If a pass holds the cache at that moment, the handle was not the last:
+//! the thread drops the cache itself when the pass ends, and exits unjoined.
 
 use std::{
     cell::Cell,
