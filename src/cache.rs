@@ -630,12 +630,14 @@ where
 
     /// Does now what the maintenance thread would do soon: reaps expired
     /// entries and delivers their notifications, on the calling thread. Also
-    /// waits for a background pass already under way to finish delivering, so
-    /// that on return every entry expired before the call has been reported
-    /// (unless called from the listener itself, or from a loader such as
-    /// [`get_with`](Self::get_with)'s `init`, which then do not wait: that
-    /// pass's listener may be waiting for the very load). An expired entry
-    /// that another thread's write removed first (a write into a full shard
+    /// waits until no other pass (the maintenance thread's, or another
+    /// caller's) is still delivering, so that on return every entry expired
+    /// before the call has been reported. Called from a listener that a pass
+    /// on this same thread is delivering to, or from a loader such as
+    /// [`get_with`](Self::get_with)'s `init` (that pass's listener may be
+    /// waiting for the very load), it does not wait; called from a listener
+    /// run by a write, it waits like any caller. An expired entry that
+    /// another thread's write removed first (a write into a full shard
     /// reaps expired entries to make room, an insert replaces one, a
     /// `remove` or an invalidation takes one) is that thread's to report,
     /// as its call returns: this call does not wait for it.
