@@ -308,10 +308,11 @@ where
 
     /// Called once for every entry that leaves the cache, with its cause,
     /// while the cache lives: the entries still cached when its last handle
-    /// is dropped go without a call. Default: none. It runs on the thread that caused the removal (or the
-    /// maintenance thread for expiry), after every lock is released, so it may
-    /// call back into the cache. A panic in it is caught and discarded; the
-    /// removal stands and other notifications are still delivered.
+    /// is dropped go without a call. Default: none. It runs on the thread
+    /// that caused the removal (or the maintenance thread for expiry), after
+    /// every lock is released, so it may call back into the cache. A panic
+    /// in it is caught and discarded; the removal stands and other
+    /// notifications are still delivered.
     ///
     /// On a [`LoadingCache`](crate::LoadingCache) the listener hears of
     /// values only, not of cached absences (`negative_ttl`); with
