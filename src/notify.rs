@@ -102,10 +102,15 @@ impl<K, V> std::ops::DerefMut for Delivery<'_, K, V> {
 }
 
 impl<K, V> Drop for Delivery<'_, K, V> {
+    #[inline]
     fn drop(&mut self) {
         // Each listener call is caught (see `deliver_to`), so delivering
-        // while unwinding cannot panic a second time.
-        std::mem::take(&mut self.removed).deliver(self.listener);
+        // while unwinding cannot panic a second time. Without a listener
+        // the entries simply drop with the buffer: no move on the write
+        // path (taking the buffer out cost an insert 20 instructions).
+        if let Some(listener) = self.listener {
+            std::mem::take(&mut self.removed).deliver_to(listener);
+        }
     }
 }
 
