@@ -41,7 +41,12 @@ use crate::{
 /// and `Clone`, which run under a shard's lock (a read clones its value
 /// there; a write hashes keys again as its shard's table grows or an entry
 /// moves): they must not call back into the same cache, and if one panics
-/// the lock is released and the shard left as it was.
+/// the lock is released, the removals made so far are notified, and the
+/// shard is left consistent: as it was, or, when a key's `Hash` panics
+/// while an insert's eviction policy chooses what to evict, with that
+/// insert and its evictions finished first (the policy goes on with a
+/// stand-in hash, which only blurs its frequency counts) and then the
+/// panic raised to the caller.
 ///
 /// # Examples
 ///

@@ -459,7 +459,9 @@ pub(crate) const TOUCH_MAX: u8 = 15;
 /// The shard keeps the touch counter in the entry's slot, beside the key and
 /// value, so a read hit writes no other cache line.
 pub(crate) trait Entries {
-    /// The 64-bit hash of the entry's key.
+    /// The 64-bit hash of the entry's key. Must not panic: the policy
+    /// asks in the middle of moving ids between its queues (the shard's
+    /// catches a key's panicking `Hash` and answers a stand-in).
     fn hash(&self, id: u32) -> u64;
     /// Reads and clears the entry's touch counter.
     fn take_touches(&self, id: u32) -> u8;

@@ -30,7 +30,10 @@
 //! deliver after unlocking, which the caller does even if one of those
 //! panics (`notify::Delivery`), and a method that removes entries hashes
 //! what it needs before it changes anything where it can (`take`, a
-//! reap's batch).
+//! reap's batch). The policy, which hashes keys in the middle of moving
+//! ids between its queues, gets its hashes through `SlotEntries`, which
+//! catches a panicking `Hash` and answers a stand-in: the policy and the
+//! insert that asked it finish, and the insert re-raises the panic last.
 //!
 //! # Hash bits
 //!
@@ -90,7 +93,13 @@ mod table;
 
 pub(crate) use sharded::{ShardCell, Shards, Stripe};
 
-use std::{borrow::Borrow, hash::Hash};
+use std::{
+    any::Any,
+    borrow::Borrow,
+    cell::Cell,
+    hash::Hash,
+    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
+};
 
 use ahash::RandomState;
 
@@ -219,18 +228,67 @@ impl<K, V> Drop for Requeue<'_, K, V> {
     }
 }
 
+/// What a key's `Hash` that panicked while the policy worked is taken as:
+/// any fixed value (it skews only the sketch's counts and the ghosts).
+const STAND_IN_HASH: u64 = 0;
+
 /// The policy's view of the slots: key hashes and touch counters.
+///
+/// A key's `Hash` (user code) that panics while the policy works is
+/// caught here: the policy, midway through moving ids between its
+/// queues, gets [`STAND_IN_HASH`] and finishes its step, and the shard
+/// re-raises the panic once its own change is complete (see
+/// [`Shard::insert`]). Unwinding out of the policy instead left an id
+/// unlinked from every queue but still held (a duel on arrival unlinks
+/// the new id before it hashes the keys), so the shard held entries the
+/// policy no longer counted, beyond its capacity for good, and a later
+/// removal of that id broke its queues.
 struct SlotEntries<'a, K, V> {
     slots: &'a [Slot<K, V>],
     hasher: &'a RandomState,
     /// The time now, or 0 while no entry has a deadline (then none has
     /// expired, and the clock is not read).
     now: u64,
+    /// The first panic caught from a key's `Hash`.
+    panic: Cell<Option<Panic>>,
+}
+
+/// A panic's payload, as `catch_unwind` returns it.
+type Panic = Box<dyn Any + Send>;
+
+impl<'a, K, V> SlotEntries<'a, K, V> {
+    fn new(slots: &'a [Slot<K, V>], hasher: &'a RandomState, now: u64) -> Self {
+        SlotEntries {
+            slots,
+            hasher,
+            now,
+            panic: Cell::new(None),
+        }
+    }
+
+    /// The first panic a key's `Hash` raised while the policy asked for
+    /// hashes, if any.
+    fn into_panic(self) -> Option<Panic> {
+        self.panic.into_inner()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn caught(&self, payload: Panic) -> u64 {
+        // Only the first panic is re-raised; later ones are dropped.
+        let first = self.panic.take().unwrap_or(payload);
+        self.panic.set(Some(first));
+        STAND_IN_HASH
+    }
 }
 
 impl<K: Hash, V> Entries for SlotEntries<'_, K, V> {
     fn hash(&self, id: u32) -> u64 {
-        self.hasher.hash_one(&self.slots[id as usize].key)
+        let key = &self.slots[id as usize].key;
+        match catch_unwind(AssertUnwindSafe(|| self.hasher.hash_one(key))) {
+            Ok(hash) => hash,
+            Err(payload) => self.caught(payload),
+        }
     }
 
     fn take_touches(&self, id: u32) -> u8 {
@@ -475,6 +533,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Inserts or replaces an entry, then evicts down to capacity. `found`
     /// is what [`find`](Self::find) returned for the key under this same
     /// lock (the caller looks first, to show a predicate the value).
+    ///
+    /// A key's `Hash` that panics while the policy decides what to evict
+    /// does not stop the insert: the policy takes a stand-in hash (see
+    /// [`SlotEntries`]), the insert and its evictions finish, and then the
+    /// panic goes on to the caller, with the shard consistent and within
+    /// its capacity.
     pub(crate) fn insert(
         &mut self,
         found: Option<u32>,
@@ -495,23 +559,28 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
         }
+        // A key's `Hash` that panicked in the policy's work, caught so
+        // that the policy and then this insert finish (see `SlotEntries`).
+        let mut panic = None;
         let grew = match found {
             Some(id) => self.replace(id, w, now, removed),
             None if !self.policy.is_weighted() => {
                 if self.policy.len() as u64 >= capacity {
                     self.reap_for_room(now, removed);
                 }
-                let entries = SlotEntries {
-                    slots: &self.index.slots,
-                    hasher: &self.hasher,
-                    now: self.now_if_timed(now),
-                };
-                match self.policy.make_room(&entries, w.hash) {
+                let entries =
+                    SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
+                let room = self.policy.make_room(&entries, w.hash);
+                panic = entries.into_panic();
+                match room {
                     Room::Insert => {
                         self.push(w, false);
                         true
                     }
                     Room::Evict(victim, placement, victim_hash) => {
+                        // The key whose `Hash` panicked may be the victim's:
+                        // its hash is then the stand-in, not the table's.
+                        let victim_hash = victim_hash.filter(|_| panic.is_none());
                         self.refill(victim, placement, victim_hash, w, now, removed);
                         false
                     }
@@ -531,7 +600,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         // its capacity; the queue rebalancing `evict` would also do (after
         // the ghosts moved a target) waits for the next write that adds.
         if grew {
-            self.evict(now, removed);
+            panic = panic.or(self.evict(now, removed));
+        }
+        if let Some(panic) = panic {
+            // The shard is whole again: unwinding unlocks it, and the
+            // caller's `notify::Delivery` hands over the removals.
+            resume_unwind(panic);
         }
     }
 
@@ -633,18 +707,20 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Evicts what the policy chooses until the shard is within capacity. A
     /// victim whose deadline has already passed is reported as `Expired`.
-    fn evict(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+    /// Returns the first panic of a key's `Hash` that the policy ran into
+    /// (caught, see [`SlotEntries`]), for the caller to raise when done.
+    #[must_use]
+    fn evict(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) -> Option<Panic> {
         if self.policy.weighted_size() > self.policy.capacity() {
             self.reap_for_room(now, removed);
         }
+        let mut panic = None;
         loop {
-            let entries = SlotEntries {
-                slots: &self.index.slots,
-                hasher: &self.hasher,
-                now: self.now_if_timed(now),
-            };
-            let Some(id) = self.policy.victim(&entries) else {
-                return;
+            let entries = SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
+            let victim = self.policy.victim(&entries);
+            panic = panic.or(entries.into_panic());
+            let Some(id) = victim else {
+                return panic;
             };
             let cause = if self.is_live(id, now) {
                 RemovalCause::Size
