@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    CacheBuilder, CacheStats, RemovalCause,
+    CacheBuilder, CacheStats, Expiry, RemovalCause,
     builder::Weigher,
     expiry::{Deadline, Hooked, Timing, remaining},
     load::{
@@ -23,7 +23,7 @@ use crate::{
     },
     maintenance::{Loading, Maintained, Maintenance},
     notify::{Delivery, Listener, Removed},
-    shard::{Now, ShardCell, Shards, Stripe, Write},
+    shard::{Now, ShardCell, ShardWriteGuard, Shards, Stripe, Write},
     stats::{LoadCounters, Lookups},
 };
 
@@ -965,85 +965,82 @@ where
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
+        let mut now = Now::new(&self.timing.clock);
+        let deadline = if ttl.is_some() || self.timing.is_timed() {
+            if let (None, Some((hooks, _))) = (ttl, self.timing.hooks()) {
+                return self.insert_hooked(hooks, cell, hash, key, value, weight, decide);
+            }
+            self.timing.on_write(now.get(), ttl, None)
+        } else {
+            Deadline::NONE
+        };
+        let write = Write {
+            hash,
+            key,
+            value,
+            weight,
+            deadline,
+        };
         // Delivered once the shard is unlocked, even if a key's `Hash`
         // panics while the insert evicts.
         let mut removed = Delivery::new(self.listener.as_ref());
-        let inserted = {
-            let mut attempt = 1;
-            let (mut shard, mut now, deadline) = loop {
-                let mut now = Now::new(&self.timing.clock);
-                let (deadline, shown) =
-                    self.write_deadline(cell, hash, &key, &value, ttl, &mut now);
-                let shard = cell.write();
-                let unchanged = |shown| shard.live_deadline(hash, &key, &mut now) == shown;
-                if attempt == HOOK_ATTEMPTS || shown.is_none_or(unchanged) {
-                    break (shard, now, deadline);
-                }
-                drop(shard);
-                attempt += 1;
-            };
-            let found = shard.find(hash, &key);
-            let stripe = cell.stripe(hash, &shard);
-            match decide(&key, found.map(|id| shard.value(id)), stripe) {
-                Verdict::Insert => {
-                    let write = Write {
-                        hash,
-                        key,
-                        value,
-                        weight,
-                        deadline,
-                    };
-                    shard.insert(found, write, &mut now, &mut removed);
-                    true
-                }
-                Verdict::Skip => return false,
-                Verdict::Remove => {
-                    if let Some((key, value, cause)) = shard.remove(hash, &key, &mut now) {
-                        removed.push(key, value, cause);
-                    }
-                    false
-                }
+        self.land(cell, cell.write(), now, write, decide, &mut removed)
+    }
+
+    /// [`insert_keyed`](Self::insert_keyed) for a cache with expiry hooks
+    /// and a write given no TTL of its own. The hooks run before the shard
+    /// lock, shown the entry as they find it. If a write of the key changes
+    /// it before the lock is taken (creates, removes or re-times it), they
+    /// are asked again, up to [`HOOK_ATTEMPTS`] times in all (then the last
+    /// answer stands): an update's answer never times an entry the write
+    /// creates, nor a create's one it updates. (A path of its own, taken
+    /// only by timed writes: in one loop with every write, it cost an
+    /// untimed insert 20 instructions.)
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn insert_hooked(
+        &self,
+        hooks: &dyn Expiry<K, V>,
+        cell: &ShardCell<K, V>,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
+    ) -> bool {
+        let mut removed = Delivery::new(self.listener.as_ref());
+        let mut attempt = 1;
+        loop {
+            let mut now = Now::new(&self.timing.clock);
+            let (hooked, shown) = Self::write_hook(hooks, cell, hash, &key, &value, &mut now);
+            let deadline = self.timing.on_write(now.get(), None, Some(hooked));
+            let shard = cell.write();
+            if attempt == HOOK_ATTEMPTS || shard.live_deadline(hash, &key, &mut now) == shown {
+                let write = Write {
+                    hash,
+                    key,
+                    value,
+                    weight,
+                    deadline,
+                };
+                return self.land(cell, shard, now, write, decide, &mut removed);
             }
-        };
-        drop(removed);
-        inserted
-    }
-
-    /// The deadlines of a write of `value` under `key` at `now`, and, if
-    /// expiry hooks decided them, what the hooks were shown of the key's
-    /// entry: `Some(deadline)` of a live one (an update), `Some(None)`
-    /// for none (a create).
-    fn write_deadline(
-        &self,
-        cell: &ShardCell<K, V>,
-        hash: u64,
-        key: &K,
-        value: &V,
-        ttl: Option<Duration>,
-        now: &mut Now<'_>,
-    ) -> (Deadline, Option<Option<u64>>) {
-        if ttl.is_none() && !self.timing.is_timed() {
-            return (Deadline::NONE, None);
+            drop(shard);
+            attempt += 1;
         }
-        let hooked = match ttl {
-            None => self.write_hook(cell, hash, key, value, now),
-            Some(_) => None,
-        };
-        let deadline = self.timing.on_write(now.get(), ttl, hooked.map(|(h, _)| h));
-        (deadline, hooked.map(|(_, shown)| shown))
     }
 
-    /// The create or update hook's verdict for a write, if hooks are set,
-    /// with the deadline of the live entry it was shown (`None`: none).
+    /// The create or update hook's verdict for a write (the cache has
+    /// hooks), with the deadline of the live entry it was shown (`None`:
+    /// none).
     fn write_hook(
-        &self,
+        hooks: &dyn Expiry<K, V>,
         cell: &ShardCell<K, V>,
         hash: u64,
         key: &K,
         value: &V,
         now: &mut Now<'_>,
-    ) -> Option<(Hooked, Option<u64>)> {
-        let (hooks, _) = self.timing.hooks()?;
+    ) -> (Hooked, Option<u64>) {
         let current = cell.read().live_deadline(hash, key, now);
         let now = now.get();
         let hooked = match current {
@@ -1058,7 +1055,39 @@ where
             }
             None => Hooked::After(hooks.expire_after_create(key, value)),
         };
-        Some((hooked, current))
+        (hooked, current)
+    }
+
+    /// The locked half of a write: shows `decide` the key's value, then
+    /// inserts, skips or removes as it says, collecting what leaves into
+    /// `removed` (made by the caller before it locked `shard`, so that it
+    /// delivers after the unlock, unwinding included).
+    #[inline(always)]
+    fn land<'c>(
+        &self,
+        cell: &'c ShardCell<K, V>,
+        mut shard: ShardWriteGuard<'c, K, V>,
+        mut now: Now<'_>,
+        write: Write<K, V>,
+        decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
+    ) -> bool {
+        let hash = write.hash;
+        let found = shard.find(hash, &write.key);
+        let stripe = cell.stripe(hash, &shard);
+        match decide(&write.key, found.map(|id| shard.value(id)), stripe) {
+            Verdict::Insert => {
+                shard.insert(found, write, &mut now, removed);
+                true
+            }
+            Verdict::Skip => false,
+            Verdict::Remove => {
+                if let Some((key, value, cause)) = shard.remove(hash, &write.key, &mut now) {
+                    removed.push(key, value, cause);
+                }
+                false
+            }
+        }
     }
 
     fn remove<Q>(&self, key: &Q) -> Option<V>

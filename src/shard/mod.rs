@@ -91,7 +91,7 @@ mod sharded;
 mod slot;
 mod table;
 
-pub(crate) use sharded::{ShardCell, Shards, Stripe};
+pub(crate) use sharded::{ShardCell, ShardWriteGuard, Shards, Stripe};
 
 use std::{
     any::Any,

@@ -20,6 +20,8 @@ use super::{
 };
 
 type RwLockWriteGuard<'a, T> = lock::WriteGuard<'a, T>;
+/// Exclusive access to one shard, from [`ShardCell::write`].
+pub(crate) type ShardWriteGuard<'a, K, V> = RwLockWriteGuard<'a, Shard<K, V>>;
 
 /// Write counters per shard: the shard's keys are spread over this many
 /// stripes by their hash.
