@@ -48,30 +48,38 @@ pub(crate) struct Maintenance {
 }
 
 thread_local! {
-    /// How many maintenance passes and loads this thread is inside: then
+    /// How many maintenance passes this thread is inside: then
     /// [`Maintenance::settle`] does not wait (a listener called from a pass
-    /// may call `run_pending_tasks` again; see [`Loading`] for loads).
+    /// may call `run_pending_tasks` again).
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// How many loader calls this thread is inside (see [`Loading`]).
+    static LOADS: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Marks the calling thread as running a load (a loader call) until
-/// dropped. A pass's listener may be waiting for that load (a `get_with` of
-/// its key), so a `run_pending_tasks` from inside the loader must not wait
-/// for passes: the two would wait for each other.
+/// dropped. Whatever a `run_pending_tasks` waits for may be waiting for
+/// that load, so one called from inside the loader must not wait: a pass's
+/// listener may be reading the key (a `get_with` of it), and so may a
+/// loading cache's background reload (its loader reading other keys).
 #[derive(Debug)]
 pub(crate) struct Loading(());
 
 impl Loading {
     /// Marks the calling thread until the mark drops.
     pub(crate) fn here() -> Self {
-        DEPTH.with(|d| d.set(d.get() + 1));
+        LOADS.with(|d| d.set(d.get() + 1));
         Loading(())
+    }
+
+    /// True while the calling thread runs a loader call.
+    pub(crate) fn inside() -> bool {
+        LOADS.with(Cell::get) > 0
     }
 }
 
 impl Drop for Loading {
     fn drop(&mut self) {
-        DEPTH.with(|d| d.set(d.get() - 1));
+        LOADS.with(|d| d.set(d.get() - 1));
     }
 }
 
@@ -109,7 +117,7 @@ impl Maintenance {
     /// Waits until no pass is in progress, unless called from inside one
     /// or from a loader (see [`Loading`]).
     pub(crate) fn settle(&self) {
-        if DEPTH.with(Cell::get) > 0 {
+        if DEPTH.with(Cell::get) > 0 || Loading::inside() {
             return;
         }
         let mut passes = self.passes.lock();

@@ -1107,6 +1107,64 @@ fn loaders_reading_keys_whose_reloads_are_queued_do_not_deadlock() {
     me.lock().take();
 }
 
+/// A foreground load of key 1 whose loader calls `run_pending_tasks` while
+/// key 2's background reload, whose loader reads key 1, is under way: the
+/// reload waits for the load of 1, so waiting for the reload from inside
+/// that load would be a deadlock.
+#[test]
+fn run_pending_tasks_inside_a_loader_does_not_wait_for_a_reload_waiting_for_that_load() {
+    type Chained = LoadingCache<u64, u64, String>;
+    let clock = MockClock::new();
+    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
+    let gate = Arc::new(Mutex::new(()));
+    let (entered_tx, entered) = mpsc::channel::<u64>();
+    let entered_tx = Mutex::new(entered_tx);
+    let cache: Chained = {
+        let (me, gate) = (me.clone(), gate.clone());
+        clocked(&clock)
+            .time_to_live(60 * SEC)
+            .loader(move |k: &u64| -> Result<Option<u64>, String> {
+                let _ = entered_tx.lock().send(*k);
+                let cache = me.lock().clone().expect("set before any read");
+                match *k {
+                    1 => {
+                        drop(gate.lock());
+                        cache.run_pending_tasks();
+                        Ok(Some(1))
+                    }
+                    k => Ok(cache.get(&1).map_err(|e| (*e).clone())?.map(|v| v + k)),
+                }
+            })
+            .refresh_after(10 * SEC)
+            .reload_threads(1)
+            .build()
+            .unwrap()
+    };
+    *me.lock() = Some(cache.clone());
+    assert_eq!(cache.get(&2).unwrap(), Some(3), "loads 2 and 1");
+    cache.invalidate(&1);
+    while entered.try_recv().is_ok() {}
+    clock.advance(15 * SEC); // 2 is due for refresh
+    let held = gate.lock();
+    let (done_tx, done) = mpsc::channel();
+    {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            let _ = done_tx.send(cache.get(&1));
+        });
+    }
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "the reader loads 1");
+    assert_eq!(cache.get(&2).unwrap(), Some(3), "due: starts 2's reload");
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(2), "2's reload reads 1");
+    drop(held); // 1's loader now runs run_pending_tasks
+    let got = done.recv_timeout(10 * SEC).expect("no deadlock");
+    assert_eq!(got.unwrap(), Some(1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 1, "2's reload ended too");
+    assert_eq!(cache.get(&2).unwrap(), Some(3));
+    me.lock().take();
+}
+
 #[test]
 fn a_queued_refresh_of_an_absent_key_never_overwrites_a_later_insert() {
     let clock = MockClock::new();

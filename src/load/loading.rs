@@ -608,13 +608,20 @@ where
         self.inner.cache.entry_count()
     }
 
-    /// Does now what the background threads would do soon: reaps expired
-    /// entries, then waits for every background reload queued before the
-    /// call to finish (not those queued since, so it returns under steady
-    /// reload traffic too; and not at all when called from a reload
-    /// itself). Tests use it to make reloads deterministic. A queued reload
-    /// that a read took over (see [`refresh`](Self::refresh)) is that
-    /// read's load, which the read itself waits for: this does not.
+    /// Does now what the background threads would do soon: waits for every
+    /// background reload queued before the call to finish (not those queued
+    /// since, so it returns under steady reload traffic too), then reaps
+    /// expired entries as [`Cache::run_pending_tasks`] does. Tests use it to
+    /// make reloads deterministic. A queued reload that a read took over
+    /// (see [`refresh`](Self::refresh)) is that read's load, which the read
+    /// itself waits for: this does not.
+    ///
+    /// Called from a loader (a read's, a reload's or a batch's, of any
+    /// cache), it does not wait for reloads: a reload's loader may be
+    /// reading the very key being loaded, and the two would wait for each
+    /// other. Nor does it on a reload thread, where it would wait for
+    /// itself. From a loader it reaps what is expired without waiting for
+    /// other passes, as [`Cache::run_pending_tasks`] does.
     ///
     /// # Examples
     ///
@@ -632,7 +639,7 @@ where
     /// assert_eq!(cache.stats().refreshes(), 1);
     /// ```
     pub fn run_pending_tasks(&self) {
-        if let Some(pool) = &self.inner.pool {
+        if let Some(pool) = self.inner.pool.as_ref().filter(|_| !Loading::inside()) {
             pool.settle();
         }
         self.inner.cache.run_pending_tasks();
