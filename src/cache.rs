@@ -241,7 +241,7 @@ where
     /// Inserts `value` under `key` to live `ttl` from now, whatever the
     /// cache's own expiry settings: [`ttl_jitter`](crate::CacheBuilder::ttl_jitter)
     /// does not spread it. Time to idle still applies, and so do
-    /// [`Expiry`](crate::Expiry) hooks on later reads and updates (a read
+    /// [`Expiry`] hooks on later reads and updates (a read
     /// hook may move this deadline).
     ///
     /// # Examples
