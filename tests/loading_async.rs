@@ -1,6 +1,7 @@
 //! Async loading: `get_with_async`, `try_get_with_async` and
 //! `LoadingCache::get_async` on tokio's current-thread and multi-thread
-//! runtimes, alone and mixed with blocking callers.
+//! runtimes, alone and mixed with blocking callers, and polled by hand where
+//! a test must see exactly which waker a flight keeps.
 //!
 //! On a current-thread runtime every task shares one thread, so a waiter that
 //! blocked it instead of awaiting would stop the leader from ever finishing:
@@ -19,6 +20,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
         mpsc::{self, RecvTimeoutError},
     },
+    task::{Context, Poll, Waker},
     thread,
     time::{Duration, Instant},
 };
@@ -722,4 +724,66 @@ async fn loading_cache_get_async_with_a_self_reading_loader_panics_instead_of_ha
         me.lock().unwrap().take();
     })
     .await;
+}
+
+/// A waker that counts its wake-ups; the `Arc`'s count tells who holds it.
+struct Wakes(AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// Polls `f` once with a waker of `wakes`, which it may keep.
+fn poll_with<F: Future>(f: std::pin::Pin<&mut F>, wakes: &Arc<Wakes>) -> Poll<F::Output> {
+    let waker = Waker::from(wakes.clone());
+    f.poll(&mut Context::from_waker(&waker))
+}
+
+#[test]
+fn a_waiter_keeps_only_its_newest_waker_and_lets_go_of_it_when_dropped() {
+    // Driven by hand, no runtime: the leader's `init` waits on a channel.
+    let cache: Cache<u32, u32> = Cache::new(100);
+    let (send, recv) = oneshot::channel::<u32>();
+    let mut leader = Box::pin(cache.get_with_async(1, async { recv.await.unwrap() }));
+    let leader_wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+    assert!(poll_with(leader.as_mut(), &leader_wakes).is_pending());
+
+    // A waiter moved to another task between polls: only the newest task
+    // is to be woken, and the flight keeps no copy of the older waker.
+    let mut waiter = Box::pin(cache.get_with_async(1, async { unreachable!() }));
+    let (old, new) = (
+        Arc::new(Wakes(AtomicUsize::new(0))),
+        Arc::new(Wakes(AtomicUsize::new(0))),
+    );
+    assert!(poll_with(waiter.as_mut(), &old).is_pending());
+    assert!(poll_with(waiter.as_mut(), &new).is_pending());
+    assert_eq!(Arc::strong_count(&old), 1, "the older waker is let go");
+
+    // A waiter cancelled while the load runs (a request's timeout): the
+    // flight lets go of its waker at once, not when the load ends, so a
+    // slow load does not gather the wakers of every caller that gave up.
+    let cancelled: Vec<Arc<Wakes>> = (0..100)
+        .map(|_| {
+            let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+            let mut gave_up = Box::pin(cache.get_with_async(1, async { unreachable!() }));
+            assert!(poll_with(gave_up.as_mut(), &wakes).is_pending());
+            wakes
+        })
+        .collect();
+    let held = cancelled
+        .iter()
+        .filter(|w| Arc::strong_count(w) > 1)
+        .count();
+    assert_eq!(
+        held, 0,
+        "wakers of dropped waiters still held by the flight"
+    );
+
+    send.send(7).unwrap();
+    assert_eq!(poll_with(leader.as_mut(), &leader_wakes), Poll::Ready(7));
+    assert_eq!(new.0.load(SeqCst), 1, "the waiter's newest waker was woken");
+    assert_eq!(poll_with(waiter.as_mut(), &new), Poll::Ready(7));
+    assert_eq!(cache.stats().loads(), 1);
 }

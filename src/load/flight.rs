@@ -13,8 +13,10 @@
 //!
 //! Waiters block on a condition variable ([`Flight::wait`]) or, from async
 //! code, await a [`FlightWait`] future that registers its waker and never
-//! blocks the executor's thread. An async leader whose future is dropped
-//! drops its guard, which abandons the flight in the same way as a panic.
+//! blocks the executor's thread; dropped before the load ends (its caller
+//! cancelled), it takes its waker back out. An async leader whose future is
+//! dropped drops its guard, which abandons the flight in the same way as a
+//! panic.
 //!
 //! The guard owns an `Arc` of the flight table, so a background reload can
 //! carry it to another thread.
@@ -79,8 +81,58 @@ impl<V: Clone> Outcome<V> {
 #[derive(Debug)]
 enum State<V> {
     /// Loading; the wakers of async waiters to wake when done.
-    Running(Vec<Waker>),
+    Running(Wakers),
     Done(Outcome<V>),
+}
+
+/// The wakers of a flight's async waiters, one slot per [`FlightWait`]: a
+/// waiter polled again replaces its own waker (the newest is the one to
+/// wake), and a waiter dropped while the load runs empties its slot, so a
+/// slow load holds no waker of a caller that gave up, and a poll costs the
+/// same however many wait.
+#[derive(Debug, Default)]
+struct Wakers {
+    slots: Vec<Option<Waker>>,
+    /// Emptied slots, reused before the vector grows.
+    free: Vec<usize>,
+}
+
+impl Wakers {
+    /// Puts `waker` in the waiter's `slot`, taking one on its first poll.
+    /// Returns the waker it replaced, for the caller to drop once the
+    /// flight is unlocked (a waker's drop is the executor's code).
+    fn register(&mut self, slot: &mut Option<usize>, waker: &Waker) -> Option<Waker> {
+        match *slot {
+            Some(i) => match &mut self.slots[i] {
+                Some(old) if old.will_wake(waker) => None,
+                entry => entry.replace(waker.clone()),
+            },
+            None => {
+                let i = match self.free.pop() {
+                    Some(i) => i,
+                    None => {
+                        self.slots.push(None);
+                        self.slots.len() - 1
+                    }
+                };
+                *slot = Some(i);
+                self.slots[i].replace(waker.clone())
+            }
+        }
+    }
+
+    /// Empties the slot of a waiter that no longer waits; returns its
+    /// waker, to drop as [`register`](Self::register)'s.
+    fn remove(&mut self, slot: usize) -> Option<Waker> {
+        self.free.push(slot);
+        self.slots[slot].take()
+    }
+
+    fn wake(self) {
+        for waker in self.slots.into_iter().flatten() {
+            waker.wake();
+        }
+    }
 }
 
 /// Who leads a flight, for the self-load check.
@@ -125,7 +177,7 @@ const TAKEN: u8 = 3;
 impl<V: Clone> Flight<V> {
     fn new(leader: Leader, queued: u8) -> Self {
         Flight {
-            state: Mutex::new(State::Running(Vec::new())),
+            state: Mutex::new(State::Running(Wakers::default())),
             done: Condvar::new(),
             leader: Mutex::new(leader),
             written: AtomicBool::new(false),
@@ -160,7 +212,10 @@ impl<V: Clone> Flight<V> {
 
     /// A future that resolves to the leader's outcome without blocking.
     pub(crate) fn wait_async(self: Arc<Self>) -> FlightWait<V> {
-        FlightWait { flight: self }
+        FlightWait {
+            flight: self,
+            slot: None,
+        }
     }
 
     /// Records the calling thread as the one running the load (a reload
@@ -185,12 +240,10 @@ impl<V: Clone> Flight<V> {
     fn finish(&self, outcome: Outcome<V>) {
         let wakers = match std::mem::replace(&mut *self.state.lock(), State::Done(outcome)) {
             State::Running(wakers) => wakers,
-            State::Done(_) => Vec::new(),
+            State::Done(_) => Wakers::default(),
         };
         self.done.notify_all();
-        for waker in wakers {
-            waker.wake();
-        }
+        wakers.wake();
     }
 }
 
@@ -198,25 +251,38 @@ impl<V: Clone> Flight<V> {
 #[derive(Debug)]
 pub(crate) struct FlightWait<V> {
     flight: Arc<Flight<V>>,
+    /// Its slot in the flight's [`Wakers`], once polled.
+    slot: Option<usize>,
 }
 
 impl<V: Clone> Future for FlightWait<V> {
     type Output = Outcome<V>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
-        let mut state = self.flight.state.lock();
-        match &mut *state {
-            State::Done(outcome) => Poll::Ready(outcome.share()),
+        let this = self.get_mut();
+        let mut state = this.flight.state.lock();
+        let _replaced = match &mut *state {
+            State::Done(outcome) => return Poll::Ready(outcome.share()),
             State::Running(wakers) => {
                 // Only while the load runs: once it is done, any thread may
                 // read the outcome, the leader's included.
-                self.flight.assert_not_leader();
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
+                this.flight.assert_not_leader();
+                wakers.register(&mut this.slot, cx.waker())
             }
-        }
+        };
+        drop(state);
+        Poll::Pending
+    }
+}
+
+impl<V> Drop for FlightWait<V> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot else { return };
+        // Dropped at the end, once the flight is unlocked.
+        let _waker = match &mut *self.flight.state.lock() {
+            State::Running(wakers) => wakers.remove(slot),
+            State::Done(_) => None,
+        };
     }
 }
 
