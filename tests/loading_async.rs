@@ -787,3 +787,44 @@ fn a_waiter_keeps_only_its_newest_waker_and_lets_go_of_it_when_dropped() {
     assert_eq!(poll_with(waiter.as_mut(), &new), Poll::Ready(7));
     assert_eq!(cache.stats().loads(), 1);
 }
+
+#[test]
+fn a_batch_whose_loader_reads_another_key_of_the_batch_panics_and_says_why() {
+    // Odd keys read the next even key through the cache; even keys load
+    // directly. One key at a time that works; in a batch, the batch is
+    // loading the even key itself, so the read would wait for itself.
+    type Users = larder::LoadingCache<u32, u32, String>;
+    let me: Arc<std::sync::Mutex<Option<Users>>> = Arc::default();
+    let cache: Users = {
+        let me = me.clone();
+        Cache::builder()
+            .loader(move |k: &u32| -> Result<Option<u32>, String> {
+                if k % 2 == 0 {
+                    return Ok(Some(k * 10));
+                }
+                let cache = me.lock().unwrap().clone().expect("set before any read");
+                Ok(cache
+                    .get(&(k + 1))
+                    .map_err(|e| (*e).clone())?
+                    .map(|v| v + 1))
+            })
+            .build()
+            .unwrap()
+    };
+    *me.lock().unwrap() = Some(cache.clone());
+    let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut batch = std::pin::pin!(cache.get_many_async([1, 2]));
+        batch.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    let message = panic_message(&*batch.expect_err("a wait for itself must panic"));
+    assert!(
+        message.contains("a key of the batch"),
+        "the panic names a key of its own batch, not only its own key: {message:?}"
+    );
+    // No flight is left behind, and one key at a time the loader works.
+    let mut one = std::pin::pin!(cache.get_async(&1));
+    let one = one.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    assert_eq!(one, Poll::Ready(Ok(Some(21))));
+    // Break the loader's cycle back to its cache so its threads can end.
+    me.lock().unwrap().take();
+}

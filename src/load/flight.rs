@@ -198,7 +198,7 @@ impl<V: Clone> Flight<V> {
     /// # Panics
     ///
     /// If called from the leader's own thread (a loader that loads its own
-    /// key would wait for itself forever).
+    /// key, or a key of the batch it loads, would wait for itself forever).
     pub(crate) fn wait(&self) -> Outcome<V> {
         self.assert_not_leader();
         let mut state = self.state.lock();
@@ -233,7 +233,8 @@ impl<V: Clone> Flight<V> {
     fn assert_not_leader(&self) {
         assert!(
             *self.leader.lock() != Leader::here(),
-            "larder: a loader asked the cache to load its own key; this would wait forever"
+            "larder: a loader asked the cache to load its own key, or a key of the batch it \
+             loads; this would wait forever"
         );
     }
 

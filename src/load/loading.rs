@@ -292,6 +292,15 @@ where
     /// with a value inside the `stale_if_error` window are answered with it
     /// instead; the error is returned only if some key has none.
     ///
+    /// # Panics
+    ///
+    /// If the loader panics, on this caller (one caller waiting for each
+    /// key of the batch then loads it instead). If the loader, while it
+    /// loads the batch, reads from this cache any key this call is loading,
+    /// not only the one it is answering: the batch is loading them all, so
+    /// the read would wait for itself. (One key at a time, through
+    /// [`get`](Self::get), such a read of another key is fine.)
+    ///
     /// # Examples
     ///
     /// ```
@@ -320,6 +329,10 @@ where
     /// other callers are loading never blocks it.
     ///
     /// # Errors
+    ///
+    /// As for [`get_many`](Self::get_many).
+    ///
+    /// # Panics
     ///
     /// As for [`get_many`](Self::get_many).
     ///

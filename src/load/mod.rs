@@ -72,7 +72,9 @@ pub trait Loader<K, V>: Send + Sync + 'static {
 
     /// Loads a batch of distinct keys; keys left out of the answer are
     /// absent. Pairs for keys not asked for are ignored; of two pairs for
-    /// one key, the last is kept.
+    /// one key, the last is kept. The batch's read is loading every one of
+    /// `keys`, so reading any of them from the cache here (the default's
+    /// `load` included) panics rather than waiting for itself.
     ///
     /// # Errors
     ///
