@@ -310,9 +310,10 @@ where
     /// while the cache lives: the entries still cached when its last handle
     /// is dropped go without a call. Default: none. It runs on the thread
     /// that caused the removal (or the maintenance thread for expiry), after
-    /// every lock is released, so it may call back into the cache. A panic
-    /// in it is caught and discarded; the removal stands and other
-    /// notifications are still delivered.
+    /// every lock is released, so it may call back into the cache; for a
+    /// load whose value evicts to make room, after the callers waiting for
+    /// that load have the value. A panic in it is caught and discarded; the
+    /// removal stands and other notifications are still delivered.
     ///
     /// On a [`LoadingCache`](crate::LoadingCache) the listener hears of
     /// values only, not of cached absences (`negative_ttl`); with

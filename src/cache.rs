@@ -641,11 +641,15 @@ where
     /// on this same thread is delivering to, or from a loader such as
     /// [`get_with`](Self::get_with)'s `init` (that pass's listener may be
     /// waiting for the very load), it does not wait; called from a listener
-    /// run by a write, it waits like any caller. An expired entry that
-    /// another thread's write removed first (a write into a full shard
-    /// reaps expired entries to make room, an insert replaces one, a
-    /// `remove` or an invalidation takes one) is that thread's to report,
-    /// as its call returns: this call does not wait for it.
+    /// run by a write, it waits like any caller. That includes the write of
+    /// a loaded value (a `get_with` whose value evicts to make room): its
+    /// listener runs only once the load's waiters have the value, so a
+    /// pass waiting for that load is not waiting for this thread. An
+    /// expired entry that another thread's write removed first (a write
+    /// into a full shard reaps expired entries to make room, an insert
+    /// replaces one, a `remove` or an invalidation takes one) is that
+    /// thread's to report, as its call returns: this call does not wait
+    /// for it.
     ///
     /// # Examples
     ///
@@ -699,15 +703,24 @@ where
         self.inner.weigher.is_some() || self.inner.timing.hooks().is_some()
     }
 
-    /// See `Inner::insert_if`.
+    /// An empty buffer of removals for [`insert_if`](Self::insert_if) and
+    /// [`remove_if`](Self::remove_if), which delivers them to the listener
+    /// when dropped: the caller chooses when, e.g. only once a load's flight
+    /// is closed.
+    pub(crate) fn delivery(&self) -> Delivery<'_, K, V> {
+        Delivery::new(self.inner.listener.as_ref())
+    }
+
+    /// See `Inner::insert_if`; what it removes goes into `removed`.
     pub(crate) fn insert_if(
         &self,
         key: K,
         value: V,
         ttl: Option<Duration>,
         decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
     ) -> bool {
-        self.inner.insert_if(key, value, ttl, decide)
+        self.inner.insert_if(key, value, ttl, decide, removed)
     }
 
     /// The write count of `key`'s stripe, read without a lock: what a load
@@ -741,17 +754,18 @@ where
         self.inner.lookups.record_stale_hit();
     }
 
-    /// See `Inner::remove_if`.
+    /// See `Inner::remove_if`; what it removes goes into `removed`.
     pub(crate) fn remove_if<Q>(
         &self,
         key: &Q,
         doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool,
+        removed: &mut Removed<K, V>,
     ) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.remove_if(key, doomed)
+        self.inner.remove_if(key, doomed, removed)
     }
 
     /// The load and refresh counters that [`stats`](Self::stats) reports.
@@ -927,10 +941,14 @@ where
     /// flight yet could land while a load begun since runs, and that load
     /// then cached its value over the insert's.
     fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
-        self.insert_keyed(key, value, ttl, |key, _, _| {
+        // Delivered once the shard is unlocked, even if a key's `Hash`
+        // panics while the insert evicts.
+        let mut removed = Delivery::new(self.listener.as_ref());
+        let decide = |key: &K, _: Option<&V>, _: Stripe<'_>| {
             self.flights.written(key);
             Verdict::Insert
-        });
+        };
+        self.insert_keyed(key, value, ttl, decide, &mut removed);
     }
 
     /// Inserts unless `decide`, shown the value under the key (if any, live
@@ -938,14 +956,18 @@ where
     /// the shard locked, says otherwise: [`Verdict::Skip`] leaves the shard
     /// as it is, [`Verdict::Remove`] removes the key's entry. `decide` is
     /// larder's own code, never the user's. Returns whether the value went in.
+    /// What leaves the cache goes into `removed`, which the caller made
+    /// (a [`Delivery`]) and delivers when it drops it.
     fn insert_if(
         &self,
         key: K,
         value: V,
         ttl: Option<Duration>,
         decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
     ) -> bool {
-        self.insert_keyed(key, value, ttl, |_, found, stripe| decide(found, stripe))
+        let decide = |_: &K, found: Option<&V>, stripe: Stripe<'_>| decide(found, stripe);
+        self.insert_keyed(key, value, ttl, decide, removed)
     }
 
     /// [`insert_if`](Self::insert_if) with `decide` also shown the key.
@@ -962,13 +984,14 @@ where
         value: V,
         ttl: Option<Duration>,
         decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
         let mut now = Now::new(&self.timing.clock);
         let deadline = if ttl.is_some() || self.timing.is_timed() {
             if let (None, Some((hooks, _))) = (ttl, self.timing.hooks()) {
-                return self.insert_hooked(hooks, cell, hash, key, value, weight, decide);
+                return self.insert_hooked(hooks, cell, hash, key, value, weight, decide, removed);
             }
             self.timing.on_write(now.get(), ttl, None)
         } else {
@@ -981,10 +1004,7 @@ where
             weight,
             deadline,
         };
-        // Delivered once the shard is unlocked, even if a key's `Hash`
-        // panics while the insert evicts.
-        let mut removed = Delivery::new(self.listener.as_ref());
-        self.land(cell, cell.write(), now, write, decide, &mut removed)
+        self.land(cell, cell.write(), now, write, decide, removed)
     }
 
     /// [`insert_keyed`](Self::insert_keyed) for a cache with expiry hooks
@@ -1007,8 +1027,8 @@ where
         value: V,
         weight: u32,
         decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
     ) -> bool {
-        let mut removed = Delivery::new(self.listener.as_ref());
         let mut attempt = 1;
         loop {
             let mut now = Now::new(&self.timing.clock);
@@ -1023,7 +1043,7 @@ where
                     weight,
                     deadline,
                 };
-                return self.land(cell, shard, now, write, decide, &mut removed);
+                return self.land(cell, shard, now, write, decide, removed);
             }
             drop(shard);
             attempt += 1;
@@ -1117,8 +1137,14 @@ where
     /// `doomed`, shown its value (if any) and the key's write-count stripe
     /// with the shard locked, says so. `doomed` is larder's own code, never
     /// the user's. Returns whether it removed a live entry (one
-    /// [`peek`](Self::peek) would have returned).
-    fn remove_if<Q>(&self, key: &Q, doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool) -> bool
+    /// [`peek`](Self::peek) would have returned). The entry goes into
+    /// `removed`, for the caller to deliver.
+    fn remove_if<Q>(
+        &self,
+        key: &Q,
+        doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool,
+        removed: &mut Removed<K, V>,
+    ) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1138,9 +1164,7 @@ where
         let Some((key, value, cause)) = taken else {
             return false;
         };
-        let mut removed = Removed::default();
         removed.push(key, value, cause);
-        self.deliver(removed);
         cause == RemovalCause::Explicit
     }
 
@@ -1220,7 +1244,10 @@ where
 
     /// Caches a leader's value, unless the key was written while it loaded
     /// (the value may be older than that write), and hands its result to
-    /// the waiters either way.
+    /// the waiters either way. What the fill evicts is delivered only once
+    /// the flight is closed: the listener runs on this thread and may call
+    /// back into the cache (`run_pending_tasks` waits for passes whose
+    /// listeners may be waiting for this very load).
     fn publish<E>(
         &self,
         key: K,
@@ -1233,18 +1260,25 @@ where
     {
         match result {
             Ok(v) => {
+                let mut removed = Delivery::new(self.listener.as_ref());
+                // Bound after `removed`, so dropped before it when the
+                // fill unwinds (a weigher's panic): the flight is abandoned
+                // before the listener runs.
+                let guard = guard;
                 // Checked under the shard lock; an insert or a predicate's
                 // removal marks the flight under that lock and `remove`
                 // before it takes it, so one that lands after this fill
                 // replaces it, and one that landed before is seen.
-                self.insert_if(key, v.clone(), None, |_, _| {
+                let decide = |_: Option<&V>, _: Stripe<'_>| {
                     if guard.written() {
                         Verdict::Skip
                     } else {
                         Verdict::Insert
                     }
-                });
+                };
+                self.insert_if(key, v.clone(), None, decide, &mut removed);
                 guard.finish(Outcome::Loaded(v.clone()));
+                drop(removed);
                 Ok(v)
             }
             Err(e) => {

@@ -18,7 +18,7 @@ use std::{
 #[path = "support/threads.rs"]
 mod threads;
 
-use larder::{Cache, clock::MockClock};
+use larder::{Cache, RemovalCause, clock::MockClock};
 use threads::{panic_message, parallel};
 
 /// How long any group of threads may take before the test calls it a hang.
@@ -614,6 +614,62 @@ fn a_loader_may_run_pending_tasks_while_a_listener_waits_for_its_load() {
     own.lock().unwrap().take();
     assert_eq!(cache.peek(&1), Some(1));
     assert_eq!(cache.entry_count(), 1);
+}
+
+#[test]
+fn a_listener_run_by_a_loads_fill_may_run_pending_tasks_while_a_pass_waits_for_that_load() {
+    // A maintenance pass delivers key 2's expiry to a listener that reads
+    // key 1 through `get_with`, so it waits for key 1's load. That load's
+    // value fills a full cache: the fill evicts, and the listener, run on
+    // the loading thread, calls `run_pending_tasks`, which must not wait
+    // for the pass while key 1's waiters still wait for the fill.
+    let clock = MockClock::new();
+    let own: Arc<Mutex<Option<Cache<u32, u32>>>> = Arc::default();
+    let (heard, listener_runs) = mpsc::channel::<()>();
+    let (heard, listener_runs) = (Mutex::new(heard), Mutex::new(listener_runs));
+    let handle = own.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(2)
+        .num_shards(1)
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, _, cause| {
+            let cache = handle.lock().unwrap().clone().expect("set");
+            match cause {
+                RemovalCause::Expired if *k == 2 => {
+                    heard.lock().unwrap().send(()).unwrap();
+                    assert_eq!(cache.get_with(1, || 3), 1, "the load's value");
+                }
+                RemovalCause::Size => cache.run_pending_tasks(),
+                _ => {}
+            }
+        })
+        .build()
+        .unwrap();
+    *own.lock().unwrap() = Some(cache.clone());
+    cache.insert_with_ttl(2, 2, Duration::from_secs(1));
+    cache.insert(3, 3);
+    clock.advance(Duration::from_secs(1));
+    let (loading, load_runs) = mpsc::channel::<()>();
+    let load_runs = Mutex::new(load_runs);
+    let c = cache.clone();
+    parallel(TIMEOUT, "a fill's listener and a pass", 2, move |i| {
+        if i == 0 {
+            c.get_with(1, || {
+                loading.send(()).unwrap();
+                let listener_runs = listener_runs.lock().unwrap();
+                listener_runs.recv_timeout(TIMEOUT).unwrap();
+                hold_until_misses(&c, 2); // the listener waits for this load
+                c.insert(4, 4); // full again: the fill of 1 evicts
+                1
+            });
+        } else {
+            load_runs.lock().unwrap().recv_timeout(TIMEOUT).unwrap();
+            c.run_pending_tasks(); // reaps key 2
+        }
+    });
+    own.lock().unwrap().take();
+    assert_eq!(cache.entry_count(), 2, "the fill evicted one");
+    assert_eq!(cache.stats().removals(RemovalCause::Size), 1);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use larder::{BuildError, Cache, Loader, LoadingCache, clock::MockClock};
+use larder::{BuildError, Cache, Loader, LoadingCache, RemovalCause, clock::MockClock};
 use parking_lot::Mutex;
 use threads::{panic_message, parallel};
 
@@ -1162,6 +1162,176 @@ fn run_pending_tasks_inside_a_loader_does_not_wait_for_a_reload_waiting_for_that
     cache.run_pending_tasks();
     assert_eq!(cache.stats().refreshes(), 1, "2's reload ended too");
     assert_eq!(cache.get(&2).unwrap(), Some(3));
+    me.lock().take();
+}
+
+/// Waits until `cache` has counted more misses than `misses` (a read has
+/// reached a load under way), then a little longer so that it gets from its
+/// miss to waiting for the load: a read after the load's store would find
+/// the value cached instead.
+fn hold_until_misses_past<E: Send + Sync + 'static>(
+    cache: &LoadingCache<u64, u64, E>,
+    misses: u64,
+) {
+    let deadline = std::time::Instant::now() + 10 * SEC;
+    while cache.stats().misses() == misses && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    thread::sleep(Duration::from_millis(100));
+}
+
+/// A foreground load of key 1 whose value fills a full cache while key 2's
+/// background reload, whose loader reads key 1, is under way: the fill
+/// evicts, and the listener, run on the loading thread, calls
+/// `run_pending_tasks`. The reload waits for the load of 1, so waiting for
+/// the reload before the load's waiters have its value would be a deadlock.
+#[test]
+fn a_listener_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_load() {
+    type Chained = LoadingCache<u64, u64, String>;
+    let clock = MockClock::new();
+    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
+    let gate = Arc::new(Mutex::new(()));
+    let (entered_tx, entered) = mpsc::channel::<u64>();
+    let entered_tx = Mutex::new(entered_tx);
+    let cache: Chained = {
+        let (me, listening, gate) = (me.clone(), me.clone(), gate.clone());
+        Cache::builder()
+            .max_capacity(2)
+            .num_shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |_: Arc<u64>, _, cause| {
+                if cause == RemovalCause::Size {
+                    let cache = listening.lock().clone().expect("set");
+                    cache.run_pending_tasks();
+                }
+            })
+            .time_to_live(60 * SEC)
+            .loader(move |k: &u64| -> Result<Option<u64>, String> {
+                let _ = entered_tx.lock().send(*k);
+                let cache = me.lock().clone().expect("set before any read");
+                match *k {
+                    1 => {
+                        drop(gate.lock());
+                        Ok(Some(1))
+                    }
+                    k => Ok(cache.get(&1).map_err(|e| (*e).clone())?.map(|v| v + k)),
+                }
+            })
+            .refresh_after(10 * SEC)
+            .reload_threads(1)
+            .build()
+            .unwrap()
+    };
+    *me.lock() = Some(cache.clone());
+    assert_eq!(cache.get(&2).unwrap(), Some(3), "loads 2 and 1");
+    cache.invalidate(&1);
+    cache.insert(3, 3); // full: the next fill evicts
+    while entered.try_recv().is_ok() {}
+    clock.advance(15 * SEC); // 2 is due for refresh
+    let held = gate.lock();
+    let (done_tx, done) = mpsc::channel();
+    {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            let _ = done_tx.send(cache.get(&1));
+        });
+    }
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "the reader loads 1");
+    let misses = cache.stats().misses();
+    assert_eq!(cache.get(&2).unwrap(), Some(3), "due: starts 2's reload");
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(2), "2's reload reads 1");
+    hold_until_misses_past(&cache, misses);
+    drop(held); // 1's fill evicts; its listener runs run_pending_tasks
+    let got = done.recv_timeout(10 * SEC).expect("no deadlock");
+    assert_eq!(got.unwrap(), Some(1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 1, "2's reload ended too");
+    assert!(
+        cache.stats().removals(RemovalCause::Size) >= 1,
+        "the fill evicted"
+    );
+    me.lock().take();
+}
+
+/// A background reload of key 1 whose value fills a full cache while a pass
+/// (another thread's `run_pending_tasks`) delivers key 2's expiry to a
+/// listener that reads key 1, so it waits for that reload. The fill evicts,
+/// and the listener, run on the reload thread, calls `run_pending_tasks`,
+/// which waits for the pass: before the reload's waiters had its value, a
+/// deadlock.
+#[test]
+fn a_listener_run_by_a_reloads_fill_does_not_wait_for_a_pass_waiting_for_that_reload() {
+    type Chained = LoadingCache<u64, u64, String>;
+    let clock = MockClock::new();
+    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
+    let gate = Arc::new(Mutex::new(()));
+    let (entered_tx, entered) = mpsc::channel::<u64>();
+    let entered_tx = Mutex::new(entered_tx);
+    let (heard_tx, heard) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let (heard_tx, go_rx) = (Mutex::new(heard_tx), Mutex::new(go_rx));
+    let cache: Chained = {
+        let (me, gate) = (me.clone(), gate.clone());
+        Cache::builder()
+            .max_capacity(2)
+            .num_shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |k: Arc<u64>, _, cause| {
+                let cache = me.lock().clone().expect("set");
+                match cause {
+                    RemovalCause::Expired if *k == 2 => {
+                        heard_tx.lock().send(()).unwrap();
+                        go_rx.lock().recv_timeout(10 * SEC).unwrap();
+                        assert_eq!(cache.get(&1).unwrap(), Some(1), "the reload's value");
+                    }
+                    RemovalCause::Size => cache.run_pending_tasks(),
+                    _ => {}
+                }
+            })
+            .time_to_live(60 * SEC)
+            .loader(move |k: &u64| -> Result<Option<u64>, String> {
+                let _ = entered_tx.lock().send(*k);
+                if *k == 1 {
+                    drop(gate.lock());
+                }
+                Ok(Some(*k))
+            })
+            .refresh_after(10 * SEC)
+            .reload_threads(1)
+            .build()
+            .unwrap()
+    };
+    *me.lock() = Some(cache.clone());
+    assert_eq!(cache.get(&2).unwrap(), Some(2));
+    clock.advance(30 * SEC);
+    cache.insert(3, 3);
+    clock.advance(31 * SEC); // 2 has expired, 3 has not
+    while entered.try_recv().is_ok() {}
+    let (done_tx, done) = mpsc::channel();
+    {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.run_pending_tasks(); // its pass reaps 2
+            let _ = done_tx.send(());
+        });
+    }
+    heard.recv_timeout(10 * SEC).expect("the pass reaps 2");
+    let held = gate.lock();
+    assert!(cache.refresh(&1), "absent: queued");
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "the worker loads 1");
+    cache.insert(4, 4); // full: the reload's fill evicts
+    let misses = cache.stats().misses();
+    go.send(()).unwrap(); // the pass's listener reads 1: waits for the reload
+    hold_until_misses_past(&cache, misses);
+    drop(held);
+    done.recv_timeout(10 * SEC).expect("no deadlock");
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 1);
+    assert_eq!(
+        cache.stats().removals(RemovalCause::Size),
+        1,
+        "the fill evicted"
+    );
     me.lock().take();
 }
 

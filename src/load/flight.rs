@@ -4,7 +4,9 @@
 //! The first caller to insert one is the leader and runs the loader with no
 //! lock held; later callers find it and block on its condition variable. The
 //! leader publishes the value in the cache *before* it removes the flight, so
-//! a newcomer sees either the flight or the cached value.
+//! a newcomer sees either the flight or the cached value; what that store
+//! evicted reaches the listener only *after* (the listener may wait for
+//! something that waits for the flight).
 //!
 //! If the loader fails, waiters of the same error type share the leader's
 //! `Arc<E>`; waiters that cannot use it (a different error type, or

@@ -114,11 +114,23 @@ mod tests {
     }
 
     fn load(cache: &Cache<u64, u64>, key: u64, value: u64, seen: Seen) -> bool {
-        cache.insert_if(key, value, None, |_, s| seen.load_verdict(&s))
+        cache.insert_if(
+            key,
+            value,
+            None,
+            |_, s| seen.load_verdict(&s),
+            &mut cache.delivery(),
+        )
     }
 
     fn end_write(cache: &Cache<u64, u64>, key: u64, value: u64, seen: Seen) -> bool {
-        cache.insert_if(key, value, None, |_, s| seen.write_verdict(&s))
+        cache.insert_if(
+            key,
+            value,
+            None,
+            |_, s| seen.write_verdict(&s),
+            &mut cache.delivery(),
+        )
     }
 
     #[test]
@@ -168,7 +180,7 @@ mod tests {
             if v % 2 == 0 {
                 assert!(end_write(&cache, 3, v, write));
             } else {
-                cache.remove_if(&3, |_, s| write_removes(&s));
+                cache.remove_if(&3, |_, s| write_removes(&s), &mut cache.delivery());
             }
         }
         for pair in orders.windows(2) {
@@ -219,7 +231,7 @@ mod tests {
                     },
                     3 => {
                         // `LoadingCache::invalidate`: a write that only drops.
-                        cache.remove_if(&key, |_, s| write_removes(&s));
+                        cache.remove_if(&key, |_, s| write_removes(&s), &mut cache.delivery());
                         Actor::Idle
                     }
                     4 => {
@@ -253,7 +265,13 @@ mod tests {
             } => {
                 match read {
                     Some(v) => {
-                        cache.insert_if(key, v, None, |_, s| seen.load_verdict(&s));
+                        cache.insert_if(
+                            key,
+                            v,
+                            None,
+                            |_, s| seen.load_verdict(&s),
+                            &mut cache.delivery(),
+                        );
                     }
                     // Absent, no negative caching: the load drops the key.
                     None => cache.invalidate(&key),
@@ -270,7 +288,7 @@ mod tests {
                 if choice & 4 != 0 {
                     store[key as usize] = value;
                 }
-                cache.remove_if(&key, |_, s| write_removes(&s));
+                cache.remove_if(&key, |_, s| write_removes(&s), &mut cache.delivery());
                 Actor::Idle
             }
             Actor::Writing {
@@ -295,10 +313,16 @@ mod tests {
             } => {
                 match value {
                     Some(v) => {
-                        cache.insert_if(key, v, None, |_, s| seen.write_verdict(&s));
+                        cache.insert_if(
+                            key,
+                            v,
+                            None,
+                            |_, s| seen.write_verdict(&s),
+                            &mut cache.delivery(),
+                        );
                     }
                     None => {
-                        cache.remove_if(&key, |_, s| write_removes(&s));
+                        cache.remove_if(&key, |_, s| write_removes(&s), &mut cache.delivery());
                     }
                 }
                 Actor::Idle

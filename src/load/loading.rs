@@ -37,6 +37,8 @@ use crate::{
         reloading::Reloading,
     },
     maintenance::Loading,
+    notify::Removed,
+    shard::Stripe,
 };
 
 /// What the builder hands over, in clock nanoseconds.
@@ -459,7 +461,8 @@ where
                 // failed one does, with a copy of the key kept for that.
                 let unwound = inner.cache.insert_runs_user_code().then(|| key.clone());
                 let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    inner.store(key, Some(value), 0, Over::Written(seen))
+                    let over = Over::Written(seen);
+                    inner.store(key, Some(value), 0, over, &mut inner.cache.delivery())
                 }));
                 if let Err(panic) = stored {
                     if let Some(key) = unwound {
@@ -552,10 +555,14 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let mut held = None;
-        let live = self.inner.cache.remove_if(key, |entry, stripe| {
+        let doomed = |entry: Option<&Loaded<V>>, stripe: Stripe<'_>| {
             held = entry.cloned();
             guard::write_removes(&stripe)
-        });
+        };
+        let live = self
+            .inner
+            .cache
+            .remove_if(key, doomed, &mut self.inner.cache.delivery());
         // An entry the inner cache holds past its deadline (its time to
         // idle, say) is expired however fresh its record says it is.
         self.unexpired(held.filter(|_| live)?)
@@ -634,7 +641,11 @@ where
     /// reading the very key being loaded, and the two would wait for each
     /// other. Nor does it on a reload thread, where it would wait for
     /// itself. From a loader it reaps what is expired without waiting for
-    /// other passes, as [`Cache::run_pending_tasks`] does.
+    /// other passes, as [`Cache::run_pending_tasks`] does. Called from a
+    /// listener run by the caching of a loaded value (a load or reload
+    /// whose value evicts to make room), it waits like any caller: that
+    /// listener runs only once the load's waiters have the value, so a
+    /// reload reading the key is not waiting for this thread.
     ///
     /// # Examples
     ///
@@ -764,8 +775,7 @@ where
         let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                self.store(key, value.clone(), took, Over::Unwritten(seen));
-                guard.finish(Outcome::Loaded(value.clone()));
+                self.fill(guard, key, value.clone(), took, Over::Unwritten(seen));
                 Ok(value)
             }
             (Err(e), _) => {
@@ -774,6 +784,28 @@ where
                 self.fall_back(fallback, e)
             }
         }
+    }
+
+    /// Stores a loaded value for the flight `guard` leads and closes the
+    /// flight, then delivers what the store removed (evicted to make room,
+    /// or a key found absent). Not before: the listener runs on this thread
+    /// and may call back into the cache, and whatever a
+    /// `run_pending_tasks` there waits for (another thread's pass, a
+    /// queued reload) may be waiting for this very load.
+    fn fill(
+        &self,
+        guard: LeaderGuard<K, Option<V>>,
+        key: K,
+        value: Option<V>,
+        took: u64,
+        over: Over,
+    ) {
+        let mut removed = self.cache.delivery();
+        // Bound after `removed`, so dropped before it when the store
+        // unwinds (a weigher's panic): the flight is abandoned first.
+        let guard = guard;
+        self.store(key, value.clone(), took, over, &mut removed);
+        guard.finish(Outcome::Loaded(value));
     }
 
     /// A waiter's answer from the outcome of the flight it waited for;
@@ -825,8 +857,16 @@ where
     /// invalidated key; a load stores only if no write of the key ended since
     /// it began, and a write's end stores only if no other write of the key
     /// ended since it began (dropping the key otherwise). Returns whether it
-    /// stored.
-    fn store(&self, key: K, value: Option<V>, load_nanos: u64, over: Over) -> bool {
+    /// stored. What it removes goes into `removed`, for the caller to
+    /// deliver.
+    fn store(
+        &self,
+        key: K,
+        value: Option<V>,
+        load_nanos: u64,
+        over: Over,
+        removed: &mut Removed<K, Loaded<V>>,
+    ) -> bool {
         let s = &self.settings;
         let lifetime = match (&value, s.negative_ttl) {
             (Some(_), _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
@@ -836,15 +876,23 @@ where
                 // key, as `over` allows: not a write that ended meanwhile.
                 match over {
                     Over::Stamp(stamp) => {
-                        self.cache
-                            .remove_if(&key, |e, _| e.is_some_and(|e| e.stamp == stamp));
+                        let doomed = |e: Option<&Loaded<V>>, _: Stripe<'_>| {
+                            e.is_some_and(|e| e.stamp == stamp)
+                        };
+                        self.cache.remove_if(&key, doomed, removed);
                     }
                     Over::Unwritten(seen) => {
-                        self.cache.remove_if(&key, |_, stripe| {
+                        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| {
                             seen.load_verdict(&stripe) == Verdict::Insert
-                        });
+                        };
+                        self.cache.remove_if(&key, doomed, removed);
                     }
-                    Over::Written(_) => self.remove_written(&key),
+                    Over::Written(_) => {
+                        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| {
+                            guard::write_removes(&stripe)
+                        };
+                        self.cache.remove_if(&key, doomed, removed);
+                    }
                 }
                 return false;
             }
@@ -869,19 +917,24 @@ where
         };
         let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
         match over {
-            Over::Stamp(stamp) => self.cache.insert_if(key, entry, hard, |current, _| {
-                if current.is_some_and(|c| c.stamp == stamp) {
-                    Verdict::Insert
-                } else {
-                    Verdict::Skip
-                }
-            }),
-            Over::Unwritten(seen) => self
-                .cache
-                .insert_if(key, entry, hard, |_, stripe| seen.load_verdict(&stripe)),
-            Over::Written(seen) => self
-                .cache
-                .insert_if(key, entry, hard, |_, stripe| seen.write_verdict(&stripe)),
+            Over::Stamp(stamp) => {
+                let decide = |current: Option<&Loaded<V>>, _: Stripe<'_>| {
+                    if current.is_some_and(|c| c.stamp == stamp) {
+                        Verdict::Insert
+                    } else {
+                        Verdict::Skip
+                    }
+                };
+                self.cache.insert_if(key, entry, hard, decide, removed)
+            }
+            Over::Unwritten(seen) => {
+                let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.load_verdict(&s);
+                self.cache.insert_if(key, entry, hard, decide, removed)
+            }
+            Over::Written(seen) => {
+                let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.write_verdict(&s);
+                self.cache.insert_if(key, entry, hard, decide, removed)
+            }
         }
     }
 
@@ -892,8 +945,9 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| guard::write_removes(&stripe);
         self.cache
-            .remove_if(key, |_, stripe| guard::write_removes(&stripe));
+            .remove_if(key, doomed, &mut self.cache.delivery());
     }
 
     /// [`reload`](Self::reload) of the value stamped `stamp`, skipped
@@ -980,8 +1034,7 @@ where
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
                 let over = stamp.map_or(Over::Unwritten(seen), Over::Stamp);
-                self.store(key, value.clone(), took, over);
-                guard.finish(Outcome::Loaded(value));
+                self.fill(guard, key, value, took, over);
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
         }
@@ -1052,10 +1105,15 @@ where
         match self.timed(|| self.loader.load_many(&keys)) {
             (Ok(pairs), took) => {
                 let mut loaded: HashMap<K, V> = pairs.into_iter().collect();
+                // Delivered once every flight of the batch is closed (see
+                // `fill`); if a store unwinds, the guards not yet finished
+                // (the loop's, bound after it) drop first.
+                let mut removed = self.cache.delivery();
                 for ((guard, _), seen) in led.into_iter().zip(seen) {
                     let key = guard.key().clone();
                     let value = loaded.remove(&key);
-                    self.store(key.clone(), value.clone(), took, Over::Unwritten(seen));
+                    let over = Over::Unwritten(seen);
+                    self.store(key.clone(), value.clone(), took, over, &mut removed);
                     guard.finish(Outcome::Loaded(value.clone()));
                     batch.add(key, Ok(value));
                 }
