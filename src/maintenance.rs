@@ -61,6 +61,9 @@ thread_local! {
 /// that load, so one called from inside the loader must not wait: a pass's
 /// listener may be reading the key (a `get_with` of it), and so may a
 /// loading cache's background reload (its loader reading other keys).
+/// The write-behind flusher holds one for its thread's life: a pass's
+/// listener may be waiting for the flusher (a `flush`), and the flusher
+/// runs user code too (eviction listeners for the copies it drops).
 #[derive(Debug)]
 pub(crate) struct Loading(());
 

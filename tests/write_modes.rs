@@ -1169,3 +1169,79 @@ fn a_write_whose_value_the_weigher_refuses_leaves_no_older_copy_cached() {
         assert_eq!(store.get(1), Some(REFUSED), "behind: {behind}");
     }
 }
+
+/// A listener the flusher runs (dropping a dead-lettered key's cached copy)
+/// may call `run_pending_tasks`. It must not wait there for a pass on
+/// another thread: that pass's listener may be waiting for the flusher (a
+/// `flush` waits until the flusher has handed over its dead letters), so
+/// each would wait for the other.
+#[test]
+fn run_pending_tasks_on_the_flusher_thread_does_not_wait_for_a_pass_waiting_for_the_flusher() {
+    type Handle = Arc<Mutex<Option<StoreCache<u64, u64, MemStore>>>>;
+    let me: Handle = Arc::default();
+    let store = MemStore::default();
+    store.faults.poison.store(1, SeqCst); // the store refuses key 1
+    let clock = MockClock::new();
+    let (in_pass, pass_began) = std::sync::mpsc::channel::<()>();
+    let (in_pass, pass_began) = (Mutex::new(in_pass), Mutex::new(pass_began));
+    let (told, heard) = std::sync::mpsc::channel::<&'static str>();
+    let told = Mutex::new(told);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(Duration::from_secs(1))
+        .clock(clock.clone())
+        .eviction_listener({
+            let me = me.clone();
+            move |k: Arc<u64>, _v: u64, _cause| {
+                let Some(cache) = me.lock().clone() else {
+                    return;
+                };
+                match *k {
+                    // Reaped by the pass of the helper thread below.
+                    10 => {
+                        let _ = in_pass.lock().send(());
+                        let flushed = cache.flush_timeout(Duration::from_secs(30));
+                        let _ = told.lock().send(if flushed {
+                            "pass flushed"
+                        } else {
+                            "pass timed out"
+                        });
+                    }
+                    // Dead-lettered: run on the flusher thread.
+                    1 => {
+                        let _ = pass_began.lock().recv_timeout(Duration::from_secs(10));
+                        cache.run_pending_tasks();
+                        let _ = told.lock().send("flusher ran pending tasks");
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .store(store.clone())
+        .write_behind()
+        .batch_size(1)
+        .max_attempts(1)
+        .dead_letter(|_| {})
+        .build()
+        .unwrap();
+    *me.lock() = Some(cache.clone());
+    cache.insert(10, 10).unwrap();
+    cache.flush();
+    clock.advance(Duration::from_secs(2)); // key 10 expires
+    cache.insert(1, 1).unwrap(); // refused: its copy is dropped on the flusher
+    let helper = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.run_pending_tasks())
+    };
+    let first = heard
+        .recv_timeout(Duration::from_secs(10))
+        .expect("neither the flusher nor the pass waits for the other");
+    let second = heard
+        .recv_timeout(Duration::from_secs(10))
+        .expect("both listeners return");
+    let mut both = [first, second];
+    both.sort_unstable();
+    assert_eq!(both, ["flusher ran pending tasks", "pass flushed"]);
+    helper.join().unwrap();
+    me.lock().take();
+}

@@ -77,6 +77,7 @@ use super::{
 };
 use crate::{
     expiry::{clock::saturating_nanos, unit_random},
+    maintenance::Loading,
     padded::Padded,
 };
 
@@ -653,6 +654,11 @@ where
     /// The flusher thread's body.
     fn run(&self, woken: &Receiver<()>) {
         FLUSHER_OF.with(|of| of.set(self.address()));
+        // A `run_pending_tasks` from user code run here (an eviction
+        // listener, the store, the dead-letter handler) must not wait for
+        // passes or reloads on other threads: their listeners may be
+        // waiting for this flusher (a `flush` waits for its dead letters).
+        let _no_waiting = Loading::here();
         while let Some((receipts, pairs)) = self.next_batch(woken) {
             self.send(receipts, pairs);
         }

@@ -315,8 +315,10 @@ where
     /// (`flush_timeout` returns `false`), a write into a full queue that
     /// [`WhenFull::Block`] would make wait fails
     /// with [`WriteError::QueueFull`](crate::WriteError::QueueFull) instead,
-    /// and
-    /// [`close`](StoreCache::close) hands back what is left without waiting.
+    /// [`close`](StoreCache::close) hands back what is left without waiting,
+    /// and [`run_pending_tasks`](StoreCache::run_pending_tasks) does its
+    /// work without waiting for passes or reloads on other threads (their
+    /// listeners may be waiting for the flusher).
     pub fn dead_letter(
         mut self,
         handler: impl Fn(DeadLetter<K, V, S::Error>) + Send + Sync + 'static,

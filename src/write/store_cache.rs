@@ -578,6 +578,12 @@ where
     /// Does now what the background threads would do soon (reaping, queued
     /// reloads); see [`LoadingCache::run_pending_tasks`]. Does not flush:
     /// that is [`flush`](Self::flush).
+    ///
+    /// Called from user code the write-behind flusher runs (the store, the
+    /// dead-letter handler, an eviction listener for a cached copy it
+    /// drops), it does the work but does not wait for passes or reloads on
+    /// other threads: their listeners may be waiting for the flusher. There
+    /// [`flush`](Self::flush) and [`close`](Self::close) return at once too.
     pub fn run_pending_tasks(&self) {
         self.inner.reads.run_pending_tasks();
     }
