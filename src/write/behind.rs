@@ -171,6 +171,25 @@ pub struct WriteStats {
 impl WriteStats {
     /// Mean time of one [`Store::write`] call of the
     /// flusher; zero before the first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Sink;
+    /// # impl Store<u32, u32> for Sink {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Sink`: a `Store` that loads nothing and accepts every write.
+    /// let cache = Cache::builder().store(Sink).write_behind().build().unwrap();
+    /// assert_eq!(cache.write_stats().mean_flush_latency(), std::time::Duration::ZERO);
+    /// cache.insert(1, 1).unwrap();
+    /// cache.flush();
+    /// let s = cache.write_stats();
+    /// assert_eq!(s.mean_flush_latency(), s.store_time / s.store_calls as u32);
+    /// ```
     pub fn mean_flush_latency(&self) -> Duration {
         let mean = self.store_time.as_nanos() / u128::from(self.store_calls.max(1));
         Duration::from_nanos(saturating_nanos(mean))

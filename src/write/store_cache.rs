@@ -220,6 +220,25 @@ pub struct CloseReport<K, V, E> {
 
 impl<K, V, E> CloseReport<K, V, E> {
     /// Whether every write reached the store.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Sink;
+    /// # impl Store<u32, u32> for Sink {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Sink`: a `Store` that loads nothing and accepts every write.
+    /// use std::time::Duration;
+    /// let cache = Cache::builder().store(Sink).write_behind().build().unwrap();
+    /// cache.insert(1, 1).unwrap();
+    /// let report = cache.close(Duration::from_secs(5));
+    /// assert!(report.is_empty());
+    /// assert_eq!(report.unwritten.len() + report.dead_letters.len(), 0);
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.unwritten.is_empty() && self.dead_letters.is_empty()
     }
@@ -288,6 +307,30 @@ where
     /// # Errors
     ///
     /// As for [`get`](Self::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::yield_now();
+    /// #     }
+    /// # }
+    /// // `block_on`: polls the future on this thread until it is ready (any executor will do).
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// assert_eq!(block_on(cache.get_async(&4)).unwrap(), Some(16));
+    /// ```
     pub async fn get_async<Q>(&self, key: &Q) -> Result<Option<V>, Arc<S::Error>>
     where
         K: Borrow<Q>,
@@ -325,6 +368,23 @@ where
     }
 
     /// The cached value for `key`, without loading or counting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// assert_eq!(cache.peek(&3), None); // not loaded: peek never loads
+    /// cache.get(&3).unwrap();
+    /// assert_eq!(cache.peek(&3), Some(9));
+    /// ```
     pub fn peek<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -335,6 +395,24 @@ where
 
     /// Every key with a value [`peek`](Self::peek) would return, with that
     /// value, without loading or counting (see [`LoadingCache::iter`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// cache.get_many([1, 2]).unwrap();
+    /// let mut cached: Vec<_> = cache.iter().collect();
+    /// cached.sort();
+    /// assert_eq!(cached, [(1, 1), (2, 4)]);
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
         self.inner.reads.iter()
     }
@@ -445,6 +523,24 @@ where
 
     /// Drops the cached copy of `key` (the store is not touched); the next
     /// read loads it again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// cache.get(&3).unwrap();
+    /// cache.invalidate(&3);
+    /// assert!(!cache.contains_key(&3));
+    /// assert_eq!(cache.get(&3).unwrap(), Some(9)); // loaded again
+    /// ```
     pub fn invalidate<Q>(&self, key: &Q)
     where
         K: Borrow<Q>,
@@ -455,11 +551,45 @@ where
 
     /// Drops the cached copies for which `predicate` returns true (the
     /// store is not touched); see [`LoadingCache::invalidate_entries_if`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// cache.get_many([1, 2, 3]).unwrap();
+    /// cache.invalidate_entries_if(|_, v| v % 2 == 1);
+    /// assert!(!cache.contains_key(&1) && cache.contains_key(&2) && !cache.contains_key(&3));
+    /// ```
     pub fn invalidate_entries_if(&self, predicate: impl Fn(&K, &V) -> bool) {
         self.inner.reads.invalidate_entries_if(predicate);
     }
 
     /// True if [`peek`](Self::peek) would return a value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// assert!(!cache.contains_key(&2)); // never loads
+    /// cache.get(&2).unwrap();
+    /// assert!(cache.contains_key(&2));
+    /// ```
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -469,6 +599,30 @@ where
     }
 
     /// Drops every cached value (the store is not touched).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// let table = Table::default();
+    /// let cache = Cache::builder().store(table.clone()).build().unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// cache.invalidate_all();
+    /// assert_eq!(cache.peek(&1), None);
+    /// assert_eq!(table.0.lock().unwrap().get(&1), Some(&10)); // the store keeps it
+    /// ```
     pub fn invalidate_all(&self) {
         self.inner.reads.invalidate_all();
     }
@@ -508,6 +662,30 @@ where
 
     /// [`flush`](Self::flush), waiting at most `timeout`; true if every
     /// earlier write settled in time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// use std::time::Duration;
+    /// let table = Table::default();
+    /// let cache = Cache::builder().store(table.clone()).write_behind().build().unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// assert!(cache.flush_timeout(Duration::from_secs(5)));
+    /// assert_eq!(table.0.lock().unwrap().get(&1), Some(&10));
+    /// ```
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
         match &self.inner.queue {
             Some(queue) => queue.flush(Instant::now().checked_add(timeout)),
@@ -558,6 +736,28 @@ where
     }
 
     /// The write-behind counters (all zero for the other policies).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// let cache = Cache::builder().store(Table::default()).write_behind().build().unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// cache.flush();
+    /// assert_eq!(cache.write_stats().flushed, 1);
+    /// ```
     pub fn write_stats(&self) -> WriteStats {
         self.inner
             .queue
@@ -566,11 +766,45 @@ where
     }
 
     /// The read counters: hits, misses, loads, … (see [`CacheStats`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// cache.get(&2).unwrap(); // a miss: loaded from the store
+    /// cache.get(&2).unwrap(); // a hit
+    /// assert_eq!(cache.stats().hits(), 1);
+    /// assert_eq!(cache.stats().misses(), 1);
+    /// ```
     pub fn stats(&self) -> CacheStats {
         self.inner.reads.stats()
     }
 
     /// Number of cached entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().store(Squares).build().unwrap();
+    /// cache.get_many([1, 2, 3]).unwrap();
+    /// assert_eq!(cache.entry_count(), 3);
+    /// ```
     pub fn entry_count(&self) -> u64 {
         self.inner.reads.entry_count()
     }
@@ -584,6 +818,32 @@ where
     /// drops), it does the work but does not wait for passes or reloads on
     /// other threads: their listeners may be waiting for the flusher. There
     /// [`flush`](Self::flush) and [`close`](Self::close) return at once too.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// use larder::clock::MockClock;
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .store(Squares)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get(&2).unwrap();
+    /// clock.advance(Duration::from_secs(2));
+    /// cache.run_pending_tasks(); // reaps the expired copy
+    /// assert_eq!(cache.entry_count(), 0);
+    /// ```
     pub fn run_pending_tasks(&self) {
         self.inner.reads.run_pending_tasks();
     }
