@@ -206,6 +206,29 @@ where
     /// to the cache. If the store fails, the caller gets the error and the
     /// cache keeps no trace of the value. For data read soon after it is
     /// written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// let table = Table::default();
+    /// let cache = Cache::builder().store(table.clone()).write_through().build().unwrap();
+    /// cache.insert(1, 10).unwrap(); // in the store when this returns
+    /// assert_eq!(table.0.lock().unwrap().get(&1), Some(&10));
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// ```
     pub fn write_through(mut self) -> Self {
         self.mode = Mode::Through;
         self
@@ -249,6 +272,30 @@ where
     /// change is pinned: until the store has it, reads see it (from the
     /// queue if the cache has evicted or expired its copy), never the
     /// store's older value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// let table = Table::default();
+    /// let cache = Cache::builder().store(table.clone()).write_behind().build().unwrap();
+    /// cache.insert(1, 10).unwrap(); // queued
+    /// assert_eq!(cache.get(&1).unwrap(), Some(10));
+    /// cache.flush();
+    /// assert_eq!(table.0.lock().unwrap().get(&1), Some(&10));
+    /// ```
     pub fn write_behind(mut self) -> Self {
         self.mode = Mode::Behind;
         self
@@ -256,6 +303,29 @@ where
 
     /// Write-behind: the most changes per store call (default 128). The
     /// flusher sends as soon as this many are queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// use larder::BuildError;
+    /// let cache = Cache::builder().store(Table::default()).write_behind().batch_size(500).build();
+    /// assert!(cache.is_ok());
+    /// let zero = Cache::builder().store(Table::default()).write_behind().batch_size(0).build();
+    /// assert_eq!(zero.unwrap_err(), BuildError::ZeroSetting("batch_size"));
+    /// ```
     pub fn batch_size(mut self, changes: usize) -> Self {
         self.batch_size = Some(changes);
         self
@@ -263,6 +333,39 @@ where
 
     /// Write-behind: the longest a queued change waits for its batch to fill
     /// before it is sent anyway (default 100 ms).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// use std::time::{Duration, Instant};
+    /// let table = Table::default();
+    /// let cache = Cache::builder()
+    ///     .store(table.clone())
+    ///     .write_behind()
+    ///     .flush_interval(Duration::from_millis(10))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// // A lone write is sent within about 10 ms, without a `flush`.
+    /// let deadline = Instant::now() + Duration::from_secs(5);
+    /// while table.0.lock().unwrap().get(&1).is_none() {
+    ///     assert!(Instant::now() < deadline);
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// ```
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.flush_interval = Some(interval);
         self
@@ -271,6 +374,29 @@ where
     /// Write-behind: the most entries queued or in flight (default 65,536);
     /// [`when_full`](Self::when_full) says what happens beyond. This also
     /// bounds how many values are pinned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// use larder::BuildError;
+    /// let cache = Cache::builder().store(Table::default()).write_behind().queue_capacity(1_000).build();
+    /// assert!(cache.is_ok());
+    /// let zero = Cache::builder().store(Table::default()).write_behind().queue_capacity(0).build();
+    /// assert_eq!(zero.unwrap_err(), BuildError::ZeroSetting("queue_capacity"));
+    /// ```
     pub fn queue_capacity(mut self, entries: usize) -> Self {
         self.queue_capacity = Some(entries);
         self
@@ -278,6 +404,38 @@ where
 
     /// Write-behind: what a write does when the queue is full (default
     /// [`WhenFull::Block`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// use larder::WhenFull;
+    /// let table = Table::default();
+    /// let cache = Cache::builder()
+    ///     .store(table.clone())
+    ///     .write_behind()
+    ///     .queue_capacity(1)
+    ///     .when_full(WhenFull::WriteThrough)
+    ///     .build()
+    ///     .unwrap();
+    /// for k in 0..10 {
+    ///     cache.insert(k, k).unwrap(); // queued, or written here if the queue is full
+    /// }
+    /// cache.flush();
+    /// assert_eq!(table.0.lock().unwrap().len(), 10);
+    /// ```
     pub fn when_full(mut self, policy: WhenFull) -> Self {
         self.when_full = Some(policy);
         self
@@ -287,6 +445,35 @@ where
     /// dead-letter handler (default 5). A failed batch of several changes is
     /// split and resent without spending an attempt, so a poisonous key ends
     /// up alone and spends only its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Refuser;
+    /// # impl Store<u32, u32> for Refuser {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Err("refused".into()) }
+    /// # }
+    /// // `Refuser`: a `Store` that loads nothing and refuses every write.
+    /// use std::{sync::{Arc, Mutex}, time::Duration};
+    /// let attempts = Arc::new(Mutex::new(Vec::new()));
+    /// let cache = Cache::builder()
+    ///     .store(Refuser)
+    ///     .write_behind()
+    ///     .max_attempts(2)
+    ///     .retry_backoff(Duration::from_millis(1), Duration::from_millis(1), 0.0)
+    ///     .dead_letter({
+    ///         let attempts = attempts.clone();
+    ///         move |dead| attempts.lock().unwrap().push(dead.attempts)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1).unwrap();
+    /// cache.flush();
+    /// assert_eq!(*attempts.lock().unwrap(), [2]);
+    /// ```
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts);
         self
@@ -295,6 +482,32 @@ where
     /// Write-behind: the wait before resending a failed change: `base`
     /// after the first failure, doubling up to `max`, each spread by a
     /// random `±jitter` fraction (`0.0..=1.0`). Default 50 ms, 5 s, 0.2.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Refuser;
+    /// # impl Store<u32, u32> for Refuser {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Err("refused".into()) }
+    /// # }
+    /// // `Refuser`: a `Store` that loads nothing and refuses every write.
+    /// use std::time::Duration;
+    /// let cache = Cache::builder()
+    ///     .store(Refuser)
+    ///     .write_behind()
+    ///     .max_attempts(3)
+    ///     .retry_backoff(Duration::from_millis(1), Duration::from_millis(4), 0.5)
+    ///     .dead_letter(|_| {})
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1).unwrap();
+    /// cache.flush(); // three sends, about 1 ms and 2 ms apart
+    /// assert_eq!(cache.write_stats().retried, 2);
+    /// assert_eq!(cache.write_stats().dead_lettered, 1);
+    /// ```
     pub fn retry_backoff(mut self, base: Duration, max: Duration, jitter: f64) -> Self {
         self.backoff = Some(Backoff { base, max, jitter });
         self
@@ -319,6 +532,38 @@ where
     /// and [`run_pending_tasks`](StoreCache::run_pending_tasks) does its
     /// work without waiting for passes or reloads on other threads (their
     /// listeners may be waiting for the flusher).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Refuser;
+    /// # impl Store<u32, u32> for Refuser {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Err("refused".into()) }
+    /// # }
+    /// // `Refuser`: a `Store` that loads nothing and refuses every write.
+    /// use larder::WriteFailure;
+    /// use std::sync::{Arc, Mutex};
+    /// let letters = Arc::new(Mutex::new(Vec::new()));
+    /// let cache = Cache::builder()
+    ///     .store(Refuser)
+    ///     .write_behind()
+    ///     .max_attempts(1)
+    ///     .dead_letter({
+    ///         let letters = letters.clone();
+    ///         move |dead| letters.lock().unwrap().push(dead)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// cache.flush();
+    /// let dead = letters.lock().unwrap().pop().unwrap();
+    /// assert_eq!((dead.key, dead.change), (1, Change::Put(10)));
+    /// assert!(matches!(dead.error, WriteFailure::Store(e) if *e == "refused"));
+    /// assert_eq!(cache.peek(&1), None); // the refused value is not served
+    /// ```
     pub fn dead_letter(
         mut self,
         handler: impl Fn(DeadLetter<K, V, S::Error>) + Send + Sync + 'static,
@@ -335,6 +580,35 @@ where
     /// it), else as [`WriteFailure::Dropped`](crate::WriteFailure::Dropped).
     /// With no handler, its count is printed on stderr and the changes are
     /// lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::{collections::HashMap, sync::{Arc, Mutex}};
+    /// # use larder::{Cache, Change, Store};
+    /// # #[derive(Default, Clone)] struct Table(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Table {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, b: &[(u32, Change<u32>)]) -> Result<(), String> {
+    /// #         let mut t = self.0.lock().unwrap();
+    /// #         for (k, c) in b { match c { Change::Put(v) => { t.insert(*k, *v); } Change::Delete => { t.remove(k); } } }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// // `Table`: an in-memory `Store` (a shared `Mutex<HashMap>`), written out in the `StoreCache` example.
+    /// use std::time::Duration;
+    /// let table = Table::default();
+    /// let cache = Cache::builder()
+    ///     .store(table.clone())
+    ///     .write_behind()
+    ///     .drop_flush_timeout(Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// drop(cache); // flushes, waiting at most 5 s
+    /// assert_eq!(table.0.lock().unwrap().get(&1), Some(&10));
+    /// ```
     pub fn drop_flush_timeout(mut self, timeout: Duration) -> Self {
         self.drop_timeout = Some(timeout);
         self
