@@ -1316,10 +1316,13 @@ fn a_listener_run_by_a_reloads_fill_does_not_wait_for_a_pass_waiting_for_that_re
         });
     }
     heard.recv_timeout(10 * SEC).expect("the pass reaps 2");
+    // Full, so the reload's fill evicts. Written before the reload begins:
+    // a write while it loads, of a key that shares its write-count stripe
+    // (one time in eight hash seeds), would keep its value out.
+    cache.insert(4, 4);
     let held = gate.lock();
     assert!(cache.refresh(&1), "absent: queued");
     assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "the worker loads 1");
-    cache.insert(4, 4); // full: the reload's fill evicts
     let misses = cache.stats().misses();
     go.send(()).unwrap(); // the pass's listener reads 1: waits for the reload
     hold_until_misses_past(&cache, misses);
