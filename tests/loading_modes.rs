@@ -1047,6 +1047,34 @@ fn a_reader_needing_a_key_whose_reload_is_queued_loads_it_without_waiting() {
     assert_eq!(cache.get(&1).unwrap(), Some(read));
 }
 
+/// A loading cache whose loaders read other keys of the same cache.
+type Chained = LoadingCache<u64, u64, String>;
+
+/// What the deadlock tests below share: a clock; the cache's own handle,
+/// set once it is built, for its loaders and listener to call back into
+/// it; a gate a loader waits on while the test holds it; and a channel on
+/// which each loader call announces its key.
+struct Chain {
+    clock: MockClock,
+    me: Arc<Mutex<Option<Chained>>>,
+    gate: Arc<Mutex<()>>,
+    entered_tx: Mutex<mpsc::Sender<u64>>,
+    entered: mpsc::Receiver<u64>,
+}
+
+impl Chain {
+    fn new() -> Self {
+        let (entered_tx, entered) = mpsc::channel();
+        Chain {
+            clock: MockClock::new(),
+            me: Arc::default(),
+            gate: Arc::default(),
+            entered_tx: Mutex::new(entered_tx),
+            entered,
+        }
+    }
+}
+
 /// Three keys whose loaders read the next one down (3 reads 2, 2 reads 1),
 /// one reload worker. Key 3's reload holds the worker, key 1's waits in the
 /// queue behind it, and a reader of key 2 loads it: its loader reads key 1,
@@ -1054,12 +1082,13 @@ fn a_reader_needing_a_key_whose_reload_is_queued_loads_it_without_waiting() {
 /// wait for the worker, which waits for key 2: a deadlock.
 #[test]
 fn loaders_reading_keys_whose_reloads_are_queued_do_not_deadlock() {
-    type Chained = LoadingCache<u64, u64, String>;
-    let clock = MockClock::new();
-    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
-    let gate = Arc::new(Mutex::new(()));
-    let (entered_tx, entered) = mpsc::channel::<u64>();
-    let entered_tx = Mutex::new(entered_tx);
+    let Chain {
+        clock,
+        me,
+        gate,
+        entered_tx,
+        entered,
+    } = Chain::new();
     let cache: Chained = {
         let (me, gate) = (me.clone(), gate.clone());
         clocked(&clock)
@@ -1113,12 +1142,13 @@ fn loaders_reading_keys_whose_reloads_are_queued_do_not_deadlock() {
 /// that load would be a deadlock.
 #[test]
 fn run_pending_tasks_inside_a_loader_does_not_wait_for_a_reload_waiting_for_that_load() {
-    type Chained = LoadingCache<u64, u64, String>;
-    let clock = MockClock::new();
-    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
-    let gate = Arc::new(Mutex::new(()));
-    let (entered_tx, entered) = mpsc::channel::<u64>();
-    let entered_tx = Mutex::new(entered_tx);
+    let Chain {
+        clock,
+        me,
+        gate,
+        entered_tx,
+        entered,
+    } = Chain::new();
     let cache: Chained = {
         let (me, gate) = (me.clone(), gate.clone());
         clocked(&clock)
@@ -1187,12 +1217,13 @@ fn hold_until_misses_past<E: Send + Sync + 'static>(
 /// the reload before the load's waiters have its value would be a deadlock.
 #[test]
 fn a_listener_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_load() {
-    type Chained = LoadingCache<u64, u64, String>;
-    let clock = MockClock::new();
-    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
-    let gate = Arc::new(Mutex::new(()));
-    let (entered_tx, entered) = mpsc::channel::<u64>();
-    let entered_tx = Mutex::new(entered_tx);
+    let Chain {
+        clock,
+        me,
+        gate,
+        entered_tx,
+        entered,
+    } = Chain::new();
     let cache: Chained = {
         let (me, listening, gate) = (me.clone(), me.clone(), gate.clone());
         Cache::builder()
@@ -1261,12 +1292,13 @@ fn a_listener_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_lo
 /// deadlock.
 #[test]
 fn a_listener_run_by_a_reloads_fill_does_not_wait_for_a_pass_waiting_for_that_reload() {
-    type Chained = LoadingCache<u64, u64, String>;
-    let clock = MockClock::new();
-    let me: Arc<Mutex<Option<Chained>>> = Arc::default();
-    let gate = Arc::new(Mutex::new(()));
-    let (entered_tx, entered) = mpsc::channel::<u64>();
-    let entered_tx = Mutex::new(entered_tx);
+    let Chain {
+        clock,
+        me,
+        gate,
+        entered_tx,
+        entered,
+    } = Chain::new();
     let (heard_tx, heard) = mpsc::channel::<()>();
     let (go, go_rx) = mpsc::channel::<()>();
     let (heard_tx, go_rx) = (Mutex::new(heard_tx), Mutex::new(go_rx));
