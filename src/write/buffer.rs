@@ -125,6 +125,22 @@ use ahash::RandomState;
 pub type Seq = u64;
 
 /// What a write does to the store's record of a key.
+///
+/// # Examples
+///
+/// A store's `write` gets a batch of changes; each is a put or a delete:
+///
+/// ```
+/// use larder::Change;
+/// let mut db = std::collections::HashMap::new();
+/// for (key, change) in [("a", Change::Put(1)), ("b", Change::Put(2)), ("a", Change::Delete)] {
+///     match change {
+///         Change::Put(v) => db.insert(key, v),
+///         Change::Delete => db.remove(key),
+///     };
+/// }
+/// assert_eq!(db, [("b", 2)].into());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change<V> {
     /// Store this value.

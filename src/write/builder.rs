@@ -22,6 +22,16 @@ use crate::{BuildError, CacheBuilder, LoadingCacheBuilder};
 /// the queue already holds is always accepted — it replaces the waiting
 /// change, or waits behind the one in flight — so the queue never holds more
 /// than `queue_capacity + batch_size` entries.
+///
+/// # Examples
+///
+/// [`StoreCacheBuilder::when_full`] shows each in a cache; the default
+/// blocks:
+///
+/// ```
+/// use larder::WhenFull;
+/// assert_eq!(WhenFull::default(), WhenFull::Block);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenFull {
     /// Wait until the flusher makes room (it is asked to flush at once).

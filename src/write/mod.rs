@@ -117,6 +117,17 @@ impl<V> Change<V> {
 }
 
 /// Why a write of a [`StoreCache`] failed.
+///
+/// # Examples
+///
+/// ```
+/// use larder::WriteError;
+/// let refused: WriteError<String> = WriteError::Store("disk full".into());
+/// assert_eq!(refused.to_string(), "the store rejected the write: disk full");
+/// assert_eq!(WriteError::<String>::QueueFull.to_string(), "the write-behind queue is full");
+/// // Only `Store` carries the store's error; the others wrote nothing.
+/// assert!(matches!(refused, WriteError::Store(ref e) if e == "disk full"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteError<E> {
     /// The store rejected the write (write-through, write-around, or
@@ -144,6 +155,29 @@ impl<E: fmt::Display> fmt::Display for WriteError<E> {
 impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 
 /// Why write-behind gave up on a change.
+///
+/// # Examples
+///
+/// What a dead-letter handler may do with each kind:
+///
+/// ```
+/// use larder::WriteFailure;
+/// fn safe_to_replay<E>(failure: &WriteFailure<E>) -> bool {
+///     match failure {
+///         // No store call with it is still under way: writing it again
+///         // is safe (a put or a delete applied twice leaves one record).
+///         WriteFailure::Store(_) | WriteFailure::Panicked(_) | WriteFailure::Dropped => true,
+///         // A call may still write it, after a newer change: look first.
+///         WriteFailure::InFlight => false,
+///     }
+/// }
+/// assert!(safe_to_replay(&WriteFailure::<String>::Dropped));
+/// assert!(!safe_to_replay(&WriteFailure::<String>::InFlight));
+/// assert_eq!(
+///     WriteFailure::<String>::Panicked("boom".into()).to_string(),
+///     "the store panicked: boom"
+/// );
+/// ```
 #[derive(Debug)]
 pub enum WriteFailure<E> {
     /// The store's error from the last attempt (shared by every change of
@@ -204,6 +238,30 @@ impl<K: Clone, V: Clone, E> Clone for DeadLetter<K, V, E> {
 
 /// A change write-behind could not write, handed to the dead-letter handler
 /// ([`StoreCacheBuilder::dead_letter`]) with why.
+///
+/// # Examples
+///
+/// A handler that keeps the letters for a later replay (see
+/// [`StoreCacheBuilder::dead_letter`] for one wired to a cache):
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use larder::{Change, DeadLetter, WriteFailure};
+/// let kept: Arc<Mutex<Vec<(u32, Change<String>)>>> = Arc::default();
+/// let keep = {
+///     let kept = kept.clone();
+///     move |letter: DeadLetter<u32, String, String>| {
+///         kept.lock().unwrap().push((letter.key, letter.change));
+///     }
+/// };
+/// keep(DeadLetter {
+///     key: 7,
+///     change: Change::Put("v".into()),
+///     attempts: 3,
+///     error: WriteFailure::Store(Arc::new("timeout".into())),
+/// });
+/// assert_eq!(*kept.lock().unwrap(), [(7, Change::Put("v".to_string()))]);
+/// ```
 #[derive(Debug)]
 pub struct DeadLetter<K, V, E> {
     /// The key.
