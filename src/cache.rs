@@ -21,7 +21,7 @@ use crate::{
         flight::{Flights, Leader, LeaderGuard, Outcome, Role},
         guard::Seen,
     },
-    maintenance::{Loading, Maintained, Maintenance},
+    maintenance::{Awaited, Maintained, Maintenance},
     notify::{Delivery, Listener, Removed},
     shard::{Now, ShardCell, ShardWriteGuard, Shards, Stripe, Write},
     stats::{LoadCounters, Lookups},
@@ -1225,7 +1225,7 @@ where
                         // a wait for the key from inside it is a self-load.
                         let result = poll_fn(|cx| {
                             let _here = guard.polling();
-                            let _loading = Loading::here();
+                            let _awaited = Awaited::here();
                             init.as_mut().poll(cx)
                         })
                         .await;
@@ -1293,7 +1293,7 @@ where
     fn timed_load<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let record = LoadRecord::start(&self.loads);
         let result = {
-            let _loading = Loading::here();
+            let _awaited = Awaited::here();
             init()
         };
         record.finish(result.is_ok());

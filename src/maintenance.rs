@@ -52,37 +52,38 @@ thread_local! {
     /// [`Maintenance::settle`] does not wait (a listener called from a pass
     /// may call `run_pending_tasks` again).
     static DEPTH: Cell<usize> = const { Cell::new(0) };
-    /// How many loader calls this thread is inside (see [`Loading`]).
-    static LOADS: Cell<usize> = const { Cell::new(0) };
+    /// How many [`Awaited`] marks this thread holds.
+    static AWAITED: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as running a load (a loader call) until
-/// dropped. Whatever a `run_pending_tasks` waits for may be waiting for
-/// that load, so one called from inside the loader must not wait: a pass's
-/// listener may be reading the key (a `get_with` of it), and so may a
-/// loading cache's background reload (its loader reading other keys).
-/// The write-behind flusher holds one for its thread's life: a pass's
-/// listener may be waiting for the flusher (a `flush`), and the flusher
-/// runs user code too (eviction listeners for the copies it drops).
+/// Marks the calling thread, until dropped, as one that other threads'
+/// passes or reloads may be waiting for, so a `run_pending_tasks` called
+/// on it must not wait for them: they would wait for each other. Held by
+/// every loader call (a pass's listener may be reading the key with a
+/// `get_with`, a loading cache's background reload may be reading it from
+/// its loader) and, for its whole life, by the write-behind flusher (a
+/// pass's listener may be waiting in `flush`, and the flusher runs user
+/// code: eviction listeners for the copies it drops, the store, the
+/// dead-letter handler).
 #[derive(Debug)]
-pub(crate) struct Loading(());
+pub(crate) struct Awaited(());
 
-impl Loading {
+impl Awaited {
     /// Marks the calling thread until the mark drops.
     pub(crate) fn here() -> Self {
-        LOADS.with(|d| d.set(d.get() + 1));
-        Loading(())
+        AWAITED.with(|d| d.set(d.get() + 1));
+        Awaited(())
     }
 
-    /// True while the calling thread runs a loader call.
-    pub(crate) fn inside() -> bool {
-        LOADS.with(Cell::get) > 0
+    /// True while the calling thread holds a mark.
+    pub(crate) fn here_now() -> bool {
+        AWAITED.with(Cell::get) > 0
     }
 }
 
-impl Drop for Loading {
+impl Drop for Awaited {
     fn drop(&mut self) {
-        LOADS.with(|d| d.set(d.get() - 1));
+        AWAITED.with(|d| d.set(d.get() - 1));
     }
 }
 
@@ -118,9 +119,9 @@ impl Maintenance {
     }
 
     /// Waits until no pass is in progress, unless called from inside one
-    /// or from a loader (see [`Loading`]).
+    /// or on a thread others may be waiting for (see [`Awaited`]).
     pub(crate) fn settle(&self) {
-        if DEPTH.with(Cell::get) > 0 || Loading::inside() {
+        if DEPTH.with(Cell::get) > 0 || Awaited::here_now() {
             return;
         }
         let mut passes = self.passes.lock();

@@ -36,7 +36,7 @@ use crate::{
         pool::{Job, Pool},
         reloading::Reloading,
     },
-    maintenance::Loading,
+    maintenance::Awaited,
     notify::Removed,
     shard::Stripe,
 };
@@ -663,7 +663,7 @@ where
     /// assert_eq!(cache.stats().refreshes(), 1);
     /// ```
     pub fn run_pending_tasks(&self) {
-        if let Some(pool) = self.inner.pool.as_ref().filter(|_| !Loading::inside()) {
+        if let Some(pool) = self.inner.pool.as_ref().filter(|_| !Awaited::here_now()) {
             pool.settle();
         }
         self.inner.cache.run_pending_tasks();
@@ -844,7 +844,7 @@ where
         let record = LoadRecord::start(self.cache.load_counters());
         let started = self.cache.now();
         let result = {
-            let _loading = Loading::here();
+            let _awaited = Awaited::here();
             load()
         };
         record.finish(result.is_ok());

@@ -77,7 +77,7 @@ use super::{
 };
 use crate::{
     expiry::{clock::saturating_nanos, unit_random},
-    maintenance::Loading,
+    maintenance::Awaited,
     padded::Padded,
 };
 
@@ -677,7 +677,7 @@ where
         // listener, the store, the dead-letter handler) must not wait for
         // passes or reloads on other threads: their listeners may be
         // waiting for this flusher (a `flush` waits for its dead letters).
-        let _no_waiting = Loading::here();
+        let _awaited = Awaited::here();
         while let Some((receipts, pairs)) = self.next_batch(woken) {
             self.send(receipts, pairs);
         }
