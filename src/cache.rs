@@ -639,8 +639,9 @@ where
     /// caller's) is still delivering, so that on return every entry expired
     /// before the call has been reported. Called from a listener that a pass
     /// on this same thread is delivering to, or from a loader such as
-    /// [`get_with`](Self::get_with)'s `init` (that pass's listener may be
-    /// waiting for the very load), it does not wait; called from a listener
+    /// [`get_with`](Self::get_with)'s `init` or from the weigher or an
+    /// expiry hook as they weigh and time its value (that pass's listener
+    /// may be waiting for the very load), it does not wait; called from a listener
     /// run by a write, it waits like any caller. That includes the write of
     /// a loaded value (a `get_with` whose value evicts to make room): its
     /// listener runs only once the load's waiters have the value, so a
@@ -1276,7 +1277,12 @@ where
                         Verdict::Insert
                     }
                 };
-                self.insert_if(key, v.clone(), None, decide, &mut removed);
+                {
+                    // The weigher and the expiry hooks run here, user code
+                    // that waiters of this flight are waiting for.
+                    let _awaited = Awaited::here();
+                    self.insert_if(key, v.clone(), None, decide, &mut removed);
+                }
                 guard.finish(Outcome::Loaded(v.clone()));
                 drop(removed);
                 Ok(v)

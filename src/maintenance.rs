@@ -59,9 +59,11 @@ thread_local! {
 /// Marks the calling thread, until dropped, as one that other threads'
 /// passes or reloads may be waiting for, so a `run_pending_tasks` called
 /// on it must not wait for them: they would wait for each other. Held by
-/// every loader call (a pass's listener may be reading the key with a
-/// `get_with`, a loading cache's background reload may be reading it from
-/// its loader) and, for its whole life, by the write-behind flusher (a
+/// every loader call and by the fill that caches its value, whose weigher
+/// and expiry hooks are user code too (until the flight closes, a pass's
+/// listener may be reading the key with a `get_with`, a loading cache's
+/// background reload may be reading it from its loader) and, for its
+/// whole life, by the write-behind flusher (a
 /// pass's listener may be waiting in `flush`, and the flusher runs user
 /// code: eviction listeners for the copies it drops, the store, the
 /// dead-letter handler).

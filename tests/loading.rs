@@ -673,6 +673,59 @@ fn a_listener_run_by_a_loads_fill_may_run_pending_tasks_while_a_pass_waits_for_t
 }
 
 #[test]
+fn a_weigher_run_by_a_loads_fill_may_run_pending_tasks_while_a_pass_waits_for_that_load() {
+    // A maintenance pass delivers key 2's expiry to a listener that reads
+    // key 1 through `get_with`, so it waits for key 1's load. The load's
+    // fill weighs its value, and the weigher, user code run while key 1's
+    // waiters still wait, calls `run_pending_tasks`: it must not wait for
+    // the pass.
+    let clock = MockClock::new();
+    let own: Arc<Mutex<Option<Cache<u32, u32>>>> = Arc::default();
+    let (heard, listener_runs) = mpsc::channel::<()>();
+    let (heard, listener_runs) = (Mutex::new(heard), Mutex::new(listener_runs));
+    let (filling, fill_runs) = mpsc::channel::<()>();
+    let (filling, fill_runs) = (Mutex::new(filling), Mutex::new(fill_runs));
+    let (listened, weighed) = (own.clone(), own.clone());
+    let cache: Cache<u32, u32> = Cache::builder()
+        .clock(clock.clone())
+        .weigher(move |k: &u32, _: &u32| {
+            if *k == 1 {
+                let cache = weighed.lock().unwrap().clone().expect("set");
+                filling.lock().unwrap().send(()).unwrap();
+                let listener_runs = listener_runs.lock().unwrap();
+                listener_runs.recv_timeout(TIMEOUT).unwrap();
+                hold_until_misses(&cache, 2); // the listener waits for this load
+                cache.run_pending_tasks();
+            }
+            1
+        })
+        .eviction_listener(move |k: Arc<u32>, _, _| {
+            if *k == 2 {
+                heard.lock().unwrap().send(()).unwrap();
+                let cache = listened.lock().unwrap().clone().expect("set");
+                assert_eq!(cache.get_with(1, || 3), 1, "the load's value");
+            }
+        })
+        .build()
+        .unwrap();
+    *own.lock().unwrap() = Some(cache.clone());
+    cache.insert_with_ttl(2, 2, Duration::from_secs(1));
+    clock.advance(Duration::from_secs(1));
+    let c = cache.clone();
+    parallel(TIMEOUT, "a fill's weigher and a pass", 2, move |i| {
+        if i == 0 {
+            assert_eq!(c.get_with(1, || 1), 1);
+        } else {
+            fill_runs.lock().unwrap().recv_timeout(TIMEOUT).unwrap();
+            c.run_pending_tasks(); // reaps key 2
+        }
+    });
+    own.lock().unwrap().take();
+    assert_eq!(cache.peek(&1), Some(1));
+    assert_eq!(cache.entry_count(), 1);
+}
+
+#[test]
 fn waiters_share_a_load_that_a_write_kept_out_of_the_cache() {
     let cache: Cache<u32, u32> = Cache::new(100);
     let (leader, go) = held_load(&cache);

@@ -637,11 +637,12 @@ where
     /// itself waits for: this does not.
     ///
     /// Called from a loader (a read's, a reload's or a batch's, of any
-    /// cache), it does not wait for reloads: a reload's loader may be
-    /// reading the very key being loaded, and the two would wait for each
-    /// other. Nor does it on a reload thread, where it would wait for
-    /// itself. From a loader it reaps what is expired without waiting for
-    /// other passes, as [`Cache::run_pending_tasks`] does. Called from a
+    /// cache), or from the weigher as it weighs what a loader returned, it
+    /// does not wait for reloads: a reload's loader may be reading the
+    /// very key being loaded, and the two would wait for each other. Nor
+    /// does it on a reload thread, where it would wait for itself. There
+    /// it reaps what is expired without waiting for other passes, as
+    /// [`Cache::run_pending_tasks`] does. Called from a
     /// listener run by the caching of a loaded value (a load or reload
     /// whose value evicts to make room), it waits like any caller: that
     /// listener runs only once the load's waiters have the value, so a
@@ -804,7 +805,12 @@ where
         // Bound after `removed`, so dropped before it when the store
         // unwinds (a weigher's panic): the flight is abandoned first.
         let guard = guard;
-        self.store(key, value.clone(), took, over, &mut removed);
+        {
+            // The weigher and the expiry hooks run here, user code that
+            // waiters of this flight are waiting for.
+            let _awaited = Awaited::here();
+            self.store(key, value.clone(), took, over, &mut removed);
+        }
         guard.finish(Outcome::Loaded(value));
     }
 
@@ -1113,7 +1119,10 @@ where
                     let key = guard.key().clone();
                     let value = loaded.remove(&key);
                     let over = Over::Unwritten(seen);
-                    self.store(key.clone(), value.clone(), took, over, &mut removed);
+                    {
+                        let _awaited = Awaited::here(); // as in `fill`
+                        self.store(key.clone(), value.clone(), took, over, &mut removed);
+                    }
                     guard.finish(Outcome::Loaded(value.clone()));
                     batch.add(key, Ok(value));
                 }
