@@ -23,7 +23,7 @@ use crate::{
     },
     maintenance::{Awaited, Maintained, Maintenance},
     notify::{Delivery, Listener, Removed},
-    shard::{Now, ShardCell, ShardWriteGuard, Shards, Stripe, Write},
+    shard::{Now, ShardCell, ShardWriteGuard, Shards, Sighting, Stripe, Write},
     stats::{LoadCounters, Lookups},
 };
 
@@ -889,7 +889,7 @@ where
         let hook = self
             .timing
             .hooks()
-            .map(|(_, clone)| (clone(&slot.key), slot.deadline()));
+            .map(|(_, clone)| (clone(&slot.key), shard.sighting(slot)));
         drop(shard);
         if COUNT {
             self.lookups.record(true);
@@ -907,13 +907,13 @@ where
         hash: u64,
         key: &K,
         value: &V,
-        seen: u64,
+        seen: Sighting,
         now: u64,
     ) {
         let Some((hooks, _)) = self.timing.hooks() else {
             return;
         };
-        let before = remaining(now, seen);
+        let before = remaining(now, seen.deadline());
         let after = hooks.expire_after_read(key, value, before);
         if after != before {
             let deadline = self

@@ -1989,3 +1989,74 @@ fn a_deadline_at_the_end_of_the_clock_range_is_none() {
     clock.advance(secs(1));
     assert_eq!(cache.peek(&1), Some(10));
 }
+
+/// Entries never expire unless read: a read of the value 10 is held in its
+/// hook until let go, then answers 1 s; other reads keep the deadline.
+struct HeldRead {
+    begun: Mutex<mpsc::Sender<()>>,
+    go: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Expiry<u32, u64> for HeldRead {
+    fn expire_after_create(&self, _: &u32, _: &u64) -> Option<Duration> {
+        None
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &u32,
+        value: &u64,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        if *value != 10 {
+            return remaining;
+        }
+        self.begun.lock().unwrap().send(()).unwrap();
+        self.go.lock().unwrap().recv_timeout(secs(10)).unwrap();
+        Some(secs(1))
+    }
+}
+
+#[test]
+fn a_read_hook_answer_never_times_an_entry_written_while_it_ran() {
+    // The key is written while the read hook for its old value runs, so
+    // the read came first. Removed and written again: the answer was about
+    // a value no longer cached, and the new entry's create hook said never.
+    // Replaced: the default update hook keeps the time left, which after
+    // the read is the read hook's 1 s, so the answer stands.
+    type Write = fn(&Cache<u32, u64>);
+    let writes: [(&str, Write, Option<u64>); 2] = [
+        (
+            "removed and created",
+            |c| {
+                c.invalidate(&1);
+                c.insert(1, 20);
+            },
+            Some(20),
+        ),
+        ("replaced", |c| c.insert(1, 20), None),
+    ];
+    for (what, write, at_2s) in writes {
+        let clock = MockClock::new();
+        let (begun, hook_begun) = mpsc::channel();
+        let (go, hook_go) = mpsc::channel();
+        let hooks = HeldRead {
+            begun: Mutex::new(begun),
+            go: Mutex::new(hook_go),
+        };
+        let (cache, log) = listened(Cache::builder().expire_after(hooks).clock(clock.clone()));
+        cache.insert(1, 10);
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.get(&1))
+        };
+        hook_begun.recv_timeout(secs(10)).unwrap();
+        write(&cache);
+        go.send(()).unwrap();
+        assert_eq!(reader.join().unwrap(), Some(10));
+        clock.advance(secs(2));
+        assert_eq!(cache.peek(&1), at_2s, "{what}");
+        cache.run_pending_tasks();
+        assert_stats_match(&cache, &log);
+    }
+}

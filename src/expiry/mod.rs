@@ -43,6 +43,12 @@ pub(crate) use wheel::NEVER;
 /// times in all, after which the last answer stands). So a hook may be
 /// called more than once for one write.
 ///
+/// The read hook's answer applies to the entry the read returned, once the
+/// read has unlocked: it is dropped if that entry's deadline changed
+/// meanwhile (another read's hook, or a write's), and if any entry was
+/// created in its shard, since the key may have been removed and written
+/// again (the answer was about a value no longer cached).
+///
 /// # Examples
 ///
 /// ```

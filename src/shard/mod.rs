@@ -349,6 +349,29 @@ pub(crate) struct Shard<K, V> {
     removals: [u64; 4],
     /// Bumped by every write; lets unlocked work detect that the shard changed.
     version: u64,
+    /// Bumped by every write that creates an entry (not one that replaces a
+    /// value): an entry found under a key with this count unchanged is the
+    /// entry seen under that key before (see [`Sighting`]).
+    created: u64,
+}
+
+/// What a read saw of an entry, for a change it makes after unlocking (a
+/// read hook's answer): its deadline, and the shard's count of created
+/// entries. An entry found under the key later with both unchanged is the
+/// one seen, with the deadline seen; one created since (the key removed
+/// and written again) may have that deadline too, a create hook's `None`
+/// say, but not the read's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sighting {
+    deadline: u64,
+    created: u64,
+}
+
+impl Sighting {
+    /// The deadline seen ([`NEVER`] if none).
+    pub(crate) fn deadline(self) -> u64 {
+        self.deadline
+    }
 }
 
 impl<K: Hash + Eq, V> Shard<K, V> {
@@ -384,6 +407,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             hasher,
             removals: [0; 4],
             version: 0,
+            created: 0,
         }
     }
 
@@ -505,17 +529,34 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
     }
 
-    /// Sets a deadline computed by a read hook, if the entry's deadline is
-    /// still the one the hook saw (a write in between wins).
-    pub(crate) fn reset_deadline<Q>(&mut self, hash: u64, key: &Q, seen: u64, deadline: u64)
+    /// What a read sees of `slot` for [`reset_deadline`](Self::reset_deadline).
+    #[inline]
+    pub(crate) fn sighting(&self, slot: &Slot<K, V>) -> Sighting {
+        Sighting {
+            deadline: slot.deadline(),
+            created: self.created,
+        }
+    }
+
+    /// Sets a deadline computed by a read hook, if the entry is still the
+    /// one the hook was shown with the deadline it saw (a write in between
+    /// wins). No entry created in the shard since: the key's entry may
+    /// have been removed and written again, the hook's answer being about
+    /// a value no longer cached. (A write that replaced the value and kept
+    /// the deadline is as if it came after the read: its update hook kept
+    /// the time left, as it would have kept the read's.)
+    pub(crate) fn reset_deadline<Q>(&mut self, hash: u64, key: &Q, seen: Sighting, deadline: u64)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        if self.created != seen.created {
+            return;
+        }
         let Some(id) = self.find(hash, key) else {
             return;
         };
-        if self.deadline(id) == seen {
+        if self.deadline(id) == seen.deadline {
             self.set_deadline(
                 id,
                 Deadline {
@@ -651,6 +692,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let held = self.index.table.remove(old_hash, victim);
         debug_assert!(held, "slot {victim} missing from the table");
         self.wheel.cancel(victim);
+        self.created += 1;
         let old = std::mem::replace(&mut self.index.slots[index], Slot::new(w.key, w.value));
         let (slots, hasher) = (&self.index.slots, &self.hasher);
         self.index
@@ -677,6 +719,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             .table
             .insert_unique(w.hash, id, |i| hasher.hash_one(&slots[i as usize].key));
         self.index.slots.push(Slot::new(w.key, w.value));
+        self.created += 1;
         if self.sliding {
             self.hard.push(NEVER);
         }
