@@ -1990,6 +1990,27 @@ fn a_deadline_at_the_end_of_the_clock_range_is_none() {
     assert_eq!(cache.peek(&1), Some(10));
 }
 
+#[test]
+fn a_read_sliding_the_idle_deadline_past_the_clock_range_is_not_lost() {
+    // A read 7 s before the end of the range, with 10 s to idle, slides the
+    // deadline past it: to the range's end, the latest a deadline can be.
+    // Before, the slide was skipped and the entry expired 2 s after that
+    // read.
+    let edge = (1u64 << 60) - 1;
+    let clock = MockClock::new();
+    clock.advance(Duration::from_nanos(edge) - secs(15));
+    let (cache, _) = listened(Cache::builder().time_to_idle(secs(10)).clock(clock.clone()));
+    cache.insert(1, 10); // due 5 s before the edge
+    clock.advance(secs(8));
+    assert_eq!(cache.get(&1), Some(10));
+    clock.advance(secs(3));
+    assert_eq!(cache.peek(&1), Some(10), "read 3 s ago, 10 s to idle");
+    cache.run_pending_tasks();
+    clock.advance(secs(4) - 2 * NS); // 1 ns before the edge
+    assert_eq!(cache.peek(&1), Some(10), "not reaped either");
+    cache.check_invariants();
+}
+
 /// Entries never expire unless read: a read of the value 10 is held in its
 /// hook until let go, then answers 1 s; other reads keep the deadline.
 struct HeldRead {

@@ -130,7 +130,8 @@ impl MockClock {
     /// A cache keeps deadlines in 60 bits of nanoseconds from its clock's
     /// origin, the all-ones word meaning none, so it counts any deadline
     /// from 2^60 - 1 ns (about 36.5 years) on as none: past that point on a
-    /// `MockClock`, entries stop expiring.
+    /// `MockClock`, entries written stop expiring (an idle deadline that a
+    /// read slides past it stops 1 ns short of it instead).
     /// Tests of long lifetimes should stay below it.
     ///
     /// # Examples

@@ -521,11 +521,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Slides an idle deadline after a read at `now` (shared lock: one
     /// compare-and-swap, skipped when it would move the deadline by under a
-    /// millisecond).
+    /// millisecond). A deadline past the word's range is slid to its end:
+    /// the wheel keeps every entry with a deadline, and only a writer may
+    /// take one off it.
     #[inline]
     pub(crate) fn slide(&self, id: u32, slot: &Slot<K, V>, now: u64, tti: u64) {
         if let Some(&hard) = self.hard.get(id as usize) {
-            slot.extend(hard.min(now.saturating_add(tti)), 1 << 20);
+            let next = hard.min(now.saturating_add(tti)).min(slot::LAST_DEADLINE);
+            slot.extend(next, 1 << 20);
         }
     }
 

@@ -25,6 +25,9 @@ const ONE_TOUCH: u64 = 1 << DEADLINE_BITS;
 const HOT_UNTIMED: u64 = u64::MAX;
 const _: () = assert!(HOT_UNTIMED == (DEADLINE_MASK | (TOUCH_MAX as u64) << DEADLINE_BITS));
 
+/// The latest deadline the word can hold.
+pub(crate) const LAST_DEADLINE: u64 = DEADLINE_MASK - 1;
+
 /// Clamps a deadline to what the word can hold: far ones become [`NEVER`].
 #[inline]
 pub(crate) fn representable(deadline: u64) -> u64 {
