@@ -975,7 +975,8 @@ where
     ///
     /// Expiry hooks run before the shard lock, shown the entry as they
     /// find it. If a write of the key changes it before the lock is taken
-    /// (creates, removes or re-times it), they are asked again, up to
+    /// (creates, removes or re-times it), or it expires, they are asked
+    /// again, up to
     /// [`HOOK_ATTEMPTS`] times in all (then the last answer stands): an
     /// update's answer never times an entry the write creates, nor a
     /// create's one it updates.
@@ -1011,10 +1012,12 @@ where
     /// [`insert_keyed`](Self::insert_keyed) for a cache with expiry hooks
     /// and a write given no TTL of its own. The hooks run before the shard
     /// lock, shown the entry as they find it. If a write of the key changes
-    /// it before the lock is taken (creates, removes or re-times it), they
-    /// are asked again, up to [`HOOK_ATTEMPTS`] times in all (then the last
-    /// answer stands): an update's answer never times an entry the write
-    /// creates, nor a create's one it updates. (A path of its own, taken
+    /// it before the lock is taken (creates, removes or re-times it), or it
+    /// expires meanwhile, they are asked again, up to [`HOOK_ATTEMPTS`]
+    /// times in all (then the last answer stands): an update's answer never
+    /// times an entry the write creates, nor a create's one it updates. The
+    /// lifetime the answer gives counts from the write's landing, the time
+    /// read again under the lock. (A path of its own, taken
     /// only by timed writes: in one loop with every write, it cost an
     /// untimed insert 20 instructions.)
     #[inline(never)]
@@ -1032,11 +1035,16 @@ where
     ) -> bool {
         let mut attempt = 1;
         loop {
-            let mut now = Now::new(&self.timing.clock);
-            let (hooked, shown) = Self::write_hook(hooks, cell, hash, &key, &value, &mut now);
-            let deadline = self.timing.on_write(now.get(), None, Some(hooked));
+            let (hooked, shown) = {
+                let mut asked = Now::new(&self.timing.clock);
+                Self::write_hook(hooks, cell, hash, &key, &value, &mut asked)
+            };
             let shard = cell.write();
+            // The time again, under the lock: the entry the hook was shown
+            // may have expired while it ran, making this write a create.
+            let mut now = Now::new(&self.timing.clock);
             if attempt == HOOK_ATTEMPTS || shard.live_deadline(hash, &key, &mut now) == shown {
+                let deadline = self.timing.on_write(now.get(), None, Some(hooked));
                 let write = Write {
                     hash,
                     key,

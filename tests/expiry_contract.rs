@@ -891,6 +891,50 @@ fn a_write_is_timed_as_what_it_turns_out_to_be_when_the_key_changes_under_its_ho
     }
 }
 
+#[test]
+fn a_write_whose_entry_expires_while_its_update_hook_runs_is_a_create() {
+    // Key 1's entry is due at 10 s; a write at 9 s asks the update hook,
+    // held until 11 s, when a read has already found the entry expired.
+    // A write over an expired entry is a create: the create hook decides
+    // (10 s from the write), and the listener hears the old value expired.
+    let clock = MockClock::new();
+    let (begun, hook_begun) = mpsc::channel();
+    let (go, hook_go) = mpsc::channel();
+    let held = Held {
+        begun: Mutex::new(begun),
+        go: Mutex::new(hook_go),
+    };
+    let (cache, log) = listened(Cache::builder().expire_after(held).clock(clock.clone()));
+    cache.insert(1, 1);
+    clock.advance(secs(9));
+    let writer = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.insert(1, 2))
+    };
+    let first = hook_begun.recv_timeout(secs(10)).unwrap();
+    clock.advance(secs(2));
+    assert_eq!(cache.peek(&1), None, "expired at 10 s");
+    for _ in 0..2 {
+        go.send(()).unwrap();
+    }
+    writer.join().unwrap();
+    let asked: Vec<&str> = std::iter::once(first)
+        .chain(hook_begun.try_iter())
+        .collect();
+    assert_eq!(asked, ["update", "create"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [(1, 1, RemovalCause::Expired)],
+        "what the listener heard"
+    );
+    clock.advance(secs(10) - NS);
+    assert_eq!(cache.peek(&1), Some(2), "10 s from the write, at 11 s");
+    clock.advance(NS);
+    assert_eq!(cache.peek(&1), None);
+    cache.run_pending_tasks();
+    assert_stats_match(&cache, &log);
+}
+
 // ---------------------------------------------------------------------------
 // The eviction listener and the stats.
 // ---------------------------------------------------------------------------

@@ -38,10 +38,11 @@ pub(crate) use wheel::NEVER;
 ///
 /// A write asks its hook about the key's entry as it finds it. If another
 /// write of the same key creates, removes or re-times that entry before
-/// this one lands, it asks again: the create hook for an entry it turns out
-/// to create, the update hook for one it turns out to replace (up to 8
-/// times in all, after which the last answer stands). So a hook may be
-/// called more than once for one write.
+/// this one lands, or the entry expires meanwhile, it asks again: the
+/// create hook for an entry it turns out to create (a write over an
+/// expired entry creates one), the update hook for one it turns out to
+/// replace (up to 8 times in all, after which the last answer stands). So
+/// a hook may be called more than once for one write.
 ///
 /// The read hook's answer applies to the entry the read returned, once the
 /// read has unlocked: it is dropped if that entry's deadline changed
