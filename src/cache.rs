@@ -920,7 +920,11 @@ where
                 .timing
                 .on_write(now, None, Some(Hooked::After(after)))
                 .at;
-            cell.write().reset_deadline(hash, key, seen, deadline);
+            // Read under the lock, if the entry has a deadline: it may have
+            // expired while the hook ran.
+            let mut landing = Now::new(&self.timing.clock);
+            cell.write()
+                .reset_deadline(hash, key, seen, deadline, &mut landing);
         }
     }
 

@@ -2055,16 +2055,33 @@ fn a_read_sliding_the_idle_deadline_past_the_clock_range_is_not_lost() {
     cache.check_invariants();
 }
 
-/// Entries never expire unless read: a read of the value 10 is held in its
-/// hook until let go, then answers 1 s; other reads keep the deadline.
+/// Entries live `life` from their creation (`None`: for ever); a read of
+/// the value 10 is held in its hook until let go, then answers 1 s; other
+/// reads keep the deadline.
 struct HeldRead {
+    life: Option<Duration>,
     begun: Mutex<mpsc::Sender<()>>,
     go: Mutex<mpsc::Receiver<()>>,
 }
 
+impl HeldRead {
+    /// The hooks, with the channels that tell when a held read begins and
+    /// let it go.
+    fn new(life: Option<Duration>) -> (Self, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (begun, hook_begun) = mpsc::channel();
+        let (go, hook_go) = mpsc::channel();
+        let hooks = HeldRead {
+            life,
+            begun: Mutex::new(begun),
+            go: Mutex::new(hook_go),
+        };
+        (hooks, hook_begun, go)
+    }
+}
+
 impl Expiry<u32, u64> for HeldRead {
     fn expire_after_create(&self, _: &u32, _: &u64) -> Option<Duration> {
-        None
+        self.life
     }
 
     fn expire_after_read(
@@ -2103,12 +2120,7 @@ fn a_read_hook_answer_never_times_an_entry_written_while_it_ran() {
     ];
     for (what, write, at_2s) in writes {
         let clock = MockClock::new();
-        let (begun, hook_begun) = mpsc::channel();
-        let (go, hook_go) = mpsc::channel();
-        let hooks = HeldRead {
-            begun: Mutex::new(begun),
-            go: Mutex::new(hook_go),
-        };
+        let (hooks, hook_begun, go) = HeldRead::new(None);
         let (cache, log) = listened(Cache::builder().expire_after(hooks).clock(clock.clone()));
         cache.insert(1, 10);
         let reader = {
@@ -2124,4 +2136,29 @@ fn a_read_hook_answer_never_times_an_entry_written_while_it_ran() {
         cache.run_pending_tasks();
         assert_stats_match(&cache, &log);
     }
+}
+
+#[test]
+fn a_read_hook_answer_never_revives_an_entry_that_expired_while_it_ran() {
+    // Due at 10 s; read at 9.5 s, its hook held until 10.2 s, after a peek
+    // found the entry expired. The answer (1 s, to 10.5 s) comes too late:
+    // the entry stays expired, and is heard of as such.
+    let clock = MockClock::new();
+    let (hooks, hook_begun, go) = HeldRead::new(Some(secs(10)));
+    let (cache, log) = listened(Cache::builder().expire_after(hooks).clock(clock.clone()));
+    cache.insert(1, 10);
+    clock.advance(Duration::from_millis(9_500));
+    let reader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.get(&1))
+    };
+    hook_begun.recv_timeout(secs(10)).unwrap();
+    clock.advance(Duration::from_millis(700));
+    assert_eq!(cache.peek(&1), None, "expired at 10 s");
+    go.send(()).unwrap();
+    assert_eq!(reader.join().unwrap(), Some(10), "live when read");
+    assert_eq!(cache.peek(&1), None, "revived by the read's hook");
+    cache.run_pending_tasks();
+    assert_eq!(*log.lock().unwrap(), [(1, 10, RemovalCause::Expired)]);
+    assert_stats_match(&cache, &log);
 }

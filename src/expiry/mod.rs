@@ -46,7 +46,8 @@ pub(crate) use wheel::NEVER;
 ///
 /// The read hook's answer applies to the entry the read returned, once the
 /// read has unlocked: it is dropped if that entry's deadline changed
-/// meanwhile (another read's hook, or a write's), and if any entry was
+/// meanwhile (another read's hook, or a write's), if the entry expired
+/// meanwhile (an expired entry is never revived), and if any entry was
 /// created in its shard, since the key may have been removed and written
 /// again (the answer was about a value no longer cached).
 ///

@@ -547,16 +547,24 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// have been removed and written again, the hook's answer being about
     /// a value no longer cached. (A write that replaced the value and kept
     /// the deadline is as if it came after the read: its update hook kept
-    /// the time left, as it would have kept the read's.)
-    pub(crate) fn reset_deadline<Q>(&mut self, hash: u64, key: &Q, seen: Sighting, deadline: u64)
-    where
+    /// the time left, as it would have kept the read's.) Nor if the entry
+    /// has expired at `now` (read under this lock): the hook ran unlocked,
+    /// and an expired entry stays expired.
+    pub(crate) fn reset_deadline<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        seen: Sighting,
+        deadline: u64,
+        now: &mut Now<'_>,
+    ) where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         if self.created != seen.created {
             return;
         }
-        let Some(id) = self.find(hash, key) else {
+        let Some(id) = self.lookup(hash, key, now) else {
             return;
         };
         if self.deadline(id) == seen.deadline {
