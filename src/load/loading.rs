@@ -615,14 +615,30 @@ where
     }
 
     /// Number of cached entries, cached "absent" answers and values kept
-    /// for a grace window included.
+    /// for a grace window included, and, as [`Cache::entry_count`] counts
+    /// them, expired ones not yet reaped (call
+    /// [`run_pending_tasks`](Self::run_pending_tasks) first for an exact
+    /// count).
     ///
     /// # Examples
     ///
     /// ```
-    /// let cache = larder::Cache::builder().loader(|k: &u8| Ok::<_, String>(Some(*k))).build().unwrap();
+    /// use larder::clock::MockClock;
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = larder::Cache::builder()
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .loader(|k: &u8| Ok::<_, String>(Some(*k)))
+    ///     .build()
+    ///     .unwrap();
     /// cache.get(&1).unwrap();
     /// assert_eq!(cache.entry_count(), 1);
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!(cache.peek(&1), None);
+    /// assert_eq!(cache.entry_count(), 1); // expired, not yet reaped
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn entry_count(&self) -> u64 {
         self.inner.cache.entry_count()

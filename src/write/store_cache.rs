@@ -788,7 +788,8 @@ where
         self.inner.reads.stats()
     }
 
-    /// Number of cached entries.
+    /// Number of cached entries, expired ones not yet reaped included; see
+    /// [`LoadingCache::entry_count`].
     ///
     /// # Examples
     ///
