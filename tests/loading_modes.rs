@@ -691,6 +691,38 @@ fn a_reload_never_overwrites_a_newer_insert() {
 }
 
 #[test]
+fn invalidate_entries_if_removes_only_values_the_predicate_approved() {
+    let source = Source::default();
+    let cache = Cache::builder().loader(source.clone()).build().unwrap();
+    for k in 1..=3 {
+        cache.get(&k).unwrap();
+    }
+    let handle = cache.clone();
+    cache.invalidate_entries_if(move |k, v| {
+        // Rewrites made while the predicate runs (it may use the cache):
+        // key 1 gets a value the predicate turns down, key 2 one it takes.
+        match (*k, *v) {
+            (1, 1001) => handle.insert(1, 7),
+            (2, 2001) => handle.insert(2, 5_000),
+            _ => {}
+        }
+        *v > 1_000
+    });
+    assert_eq!(
+        cache.peek(&1),
+        Some(7),
+        "a value written after the predicate approved the key's old one, and never approved itself, stays"
+    );
+    assert_eq!(
+        cache.peek(&2),
+        None,
+        "a rewritten value the predicate approves goes"
+    );
+    assert_eq!(cache.peek(&3), None);
+    assert_eq!(source.calls(), 3, "nothing was loaded again");
+}
+
+#[test]
 fn a_reload_that_ends_after_the_value_expired_still_lands() {
     let clock = MockClock::new();
     let source = Source::default();

@@ -572,7 +572,12 @@ where
     /// absences are kept). The predicate runs with no lock held, on the
     /// values [`iter`](Self::iter) lists; each removal is an
     /// [`invalidate`](Self::invalidate), so a load of the key under way does
-    /// not cache the value it read before it.
+    /// not cache the value it read before it. A key written between its
+    /// test and its removal (by another thread, a reload, or the predicate
+    /// itself) is tested again with the value it holds then, up to 8 times
+    /// in all; after that it is removed whatever it holds, as
+    /// [`Cache::invalidate_entries_if`] does with a shard written while
+    /// tested.
     ///
     /// # Examples
     ///
@@ -583,10 +588,8 @@ where
     /// assert_eq!((cache.contains_key(&3), cache.contains_key(&4)), (true, false));
     /// ```
     pub fn invalidate_entries_if(&self, predicate: impl Fn(&K, &V) -> bool) {
-        for (key, value) in self.iter() {
-            if predicate(&key, &value) {
-                self.invalidate(&key);
-            }
+        for (key, entry) in self.inner.cache.iter() {
+            self.inner.invalidate_if(&key, entry, &predicate);
         }
     }
 
@@ -956,6 +959,37 @@ where
             Over::Written(seen) => {
                 let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.write_verdict(&s);
                 self.cache.insert_if(key, entry, hard, decide, removed)
+            }
+        }
+    }
+
+    /// Invalidates `key` if `predicate` approves its value, `entry` being
+    /// what it held when listed, unless it holds another entry by then (a
+    /// new stamp): that one's value is tested instead, up to `ATTEMPTS`
+    /// times in all, and the last attempt invalidates whatever it holds. A
+    /// stale value or a cached absence is left alone.
+    fn invalidate_if(&self, key: &K, mut entry: Loaded<V>, predicate: &impl Fn(&K, &V) -> bool) {
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let approved = entry.unexpired_at(self.cache.now())
+                && entry.value.as_ref().is_some_and(|v| predicate(key, v));
+            if !approved {
+                return;
+            }
+            let (stamp, last) = (entry.stamp, attempt == ATTEMPTS);
+            let mut rewritten = None;
+            let doomed = |held: Option<&Loaded<V>>, stripe: Stripe<'_>| {
+                if last || held.is_none_or(|h| h.stamp == stamp) {
+                    return guard::write_removes(&stripe);
+                }
+                rewritten = held.cloned();
+                false
+            };
+            self.cache
+                .remove_if(key, doomed, &mut self.cache.delivery());
+            match rewritten {
+                Some(held) => entry = held,
+                None => return,
             }
         }
     }
