@@ -926,10 +926,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         done
     }
 
-    /// Removes every entry: live ones as `Explicit`, expired ones as `Expired`.
+    /// Removes every entry: live ones as `Explicit`, expired ones as
+    /// `Expired`. The storage stays, the slots' included (drained, not
+    /// replaced by an empty `Vec`, which gave up the room reserved for the
+    /// bound).
     pub(crate) fn clear(&mut self, now: u64, removed: &mut Removed<K, V>) {
         self.version += 1;
-        for slot in std::mem::take(&mut self.index.slots) {
+        let mut slots = std::mem::take(&mut self.index.slots);
+        for slot in slots.drain(..) {
             // As `is_live` judges: `NEVER` is `u64::MAX`, which a clock
             // that saturates there reaches, and stays live even then.
             let d = slot.deadline();
@@ -941,6 +945,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.count(cause, 1);
             removed.push(slot.key, slot.value, cause);
         }
+        self.index.slots = slots;
         self.index.table.clear();
         self.hard.clear();
         self.policy.clear();
@@ -1018,6 +1023,49 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A bounded shard emptied by `clear` (an `invalidate_all`) keeps the
+    /// slot storage reserved for its capacity, as its table, policy and
+    /// wheel keep theirs: filling it again must not grow the slots by
+    /// doubling, copying them all under the write lock at each step and
+    /// ending with up to twice the room the bound needs.
+    #[test]
+    fn clearing_keeps_the_reserved_slot_storage() {
+        let capacity = 100;
+        let layout = Layout {
+            capacity,
+            weighted: false,
+            // As `Shards::new` reserves for a bounded shard.
+            reserve: capacity as usize + 1,
+            timed: false,
+            sliding: false,
+            sketch_budget: SketchBudget::of_shard(capacity, false, 1),
+        };
+        let hasher = RandomState::new();
+        let mut shard: Shard<u32, u32> = Shard::new(&layout, hasher.clone(), 0);
+        let clock = Clock::system();
+        let mut removed = Removed::default();
+        for key in 0..capacity as u32 {
+            let write = Write {
+                hash: hasher.hash_one(key),
+                key,
+                value: key,
+                weight: 1,
+                deadline: Deadline::NONE,
+            };
+            shard.insert(None, write, &mut Now::new(&clock), &mut removed);
+        }
+        assert_eq!(shard.len(), capacity as usize);
+        shard.clear(0, &mut removed);
+        assert_eq!((shard.len(), removed.len()), (0, capacity as usize));
+        assert!(
+            shard.index.slots.capacity() >= layout.reserve,
+            "slot storage after clear: {} of the {} reserved",
+            shard.index.slots.capacity(),
+            layout.reserve
+        );
+        shard.check_invariants();
+    }
 
     proptest! {
         /// The hashes computed up front for a batch are those that taking
