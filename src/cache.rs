@@ -883,7 +883,8 @@ where
             return Some(value);
         }
         if let Some(tti) = self.timing.tti() {
-            shard.slide(id, slot, now.get(), tti);
+            let judged = now.get();
+            shard.slide(id, slot, judged, tti, || now.fresh());
         }
         let value = slot.value.clone();
         let hook = self

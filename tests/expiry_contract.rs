@@ -320,6 +320,78 @@ fn an_expired_entry_is_not_revived_by_reads() {
     assert_eq!(cache.iter().count(), 0);
 }
 
+/// A key whose `==` holds the thread that asks, while `HELD` is set on
+/// it, until the test lets it go: a read of it is stopped after it read
+/// the clock and took the shard lock, before it judged the entry.
+#[derive(Debug)]
+struct HeldKey(u32);
+
+thread_local! {
+    static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The hold's two ends: where a held comparison announces itself, and
+/// what it waits for.
+type Hold = (Mutex<mpsc::Sender<()>>, Mutex<mpsc::Receiver<()>>);
+static HOLD: OnceLock<Hold> = OnceLock::new();
+
+impl std::hash::Hash for HeldKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for HeldKey {
+    fn eq(&self, other: &HeldKey) -> bool {
+        if HELD.with(std::cell::Cell::get) {
+            let (entered, release) = HOLD.get().expect("set by the test");
+            entered.lock().unwrap().send(()).unwrap();
+            release.lock().unwrap().recv_timeout(secs(10)).unwrap();
+        }
+        self.0 == other.0
+    }
+}
+
+impl Eq for HeldKey {}
+
+#[test]
+fn a_read_that_saw_an_idle_entry_live_never_revives_it_after_another_read_saw_it_expired() {
+    // Reader A reads the clock at 9 s and is held before judging the
+    // entry (due at 10 s). At 11 s reader B finds it expired. A then
+    // finds it live at its 9 s and slides it: to 19 s, before the fix, so
+    // later reads returned the entry B had seen expire.
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    HOLD.set((Mutex::new(entered_tx), Mutex::new(release_rx)))
+        .expect("one test uses the hold");
+    let clock = MockClock::new();
+    let cache: Cache<HeldKey, u64> = Cache::builder()
+        .time_to_idle(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(HeldKey(1), 10);
+    clock.advance(secs(9));
+    let reader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            HELD.with(|h| h.set(true));
+            cache.get(&HeldKey(1))
+        })
+    };
+    entered.recv_timeout(secs(10)).expect("reader A is held");
+    clock.advance(secs(2));
+    assert_eq!(cache.get(&HeldKey(1)), None, "B at 11 s: expired");
+    release.send(()).unwrap();
+    assert_eq!(reader.join().unwrap(), Some(10), "A judged at its 9 s");
+    assert_eq!(cache.get(&HeldKey(1)), None, "still expired at 11 s");
+    assert!(!cache.contains_key(&HeldKey(1)));
+    clock.advance(secs(5));
+    assert_eq!(cache.get(&HeldKey(1)), None, "and at 16 s");
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 0, "reaped");
+}
+
 #[test]
 fn ttl_and_tti_together_take_the_earlier_deadline() {
     // TTI the earlier: no reads, gone at the idle deadline.

@@ -150,6 +150,13 @@ impl<'a> Now<'a> {
         *self.value.get_or_insert_with(|| self.clock.now())
     }
 
+    /// The time now, read again (not kept): for a check that must not use
+    /// a time read before a wait.
+    #[inline]
+    pub(crate) fn fresh(&self) -> u64 {
+        self.clock.now()
+    }
+
     /// The time if it has been read, without reading it.
     #[inline]
     pub(crate) fn read_so_far(&self) -> Option<u64> {
@@ -524,11 +531,25 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// millisecond). A deadline past the word's range is slid to its end:
     /// the wheel keeps every entry with a deadline, and only a writer may
     /// take one off it.
+    ///
+    /// `now` is the time the read judged the entry by, read before the
+    /// lock; the slide is made only if the entry is still live at a time
+    /// read again just before it (`fresh`). A read held up between the two
+    /// (descheduled, or in the key's `Eq`) would otherwise move the
+    /// deadline of an entry that another read has meanwhile found expired,
+    /// and later reads would return it again.
     #[inline]
-    pub(crate) fn slide(&self, id: u32, slot: &Slot<K, V>, now: u64, tti: u64) {
+    pub(crate) fn slide(
+        &self,
+        id: u32,
+        slot: &Slot<K, V>,
+        now: u64,
+        tti: u64,
+        fresh: impl FnOnce() -> u64,
+    ) {
         if let Some(&hard) = self.hard.get(id as usize) {
             let next = hard.min(now.saturating_add(tti)).min(slot::LAST_DEADLINE);
-            slot.extend(next, 1 << 20);
+            slot.extend(next, 1 << 20, fresh);
         }
     }
 

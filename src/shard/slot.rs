@@ -119,13 +119,19 @@ impl<K, V> Slot<K, V> {
     }
 
     /// Moves a deadline later to `next`, if it is more than `slack` ns later
-    /// than the current one (shared lock; one CAS, skipped if it races).
+    /// than the current one and still ahead of `now()` (shared lock; one
+    /// CAS, skipped if it races). The clock is read only when the deadline
+    /// would move, after the word: an entry expired by then stays expired.
     #[inline]
-    pub(crate) fn extend(&self, next: u64, slack: u64) {
+    pub(crate) fn extend(&self, next: u64, slack: u64, now: impl FnOnce() -> u64) {
         let meta = self.meta.load(Relaxed);
         let current = meta & DEADLINE_MASK;
         let next = representable(next);
-        if next != NEVER && current != DEADLINE_MASK && next > current.saturating_add(slack) {
+        if next != NEVER
+            && current != DEADLINE_MASK
+            && next > current.saturating_add(slack)
+            && now() < current
+        {
             let updated = (meta & !DEADLINE_MASK) | next;
             let _ = self.meta.compare_exchange(meta, updated, Relaxed, Relaxed);
         }
@@ -207,13 +213,29 @@ mod tests {
         assert_eq!(slot.set_deadline(DEADLINE_MASK), NEVER);
         assert_eq!(slot.set_deadline(DEADLINE_MASK - 1), DEADLINE_MASK - 1);
         slot.set_deadline(1_000);
-        slot.extend(900, 0);
+        slot.extend(900, 0, || 0);
         assert_eq!(slot.deadline(), 1_000, "never earlier");
-        slot.extend(1_050, 100);
+        slot.extend(1_050, 100, || 0);
         assert_eq!(slot.deadline(), 1_000, "within the slack");
-        slot.extend(2_000, 100);
+        slot.extend(2_000, 100, || 0);
         assert_eq!(slot.deadline(), 2_000);
-        slot.extend(NEVER, 0);
+        slot.extend(NEVER, 0, || 0);
         assert_eq!(slot.deadline(), 2_000, "extend never removes a deadline");
+    }
+
+    #[test]
+    fn extend_never_moves_a_deadline_that_has_passed() {
+        let slot = Slot::new((), ());
+        slot.set_deadline(1_000);
+        slot.extend(5_000, 0, || 1_000);
+        assert_eq!(slot.deadline(), 1_000, "expired at 1,000: stays expired");
+        slot.extend(5_000, 0, || 999);
+        assert_eq!(slot.deadline(), 5_000, "live at 999");
+        let mut asked = false;
+        slot.extend(5_000, 0, || {
+            asked = true;
+            0
+        });
+        assert!(!asked, "no move, no clock read");
     }
 }
