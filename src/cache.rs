@@ -223,16 +223,35 @@ where
     }
 
     /// Inserts `value` under `key`, replacing any previous value (the
-    /// listener sees that one as `Replaced`). The entry gets the cache's
-    /// expiry settings. May evict other entries to stay within capacity.
+    /// listener sees that one as `Replaced`, or as `Expired` if it had
+    /// expired and was not reaped yet). The entry gets the cache's expiry
+    /// settings. May evict other entries to stay within capacity.
     ///
     /// # Examples
     ///
     /// ```
-    /// let cache = larder::Cache::new(10);
+    /// use larder::{Cache, RemovalCause, clock::MockClock};
+    /// use std::{sync::{Arc, Mutex}, time::Duration};
+    /// let heard = Arc::new(Mutex::new(Vec::new()));
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .eviction_listener({
+    ///         let heard = heard.clone();
+    ///         move |_k: Arc<u32>, v: &str, cause| heard.lock().unwrap().push((v, cause))
+    ///     })
+    ///     .build()
+    ///     .unwrap();
     /// cache.insert(1, "a");
     /// cache.insert(1, "b");
     /// assert_eq!(cache.get(&1), Some("b"));
+    /// clock.advance(Duration::from_secs(10)); // "b" expires, not yet reaped
+    /// cache.insert(1, "c");
+    /// assert_eq!(
+    ///     *heard.lock().unwrap(),
+    ///     [("a", RemovalCause::Replaced), ("b", RemovalCause::Expired)]
+    /// );
     /// ```
     pub fn insert(&self, key: K, value: V) {
         self.inner.insert(key, value, None);

@@ -38,7 +38,8 @@ pub enum RemovalCause {
     Expired,
     /// `remove`, `invalidate`, `invalidate_all` or `invalidate_entries_if`.
     Explicit,
-    /// A new value was inserted for the same key.
+    /// A new value was inserted for the same key (over an expired value
+    /// not yet reaped, that one is `Expired`).
     Replaced,
     /// The policy evicted it, or refused to admit it, to respect the capacity.
     Size,
