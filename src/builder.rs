@@ -322,7 +322,9 @@ where
     /// live; a reload (refresh-ahead, stale-while-revalidate, early expiry,
     /// [`refresh`](crate::LoadingCache::refresh)) that brings a new value
     /// replaces the old one (`Replaced`, as an `insert` does), and one that
-    /// finds the key gone drops its value (`Explicit`).
+    /// finds the key gone drops its value (`Explicit`), unless the cache
+    /// has a `negative_ttl`: the absence it then caches replaces the value
+    /// (`Replaced`, though the listener hears nothing of the absence).
     ///
     /// A listener that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever: reach it through a
@@ -332,6 +334,47 @@ where
     /// thread, so the listener runs there: see
     /// [`dead_letter`](crate::StoreCacheBuilder::dead_letter) for what it
     /// cannot wait for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, RemovalCause};
+    /// use std::sync::{Arc, Mutex, atomic::{AtomicBool, Ordering}};
+    /// let heard = Arc::new(Mutex::new(Vec::new()));
+    /// let listener = {
+    ///     let heard = heard.clone();
+    ///     move |k: Arc<u32>, v: u32, cause| heard.lock().unwrap().push((*k, v, cause))
+    /// };
+    /// let cache = Cache::builder().max_capacity(2).eviction_listener(listener.clone()).build().unwrap();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11); // replaces 10
+    /// cache.invalidate(&1); // removes 11
+    /// assert_eq!(*heard.lock().unwrap(), [(1, 10, RemovalCause::Replaced), (1, 11, RemovalCause::Explicit)]);
+    ///
+    /// // A loading cache: a reload that brings a new value replaces the old
+    /// // one; one that finds the key gone drops it, unless an absence is
+    /// // cached in its place (`negative_ttl`).
+    /// for negative_ttl in [None, Some(std::time::Duration::from_secs(5))] {
+    ///     heard.lock().unwrap().clear();
+    ///     let gone = Arc::new(AtomicBool::new(false));
+    ///     let source = gone.clone();
+    ///     let builder = Cache::builder()
+    ///         .eviction_listener(listener.clone())
+    ///         .loader(move |k: &u32| Ok::<_, String>((!source.load(Ordering::SeqCst)).then_some(*k)));
+    ///     let users = match negative_ttl {
+    ///         Some(ttl) => builder.negative_ttl(ttl).build().unwrap(),
+    ///         None => builder.build().unwrap(),
+    ///     };
+    ///     users.get(&1).unwrap();
+    ///     users.refresh(&1); // a new value (here an equal one)
+    ///     gone.store(true, Ordering::SeqCst);
+    ///     users.refresh(&1); // the key is gone from the source
+    ///     users.run_pending_tasks();
+    ///     assert_eq!(users.get(&1).unwrap(), None);
+    ///     let dropped = if negative_ttl.is_some() { RemovalCause::Replaced } else { RemovalCause::Explicit };
+    ///     assert_eq!(*heard.lock().unwrap(), [(1, 1, RemovalCause::Replaced), (1, 1, dropped)]);
+    /// }
+    /// ```
     pub fn eviction_listener(
         mut self,
         listener: impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static,
