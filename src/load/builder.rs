@@ -288,19 +288,26 @@ where
     /// Every [`CacheBuilder::build`] error, and
     /// [`LoaderExpiryConflict`](BuildError::LoaderExpiryConflict),
     /// [`ZeroSetting`](BuildError::ZeroSetting) (a zero duration, thread count
-    /// or queue capacity), [`NeedsTimeToLive`](BuildError::NeedsTimeToLive)
+    /// or queue capacity), [`TooLarge`](BuildError::TooLarge) (more than
+    /// 1,024 `reload_threads` or 1,048,576 `reload_queue_capacity`),
+    /// [`NeedsTimeToLive`](BuildError::NeedsTimeToLive)
     /// and [`BetaOutOfRange`](BuildError::BetaOutOfRange).
     ///
     /// # Examples
     ///
     /// ```
+    /// use larder::BuildError;
     /// use std::time::Duration;
+    /// let loads = |k: &u8| Ok::<_, String>(Some(*k));
     /// let err = larder::Cache::builder()
-    ///     .loader(|k: &u8| Ok::<_, String>(Some(*k)))
+    ///     .loader(loads)
     ///     .stale_while_revalidate(Duration::from_secs(1))
     ///     .build()
     ///     .unwrap_err();
-    /// assert_eq!(err, larder::BuildError::NeedsTimeToLive("stale_while_revalidate"));
+    /// assert_eq!(err, BuildError::NeedsTimeToLive("stale_while_revalidate"));
+    /// let err = larder::Cache::builder().loader(loads).reload_threads(2_000).build().unwrap_err();
+    /// assert_eq!(err, BuildError::TooLarge("reload_threads", 2_000, 1_024));
+    /// assert_eq!(err.to_string(), "reload_threads is 2000, more than the limit of 1024");
     /// ```
     pub fn build(self) -> Result<LoadingCache<K, V, E>, BuildError> {
         let nanos = |d: Duration| saturating_nanos(d.as_nanos());
