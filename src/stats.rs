@@ -12,8 +12,15 @@ use crate::RemovalCause;
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
 ///
-/// Hits and misses count `get` calls (and the lookups of `get_with` /
-/// `try_get_with`); `peek` and `contains_key` are not counted.
+/// Hits and misses count lookups: every `get`, the lookup each
+/// `get_with` / `try_get_with` makes (and their `_async` forms), and on a
+/// [`LoadingCache`](crate::LoadingCache) or [`StoreCache`](crate::StoreCache)
+/// every key a `get`, `get_async` or `get_many` reads. A lookup is a hit
+/// when it is answered from the cache (with a live value; on a loading
+/// cache also with a value due for refresh, a stale value inside the
+/// stale-while-revalidate window, or an absence cached by `negative_ttl`)
+/// and a miss when it has to load or wait for another caller's load.
+/// `peek`, `contains_key`, `iter` and `refresh` count nothing.
 ///
 /// # Examples
 ///
@@ -62,17 +69,51 @@ impl std::fmt::Debug for CacheStats {
 }
 
 impl CacheStats {
-    /// Lookups that found a live entry.
+    /// Lookups answered from the cache (see [`CacheStats`] for what counts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// cache.get_with(1, || 10); // a miss, then a load
+    /// cache.get_with(1, || 11); // a hit
+    /// cache.peek(&1); // not counted
+    /// assert_eq!((cache.stats().hits(), cache.stats().misses()), (1, 1));
+    /// ```
     pub fn hits(&self) -> u64 {
         self.hits
     }
 
-    /// Lookups that found nothing, or only an expired entry.
+    /// Lookups that found nothing, or only an expired entry (on a loading
+    /// cache: nothing it could answer without loading).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder().time_to_live(Duration::from_secs(1)).clock(clock.clone()).build().unwrap();
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.get(&1), None); // expired, not yet reaped: a miss
+    /// assert_eq!(cache.get(&2), None);
+    /// assert_eq!(cache.stats().misses(), 2);
+    /// ```
     pub fn misses(&self) -> u64 {
         self.misses
     }
 
     /// `hits / (hits + misses)`, or 1.0 before any lookup (as Caffeine does).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::new(10);
+    /// assert_eq!(cache.stats().hit_rate(), 1.0);
+    /// cache.get(&1);
+    /// assert_eq!(cache.stats().hit_rate(), 0.0);
+    /// ```
     pub fn hit_rate(&self) -> f64 {
         let total = self.hits + self.misses;
         if total == 0 {
@@ -98,20 +139,74 @@ impl CacheStats {
     }
 
     /// Entries the cache removed on its own: `Size` plus `Expired`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, RemovalCause, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .weigher(|_: &u32, v: &u32| *v)
+    ///     .num_shards(1)
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 11); // heavier than the cache: refused, a `Size` removal
+    /// cache.insert(2, 2);
+    /// cache.insert(3, 3);
+    /// cache.invalidate(&3); // `Explicit`: not an eviction
+    /// clock.advance(Duration::from_secs(1));
+    /// cache.run_pending_tasks(); // reaps 2
+    /// let s = cache.stats();
+    /// assert_eq!((s.removals(RemovalCause::Size), s.removals(RemovalCause::Expired)), (1, 1));
+    /// assert_eq!(s.evictions(), 2);
+    /// ```
     pub fn evictions(&self) -> u64 {
         self.removals(RemovalCause::Size) + self.removals(RemovalCause::Expired)
     }
 
-    /// Loader calls that returned a value: `get_with` / `try_get_with`
-    /// inits, and a [`LoadingCache`](crate::LoadingCache)'s (or
+    /// Loader calls that succeeded: `get_with` inits, `try_get_with` inits
+    /// that returned `Ok`, and a [`LoadingCache`](crate::LoadingCache)'s (or
     /// [`StoreCache`](crate::StoreCache)'s) loads, background reloads and
-    /// batches included.
+    /// batches that returned `Ok`, a key reported absent (`Ok(None)`)
+    /// included.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u32| Ok::<_, String>((*k < 10).then_some(*k)))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get(&1).unwrap();
+    /// assert_eq!(cache.get(&99).unwrap(), None); // absent: a successful load too
+    /// assert_eq!(cache.stats().load_successes(), 2);
+    /// ```
     pub fn load_successes(&self) -> u64 {
         self.load_successes
     }
 
     /// Loader calls that returned an error or panicked, and async loads
     /// dropped before they finished (their caller cancelled them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{future::Future, panic, pin::pin, task::{Context, Waker}};
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::new(10);
+    /// let _ = cache.try_get_with(1, || Err::<u32, _>("down")); // an error
+    /// let unwound = panic::catch_unwind(panic::AssertUnwindSafe(|| cache.get_with(2, || panic!("bug"))));
+    /// assert!(unwound.is_err()); // a panic
+    /// {
+    ///     // An async load polled once, then dropped unfinished: cancelled.
+    ///     let load = pin!(cache.get_with_async(3, std::future::pending()));
+    ///     assert!(load.poll(&mut Context::from_waker(Waker::noop())).is_pending());
+    /// }
+    /// assert_eq!(cache.stats().load_failures(), 3);
+    /// ```
     pub fn load_failures(&self) -> u64 {
         self.load_failures
     }
@@ -119,18 +214,54 @@ impl CacheStats {
     /// All loader calls: successes and failures, background reloads
     /// included (a [`LoadingCache::get_many`](crate::LoadingCache::get_many)
     /// batch is one call).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u32| if *k == 0 { Err("no zero") } else { Ok(Some(*k)) })
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get_many([1, 2, 3]).unwrap(); // one batch
+    /// cache.get(&0).unwrap_err(); // one failed load
+    /// let s = cache.stats();
+    /// assert_eq!((s.loads(), s.load_successes(), s.load_failures()), (2, 1, 1));
+    /// ```
     pub fn loads(&self) -> u64 {
         self.load_successes + self.load_failures
     }
 
     /// Time spent in loaders, in total: from each load's start to its
     /// end, so an async load counts the time it waited to be polled, and
-    /// a cancelled one the time until it was dropped.
+    /// a cancelled one the time until it was dropped. Measured in real
+    /// time ([`Instant`](std::time::Instant)), also on a cache given a
+    /// `MockClock`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{thread::sleep, time::Duration};
+    /// let cache = larder::Cache::new(10);
+    /// cache.get_with(1, || { sleep(Duration::from_millis(3)); 1 });
+    /// cache.get_with(2, || { sleep(Duration::from_millis(3)); 2 });
+    /// let s = cache.stats();
+    /// assert!(s.total_load_time() >= Duration::from_millis(6));
+    /// assert_eq!(s.average_load_time(), s.total_load_time() / 2);
+    /// ```
     pub fn total_load_time(&self) -> Duration {
         Duration::from_nanos(self.load_nanos)
     }
 
     /// Mean time per loader call, or zero before any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::new(10);
+    /// assert_eq!(cache.stats().average_load_time(), std::time::Duration::ZERO);
+    /// ```
+    ///
+    /// [`total_load_time`](Self::total_load_time) shows one after loads.
     pub fn average_load_time(&self) -> Duration {
         match self.loads() {
             0 => Duration::ZERO,
@@ -141,6 +272,26 @@ impl CacheStats {
     /// Background reloads run by a [`LoadingCache`](crate::LoadingCache)
     /// (refresh-ahead, stale-while-revalidate, early expiry). Each is also
     /// counted in [`loads`](Self::loads), with its success or failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .clock(clock.clone())
+    ///     .loader(|k: &u32| Ok::<_, String>(Some(*k)))
+    ///     .refresh_after(Duration::from_secs(10))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get(&1).unwrap(); // a load
+    /// clock.advance(Duration::from_secs(10));
+    /// cache.get(&1).unwrap(); // a hit that starts a reload
+    /// cache.run_pending_tasks();
+    /// let s = cache.stats();
+    /// assert_eq!((s.refreshes(), s.loads(), s.hits()), (1, 2, 1));
+    /// ```
     pub fn refreshes(&self) -> u64 {
         self.refreshes
     }
@@ -149,12 +300,79 @@ impl CacheStats {
     /// past its time to live: inside the stale-while-revalidate window (also
     /// counted as a hit), or kept by stale-if-error after a failed load
     /// (the read also counts as a miss, since it loaded).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::{sync::{Arc, atomic::{AtomicBool, Ordering}}, time::Duration};
+    /// let clock = MockClock::new();
+    /// let down = Arc::new(AtomicBool::new(false));
+    /// let store_down = down.clone();
+    /// let cache = Cache::builder()
+    ///     .clock(clock.clone())
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .loader(move |k: &u32| if store_down.load(Ordering::SeqCst) { Err("down") } else { Ok(Some(*k)) })
+    ///     .stale_while_revalidate(Duration::from_secs(5))
+    ///     .stale_if_error(Duration::from_secs(60))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get(&1).unwrap(); // a miss: loaded
+    /// down.store(true, Ordering::SeqCst);
+    /// clock.advance(Duration::from_secs(12));
+    /// assert_eq!(cache.get(&1).unwrap(), Some(1)); // stale-while-revalidate: a hit
+    /// cache.run_pending_tasks(); // its reload fails; the value stays
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.get(&1).unwrap(), Some(1)); // past that window: loads, fails, stale-if-error
+    /// let s = cache.stats();
+    /// assert_eq!((s.stale_hits(), s.hits(), s.misses(), s.load_failures()), (2, 1, 2, 2));
+    /// ```
     pub fn stale_hits(&self) -> u64 {
         self.stale_hits
     }
 
     /// Background reloads that were due but not run because the reload
     /// queue was full. The entry kept its value; a later read tries again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::{sync::{Arc, Mutex, mpsc}, time::Duration};
+    /// let clock = MockClock::new();
+    /// let gate = Arc::new(Mutex::new(()));
+    /// let (entered, reloading) = mpsc::channel();
+    /// let entered = Mutex::new(entered);
+    /// let held = gate.clone();
+    /// let cache = Cache::builder()
+    ///     .clock(clock.clone())
+    ///     .loader(move |k: &u32| {
+    ///         if std::thread::current().name() != Some("larder-reload-0") {
+    ///             return Ok::<_, String>(Some(*k)); // a foreground load
+    ///         }
+    ///         entered.lock().unwrap().send(*k).unwrap();
+    ///         let _wait = held.lock().unwrap(); // the store hangs while `gate` is held
+    ///         Ok(Some(*k))
+    ///     })
+    ///     .refresh_after(Duration::from_secs(1))
+    ///     .reload_threads(1)
+    ///     .reload_queue_capacity(1)
+    ///     .build()
+    ///     .unwrap();
+    /// for k in 1..=3 {
+    ///     cache.get(&k).unwrap();
+    /// }
+    /// clock.advance(Duration::from_secs(1));
+    /// let hang = gate.lock().unwrap();
+    /// cache.get(&1).unwrap(); // due: its reload takes the one thread, and hangs
+    /// assert_eq!(reloading.recv().unwrap(), 1);
+    /// cache.get(&2).unwrap(); // due: its reload fills the queue
+    /// cache.get(&3).unwrap(); // due, but the queue is full: skipped
+    /// assert_eq!(cache.stats().skipped_refreshes(), 1);
+    /// drop(hang);
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.stats().refreshes(), 2);
+    /// ```
     pub fn skipped_refreshes(&self) -> u64 {
         self.skipped_refreshes
     }

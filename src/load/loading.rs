@@ -198,10 +198,11 @@ where
 
     /// The value for `key`, loading it if it is missing or expired.
     ///
-    /// Counts a hit when a usable value was found (fresh, due for refresh,
-    /// or stale inside the stale-while-revalidate window), a miss when it
-    /// had to load. Only one load per key runs at a time; other callers wait
-    /// for it and share its result.
+    /// Counts a hit when a usable answer was found (a value fresh, due for
+    /// refresh, or stale inside the stale-while-revalidate window, or an
+    /// absence cached by `negative_ttl`), a miss when it had to load or
+    /// wait for a load. Only one load per key runs at a time; other callers
+    /// wait for it and share its result.
     ///
     /// # Errors
     ///
