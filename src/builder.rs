@@ -198,6 +198,20 @@ where
     /// The bound is split evenly over the shards and each shard enforces its
     /// part, so the cache never holds more than `max_capacity` (it may evict a
     /// little before reaching it when keys crowd one shard).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// for i in 0..1_000 {
+    ///     cache.insert(i, i);
+    /// }
+    /// assert!(cache.entry_count() <= 100);
+    ///
+    /// let nothing = larder::Cache::builder().max_capacity(0).build().unwrap();
+    /// assert_eq!(nothing.get_with(1, || 10), 10); // the value is returned...
+    /// assert_eq!(nothing.entry_count(), 0); // ...but not kept
+    /// ```
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
         self.max_capacity = max_capacity;
         self
@@ -236,6 +250,25 @@ where
 
     /// Entries expire this long after they were inserted or last updated.
     /// Default: never. Must be longer than zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{BuildError, Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder().time_to_live(Duration::from_secs(10)).clock(clock.clone()).build().unwrap();
+    /// cache.insert(1, "a");
+    /// clock.advance(Duration::from_secs(6));
+    /// cache.insert(1, "b"); // an update starts its 10 s again
+    /// clock.advance(Duration::from_secs(6));
+    /// assert_eq!(cache.get(&1), Some("b"));
+    /// clock.advance(Duration::from_secs(4));
+    /// assert_eq!(cache.get(&1), None);
+    ///
+    /// let zero = Cache::<u32, u32>::builder().time_to_live(Duration::ZERO).build();
+    /// assert_eq!(zero.unwrap_err(), BuildError::ZeroTimeToLive);
+    /// ```
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -245,6 +278,30 @@ where
     /// (sliding expiry); combined with `time_to_live`, whichever comes first.
     /// Default: never. Must be longer than zero. Reads move the deadline in
     /// steps of about a millisecond.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{BuildError, Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .time_to_idle(Duration::from_secs(10))
+    ///     .time_to_live(Duration::from_secs(25))
+    ///     .clock(clock.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// for _ in 0..2 {
+    ///     clock.advance(Duration::from_secs(9));
+    ///     assert_eq!(cache.get(&1), Some(1)); // read within 10 s: kept
+    /// }
+    /// clock.advance(Duration::from_secs(7)); // 25 s since the insert
+    /// assert_eq!(cache.get(&1), None); // the time to live came first
+    ///
+    /// let zero = Cache::<u32, u32>::builder().time_to_idle(Duration::ZERO).build();
+    /// assert_eq!(zero.unwrap_err(), BuildError::ZeroTimeToIdle);
+    /// ```
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
         self.tti = Some(tti);
         self
@@ -256,6 +313,29 @@ where
     /// Hooks that own a handle of their own cache keep it (and its
     /// `larder-maintenance` thread) alive for ever, as a listener does (see
     /// [`eviction_listener`](Self::eviction_listener)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{BuildError, Cache, Expiry};
+    /// use std::time::Duration;
+    ///
+    /// /// Sessions live as long as they say.
+    /// struct Sessions;
+    /// impl Expiry<u32, Duration> for Sessions {
+    ///     fn expire_after_create(&self, _: &u32, lifetime: &Duration) -> Option<Duration> {
+    ///         Some(*lifetime)
+    ///     }
+    /// }
+    /// let cache = Cache::builder().expire_after(Sessions).build().unwrap();
+    /// cache.insert(1, Duration::from_secs(60));
+    /// assert!(cache.contains_key(&1));
+    ///
+    /// let both = Cache::builder().expire_after(Sessions).time_to_live(Duration::from_secs(1)).build();
+    /// assert_eq!(both.unwrap_err(), BuildError::ExpiryConflict);
+    /// ```
+    ///
+    /// [`Expiry`] shows the hooks on a `MockClock`.
     pub fn expire_after(mut self, expiry: impl Expiry<K, V>) -> Self
     where
         K: Clone,
@@ -389,6 +469,21 @@ where
     /// for small caches. A cache never has more shards than units of
     /// capacity (the largest power of two within it), so that every shard
     /// can hold something.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{BuildError, Cache};
+    /// let cache = Cache::<u32, u32>::builder().num_shards(3).build().unwrap();
+    /// assert!(format!("{cache:?}").contains("shards: 4")); // rounded up
+    /// let small = Cache::<u32, u32>::builder().max_capacity(6).num_shards(64).build().unwrap();
+    /// assert!(format!("{small:?}").contains("shards: 4")); // at most the capacity
+    ///
+    /// let zero = Cache::<u32, u32>::builder().num_shards(0).build();
+    /// assert_eq!(zero.unwrap_err(), BuildError::ZeroShards);
+    /// let many = Cache::<u32, u32>::builder().num_shards(1 << 17).build();
+    /// assert_eq!(many.unwrap_err(), BuildError::TooManyShards(1 << 17));
+    /// ```
     pub fn num_shards(mut self, num_shards: usize) -> Self {
         self.num_shards = Some(num_shards);
         self
@@ -434,7 +529,24 @@ where
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] naming the first setting that is out of range.
+    /// A [`BuildError`] naming the first setting that is out of range:
+    /// [`ZeroShards`](BuildError::ZeroShards) or
+    /// [`TooManyShards`](BuildError::TooManyShards) for `num_shards`,
+    /// [`ZeroTimeToLive`](BuildError::ZeroTimeToLive),
+    /// [`ZeroTimeToIdle`](BuildError::ZeroTimeToIdle),
+    /// [`JitterOutOfRange`](BuildError::JitterOutOfRange) for `ttl_jitter`,
+    /// and [`ExpiryConflict`](BuildError::ExpiryConflict) for
+    /// `expire_after` with a time to live or idle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{BuildError, Cache};
+    /// let err = Cache::<u32, u32>::builder().ttl_jitter(1.0).build().unwrap_err();
+    /// assert_eq!(err, BuildError::JitterOutOfRange(1.0));
+    /// assert_eq!(err.to_string(), "ttl_jitter is 1, outside 0.0..1.0");
+    /// assert!(Cache::<u32, u32>::builder().ttl_jitter(0.5).build().is_ok());
+    /// ```
     pub fn build(self) -> Result<Cache<K, V>, BuildError> {
         let shards = self.shard_count()?;
         if self.ttl == Some(Duration::ZERO) {
