@@ -220,7 +220,9 @@ where
     /// Negative caching: when the loader answers `Ok(None)` ("no such
     /// key"), remember that for `ttl`, so repeated reads of a missing key do
     /// not reach the loader. Without this setting, absent answers are not
-    /// cached.
+    /// cached. A cached absence is an entry: it counts in `entry_count`,
+    /// weighs 1 against `max_capacity` (the weigher sees values only), and
+    /// is never listed by `iter` nor heard of by the eviction listener.
     ///
     /// # Examples
     ///

@@ -595,7 +595,25 @@ where
     }
 
     /// True if [`peek`](Self::peek) would return a value: no load, count or
-    /// refresh.
+    /// refresh. False for a cached absence (`negative_ttl`) and a stale value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = larder::Cache::builder()
+    ///     .loader(|k: &u8| Ok::<_, String>((*k < 10).then_some(*k)))
+    ///     .negative_ttl(Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(!cache.contains_key(&1)); // never loads
+    /// cache.get(&1).unwrap();
+    /// assert!(cache.contains_key(&1));
+    /// assert_eq!(cache.get(&99).unwrap(), None); // an absence, cached
+    /// assert!(!cache.contains_key(&99));
+    /// assert_eq!(cache.entry_count(), 2);
+    /// assert_eq!(cache.stats().loads(), 2);
+    /// ```
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
