@@ -227,6 +227,12 @@ where
     /// expired and was not reaped yet). The entry gets the cache's expiry
     /// settings. May evict other entries to stay within capacity.
     ///
+    /// In a full cache the eviction policy may keep the entries it has
+    /// and turn a new key away instead: a key it has seen seldom does not
+    /// displace keys read more often (W-TinyLFU admission, see the
+    /// README). The listener then hears of the new value as `Size`, and a
+    /// `get` right after the insert finds nothing.
+    ///
     /// # Examples
     ///
     /// ```
@@ -252,6 +258,26 @@ where
     ///     *heard.lock().unwrap(),
     ///     [("a", RemovalCause::Replaced), ("b", RemovalCause::Expired)]
     /// );
+    /// ```
+    ///
+    /// A full cache of keys read often turns one-off keys away:
+    ///
+    /// ```
+    /// let cache = larder::Cache::new(10);
+    /// for k in 0..10 {
+    ///     cache.insert(k, k);
+    /// }
+    /// for _ in 0..4 {
+    ///     for k in 0..10 {
+    ///         cache.get(&k);
+    ///     }
+    /// }
+    /// let kept = (100..200).filter(|&k| {
+    ///     cache.insert(k, k);
+    ///     cache.get(&k).is_some()
+    /// });
+    /// assert!(kept.count() < 100); // some were refused on arrival
+    /// assert!(cache.entry_count() <= 10);
     /// ```
     pub fn insert(&self, key: K, value: V) {
         self.inner.insert(key, value, None);
@@ -339,7 +365,8 @@ where
     }
 
     /// The value for `key`; on a miss, runs `init` to make it, caches it and
-    /// returns it.
+    /// returns it (a full cache may turn the value away, as for
+    /// [`insert`](Self::insert); it is returned all the same).
     ///
     /// # Concurrent calls on the same key
     ///
