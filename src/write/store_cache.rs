@@ -788,8 +788,11 @@ where
         self.inner.reads.stats()
     }
 
-    /// Number of cached entries, expired ones not yet reaped included; see
-    /// [`LoadingCache::entry_count`].
+    /// Number of cached entries, counted as
+    /// [`LoadingCache::entry_count`] counts them: absences cached by a
+    /// `negative_ttl` (see [`reads`](crate::StoreCacheBuilder::reads)) and
+    /// values kept for a stale window included, expired entries not yet
+    /// reaped too.
     ///
     /// # Examples
     ///
