@@ -536,6 +536,34 @@ fn absent_answers_are_not_cached_without_a_negative_ttl() {
     assert_eq!(cache.entry_count(), 0);
 }
 
+#[test]
+fn a_remembered_absence_weighs_one_and_only_the_stats_hear_of_its_removal() {
+    let heard = Arc::new(AtomicU64::new(0));
+    let listening = heard.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_: &u64, _: &u64| 10)
+        .eviction_listener(move |_: Arc<u64>, _, _| {
+            listening.fetch_add(1, SeqCst);
+        })
+        .loader(|k: &u64| -> Result<Option<u64>, String> { Ok((*k != 0).then_some(*k)) })
+        .negative_ttl(60 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&0).unwrap(), None);
+    assert_eq!(cache.weighted_size(), 1, "an absence weighs 1");
+    assert_eq!(cache.get(&7).unwrap(), Some(7));
+    assert_eq!(cache.weighted_size(), 11, "a value what the weigher says");
+    cache.invalidate(&0);
+    cache.invalidate(&7);
+    assert_eq!(cache.stats().removals(RemovalCause::Explicit), 2);
+    assert_eq!(
+        heard.load(SeqCst),
+        1,
+        "the listener hears of the value only"
+    );
+}
+
 /// Counts batch calls and the keys in them.
 #[derive(Default)]
 struct Batches {

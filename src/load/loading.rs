@@ -666,6 +666,26 @@ where
         self.inner.cache.entry_count()
     }
 
+    /// Total weight of the entries, as [`Cache::weighted_size`] counts it:
+    /// a value weighs what the weigher says (1 without one), a cached
+    /// absence 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .weigher(|_: &u8, v: &String| v.len() as u32)
+    ///     .loader(|k: &u8| Ok::<_, String>(Some("x".repeat(usize::from(*k)))))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.get(&40).unwrap();
+    /// cache.get(&2).unwrap();
+    /// assert_eq!(cache.weighted_size(), 42);
+    /// ```
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.cache.weighted_size()
+    }
+
     /// Does now what the background threads would do soon: waits for every
     /// background reload queued before the call to finish (not those queued
     /// since, so it returns under steady reload traffic too), then reaps

@@ -813,6 +813,28 @@ where
         self.inner.reads.entry_count()
     }
 
+    /// Total weight of the cached entries; see
+    /// [`LoadingCache::weighted_size`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().weigher(|_: &u32, v: &u32| *v).store(Squares).build().unwrap();
+    /// cache.get_many([1, 2, 3]).unwrap();
+    /// assert_eq!(cache.weighted_size(), 1 + 4 + 9);
+    /// ```
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.reads.weighted_size()
+    }
+
     /// Does now what the background threads would do soon (reaping, queued
     /// reloads); see [`LoadingCache::run_pending_tasks`]. Does not flush:
     /// that is [`flush`](Self::flush).
