@@ -8,6 +8,7 @@ use std::{
     fmt,
     future::{Future, poll_fn},
     hash::Hash,
+    panic::{RefUnwindSafe, UnwindSafe},
     pin::pin,
     sync::Arc,
     time::{Duration, Instant},
@@ -112,6 +113,14 @@ impl<K, V> Clone for Cache<K, V> {
         }
     }
 }
+
+// A panic in user code (a weigher, an expiry hook, a listener, a loader, a
+// key's `Hash` or `Clone`, a value's `Clone`) leaves the cache consistent
+// and usable: locks are released, removals are still delivered, flights
+// are handed on (`tests/panic_safety.rs`). So a handle may cross
+// `catch_unwind` without `AssertUnwindSafe`, as a `Mutex` may.
+impl<K: RefUnwindSafe, V: RefUnwindSafe> UnwindSafe for Cache<K, V> {}
+impl<K: RefUnwindSafe, V: RefUnwindSafe> RefUnwindSafe for Cache<K, V> {}
 
 impl<K, V> fmt::Debug for Cache<K, V>
 where

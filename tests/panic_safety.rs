@@ -67,6 +67,39 @@ fn panic_of<T: std::fmt::Debug>(f: impl FnOnce() -> T) -> String {
     }
 }
 
+#[test]
+fn handles_cross_catch_unwind_without_assert_unwind_safe() {
+    // A panic in user code leaves a cache consistent, so its handles are
+    // `UnwindSafe` and `RefUnwindSafe`: these closures compile as they
+    // are, capturing `&Cache` and `&LoadingCache`.
+    let cache: Cache<u32, u64> = Cache::builder()
+        .weigher(|_: &u32, v: &u64| {
+            assert_ne!(*v, POISON, "weigher refuses poison");
+            1
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    let caught = panic::catch_unwind(|| cache.insert(2, POISON));
+    assert!(caught.is_err());
+    assert_eq!(panic::catch_unwind(|| cache.get(&1)).unwrap(), Some(1));
+    let loading = Cache::builder()
+        .loader(|k: &u32| -> Result<Option<u32>, String> {
+            assert_ne!(*k, 0, "loader refuses 0");
+            Ok(Some(*k))
+        })
+        .build()
+        .unwrap();
+    assert!(panic::catch_unwind(|| loading.get(&0)).is_err());
+    assert_eq!(
+        panic::catch_unwind(|| loading.get(&3)).unwrap(),
+        Ok(Some(3))
+    );
+    fn unwind_safe<T: panic::UnwindSafe + panic::RefUnwindSafe>(_: &T) {}
+    unwind_safe(&cache);
+    unwind_safe(&loading);
+}
+
 /// A slot through which hooks reach the cache they were built into. Cleared
 /// at the end of a test to break the cache → hook → cache cycle, so the
 /// maintenance thread stops.

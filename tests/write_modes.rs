@@ -74,6 +74,31 @@ fn write_through_writes_the_store_first_and_caches_the_value() {
 }
 
 #[test]
+fn a_store_cache_crosses_catch_unwind_when_its_store_does() {
+    // A store with no interior mutability (or a `std` `Mutex`) is
+    // `RefUnwindSafe`, and then so is the cache over it.
+    struct Doubling;
+    impl larder::Store<u64, u64> for Doubling {
+        type Error = String;
+        fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+            assert_ne!(*k, 0, "store refuses 0");
+            Ok(Some(k * 2))
+        }
+        fn write(&self, _: &[(u64, Change<u64>)]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let cache = Cache::builder().store(Doubling).build().unwrap();
+    assert!(std::panic::catch_unwind(|| cache.get(&0)).is_err());
+    assert_eq!(
+        std::panic::catch_unwind(|| cache.get(&4)).unwrap(),
+        Ok(Some(8))
+    );
+    cache.insert(5, 1).unwrap();
+    assert_eq!(cache.get(&5).unwrap(), Some(1));
+}
+
+#[test]
 fn iter_lists_the_cached_values_without_reading_the_store() {
     let store = MemStore::default();
     let cache = builder(&store).build().unwrap();

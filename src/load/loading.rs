@@ -20,6 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     hash::Hash,
+    panic::{RefUnwindSafe, UnwindSafe},
     sync::{Arc, Weak},
     time::Duration,
 };
@@ -102,6 +103,23 @@ impl<K, V, E> Clone for LoadingCache<K, V, E> {
             inner: self.inner.clone(),
         }
     }
+}
+
+// As for `Cache`: a panicking loader (foreground, background or batch)
+// hands its flight on and leaves the cache usable.
+impl<K, V, E> UnwindSafe for LoadingCache<K, V, E>
+where
+    K: RefUnwindSafe,
+    V: RefUnwindSafe,
+    E: RefUnwindSafe,
+{
+}
+impl<K, V, E> RefUnwindSafe for LoadingCache<K, V, E>
+where
+    K: RefUnwindSafe,
+    V: RefUnwindSafe,
+    E: RefUnwindSafe,
+{
 }
 
 impl<K, V, E> fmt::Debug for LoadingCache<K, V, E>

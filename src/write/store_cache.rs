@@ -12,6 +12,7 @@ use std::{
     collections::HashMap,
     fmt,
     hash::Hash,
+    panic::{RefUnwindSafe, UnwindSafe},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -165,6 +166,26 @@ impl<K, V, S: Store<K, V>> Clone for StoreCache<K, V, S> {
             inner: self.inner.clone(),
         }
     }
+}
+
+// As for `Cache`: a store call that panics is a failed write (retried, then
+// a dead letter) or a failed load, and the cache stays usable
+// (`tests/write_faults.rs`).
+impl<K, V, S> UnwindSafe for StoreCache<K, V, S>
+where
+    K: RefUnwindSafe,
+    V: RefUnwindSafe,
+    S: Store<K, V> + RefUnwindSafe,
+    S::Error: RefUnwindSafe,
+{
+}
+impl<K, V, S> RefUnwindSafe for StoreCache<K, V, S>
+where
+    K: RefUnwindSafe,
+    V: RefUnwindSafe,
+    S: Store<K, V> + RefUnwindSafe,
+    S::Error: RefUnwindSafe,
+{
 }
 
 impl<K, V, S> fmt::Debug for StoreCache<K, V, S>
