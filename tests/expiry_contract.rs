@@ -893,6 +893,17 @@ struct Held {
 }
 
 impl Held {
+    /// A hook, where it announces each hold, and what lets a hold go.
+    fn new() -> (Held, mpsc::Receiver<&'static str>, mpsc::Sender<()>) {
+        let (begun, hook_begun) = mpsc::channel();
+        let (go, hook_go) = mpsc::channel();
+        let held = Held {
+            begun: Mutex::new(begun),
+            go: Mutex::new(hook_go),
+        };
+        (held, hook_begun, go)
+    }
+
     fn answer(&self, hook: &'static str, value: u64, life: Duration) -> Option<Duration> {
         if value == 2 {
             self.begun.lock().unwrap().send(hook).unwrap();
@@ -928,12 +939,7 @@ fn a_write_is_timed_as_what_it_turns_out_to_be_when_the_key_changes_under_its_ho
     ];
     for (cached, write, decides, life) in cases {
         let clock = MockClock::new();
-        let (begun, hook_begun) = mpsc::channel();
-        let (go, hook_go) = mpsc::channel();
-        let held = Held {
-            begun: Mutex::new(begun),
-            go: Mutex::new(hook_go),
-        };
+        let (held, hook_begun, go) = Held::new();
         let (cache, log) = listened(Cache::builder().expire_after(held).clock(clock.clone()));
         if cached {
             cache.insert(1, 1);
@@ -970,12 +976,7 @@ fn a_write_whose_entry_expires_while_its_update_hook_runs_is_a_create() {
     // A write over an expired entry is a create: the create hook decides
     // (10 s from the write), and the listener hears the old value expired.
     let clock = MockClock::new();
-    let (begun, hook_begun) = mpsc::channel();
-    let (go, hook_go) = mpsc::channel();
-    let held = Held {
-        begun: Mutex::new(begun),
-        go: Mutex::new(hook_go),
-    };
+    let (held, hook_begun, go) = Held::new();
     let (cache, log) = listened(Cache::builder().expire_after(held).clock(clock.clone()));
     cache.insert(1, 1);
     clock.advance(secs(9));

@@ -1270,32 +1270,29 @@ fn hold_until_misses_past<E: Send + Sync + 'static>(
     thread::sleep(Duration::from_millis(100));
 }
 
-/// A foreground load of key 1 whose value fills a full cache while key 2's
-/// background reload, whose loader reads key 1, is under way: the fill
-/// evicts, and the listener, run on the loading thread, calls
-/// `run_pending_tasks`. The reload waits for the load of 1, so waiting for
-/// the reload before the load's waiters have its value would be a deadlock.
-#[test]
-fn a_listener_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_load() {
+/// Key 2's background reload, whose loader reads key 1, is under way while
+/// a reader loads key 1; the load's fill runs `base`'s callbacks (a
+/// listener for what it evicts when `fill_evicts`, a weigher), and
+/// `armed` is set just before key 1's loader is let go. The reload waits
+/// for the load of 1, so a callback waiting for the reload before the
+/// load's waiters have its value would be a deadlock. Returns the cache
+/// once the load and the reload have ended.
+fn a_fill_under_a_reload_waiting_for_it(
+    chain: Chain,
+    base: larder::CacheBuilder<u64, u64>,
+    fill_evicts: bool,
+    armed: &AtomicBool,
+) -> Chained {
     let Chain {
         clock,
         me,
         gate,
         entered_tx,
         entered,
-    } = Chain::new();
+    } = chain;
     let cache: Chained = {
-        let (me, listening, gate) = (me.clone(), me.clone(), gate.clone());
-        Cache::builder()
-            .max_capacity(2)
-            .num_shards(1)
-            .clock(clock.clone())
-            .eviction_listener(move |_: Arc<u64>, _, cause| {
-                if cause == RemovalCause::Size {
-                    let cache = listening.lock().clone().expect("set");
-                    cache.run_pending_tasks();
-                }
-            })
+        let (me, gate) = (me.clone(), gate.clone());
+        base.clock(clock.clone())
             .time_to_live(60 * SEC)
             .loader(move |k: &u64| -> Result<Option<u64>, String> {
                 let _ = entered_tx.lock().send(*k);
@@ -1316,80 +1313,9 @@ fn a_listener_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_lo
     *me.lock() = Some(cache.clone());
     assert_eq!(cache.get(&2).unwrap(), Some(3), "loads 2 and 1");
     cache.invalidate(&1);
-    cache.insert(3, 3); // full: the next fill evicts
-    while entered.try_recv().is_ok() {}
-    clock.advance(15 * SEC); // 2 is due for refresh
-    let held = gate.lock();
-    let (done_tx, done) = mpsc::channel();
-    {
-        let cache = cache.clone();
-        thread::spawn(move || {
-            let _ = done_tx.send(cache.get(&1));
-        });
+    if fill_evicts {
+        cache.insert(3, 3); // full: the next fill evicts
     }
-    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1), "the reader loads 1");
-    let misses = cache.stats().misses();
-    assert_eq!(cache.get(&2).unwrap(), Some(3), "due: starts 2's reload");
-    assert_eq!(entered.recv_timeout(10 * SEC), Ok(2), "2's reload reads 1");
-    hold_until_misses_past(&cache, misses);
-    drop(held); // 1's fill evicts; its listener runs run_pending_tasks
-    let got = done.recv_timeout(10 * SEC).expect("no deadlock");
-    assert_eq!(got.unwrap(), Some(1));
-    cache.run_pending_tasks();
-    assert_eq!(cache.stats().refreshes(), 1, "2's reload ended too");
-    assert!(
-        cache.stats().removals(RemovalCause::Size) >= 1,
-        "the fill evicted"
-    );
-    me.lock().take();
-}
-
-/// A foreground load of key 1 while key 2's background reload, whose loader
-/// reads key 1, is under way: the load's fill weighs the value, and the
-/// weigher calls `run_pending_tasks`. The reload waits for the load of 1,
-/// so waiting for the reload before the load's waiters have its value
-/// would be a deadlock.
-#[test]
-fn a_weigher_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_load() {
-    let Chain {
-        clock,
-        me,
-        gate,
-        entered_tx,
-        entered,
-    } = Chain::new();
-    let armed = Arc::new(AtomicBool::new(false));
-    let cache: Chained = {
-        let (me, weighing, gate, armed) = (me.clone(), me.clone(), gate.clone(), armed.clone());
-        Cache::builder()
-            .clock(clock.clone())
-            .weigher(move |k: &u64, _: &u64| {
-                if *k == 1 && armed.load(SeqCst) {
-                    let cache = weighing.lock().clone().expect("set");
-                    cache.run_pending_tasks();
-                }
-                1
-            })
-            .time_to_live(60 * SEC)
-            .loader(move |k: &u64| -> Result<Option<u64>, String> {
-                let _ = entered_tx.lock().send(*k);
-                let cache = me.lock().clone().expect("set before any read");
-                match *k {
-                    1 => {
-                        drop(gate.lock());
-                        Ok(Some(1))
-                    }
-                    k => Ok(cache.get(&1).map_err(|e| (*e).clone())?.map(|v| v + k)),
-                }
-            })
-            .refresh_after(10 * SEC)
-            .reload_threads(1)
-            .build()
-            .unwrap()
-    };
-    *me.lock() = Some(cache.clone());
-    assert_eq!(cache.get(&2).unwrap(), Some(3), "loads 2 and 1");
-    cache.invalidate(&1);
     while entered.try_recv().is_ok() {}
     clock.advance(15 * SEC); // 2 is due for refresh
     let held = gate.lock();
@@ -1406,13 +1332,52 @@ fn a_weigher_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_loa
     assert_eq!(entered.recv_timeout(10 * SEC), Ok(2), "2's reload reads 1");
     hold_until_misses_past(&cache, misses);
     armed.store(true, SeqCst);
-    drop(held); // 1's fill weighs it; the weigher runs run_pending_tasks
+    drop(held); // 1's fill runs the callbacks
     let got = done.recv_timeout(10 * SEC).expect("no deadlock");
     armed.store(false, SeqCst);
     assert_eq!(got.unwrap(), Some(1));
     cache.run_pending_tasks();
     assert_eq!(cache.stats().refreshes(), 1, "2's reload ended too");
     me.lock().take();
+    cache
+}
+
+/// The fill evicts, and the listener, run on the loading thread, calls
+/// `run_pending_tasks`.
+#[test]
+fn a_listener_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_load() {
+    let chain = Chain::new();
+    let listening = chain.me.clone();
+    let base = Cache::builder()
+        .max_capacity(2)
+        .num_shards(1)
+        .eviction_listener(move |_: Arc<u64>, _, cause| {
+            if cause == RemovalCause::Size {
+                let cache = listening.lock().clone().expect("set");
+                cache.run_pending_tasks();
+            }
+        });
+    let cache = a_fill_under_a_reload_waiting_for_it(chain, base, true, &AtomicBool::new(false));
+    assert!(
+        cache.stats().removals(RemovalCause::Size) >= 1,
+        "the fill evicted"
+    );
+}
+
+/// The fill weighs the value, and the weigher calls `run_pending_tasks`.
+#[test]
+fn a_weigher_run_by_a_loads_fill_does_not_wait_for_a_reload_waiting_for_that_load() {
+    let chain = Chain::new();
+    let armed = Arc::new(AtomicBool::new(false));
+    let (weighing, arming) = (chain.me.clone(), armed.clone());
+    let base = Cache::builder().weigher(move |k: &u64, _: &u64| {
+        if *k == 1 && arming.load(SeqCst) {
+            let cache = weighing.lock().clone().expect("set");
+            cache.run_pending_tasks();
+        }
+        1
+    });
+    a_fill_under_a_reload_waiting_for_it(chain, base, false, &armed);
 }
 
 /// A background reload of key 1 whose value fills a full cache while a pass
