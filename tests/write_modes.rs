@@ -1270,3 +1270,39 @@ fn run_pending_tasks_on_the_flusher_thread_does_not_wait_for_a_pass_waiting_for_
     helper.join().unwrap();
     me.lock().take();
 }
+
+/// `close` releases a `flush` waiting on a hung store; if it hands back
+/// writes that flush was waiting for (they are in its `unwritten`), the
+/// flush must not report them settled: `flush_timeout` returns false.
+#[test]
+fn a_flush_released_by_close_reports_the_writes_it_handed_back_as_unsettled() {
+    let store = MemStore::default();
+    let cache = builder(&store)
+        .write_behind()
+        .batch_size(1)
+        .flush_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let gate = store.gate.write(); // the store hangs
+    cache.insert(1, 1).unwrap();
+    eventually("key 1 in flight", || cache.write_stats().in_flight == 1);
+    cache.insert(2, 2).unwrap(); // queued behind the hung call
+    let flusher = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.flush_timeout(Duration::from_secs(30)))
+    };
+    thread::sleep(Duration::from_millis(50));
+    assert!(!flusher.is_finished(), "the flush waits for the store");
+    let report = cache.close(Duration::from_millis(100));
+    let mut unwritten = report.unwritten.clone();
+    unwritten.sort_by_key(|(k, _)| *k);
+    assert_eq!(unwritten, vec![(1, Change::Put(1)), (2, Change::Put(2))]);
+    eventually("the flush returned", || flusher.is_finished());
+    let settled = flusher.join().unwrap();
+    drop(gate);
+    assert!(
+        !settled,
+        "flush_timeout said every earlier write settled, yet close handed them back unwritten"
+    );
+    assert_eq!(store.get(2), None, "key 2 never reached the store");
+}

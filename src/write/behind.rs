@@ -226,6 +226,10 @@ struct State<K, V, E> {
     /// The counters of the buffer `close` emptied (its unwritten entries
     /// were handed back, so they count as neither queued nor written).
     closed: buffer::BufferStats,
+    /// The oldest write `close` handed back unwritten (a seq of the buffer
+    /// it emptied), if it handed back any: a flush that took its mark
+    /// before that close and waits for this write cannot say it settled.
+    handed_back: Option<buffer::Seq>,
     /// Dead letters kept for `close` when there is no handler.
     kept: Vec<DeadLetter<K, V, E>>,
     /// Dead letters settled in the buffer but not yet handed to the
@@ -349,6 +353,7 @@ where
                 stop: false,
                 exited: false,
                 closed: buffer::BufferStats::default(),
+                handed_back: None,
                 kept: Vec::new(),
                 reporting: 0,
                 store_calls: 0,
@@ -530,16 +535,25 @@ where
 
     /// Waits until every write queued before the call has reached the store
     /// or the dead-letter handler, or until `deadline`; true if it did.
-    /// Returns at once if the flusher has stopped, or if called from it.
+    /// Returns at once if the flusher has stopped, or if called from it,
+    /// and false as soon as `close` hands back one of those writes.
     pub(crate) fn flush(&self, deadline: Option<Instant>) -> bool {
         let mut st = self.state.lock();
         self.drain(&mut st);
         let mark = st.buffer.flush_mark();
         st.buffer.request_flush(mark);
         self.nudge();
-        let settled = |st: &State<K, V, S::Error>| st.buffer.is_settled(mark) && st.reporting == 0;
+        // A mark taken after `close` counts in the emptied buffer's place,
+        // which holds nothing.
+        let before_close = !st.stop;
+        let handed_back = |st: &State<K, V, S::Error>| {
+            before_close && st.handed_back.is_some_and(|first| first <= mark)
+        };
+        let settled = |st: &State<K, V, S::Error>| {
+            st.buffer.is_settled(mark) && st.reporting == 0 && !handed_back(st)
+        };
         while !settled(&st) {
-            if st.exited || self.on_own_flusher() {
+            if st.exited || self.on_own_flusher() || handed_back(&st) {
                 return false;
             }
             match deadline {
@@ -605,6 +619,9 @@ where
             &mut st.buffer,
             Buffer::new(self.config.max_attempts, self.config.backoff),
         );
+        if let Some(first) = old.first_open() {
+            st.handed_back.get_or_insert(first);
+        }
         let b = old.stats();
         let c = &mut st.closed;
         c.queued += b.queued - b.len as u64;

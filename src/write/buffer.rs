@@ -778,6 +778,13 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         self.outstanding.first().is_none_or(|first| first > mark)
     }
 
+    /// The oldest write that has not landed or been dead-lettered, if any:
+    /// [`is_settled`](Self::is_settled)`(m)` is false exactly for the marks
+    /// `m` from it on.
+    pub fn first_open(&self) -> Option<Seq> {
+        self.outstanding.first()
+    }
+
     /// Whether `key` has a write that has not landed or been dead-lettered
     /// (the cache must not evict or expire such a key).
     pub fn contains<Q>(&self, key: &Q) -> bool

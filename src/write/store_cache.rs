@@ -652,7 +652,9 @@ where
     /// reached the store or the dead-letter handler. It cannot hang on a
     /// poisonous key: a change is sent at most `max_attempts` times, so the
     /// wait is bounded by the retry backoff plus store time. Returns at once
-    /// for the other policies, and after [`close`](Self::close).
+    /// for the other policies, and after [`close`](Self::close). A flush
+    /// waiting when `close` runs returns when `close` does, even if some of
+    /// its writes were handed back in [`CloseReport::unwritten`] instead.
     ///
     /// # Examples
     ///
@@ -682,7 +684,8 @@ where
     }
 
     /// [`flush`](Self::flush), waiting at most `timeout`; true if every
-    /// earlier write settled in time.
+    /// earlier write settled in time, false if one had not (or if
+    /// [`close`](Self::close) handed one back unwritten while it waited).
     ///
     /// # Examples
     ///

@@ -408,6 +408,7 @@ impl Model {
             .filter(|w| w.fate == Fate::Open)
             .map(|w| w.seq)
             .min();
+        assert_eq!(self.buf.first_open(), first_open, "first open write");
         match first_open {
             Some(seq) => {
                 assert!(self.buf.is_settled(seq - 1), "not settled before {seq}");
