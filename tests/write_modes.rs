@@ -476,6 +476,11 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
         report.in_flight, 0,
         "the change of key 2 in the hung call is overtaken by the one queued"
     );
+    assert_eq!(
+        (report.overtaken, &report.unwritten[0]),
+        (1, &(2, Change::Put(22))),
+        "listed first after the in-flight ones: its older change may still land"
+    );
     assert_eq!(cache.insert(4, 4), Err(WriteError::Closed));
     assert_eq!(cache.get(&1).unwrap(), Some(1), "reads still work");
     // The cache keeps no copy of what the store never took: reads answer
@@ -1305,4 +1310,70 @@ fn a_flush_released_by_close_reports_the_writes_it_handed_back_as_unsettled() {
         "flush_timeout said every earlier write settled, yet close handed them back unwritten"
     );
     assert_eq!(store.get(2), None, "key 2 never reached the store");
+}
+
+/// A drop that runs out of time while a store call with key 20's first
+/// change hangs hands back the change queued behind it. That older change
+/// may still land, after anything the handler writes: the letter must not
+/// be one `WriteFailure`'s docs call safe to replay (`Dropped`), or a
+/// handler following them has its replay overwritten by the older value.
+#[test]
+fn a_dropped_change_queued_behind_a_hung_store_call_of_its_key_is_not_safe_to_replay() {
+    let store = MemStore::default();
+    let replayed = Arc::new(Mutex::new(Vec::new()));
+    let letters = Letters::default();
+    let cache = builder(&store)
+        .write_behind()
+        .batch_size(1)
+        .flush_interval(Duration::from_millis(1))
+        .drop_flush_timeout(Duration::from_millis(50))
+        .dead_letter({
+            let (store, replayed, letters) = (store.clone(), replayed.clone(), letters.clone());
+            move |dead: DeadLetter<u64, u64, String>| {
+                // WriteFailure's example: these are safe to write again.
+                let safe = matches!(
+                    dead.error,
+                    WriteFailure::Store(_) | WriteFailure::Panicked(_) | WriteFailure::Dropped
+                );
+                if let (true, Change::Put(v)) = (safe, &dead.change) {
+                    store.set(dead.key, *v);
+                    replayed.lock().push((dead.key, *v));
+                }
+                letters.lock().push(dead);
+            }
+        })
+        .build()
+        .unwrap();
+    let gate = store.gate.write(); // the store call hangs before it writes
+    cache.insert(20, 20).unwrap();
+    eventually("key 20 in flight", || cache.write_stats().in_flight == 1);
+    cache.insert(20, 21).unwrap(); // queued behind the hung call
+    cache.insert(30, 30).unwrap(); // queued, its key in no call
+    drop(cache);
+    drop(gate); // the hung call goes on and writes 20
+    eventually("the hung call wrote key 20", || {
+        store.history.lock().contains_key(&20)
+    });
+    for (key, value) in replayed.lock().iter() {
+        assert_eq!(
+            store.get(*key),
+            Some(*value),
+            "key {key}: the replayed change was overwritten by an older one"
+        );
+    }
+    let mut kinds: Vec<_> = letters
+        .lock()
+        .iter()
+        .map(|d| (d.key, d.change.clone(), d.error.to_string()))
+        .collect();
+    kinds.sort_by_key(|(k, _, _)| *k);
+    let in_flight = WriteFailure::<String>::InFlight.to_string();
+    let dropped = WriteFailure::<String>::Dropped.to_string();
+    assert_eq!(
+        kinds,
+        vec![
+            (20, Change::Put(21), in_flight),
+            (30, Change::Put(30), dropped)
+        ]
+    );
 }

@@ -54,6 +54,7 @@
 //! the store has acknowledged it.
 
 use std::{
+    collections::HashSet,
     hash::Hash,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
@@ -609,11 +610,21 @@ where
             .cloned()
             .collect();
         let in_flight = unwritten.len();
+        // Next, the changes queued behind an older one of their key in that
+        // call: the older one may still land after them.
+        unwritten.extend(st.flying.iter().filter_map(|(k, _)| {
+            let queued = st.buffer.pending_change(k)?;
+            Some((k.clone(), queued.clone()))
+        }));
+        let overtaken = unwritten.len() - in_flight;
+        let flying: HashSet<&K> = st.flying.iter().map(|(k, _)| k).collect();
         unwritten.extend(
             st.buffer
                 .pending_changes()
+                .filter(|(k, _)| !flying.contains(k))
                 .map(|(k, c)| (k.clone(), c.clone())),
         );
+        drop(flying);
         // Reported once: forget them, so a second close does not repeat them.
         let old = std::mem::replace(
             &mut st.buffer,
@@ -649,6 +660,7 @@ where
         Leftovers {
             unwritten,
             in_flight,
+            overtaken,
             dead,
         }
     }
@@ -853,12 +865,16 @@ where
 
 /// What [`Queue::close`] could not write.
 pub(crate) struct Leftovers<K, V, E> {
-    /// The latest change per key: first the `in_flight` ones, then those
-    /// still queued.
+    /// The latest change per key: first the `in_flight` ones, then the
+    /// `overtaken` ones, then the others still queued.
     pub(crate) unwritten: Vec<(K, Change<V>)>,
     /// How many of `unwritten`, from the start, were in a store call that
     /// had not returned (their outcome is unknown).
     pub(crate) in_flight: usize,
+    /// How many of `unwritten`, after the `in_flight` ones, were queued
+    /// behind an older change of their key in that call (which may still
+    /// land after them).
+    pub(crate) overtaken: usize,
     pub(crate) dead: Vec<DeadLetter<K, V, E>>,
 }
 

@@ -167,7 +167,8 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 ///         // No store call with it is still under way: writing it again
 ///         // is safe (a put or a delete applied twice leaves one record).
 ///         WriteFailure::Store(_) | WriteFailure::Panicked(_) | WriteFailure::Dropped => true,
-///         // A call may still write it, after a newer change: look first.
+///         // A call may still write it (or an older change of its key),
+///         // after what you write now: look first.
 ///         WriteFailure::InFlight => false,
 ///     }
 /// }
@@ -186,15 +187,17 @@ pub enum WriteFailure<E> {
     /// The store's `write` panicked on the last attempt; the panic message.
     Panicked(String),
     /// The cache was dropped before the change could be written (its
-    /// bounded final flush ran out of time or the store kept failing): the
-    /// change was not in a store call then. It was never sent, or only in
-    /// calls that failed (and a failed call may still have written it, as
-    /// a timeout after the commit does).
+    /// bounded final flush ran out of time or the store kept failing): no
+    /// change of its key was in a store call then. It was never sent, or
+    /// only in calls that failed (and a failed call may still have written
+    /// it, as a timeout after the commit does).
     Dropped,
     /// The cache was dropped while the change was in a store call that had
-    /// not returned when its final flush ran out of time: the store may
-    /// still write it, or may have written it already. Check the store
-    /// before writing the change again.
+    /// not returned when its final flush ran out of time, or while it
+    /// waited behind an older change of its key in such a call: the store
+    /// may still write it (or that older change, over what you write
+    /// now), or may have written it already. Check the store before
+    /// writing the change again.
     InFlight,
 }
 

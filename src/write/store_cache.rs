@@ -232,9 +232,16 @@ pub struct CloseReport<K, V, E> {
     /// the store call that had not returned: the store may still write
     /// them, or may have already. The rest were not in a store call then.
     /// A change of a key replaced by a newer one still queued is not
-    /// listed (the newer one is), even if it was in that call: it may
-    /// still land, before or after you write the newer one again.
+    /// listed (the newer one is, among the [`overtaken`](Self::overtaken)),
+    /// even if it was in that call: it may still land, before or after you
+    /// write the newer one again.
     pub in_flight: usize,
+    /// How many of [`unwritten`](Self::unwritten), right after the
+    /// `in_flight` ones, were queued behind an older change of their key
+    /// that was in the store call that had not returned: that older change
+    /// may still land, after you write these again. Check the store first.
+    /// The rest of `unwritten` are changes of keys in no store call then.
+    pub overtaken: usize,
     /// Dead letters kept because the cache has no dead-letter handler.
     pub dead_letters: Vec<DeadLetter<K, V, E>>,
 }
@@ -748,12 +755,14 @@ where
                 CloseReport {
                     unwritten: left.unwritten,
                     in_flight: left.in_flight,
+                    overtaken: left.overtaken,
                     dead_letters: left.dead,
                 }
             }
             None => CloseReport {
                 unwritten: Vec::new(),
                 in_flight: 0,
+                overtaken: 0,
                 dead_letters: Vec::new(),
             },
         }
@@ -906,8 +915,9 @@ where
     S: Store<K, V>,
 {
     /// The close a drop does: what is left goes to the dead-letter handler
-    /// (unwritten changes as [`WriteFailure::InFlight`] if they were in the
-    /// store call that had not returned, else [`WriteFailure::Dropped`]),
+    /// (unwritten changes as [`WriteFailure::InFlight`] if they, or an older
+    /// change of their key, were in the store call that had not returned,
+    /// else [`WriteFailure::Dropped`]),
     /// or is counted on stderr if there is none.
     fn close_on_drop(&self, timeout: Duration) {
         let left = self.close(timeout);
@@ -927,7 +937,7 @@ where
                 key,
                 change,
                 attempts: 0,
-                error: if i < left.in_flight {
+                error: if i < left.in_flight + left.overtaken {
                     WriteFailure::InFlight
                 } else {
                     WriteFailure::Dropped
