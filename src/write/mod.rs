@@ -165,7 +165,8 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 /// fn safe_to_replay<E>(failure: &WriteFailure<E>) -> bool {
 ///     match failure {
 ///         // No store call with it is still under way: writing it again
-///         // is safe (a put or a delete applied twice leaves one record).
+///         // is safe (a put or a delete applied twice leaves one record),
+///         // unless the key was written since (see `DeadLetter::change`).
 ///         WriteFailure::Store(_) | WriteFailure::Panicked(_) | WriteFailure::Dropped => true,
 ///         // A call may still write it (or an older change of its key),
 ///         // after what you write now: look first.
@@ -270,9 +271,15 @@ pub struct DeadLetter<K, V, E> {
     /// The key.
     pub key: K,
     /// The change the store did not confirm: the latest written for the
-    /// key (earlier ones were coalesced into it).
+    /// key when it was last sent (earlier ones were coalesced into it). A
+    /// change of the key written during that last send is not in this
+    /// letter: it stays queued, is sent on attempts of its own and may land
+    /// after the letter is handed over, so a replay of this change must not
+    /// overwrite it.
     pub change: Change<V>,
-    /// How many times it was sent and failed; 0 for a change a drop hands
+    /// How many times the key was sent and failed in this run of failures
+    /// (a change written while an older one of its key waited for a retry
+    /// took that one's place and its count); 0 for a change a drop hands
     /// back ([`WriteFailure::Dropped`], [`WriteFailure::InFlight`]).
     pub attempts: u32,
     /// The last failure.
