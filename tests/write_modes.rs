@@ -1377,3 +1377,46 @@ fn a_dropped_change_queued_behind_a_hung_store_call_of_its_key_is_not_safe_to_re
         ]
     );
 }
+
+/// A load reads the store's old value and is held there while a write of
+/// the key runs to its end and the key is then invalidated. A read that
+/// begins after both, finding the key missing, joins the load under way:
+/// it must not be answered the value that load read before the write, an
+/// older value than one acknowledged before the read began.
+#[test]
+fn a_read_begun_after_a_write_never_gets_what_a_load_read_before_it() {
+    for policy in ["through", "around", "behind"] {
+        let store = MemStore::default();
+        store.set(1, 10);
+        let b = builder(&store);
+        let cache: StoreCache<u64, u64, MemStore> = match policy {
+            "through" => b.build().unwrap(),
+            "around" => b.write_around().build().unwrap(),
+            _ => b.write_behind().build().unwrap(),
+        };
+        store.hold.load.store(1, SeqCst);
+        let first = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.get(&1).unwrap())
+        };
+        store.hold.wait_reached(); // the load has read 10
+        cache.insert(1, 11).unwrap();
+        cache.invalidate(&1);
+        let second = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.get(&1).unwrap())
+        };
+        thread::sleep(Duration::from_millis(50)); // it waits for the load
+        store.hold.release();
+        assert_eq!(
+            first.join().unwrap(),
+            Some(10),
+            "{policy}: the load's own answer"
+        );
+        assert_eq!(
+            second.join().unwrap(),
+            Some(11),
+            "{policy}: a read begun after the write got the value from before it"
+        );
+    }
+}

@@ -36,7 +36,10 @@
 //! one is under way, as *written* ([`Flights::written`]): its value may be
 //! older than the write, and the leader then hands it to its waiters without
 //! caching it. A count of the flights under way spares writes the map lookup
-//! when none is.
+//! when none is. A [`LoadingCache`](crate::LoadingCache)'s leader, whose
+//! values come from a store, instead looks at its key's write count once
+//! the flight has left the map ([`LeaderGuard::finish_unless_stale`]): if a
+//! write ended since the load began, its waiters load again.
 
 use std::{
     any::Any,
@@ -65,7 +68,9 @@ pub(crate) enum Outcome<V> {
     Loaded(V),
     /// The leader's loader returned this error.
     Failed(AnyError),
-    /// The leader panicked; nobody has the value.
+    /// The leader panicked, or read its value before a write of the key
+    /// ended ([`LeaderGuard::finish_unless_stale`]): nobody has a value
+    /// for the waiters, who load again.
     Abandoned,
 }
 
@@ -469,6 +474,29 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
         self.retire(outcome);
     }
 
+    /// [`finish`](Self::finish) for a loaded value that a write of the key
+    /// may have made old: once the flight has left the map, so that no
+    /// caller joins it any more, `stale` says whether a write ended since
+    /// the load began (it is shown the key). If one did, a waiter may have begun after that
+    /// write, and a value read before it must not answer such a read: the
+    /// waiters get [`Outcome::Abandoned`] and load again. (If `stale`
+    /// panics, the flight is abandoned as on any unwind.)
+    pub(crate) fn finish_unless_stale(
+        mut self,
+        outcome: Outcome<V>,
+        stale: impl FnOnce(&K) -> bool,
+    ) {
+        self.flights
+            .map
+            .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        let outcome = if stale(&self.key) {
+            Outcome::Abandoned
+        } else {
+            outcome
+        };
+        self.retire(outcome);
+    }
+
     /// Whether this is a queued reload's own guard and a caller took the
     /// flight over from it.
     fn taken_from_me(&self) -> bool {
@@ -558,6 +586,37 @@ mod tests {
         taker.finish(Outcome::Loaded(7));
         assert!(waiting.join().unwrap(), "the waiter got the taker's value");
         assert!(settled(&flights));
+    }
+
+    #[test]
+    fn a_stale_load_abandons_its_waiters_once_no_caller_can_join() {
+        let flights = Table::default();
+        for stale in [false, true] {
+            let guard = match flights.begin(&1, Leader::Detached) {
+                Role::Leader(guard) => guard,
+                Role::Waiter(_) => unreachable!(),
+            };
+            let waiter = joined(&flights, 1);
+            let waiting = thread::spawn(move || waiter.wait());
+            let check = {
+                let flights = flights.clone();
+                move |key: &u32| {
+                    // Asked once the flight has left the map.
+                    assert!(matches!(
+                        flights.begin(key, Leader::Detached),
+                        Role::Leader(_)
+                    ));
+                    stale
+                }
+            };
+            guard.finish_unless_stale(Outcome::Loaded(7), check);
+            let outcome = waiting.join().unwrap();
+            match stale {
+                false => assert!(matches!(outcome, Outcome::Loaded(7))),
+                true => assert!(matches!(outcome, Outcome::Abandoned)),
+            }
+            assert!(settled(&flights));
+        }
     }
 
     #[test]

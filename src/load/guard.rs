@@ -18,7 +18,11 @@
 //! - a load caches what it read only if no write ended since it began
 //!   ([`Seen::load_verdict`]); a write that ends after the load's fill
 //!   replaces or drops the filled value, and a write that ended before it
-//!   changed the store before the load's read began, or bumped the count;
+//!   changed the store before the load's read began, or bumped the count.
+//!   On the same test, made once no reader can join the load any more, the
+//!   readers waiting for it take its value or load again
+//!   ([`LeaderGuard::finish_unless_stale`]): one that began after such a
+//!   write must not get a value read before it;
 //! - a write caches its value only if no other write ended since it began
 //!   ([`Seen::write_verdict`]), and drops the key otherwise. Of two writes
 //!   of a key that overlap, the first to end may cache its value and the
@@ -37,6 +41,7 @@
 //! [`flight`](crate::load::flight).)
 //!
 //! [`Stripe`]: crate::shard::Stripe
+//! [`LeaderGuard::finish_unless_stale`]: crate::load::flight::LeaderGuard::finish_unless_stale
 
 use std::hash::Hash;
 

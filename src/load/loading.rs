@@ -852,7 +852,7 @@ where
         let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                self.fill(guard, key, value.clone(), took, Over::Unwritten(seen));
+                self.fill(guard, key, value.clone(), took, Over::Unwritten(seen), seen);
                 Ok(value)
             }
             (Err(e), _) => {
@@ -868,7 +868,10 @@ where
     /// or a key found absent). Not before: the listener runs on this thread
     /// and may call back into the cache, and whatever a
     /// `run_pending_tasks` there waits for (another thread's pass, a
-    /// queued reload) may be waiting for this very load.
+    /// queued reload) may be waiting for this very load. `seen` is the
+    /// key's write count when the load began: if a write ended since, the
+    /// waiters load again rather than take a value read before it
+    /// ([`LeaderGuard::finish_unless_stale`]).
     fn fill(
         &self,
         guard: LeaderGuard<K, Option<V>>,
@@ -876,6 +879,7 @@ where
         value: Option<V>,
         took: u64,
         over: Over,
+        seen: Seen,
     ) {
         let mut removed = self.cache.delivery();
         // Bound after `removed`, so dropped before it when the store
@@ -887,7 +891,8 @@ where
             let _awaited = Awaited::here();
             self.store(key, value.clone(), took, over, &mut removed);
         }
-        guard.finish(Outcome::Loaded(value));
+        let stale = |key: &K| guard::seen(&self.cache, key) != seen;
+        guard.finish_unless_stale(Outcome::Loaded(value), stale);
     }
 
     /// A waiter's answer from the outcome of the flight it waited for;
@@ -1147,7 +1152,7 @@ where
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
                 let over = stamp.map_or(Over::Unwritten(seen), Over::Stamp);
-                self.fill(guard, key, value, took, over);
+                self.fill(guard, key, value, took, over, seen);
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
         }
@@ -1230,7 +1235,8 @@ where
                         let _awaited = Awaited::here(); // as in `fill`
                         self.store(key.clone(), value.clone(), took, over, &mut removed);
                     }
-                    guard.finish(Outcome::Loaded(value.clone()));
+                    let stale = |key: &K| guard::seen(&self.cache, key) != seen;
+                    guard.finish_unless_stale(Outcome::Loaded(value.clone()), stale);
                     batch.add(key, Ok(value));
                 }
             }
