@@ -393,11 +393,15 @@ where
     /// [`invalidate_all`](Self::invalidate_all), or
     /// [`invalidate_entries_if`](Self::invalidate_entries_if) removing the
     /// key's entry: it never sees a key still loading), `init`'s value may be
-    /// older than that write: it is returned to this caller and its waiters
-    /// but not cached, so the cache keeps the write's outcome. This is the
-    /// cache-aside race (a load reads the database, an update writes it and
-    /// invalidates the key, then the load caches what it read) closed.
-    /// Writes of other keys, the loader's own included, do not matter.
+    /// older than that write: it is returned to this caller and the waiters
+    /// that joined before the write, but not cached, so the cache keeps the
+    /// write's outcome. This is the cache-aside race (a load reads the
+    /// database, an update writes it and invalidates the key, then the load
+    /// caches what it read) closed. A caller that joins the load after the
+    /// write (the key written, then invalidated or evicted) began after it,
+    /// so it does not take that value either: it waits for the load to end
+    /// and then runs its own `init`. Writes of other keys, the loader's own
+    /// included, do not matter.
     ///
     /// # Examples
     ///
@@ -1258,7 +1262,15 @@ where
                 }
                 Role::Waiter(flight) => flight,
             };
-            if let Some(result) = shared(flight.wait()) {
+            // Joined after a write of the key landed: the load may have
+            // read what the write replaced. Wait for it to end (one load
+            // of the key at a time), then load again.
+            let late = flight.written();
+            let outcome = flight.wait();
+            if late {
+                continue;
+            }
+            if let Some(result) = shared(outcome) {
                 return result;
             }
         }
@@ -1305,7 +1317,12 @@ where
                 }
                 Role::Waiter(flight) => flight,
             };
-            if let Some(result) = shared(flight.wait_async().await) {
+            let late = flight.written(); // as in `get_or_load`
+            let outcome = flight.wait_async().await;
+            if late {
+                continue;
+            }
+            if let Some(result) = shared(outcome) {
                 return result;
             }
         }
@@ -1313,7 +1330,8 @@ where
 
     /// Caches a leader's value, unless the key was written while it loaded
     /// (the value may be older than that write), and hands its result to
-    /// the waiters either way. What the fill evicts is delivered only once
+    /// the waiters either way (those that joined after the write do not
+    /// take it: see `get_or_load`). What the fill evicts is delivered only once
     /// the flight is closed: the listener runs on this thread and may call
     /// back into the cache (`run_pending_tasks` waits for passes whose
     /// listeners may be waiting for this very load).

@@ -726,6 +726,38 @@ fn a_weigher_run_by_a_loads_fill_may_run_pending_tasks_while_a_pass_waits_for_th
 }
 
 #[test]
+fn a_caller_that_joins_a_load_after_a_write_of_its_key_loads_again() {
+    // The load of key 1 reads its value (1) and is held; meanwhile 2 is
+    // written and then invalidated. A get_with begun after both finds the
+    // key missing and the load under way: the load's value may be older
+    // than the write, so the caller does not take it but, once the load
+    // has ended, runs its own init. (A caller that joined before the
+    // write shares the load: the test below.)
+    for write_then_drop in [
+        (|c: &Cache<u32, u32>| {
+            c.insert(1, 2);
+            c.invalidate(&1);
+        }) as fn(&Cache<u32, u32>),
+        |c| {
+            c.remove(&1);
+        },
+    ] {
+        let cache: Cache<u32, u32> = Cache::new(100);
+        let (leader, go) = held_load(&cache);
+        write_then_drop(&cache);
+        let late = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.get_with(1, || 3))
+        };
+        hold_until_misses(&cache, 2);
+        go.send(()).unwrap();
+        assert_eq!(leader.join().unwrap(), 1, "the leader keeps its own value");
+        assert_eq!(late.join().unwrap(), 3, "the late caller loads again");
+        assert_eq!(cache.peek(&1), Some(3));
+    }
+}
+
+#[test]
 fn waiters_share_a_load_that_a_write_kept_out_of_the_cache() {
     let cache: Cache<u32, u32> = Cache::new(100);
     let (leader, go) = held_load(&cache);

@@ -161,6 +161,40 @@ async fn one_init_runs_for_concurrent_tasks_on_a_multi_thread_runtime() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_joins_a_load_after_a_write_of_its_key_loads_again() {
+    bounded("a late waiter", async {
+        let cache: Cache<u32, u32> = Cache::new(100);
+        let release = Arc::new(Notify::new());
+        let (started_tx, started) = oneshot::channel();
+        let leader = {
+            let (cache, release) = (cache.clone(), release.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_with_async(1, async move {
+                        started_tx.send(()).unwrap();
+                        release.notified().await;
+                        1 // read before the write below
+                    })
+                    .await
+            })
+        };
+        started.await.unwrap();
+        cache.insert(1, 2);
+        cache.invalidate(&1);
+        let late = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_with_async(1, async { 3 }).await })
+        };
+        until_misses(&cache, 2).await;
+        release.notify_one();
+        assert_eq!(leader.await.unwrap(), 1, "the leader keeps its own value");
+        assert_eq!(late.await.unwrap(), 3, "the late task loads again");
+        assert_eq!(cache.peek(&1), Some(3));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_async_load_is_shared_by_waiters_and_not_cached() {
     const TASKS: usize = 16;
     bounded("shared error", async {

@@ -200,6 +200,14 @@ impl<V: Clone> Flight<V> {
             .is_ok()
     }
 
+    /// Whether a write of the key has landed while this load ran (see
+    /// [`Flights::written`]). A caller that finds it so as it joins began
+    /// after that write, and must not take the load's value, which may be
+    /// older than the write.
+    pub(crate) fn written(&self) -> bool {
+        self.written.load(SeqCst)
+    }
+
     /// Blocks until the leader finishes and returns what it produced.
     ///
     /// # Panics
