@@ -356,6 +356,53 @@ fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
     assert_eq!(cache.get(&1).unwrap(), Some(1006), "loads 2 to 5 failed");
 }
 
+/// Stale-if-error's window is judged when the load fails, not when the read
+/// began: a read inside the window whose load fails only after the window
+/// has ended gets the error, as a read begun then would, and so does a
+/// reader that waited for that load.
+#[test]
+fn a_load_failing_after_the_stale_if_error_window_returns_the_error() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_if_error(30 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    source.fail.store(true, SeqCst);
+    clock.advance(35 * SEC); // inside 10 + 30
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    let leader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get(&1))
+    };
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    let misses = cache.stats().misses();
+    let waiter = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get(&1))
+    };
+    hold_until_misses_past(&cache, misses); // the waiter joined the load
+    clock.advance(10 * SEC); // 45 s: the load fails past the window
+    drop(gate);
+    let (led, waited) = (leader.join().unwrap(), waiter.join().unwrap());
+    assert_eq!(
+        led.map_err(|e| e.to_string()),
+        Err("store down for 1".to_string()),
+        "the leader's load failed past the window"
+    );
+    assert_eq!(
+        waited.map_err(|e| e.to_string()),
+        Err("store down for 1".to_string()),
+        "the waiter's too"
+    );
+    assert_eq!(cache.stats().stale_hits(), 0);
+    assert_eq!(source.calls(), 2, "one failed load, shared");
+}
+
 #[test]
 fn failed_background_reloads_leave_the_value_in_place() {
     let clock = MockClock::new();

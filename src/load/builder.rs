@@ -173,7 +173,9 @@ where
     /// Stale-if-error: for `window` past a value's time to live, a failed
     /// load (or reload) does not reach the reader: the old value is returned
     /// instead, counted as a stale hit and the failure as a load failure.
-    /// Past the window the error is returned. Needs `time_to_live`.
+    /// Past the window the error is returned; the window is judged when the
+    /// load fails, so a load begun inside it that fails after it returns
+    /// the error, to its waiters too. Needs `time_to_live`.
     ///
     /// # Examples
     ///

@@ -172,7 +172,16 @@ enum Read<V> {
     /// The answer.
     Done(Option<V>),
     /// A load is needed; the value to fall back on if it fails, if any.
-    Load(Option<Option<V>>),
+    Load(Option<Fallback<V>>),
+}
+
+/// A value inside its stale-if-error window, for a load that fails.
+#[derive(Clone)]
+struct Fallback<V> {
+    value: Option<V>,
+    /// The end of the window, in clock nanoseconds: a load that fails
+    /// later returns its error.
+    until: u64,
 }
 
 impl<K, V, E> LoadingCache<K, V, E>
@@ -801,13 +810,18 @@ where
                 self.reload_unless_under_way(key, entry.stamp);
                 Read::Done(entry.value)
             }
-            State::Fallback => Read::Load(Some(entry.value)),
+            State::Fallback => Read::Load(Some(Fallback {
+                value: entry.value,
+                until: entry
+                    .expires_at
+                    .saturating_add(self.settings.freshness.stale_if_error),
+            })),
             State::Expired => Read::Load(None),
         }
     }
 
     /// Loads `key` in the foreground, or waits for the load under way.
-    fn load(&self, key: &K, fallback: Option<Option<V>>) -> Result<Option<V>, Arc<E>> {
+    fn load(&self, key: &K, fallback: Option<Fallback<V>>) -> Result<Option<V>, Arc<E>> {
         loop {
             let flight = match self.flights.begin(key, Leader::here()) {
                 Role::Leader(guard) => return self.lead(guard, fallback),
@@ -838,7 +852,7 @@ where
     fn lead(
         &self,
         guard: LeaderGuard<K, Option<V>>,
-        fallback: Option<Option<V>>,
+        fallback: Option<Fallback<V>>,
     ) -> Result<Option<V>, Arc<E>> {
         if let Some(value) = self.loaded_meanwhile(&guard) {
             guard.finish(Outcome::Loaded(value.clone()));
@@ -900,7 +914,7 @@ where
     fn settle(
         &self,
         outcome: Outcome<Option<V>>,
-        fallback: &Option<Option<V>>,
+        fallback: &Option<Fallback<V>>,
     ) -> Option<Result<Option<V>, Arc<E>>> {
         match outcome {
             Outcome::Loaded(v) => Some(Ok(v)),
@@ -914,14 +928,16 @@ where
         }
     }
 
-    /// The stale value instead of `e`, if stale-if-error kept one.
-    fn fall_back(&self, fallback: Option<Option<V>>, e: Arc<E>) -> Result<Option<V>, Arc<E>> {
+    /// The stale value instead of `e`, if stale-if-error kept one and its
+    /// window is still open now, when the load has failed (a load may
+    /// outlast it).
+    fn fall_back(&self, fallback: Option<Fallback<V>>, e: Arc<E>) -> Result<Option<V>, Arc<E>> {
         match fallback {
-            Some(value) => {
+            Some(stale) if self.cache.now() < stale.until => {
                 self.cache.record_stale_hit();
-                Ok(value)
+                Ok(stale.value)
             }
-            None => Err(e),
+            _ => Err(e),
         }
     }
 
@@ -1159,7 +1175,11 @@ where
     }
 
     /// The async form of [`load`](Self::load).
-    async fn load_async(&self, key: &K, fallback: Option<Option<V>>) -> Result<Option<V>, Arc<E>> {
+    async fn load_async(
+        &self,
+        key: &K,
+        fallback: Option<Fallback<V>>,
+    ) -> Result<Option<V>, Arc<E>> {
         loop {
             let flight = match self.flights.begin(key, Leader::Detached) {
                 Role::Leader(guard) => return self.lead(guard, fallback),
@@ -1183,7 +1203,7 @@ where
             failure: None,
             waits: Vec::new(),
         };
-        let mut missing: Vec<(K, Option<Option<V>>)> = Vec::new();
+        let mut missing: Vec<(K, Option<Fallback<V>>)> = Vec::new();
         let mut seen = HashSet::new();
         for key in keys {
             if !seen.insert(key.clone()) {
@@ -1263,7 +1283,7 @@ struct Batch<K, V, E> {
 
 /// A key a bulk read waits for: the flight loading it and the value to fall
 /// back on if that load fails.
-type Wait<K, V> = (K, Arc<Flight<Option<V>>>, Option<Option<V>>);
+type Wait<K, V> = (K, Arc<Flight<Option<V>>>, Option<Fallback<V>>);
 
 impl<K: Hash + Eq, V, E> Batch<K, V, E> {
     fn add(&mut self, key: K, result: Result<Option<V>, Arc<E>>) {
