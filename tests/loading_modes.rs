@@ -820,6 +820,56 @@ fn a_reload_that_ends_after_the_value_expired_still_lands() {
     assert_eq!(source.calls(), 2, "no foreground load after the reload");
 }
 
+/// As above, with the expired value reaped while the reload runs (here by
+/// an insert into the full shard; the maintenance thread does the same
+/// within 100 ms): the reloaded value still lands, and no foreground load
+/// follows.
+#[test]
+fn a_reload_whose_expired_value_was_reaped_meanwhile_still_lands() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = Cache::builder()
+        .max_capacity(2)
+        .num_shards(1)
+        .clock(clock.clone())
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .refresh_after(9 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert_eq!(cache.get(&2).unwrap(), Some(2002));
+    clock.advance(9 * SEC);
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001)); // starts the reload
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    clock.advance(2 * SEC); // 1 and 2 expire while the reload runs
+    cache.insert(3, 3); // the full shard reaps them to make room
+    assert_eq!(cache.entry_count(), 1, "1 and 2 reaped");
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.stats().refreshes(), 1);
+    assert_eq!(cache.peek(&1), Some(1003), "the reload's value landed");
+    assert_eq!(cache.get(&1).unwrap(), Some(1003));
+    assert_eq!(source.calls(), 3, "no foreground load after the reload");
+
+    // Reaped, then invalidated while the reload runs: it does not land.
+    clock.advance(9 * SEC);
+    let gate = source.gate.lock();
+    assert_eq!(cache.get(&1).unwrap(), Some(1003)); // starts the reload
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    clock.advance(2 * SEC);
+    cache.insert(4, 4);
+    cache.insert(5, 5); // reaps 1 and 3
+    assert_eq!(cache.peek(&1), None);
+    cache.invalidate(&1);
+    drop(gate);
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&1), None, "an invalidated key is not resurrected");
+    assert_eq!(source.calls(), 4);
+}
+
 #[test]
 fn a_full_reload_queue_skips_and_counts_instead_of_growing() {
     let clock = MockClock::new();

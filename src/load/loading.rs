@@ -12,8 +12,10 @@
 //! async reads and background reloads: all go through one [`Flights`] table,
 //! so a reader that must wait joins whichever load is running. Background
 //! reloads run on the cache's [`Pool`]; a reload replaces the value only if
-//! it is still the one the reload was started for (its `stamp`), so a
-//! concurrent `insert` or `invalidate` wins over a slow reload.
+//! it is still the one the reload was started for (its `stamp`), or if
+//! that one expired and was reaped (or was evicted) and no write of the key
+//! ended since, so a concurrent `insert` or `invalidate` wins over a slow
+//! reload.
 
 use std::{
     borrow::Borrow,
@@ -149,8 +151,11 @@ struct LoadingInner<K, V, E> {
 /// Which entry a [`store`](LoadingInner::store) may replace.
 #[derive(Clone, Copy, Debug)]
 enum Over {
-    /// Only the entry with this stamp (a reload).
-    Stamp(u64),
+    /// Only the entry with this stamp (a reload), or no entry if no write
+    /// of the key ended since `Seen` was taken: the value it was started
+    /// for expired and was reaped, or was evicted, while it loaded (an
+    /// invalidation is a write).
+    Stamp(u64, Seen),
     /// Whatever is there, if no write of the key ended since `Seen` was
     /// taken (a load; see [`guard`]).
     Unwritten(Seen),
@@ -956,8 +961,9 @@ where
 
     /// Stores a loaded or written value (or a cached "absent") with a fresh
     /// stamp, if `over` allows: a reload replaces only the entry it was
-    /// started for, so it never overwrites a newer write or resurrects an
-    /// invalidated key; a load stores only if no write of the key ended since
+    /// started for (or fills the key if that entry was reaped or evicted
+    /// and no write ended since), so it never overwrites a newer write or
+    /// resurrects an invalidated key; a load stores only if no write of the key ended since
     /// it began, and a write's end stores only if no other write of the key
     /// ended since it began (dropping the key otherwise). Returns whether it
     /// stored. What it removes goes into `removed`, for the caller to
@@ -978,7 +984,7 @@ where
                 // Absent and not cached: drop what the cache held for the
                 // key, as `over` allows: not a write that ended meanwhile.
                 match over {
-                    Over::Stamp(stamp) => {
+                    Over::Stamp(stamp, _) => {
                         let doomed = |e: Option<&Loaded<V>>, _: Stripe<'_>| {
                             e.is_some_and(|e| e.stamp == stamp)
                         };
@@ -1020,13 +1026,11 @@ where
         };
         let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
         match over {
-            Over::Stamp(stamp) => {
-                let decide = |current: Option<&Loaded<V>>, _: Stripe<'_>| {
-                    if current.is_some_and(|c| c.stamp == stamp) {
-                        Verdict::Insert
-                    } else {
-                        Verdict::Skip
-                    }
+            Over::Stamp(stamp, seen) => {
+                let decide = |current: Option<&Loaded<V>>, s: Stripe<'_>| match current {
+                    Some(c) if c.stamp == stamp => Verdict::Insert,
+                    Some(_) => Verdict::Skip,
+                    None => seen.load_verdict(&s),
                 };
                 self.cache.insert_if(key, entry, hard, decide, removed)
             }
@@ -1167,7 +1171,7 @@ where
         self.cache.load_counters().refreshed();
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                let over = stamp.map_or(Over::Unwritten(seen), Over::Stamp);
+                let over = stamp.map_or(Over::Unwritten(seen), |s| Over::Stamp(s, seen));
                 self.fill(guard, key, value, took, over, seen);
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
