@@ -866,7 +866,11 @@ fn a_reload_whose_expired_value_was_reaped_meanwhile_still_lands() {
     cache.invalidate(&1);
     drop(gate);
     cache.run_pending_tasks();
-    assert_eq!(cache.peek(&1), None, "an invalidated key is not resurrected");
+    assert_eq!(
+        cache.peek(&1),
+        None,
+        "an invalidated key is not resurrected"
+    );
     assert_eq!(source.calls(), 4);
 }
 

@@ -532,6 +532,14 @@ where
     /// [`loads`](crate::CacheStats::loads)) and the queued reload then does
     /// nothing (it is not counted in `refreshes`).
     ///
+    /// # Panics
+    ///
+    /// If the loader panics while the reload runs on the calling thread:
+    /// on a cache with no reload threads (none of `refresh_after`,
+    /// `stale_while_revalidate` or `early_expiry` set). The cached value
+    /// stays. On a reload thread the panic is contained and counted as a
+    /// failed load.
+    ///
     /// # Examples
     ///
     /// ```
@@ -540,6 +548,16 @@ where
     /// assert!(cache.refresh(&1));
     /// cache.run_pending_tasks();
     /// assert_eq!(cache.stats().loads(), 2);
+    ///
+    /// // No reload threads: the reload runs here, and so does its panic.
+    /// let flaky = larder::Cache::builder()
+    ///     .loader(|k: &u8| if *k == 0 { panic!("store bug") } else { Ok::<_, String>(Some(*k)) })
+    ///     .build()
+    ///     .unwrap();
+    /// let panicked = std::panic::catch_unwind(|| flaky.refresh(&0));
+    /// assert!(panicked.is_err());
+    /// assert_eq!(flaky.stats().load_failures(), 1);
+    /// assert_eq!(flaky.get(&2).unwrap(), Some(2)); // still usable
     /// ```
     pub fn refresh<Q>(&self, key: &Q) -> bool
     where
