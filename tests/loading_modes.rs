@@ -611,6 +611,33 @@ fn a_remembered_absence_weighs_one_and_only_the_stats_hear_of_its_removal() {
     );
 }
 
+#[test]
+fn time_to_idle_drops_an_entry_inside_its_grace_windows() {
+    // A value 2 s past its 10 s time to live is inside both 30 s windows,
+    // but idle for 12 s with a time to idle of 5 s: it is gone, and the
+    // read loads (stale-while-revalidate does not answer it, nor does
+    // stale-if-error when that load fails).
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .time_to_idle(5 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(30 * SEC)
+        .stale_if_error(30 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    clock.advance(12 * SEC);
+    assert_eq!(cache.peek(&1), None);
+    source.fail.store(true, SeqCst);
+    assert!(cache.get(&1).is_err(), "no stale value to fall back on");
+    assert_eq!(cache.stats().stale_hits(), 0);
+    source.fail.store(false, SeqCst);
+    assert_eq!(cache.get(&1).unwrap(), Some(1003), "the third load");
+    assert_eq!(source.calls(), 3);
+}
+
 /// Counts batch calls and the keys in them.
 #[derive(Default)]
 struct Batches {

@@ -129,7 +129,7 @@ where
     /// A reload that finds the key absent drops the value (or caches the
     /// absence, with `negative_ttl`); one that fails leaves the value as it
     /// was, and the next read due for refresh tries again. Cached absences
-    /// are refreshed too.
+    /// are refreshed too. Off by default.
     ///
     /// # Examples
     ///
@@ -151,7 +151,9 @@ where
     /// reads return the stale value at once (counted in
     /// [`stale_hits`](crate::CacheStats::stale_hits)) while exactly one
     /// background reload runs. Past the window, reads wait for a load.
-    /// Needs `time_to_live`.
+    /// Needs `time_to_live`. Off by default. A `time_to_idle` still
+    /// applies: an entry not read for that long is dropped, inside the
+    /// window too.
     ///
     /// # Examples
     ///
@@ -175,7 +177,9 @@ where
     /// instead, counted as a stale hit and the failure as a load failure.
     /// Past the window the error is returned; the window is judged when the
     /// load fails, so a load begun inside it that fails after it returns
-    /// the error, to its waiters too. Needs `time_to_live`.
+    /// the error, to its waiters too. Needs `time_to_live`. Off by
+    /// default. A `time_to_idle` still applies: an entry not read for that
+    /// long is dropped, inside the window too.
     ///
     /// # Examples
     ///
@@ -200,7 +204,7 @@ where
     /// `exp(-time_left / (load_time * beta))`, where `load_time` is how long
     /// that value took to load: steady traffic on a hot key refreshes it
     /// shortly before it expires, so readers never all miss at once.
-    /// Needs `time_to_live`.
+    /// Needs `time_to_live`. Off by default.
     ///
     /// # Examples
     ///
