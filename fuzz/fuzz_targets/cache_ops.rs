@@ -13,14 +13,15 @@ use libfuzzer_sys::{
     arbitrary::{Result, Unstructured},
     fuzz_target,
 };
-use model::{Config, KEYS, Op, run};
+use model::{Config, KEYS, Op, Weigher, run};
 
 fn config(u: &mut Unstructured<'_>) -> Result<Config> {
-    let capacity = match u.int_in_range(0..=3u8)? {
+    let capacity = match u.int_in_range(0..=4u8)? {
         0 => 0,
         1 => u.int_in_range(1..=8)?,
         2 => u.int_in_range(8..=40)?,
-        _ => 1_000,
+        3 => 1_000,
+        _ => u64::MAX,
     };
     let ttl = if u.arbitrary()? {
         Some(u.int_in_range(1..=15)?)
@@ -32,19 +33,28 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
     } else {
         None
     };
-    let shards = if u.arbitrary()? { 1 } else { 4 };
+    let shards = [1, 4, 16, 64][usize::from(u.int_in_range(0..=3u8)?)];
+    let weigher = match u.int_in_range(0..=2u8)? {
+        0 => Weigher::Unit,
+        1 => Weigher::Small,
+        _ => Weigher::Wide,
+    };
     Ok(Config {
         capacity,
         shards,
         ttl,
         tti,
-        weighted: u.arbitrary()?,
-    })
+        weigher,
+        hooks: u.arbitrary()?,
+        jitter: u.arbitrary()?,
+        reentrant: u.arbitrary()?,
+    }
+    .sane())
 }
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     let key = |u: &mut Unstructured<'_>| u.int_in_range(0..=KEYS - 1);
-    Ok(match u.int_in_range(0..=10u8)? {
+    Ok(match u.int_in_range(0..=17u8)? {
         0 => Op::Insert(key(u)?, u.arbitrary()?),
         1 => Op::InsertTtl(key(u)?, u.arbitrary()?, u.int_in_range(1..=19)?),
         2 => Op::Get(key(u)?),
@@ -55,6 +65,14 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         7 => Op::InvalidateIf(u.int_in_range(2..=6)?),
         8 => Op::InvalidateAll,
         9 => Op::Advance(u.int_in_range(0..=3999)?),
+        10 => Op::GetWith(key(u)?, u.arbitrary()?),
+        11 => Op::TryGetWith(key(u)?, u.arbitrary()?, u.arbitrary()?),
+        12 => Op::GetWithPanic(key(u)?),
+        13 => Op::AdvanceNear(key(u)?, u.int_in_range(-2..=2)?),
+        // Long jumps, rarely: most of them end expiry for the run.
+        14 if u.ratio(1, 8)? => Op::Jump(u.arbitrary()?),
+        15 => Op::GetWithWrite(key(u)?, u.arbitrary()?, u.arbitrary()?, u.arbitrary()?),
+        16 => Op::IterWriting(key(u)?, u.arbitrary()?),
         _ => Op::RunPending,
     })
 }

@@ -8,19 +8,35 @@
 //! contents must equal the reference's live entries (key by key, and as
 //! `iter` lists them), and the cache's own
 //! consistency check (table, slots, wheel, policy) must pass.
+//!
+//! With `ttl_jitter` the reference cannot know a spread deadline, only the
+//! range the docs promise for it (`1 ± jitter` of the lifetime): it keeps
+//! that range, requires the entry live before it and gone after it, and
+//! narrows it by what it sees in between (a `peek` is side-effect free, so
+//! every step's check settles each entry as live or expired at the step's
+//! time, and the next step starts from known states).
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
     collections::HashMap,
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use larder::{Cache, RemovalCause, clock::MockClock};
+use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
 
 /// Keys are drawn from `0..KEYS`.
 pub const KEYS: u8 = 24;
 const NS: u64 = 1_000_000_000;
+/// No deadline.
+const NEVER: u64 = u64::MAX;
+/// Deadlines from here on are none (see `MockClock::advance`).
+const EDGE: u64 = (1 << 60) - 1;
+/// The last deadline an idle slide may reach.
+const LAST: u64 = EDGE - 1;
+/// The spread `ttl_jitter` is given when a config asks for one.
+pub const JITTER: f64 = 0.25;
 
 /// One step of a replayed sequence.
 #[derive(Clone, Debug)]
@@ -34,55 +50,253 @@ pub enum Op {
     Invalidate(u8),
     InvalidateIf(u16),
     InvalidateAll,
+    /// `get_with(key, || value)`.
+    GetWith(u8, u16),
+    /// `try_get_with(key, ..)`: the value if `true`, else an error.
+    TryGetWith(u8, u16, bool),
+    /// `get_with` whose `init` panics.
+    GetWithPanic(u8),
+    /// `get_with(key, || value)` whose `init` first writes: inserts the
+    /// `u16` under the key (0), invalidates the key (1), or inserts it under
+    /// the next key (2), by the last number modulo 3. The loaded value is
+    /// returned, and cached only in the last case.
+    GetWithWrite(u8, u16, u16, u8),
+    /// `iter()` with an `insert(key, value)` made after its first item:
+    /// no key listed twice, nothing listed that was not cached, and every
+    /// entry cached throughout listed.
+    IterWriting(u8, u16),
     Advance(u16),
+    /// Moves the clock to the key's deadline plus `delta` ns (if that is
+    /// ahead; else 1 ns).
+    AdvanceNear(u8, i8),
+    /// A long jump: see [`jump`].
+    Jump(u8),
     RunPending,
 }
 
-/// The cache under test: its bound, shards and expiry settings.
+/// What weighs the entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weigher {
+    /// No weigher: every entry weighs 1.
+    Unit,
+    /// `value % 4`: weights 0 to 3.
+    Small,
+    /// Weights 0 up to `u32::MAX` (see [`wide`]), far over any shard's share.
+    Wide,
+}
+
+/// The cache under test: its bound, shards and expiry settings. `hooks`
+/// (the model's [`Hooks`]) goes without `ttl` and `tti`, as the builder
+/// requires; `jitter` without `tti` (the idle slide needs exact deadlines).
 #[derive(Clone, Debug)]
 pub struct Config {
     pub capacity: u64,
     pub shards: usize,
     pub ttl: Option<u64>,
     pub tti: Option<u64>,
-    pub weighted: bool,
+    pub weigher: Weigher,
+    pub hooks: bool,
+    pub jitter: bool,
+    /// The listener, weigher and hooks call back into the cache: side-
+    /// effect-free reads (`peek`, `contains_key`, `iter`, counts), and the
+    /// listener `run_pending_tasks` too.
+    pub reentrant: bool,
 }
 
-/// A reference entry: value, deadline and write-based cap (ns), weight.
+impl Config {
+    /// Drops the settings the builder does not combine (see [`Config`]).
+    pub fn sane(mut self) -> Self {
+        if self.hooks {
+            self.ttl = None;
+            self.tti = None;
+        }
+        if self.tti.is_some() {
+            self.jitter = false;
+        }
+        self
+    }
+}
+
+/// Weights of [`Weigher::Wide`], by `value % 8`.
+fn wide(value: u16) -> u32 {
+    [0, 0, 1, 3, 17, 300, 5_000, u32::MAX][usize::from(value % 8)]
+}
+
+fn weight(w: Weigher, value: u16) -> u32 {
+    match w {
+        Weigher::Unit => 1,
+        Weigher::Small => u32::from(value % 4),
+        Weigher::Wide => wide(value),
+    }
+}
+
+/// The expiry hooks of a `hooks` config: answers that depend on the value
+/// only, or give back the time left (which the cache must take as "keep
+/// the deadline").
+#[derive(Debug)]
+pub struct Hooks(Probe);
+
+/// The cache, for callbacks to call back into (while the run lasts).
+#[derive(Clone, Debug, Default)]
+pub struct Probe(Arc<Mutex<Option<Cache<u8, u16>>>>);
+
+impl Probe {
+    /// A callback's look at the cache around `k`, if the run is reentrant.
+    fn look(&self, k: u8) -> Option<Cache<u8, u16>> {
+        // Cloned out: a nested callback looks too.
+        let cache = self.0.lock().unwrap().clone()?;
+        let _ = (cache.peek(&k), cache.contains_key(&k));
+        let _ = (
+            cache.iter().count(),
+            cache.entry_count(),
+            cache.weighted_size(),
+        );
+        Some(cache)
+    }
+}
+
+/// Ends a run's reentrancy (the cache would keep itself alive through
+/// its callbacks), however the run ends.
+struct Unhook(Probe);
+
+impl Drop for Unhook {
+    fn drop(&mut self) {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A hook's answer: the time left given back, or a lifetime of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Keep,
+    After(Option<Duration>),
+}
+
+impl Answer {
+    fn given(self, remaining: Option<Duration>) -> Option<Duration> {
+        match self {
+            Answer::Keep => remaining,
+            Answer::After(after) => after,
+        }
+    }
+}
+
+fn create_answer(v: u16) -> Option<Duration> {
+    match v % 8 {
+        0 => None,
+        1 => Some(Duration::ZERO),
+        2 => Some(Duration::from_nanos(1)),
+        n => Some(Duration::from_millis(u64::from(n) * 700)),
+    }
+}
+
+fn read_answer(v: u16) -> Answer {
+    match (v / 8) % 4 {
+        0 => Answer::Keep,
+        1 => Answer::After(Some(Duration::from_secs(2))),
+        2 => Answer::After(None),
+        _ => Answer::After(Some(Duration::from_nanos(u64::from(v % 3)))),
+    }
+}
+
+fn update_answer(v: u16) -> Answer {
+    match (v / 32) % 4 {
+        0 => Answer::Keep,
+        1 => Answer::After(Some(Duration::from_secs(3))),
+        2 => Answer::After(None),
+        _ => Answer::After(Some(Duration::ZERO)),
+    }
+}
+
+impl Expiry<u8, u16> for Hooks {
+    fn expire_after_create(&self, k: &u8, v: &u16) -> Option<Duration> {
+        self.0.look(*k);
+        create_answer(*v)
+    }
+    fn expire_after_read(&self, k: &u8, v: &u16, r: Option<Duration>) -> Option<Duration> {
+        self.0.look(*k);
+        read_answer(*v).given(r)
+    }
+    fn expire_after_update(&self, k: &u8, v: &u16, r: Option<Duration>) -> Option<Duration> {
+        self.0.look(*k);
+        update_answer(*v).given(r)
+    }
+}
+
+/// How far a [`Op::Jump`] moves the clock from `now`.
+fn jump(n: u8, now: u64) -> u64 {
+    match n % 5 {
+        0 => 3_600 * NS,
+        1 => 400 * 86_400 * NS,
+        // To a few seconds, 1 ns, or 0 ns before the deadline range's end.
+        2 => (EDGE - 5 * NS).saturating_sub(now),
+        3 => (EDGE - 1).saturating_sub(now),
+        _ => EDGE.saturating_sub(now),
+    }
+}
+
+/// A reference entry: its value, the range its deadline lies in (`lo ==
+/// hi` when known exactly; [`NEVER`] for none), and the write-based cap
+/// of idle slides.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     value: u16,
-    at: u64,
+    lo: u64,
+    hi: u64,
     hard: u64,
 }
 
+impl Entry {
+    fn exact(&self) -> u64 {
+        assert_eq!(self.lo, self.hi, "model: deadline of an exact entry");
+        self.lo
+    }
+}
+
+/// A deadline the cache stores: from [`EDGE`] on, none.
+fn representable(at: u64) -> u64 {
+    if at >= EDGE { NEVER } else { at }
+}
+
+fn exact_after(now: u64, d: u64) -> u64 {
+    now.saturating_add(d).min(NEVER - 1)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 type Event = (u8, u16, RemovalCause);
+
+/// The reference's counters, compared with `stats()` at the end.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    hits: u64,
+    misses: u64,
+    load_successes: u64,
+    load_failures: u64,
+}
 
 struct Model {
     cfg: Config,
     now: u64,
     map: HashMap<u8, Entry>,
     expected: Vec<Event>,
-    hits: u64,
-    misses: u64,
+    counts: Counts,
+    /// Every notification heard, by cause (`RemovalCause as usize`).
+    heard: [u64; 4],
     /// The step's write, if it was one: the total weight the reference held
     /// once it was made (expired entries not yet reaped included), before
     /// any eviction. Only a write can evict for size, and only past a
     /// shard's capacity.
     pressure: Option<u64>,
-}
-
-fn weight(value: u16) -> u32 {
-    u32::from(value % 4)
+    /// The keys the step wrote.
+    written: Vec<u8>,
 }
 
 impl Model {
     fn weight_of(&self, e: &Entry) -> u64 {
-        if self.cfg.weighted {
-            u64::from(weight(e.value))
-        } else {
-            1
-        }
+        u64::from(weight(self.cfg.weigher, e.value))
     }
 
     fn total_weight(&self) -> u64 {
@@ -101,14 +315,35 @@ impl Model {
         cap / shards
     }
 
+    /// Whether `k`'s entry is live now: `None` if the reference cannot
+    /// tell (a spread deadline whose range holds `now`).
+    fn liveness(&self, k: u8) -> Option<bool> {
+        match self.map.get(&k) {
+            None => Some(false),
+            Some(e) if self.now < e.lo => Some(true),
+            Some(e) if e.hi <= self.now => Some(false),
+            Some(_) => None,
+        }
+    }
+
+    /// `k`'s live entry. Each step starts with every entry's state known
+    /// (the previous step's check settled it), and only an advance moves
+    /// the time.
     fn live(&self, k: u8) -> Option<Entry> {
-        self.map.get(&k).copied().filter(|e| self.now < e.at)
+        let live = self
+            .liveness(k)
+            .unwrap_or_else(|| panic!("model: liveness of {k} unknown at {}", self.now));
+        if live {
+            self.map.get(&k).copied()
+        } else {
+            None
+        }
     }
 
     /// Removes `k` if present, predicting its notification.
     fn take(&mut self, k: u8, cause_if_live: RemovalCause) -> Option<u16> {
+        let live = self.live(k).is_some();
         let e = self.map.remove(&k)?;
-        let live = self.now < e.at;
         self.expected.push((
             k,
             e.value,
@@ -121,46 +356,189 @@ impl Model {
         live.then_some(e.value)
     }
 
-    fn write(&mut self, k: u8, value: u16, ttl: Option<u64>) {
-        self.take(k, RemovalCause::Replaced);
-        let after = |d: u64| self.now.saturating_add(d * NS);
-        let hard = ttl.or(self.cfg.ttl).map_or(u64::MAX, after);
-        let at = self.cfg.tti.map_or(hard, |tti| hard.min(after(tti)));
-        self.map.insert(k, Entry { value, at, hard });
+    /// The range a lifetime of `d` ns the cache decides (`time_to_live`,
+    /// a hook's answer) puts the deadline in, spread by the jitter.
+    fn spread(&self, d: u64) -> (u64, u64) {
+        if !self.cfg.jitter || d == 0 {
+            let at = representable(exact_after(self.now, d));
+            return (at, at);
+        }
+        let f = d as f64;
+        let lo = ((f * (1.0 - JITTER) * (1.0 - 1e-9)) as u64).saturating_sub(1);
+        let hi = ((f * (1.0 + JITTER) * (1.0 + 1e-9)) as u64).saturating_add(1);
+        (
+            representable(exact_after(self.now, lo.max(1))),
+            representable(exact_after(self.now, hi)),
+        )
     }
 
-    /// A read hit slides an idle deadline (in steps above ~1 ms, as the cache does).
+    /// The range of a hook's answer applied to an entry whose deadline is
+    /// in `old`: unchanged if the answer gives back the time left (which
+    /// the reference may not know exactly: then either).
+    fn answer(&self, old: (u64, u64), answer: Answer) -> (u64, u64) {
+        let Answer::After(after) = answer else {
+            return old;
+        };
+        let new = after.map_or((NEVER, NEVER), |d| self.spread(nanos(d)));
+        let same_possible = match after {
+            None => old.1 == NEVER,
+            Some(d) => {
+                let at = self.now.saturating_add(nanos(d));
+                old.0 <= at && at <= old.1
+            }
+        };
+        match (same_possible, old.0 == old.1) {
+            (false, _) => new,
+            (true, true) => old,
+            (true, false) => (old.0.min(new.0), old.1.max(new.1)),
+        }
+    }
+
+    /// The deadline range the hook answers of a write of `value` give,
+    /// over `old` if the key holds a live entry.
+    fn hooked(&self, value: u16, old: Option<Entry>) -> (u64, u64) {
+        match old {
+            None => {
+                let after = create_answer(value);
+                after.map_or((NEVER, NEVER), |d| self.spread(nanos(d)))
+            }
+            Some(e) => self.answer((e.lo, e.hi), update_answer(value)),
+        }
+    }
+
+    fn write(&mut self, k: u8, value: u16, ttl: Option<u64>) {
+        let old = self.live(k);
+        self.take(k, RemovalCause::Replaced);
+        let (lo, hi, hard) = if let Some(ttl) = ttl {
+            // A TTL given by the caller is kept exactly.
+            let hard = exact_after(self.now, ttl * NS);
+            let at = self
+                .cfg
+                .tti
+                .map_or(hard, |tti| hard.min(exact_after(self.now, tti * NS)));
+            (representable(at), representable(at), hard)
+        } else if self.cfg.hooks {
+            let (lo, hi) = self.hooked(value, old);
+            (lo, hi, hi)
+        } else {
+            match self.cfg.tti {
+                // No jitter with a time to idle: the deadline is exact.
+                Some(tti) => {
+                    let hard = self
+                        .cfg
+                        .ttl
+                        .map_or(NEVER, |t| exact_after(self.now, t * NS));
+                    let at = representable(hard.min(exact_after(self.now, tti * NS)));
+                    (at, at, hard)
+                }
+                None => {
+                    let (lo, hi) = self.cfg.ttl.map_or((NEVER, NEVER), |t| self.spread(t * NS));
+                    (lo, hi, hi)
+                }
+            }
+        };
+        self.map.insert(
+            k,
+            Entry {
+                value,
+                lo,
+                hi,
+                hard,
+            },
+        );
+        let total = self.total_weight();
+        self.pressure = Some(self.pressure.map_or(total, |p| p.max(total)));
+        self.written.push(k);
+    }
+
+    /// A read hit slides an idle deadline (in steps above ~1 ms, as the
+    /// cache does) or applies the read hook's answer.
     fn read(&mut self, k: u8) -> Option<u16> {
-        let now = self.now;
-        let tti = self.cfg.tti;
-        let e = self.map.get_mut(&k).filter(|e| now < e.at)?;
-        if let Some(tti) = tti {
-            let next = e.hard.min(now + tti * NS);
-            if next > e.at + (1 << 20) {
-                e.at = next;
+        let e = self.live(k)?;
+        let mut next = e;
+        if let Some(tti) = self.cfg.tti {
+            let at = e.exact();
+            let slid = e.hard.min(self.now.saturating_add(tti * NS)).min(LAST);
+            if at != NEVER && slid > at.saturating_add(1 << 20) {
+                next.lo = slid;
+                next.hi = slid;
             }
         }
+        if self.cfg.hooks {
+            (next.lo, next.hi) = self.answer((e.lo, e.hi), read_answer(e.value));
+        }
+        self.map.insert(k, next);
         Some(e.value)
+    }
+
+    /// `get_with` / `try_get_with`: a hit, or a miss and a load of `init`.
+    fn load(&mut self, k: u8, init: Result<u16, ()>) -> Result<u16, ()> {
+        if let Some(v) = self.read(k) {
+            self.counts.hits += 1;
+            return Ok(v);
+        }
+        self.counts.misses += 1;
+        match init {
+            Ok(v) => {
+                self.counts.load_successes += 1;
+                self.write(k, v, None);
+            }
+            Err(()) => self.counts.load_failures += 1,
+        }
+        init
+    }
+
+    /// The clock step of [`Op::AdvanceNear`].
+    fn near(&self, k: u8, delta: i8) -> u64 {
+        let target = self
+            .map
+            .get(&k)
+            .filter(|e| e.lo != NEVER)
+            .map(|e| e.lo.saturating_add_signed(i64::from(delta)));
+        match target {
+            Some(t) if t > self.now => t - self.now,
+            _ => 1,
+        }
     }
 }
 
-fn build(cfg: &Config, clock: &MockClock, events: &Arc<Mutex<Vec<Event>>>) -> Cache<u8, u16> {
+fn build(
+    cfg: &Config,
+    clock: &MockClock,
+    events: &Arc<Mutex<Vec<Event>>>,
+    probe: &Probe,
+) -> Cache<u8, u16> {
     let log = events.clone();
+    let looks = probe.clone();
     let mut b = Cache::builder()
         .max_capacity(cfg.capacity)
         .num_shards(cfg.shards)
         .clock(clock.clone())
         .eviction_listener(move |k: Arc<u8>, v: u16, cause| {
-            log.lock().unwrap().push((*k, v, cause))
+            log.lock().unwrap().push((*k, v, cause));
+            if let Some(cache) = looks.look(*k) {
+                cache.run_pending_tasks();
+            }
         });
-    if cfg.weighted {
-        b = b.weigher(|_, v| weight(*v));
+    let w = cfg.weigher;
+    if w != Weigher::Unit {
+        let looks = probe.clone();
+        b = b.weigher(move |k, v| {
+            looks.look(*k);
+            weight(w, *v)
+        });
     }
     if let Some(ttl) = cfg.ttl {
         b = b.time_to_live(Duration::from_secs(ttl));
     }
     if let Some(tti) = cfg.tti {
         b = b.time_to_idle(Duration::from_secs(tti));
+    }
+    if cfg.hooks {
+        b = b.expire_after(Hooks(probe.clone()));
+    }
+    if cfg.jitter {
+        b = b.ttl_jitter(JITTER);
     }
     b.build().unwrap()
 }
@@ -170,19 +548,17 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         Op::Insert(k, v) => {
             cache.insert(k, v);
             m.write(k, v, None);
-            m.pressure = Some(m.total_weight());
         }
         Op::InsertTtl(k, v, t) => {
             cache.insert_with_ttl(k, v, Duration::from_secs(u64::from(t)));
             m.write(k, v, Some(u64::from(t)));
-            m.pressure = Some(m.total_weight());
         }
         Op::Get(k) => {
             let expected = m.read(k);
             if expected.is_some() {
-                m.hits += 1
+                m.counts.hits += 1
             } else {
-                m.misses += 1
+                m.counts.misses += 1
             }
             assert_eq!(cache.get(&k), expected, "get({k})");
         }
@@ -202,11 +578,8 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         }
         Op::InvalidateIf(modulus) => {
             cache.invalidate_entries_if(move |_, v| v % modulus == 0);
-            let doomed: Vec<u8> = m
-                .map
-                .iter()
-                .filter(|&(_, e)| m.now < e.at && e.value % modulus == 0)
-                .map(|(&k, _)| k)
+            let doomed: Vec<u8> = (0..KEYS)
+                .filter(|&k| m.live(k).is_some_and(|e| e.value % modulus == 0))
                 .collect();
             for k in doomed {
                 m.take(k, RemovalCause::Explicit);
@@ -219,17 +592,94 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
                 m.take(k, RemovalCause::Explicit);
             }
         }
-        Op::Advance(ms) => {
-            clock.advance(Duration::from_millis(u64::from(ms)));
-            m.now += u64::from(ms) * 1_000_000;
+        Op::GetWith(k, v) => {
+            let expected = m.load(k, Ok(v));
+            assert_eq!(Ok(cache.get_with(k, || v)), expected, "get_with({k})");
         }
+        Op::TryGetWith(k, v, ok) => {
+            let init = if ok { Ok(v) } else { Err(()) };
+            let expected = m.load(k, init);
+            let got = cache.try_get_with(k, || init).map_err(|e| *e);
+            assert_eq!(got, expected, "try_get_with({k})");
+        }
+        Op::GetWithPanic(k) => {
+            let expected = m.load(k, Err(()));
+            let got = quietly(|| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    cache.get_with(k, || panic!("init of {k} panics"))
+                }))
+            })
+            .map_err(|_| ());
+            assert_eq!(got, expected, "get_with({k}) with a panicking init");
+        }
+        Op::GetWithWrite(k, v, w, kind) => {
+            let other = (k + 1) % KEYS;
+            let expected = if m.live(k).is_some() {
+                m.load(k, Ok(v))
+            } else {
+                m.counts.misses += 1;
+                m.counts.load_successes += 1;
+                match kind % 3 {
+                    0 => m.write(k, w, None),
+                    1 => {
+                        m.take(k, RemovalCause::Explicit);
+                    }
+                    _ => {
+                        m.write(other, w, None);
+                        m.write(k, v, None);
+                    }
+                }
+                Ok(v)
+            };
+            let got = cache.get_with(k, || {
+                match kind % 3 {
+                    0 => cache.insert(k, w),
+                    1 => cache.invalidate(&k),
+                    _ => cache.insert(other, w),
+                }
+                v
+            });
+            assert_eq!(Ok(got), expected, "get_with({k}) writing in its init");
+        }
+        Op::IterWriting(k, v) => {
+            let before: HashMap<u8, u16> = (0..KEYS)
+                .filter_map(|key| m.live(key).map(|e| (key, e.value)))
+                .collect();
+            let mut it = cache.iter();
+            let first = it.next();
+            cache.insert(k, v);
+            m.write(k, v, None);
+            let listed: Vec<(u8, u16)> = first.into_iter().chain(it).collect();
+            let mut keys: Vec<u8> = listed.iter().map(|&(key, _)| key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            assert_eq!(
+                keys.len(),
+                listed.len(),
+                "iter() listed a key twice: {listed:?}"
+            );
+            for &(key, value) in &listed {
+                assert!(
+                    before.get(&key) == Some(&value) || (key, value) == (k, v),
+                    "iter() listed {key}={value}, never cached during it"
+                );
+            }
+            for (&key, &value) in &before {
+                if key != k && cache.peek(&key) == Some(value) {
+                    assert!(
+                        listed.contains(&(key, value)),
+                        "iter() missed {key}={value}, cached throughout"
+                    );
+                }
+            }
+        }
+        Op::Advance(ms) => step(clock, m, u64::from(ms) * 1_000_000),
+        Op::AdvanceNear(k, delta) => step(clock, m, m.near(k, delta)),
+        Op::Jump(n) => step(clock, m, jump(n, m.now)),
         Op::RunPending => {
             cache.run_pending_tasks();
-            let expired: Vec<u8> = m
-                .map
-                .iter()
-                .filter(|(_, e)| e.at <= m.now)
-                .map(|(&k, _)| k)
+            let expired: Vec<u8> = (0..KEYS)
+                .filter(|&k| m.map.contains_key(&k) && m.live(k).is_none())
                 .collect();
             for k in expired {
                 m.take(k, RemovalCause::Expired);
@@ -238,12 +688,39 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
     }
 }
 
+/// Runs `f` with the panic hook silenced: the fuzzer's hook aborts on any
+/// panic, caught or not. (Process-wide: another test thread's panic in
+/// the meantime still fails its test, with its message lost.)
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = f();
+    std::panic::set_hook(hook);
+    out
+}
+
+fn step(clock: &MockClock, m: &mut Model, ns: u64) {
+    clock.advance(Duration::from_nanos(ns));
+    m.now = m.now.saturating_add(ns);
+}
+
+fn cause_index(cause: RemovalCause) -> usize {
+    match cause {
+        RemovalCause::Expired => 0,
+        RemovalCause::Explicit => 1,
+        RemovalCause::Replaced => 2,
+        RemovalCause::Size => 3,
+    }
+}
+
 /// Matches observed notifications against predictions; unpredicted ones must
 /// be size evictions (or expiries) of entries the reference still holds.
 fn reconcile(observed: Vec<Event>, m: &mut Model) {
     let mut expected = std::mem::take(&mut m.expected);
     let pressure = m.pressure.take();
+    let written = std::mem::take(&mut m.written);
     for (k, v, cause) in observed {
+        m.heard[cause_index(cause)] += 1;
         if let Some(pos) = expected.iter().position(|&e| e == (k, v, cause)) {
             expected.swap_remove(pos);
             continue;
@@ -255,7 +732,12 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
         assert_eq!(held.value, v, "{cause:?} of {k} carried the wrong value");
         match cause {
             RemovalCause::Size => {
-                assert!(m.now < held.at, "size eviction of an expired entry {k}");
+                // An entry written expired (a zero lifetime) and refused
+                // as too heavy is heard of as refused.
+                assert!(
+                    m.now < held.hi || written.contains(&k),
+                    "size eviction of an expired entry {k}"
+                );
                 let floor = m.smallest_shard();
                 assert!(
                     pressure.is_some_and(|total| total > floor || floor == 0),
@@ -263,8 +745,10 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
                      no shard holds less than {floor}"
                 );
             }
-            RemovalCause::Expired => assert!(held.at <= m.now, "entry {k} reported expired early"),
-            other => panic!("unpredicted {other:?} of {k}={v}"),
+            RemovalCause::Expired => assert!(held.lo <= m.now, "entry {k} reported expired early"),
+            RemovalCause::Explicit | RemovalCause::Replaced => {
+                panic!("unpredicted {cause:?} of {k}={v}")
+            }
         }
         m.map.remove(&k);
     }
@@ -274,14 +758,29 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
     );
 }
 
-fn check(cache: &Cache<u8, u16>, m: &Model) {
+fn check(cache: &Cache<u8, u16>, m: &mut Model) {
     cache.check_invariants();
     for k in 0..KEYS {
-        assert_eq!(
-            cache.peek(&k),
-            m.live(k).map(|e| e.value),
-            "contents differ at key {k}"
-        );
+        let seen = cache.peek(&k);
+        match m.liveness(k) {
+            Some(live) => assert_eq!(
+                seen,
+                live.then(|| m.map[&k].value),
+                "contents differ at key {k}"
+            ),
+            // A spread deadline in range: what the cache shows settles it.
+            None => {
+                let now = m.now;
+                let e = m.map.get_mut(&k).unwrap();
+                match seen {
+                    Some(v) => {
+                        assert_eq!(v, e.value, "contents differ at key {k}");
+                        e.lo = now + 1;
+                    }
+                    None => e.hi = now,
+                }
+            }
+        }
     }
     let mut listed: Vec<(u8, u16)> = cache.iter().collect();
     listed.sort_unstable();
@@ -301,28 +800,50 @@ fn check(cache: &Cache<u8, u16>, m: &Model) {
 
 /// Replays `ops` against a fresh cache and the reference, checking after each.
 pub fn run(cfg: Config, ops: Vec<Op>) {
+    let cfg = cfg.sane();
     let clock = MockClock::new();
     let events = Arc::new(Mutex::new(Vec::new()));
-    let cache = build(&cfg, &clock, &events);
+    let probe = Probe::default();
+    let cache = build(&cfg, &clock, &events, &probe);
+    let _unhook = Unhook(probe.clone());
+    if cfg.reentrant {
+        *probe.0.lock().unwrap() = Some(cache.clone());
+    }
     let mut m = Model {
         cfg,
         now: 0,
         map: HashMap::new(),
         expected: Vec::new(),
-        hits: 0,
-        misses: 0,
+        counts: Counts::default(),
+        heard: [0; 4],
         pressure: None,
+        written: Vec::new(),
     };
     for op in &ops {
         apply(op, &cache, &clock, &mut m);
         let observed = std::mem::take(&mut *events.lock().unwrap());
         reconcile(observed, &mut m);
-        check(&cache, &m);
+        check(&cache, &mut m);
     }
     let stats = cache.stats();
-    assert_eq!(
-        (stats.hits(), stats.misses()),
-        (m.hits, m.misses),
-        "hit and miss counts"
-    );
+    let counted = Counts {
+        hits: stats.hits(),
+        misses: stats.misses(),
+        load_successes: stats.load_successes(),
+        load_failures: stats.load_failures(),
+    };
+    assert_eq!(counted, m.counts, "hit, miss and load counts");
+    let causes = [
+        RemovalCause::Expired,
+        RemovalCause::Explicit,
+        RemovalCause::Replaced,
+        RemovalCause::Size,
+    ];
+    for (cause, heard) in causes.into_iter().zip(m.heard) {
+        assert_eq!(
+            stats.removals(cause),
+            heard,
+            "{cause:?} removals counted vs heard"
+        );
+    }
 }
