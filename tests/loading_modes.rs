@@ -404,6 +404,33 @@ fn a_load_failing_after_the_stale_if_error_window_returns_the_error() {
 }
 
 #[test]
+fn a_failed_bulk_read_counts_no_stale_hit() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_if_error(30 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    source.fail.store(true, SeqCst);
+    clock.advance(15 * SEC);
+
+    // Key 2 has nothing to fall back on, so the batch fails: key 1's
+    // stale value answers no one.
+    assert!(cache.get_many([1, 2]).is_err());
+    let s = cache.stats();
+    assert_eq!((s.load_failures(), s.stale_hits()), (1, 0));
+
+    // Alone, key 1 is answered with it, and that counts.
+    let found = cache.get_many([1]).unwrap();
+    assert_eq!(found.get(&1), Some(&1001));
+    let s = cache.stats();
+    assert_eq!((s.load_failures(), s.stale_hits()), (2, 1));
+}
+
+#[test]
 fn failed_background_reloads_leave_the_value_in_place() {
     let clock = MockClock::new();
     let source = Source::default();

@@ -350,13 +350,14 @@ where
     pub fn get_many(&self, keys: impl IntoIterator<Item = K>) -> Result<HashMap<K, V>, Arc<E>> {
         let mut batch = self.inner.begin_many(keys);
         for (key, flight, fallback) in std::mem::take(&mut batch.waits) {
-            let result = match self.inner.settle(flight.wait(), &fallback) {
+            // The batch falls back on stale values itself (see `Batch`).
+            let result = match self.inner.settle(flight.wait(), &None) {
                 Some(result) => result,
-                None => self.inner.load(&key, fallback),
+                None => self.inner.load(&key, None),
             };
-            batch.add(key, result);
+            batch.add_or_fall_back(key, result, fallback);
         }
-        batch.finish()
+        self.inner.end_many(batch)
     }
 
     /// The async form of [`get_many`](Self::get_many): the batch call for
@@ -392,13 +393,13 @@ where
     ) -> Result<HashMap<K, V>, Arc<E>> {
         let mut batch = self.inner.begin_many(keys);
         for (key, flight, fallback) in std::mem::take(&mut batch.waits) {
-            let result = match self.inner.settle(flight.wait_async().await, &fallback) {
+            let result = match self.inner.settle(flight.wait_async().await, &None) {
                 Some(result) => result,
-                None => self.inner.load_async(&key, fallback).await,
+                None => self.inner.load_async(&key, None).await,
             };
-            batch.add(key, result);
+            batch.add_or_fall_back(key, result, fallback);
         }
-        batch.finish()
+        self.inner.end_many(batch)
     }
 
     /// The value for `key` if it is cached and fresh (or due for refresh),
@@ -1216,6 +1217,18 @@ where
         }
     }
 
+    /// A bulk read's answer. Its stale-if-error answers are counted as
+    /// stale hits here, and only if it succeeds: a failed batch returns
+    /// the error, and its stale values reach no one.
+    fn end_many(&self, batch: Batch<K, V, E>) -> Result<HashMap<K, V>, Arc<E>> {
+        if batch.failure.is_none() {
+            for _ in 0..batch.stale {
+                self.cache.record_stale_hit();
+            }
+        }
+        batch.finish()
+    }
+
     /// The part of a bulk read that never waits: answers what is cached,
     /// loads in one batch the keys nobody else is loading, and leaves the
     /// keys others are loading in `waits`.
@@ -1223,6 +1236,7 @@ where
         let mut batch = Batch {
             found: HashMap::new(),
             failure: None,
+            stale: 0,
             waits: Vec::new(),
         };
         let mut missing: Vec<(K, Option<Fallback<V>>)> = Vec::new();
@@ -1287,7 +1301,7 @@ where
                 for (guard, fallback) in led {
                     let key = guard.key().clone();
                     guard.finish(Outcome::Failed(e.clone()));
-                    batch.add(key, self.fall_back(fallback, e.clone()));
+                    batch.add_or_fall_back(key, Err(e.clone()), fallback);
                 }
             }
         }
@@ -1295,11 +1309,14 @@ where
     }
 }
 
-/// A bulk read under way: what it has found, its last failure, and the keys
-/// it still waits for.
+/// A bulk read under way: what it has found, its last failure, how many
+/// keys it answered with a stale-if-error value, and the keys it still
+/// waits for. Those stale answers count as stale hits only if the batch
+/// succeeds (see [`LoadingInner::end_many`]): a failed one answers no one.
 struct Batch<K, V, E> {
     found: HashMap<K, V>,
     failure: Option<Arc<E>>,
+    stale: u64,
     waits: Vec<Wait<K, V>>,
 }
 
@@ -1315,6 +1332,23 @@ impl<K: Hash + Eq, V, E> Batch<K, V, E> {
             }
             Ok(None) => {}
             Err(e) => self.failure = Some(e),
+        }
+    }
+
+    /// A key's result, its failure answered with `fallback` (a value
+    /// stale-if-error kept) if it has one.
+    fn add_or_fall_back(
+        &mut self,
+        key: K,
+        result: Result<Option<V>, Arc<E>>,
+        fallback: Option<Option<V>>,
+    ) {
+        match (result, fallback) {
+            (Err(_), Some(value)) => {
+                self.stale += 1;
+                self.add(key, Ok(value));
+            }
+            (result, _) => self.add(key, result),
         }
     }
 
