@@ -30,8 +30,13 @@ fn config() -> impl Strategy<Value = Config> {
     (
         proptest::option::of(1u64..10),
         proptest::option::of(1u64..5),
+        proptest::option::of(1u64..8),
     )
-        .prop_map(|(ttl, negative_ttl)| Config { ttl, negative_ttl })
+        .prop_map(|(ttl, negative_ttl, stale_if_error)| Config {
+            ttl,
+            negative_ttl,
+            stale_if_error,
+        })
 }
 
 proptest! {

@@ -27,7 +27,16 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
     } else {
         None
     };
-    Ok(Config { ttl, negative_ttl })
+    let stale_if_error = if u.arbitrary()? {
+        Some(u.int_in_range(1..=7)?)
+    } else {
+        None
+    };
+    Ok(Config {
+        ttl,
+        negative_ttl,
+        stale_if_error,
+    })
 }
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {

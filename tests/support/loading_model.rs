@@ -26,6 +26,8 @@ pub const KEYS: u8 = 12;
 pub struct Config {
     pub ttl: Option<u64>,
     pub negative_ttl: Option<u64>,
+    /// `stale_if_error`, kept only with a `ttl` (the builder needs one).
+    pub stale_if_error: Option<u64>,
 }
 
 /// One step.
@@ -71,6 +73,7 @@ struct Model {
     refreshes: u64,
     hits: u64,
     misses: u64,
+    stale_hits: u64,
 }
 
 impl Model {
@@ -80,6 +83,18 @@ impl Model {
             Some(until) if self.now_ms >= until => None,
             _ => Some(h),
         }
+    }
+
+    /// What a failed load of `k` answers instead of its error: the value
+    /// the cache held, if it stopped being fresh less than the
+    /// `stale_if_error` window ago (the docs promise this of values: a
+    /// cached absence gets no such grace).
+    fn fallback(&self, k: u8) -> Option<Option<u32>> {
+        let window = self.cfg.stale_if_error? * 1_000;
+        let h = self.held.get(&k)?;
+        let until = h.until?;
+        h.value?;
+        (until <= self.now_ms && self.now_ms < until + window).then_some(h.value)
     }
 
     /// What a load of `k` stores, if anything: `None` for a failure.
@@ -113,6 +128,7 @@ fn build(cfg: Config, db: &Arc<Mutex<Db>>, clock: &MockClock) -> LoadingCache<u8
     if let Some(ttl) = cfg.ttl {
         builder = builder.time_to_live(Duration::from_secs(ttl));
     }
+    let stale_if_error = cfg.stale_if_error.filter(|_| cfg.ttl.is_some());
     let mut builder = builder.loader(move |k: &u8| -> Result<Option<u32>, String> {
         let db = source.lock().unwrap();
         if db.failing {
@@ -123,12 +139,16 @@ fn build(cfg: Config, db: &Arc<Mutex<Db>>, clock: &MockClock) -> LoadingCache<u8
     if let Some(n) = cfg.negative_ttl {
         builder = builder.negative_ttl(Duration::from_secs(n));
     }
+    if let Some(w) = stale_if_error {
+        builder = builder.stale_if_error(Duration::from_secs(w));
+    }
     builder.build().expect("valid settings")
 }
 
 /// Runs `ops` against a loading cache and the model, panicking at the first
 /// difference.
-pub fn run(cfg: Config, ops: Vec<Op>) {
+pub fn run(mut cfg: Config, ops: Vec<Op>) {
+    cfg.stale_if_error = cfg.stale_if_error.filter(|_| cfg.ttl.is_some());
     let clock = MockClock::new();
     let db = Arc::new(Mutex::new(Db::default()));
     let cache = build(cfg, &db, &clock);
@@ -141,6 +161,7 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
         refreshes: 0,
         hits: 0,
         misses: 0,
+        stale_hits: 0,
     };
     for (step, op) in ops.into_iter().enumerate() {
         let at = format!("step {step}: {op:?}");
@@ -155,12 +176,16 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
                     None => {
                         m.misses += 1;
                         m.loads += 1;
-                        match m.load(k) {
-                            Some(v) => {
+                        match (m.load(k), m.fallback(k)) {
+                            (Some(v), _) => {
                                 assert_eq!(got.as_ref().ok(), Some(&v), "{at}: loaded");
                                 m.store(k, v);
                             }
-                            None => assert!(got.is_err(), "{at}: the load failed"),
+                            (None, Some(old)) => {
+                                m.stale_hits += 1;
+                                assert_eq!(got.as_ref().ok(), Some(&old), "{at}: stale if error");
+                            }
+                            (None, None) => assert!(got.is_err(), "{at}: the load failed"),
                         }
                     }
                 }
@@ -196,7 +221,23 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
                         }
                     }
                 }
-                if failing && !missing.is_empty() {
+                // Failed, keys with a stale-if-error value are answered with
+                // it; the batch fails if any key has none.
+                let stale: Vec<Option<Option<u32>>> = if failing {
+                    missing.iter().map(|&k| m.fallback(k)).collect()
+                } else {
+                    Vec::new()
+                };
+                let unanswered = stale.iter().any(Option::is_none);
+                if failing && !unanswered {
+                    for (&k, old) in missing.iter().zip(&stale) {
+                        m.stale_hits += 1;
+                        if let Some(Some(v)) = *old {
+                            expected.insert(k, v);
+                        }
+                    }
+                }
+                if failing && unanswered {
                     // The step's checks below still run: nothing cached.
                     assert!(got.is_err(), "{at}: the batch failed");
                 } else {
@@ -256,8 +297,8 @@ pub fn run(cfg: Config, ops: Vec<Op>) {
         );
         assert_eq!(
             (s.refreshes(), s.stale_hits(), s.skipped_refreshes()),
-            (m.refreshes, 0, 0),
-            "{at}: refreshes only through `refresh`, no stale modes"
+            (m.refreshes, m.stale_hits, 0),
+            "{at}: refreshes only through `refresh`, stale hits only if errors"
         );
         for k in 0..KEYS {
             assert_eq!(
