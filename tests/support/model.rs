@@ -186,6 +186,8 @@ fn create_answer(v: u16) -> Option<Duration> {
         0 => None,
         1 => Some(Duration::ZERO),
         2 => Some(Duration::from_nanos(1)),
+        // About 30 years: spread by the jitter, past the deadline edge.
+        7 => Some(Duration::from_secs(30 * 365 * 86_400)),
         n => Some(Duration::from_millis(u64::from(n) * 700)),
     }
 }
@@ -195,7 +197,10 @@ fn read_answer(v: u16) -> Answer {
         0 => Answer::Keep,
         1 => Answer::After(Some(Duration::from_secs(2))),
         2 => Answer::After(None),
-        _ => Answer::After(Some(Duration::from_nanos(u64::from(v % 3)))),
+        _ => Answer::After(Some(match v % 4 {
+            3 => Duration::MAX,
+            n => Duration::from_nanos(u64::from(n)),
+        })),
     }
 }
 
