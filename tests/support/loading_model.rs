@@ -74,6 +74,8 @@ struct Model {
     hits: u64,
     misses: u64,
     stale_hits: u64,
+    /// Every value stored, key by key (cached absences are not values).
+    stored: HashMap<u8, Vec<u32>>,
 }
 
 impl Model {
@@ -107,6 +109,9 @@ impl Model {
     }
 
     fn store(&mut self, k: u8, value: Option<u32>) {
+        if let Some(v) = value {
+            self.stored.entry(k).or_default().push(v);
+        }
         let life = match value {
             Some(_) => self.cfg.ttl,
             None => match self.cfg.negative_ttl {
@@ -122,9 +127,23 @@ impl Model {
     }
 }
 
-fn build(cfg: Config, db: &Arc<Mutex<Db>>, clock: &MockClock) -> LoadingCache<u8, u32, String> {
+/// What the eviction listener heard, key by key.
+type Heard = Arc<Mutex<HashMap<u8, Vec<u32>>>>;
+
+fn build(
+    cfg: Config,
+    db: &Arc<Mutex<Db>>,
+    clock: &MockClock,
+    heard: &Heard,
+) -> LoadingCache<u8, u32, String> {
     let source = db.clone();
-    let mut builder = Cache::builder().clock(clock.clone());
+    let log = heard.clone();
+    let mut builder =
+        Cache::builder()
+            .clock(clock.clone())
+            .eviction_listener(move |k: Arc<u8>, v: u32, _| {
+                log.lock().unwrap().entry(*k).or_default().push(v)
+            });
     if let Some(ttl) = cfg.ttl {
         builder = builder.time_to_live(Duration::from_secs(ttl));
     }
@@ -151,7 +170,8 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
     cfg.stale_if_error = cfg.stale_if_error.filter(|_| cfg.ttl.is_some());
     let clock = MockClock::new();
     let db = Arc::new(Mutex::new(Db::default()));
-    let cache = build(cfg, &db, &clock);
+    let heard = Heard::default();
+    let cache = build(cfg, &db, &clock, &heard);
     let mut m = Model {
         cfg,
         db: db.clone(),
@@ -162,6 +182,7 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
         hits: 0,
         misses: 0,
         stale_hits: 0,
+        stored: HashMap::new(),
     };
     for (step, op) in ops.into_iter().enumerate() {
         let at = format!("step {step}: {op:?}");
@@ -314,4 +335,14 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
             .collect();
         assert_eq!(listed, peeked, "{at}: iter() lists what peek returns");
     }
+    // Exactly-once accounting: once everything is invalidated, the listener
+    // has heard of every value stored, once each, and of nothing else.
+    cache.invalidate_all();
+    cache.run_pending_tasks();
+    let mut heard = std::mem::take(&mut *heard.lock().unwrap());
+    heard.retain(|_, values| !values.is_empty());
+    for values in heard.values_mut().chain(m.stored.values_mut()) {
+        values.sort_unstable();
+    }
+    assert_eq!(heard, m.stored, "the listener hears each stored value once");
 }
