@@ -31,11 +31,13 @@ fn config() -> impl Strategy<Value = Config> {
         proptest::option::of(1u64..10),
         proptest::option::of(1u64..5),
         proptest::option::of(1u64..8),
+        proptest::option::of(prop_oneof![Just(0u64), 1u64..6]),
     )
-        .prop_map(|(ttl, negative_ttl, stale_if_error)| Config {
+        .prop_map(|(ttl, negative_ttl, stale_if_error, capacity)| Config {
             ttl,
             negative_ttl,
             stale_if_error,
+            capacity,
         })
 }
 

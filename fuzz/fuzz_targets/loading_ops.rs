@@ -32,10 +32,16 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
     } else {
         None
     };
+    let capacity = if u.arbitrary()? {
+        Some(u.int_in_range(0..=5)?)
+    } else {
+        None
+    };
     Ok(Config {
         ttl,
         negative_ttl,
         stale_if_error,
+        capacity,
     })
 }
 

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use larder::{Cache, LoadingCache, clock::MockClock};
+use larder::{Cache, LoadingCache, RemovalCause, clock::MockClock};
 
 /// Keys are drawn from `0..KEYS`, so operations collide often.
 pub const KEYS: u8 = 12;
@@ -28,6 +28,9 @@ pub struct Config {
     pub negative_ttl: Option<u64>,
     /// `stale_if_error`, kept only with a `ttl` (the builder needs one).
     pub stale_if_error: Option<u64>,
+    /// A bound (entries), and then no `negative_ttl`: the listener, which
+    /// tells the model what the cache evicted, hears of values only.
+    pub capacity: Option<u64>,
 }
 
 /// One step.
@@ -76,6 +79,9 @@ struct Model {
     stale_hits: u64,
     /// Every value stored, key by key (cached absences are not values).
     stored: HashMap<u8, Vec<u32>>,
+    /// Keys the step stored the value they held again: an eviction of
+    /// that value may be of the old entry or the new one.
+    restored: Vec<u8>,
 }
 
 impl Model {
@@ -111,6 +117,9 @@ impl Model {
     fn store(&mut self, k: u8, value: Option<u32>) {
         if let Some(v) = value {
             self.stored.entry(k).or_default().push(v);
+            if self.held.get(&k).and_then(|h| h.value) == Some(v) {
+                self.restored.push(k);
+            }
         }
         let life = match value {
             Some(_) => self.cfg.ttl,
@@ -127,8 +136,8 @@ impl Model {
     }
 }
 
-/// What the eviction listener heard, key by key.
-type Heard = Arc<Mutex<HashMap<u8, Vec<u32>>>>;
+/// What the eviction listener heard, in order.
+type Heard = Arc<Mutex<Vec<(u8, u32, RemovalCause)>>>;
 
 fn build(
     cfg: Config,
@@ -138,12 +147,12 @@ fn build(
 ) -> LoadingCache<u8, u32, String> {
     let source = db.clone();
     let log = heard.clone();
-    let mut builder =
-        Cache::builder()
-            .clock(clock.clone())
-            .eviction_listener(move |k: Arc<u8>, v: u32, _| {
-                log.lock().unwrap().entry(*k).or_default().push(v)
-            });
+    let mut builder = Cache::builder()
+        .clock(clock.clone())
+        .max_capacity(cfg.capacity.unwrap_or(u64::MAX))
+        .eviction_listener(move |k: Arc<u8>, v: u32, cause| {
+            log.lock().unwrap().push((*k, v, cause))
+        });
     if let Some(ttl) = cfg.ttl {
         builder = builder.time_to_live(Duration::from_secs(ttl));
     }
@@ -168,6 +177,9 @@ fn build(
 /// difference.
 pub fn run(mut cfg: Config, ops: Vec<Op>) {
     cfg.stale_if_error = cfg.stale_if_error.filter(|_| cfg.ttl.is_some());
+    if cfg.capacity.is_some() {
+        cfg.negative_ttl = None;
+    }
     let clock = MockClock::new();
     let db = Arc::new(Mutex::new(Db::default()));
     let heard = Heard::default();
@@ -183,7 +195,9 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
         misses: 0,
         stale_hits: 0,
         stored: HashMap::new(),
+        restored: Vec::new(),
     };
+    let mut seen = 0;
     for (step, op) in ops.into_iter().enumerate() {
         let at = format!("step {step}: {op:?}");
         match op {
@@ -310,6 +324,40 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
             }
             Op::RunPending => cache.run_pending_tasks(),
         }
+        // Size evictions are the removals the model cannot predict: each
+        // must be of a value it holds, which it then forgets.
+        let evicted: Vec<(u8, u32)> = heard
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(seen)
+            .filter(|e| e.2 == RemovalCause::Size)
+            .map(|&(k, v, _)| (k, v))
+            .collect();
+        seen = heard.lock().unwrap().len();
+        let restored = std::mem::take(&mut m.restored);
+        for (k, v) in evicted {
+            assert!(
+                cfg.capacity.is_some(),
+                "{at}: Size eviction of {k} unbounded"
+            );
+            if restored.contains(&k) {
+                // The old entry, the new one or both: the new one is fresh,
+                // so the peek shows whether it went.
+                assert_eq!(
+                    m.stored[&k].last(),
+                    Some(&v),
+                    "{at}: Size eviction of {k}={v}"
+                );
+                if cache.peek(&k) != Some(v) {
+                    m.held.remove(&k);
+                }
+                continue;
+            }
+            let held = m.held.get(&k).and_then(|h| h.value);
+            assert_eq!(held, Some(v), "{at}: Size eviction of {k}={v}, not held");
+            m.held.remove(&k);
+        }
         let s = cache.stats();
         assert_eq!(
             (s.hits(), s.misses(), s.loads()),
@@ -339,8 +387,11 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
     // has heard of every value stored, once each, and of nothing else.
     cache.invalidate_all();
     cache.run_pending_tasks();
-    let mut heard = std::mem::take(&mut *heard.lock().unwrap());
-    heard.retain(|_, values| !values.is_empty());
+    let mut by_key: HashMap<u8, Vec<u32>> = HashMap::new();
+    for (k, v, _) in std::mem::take(&mut *heard.lock().unwrap()) {
+        by_key.entry(k).or_default().push(v);
+    }
+    let mut heard = by_key;
     for values in heard.values_mut().chain(m.stored.values_mut()) {
         values.sort_unstable();
     }
