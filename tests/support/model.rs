@@ -288,12 +288,12 @@ struct Model {
     map: HashMap<u8, Entry>,
     expected: Vec<Event>,
     counts: Counts,
-    /// Every notification heard, by cause (`RemovalCause as usize`).
+    /// Every notification heard, by cause (see [`cause_index`]).
     heard: [u64; 4],
-    /// The step's write, if it was one: the total weight the reference held
-    /// once it was made (expired entries not yet reaped included), before
-    /// any eviction. Only a write can evict for size, and only past a
-    /// shard's capacity.
+    /// If the step wrote: the most total weight the reference held once a
+    /// write of the step was made (expired entries not yet reaped
+    /// included), before any eviction. Only a write can evict for size,
+    /// and only past a shard's capacity.
     pressure: Option<u64>,
     /// The keys the step wrote.
     written: Vec<u8>,
