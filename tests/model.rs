@@ -12,7 +12,7 @@ fn op() -> impl Strategy<Value = Op> {
     let key = 0..KEYS;
     prop_oneof![
         24 => (key.clone(), any::<u16>()).prop_map(|(k, v)| Op::Insert(k, v)),
-        9 => (key.clone(), any::<u16>(), 1u8..20).prop_map(|(k, v, t)| Op::InsertTtl(k, v, t)),
+        9 => (key.clone(), any::<u16>(), 0u8..=20).prop_map(|(k, v, t)| Op::InsertTtl(k, v, t)),
         24 => key.clone().prop_map(Op::Get),
         6 => key.clone().prop_map(Op::Peek),
         6 => key.clone().prop_map(Op::Contains),

@@ -56,7 +56,7 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     let key = |u: &mut Unstructured<'_>| u.int_in_range(0..=KEYS - 1);
     Ok(match u.int_in_range(0..=17u8)? {
         0 => Op::Insert(key(u)?, u.arbitrary()?),
-        1 => Op::InsertTtl(key(u)?, u.arbitrary()?, u.int_in_range(1..=19)?),
+        1 => Op::InsertTtl(key(u)?, u.arbitrary()?, u.int_in_range(0..=20)?),
         2 => Op::Get(key(u)?),
         3 => Op::Peek(key(u)?),
         4 => Op::Contains(key(u)?),

@@ -42,6 +42,7 @@ pub const JITTER: f64 = 0.25;
 #[derive(Clone, Debug)]
 pub enum Op {
     Insert(u8, u16),
+    /// `insert_with_ttl` of [`given_ttl`] of the last number.
     InsertTtl(u8, u16, u8),
     Get(u8),
     Peek(u8),
@@ -228,6 +229,16 @@ impl Expiry<u8, u16> for Hooks {
     }
 }
 
+/// The TTL an [`Op::InsertTtl`] gives: 0 is zero (expired at once), 20
+/// and up `Duration::MAX` (saturating: no deadline), else seconds.
+pub fn given_ttl(t: u8) -> Duration {
+    match t {
+        0 => Duration::ZERO,
+        20.. => Duration::MAX,
+        t => Duration::from_secs(u64::from(t)),
+    }
+}
+
 /// How far a [`Op::Jump`] moves the clock from `now`.
 fn jump(n: u8, now: u64) -> u64 {
     match n % 5 {
@@ -411,12 +422,13 @@ impl Model {
         }
     }
 
+    /// A write of `value` under `k`, with the TTL the caller gave (ns), if any.
     fn write(&mut self, k: u8, value: u16, ttl: Option<u64>) {
         let old = self.live(k);
         self.take(k, RemovalCause::Replaced);
         let (lo, hi, hard) = if let Some(ttl) = ttl {
             // A TTL given by the caller is kept exactly.
-            let hard = exact_after(self.now, ttl * NS);
+            let hard = exact_after(self.now, ttl);
             let at = self
                 .cfg
                 .tti
@@ -555,8 +567,8 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
             m.write(k, v, None);
         }
         Op::InsertTtl(k, v, t) => {
-            cache.insert_with_ttl(k, v, Duration::from_secs(u64::from(t)));
-            m.write(k, v, Some(u64::from(t)));
+            cache.insert_with_ttl(k, v, given_ttl(t));
+            m.write(k, v, Some(nanos(given_ttl(t))));
         }
         Op::Get(k) => {
             let expected = m.read(k);
