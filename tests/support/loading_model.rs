@@ -79,9 +79,10 @@ struct Model {
     stale_hits: u64,
     /// Every value stored, key by key (cached absences are not values).
     stored: HashMap<u8, Vec<u32>>,
-    /// Keys the step stored the value they held again: an eviction of
-    /// that value may be of the old entry or the new one.
-    restored: Vec<u8>,
+    /// Keys the step stored: the value each held before (if any) and the
+    /// values stored. A write evicts to make room, so the step's Size
+    /// evictions may be of any of them, in any order with the stores.
+    touched: HashMap<u8, (Option<u32>, Vec<u32>)>,
 }
 
 impl Model {
@@ -117,10 +118,10 @@ impl Model {
     fn store(&mut self, k: u8, value: Option<u32>) {
         if let Some(v) = value {
             self.stored.entry(k).or_default().push(v);
-            if self.held.get(&k).and_then(|h| h.value) == Some(v) {
-                self.restored.push(k);
-            }
         }
+        let before = self.held.get(&k).and_then(|h| h.value);
+        let touched = self.touched.entry(k).or_insert((before, Vec::new()));
+        touched.1.extend(value);
         let life = match value {
             Some(_) => self.cfg.ttl,
             None => match self.cfg.negative_ttl {
@@ -195,7 +196,7 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
         misses: 0,
         stale_hits: 0,
         stored: HashMap::new(),
-        restored: Vec::new(),
+        touched: HashMap::new(),
     };
     let mut seen = 0;
     for (step, op) in ops.into_iter().enumerate() {
@@ -335,28 +336,34 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
             .map(|&(k, v, _)| (k, v))
             .collect();
         seen = heard.lock().unwrap().len();
-        let restored = std::mem::take(&mut m.restored);
+        let mut touched = std::mem::take(&mut m.touched);
         for (k, v) in evicted {
             assert!(
                 cfg.capacity.is_some(),
                 "{at}: Size eviction of {k} unbounded"
             );
-            if restored.contains(&k) {
-                // The old entry, the new one or both: the new one is fresh,
-                // so the peek shows whether it went.
-                assert_eq!(
-                    m.stored[&k].last(),
-                    Some(&v),
-                    "{at}: Size eviction of {k}={v}"
-                );
-                if cache.peek(&k) != Some(v) {
-                    m.held.remove(&k);
-                }
-                continue;
-            }
             let held = m.held.get(&k).and_then(|h| h.value);
-            assert_eq!(held, Some(v), "{at}: Size eviction of {k}={v}, not held");
-            m.held.remove(&k);
+            let Some((before, stored)) = touched.get_mut(&k) else {
+                // Not written this step: the value it held.
+                assert_eq!(held, Some(v), "{at}: Size eviction of {k}={v}, not held");
+                m.held.remove(&k);
+                continue;
+            };
+            // The value held before the step's write (evicted to make room
+            // before it), or one the step stored.
+            if *before == Some(v) {
+                *before = None;
+            } else {
+                let i = stored.iter().position(|&s| s == v);
+                let i = i.unwrap_or_else(|| panic!("{at}: Size eviction of {k}={v}, never held"));
+                stored.remove(i);
+            }
+            // If the model holds that value, it may be the entry evicted or
+            // an equal one stored since: the new one is fresh, so the peek
+            // shows whether it went.
+            if held == Some(v) && cache.peek(&k) != Some(v) {
+                m.held.remove(&k);
+            }
         }
         let s = cache.stats();
         assert_eq!(
