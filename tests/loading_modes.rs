@@ -404,6 +404,41 @@ fn a_load_failing_after_the_stale_if_error_window_returns_the_error() {
 }
 
 #[test]
+fn a_bulk_load_failing_after_the_stale_if_error_window_returns_the_error() {
+    // As above, through get_many: the batch that leads the load and one
+    // that waits for it both judge the window when the load fails.
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_if_error(30 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    source.fail.store(true, SeqCst);
+    clock.advance(35 * SEC); // inside 10 + 30
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    let leader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get_many([1]))
+    };
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
+    let misses = cache.stats().misses();
+    let waiter = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get_many([1]))
+    };
+    hold_until_misses_past(&cache, misses); // the waiter joined the load
+    clock.advance(10 * SEC); // 45 s: the load fails past the window
+    drop(gate);
+    assert!(leader.join().unwrap().is_err(), "the leading batch fails");
+    assert!(waiter.join().unwrap().is_err(), "the waiting one too");
+    assert_eq!(cache.stats().stale_hits(), 0);
+}
+
+#[test]
 fn a_failed_bulk_read_counts_no_stale_hit() {
     let clock = MockClock::new();
     let source = Source::default();

@@ -355,7 +355,7 @@ where
                 Some(result) => result,
                 None => self.inner.load(&key, None),
             };
-            batch.add_or_fall_back(key, result, fallback);
+            batch.add_or_fall_back(key, result, fallback, || self.inner.cache.now());
         }
         self.inner.end_many(batch)
     }
@@ -397,7 +397,7 @@ where
                 Some(result) => result,
                 None => self.inner.load_async(&key, None).await,
             };
-            batch.add_or_fall_back(key, result, fallback);
+            batch.add_or_fall_back(key, result, fallback, || self.inner.cache.now());
         }
         self.inner.end_many(batch)
     }
@@ -1301,7 +1301,7 @@ where
                 for (guard, fallback) in led {
                     let key = guard.key().clone();
                     guard.finish(Outcome::Failed(e.clone()));
-                    batch.add_or_fall_back(key, Err(e.clone()), fallback);
+                    batch.add_or_fall_back(key, Err(e.clone()), fallback, || self.cache.now());
                 }
             }
         }
@@ -1336,17 +1336,19 @@ impl<K: Hash + Eq, V, E> Batch<K, V, E> {
     }
 
     /// A key's result, its failure answered with `fallback` (a value
-    /// stale-if-error kept) if it has one.
+    /// stale-if-error kept) if it has one whose window is still open at
+    /// `now()` (read only for a failure that has one).
     fn add_or_fall_back(
         &mut self,
         key: K,
         result: Result<Option<V>, Arc<E>>,
-        fallback: Option<Option<V>>,
+        fallback: Option<Fallback<V>>,
+        now: impl FnOnce() -> u64,
     ) {
         match (result, fallback) {
-            (Err(_), Some(value)) => {
+            (Err(_), Some(stale)) if now() < stale.until => {
                 self.stale += 1;
-                self.add(key, Ok(value));
+                self.add(key, Ok(stale.value));
             }
             (result, _) => self.add(key, result),
         }
