@@ -360,8 +360,13 @@ fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
 /// began: a read inside the window whose load fails only after the window
 /// has ended gets the error, as a read begun then would, and so does a
 /// reader that waited for that load.
-#[test]
-fn a_load_failing_after_the_stale_if_error_window_returns_the_error() {
+/// A read of key 1 inside its stale-if-error window (10 s TTL, 30 s
+/// window, read at 35 s) whose load fails at 45 s, past the window: the
+/// reader that leads the load and one that waits for it both get the
+/// error, as `read` returns it. The window is judged when the load fails.
+fn failing_past_the_stale_if_error_window(
+    read: fn(&LoadingCache<u64, u64, String>) -> Option<String>,
+) {
     let clock = MockClock::new();
     let source = Source::default();
     let cache = clocked(&clock)
@@ -377,65 +382,32 @@ fn a_load_failing_after_the_stale_if_error_window_returns_the_error() {
     let gate = source.gate.lock();
     let leader = {
         let cache = cache.clone();
-        thread::spawn(move || cache.get(&1))
+        thread::spawn(move || read(&cache))
     };
     assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
     let misses = cache.stats().misses();
     let waiter = {
         let cache = cache.clone();
-        thread::spawn(move || cache.get(&1))
+        thread::spawn(move || read(&cache))
     };
     hold_until_misses_past(&cache, misses); // the waiter joined the load
     clock.advance(10 * SEC); // 45 s: the load fails past the window
     drop(gate);
-    let (led, waited) = (leader.join().unwrap(), waiter.join().unwrap());
-    assert_eq!(
-        led.map_err(|e| e.to_string()),
-        Err("store down for 1".to_string()),
-        "the leader's load failed past the window"
-    );
-    assert_eq!(
-        waited.map_err(|e| e.to_string()),
-        Err("store down for 1".to_string()),
-        "the waiter's too"
-    );
+    let failed = Some("store down for 1".to_string());
+    assert_eq!(leader.join().unwrap(), failed, "the leader's load failed");
+    assert_eq!(waiter.join().unwrap(), failed, "the waiter's too");
     assert_eq!(cache.stats().stale_hits(), 0);
     assert_eq!(source.calls(), 2, "one failed load, shared");
 }
 
 #[test]
+fn a_load_failing_after_the_stale_if_error_window_returns_the_error() {
+    failing_past_the_stale_if_error_window(|c| c.get(&1).err().map(|e| e.to_string()));
+}
+
+#[test]
 fn a_bulk_load_failing_after_the_stale_if_error_window_returns_the_error() {
-    // As above, through get_many: the batch that leads the load and one
-    // that waits for it both judge the window when the load fails.
-    let clock = MockClock::new();
-    let source = Source::default();
-    let cache = clocked(&clock)
-        .time_to_live(10 * SEC)
-        .loader(source.clone())
-        .stale_if_error(30 * SEC)
-        .build()
-        .unwrap();
-    assert_eq!(cache.get(&1).unwrap(), Some(1001));
-    source.fail.store(true, SeqCst);
-    clock.advance(35 * SEC); // inside 10 + 30
-    let entered = source.announce();
-    let gate = source.gate.lock();
-    let leader = {
-        let cache = cache.clone();
-        thread::spawn(move || cache.get_many([1]))
-    };
-    assert_eq!(entered.recv_timeout(10 * SEC), Ok(1));
-    let misses = cache.stats().misses();
-    let waiter = {
-        let cache = cache.clone();
-        thread::spawn(move || cache.get_many([1]))
-    };
-    hold_until_misses_past(&cache, misses); // the waiter joined the load
-    clock.advance(10 * SEC); // 45 s: the load fails past the window
-    drop(gate);
-    assert!(leader.join().unwrap().is_err(), "the leading batch fails");
-    assert!(waiter.join().unwrap().is_err(), "the waiting one too");
-    assert_eq!(cache.stats().stale_hits(), 0);
+    failing_past_the_stale_if_error_window(|c| c.get_many([1]).err().map(|e| e.to_string()));
 }
 
 #[test]

@@ -48,6 +48,17 @@ fn behind(store: &MemStore, letters: &Letters) -> StoreCacheBuilder<u64, u64, Me
 }
 
 /// Polls `done` for up to 5 s.
+/// A cache over `store` writing through, around or behind it (`policy`),
+/// with the defaults.
+fn with_policy(store: &MemStore, policy: &str) -> StoreCache<u64, u64, MemStore> {
+    let b = builder(store);
+    match policy {
+        "through" => b.build().unwrap(),
+        "around" => b.write_around().build().unwrap(),
+        _ => b.write_behind().build().unwrap(),
+    }
+}
+
 fn eventually(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done() {
@@ -638,12 +649,7 @@ fn a_load_that_read_before_a_write_ended_never_caches_over_it() {
         for put in [true, false] {
             let store = MemStore::default();
             store.set(1, 10);
-            let b = builder(&store);
-            let cache: StoreCache<u64, u64, MemStore> = match policy {
-                "through" => b.build().unwrap(),
-                "around" => b.write_around().build().unwrap(),
-                _ => b.write_behind().build().unwrap(),
-            };
+            let cache = with_policy(&store, policy);
             store.hold.load.store(1, SeqCst);
             let reader = {
                 let cache = cache.clone();
@@ -1388,12 +1394,7 @@ fn a_read_begun_after_a_write_never_gets_what_a_load_read_before_it() {
     for policy in ["through", "around", "behind"] {
         let store = MemStore::default();
         store.set(1, 10);
-        let b = builder(&store);
-        let cache: StoreCache<u64, u64, MemStore> = match policy {
-            "through" => b.build().unwrap(),
-            "around" => b.write_around().build().unwrap(),
-            _ => b.write_behind().build().unwrap(),
-        };
+        let cache = with_policy(&store, policy);
         store.hold.load.store(1, SeqCst);
         let first = {
             let cache = cache.clone();
