@@ -466,6 +466,13 @@ where
     /// key's other callers wait for it as usual. Writes made while it runs
     /// keep its value out of the cache, as for `get_with`.
     ///
+    /// The blocking forms (`get_with`, `try_get_with`) do block the thread
+    /// while another caller loads the key. Called from async code on a
+    /// single-threaded executor while that load is an async `init`
+    /// suspended on the same thread, they wait for a task that cannot run
+    /// again until they return: a hang the cache cannot detect. In async
+    /// code, use the `_async` forms.
+    ///
     /// # Cancellation
     ///
     /// If the future of the call that is loading is dropped before `init`
