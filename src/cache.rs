@@ -949,8 +949,7 @@ where
             return Some(value);
         }
         if let Some(tti) = self.timing.tti() {
-            let judged = now.get();
-            shard.slide(id, slot, judged, tti, || now.fresh());
+            shard.slide(id, slot, now.get(), tti, || self.timing.clock.now());
         }
         let value = slot.value.clone();
         let hook = self

@@ -150,13 +150,6 @@ impl<'a> Now<'a> {
         *self.value.get_or_insert_with(|| self.clock.now())
     }
 
-    /// The time now, read again (not kept): for a check that must not use
-    /// a time read before a wait.
-    #[inline]
-    pub(crate) fn fresh(&self) -> u64 {
-        self.clock.now()
-    }
-
     /// The time if it has been read, without reading it.
     #[inline]
     pub(crate) fn read_so_far(&self) -> Option<u64> {
