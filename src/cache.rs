@@ -554,7 +554,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.remove(key)
+        self.inner.remove(key, true)
     }
 
     /// Removes `key`'s entry, if any, discarding its value.
@@ -572,7 +572,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.remove(key);
+        self.inner.remove(key, false);
     }
 
     /// Removes every entry (the listener sees each as `Explicit`, or
@@ -1189,7 +1189,9 @@ where
         }
     }
 
-    fn remove<Q>(&self, key: &Q) -> Option<V>
+    /// Removes `key`'s entry; returns its value if it was live and
+    /// `returned` asks for it (`remove`; `invalidate` makes no clone).
+    fn remove<Q>(&self, key: &Q, returned: bool) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1198,17 +1200,19 @@ where
         let mut now = Now::new(&self.timing.clock);
         // Whether or not the key is cached: it may be loading.
         self.flights.written(key);
+        // Delivers once dropped, after the value is cloned for the caller,
+        // and also if that clone (user code) panics.
+        let mut removed = Delivery::new(self.listener.as_ref());
         let (key, value, cause) = cell.write().remove(hash, key, &mut now)?;
-        let live = cause == RemovalCause::Explicit;
-        match &self.listener {
-            None => live.then_some(value),
-            Some(_) => {
-                let returned = if live { Some(value.clone()) } else { None };
-                let mut removed = Removed::default();
-                removed.push(key, value, cause);
-                self.deliver(removed);
-                returned
-            }
+        let returned = returned && cause == RemovalCause::Explicit;
+        if self.listener.is_none() {
+            return returned.then_some(value);
+        }
+        removed.push(key, value, cause);
+        if returned {
+            removed.first_value().cloned()
+        } else {
+            None
         }
     }
 

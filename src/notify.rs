@@ -155,6 +155,11 @@ impl<K, V> Removed<K, V> {
         }
     }
 
+    /// The value of the first entry held, if any.
+    pub(crate) fn first_value(&self) -> Option<&V> {
+        self.first.as_ref().map(|(_, value, _)| value)
+    }
+
     /// Number of entries held.
     pub(crate) fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()

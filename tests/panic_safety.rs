@@ -231,6 +231,45 @@ fn panicking_value_clone_releases_the_shard_lock() {
     cache.check_invariants();
 }
 
+/// A value that cannot be cloned: its `clone` always panics.
+#[derive(Debug, PartialEq)]
+struct Unclonable(u32);
+
+impl Clone for Unclonable {
+    fn clone(&self) -> Self {
+        panic!("clone of {} refused", self.0)
+    }
+}
+
+#[test]
+fn a_panicking_value_clone_in_remove_loses_no_notification() {
+    let seen: Arc<Mutex<Vec<(u32, u32, RemovalCause)>>> = Arc::default();
+    let sink = seen.clone();
+    let cache: Cache<u32, Unclonable> = Cache::builder()
+        .eviction_listener(move |k: Arc<u32>, v: Unclonable, cause| {
+            sink.lock().unwrap().push((*k, v.0, cause));
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, Unclonable(1));
+    cache.insert(2, Unclonable(2));
+    // `invalidate` discards the value: it has no clone to make.
+    cache.invalidate(&1);
+    // `remove` returns a clone, which panics; the removal stands and is
+    // heard of all the same.
+    assert_eq!(panic_of(|| cache.remove(&2)), "clone of 2 refused");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (1, 1, RemovalCause::Explicit),
+            (2, 2, RemovalCause::Explicit)
+        ]
+    );
+    assert_eq!(cache.entry_count(), 0);
+    assert_eq!(cache.stats().removals(RemovalCause::Explicit), 2);
+    cache.check_invariants();
+}
+
 #[test]
 fn panicking_listener_keeps_the_removal_and_the_rest_of_the_batch() {
     let clock = MockClock::new();
