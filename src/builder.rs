@@ -277,7 +277,9 @@ where
     /// Entries expire this long after they were last read or written
     /// (sliding expiry); combined with `time_to_live`, whichever comes first.
     /// Default: never. Must be longer than zero. Reads move the deadline in
-    /// steps of about a millisecond.
+    /// steps of about a millisecond (an eighth of the idle time, if that is
+    /// shorter), so an entry may expire up to a step before its last read
+    /// plus the idle time.
     ///
     /// # Examples
     ///

@@ -90,6 +90,40 @@ fn reads_slide_time_to_idle_but_not_past_time_to_live() {
     );
 }
 
+/// A read slides the idle deadline in steps (a slide of under a step is
+/// skipped, to spare the hit a compare-and-swap), but a step must not be
+/// as long as the time to idle itself: then no read could ever move the
+/// deadline, and an entry read without pause would expire as if it had
+/// a time to live.
+#[test]
+fn reads_slide_a_time_to_idle_of_a_millisecond_or_less() {
+    for tti in [
+        Duration::from_micros(100),
+        Duration::from_micros(500),
+        Duration::from_millis(1),
+        Duration::from_micros(1_100),
+    ] {
+        let clock = MockClock::new();
+        let cache = Cache::builder()
+            .time_to_idle(tti)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        cache.insert(1, 1);
+        for read in 1..=20 {
+            clock.advance(tti * 9 / 10);
+            assert_eq!(
+                cache.get(&1),
+                Some(1),
+                "time to idle {tti:?}: read {read}, each {:?} after the last",
+                tti * 9 / 10
+            );
+        }
+        clock.advance(tti);
+        assert_eq!(cache.get(&1), None, "idle for {tti:?}");
+    }
+}
+
 #[test]
 fn per_entry_ttl_overrides_the_cache_ttl() {
     let clock = MockClock::new();

@@ -130,6 +130,11 @@ const WRITE_REAP_BUDGET: usize = 8;
 /// See [`WRITE_REAP_BUDGET`].
 const WRITE_REAP_SHIFT: u32 = 20;
 
+/// The most by which a read may leave an idle deadline short of its
+/// read's time plus the idle time (about a millisecond): a slide by less
+/// is skipped, sparing the read hit its compare-and-swap.
+const SLIDE_STEP: u64 = 1 << 20;
+
 /// Reads the clock at most once, and only if an entry has a deadline (a read
 /// takes it up front, before the shard lock, once the cache has made any).
 #[derive(Debug)]
@@ -520,8 +525,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     }
 
     /// Slides an idle deadline after a read at `now` (shared lock: one
-    /// compare-and-swap, skipped when it would move the deadline by under a
-    /// millisecond). A deadline past the word's range is slid to its end:
+    /// compare-and-swap, skipped when it would move the deadline by under
+    /// [`SLIDE_STEP`], or an eighth of the idle time if that is shorter:
+    /// a step as long as the idle time would stop every slide, since no
+    /// read of a live entry comes that long after the deadline was last
+    /// set). A deadline past the word's range is slid to its end:
     /// the wheel keeps every entry with a deadline, and only a writer may
     /// take one off it.
     ///
@@ -542,7 +550,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     ) {
         if let Some(&hard) = self.hard.get(id as usize) {
             let next = hard.min(now.saturating_add(tti)).min(slot::LAST_DEADLINE);
-            slot.extend(next, 1 << 20, fresh);
+            slot.extend(next, (tti >> 3).min(SLIDE_STEP), fresh);
         }
     }
 

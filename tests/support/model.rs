@@ -468,15 +468,17 @@ impl Model {
         self.written.push(k);
     }
 
-    /// A read hit slides an idle deadline (in steps above ~1 ms, as the
-    /// cache does) or applies the read hook's answer.
+    /// A read hit slides an idle deadline (in steps above ~1 ms, or an
+    /// eighth of the idle time if shorter, as the cache does) or applies
+    /// the read hook's answer.
     fn read(&mut self, k: u8) -> Option<u16> {
         let e = self.live(k)?;
         let mut next = e;
         if let Some(tti) = self.cfg.tti {
             let at = e.exact();
             let slid = e.hard.min(self.now.saturating_add(tti * NS)).min(LAST);
-            if at != NEVER && slid > at.saturating_add(1 << 20) {
+            let step = ((tti * NS) >> 3).min(1 << 20);
+            if at != NEVER && slid > at.saturating_add(step) {
                 next.lo = slid;
                 next.hi = slid;
             }
