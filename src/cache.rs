@@ -605,13 +605,27 @@ where
         }
     }
 
-    /// Removes every live entry for which `predicate` returns true.
+    /// Removes every live entry for which `predicate` returns true, before
+    /// returning (moka's `invalidate_entries_if` records the predicate and
+    /// removes lazily; here nothing needs enabling and nothing is returned).
     ///
     /// The predicate runs with no lock held, on clones of each shard's
     /// entries taken one shard at a time. If a shard is written while its
     /// clones are being tested, they are taken and tested again (up to 8
     /// times; after that, the keys found on the last pass are removed, whatever
-    /// they hold by then).
+    /// they hold by then). So the predicate may be called more than once for
+    /// an entry, and may use the cache, this one included: its own writes
+    /// to the shard being tested count as such writes. Each shard is tested
+    /// as it is when the call reaches it, so an entry written during the
+    /// call into a shard not yet reached is tested too (moka tests only the
+    /// entries written before its call).
+    ///
+    /// # Panics
+    ///
+    /// If `predicate` panics, the panic reaches the caller and the call
+    /// stops there: the shards already done keep their removals (the
+    /// listener has been told of them), the shard being tested and the
+    /// shards after it are left as they were, and the cache stays usable.
     ///
     /// # Examples
     ///
@@ -620,6 +634,22 @@ where
     /// for i in 0..10 { cache.insert(i, i * 10); }
     /// cache.invalidate_entries_if(|_k, v| *v >= 50);
     /// assert_eq!(cache.entry_count(), 5);
+    /// ```
+    ///
+    /// A predicate that panics removes nothing from the shard it was
+    /// testing (here the only one):
+    ///
+    /// ```
+    /// use std::panic::{AssertUnwindSafe, catch_unwind};
+    /// let cache = larder::Cache::builder().num_shards(1).build().unwrap();
+    /// for i in 0..10 { cache.insert(i, i); }
+    /// let panicked = catch_unwind(AssertUnwindSafe(|| {
+    ///     cache.invalidate_entries_if(|k, _| if *k == 5 { panic!("bad key") } else { true })
+    /// }));
+    /// assert!(panicked.is_err());
+    /// assert_eq!(cache.entry_count(), 10);
+    /// cache.invalidate_entries_if(|k, _| *k != 5);
+    /// assert_eq!(cache.iter().collect::<Vec<_>>(), [(5, 5)]);
     /// ```
     pub fn invalidate_entries_if(&self, predicate: impl Fn(&K, &V) -> bool)
     where
