@@ -578,6 +578,13 @@ where
     /// Removes every entry (the listener sees each as `Explicit`, or
     /// `Expired` if it had already expired).
     ///
+    /// The shards are emptied one after another, each under its lock, and
+    /// their removals delivered in between: every entry written before the
+    /// call began is gone when it returns, but one written concurrently
+    /// may stay (it landed in a shard already emptied) or go (one not yet
+    /// reached), as in moka. A load of any key begun before the call does
+    /// not cache its value (see [`get_with`](Self::get_with)).
+    ///
     /// # Examples
     ///
     /// ```
