@@ -1264,7 +1264,20 @@ fn run_pending_tasks_on_the_flusher_thread_does_not_wait_for_a_pass_waiting_for_
     cache.insert(10, 10).unwrap();
     cache.flush();
     clock.advance(Duration::from_secs(2)); // key 10 expires
-    cache.insert(1, 1).unwrap(); // refused: its copy is dropped on the flusher
+    {
+        // The insert queues key 1 before it caches the copy: a flusher that
+        // gave up on key 1 in between would leave no copy to drop, and the
+        // listener would never hear of key 1. The store call for it waits
+        // at the gate until the copy is cached.
+        let gate = store.gate.write();
+        cache.insert(1, 1).unwrap(); // refused: its copy is dropped on the flusher
+        assert_eq!(
+            cache.peek(&1),
+            Some(1),
+            "cached before the store refuses it"
+        );
+        drop(gate);
+    }
     let helper = {
         let cache = cache.clone();
         thread::spawn(move || cache.run_pending_tasks())
