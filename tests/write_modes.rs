@@ -24,7 +24,7 @@ use larder::{
     BuildError, Cache, Change, DeadLetter, StoreCache, StoreCacheBuilder, WhenFull, WriteError,
     WriteFailure, clock::MockClock,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use stores::MemStore;
 use threads::parallel;
 
@@ -949,8 +949,14 @@ fn a_dead_lettered_value_is_dropped_from_the_cache() {
         .build()
         .unwrap();
     *me.lock() = Some(cache.clone());
-    cache.insert(1, 1).unwrap();
-    assert_eq!(cache.get(&1).unwrap(), Some(1), "read your write");
+    {
+        // The flusher waits at the gate, so key 1 is still queued: a
+        // flusher that gave up on it first would leave no copy to read.
+        let gate = store.gate.write();
+        cache.insert(1, 1).unwrap();
+        assert_eq!(cache.get(&1).unwrap(), Some(1), "read your write");
+        drop(gate);
+    }
     cache.flush();
     assert_eq!(
         *cached_when_told.lock(),
@@ -1044,8 +1050,12 @@ fn writes_that_name_a_key_take_any_borrowed_form_of_it() {
     assert_eq!(cache.get("two").unwrap(), None);
 }
 
-/// A store that refuses every write.
-struct Refuser;
+/// A store that refuses every write, once a test holding `gate` for
+/// writing lets it.
+#[derive(Clone, Default)]
+struct Refuser {
+    gate: Arc<RwLock<()>>,
+}
 
 impl larder::Store<u64, u64> for Refuser {
     type Error = String;
@@ -1053,6 +1063,7 @@ impl larder::Store<u64, u64> for Refuser {
         Ok(None)
     }
     fn write(&self, _: &[(u64, Change<u64>)]) -> Result<(), String> {
+        let _open = self.gate.read();
         Err("refused".into())
     }
 }
@@ -1061,6 +1072,7 @@ impl larder::Store<u64, u64> for Refuser {
 fn user_code_on_the_flusher_thread_may_call_the_cache_without_waiting_for_itself() {
     type Handle = Arc<Mutex<Option<StoreCache<u64, u64, Refuser>>>>;
     let me: Handle = Arc::default();
+    let refuser = Refuser::default();
     let (told, heard) = std::sync::mpsc::channel::<String>();
     let told = Mutex::new(told);
     // A dead letter drops the key's cached copy on the flusher thread, so the
@@ -1085,7 +1097,7 @@ fn user_code_on_the_flusher_thread_may_call_the_cache_without_waiting_for_itself
                 ));
             }
         })
-        .store(Refuser)
+        .store(refuser.clone())
         .write_behind()
         .queue_capacity(1)
         .when_full(WhenFull::Block)
@@ -1094,7 +1106,14 @@ fn user_code_on_the_flusher_thread_may_call_the_cache_without_waiting_for_itself
         .build()
         .unwrap();
     *me.lock() = Some(cache.clone());
-    cache.insert(1, 1).unwrap();
+    {
+        // The insert queues key 1 before it caches the copy: a flusher that
+        // gave up on key 1 in between would leave no copy to drop, and the
+        // listener would never run. The store waits until it is cached.
+        let gate = refuser.gate.write();
+        cache.insert(1, 1).unwrap();
+        drop(gate);
+    }
     let heard = heard
         .recv_timeout(Duration::from_secs(10))
         .expect("the listener returned: nothing waited for its own flusher");
@@ -1145,7 +1164,14 @@ fn close_reports_a_dead_letter_the_flusher_is_still_settling() {
         .max_attempts(1)
         .build()
         .unwrap();
-    cache.insert(1, 1).unwrap();
+    {
+        // The store waits until the insert has cached key 1's copy (it
+        // queues the key first: a flusher that gave up on it in between
+        // would leave no copy to drop).
+        let gate = store.gate.write();
+        cache.insert(1, 1).unwrap();
+        drop(gate);
+    }
     // The flusher has given up on key 1 and is dropping its cached copy.
     at_listener
         .recv_timeout(Duration::from_secs(10))
