@@ -532,6 +532,10 @@ where
     ///
     /// The cache has dropped its copy of the key by the time the handler
     /// runs (so an eviction listener hears of it first, on the same thread).
+    /// An insert queues its change before it caches the value: if the
+    /// flusher gives up on the change in between, there is no copy to drop
+    /// yet, the insert then leaves its value out, and the listener hears
+    /// nothing of the key.
     /// User code the flusher runs (this handler, the store's `write`, such a
     /// listener) may use the cache, but cannot wait for the flusher it runs
     /// on: from there [`flush`](StoreCache::flush) returns at once
