@@ -168,12 +168,27 @@ fn usable() -> bool {
     if !source.is_ok_and(|s| s.trim() == "tsc") {
         return false;
     }
-    let highest = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    let highest = cpuid(0x8000_0000).eax;
     // An invariant TSC (leaf 0x8000_0007, EDX bit 8) and `rdtscp` (leaf
     // 0x8000_0001, EDX bit 27), which `read` needs.
     highest >= 0x8000_0007
-        && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0
-        && std::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 27) != 0
+        && cpuid(0x8000_0007).edx & (1 << 8) != 0
+        && cpuid(0x8000_0001).edx & (1 << 27) != 0
+}
+
+/// CPUID leaf `leaf`. `__cpuid` is a safe function in recent Rust (1.95
+/// here) but an `unsafe` one in 1.85, the crate's `rust-version`, which
+/// rejects a call outside an `unsafe` block: the block is needed there and
+/// redundant here (hence the `allow`).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unused_unsafe)]
+fn cpuid(leaf: u32) -> std::arch::x86_64::CpuidResult {
+    // SAFETY: every x86-64 processor has the CPUID instruction (the reason
+    // later Rust made the intrinsic safe), and it has no memory effects. A
+    // leaf above the highest the processor supports returns other data,
+    // never a fault; `usable` asks for the extended leaves only after
+    // checking the highest one.
+    unsafe { std::arch::x86_64::__cpuid(leaf) }
 }
 
 /// Elsewhere the cache reads `Instant`.
