@@ -35,6 +35,14 @@
 //! of events is exact. A rate outside 100 MHz to 20 GHz is taken for a
 //! failed measurement and the cache falls back to `Instant`.
 //!
+//! The clock source is read once too, with the calibration: if the kernel
+//! later switches away from the TSC (its watchdog found it drifting
+//! against another clock), the cache goes on reading the counter until the
+//! process restarts. Nothing checks that readings only move forward (a
+//! reading behind a cache's origin counts as the origin, one behind an
+//! earlier reading is taken as it is): the cache trusts the kernel's
+//! verdict that the counters of all CPUs agree.
+//!
 //! The rate is not measured again: a virtual machine moved to a host whose
 //! counter runs at another rate, without the hypervisor scaling it (KVM and
 //! the other common hypervisors scale it, so that the guest kernel can
@@ -101,11 +109,16 @@ impl Tsc {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn read() -> u64 {
-    // SAFETY: a `Tsc` exists only where CPUID reports `rdtscp` (see
-    // `usable`), which has no memory effects beyond writing `aux`, and
-    // where the kernel's own clock source is the TSC, read from user space
-    // by the vDSO, so the instruction is not disabled for user code
-    // (CR4.TSD) there.
+    // SAFETY: `read` runs only once `usable` has found `rdtscp` in CPUID:
+    // in `calibrate`, after asking it, and through a `Tsc`, which only a
+    // successful `calibrate` makes (the unit tests' hand-made one never
+    // reads). The instruction has no memory effects beyond writing `aux`.
+    // Whether user code may run it (CR4.TSD) decides only whether it traps:
+    // where the kernel's clock source is the TSC the vDSO runs it too, but
+    // a thread can still turn it off for itself (`prctl(PR_SET_TSC,
+    // PR_TSC_SIGSEGV)`, as the rr debugger does to record), and then the
+    // read raises SIGSEGV, a crash (or rr's emulation), not undefined
+    // behaviour.
     unsafe {
         let mut aux = 0u32;
         std::arch::x86_64::__rdtscp(&mut aux)

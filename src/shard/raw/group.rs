@@ -1,6 +1,7 @@
 //! Matching one tag against a chunk's sixteen control bytes at once.
 //!
-//! One of the two parts of [`raw`](super), the crate's only `unsafe` code. On x86-64 the match is SSE2's
+//! One of the two parts of [`raw`](super), which with `expiry::tsc` holds
+//! the crate's `unsafe` code. On x86-64 the match is SSE2's
 //! byte compare and mask move (`pcmpeqb`, `pmovmskb`): three instructions
 //! where the portable byte-by-byte fold below compiles to about 38 (a
 //! partial vector compare, shuffles and scalar compares). Measured with

@@ -69,7 +69,13 @@
 //! Writers pay for the slots: they read four more lines, and a writer that
 //! finds a slot held spins, then yields, until it is free (a slot reader's
 //! plain store cannot wake a sleeper). Shard locks are held for short
-//! sections with no user code under them, so that wait is short.
+//! sections, so that wait is short. The only user code under a read lock
+//! is the key's `Eq` and the value's `Clone` (see `Cache`'s **Locking**
+//! note): a slow one keeps a waiting writer yielding, on a core of its
+//! own, for as long, and one that reads the same shard again while a
+//! writer waits deadlocks (the nested read goes to the word, which the
+//! writer has closed, and the writer waits for the outer read's slot), as
+//! a nested read does on any writer-preferring lock.
 //!
 //! # The state word
 //!
