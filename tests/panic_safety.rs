@@ -270,6 +270,74 @@ fn a_panicking_value_clone_in_remove_loses_no_notification() {
     cache.check_invariants();
 }
 
+/// A key whose `Eq` panics while [`EQ_FUSE`] is set: the cache compares
+/// keys under a shard's lock, shared for a read, exclusive for a write.
+#[derive(Clone, Debug)]
+struct EqFuse(u32);
+
+impl std::hash::Hash for EqFuse {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
+
+static EQ_FUSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl PartialEq for EqFuse {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(!EQ_FUSE.load(SeqCst), "eq of {} refused", self.0);
+        self.0 == other.0
+    }
+}
+
+impl Eq for EqFuse {}
+
+#[test]
+fn panicking_key_eq_under_a_read_or_write_lock_releases_it_and_changes_nothing() {
+    let cache: Cache<EqFuse, u32> = Cache::builder()
+        .max_capacity(100)
+        .num_shards(1)
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(EqFuse(k), k);
+    }
+    EQ_FUSE.store(true, SeqCst);
+    // On a thread of its own, so that a lock left held fails the test
+    // (`within`) instead of hanging it.
+    let c = cache.clone();
+    within("the panicking operations", move || {
+        // Under the read lock (taken in the thread's reader slot)...
+        assert_eq!(panic_of(|| c.get(&EqFuse(3))), "eq of 3 refused");
+        assert_eq!(panic_of(|| c.contains_key(&EqFuse(4))), "eq of 4 refused");
+        assert_eq!(panic_of(|| c.peek(&EqFuse(5))), "eq of 5 refused");
+        // ... and under the write lock, finding the key to replace or remove.
+        assert_eq!(panic_of(|| c.insert(EqFuse(6), 60)), "eq of 6 refused");
+        assert_eq!(panic_of(|| c.remove(&EqFuse(7))), "eq of 7 refused");
+    });
+    EQ_FUSE.store(false, SeqCst);
+    // Every unwind released the one shard's lock (it does not poison): a
+    // write from another thread goes in.
+    let c = cache.clone();
+    within("a write after the panics", move || {
+        c.insert(EqFuse(42), 42);
+        c.remove(&EqFuse(0));
+    });
+    cache.check_invariants();
+    assert_eq!(cache.entry_count(), 10);
+    assert_eq!(
+        cache.get(&EqFuse(6)),
+        Some(6),
+        "the refused replace changed nothing"
+    );
+    assert_eq!(
+        cache.get(&EqFuse(7)),
+        Some(7),
+        "the refused removal changed nothing"
+    );
+    assert_eq!(cache.get(&EqFuse(42)), Some(42));
+}
+
 #[test]
 fn panicking_listener_keeps_the_removal_and_the_rest_of_the_batch() {
     let clock = MockClock::new();
