@@ -580,6 +580,7 @@ fn memory() {
 fn resident_before_use() {
     const BOUND: u64 = 100_000_000;
     const HELD: u64 = 1_000;
+    const UNBOUNDED_HELD: u64 = 20_000;
     const HOUR: Duration = Duration::from_secs(3600);
     let Some(start) = resident_bytes() else {
         println!("(Resident memory: not measured, no /proc/self/status here.)\n");
@@ -587,7 +588,8 @@ fn resident_before_use() {
     };
     println!(
         "Resident memory (the process's VmRSS, Linux) that a cache adds when built with a bound of \
-         {BOUND} entries and given {HELD}: what a generous bound costs before it is used.\n"
+         {BOUND} entries and given {HELD}: what a generous bound costs before it is used (the last \
+         two rows: no bound, {UNBOUNDED_HELD} entries).\n"
     );
     println!("| cache | resident memory added |");
     println!("|---|--:|");
@@ -603,7 +605,10 @@ fn resident_before_use() {
         kept.push(cache);
     };
     fn filled<C: BenchCache>(cache: C) -> C {
-        for key in 0..HELD {
+        filled_with(cache, HELD)
+    }
+    fn filled_with<C: BenchCache>(cache: C, held: u64) -> C {
+        for key in 0..held {
             cache.insert(key, key);
         }
         cache.sync();
@@ -623,6 +628,22 @@ fn resident_before_use() {
         Box::new(filled(caches::moka_ttl(BOUND, HOUR))),
     );
     row("quick_cache", Box::new(filled(caches::quick(BOUND))));
+    // No bound at all (quick_cache needs one): the policy's sketch is the
+    // bound's cost, and a cache that never evicts needs none.
+    row(
+        &format!("larder, unbounded (time_to_live), {UNBOUNDED_HELD} entries"),
+        Box::new(filled_with(
+            caches::larder_ttl(u64::MAX, HOUR),
+            UNBOUNDED_HELD,
+        )),
+    );
+    row(
+        &format!("moka, unbounded (time_to_live), {UNBOUNDED_HELD} entries"),
+        Box::new(filled_with(
+            caches::moka_ttl(u64::MAX, HOUR),
+            UNBOUNDED_HELD,
+        )),
+    );
     println!();
 }
 

@@ -192,8 +192,10 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// The bound on the cache: a number of entries, or a total weight when a
-    /// [`weigher`](Self::weigher) is set. Default: unbounded (`u64::MAX`).
-    /// `0` is allowed and makes a cache that keeps nothing.
+    /// [`weigher`](Self::weigher) is set. Default: unbounded (`u64::MAX`),
+    /// a cache that never evicts and so keeps no frequency sketch (entries
+    /// leave only when they expire or are removed). `0` is allowed and
+    /// makes a cache that keeps nothing.
     ///
     /// The bound is split evenly over the shards and each shard enforces its
     /// part, so the cache never holds more than `max_capacity`, but it may

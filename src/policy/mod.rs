@@ -433,6 +433,8 @@
 //! shard's slot. The sketch takes 8 bytes per entry of capacity while the
 //! cache's sketches fit in [`SKETCH_BUDGET`] (4 MiB), and fewer beyond, down
 //! to 4; a cache bounded at 2,048 entries or fewer gets 16 (see [`sketch`]).
+//! An unbounded cache never evicts and gets one 64-byte block per shard
+//! ([`SketchBudget::NONE`](sketch::SketchBudget::NONE)).
 
 mod ghost;
 mod sketch;

@@ -115,12 +115,28 @@ pub(crate) struct SketchBudget {
 }
 
 impl SketchBudget {
+    /// No sketch worth the name: one block, never grown, for a shard that
+    /// never evicts. Without it an unbounded cache's sketch was sized for
+    /// its 4 Mi reserved entries (16 MiB, resident after some 20,000
+    /// distinct keys, each touching a random page) and grew past them.
+    pub(crate) const NONE: Self = SketchBudget {
+        bytes: 0,
+        per_entry: 0,
+    };
+
     /// The budget of each of the `shards` shards of a cache bounded at
     /// `capacity` (weight units when `weighted`): an equal part of
     /// [`SKETCH_BUDGET`], at [`FrequencySketch::BYTES_PER_ENTRY`] per
     /// entry, or [`FrequencySketch::SMALL_BYTES_PER_ENTRY`] for a small
     /// cache of entries.
+    ///
+    /// An unbounded cache (`u64::MAX`, the builder's default) never
+    /// evicts, so it asks no admission question: its budget is
+    /// [`NONE`](Self::NONE).
     pub(crate) fn of_shard(capacity: u64, weighted: bool, shards: u64) -> Self {
+        if capacity == u64::MAX {
+            return Self::NONE;
+        }
         let small = !weighted && capacity <= FrequencySketch::SMALL_CACHE;
         SketchBudget {
             bytes: SKETCH_BUDGET / shards.max(1),
@@ -180,6 +196,18 @@ impl FrequencySketch {
     /// bytes if [`MIN_BYTES_PER_ENTRY`](Self::MIN_BYTES_PER_ENTRY) per entry
     /// fits in them, and at most its bytes per entry.
     pub(crate) fn new(entries: u64, budget: SketchBudget) -> Self {
+        if budget == SketchBudget::NONE {
+            // Halved as one sized for the 16 entries a block holds at 4
+            // bytes each, and sized for every count of entries, so it is
+            // never grown.
+            return Self {
+                table: vec![0; BLOCK_WORDS],
+                blocks: 1,
+                additions: 0,
+                sample_period: 16 * SAMPLE_PER_ENTRY,
+                sized_for: u64::MAX,
+            };
+        }
         let entries = entries.max(1);
         let per_entry = (budget.bytes / entries).clamp(Self::MIN_BYTES_PER_ENTRY, budget.per_entry);
         // At least one block; at most 2^28 blocks (16 GiB), far beyond use.

@@ -226,6 +226,30 @@ fn recency_burst_is_served_by_the_window() {
     assert!(ratio(&trace, 100) > 0.6);
 }
 
+/// A shard of an unbounded cache (`u64::MAX`, split over its shards as
+/// `Shards::new` splits it) never evicts: its sketch stays one block
+/// however many ids it holds, weighted or not, where a bounded shard's is
+/// sized for its capacity (and a weighted one's grows with its ids).
+#[test]
+fn an_unbounded_shard_keeps_a_one_block_sketch() {
+    for weighted in [false, true] {
+        let budget = SketchBudget::of_shard(u64::MAX, weighted, 8);
+        assert_eq!(budget, SketchBudget::NONE);
+        let mut policy = TinyLfu::new(u64::MAX / 8, weighted, 1 << 19, budget);
+        for id in 0..100_000u32 {
+            policy.insert(id, hash_key(u64::from(id)), 1);
+        }
+        assert_eq!(policy.sketch_bytes(), 64, "weighted: {weighted}");
+        let bounded = TinyLfu::new(
+            1 << 17,
+            weighted,
+            1 << 17,
+            SketchBudget::of_shard(1 << 20, weighted, 8),
+        );
+        assert!(bounded.sketch_bytes() >= 64 << 10, "weighted: {weighted}");
+    }
+}
+
 #[test]
 fn weights_bound_the_size() {
     let mut policy = TinyLfu::new(100, true, 0, SketchBudget::of_shard(100, true, 1));

@@ -694,6 +694,12 @@ impl TinyLfu {
         self.sketch.estimate(hash)
     }
 
+    /// Heap bytes of the sketch's table.
+    #[cfg(test)]
+    pub(crate) fn sketch_bytes(&self) -> usize {
+        self.sketch.bytes()
+    }
+
     /// Sets the window's target as the ghosts' votes would.
     #[cfg(test)]
     pub(crate) fn set_window(&mut self, window: u64) {
