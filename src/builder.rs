@@ -166,6 +166,14 @@ impl<K, V> fmt::Debug for CacheBuilder<K, V> {
             .field("ttl_jitter", &self.jitter)
             .field("eviction_listener", &self.listener.is_some())
             .field("num_shards", &self.num_shards)
+            .field(
+                "clock",
+                &if self.clock.is_manual() {
+                    "mock"
+                } else {
+                    "system"
+                },
+            )
             .finish()
     }
 }
@@ -645,6 +653,20 @@ fn default_shards(capacity: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The builder's `Debug` lists every setting, the clock included (it
+    /// printed a complete-looking struct without it).
+    #[test]
+    fn debug_shows_the_clock() {
+        let system = format!("{:?}", CacheBuilder::<u32, u32>::default());
+        assert!(system.contains("clock: \"system\""), "{system}");
+        #[cfg(feature = "test-util")]
+        {
+            let mock = CacheBuilder::<u32, u32>::default().clock(crate::clock::MockClock::new());
+            let mock = format!("{mock:?}");
+            assert!(mock.contains("clock: \"mock\""), "{mock}");
+        }
+    }
 
     #[test]
     fn shards_given_never_outnumber_the_capacity() {
