@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use proptest::prelude::*;
 
 use super::sim::{Model, Rng, hash_key, hot_and_scans, looping, window_phases, zipf};
-use super::{SketchBudget, TestEntries, TinyLfu};
+use super::{Room, SketchBudget, TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
 fn ratio(trace: &[u64], capacity: u64) -> f64 {
@@ -236,10 +236,31 @@ fn an_unbounded_shard_keeps_a_one_block_sketch() {
         let budget = SketchBudget::of_shard(u64::MAX, weighted, 8);
         assert_eq!(budget, SketchBudget::NONE);
         let mut policy = TinyLfu::new(u64::MAX / 8, weighted, 1 << 19, budget);
+        let mut entries = TestEntries::default();
         for id in 0..100_000u32 {
-            policy.insert(id, hash_key(u64::from(id)), 1);
+            let hash = hash_key(u64::from(id));
+            entries.push(hash);
+            if weighted {
+                policy.insert(id, hash, u32::MAX);
+            } else {
+                assert!(matches!(policy.make_room(&entries, hash), Room::Insert));
+                policy.insert_counted(id, 1);
+            }
+            assert_eq!(
+                policy.victim(&entries),
+                None,
+                "an unbounded shard evicts nothing"
+            );
         }
         assert_eq!(policy.sketch_bytes(), 64, "weighted: {weighted}");
+        // Nothing moves: every id is where it arrived, in arrival order.
+        let [window, probation, protected] = policy.queue_ids();
+        assert!(
+            window.iter().copied().eq(0..100_000),
+            "weighted: {weighted}"
+        );
+        assert!(probation.is_empty() && protected.is_empty());
+        policy.check_invariants(100_000);
         let bounded = TinyLfu::new(
             1 << 17,
             weighted,

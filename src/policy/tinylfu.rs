@@ -161,6 +161,10 @@ pub(crate) struct TinyLfu {
     weights: Vec<u32>,
     /// Whether the cache is weighted.
     weighted: bool,
+    /// A shard of an unbounded cache (its sketch budget is
+    /// [`SketchBudget::NONE`]): it never evicts, so new ids join the
+    /// window and stay there, and nothing is counted, voted or rebalanced.
+    unbounded: bool,
     /// Window, probation and protected queues, indexed by tag.
     queues: [Queue; 3],
     /// Maximum total weight.
@@ -266,6 +270,7 @@ impl TinyLfu {
             tags: Vec::with_capacity(expected_ids),
             weights: Vec::with_capacity(if weighted { expected_ids } else { 0 }),
             weighted,
+            unbounded: sketch_budget == SketchBudget::NONE,
             queues: [Queue::EMPTY; 3],
             capacity,
             window_max: 0,
@@ -316,6 +321,10 @@ impl TinyLfu {
     /// they remember the key (see [`adapt`](Self::adapt)), and the sketch
     /// is rebuilt larger if it holds more ids than it was sized for.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
+        if self.unbounded {
+            self.insert_counted(id, weight);
+            return;
+        }
         self.adapt(hash);
         self.insert_counted(id, weight);
         self.grow_sketch_if_needed();
@@ -357,6 +366,9 @@ impl TinyLfu {
         self.behind_new = NIL;
         // The new key, not yet an id, is the newest now.
         self.newest = NIL;
+        if self.unbounded {
+            return Room::Insert;
+        }
         self.adapt(hash);
         // The sketch is sized for the ids held with the new one among them.
         self.grow_sketch_for(self.len() as u64 + 1);
@@ -845,6 +857,10 @@ impl TinyLfu {
     /// sketch), drains the window into the main space while there is room,
     /// and runs the TinyLFU duel when the window overflows a full main space.
     pub(crate) fn victim(&mut self, entries: &impl Entries) -> Option<u32> {
+        if self.unbounded {
+            self.arriving = false;
+            return None;
+        }
         let over = self.weighted_size() > self.capacity;
         self.filled |= over;
         let arriving = std::mem::take(&mut self.arriving);
