@@ -17,12 +17,12 @@ use std::{
 use crate::{
     CacheBuilder, CacheStats, Expiry, RemovalCause,
     builder::Weigher,
-    expiry::{Deadline, Hooked, Timing, remaining},
+    expiry::{Deadline, Hooked, NEVER, Timing, clock::saturating_nanos, remaining},
     load::{
         flight::{Flights, Leader, LeaderGuard, Outcome, Role},
         guard::Seen,
     },
-    maintenance::{Awaited, Maintained, Maintenance},
+    maintenance::{Awaited, INTERVAL, LONGEST_SLEEP, Maintained, Maintenance},
     notify::{Delivery, Listener, Removed},
     shard::{Now, ShardCell, ShardWriteGuard, Shards, Sighting, Stripe, Write},
     stats::{LoadCounters, Lookups},
@@ -1028,6 +1028,7 @@ where
             let mut landing = Now::new(&self.timing.clock);
             cell.write()
                 .reset_deadline(hash, key, seen, deadline, &mut landing);
+            self.maintenance.wake_for(deadline);
         }
     }
 
@@ -1213,7 +1214,15 @@ where
         let stripe = cell.stripe(hash, &shard);
         match decide(&write.key, found.map(|id| shard.value(id)), stripe) {
             Verdict::Insert => {
+                let deadline = write.deadline.at;
                 shard.insert(found, write, &mut now, removed);
+                drop(shard);
+                if deadline != NEVER {
+                    // Unlocked first: a maintenance thread that looks at
+                    // the wheel after this sees the deadline; one that
+                    // looked before has published when it wakes.
+                    self.maintenance.wake_for(deadline);
+                }
                 true
             }
             Verdict::Skip => false,
@@ -1503,6 +1512,37 @@ where
         });
     }
 
+    /// How long the maintenance thread may sleep after a pass: an
+    /// [`INTERVAL`] while some entry may fall due within it, else until the
+    /// first wheel slot begins (at most [`LONGEST_SLEEP`]), published so
+    /// that a write giving an earlier deadline wakes it (see
+    /// [`maintenance`](crate::maintenance)).
+    fn rest(&self) -> Duration {
+        let nanos = |d: Duration| saturating_nanos(d.as_nanos());
+        let now = self.timing.clock.now();
+        let next = |exclusive: bool| {
+            let due = |cell: &ShardCell<K, V>| match exclusive {
+                true => cell.write().next_due(),
+                false => cell.read().next_due(),
+            };
+            self.shards.iter().map(due).min().unwrap_or(NEVER)
+        };
+        let first = next(false);
+        if first <= now.saturating_add(nanos(INTERVAL)) {
+            return INTERVAL;
+        }
+        let until = first.min(now.saturating_add(nanos(LONGEST_SLEEP)));
+        self.maintenance.sleep_until(until);
+        // A write that landed since the look above, and read the wake-up
+        // time before it was published, is seen now (its unlock came
+        // before this lock); a later one reads the published time.
+        if next(true) < until {
+            self.maintenance.awake();
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(until - now)
+    }
+
     /// Cumulative (hits, misses): the striped counters, plus the hits the
     /// shard locks counted.
     fn lookup_totals(&self) -> (u64, u64) {
@@ -1535,10 +1575,13 @@ where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn background_pass(&self) {
-        if !self.timing.clock.is_manual() {
-            self.maintain();
+    fn background_pass(&self) -> Duration {
+        self.maintenance.awake();
+        if self.timing.clock.is_manual() {
+            return LONGEST_SLEEP;
         }
+        self.maintain();
+        self.rest()
     }
 }
 

@@ -1,12 +1,25 @@
 //! The cache's own background thread, `larder-maintenance`.
 //!
-//! It wakes every [`INTERVAL`] and does what
+//! A pass does what
 //! [`Cache::run_pending_tasks`](crate::Cache::run_pending_tasks) does: advance
 //! each shard's timing wheel, reap expired entries in bounded batches (the
 //! shard lock is released between batches so readers never wait long), and
 //! deliver their removal notifications with no lock held. A pass that
 //! panics (a key's `Hash` may, while reaping) is contained: the thread goes
 //! on to the next.
+//!
+//! The thread passes every [`INTERVAL`] while some wheel has an entry
+//! that may fall due within it. Otherwise it sleeps until the first slot
+//! of any wheel begins, for at most [`LONGEST_SLEEP`] (for a cache without
+//! deadlines, that is all it does), and publishes when it will wake: a
+//! write that gives an entry an earlier deadline wakes it
+//! ([`Maintenance::wake_for`]), so an entry is still reaped within about
+//! an interval of its deadline, while an idle cache costs a wake-up every
+//! [`LONGEST_SLEEP`] instead of ten a second. The published time and the
+//! writes meet under the shard locks: the thread publishes, then looks at
+//! every wheel again under its shard's exclusive lock, so a write either
+//! landed before that look (and the thread sees its deadline) or takes the
+//! lock after it (and reads the published time).
 //!
 //! Ownership runs one way: the cache owns the thread (a stop channel and the
 //! join handle); the thread holds only a `Weak` reference to the cache, which
@@ -18,7 +31,10 @@
 use std::{
     cell::Cell,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Weak},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     thread::{self, JoinHandle},
     time::Duration,
 };
@@ -26,14 +42,20 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use parking_lot::{Condvar, Mutex};
 
-/// Time between two maintenance passes.
+/// Time between two maintenance passes while an entry may be due.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The longest the thread sleeps when no entry is due sooner. It keeps the
+/// shard locks' hit counts widened (they wrap after 2^39 hits on one
+/// shard, which takes over 500 s even at a billion hits a second).
+pub(crate) const LONGEST_SLEEP: Duration = Duration::from_secs(10);
 
 /// Work the maintenance thread does on each pass.
 pub(crate) trait Maintained: Send + Sync + 'static {
     /// What the thread does when it wakes: a pass, unless the cache's clock
-    /// is driven by hand.
-    fn background_pass(&self);
+    /// is driven by hand. Returns how long the thread may sleep before the
+    /// next one (a write giving an earlier deadline may wake it sooner).
+    fn background_pass(&self) -> Duration;
 }
 
 /// The cache's handle on its maintenance thread, and the count of passes in
@@ -45,6 +67,10 @@ pub(crate) struct Maintenance {
     thread: Mutex<Option<JoinHandle<()>>>,
     passes: Mutex<usize>,
     idle: Condvar,
+    /// While the thread sleeps past [`INTERVAL`]: an interval before the
+    /// time it wakes (ns on the cache's clock), the deadlines before which
+    /// a write wakes it; 0 while it passes every interval.
+    wake_below: AtomicU64,
 }
 
 thread_local! {
@@ -97,6 +123,7 @@ impl Maintenance {
             thread: Mutex::new(None),
             passes: Mutex::new(0),
             idle: Condvar::new(),
+            wake_below: AtomicU64::new(0),
         }
     }
 
@@ -136,7 +163,9 @@ impl Maintenance {
     /// thread) leaves the cache working: expired entries are then reaped by
     /// `run_pending_tasks` and by writes, and are never returned either way.
     pub(crate) fn start<T: Maintained>(&self, target: &Arc<T>) {
-        let (tx, rx) = bounded::<()>(0);
+        // One wake-up may wait in the channel, so that a write's
+        // `try_send` reaches a thread not yet asleep.
+        let (tx, rx) = bounded::<()>(1);
         let weak = Arc::downgrade(target);
         let spawned = thread::Builder::new()
             .name("larder-maintenance".into())
@@ -144,6 +173,48 @@ impl Maintenance {
         if let Ok(handle) = spawned {
             *self.stop.lock() = Some(tx);
             *self.thread.lock() = Some(handle);
+        }
+    }
+
+    /// Publishes that the thread sleeps until `at` (ns on the cache's
+    /// clock, more than an [`INTERVAL`] from now): a write giving a
+    /// deadline over an interval before it is then to wake it (one due
+    /// later is reaped within an interval anyway, when the thread wakes).
+    /// The caller looks at every wheel again afterwards, under the shard
+    /// locks (see the module docs).
+    pub(crate) fn sleep_until(&self, at: u64) {
+        let interval = u64::try_from(INTERVAL.as_nanos()).unwrap_or(u64::MAX);
+        self.wake_below
+            .store(at.saturating_sub(interval).max(1), Relaxed);
+    }
+
+    /// Marks the thread awake: writes no longer wake it.
+    pub(crate) fn awake(&self) {
+        if self.wake_below.load(Relaxed) != 0 {
+            self.wake_below.store(0, Relaxed);
+        }
+    }
+
+    /// Called by a write once it has unlocked the shard where it gave an
+    /// entry `deadline`: wakes the thread if it sleeps too long for it.
+    /// Each wake-up brings the thread's next one at least an interval
+    /// forward, so writes cannot keep it passing back to back.
+    #[inline]
+    pub(crate) fn wake_for(&self, deadline: u64) {
+        if deadline < self.wake_below.load(Relaxed) {
+            self.wake();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake(&self) {
+        // The first write to see the published time wakes the thread; the
+        // others find 0 and leave it.
+        if self.wake_below.swap(0, Relaxed) != 0 {
+            if let Some(tx) = &*self.stop.lock() {
+                let _ = tx.try_send(());
+            }
         }
     }
 
@@ -160,8 +231,9 @@ impl Maintenance {
 }
 
 fn run<T: Maintained>(target: Weak<T>, stop: Receiver<()>) {
+    let mut sleep = INTERVAL;
     loop {
-        match stop.recv_timeout(INTERVAL) {
+        match stop.recv_timeout(sleep) {
             Err(RecvTimeoutError::Timeout) | Ok(()) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
@@ -170,6 +242,6 @@ fn run<T: Maintained>(target: Weak<T>, stop: Receiver<()>) {
         };
         // A pass that panics (a key's `Hash` while reaping) costs that
         // pass, not the thread: the cache's later passes still run.
-        let _ = catch_unwind(AssertUnwindSafe(|| target.background_pass()));
+        sleep = catch_unwind(AssertUnwindSafe(|| target.background_pass())).unwrap_or(INTERVAL);
     }
 }

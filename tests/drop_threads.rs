@@ -65,7 +65,7 @@ fn maintenance_threads_reap_idle_caches_and_end_with_the_last_handle() {
     );
 
     // An idle cache still reaps: nobody touches it after the insert, the
-    // maintenance thread (every 100 ms) expires the entry and tells the
+    // maintenance thread (within about 100 ms) expires the entry and tells the
     // listener, on its own thread.
     let (expired_tx, expired_rx) = mpsc::channel();
     let expired_tx = std::sync::Mutex::new(expired_tx);

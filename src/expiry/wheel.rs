@@ -242,7 +242,6 @@ impl TimerWheel {
 
     /// Earliest time (ns) at which some scheduled id may need attention: the
     /// start of the next occupied slot (a lower bound), or `None` if empty.
-    #[cfg(test)]
     pub(crate) fn next_wakeup(&self) -> Option<u64> {
         self.next_slot()
             .map(|(_, _, start)| start.saturating_mul(1 << TICK_SHIFT))

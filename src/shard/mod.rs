@@ -884,6 +884,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         if self.wheel.len() == 0 { 0 } else { now.get() }
     }
 
+    /// The earliest time (ns) at which an entry may fall due: the start of
+    /// the wheel's first occupied slot, no later than any deadline in it;
+    /// [`NEVER`] when no entry has a deadline.
+    pub(crate) fn next_due(&self) -> u64 {
+        self.wheel.next_wakeup().unwrap_or(NEVER)
+    }
+
     /// Reaps up to [`REAP_BUDGET`] expired entries; true when none is left.
     pub(crate) fn reap(&mut self, now: u64, removed: &mut Removed<K, V>) -> bool {
         self.reap_up_to(now, REAP_BUDGET, removed)

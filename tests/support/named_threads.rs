@@ -21,6 +21,29 @@ impl Named {
             .count()
     }
 
+    /// How many times they have slept and woken so far: the sum of their
+    /// voluntary context switches (a thread blocked in a timed wait
+    /// makes one each time it wakes).
+    pub fn wakeups(&self) -> u64 {
+        fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task is readable (Linux)")
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let comm = fs::read_to_string(path.join("comm")).ok()?;
+                if !comm.trim_end().starts_with(self.0) {
+                    return None;
+                }
+                let status = fs::read_to_string(path.join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Polls for up to `limit` until the count is `expected`; returns the
     /// last count.
     pub fn wait_for(&self, expected: usize, limit: Duration) -> usize {
