@@ -212,7 +212,8 @@ where
     /// holds 512 or more (the default), and to only 80 to 90 % when
     /// [`num_shards`](Self::num_shards) leaves each a few entries (100
     /// over 16 shards). With a weigher, an entry heavier than its shard's
-    /// share is refused (see [`weigher`](Self::weigher)).
+    /// share (`max_capacity / num_shards`) is refused, and with the default
+    /// shard count that share is small: see [`weigher`](Self::weigher).
     ///
     /// # Examples
     ///
@@ -240,6 +241,16 @@ where
     /// weightless entries has no limit on their number), but the policy may
     /// still evict it to make room for others.
     ///
+    /// A shard's share is `max_capacity / num_shards`, and the default shard
+    /// count counts the weight's units as it counts entries: one shard per
+    /// 512 units, up to four per CPU. A cache bounded in bytes is always
+    /// big enough to get the most, so on a machine with `n` CPUs the
+    /// heaviest entry it keeps weighs about `max_capacity / (4 × n)`: an
+    /// eighth of the bound on 2 CPUs, under 0.4 % of it on 64. Where entries
+    /// can be large, set [`num_shards`](Self::num_shards) so that the
+    /// heaviest fits in `max_capacity / num_shards` (fewer shards also means
+    /// more contention between writers).
+    ///
     /// A weigher that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever, as a listener does
     /// (see [`eviction_listener`](Self::eviction_listener)).
@@ -257,6 +268,26 @@ where
     /// cache.insert(2, "y".repeat(300));
     /// cache.run_pending_tasks();
     /// assert!(cache.weighted_size() <= 1_000);
+    /// ```
+    ///
+    /// A 16 KiB value in a 64 KiB cache: refused when the bound is split
+    /// over 8 shards (the default on a 2-CPU machine, 8 KiB each), kept
+    /// over 2:
+    ///
+    /// ```
+    /// let bytes = |shards| {
+    ///     larder::Cache::builder()
+    ///         .max_capacity(64 * 1024)
+    ///         .weigher(|_k: &u32, v: &Vec<u8>| v.len() as u32)
+    ///         .num_shards(shards)
+    ///         .build()
+    ///         .unwrap()
+    /// };
+    /// let (eight, two) = (bytes(8), bytes(2));
+    /// eight.insert(1, vec![0; 16 * 1024]);
+    /// two.insert(1, vec![0; 16 * 1024]);
+    /// assert!(!eight.contains_key(&1)); // heavier than 64 KiB / 8
+    /// assert!(two.contains_key(&1));
     /// ```
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Box::new(weigher));
