@@ -397,7 +397,9 @@ where
     /// the [`time_to_live`](Self::time_to_live) of each write, and each time
     /// an [`Expiry`] hook returns. Default `0.0`; range `0.0..1.0` (e.g. `0.1`
     /// for ±10 %). On a [`LoadingCache`](crate::LoadingCache) it spreads each
-    /// loaded value's time to live the same way. An update whose
+    /// loaded value's time to live the same way, but not its
+    /// [`refresh_after`](crate::LoadingCacheBuilder::refresh_after), which
+    /// stays exact. An update whose
     /// [`Expiry::expire_after_update`] leaves the time left as it was (the
     /// default hook) keeps the entry's deadline, unspread again.
     ///

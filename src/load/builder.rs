@@ -131,6 +131,13 @@ where
     /// was, and the next read due for refresh tries again. Cached absences
     /// are refreshed too. Off by default.
     ///
+    /// `after` is exact: [`ttl_jitter`](crate::CacheBuilder::ttl_jitter)
+    /// spreads the time to live, not this, so values loaded together come
+    /// due for refresh together, and their reloads queue up behind the
+    /// [`reload_threads`](Self::reload_threads) (a full queue skips the rest,
+    /// counted in [`skipped_refreshes`](crate::CacheStats::skipped_refreshes),
+    /// until a later read).
+    ///
     /// # Examples
     ///
     /// ```
@@ -141,6 +148,31 @@ where
     ///     .build()
     ///     .unwrap();
     /// assert_eq!(cache.get(&1).unwrap(), Some(1));
+    /// ```
+    ///
+    /// With a jittered time to live, the refresh time is not spread:
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .clock(clock.clone())
+    ///     .time_to_live(Duration::from_secs(100))
+    ///     .ttl_jitter(0.5) // each value lives 50 to 150 s
+    ///     .loader(|k: &u32| Ok::<_, String>(Some(*k)))
+    ///     .refresh_after(Duration::from_secs(40))
+    ///     .build()
+    ///     .unwrap();
+    /// for k in 0..100 {
+    ///     cache.get(&k).unwrap();
+    /// }
+    /// clock.advance(Duration::from_secs(40));
+    /// for k in 0..100 {
+    ///     cache.get(&k).unwrap(); // every one is due now
+    /// }
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.stats().refreshes(), 100);
     /// ```
     pub fn refresh_after(mut self, after: Duration) -> Self {
         self.refresh_after = Some(after);
