@@ -307,6 +307,13 @@ where
     ///
     /// The store's load error, shared with every reader that waited for it.
     ///
+    /// # Panics
+    ///
+    /// If [`Store::load`] panics, as for [`LoadingCache::get`]: the panic
+    /// reaches the reader whose call ran it (counted in
+    /// [`load_failures`](crate::CacheStats::load_failures)), one waiting
+    /// reader loads instead, and the cache stays usable.
+    ///
     /// # Examples
     ///
     /// ```
@@ -458,6 +465,15 @@ where
     /// [`WriteError::Closed`] for write-behind, with nothing queued; the
     /// cached copy is dropped likewise.
     ///
+    /// # Panics
+    ///
+    /// If [`Store::write`] panics on this call (write-through or
+    /// write-around), the panic reaches the caller and the cache is left as
+    /// after a store error: no copy of `key`, so the next read loads what
+    /// the store holds, and later writes of `key` work. (Write-behind's
+    /// flusher contains a panicking store: see
+    /// [`WriteFailure::Panicked`](crate::WriteFailure::Panicked).)
+    ///
     /// # Examples
     ///
     /// ```
@@ -472,6 +488,42 @@ where
     /// assert!(matches!(cache.insert(1, 1), Err(WriteError::Store(e)) if e == "read-only"));
     /// assert_eq!(cache.peek(&1), None); // the unwritten value is not cached
     /// ```
+    ///
+    /// A store whose write panics:
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// use std::{collections::HashMap, panic::{AssertUnwindSafe, catch_unwind}, sync::{Arc, Mutex}};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// #[derive(Clone, Default)]
+    /// struct Buggy(Arc<Mutex<HashMap<u32, u32>>>, Arc<AtomicBool>);
+    /// impl Store<u32, u32> for Buggy {
+    ///     type Error = String;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    ///     fn write(&self, batch: &[(u32, Change<u32>)]) -> Result<(), String> {
+    ///         assert!(!self.1.load(Ordering::SeqCst), "store bug");
+    ///         for (k, c) in batch {
+    ///             match c {
+    ///                 Change::Put(v) => { self.0.lock().unwrap().insert(*k, *v); }
+    ///                 Change::Delete => { self.0.lock().unwrap().remove(k); }
+    ///             }
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let store = Buggy::default();
+    /// let cache = Cache::builder().store(store.clone()).build().unwrap();
+    /// cache.insert(1, 10).unwrap();
+    /// store.1.store(true, Ordering::SeqCst);
+    /// assert!(catch_unwind(AssertUnwindSafe(|| cache.insert(1, 11))).is_err());
+    /// assert_eq!(cache.peek(&1), None); // the cached 10 is dropped
+    /// assert_eq!(cache.get(&1).unwrap(), Some(10)); // what the store holds
+    /// assert!(catch_unwind(AssertUnwindSafe(|| cache.remove(&1))).is_err());
+    /// assert_eq!(cache.peek(&1), None); // dropped again
+    /// store.1.store(false, Ordering::SeqCst);
+    /// cache.insert(1, 12).unwrap();
+    /// assert_eq!(cache.get(&1).unwrap(), Some(12));
+    /// ```
     pub fn insert(&self, key: K, value: V) -> Result<(), WriteError<S::Error>> {
         self.change(key, Change::Put(value))
     }
@@ -482,6 +534,11 @@ where
     ///
     /// As for [`insert`](Self::insert); on a store error the cached value,
     /// if any, is dropped (the next read loads what the store has).
+    ///
+    /// # Panics
+    ///
+    /// As for [`insert`](Self::insert): a panicking [`Store::write`]
+    /// reaches the caller, and the cached value is dropped as on an error.
     ///
     /// # Examples
     ///
