@@ -73,7 +73,11 @@ pub(crate) struct Settings {
 /// | `negative_ttl(n)` | … the loader reported absent is answered `None` for `n` |
 ///
 /// `LoadingCache` is a cheap handle (`Clone`, `Send`, `Sync`); its reload
-/// threads end when the last handle is dropped.
+/// threads end when the last handle is dropped. The drop does not wait
+/// for a reload under way: it returns at once, the reload's loader runs to
+/// its end on its thread (no handle is left to read what it loads), and
+/// that thread, and the cache's `larder-maintenance` thread, end when it
+/// returns.
 ///
 /// # Examples
 ///
