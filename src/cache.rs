@@ -154,7 +154,7 @@ pub(crate) struct Parts<K, V> {
 /// elsewhere no longer moves them. When `Maintenance` grew by a
 /// word the compiler's own order shifted these fields and the compare
 /// bench's get hit fell from a mean of 1.15x quick_cache's rate to 1.08x
-/// (13 and 22 paired runs, alternated); in this order it measured 1.16x
+/// (13 and 26 paired runs, alternated); in this order it measured 1.17x
 /// (10 runs; 8 of 10 pairs above the other order).
 #[repr(C)]
 struct Inner<K, V> {
