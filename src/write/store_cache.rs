@@ -472,7 +472,7 @@ where
     /// after a store error: no copy of `key`, so the next read loads what
     /// the store holds, and later writes of `key` work. (Write-behind's
     /// flusher contains a panicking store: see
-    /// [`WriteFailure::Panicked`](crate::WriteFailure::Panicked).)
+    /// [`WriteFailure::Panicked`].)
     ///
     /// # Examples
     ///
