@@ -322,8 +322,10 @@ fn a_load_under_way_does_not_cache_what_a_removal_dropped() {
     }
 }
 
-#[test]
-fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
+/// A cache with a 10 s time to live and a 30 s stale-if-error window whose
+/// key 1 was loaded at 0 s (value 1001), in front of a store that now
+/// fails every load.
+fn stale_if_error_with_a_failing_store() -> (MockClock, Source, LoadingCache<u64, u64, String>) {
     let clock = MockClock::new();
     let source = Source::default();
     let cache = clocked(&clock)
@@ -334,6 +336,12 @@ fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
         .unwrap();
     assert_eq!(cache.get(&1).unwrap(), Some(1001));
     source.fail.store(true, SeqCst);
+    (clock, source, cache)
+}
+
+#[test]
+fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
+    let (clock, source, cache) = stale_if_error_with_a_failing_store();
 
     clock.advance(15 * SEC);
     assert_eq!(cache.get(&1).unwrap(), Some(1001), "load failed: old value");
@@ -357,26 +365,13 @@ fn stale_if_error_keeps_serving_the_old_value_for_a_bounded_time() {
 }
 
 /// Stale-if-error's window is judged when the load fails, not when the read
-/// began: a read inside the window whose load fails only after the window
-/// has ended gets the error, as a read begun then would, and so does a
-/// reader that waited for that load.
-/// A read of key 1 inside its stale-if-error window (10 s TTL, 30 s
-/// window, read at 35 s) whose load fails at 45 s, past the window: the
-/// reader that leads the load and one that waits for it both get the
-/// error, as `read` returns it. The window is judged when the load fails.
+/// began: a read of key 1 inside its window (read at 35 s, window to 40 s)
+/// whose load fails at 45 s gets the error, as `read` returns it, and so
+/// does a reader that waited for that load.
 fn failing_past_the_stale_if_error_window(
     read: fn(&LoadingCache<u64, u64, String>) -> Option<String>,
 ) {
-    let clock = MockClock::new();
-    let source = Source::default();
-    let cache = clocked(&clock)
-        .time_to_live(10 * SEC)
-        .loader(source.clone())
-        .stale_if_error(30 * SEC)
-        .build()
-        .unwrap();
-    assert_eq!(cache.get(&1).unwrap(), Some(1001));
-    source.fail.store(true, SeqCst);
+    let (clock, source, cache) = stale_if_error_with_a_failing_store();
     clock.advance(35 * SEC); // inside 10 + 30
     let entered = source.announce();
     let gate = source.gate.lock();
@@ -412,16 +407,7 @@ fn a_bulk_load_failing_after_the_stale_if_error_window_returns_the_error() {
 
 #[test]
 fn a_failed_bulk_read_counts_no_stale_hit() {
-    let clock = MockClock::new();
-    let source = Source::default();
-    let cache = clocked(&clock)
-        .time_to_live(10 * SEC)
-        .loader(source.clone())
-        .stale_if_error(30 * SEC)
-        .build()
-        .unwrap();
-    assert_eq!(cache.get(&1).unwrap(), Some(1001));
-    source.fail.store(true, SeqCst);
+    let (clock, _source, cache) = stale_if_error_with_a_failing_store();
     clock.advance(15 * SEC);
 
     // Key 2 has nothing to fall back on, so the batch fails: key 1's
