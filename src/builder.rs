@@ -22,6 +22,120 @@ const MAX_SHARDS: usize = 1 << 16;
 /// one policy with enough entries to learn from.
 const MIN_SHARD_CAPACITY: u64 = 512;
 
+/// The settings a cache was built with, read back:
+/// [`Cache::policy`](crate::Cache::policy) (and `policy` on
+/// [`LoadingCache`](crate::LoadingCache::policy) and
+/// [`StoreCache`](crate::StoreCache::policy)).
+///
+/// What it reports is what the cache uses, which is not always what the
+/// builder was given: the shard count is rounded up to a power of two and
+/// capped by the capacity, and a default one depends on the machine.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let cache = larder::Cache::<u32, u32>::builder()
+///     .max_capacity(10_000)
+///     .time_to_live(Duration::from_secs(60))
+///     .ttl_jitter(0.1)
+///     .num_shards(3)
+///     .build()
+///     .unwrap();
+/// let policy = cache.policy();
+/// assert_eq!(policy.max_capacity(), Some(10_000));
+/// assert_eq!(policy.num_shards(), 4); // rounded up to a power of two
+/// assert_eq!(policy.time_to_live(), Some(Duration::from_secs(60)));
+/// assert_eq!(policy.time_to_idle(), None);
+/// assert_eq!(policy.ttl_jitter(), 0.1);
+/// assert_eq!(policy.max_entry_weight(), None); // every entry weighs 1
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    max_capacity: u64,
+    num_shards: usize,
+    weighted: bool,
+    per_entry_expiry: bool,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    jitter: f64,
+}
+
+impl Policy {
+    /// The bound: a number of entries, or a total weight for a weighted
+    /// cache. `None` for an unbounded cache (no `max_capacity`, or
+    /// `u64::MAX`).
+    pub fn max_capacity(&self) -> Option<u64> {
+        (self.max_capacity != u64::MAX).then_some(self.max_capacity)
+    }
+
+    /// The number of shards the bound is split over (see
+    /// [`CacheBuilder::num_shards`]).
+    pub fn num_shards(&self) -> usize {
+        self.num_shards
+    }
+
+    /// Whether entries are weighed ([`CacheBuilder::weigher`]): the bound
+    /// and [`weighted_size`](crate::Cache::weighted_size) count weight
+    /// rather than entries.
+    pub fn is_weighted(&self) -> bool {
+        self.weighted
+    }
+
+    /// The heaviest entry every shard keeps: `max_capacity / num_shards`,
+    /// rounded down, for a weighted cache; `None` for an unweighted or
+    /// unbounded one. A heavier entry may be refused (the listener hears
+    /// of it as a `Size` eviction; see [`CacheBuilder::weigher`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::builder()
+    ///     .max_capacity(64 * 1024)
+    ///     .weigher(|_k: &u32, v: &Vec<u8>| v.len() as u32)
+    ///     .num_shards(8)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.policy().max_entry_weight(), Some(8 * 1024));
+    /// cache.insert(1, vec![0; 8 * 1024 + 1]);
+    /// assert!(!cache.contains_key(&1));
+    /// ```
+    pub fn max_entry_weight(&self) -> Option<u64> {
+        let bounded = self.max_capacity()?;
+        self.weighted.then(|| bounded / self.num_shards as u64)
+    }
+
+    /// The time to live ([`CacheBuilder::time_to_live`]), if set.
+    pub fn time_to_live(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The time to idle ([`CacheBuilder::time_to_idle`]), if set.
+    pub fn time_to_idle(&self) -> Option<Duration> {
+        self.tti
+    }
+
+    /// Whether per-entry lifetimes come from [`Expiry`] hooks
+    /// ([`CacheBuilder::expire_after`]).
+    pub fn has_expiry_hooks(&self) -> bool {
+        self.per_entry_expiry
+    }
+
+    /// The spread of computed lifetimes ([`CacheBuilder::ttl_jitter`]):
+    /// `0.0` when lifetimes are exact.
+    pub fn ttl_jitter(&self) -> f64 {
+        self.jitter
+    }
+
+    /// This policy with a loading cache's own time to live and jitter,
+    /// which it applies itself rather than through its inner cache.
+    pub(crate) fn with_lifetime(mut self, ttl: Option<Duration>, jitter: f64) -> Self {
+        self.ttl = ttl;
+        self.jitter = jitter;
+        self
+    }
+}
+
 /// Why [`CacheBuilder::build`] refused its settings.
 ///
 /// # Examples
@@ -249,7 +363,8 @@ where
     /// eighth of the bound on 2 CPUs, under 0.4 % of it on 64. Where entries
     /// can be large, set [`num_shards`](Self::num_shards) so that the
     /// heaviest fits in `max_capacity / num_shards` (fewer shards also means
-    /// more contention between writers).
+    /// more contention between writers). A built cache reports its line as
+    /// [`Policy::max_entry_weight`].
     ///
     /// A weigher that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever, as a listener does
@@ -613,6 +728,15 @@ where
         if self.expiry.is_some() && (self.ttl.is_some() || self.tti.is_some()) {
             return Err(BuildError::ExpiryConflict);
         }
+        let policy = Policy {
+            max_capacity: self.max_capacity,
+            num_shards: shards,
+            weighted: self.weigher.is_some(),
+            per_entry_expiry: self.expiry.is_some(),
+            ttl: self.ttl,
+            tti: self.tti,
+            jitter: self.jitter,
+        };
         let timing = Timing::new(self.clock, self.ttl, self.tti, self.jitter, self.expiry);
         Ok(Cache::from_parts(crate::cache::Parts {
             shards,
@@ -620,6 +744,7 @@ where
             timing,
             weigher: self.weigher,
             listener: self.listener,
+            policy,
         }))
     }
 

@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     CacheBuilder, CacheStats, Expiry, RemovalCause,
-    builder::Weigher,
+    builder::{Policy, Weigher},
     expiry::{Deadline, Hooked, NEVER, Timing, clock::saturating_nanos, remaining},
     load::{
         flight::{Flights, Leader, LeaderGuard, Outcome, Role},
@@ -143,6 +143,7 @@ pub(crate) struct Parts<K, V> {
     pub(crate) timing: Timing<K, V>,
     pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
+    pub(crate) policy: Policy,
 }
 
 /// Everything the handles share.
@@ -166,6 +167,8 @@ struct Inner<K, V> {
     lookups: Lookups,
     loads: LoadCounters,
     maintenance: Maintenance,
+    /// The settings, for [`Cache::policy`]; read by nothing else.
+    policy: Policy,
 }
 
 /// How many times one write asks the expiry hooks at most, when writes of
@@ -237,6 +240,7 @@ where
             lookups: Lookups::default(),
             loads: LoadCounters::default(),
             maintenance: Maintenance::new(),
+            policy: parts.policy,
         });
         inner.maintenance.start(&inner);
         Cache { inner }
@@ -797,6 +801,22 @@ where
     /// ```
     pub fn stats(&self) -> CacheStats {
         self.inner.stats()
+    }
+
+    /// The settings this cache was built with: its bound, shard count,
+    /// lifetimes and jitter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = larder::Cache::<u32, u32>::new(1_000);
+    /// assert_eq!(cache.policy().max_capacity(), Some(1_000));
+    /// assert_eq!(cache.policy().time_to_live(), None);
+    /// let unbounded = larder::Cache::<u32, u32>::builder().build().unwrap();
+    /// assert_eq!(unbounded.policy().max_capacity(), None);
+    /// ```
+    pub fn policy(&self) -> Policy {
+        self.inner.policy.clone()
     }
 
     /// Nanoseconds on the cache's clock (the mock one in tests).

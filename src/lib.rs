@@ -2,7 +2,8 @@
 //!
 //! See the README for the tour. The crate's items:
 //!
-//! - [`Cache`] and its [`CacheBuilder`] ([`BuildError`] for bad settings);
+//! - [`Cache`] and its [`CacheBuilder`] ([`BuildError`] for bad settings,
+//!   [`Policy`] for the settings read back);
 //! - [`LoadingCache`], built by [`CacheBuilder::loader`] from a [`Loader`]:
 //!   read-through with refresh-ahead, stale-while-revalidate,
 //!   stale-if-error, early expiry and negative caching
@@ -37,7 +38,7 @@ mod shard;
 mod stats;
 mod write;
 
-pub use builder::{BuildError, CacheBuilder};
+pub use builder::{BuildError, CacheBuilder, Policy};
 pub use cache::{Cache, Iter};
 pub use expiry::Expiry;
 pub use load::{Loader, LoadingCache, LoadingCacheBuilder};

@@ -308,3 +308,114 @@ fn an_unbounded_cache_of_large_inline_values_builds_without_reserving_them_all()
     assert_eq!(inline.get(&1).map(|v| v[65535]), Some(3));
     assert_eq!(large.entry_count() + small.entry_count(), 2);
 }
+
+#[test]
+fn policy_reads_back_the_settings_the_cache_uses() {
+    let plain = Cache::<u32, u32>::builder()
+        .max_capacity(10_000)
+        .time_to_idle(Duration::from_millis(1_500))
+        .num_shards(5)
+        .build()
+        .unwrap();
+    let policy = plain.policy();
+    assert_eq!(policy.max_capacity(), Some(10_000));
+    assert_eq!(policy.num_shards(), 8, "rounded up to a power of two");
+    assert_eq!(policy.time_to_live(), None);
+    assert_eq!(policy.time_to_idle(), Some(Duration::from_millis(1_500)));
+    assert_eq!(policy.ttl_jitter(), 0.0);
+    assert!(!policy.is_weighted() && !policy.has_expiry_hooks());
+    assert_eq!(policy.max_entry_weight(), None, "unweighted");
+    assert_eq!(plain.clone().policy(), policy, "handles share it");
+
+    // Fewer shards than asked where the capacity cannot feed them.
+    let small = Cache::<u32, u32>::builder()
+        .max_capacity(3)
+        .num_shards(64)
+        .build()
+        .unwrap();
+    assert_eq!(small.policy().num_shards(), 2);
+    // The default count, which depends on the machine, is the one in use.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = Cache::<u32, u32>::new(u64::MAX - 1).policy();
+    assert_eq!(default.num_shards(), (cpus * 4).next_power_of_two());
+    assert_eq!(
+        Cache::<u32, u32>::builder()
+            .build()
+            .unwrap()
+            .policy()
+            .max_capacity(),
+        None
+    );
+
+    struct Fixed;
+    impl larder::Expiry<u32, u32> for Fixed {
+        fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+            Some(Duration::from_secs(1))
+        }
+    }
+    let hooked = Cache::builder()
+        .expire_after(Fixed)
+        .ttl_jitter(0.25)
+        .build()
+        .unwrap();
+    assert!(hooked.policy().has_expiry_hooks());
+    assert_eq!(hooked.policy().ttl_jitter(), 0.25);
+    assert_eq!(hooked.policy().time_to_live(), None);
+
+    // A loading cache applies its time to live itself: reported all the same.
+    let loading = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(Duration::from_secs(30))
+        .ttl_jitter(0.5)
+        .loader(|k: &u32| Ok::<_, String>(Some(*k)))
+        .build()
+        .unwrap();
+    let policy = loading.policy();
+    assert_eq!(policy.time_to_live(), Some(Duration::from_secs(30)));
+    assert_eq!(policy.ttl_jitter(), 0.5);
+    assert_eq!(policy.max_capacity(), Some(100));
+}
+
+/// `max_entry_weight` is the line the shards draw: an entry of that weight
+/// is kept in every shard, one unit heavier is refused by the smallest.
+#[test]
+fn max_entry_weight_is_what_every_shard_keeps() {
+    let refused = Arc::new(Mutex::new(0));
+    let cache = Cache::builder()
+        .max_capacity(1_003) // shards of 251, 251, 251 and 250
+        .num_shards(4)
+        .weigher(|_k: &u32, v: &u64| *v as u32)
+        .eviction_listener({
+            let refused = refused.clone();
+            move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    *refused.lock().unwrap() += 1;
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let line = cache.policy().max_entry_weight().unwrap();
+    assert_eq!(line, 250);
+    for key in 0..64 {
+        cache.insert(key, line);
+        assert!(
+            cache.contains_key(&key),
+            "key {key} of weight {line} refused"
+        );
+        cache.invalidate(&key);
+    }
+    cache.run_pending_tasks();
+    assert_eq!(*refused.lock().unwrap(), 0);
+    let mut kept = 0;
+    for key in 0..64 {
+        cache.insert(key, line + 1);
+        kept += u32::from(cache.contains_key(&key));
+        cache.invalidate(&key);
+    }
+    cache.run_pending_tasks();
+    // 64 keys over four shards: the odds that none lands in the small one
+    // are (3/4)^64, about 1e-8.
+    assert!(kept < 64, "every key of weight {} was kept", line + 1);
+    assert_eq!(*refused.lock().unwrap(), 64 - kept);
+}

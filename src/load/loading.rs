@@ -28,7 +28,7 @@ use std::{
 };
 
 use crate::{
-    Cache, CacheStats,
+    Cache, CacheStats, Policy,
     cache::{LoadRecord, Verdict},
     expiry::{NEVER, random_bits, unit_random},
     load::{
@@ -797,6 +797,34 @@ where
     /// ```
     pub fn stats(&self) -> CacheStats {
         self.inner.cache.stats()
+    }
+
+    /// The settings this cache was built with (see
+    /// [`Cache::policy`](crate::Cache::policy)); the time to live and
+    /// jitter are the ones its values get.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = larder::Cache::builder()
+    ///     .max_capacity(100)
+    ///     .time_to_live(Duration::from_secs(30))
+    ///     .ttl_jitter(0.2)
+    ///     .loader(|k: &u8| Ok::<_, String>(Some(*k)))
+    ///     .build()
+    ///     .unwrap();
+    /// let policy = cache.policy();
+    /// assert_eq!(policy.max_capacity(), Some(100));
+    /// assert_eq!(policy.time_to_live(), Some(Duration::from_secs(30)));
+    /// assert_eq!(policy.ttl_jitter(), 0.2);
+    /// ```
+    pub fn policy(&self) -> Policy {
+        let settings = &self.inner.settings;
+        self.inner
+            .cache
+            .policy()
+            .with_lifetime(settings.ttl.map(Duration::from_nanos), settings.jitter)
     }
 }
 

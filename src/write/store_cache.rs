@@ -22,7 +22,7 @@ use super::{
     behind::{Queue, Refused, WriteStats},
     buffer::Change,
 };
-use crate::{CacheStats, Loader, LoadingCache};
+use crate::{CacheStats, Loader, LoadingCache, Policy};
 
 /// How writes reach the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -876,6 +876,27 @@ where
     /// ```
     pub fn stats(&self) -> CacheStats {
         self.inner.reads.stats()
+    }
+
+    /// The settings this cache was built with (see
+    /// [`Cache::policy`](crate::Cache::policy)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Squares;
+    /// # impl Store<u32, u32> for Squares {
+    /// #     type Error = String;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, String> { Ok(Some(k * k)) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// // `Squares`: a `Store` whose `load(k)` is `Some(k * k)` and whose `write` accepts anything.
+    /// let cache = Cache::builder().max_capacity(500).store(Squares).build().unwrap();
+    /// assert_eq!(cache.policy().max_capacity(), Some(500));
+    /// ```
+    pub fn policy(&self) -> Policy {
+        self.inner.reads.policy()
     }
 
     /// Number of cached entries, counted as
