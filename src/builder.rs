@@ -159,6 +159,11 @@ pub enum BuildError {
     ZeroTimeToIdle,
     /// `ttl_jitter` outside `0.0..1.0` (or NaN); holds the value given.
     JitterOutOfRange(f64),
+    /// `ttl_jitter` above zero with no lifetime for it to spread: neither
+    /// `time_to_live` nor `expire_after`. (A TTL given to `insert_with_ttl`
+    /// and the time to idle are kept exact, so the jitter would do
+    /// nothing.)
+    JitterWithoutLifetime,
     /// `expire_after` together with `time_to_live` or `time_to_idle`: the hooks
     /// decide every deadline, so the fixed durations would be ignored.
     ExpiryConflict,
@@ -198,6 +203,10 @@ impl fmt::Display for BuildError {
             BuildError::ZeroTimeToLive => write!(f, "time_to_live must be longer than zero"),
             BuildError::ZeroTimeToIdle => write!(f, "time_to_idle must be longer than zero"),
             BuildError::JitterOutOfRange(j) => write!(f, "ttl_jitter is {j}, outside 0.0..1.0"),
+            BuildError::JitterWithoutLifetime => write!(
+                f,
+                "ttl_jitter spreads the time_to_live or expire_after lifetimes, and neither is set"
+            ),
             BuildError::LoaderExpiryConflict => write!(
                 f,
                 "expire_after cannot be combined with a loader; use time_to_live and refresh settings"
@@ -521,7 +530,10 @@ where
     /// A TTL given to [`Cache::insert_with_ttl`](crate::Cache::insert_with_ttl)
     /// is kept exactly (a lifetime that comes from outside, such as a
     /// token's, is not lengthened), and so is the
-    /// [`time_to_idle`](Self::time_to_idle).
+    /// [`time_to_idle`](Self::time_to_idle). A jitter above zero with
+    /// neither a `time_to_live` nor [`expire_after`](Self::expire_after)
+    /// would spread nothing: `build` refuses it
+    /// ([`BuildError::JitterWithoutLifetime`]).
     ///
     /// # Examples
     ///
@@ -702,17 +714,23 @@ where
     /// [`ZeroTimeToLive`](BuildError::ZeroTimeToLive),
     /// [`ZeroTimeToIdle`](BuildError::ZeroTimeToIdle),
     /// [`JitterOutOfRange`](BuildError::JitterOutOfRange) for `ttl_jitter`,
-    /// and [`ExpiryConflict`](BuildError::ExpiryConflict) for
-    /// `expire_after` with a time to live or idle.
+    /// [`JitterWithoutLifetime`](BuildError::JitterWithoutLifetime) for a
+    /// jitter with nothing to spread, and
+    /// [`ExpiryConflict`](BuildError::ExpiryConflict) for `expire_after`
+    /// with a time to live or idle.
     ///
     /// # Examples
     ///
     /// ```
     /// use larder::{BuildError, Cache};
+    /// use std::time::Duration;
     /// let err = Cache::<u32, u32>::builder().ttl_jitter(1.0).build().unwrap_err();
     /// assert_eq!(err, BuildError::JitterOutOfRange(1.0));
     /// assert_eq!(err.to_string(), "ttl_jitter is 1, outside 0.0..1.0");
-    /// assert!(Cache::<u32, u32>::builder().ttl_jitter(0.5).build().is_ok());
+    /// let no_lifetime = Cache::<u32, u32>::builder().ttl_jitter(0.5).build();
+    /// assert_eq!(no_lifetime.unwrap_err(), BuildError::JitterWithoutLifetime);
+    /// let ttl = Duration::from_secs(60);
+    /// assert!(Cache::<u32, u32>::builder().time_to_live(ttl).ttl_jitter(0.5).build().is_ok());
     /// ```
     pub fn build(self) -> Result<Cache<K, V>, BuildError> {
         let shards = self.shard_count()?;
@@ -724,6 +742,9 @@ where
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(BuildError::JitterOutOfRange(self.jitter));
+        }
+        if self.jitter > 0.0 && self.ttl.is_none() && self.expiry.is_none() {
+            return Err(BuildError::JitterWithoutLifetime);
         }
         if self.expiry.is_some() && (self.ttl.is_some() || self.tti.is_some()) {
             return Err(BuildError::ExpiryConflict);
@@ -761,6 +782,9 @@ where
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(BuildError::JitterOutOfRange(self.jitter));
+        }
+        if self.jitter > 0.0 && self.ttl.is_none() {
+            return Err(BuildError::JitterWithoutLifetime);
         }
         let weigher = self.weigher.map(|w| -> Weigher<K, Loaded<V>> {
             Box::new(move |k, l: &Loaded<V>| l.value.as_ref().map_or(1, |v| w(k, v)))

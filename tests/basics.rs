@@ -248,10 +248,30 @@ fn bad_settings_are_build_errors() {
     assert!(
         Cache::<u32, u32>::builder()
             .num_shards(3)
+            .time_to_live(Duration::from_secs(1))
             .ttl_jitter(0.5)
             .build()
             .is_ok()
     );
+    // A jitter with no lifetime to spread: insert_with_ttl and the time to
+    // idle are exact, so it would do nothing.
+    let idle = Cache::builder().time_to_idle(Duration::from_secs(1));
+    assert_eq!(err(idle.ttl_jitter(0.5)), BuildError::JitterWithoutLifetime);
+    assert_eq!(
+        err(Cache::builder().ttl_jitter(0.1)),
+        BuildError::JitterWithoutLifetime
+    );
+    assert!(
+        BuildError::JitterWithoutLifetime
+            .to_string()
+            .contains("time_to_live")
+    );
+    let loading = Cache::builder()
+        .ttl_jitter(0.1)
+        .loader(|k: &u32| Ok::<_, String>(Some(*k)))
+        .build();
+    assert_eq!(loading.err(), Some(BuildError::JitterWithoutLifetime));
+    assert!(Cache::<u32, u32>::builder().ttl_jitter(0.0).build().is_ok());
 }
 
 #[test]

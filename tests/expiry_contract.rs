@@ -575,10 +575,13 @@ fn jitter_leaves_insert_with_ttl_and_time_to_idle_exact() {
         "the 40 s idle time spread by the jitter"
     );
 
-    // The idle deadline slid by a read is exact too.
+    // The idle deadline slid by a read is exact too (under a time to live
+    // long enough, spread to 500 to 1,500 s, to stay out of the way; with
+    // no time to live the builder refuses a jitter).
     let clock = MockClock::new();
     let (cache, _) = listened(
         Cache::builder()
+            .time_to_live(secs(1_000))
             .time_to_idle(secs(40))
             .ttl_jitter(0.5)
             .clock(clock.clone()),
@@ -1575,10 +1578,17 @@ fn bad_settings_are_build_errors() {
         err(b().time_to_idle(secs(1)).expire_after(hooks())),
         Some(BuildError::ExpiryConflict)
     );
+    // A jitter with no lifetime to spread (the time to idle is exact).
+    for nothing_to_spread in [b(), b().time_to_idle(secs(1))] {
+        assert_eq!(
+            err(nothing_to_spread.ttl_jitter(0.5)),
+            Some(BuildError::JitterWithoutLifetime)
+        );
+    }
     // At the edges of what is allowed.
     for ok in [
         b().ttl_jitter(0.0),
-        b().ttl_jitter(0.999_999),
+        b().time_to_live(secs(1)).ttl_jitter(0.999_999),
         b().time_to_live(NS).time_to_idle(NS),
         b().num_shards(65_536),
         b().max_capacity(0),

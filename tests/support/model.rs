@@ -88,7 +88,9 @@ pub enum Weigher {
 
 /// The cache under test: its bound, shards and expiry settings. `hooks`
 /// (the model's [`Hooks`]) goes without `ttl` and `tti`, as the builder
-/// requires; `jitter` without `tti` (the idle slide needs exact deadlines).
+/// requires; `jitter` without `tti` (the idle slide needs exact deadlines)
+/// and only with a lifetime to spread, `ttl` or `hooks` (the builder
+/// refuses it otherwise).
 #[derive(Clone, Debug)]
 pub struct Config {
     pub capacity: u64,
@@ -111,7 +113,7 @@ impl Config {
             self.ttl = None;
             self.tti = None;
         }
-        if self.tti.is_some() {
+        if self.tti.is_some() || (self.ttl.is_none() && !self.hooks) {
             self.jitter = false;
         }
         self
