@@ -253,14 +253,28 @@ fn an_unbounded_shard_keeps_a_one_block_sketch() {
             );
         }
         assert_eq!(policy.sketch_bytes(), 64, "weighted: {weighted}");
-        // Nothing moves: every id is where it arrived, in arrival order.
-        let [window, probation, protected] = policy.queue_ids();
-        assert!(
-            window.iter().copied().eq(0..100_000),
-            "weighted: {weighted}"
-        );
-        assert!(probation.is_empty() && protected.is_empty());
+        // No id is linked: nothing reads an unbounded shard's order.
+        assert!(policy.queue_ids().iter().all(Vec::is_empty));
+        assert_eq!(policy.linked_capacity(), 0, "links and tags allocated");
+        let unit = if weighted { u64::from(u32::MAX) } else { 1 };
+        assert_eq!(policy.weighted_size(), 100_000 * unit);
         policy.check_invariants(100_000);
+        // Removals as the shard makes them: the last id dropped at once,
+        // any other refilled by the last.
+        policy.remove(99_999);
+        policy.remove(5);
+        policy.relocate(99_998, 5);
+        assert_eq!(policy.len(), 99_998);
+        if weighted {
+            assert!(!policy.reweigh(5, u32::MAX - 1), "a lighter weight");
+            assert_eq!(policy.weight(5), u32::MAX - 1);
+        }
+        let expected = 99_998 * unit - u64::from(weighted);
+        assert_eq!(policy.weighted_size(), expected, "weighted: {weighted}");
+        policy.check_invariants(99_998);
+        policy.clear();
+        assert_eq!((policy.len(), policy.weighted_size()), (0, 0));
+        policy.check_invariants(0);
         let bounded = TinyLfu::new(
             1 << 17,
             weighted,

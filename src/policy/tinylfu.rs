@@ -153,17 +153,26 @@ pub(crate) struct Placement(u8);
 
 /// The adaptive W-TinyLFU policy of one shard.
 pub(crate) struct TinyLfu {
-    /// `[prev, next]` per id, within the id's queue.
+    /// `[prev, next]` per id, within the id's queue; empty when
+    /// `unbounded`.
     links: Vec<[u32; 2]>,
-    /// Queue tag per id (`WINDOW`, `PROBATION`, `PROTECTED`, `VACANT`).
+    /// Queue tag per id (`WINDOW`, `PROBATION`, `PROTECTED`, `VACANT`);
+    /// empty when `unbounded`.
     tags: Vec<u8>,
+    /// Ids given out, vacant ones included: the length of `tags` (and
+    /// `links`, and `weights` when weighted), kept apart for the unbounded
+    /// policy, which has no tags.
+    slots: usize,
     /// Weight per id; empty (every weight is 1) when not weighted.
     weights: Vec<u32>,
     /// Whether the cache is weighted.
     weighted: bool,
     /// A shard of an unbounded cache (its sketch budget is
-    /// [`SketchBudget::NONE`]): it never evicts, so new ids join the
-    /// window and stay there, and nothing is counted, voted or rebalanced.
+    /// [`SketchBudget::NONE`]): it never evicts, so nothing is counted,
+    /// voted or rebalanced, and ids are not even linked: the policy keeps
+    /// their number and weight (the window's), and the weights of a
+    /// weighted cache. Nothing ever reads an unbounded shard's order, and
+    /// the links and tags cost 9 bytes per entry.
     unbounded: bool,
     /// Window, probation and protected queues, indexed by tag.
     queues: [Queue; 3],
@@ -265,12 +274,15 @@ impl TinyLfu {
         expected_ids: usize,
         sketch_budget: SketchBudget,
     ) -> Self {
+        let unbounded = sketch_budget == SketchBudget::NONE;
+        let linked = if unbounded { 0 } else { expected_ids };
         let mut policy = Self {
-            links: Vec::with_capacity(expected_ids),
-            tags: Vec::with_capacity(expected_ids),
+            links: Vec::with_capacity(linked),
+            tags: Vec::with_capacity(linked),
+            slots: 0,
             weights: Vec::with_capacity(if weighted { expected_ids } else { 0 }),
             weighted,
-            unbounded: sketch_budget == SketchBudget::NONE,
+            unbounded,
             queues: [Queue::EMPTY; 3],
             capacity,
             window_max: 0,
@@ -334,12 +346,17 @@ impl TinyLfu {
     /// [`insert`](Self::insert) of a key [`make_room`](Self::make_room)
     /// has already counted.
     pub(crate) fn insert_counted(&mut self, id: u32, weight: u32) {
-        debug_assert_eq!(id as usize, self.tags.len(), "ids must stay dense");
-        self.links.push([NIL, NIL]);
-        self.tags.push(WINDOW);
+        debug_assert_eq!(id as usize, self.slots, "ids must stay dense");
+        self.slots += 1;
         if self.weighted {
             self.weights.push(weight);
         }
+        if self.unbounded {
+            self.queues[WINDOW as usize].weight += u64::from(weight);
+            return;
+        }
+        self.links.push([NIL, NIL]);
+        self.tags.push(WINDOW);
         self.join_window(id);
         self.newest = id;
         self.arriving = true;
@@ -567,7 +584,11 @@ impl TinyLfu {
         if !self.weighted {
             return false;
         }
-        let tag = self.tags[id as usize];
+        let tag = if self.unbounded {
+            WINDOW
+        } else {
+            self.tags[id as usize]
+        };
         let old = std::mem::replace(&mut self.weights[id as usize], weight);
         let queue = &mut self.queues[tag as usize];
         queue.weight = queue.weight - u64::from(old) + u64::from(weight);
@@ -577,12 +598,18 @@ impl TinyLfu {
     /// Unlinks `id`. If it was the last id it is dropped at once; otherwise
     /// its slot waits for `relocate(last, id)`.
     pub(crate) fn remove(&mut self, id: u32) {
-        self.unlink(id);
         let index = id as usize;
-        if index + 1 == self.tags.len() {
+        if self.unbounded {
+            self.queues[WINDOW as usize].weight -= self.weight_of(id);
+        } else {
+            self.unlink(id);
+        }
+        if index + 1 == self.slots {
             self.pop_last();
         } else {
-            self.tags[index] = VACANT;
+            if !self.unbounded {
+                self.tags[index] = VACANT;
+            }
             self.vacant += 1;
         }
     }
@@ -593,10 +620,18 @@ impl TinyLfu {
             return;
         }
         let (f, t) = (from as usize, to as usize);
+        debug_assert_eq!(f + 1, self.slots, "only the last id moves");
+        if self.unbounded {
+            if self.weighted {
+                self.weights[t] = self.weights[f];
+            }
+            self.vacant -= 1;
+            self.pop_last();
+            return;
+        }
         if from == self.newest {
             self.newest = to;
         }
-        debug_assert_eq!(f + 1, self.tags.len(), "only the last id moves");
         debug_assert_eq!(self.tags[t], VACANT, "relocate into a removed id");
         let tag = self.tags[f];
         let [prev, next] = self.links[f];
@@ -625,6 +660,7 @@ impl TinyLfu {
 
     /// Drops the last slot of every per-id vector.
     fn pop_last(&mut self) {
+        self.slots -= 1;
         self.links.pop();
         self.tags.pop();
         if self.weighted {
@@ -700,6 +736,12 @@ impl TinyLfu {
         })
     }
 
+    /// Ids the links and tags have room for, together.
+    #[cfg(test)]
+    pub(crate) fn linked_capacity(&self) -> usize {
+        self.links.capacity() + self.tags.capacity()
+    }
+
     /// The sketch's estimate for a key with `hash`.
     #[cfg(test)]
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
@@ -735,7 +777,7 @@ impl TinyLfu {
 
     /// Number of ids held.
     pub(crate) fn len(&self) -> usize {
-        self.tags.len() - self.vacant
+        self.slots - self.vacant
     }
 
     /// Weight of `id` (1 when the cache is not weighted).
@@ -751,6 +793,7 @@ impl TinyLfu {
     pub(crate) fn clear(&mut self) {
         self.links.clear();
         self.tags.clear();
+        self.slots = 0;
         self.weights.clear();
         self.queues = [Queue::EMPTY; 3];
         self.vacant = 0;
@@ -1131,9 +1174,27 @@ impl TinyLfu {
     pub(crate) fn check_invariants(&self, len: usize) {
         assert_eq!(self.len(), len, "policy len disagrees with the shard");
         assert_eq!(self.vacant, 0, "a removed id was never relocated");
-        assert_eq!(self.links.len(), self.tags.len(), "links/tags length");
-        let expected_weights = if self.weighted { self.tags.len() } else { 0 };
+        let expected_weights = if self.weighted { self.slots } else { 0 };
         assert_eq!(self.weights.len(), expected_weights, "weights length");
+        if self.unbounded {
+            assert!(
+                self.links.is_empty() && self.tags.is_empty(),
+                "unbounded ids linked"
+            );
+            let weight = if self.weighted {
+                self.weights.iter().map(|&w| u64::from(w)).sum()
+            } else {
+                self.slots as u64
+            };
+            assert_eq!(self.weighted_size(), weight, "unbounded weight");
+            assert!(
+                self.queues.iter().all(|q| q.head == NIL && q.tail == NIL),
+                "unbounded queues hold ids"
+            );
+            return;
+        }
+        assert_eq!(self.links.len(), self.slots, "links length");
+        assert_eq!(self.tags.len(), self.slots, "tags length");
         let mut seen = 0;
         for (tag, queue) in self.queues.iter().enumerate() {
             let (mut id, mut prev, mut weight) = (queue.head, NIL, 0);
