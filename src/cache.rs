@@ -3,6 +3,7 @@
 //! [`load`](crate::load) and [`maintenance`](crate::maintenance).
 
 use std::{
+    any::Any,
     borrow::Borrow,
     convert::Infallible,
     fmt,
@@ -394,8 +395,9 @@ where
     ///
     /// # Concurrent calls on the same key
     ///
-    /// Only one `init` runs per key at a time: other callers of `get_with` or
-    /// `try_get_with` for that key block until it finishes and get its value.
+    /// Only one `init` runs per key at a time: other callers of `get_with`,
+    /// `try_get_with` or `optionally_get_with` for that key block until it
+    /// finishes and get its value.
     /// If it panics, the panic goes to its caller and one waiting caller runs
     /// its own `init` instead. `init` runs with no lock held and may use the
     /// cache freely, except to load its own key (that panics rather than
@@ -551,6 +553,89 @@ where
         E: Send + Sync + 'static,
     {
         self.inner.get_or_load_async(key, init).await
+    }
+
+    /// Like [`get_with`](Self::get_with) for an `init` that may find no
+    /// value: `Some(v)` is cached and returned; `None` is returned and
+    /// nothing is cached, so the key's next call runs its `init` again.
+    ///
+    /// In [`stats`](Self::stats) the lookup counts as a hit or a miss, as
+    /// for `get_with`, and an `init` that returns `None` as a successful
+    /// load (it answered; nothing failed), as a
+    /// [`LoadingCache`](crate::LoadingCache)'s key reported absent does.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// One `init` per key runs at a time, as for `get_with`, and every
+    /// waiting caller shares a value it returns. Its `None` is shared only
+    /// with the callers of `optionally_get_with` (or its `_async` form)
+    /// that wait for it: they return `None` without running their own
+    /// `init`. A waiting [`get_with`](Self::get_with) or
+    /// [`try_get_with`](Self::try_get_with) caller, which has no `None` to
+    /// return, runs its own `init` once this one ends; likewise a waiting
+    /// `optionally_get_with` caller runs its own `init` when the load it
+    /// waited for was a `try_get_with` whose `init` returned an error. If
+    /// `init` panics, one waiting caller runs its own `init` instead. A
+    /// write of the key while `init` runs keeps its value out of the cache,
+    /// as for [`get_with`](Self::get_with) (a `None` caches nothing anyway).
+    ///
+    /// # Panics
+    ///
+    /// If `init` panics, the panic goes to this caller. If `init` loads its
+    /// own key, that inner call panics rather than wait for itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, String> = larder::Cache::new(10);
+    /// let find = |id: u32| (id < 100).then(|| format!("user {id}")); // your query
+    /// assert_eq!(cache.optionally_get_with(7, || find(7)).as_deref(), Some("user 7"));
+    /// assert_eq!(cache.optionally_get_with(500, || find(500)), None);
+    /// assert!(cache.contains_key(&7));
+    /// assert!(!cache.contains_key(&500)); // `None` is not cached
+    /// assert_eq!(cache.stats().load_successes(), 2); // `None` is an answer too
+    /// ```
+    pub fn optionally_get_with(&self, key: K, init: impl FnOnce() -> Option<V>) -> Option<V>
+    where
+        K: Clone,
+    {
+        self.inner.get_or_load(key, || init().ok_or(Absent)).ok()
+    }
+
+    /// The async form of [`optionally_get_with`](Self::optionally_get_with):
+    /// `Some(v)` is cached and returned, `None` returned and not cached, and
+    /// waiting callers share either as `optionally_get_with`'s do. Waiting
+    /// and cancellation work as for [`get_with_async`](Self::get_with_async).
+    ///
+    /// # Panics
+    ///
+    /// As for [`optionally_get_with`](Self::optionally_get_with), when
+    /// `init` panics as it is polled or loads its own key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<u32, String> = larder::Cache::new(10);
+    /// assert_eq!(block_on(cache.optionally_get_with_async(1, async { None })), None);
+    /// let found = block_on(cache.optionally_get_with_async(1, async { Some("one".to_string()) }));
+    /// assert_eq!(found.as_deref(), Some("one"));
+    /// assert_eq!(cache.get(&1).as_deref(), Some("one"));
+    /// ```
+    pub async fn optionally_get_with_async(
+        &self,
+        key: K,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Clone,
+    {
+        let init = async { init.await.ok_or(Absent) };
+        self.inner.get_or_load_async(key, init).await.ok()
     }
 
     /// Removes `key`'s entry and returns its value, if it was live. The
@@ -1397,7 +1482,7 @@ where
                             init.as_mut().poll(cx)
                         })
                         .await;
-                        record.finish(result.is_ok());
+                        record.finish(answered(&result));
                         result
                     };
                     return self.publish(key, guard, result);
@@ -1469,13 +1554,13 @@ where
     }
 
     /// Runs a loader, recording it in the stats even if it panics.
-    fn timed_load<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    fn timed_load<T, E: 'static>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let record = LoadRecord::start(&self.loads);
         let result = {
             let _awaited = Awaited::here();
             init()
         };
-        record.finish(result.is_ok());
+        record.finish(answered(&result));
         result
     }
 
@@ -1642,6 +1727,24 @@ impl<'a> LoadRecord<'a> {
 impl Drop for LoadRecord<'_> {
     fn drop(&mut self) {
         self.loads.record(self.ok, self.started.elapsed());
+    }
+}
+
+/// What a `None` from [`Cache::optionally_get_with`]'s `init` becomes
+/// inside a load: the flight's error, so that the waiters of an optional
+/// load, which downcast to this type, share it, while waiters expecting a
+/// value or an error of their own type cannot take it and load again.
+/// Private, so no user's error type is this one.
+#[derive(Debug)]
+struct Absent;
+
+/// Whether a loader's result counts as a successful load in the stats: a
+/// value, or an optional load's [`Absent`] (an answer, not a failure, as a
+/// `LoadingCache` counts a key reported absent).
+fn answered<T, E: 'static>(result: &Result<T, E>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => (e as &dyn Any).is::<Absent>(),
     }
 }
 

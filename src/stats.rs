@@ -13,7 +13,8 @@ use crate::RemovalCause;
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
 ///
 /// Hits and misses count lookups: every `get`, the lookup each
-/// `get_with` / `try_get_with` makes (and their `_async` forms), and on a
+/// `get_with` / `try_get_with` / `optionally_get_with` makes (and their
+/// `_async` forms), and on a
 /// [`LoadingCache`](crate::LoadingCache) or [`StoreCache`](crate::StoreCache)
 /// every key a `get`, `get_async` or `get_many` reads. A lookup is a hit
 /// when it is answered from the cache (with a live value; on a loading
@@ -169,7 +170,9 @@ impl CacheStats {
     }
 
     /// Loader calls that succeeded: `get_with` inits, `try_get_with` inits
-    /// that returned `Ok`, and a [`LoadingCache`](crate::LoadingCache)'s (or
+    /// that returned `Ok`, `optionally_get_with` inits (a `None` included:
+    /// the loader answered that there is no value), and a
+    /// [`LoadingCache`](crate::LoadingCache)'s (or
     /// [`StoreCache`](crate::StoreCache)'s) loads, background reloads and
     /// batches that returned `Ok`, a key reported absent (`Ok(None)`)
     /// included.
