@@ -638,6 +638,134 @@ where
         self.inner.get_or_load_async(key, init).await.ok()
     }
 
+    /// [`get_with`](Self::get_with) for a borrowed key (a `&str` for a
+    /// `String` key, say): the key is copied with `to_owned` only on a
+    /// miss, to cache the value under it, so a hit costs what a
+    /// [`get`](Self::get) costs and allocates nothing. The lookup counts
+    /// one hit or one miss in [`stats`](Self::stats), as `get_with`'s does.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`get_with`](Self::get_with): once the key is copied, this is
+    /// the same load, so borrowed and owned callers of the key wait for one
+    /// `init` and share its value. Writes during the load keep its value
+    /// out of the cache as for `get_with`.
+    ///
+    /// # Panics
+    ///
+    /// If `init` panics, the panic goes to this caller (and one waiting
+    /// caller runs its own `init`). If `init` loads its own key, that inner
+    /// call panics rather than wait for itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, usize> = larder::Cache::new(10);
+    /// let name: &str = "larder";
+    /// assert_eq!(cache.get_with_by_ref(name, || name.len()), 6); // a miss: the key is copied
+    /// assert_eq!(cache.get_with_by_ref(name, || unreachable!()), 6); // a hit: no copy
+    /// assert_eq!((cache.stats().hits(), cache.stats().misses()), (1, 1));
+    /// assert_eq!(cache.get("larder"), Some(6));
+    /// ```
+    pub fn get_with_by_ref<Q>(&self, key: &Q, init: impl FnOnce() -> V) -> V
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        match self
+            .inner
+            .get_or_load_by_ref(key, || Ok::<V, Infallible>(init()))
+        {
+            Ok(v) => v,
+            Err(never) => match *never {},
+        }
+    }
+
+    /// [`try_get_with`](Self::try_get_with) for a borrowed key, copied with
+    /// `to_owned` only on a miss, as for
+    /// [`get_with_by_ref`](Self::get_with_by_ref): a value is cached and
+    /// returned, an error is returned (shared as `Arc<E>`) and nothing is
+    /// cached.
+    ///
+    /// # Errors
+    ///
+    /// The error `init` returned, or the one returned by the concurrent
+    /// caller whose `init` this call waited for (same type `E` only, as for
+    /// `try_get_with`).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`try_get_with`](Self::try_get_with): one `init` per key runs
+    /// at a time, borrowed and owned callers alike, and waiters share its
+    /// value or its error.
+    ///
+    /// # Panics
+    ///
+    /// As for [`get_with_by_ref`](Self::get_with_by_ref).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// let err = cache.try_get_with_by_ref("port", || "x".parse::<u32>()).unwrap_err();
+    /// assert!(err.to_string().contains("invalid digit"));
+    /// assert!(!cache.contains_key("port")); // errors are not cached
+    /// assert_eq!(cache.try_get_with_by_ref("port", || "8080".parse::<u32>()).unwrap(), 8080);
+    /// assert_eq!(cache.get("port"), Some(8080));
+    /// ```
+    pub fn try_get_with_by_ref<Q, E>(
+        &self,
+        key: &Q,
+        init: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        E: Send + Sync + 'static,
+    {
+        self.inner.get_or_load_by_ref(key, init)
+    }
+
+    /// [`optionally_get_with`](Self::optionally_get_with) for a borrowed
+    /// key, copied with `to_owned` only on a miss, as for
+    /// [`get_with_by_ref`](Self::get_with_by_ref): `Some(v)` is cached and
+    /// returned, `None` is returned and nothing is cached.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`optionally_get_with`](Self::optionally_get_with): one
+    /// `init` per key runs at a time, borrowed and owned callers alike;
+    /// its value is shared with every waiter, its `None` with the waiting
+    /// callers of `optionally_get_with` and `optionally_get_with_by_ref`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`get_with_by_ref`](Self::get_with_by_ref).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, String> = larder::Cache::new(10);
+    /// let find = |name: &str| (name == "ada").then(|| format!("user {name}")); // your query
+    /// assert_eq!(cache.optionally_get_with_by_ref("ada", || find("ada")).as_deref(), Some("user ada"));
+    /// assert_eq!(cache.optionally_get_with_by_ref("bob", || find("bob")), None);
+    /// assert!(cache.contains_key("ada"));
+    /// assert!(!cache.contains_key("bob")); // `None` is not cached
+    /// ```
+    pub fn optionally_get_with_by_ref<Q>(
+        &self,
+        key: &Q,
+        init: impl FnOnce() -> Option<V>,
+    ) -> Option<V>
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        self.inner
+            .get_or_load_by_ref(key, || init().ok_or(Absent))
+            .ok()
+    }
+
     /// Removes `key`'s entry and returns its value, if it was live. The
     /// listener sees `Explicit` (or `Expired` for an entry already expired).
     ///
@@ -1421,6 +1549,34 @@ where
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
+        self.load_missed(key, init)
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a borrowed key: a hit is
+    /// the same `get`, with no copy of the key; only a miss makes one.
+    fn get_or_load_by_ref<Q, E>(
+        &self,
+        key: &Q,
+        init: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        self.load_missed(key.to_owned(), init)
+    }
+
+    /// The rest of a load after its lookup missed (and counted the miss):
+    /// leads the key's flight, or waits for it and shares its outcome.
+    fn load_missed<E>(&self, key: K, init: impl FnOnce() -> Result<V, E>) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
         loop {
             let flight = match self.flights.begin(&key, Leader::here()) {
                 Role::Leader(guard) => {
@@ -1489,7 +1645,7 @@ where
                 }
                 Role::Waiter(flight) => flight,
             };
-            let late = flight.written(); // as in `get_or_load`
+            let late = flight.written(); // as in `load_missed`
             let outcome = flight.wait_async().await;
             if late {
                 continue;
@@ -1503,7 +1659,7 @@ where
     /// Caches a leader's value, unless the key was written while it loaded
     /// (the value may be older than that write), and hands its result to
     /// the waiters either way (those that joined after the write do not
-    /// take it: see `get_or_load`). What the fill evicts is delivered only once
+    /// take it: see `load_missed`). What the fill evicts is delivered only once
     /// the flight is closed: the listener runs on this thread and may call
     /// back into the cache (`run_pending_tasks` waits for passes whose
     /// listeners may be waiting for this very load).

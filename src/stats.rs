@@ -14,7 +14,7 @@ use crate::RemovalCause;
 ///
 /// Hits and misses count lookups: every `get`, the lookup each
 /// `get_with` / `try_get_with` / `optionally_get_with` makes (and their
-/// `_async` forms), and on a
+/// `_async` and `_by_ref` forms), and on a
 /// [`LoadingCache`](crate::LoadingCache) or [`StoreCache`](crate::StoreCache)
 /// every key a `get`, `get_async` or `get_many` reads. A lookup is a hit
 /// when it is answered from the cache (with a live value; on a loading

@@ -1,12 +1,14 @@
 //! The loader variants beside `get_with` / `try_get_with`:
 //! `optionally_get_with` (and its `_async` form), whose `None` is shared
-//! with its waiters and never cached.
+//! with its waiters and never cached, and the `_by_ref` forms, which copy
+//! the key only on a miss.
 //!
 //! Every test that could hang on a bug (a lost wake-up, a flight left
 //! behind) runs its threads through [`parallel`], which fails the test
 //! after [`TIMEOUT`] instead of blocking CI.
 
 use std::{
+    hash::{Hash, Hasher},
     panic::{self, AssertUnwindSafe},
     sync::{
         Arc, Barrier,
@@ -364,4 +366,218 @@ async fn optionally_get_with_async_shares_none_with_its_waiters() {
     let found = cache.optionally_get_with_async(1, async { Some(9) }).await;
     assert_eq!(found, Some(9));
     assert_eq!(cache.peek(&1), Some(9), "a value is cached");
+}
+
+/// A key that counts its copies: `clone`, and so `to_owned` of a
+/// `&CountedKey`, adds one to the counter all copies of it share. Hashed
+/// and compared by `id` alone.
+#[derive(Debug)]
+struct CountedKey {
+    id: u32,
+    copies: Arc<AtomicUsize>,
+}
+
+impl CountedKey {
+    fn new(id: u32, copies: &Arc<AtomicUsize>) -> Self {
+        CountedKey {
+            id,
+            copies: copies.clone(),
+        }
+    }
+}
+
+impl Clone for CountedKey {
+    fn clone(&self) -> Self {
+        self.copies.fetch_add(1, SeqCst);
+        CountedKey::new(self.id, &self.copies)
+    }
+}
+
+impl PartialEq for CountedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for CountedKey {}
+
+impl Hash for CountedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+/// A loader's init, as the `_by_ref` loaders below take it: `None` for no
+/// value.
+type Init<'a> = &'a mut dyn FnMut() -> Option<u32>;
+
+/// The `_by_ref` loaders, each as one function of the cache, a borrowed
+/// key and an init (`get_with_by_ref` expects a value, `try_get_with_by_ref`
+/// makes `None` an error).
+type ByRef = fn(&Cache<CountedKey, u32>, &CountedKey, Init<'_>) -> Option<u32>;
+
+const BY_REF: [(&str, ByRef); 3] = [
+    ("get_with_by_ref", |c, k, init| {
+        Some(c.get_with_by_ref(k, || init().expect("get_with needs a value")))
+    }),
+    ("try_get_with_by_ref", |c, k, init| {
+        c.try_get_with_by_ref(k, || init().ok_or(DbDown)).ok()
+    }),
+    ("optionally_get_with_by_ref", |c, k, init| {
+        c.optionally_get_with_by_ref(k, init)
+    }),
+];
+
+#[test]
+fn a_by_ref_hit_copies_no_key_and_a_miss_copies_it_once_more_than_an_owned_load() {
+    for (what, load) in BY_REF {
+        let copies = Arc::new(AtomicUsize::new(0));
+        let cache: Cache<CountedKey, u32> = Cache::new(100);
+        // What an owned load copies inside (its flight's keys).
+        let owned_load = cache.get_with(CountedKey::new(1, &copies), || 10);
+        assert_eq!(owned_load, 10);
+        let owned_miss = copies.swap(0, SeqCst);
+
+        let key = CountedKey::new(2, &copies);
+        assert_eq!(load(&cache, &key, &mut || Some(20)), Some(20), "{what}");
+        assert_eq!(
+            copies.swap(0, SeqCst),
+            owned_miss + 1,
+            "{what}: a miss copies the key once (to_owned), then loads as get_with does"
+        );
+        assert_eq!(cache.peek(&key), Some(20), "{what}: cached under the copy");
+        for _ in 0..3 {
+            assert_eq!(load(&cache, &key, &mut || Some(21)), Some(20), "{what}");
+        }
+        assert_eq!(copies.load(SeqCst), 0, "{what}: a hit copies nothing");
+        assert_eq!(cache.stats().loads(), 2, "{what}: the hits loaded nothing");
+    }
+}
+
+#[test]
+fn a_by_ref_load_counts_one_hit_or_one_miss() {
+    let copies = Arc::new(AtomicUsize::new(0));
+    for (what, load) in BY_REF {
+        let cache: Cache<CountedKey, u32> = Cache::new(100);
+        let key = CountedKey::new(1, &copies);
+        load(&cache, &key, &mut || Some(1));
+        assert_eq!(counts(&cache), (0, 1, 1, 0), "{what}: a miss and a load");
+        load(&cache, &key, &mut || Some(2));
+        assert_eq!(counts(&cache), (1, 1, 1, 0), "{what}: a hit");
+    }
+    // An error is a miss and a failed load, a None a miss and an answer.
+    let cache: Cache<String, u32> = Cache::new(100);
+    let err = cache.try_get_with_by_ref("a", || Err::<u32, _>(DbDown));
+    assert_eq!(*err.unwrap_err(), DbDown);
+    assert_eq!(counts(&cache), (0, 1, 0, 1));
+    assert_eq!(cache.optionally_get_with_by_ref("a", || None), None);
+    assert_eq!(counts(&cache), (0, 2, 1, 1));
+    assert_eq!(cache.entry_count(), 0);
+}
+
+#[test]
+fn borrowed_and_owned_callers_share_one_load() {
+    const THREADS: usize = 8;
+    let cache: Cache<String, Arc<String>> = Cache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(THREADS));
+    let results = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        parallel(TIMEOUT, "get_with and get_with_by_ref", THREADS, move |i| {
+            start.wait();
+            let init = || {
+                calls.fetch_add(1, SeqCst);
+                hold_until_misses(&cache, THREADS as u64);
+                Arc::new(format!("loaded by {i}"))
+            };
+            if i % 2 == 0 {
+                cache.get_with_by_ref("k", init)
+            } else {
+                cache.get_with("k".to_string(), init)
+            }
+        })
+    };
+    assert_eq!(calls.load(SeqCst), 1, "exactly one init ran");
+    assert!(
+        results.iter().all(|v| Arc::ptr_eq(v, &results[0])),
+        "every caller got the one loaded value: {results:?}"
+    );
+    assert_eq!(cache.get("k").as_ref(), Some(&results[0]));
+}
+
+#[test]
+fn borrowed_and_owned_optional_callers_share_one_none() {
+    const THREADS: usize = 8;
+    let cache: Cache<String, u32> = Cache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(THREADS));
+    let results = {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        parallel(
+            TIMEOUT,
+            "optional loads by ref and owned",
+            THREADS,
+            move |i| {
+                start.wait();
+                let init = || {
+                    calls.fetch_add(1, SeqCst);
+                    hold_until_misses(&cache, THREADS as u64);
+                    None
+                };
+                if i % 2 == 0 {
+                    cache.optionally_get_with_by_ref("k", init)
+                } else {
+                    cache.optionally_get_with("k".to_string(), init)
+                }
+            },
+        )
+    };
+    assert_eq!(calls.load(SeqCst), 1, "exactly one init ran");
+    assert!(results.iter().all(Option::is_none), "{results:?}");
+    assert!(!cache.contains_key("k"));
+    assert_eq!(cache.optionally_get_with_by_ref("k", || Some(1)), Some(1));
+    assert_eq!(cache.peek("k"), Some(1));
+}
+
+#[test]
+fn a_write_during_a_by_ref_load_keeps_its_value_out_of_the_cache() {
+    type Write = fn(&Cache<CountedKey, u32>, CountedKey);
+    let writes: [(&str, Write, Option<u32>); 2] = [
+        ("insert", |c, k| c.insert(k, 2), Some(2)),
+        ("invalidate", |c, k| c.invalidate(&k), None),
+    ];
+    for (what, load) in BY_REF {
+        for (write, apply, kept) in writes {
+            let copies = Arc::new(AtomicUsize::new(0));
+            let cache: Cache<CountedKey, u32> = Cache::new(100);
+            let (started, load_started) = mpsc::channel::<()>();
+            let (go, may_finish) = mpsc::channel::<()>();
+            let loader = {
+                let (cache, key) = (cache.clone(), CountedKey::new(1, &copies));
+                thread::spawn(move || {
+                    load(&cache, &key, &mut || {
+                        started.send(()).unwrap();
+                        may_finish.recv_timeout(TIMEOUT).unwrap();
+                        Some(1)
+                    })
+                })
+            };
+            load_started
+                .recv_timeout(TIMEOUT)
+                .expect("the loader started");
+            apply(&cache, CountedKey::new(1, &copies));
+            go.send(()).unwrap();
+            let loaded = loader.join().expect("the loader returned");
+            assert_eq!(
+                loaded,
+                Some(1),
+                "{what}, {write}: the value goes to its caller"
+            );
+            let now = cache.peek(&CountedKey::new(1, &copies));
+            assert_eq!(
+                now, kept,
+                "{what}, {write}: the cache keeps the write's outcome"
+            );
+        }
+    }
 }
