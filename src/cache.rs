@@ -1059,6 +1059,12 @@ where
         Delivery::new(self.inner.listener.as_ref())
     }
 
+    /// The cache's single-flight table, which the entry API's computes
+    /// lead as loads do (see [`entry`](crate::entry)).
+    pub(crate) fn flights(&self) -> &Arc<Flights<K, V>> {
+        &self.inner.flights
+    }
+
     /// See `Inner::insert_if`; what it removes goes into `removed`.
     pub(crate) fn insert_if(
         &self,

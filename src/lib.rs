@@ -11,6 +11,9 @@
 //! - [`StoreCache`], built by [`CacheBuilder::store`] from a [`Store`]:
 //!   read-through plus write-through, write-around or write-behind
 //!   ([`StoreCacheBuilder`] has its settings, [`WriteStats`] the counters);
+//! - [`Cache::entry`] for moka's entry API: [`Entry`] from `or_insert_with`
+//!   and its kin, [`Op`] and [`CompResult`] for atomic computes
+//!   (`and_compute_with`, `and_upsert_with`);
 //! - [`Expiry`] for per-entry lifetimes, [`RemovalCause`] for the listener,
 //!   [`CacheStats`] for the counters;
 //! - `clock::MockClock` (feature `test-util`) to drive time in tests.
@@ -28,6 +31,7 @@
 
 mod builder;
 mod cache;
+mod entry;
 mod expiry;
 mod load;
 mod maintenance;
@@ -40,6 +44,7 @@ mod write;
 
 pub use builder::{BuildError, CacheBuilder, Policy};
 pub use cache::{Cache, Iter};
+pub use entry::{CompResult, Entry, Op, OwnedKeyEntrySelector, RefKeyEntrySelector};
 pub use expiry::Expiry;
 pub use load::{Loader, LoadingCache, LoadingCacheBuilder};
 pub use notify::RemovalCause;
