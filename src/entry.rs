@@ -40,6 +40,7 @@ use crate::{
     cache::Verdict,
     load::flight::{Leader, LeaderGuard, Outcome, Role},
     maintenance::Awaited,
+    shard::Stripe,
 };
 
 /// A key's entry as an entry-API call saw or made it: the key, a clone of
@@ -485,11 +486,13 @@ where
         // Under the shard lock. `found` is the key's slot, live or not: a
         // value the closure saw that has no slot any more was removed or
         // evicted without marking the flight (see the module docs).
-        let decide = |found: Option<&V>, _: crate::shard::Stripe<'_>| match guard.written()
-            || (existed && found.is_none())
-        {
-            true => Verdict::Skip,
-            false => Verdict::Insert,
+        let stale = |found: Option<&V>| guard.written() || (existed && found.is_none());
+        let decide = |found: Option<&V>, _: Stripe<'_>| {
+            if stale(found) {
+                Verdict::Skip
+            } else {
+                Verdict::Insert
+            }
         };
         let landed = {
             // The weigher and the expiry hooks run here.
