@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
+use larder::{Cache, CompResult, Expiry, RemovalCause, clock::MockClock};
 
 /// Keys are drawn from `0..KEYS`.
 pub const KEYS: u8 = 24;
@@ -66,6 +66,18 @@ pub enum Op {
     /// no key listed twice, nothing listed that was not cached, and every
     /// entry cached throughout listed.
     IterWriting(u8, u16),
+    /// `entry(key).or_insert_with(|| value)`: fresh exactly on a miss.
+    OrInsertWith(u8, u16),
+    /// A compute of the key from the value it is shown, by the last
+    /// number modulo 4: `and_compute_with` putting [`computed`] (0),
+    /// removing (1) or leaving it (2), or `and_upsert_with` of
+    /// [`computed`] (3).
+    Compute(u8, u16, u8),
+    /// `and_compute_with` putting [`computed`], whose closure's first run
+    /// writes the key: inserts the `u16` (made [`lasting`]) under it (even
+    /// last number) or invalidates it (odd). The closure runs again, shown that write's
+    /// outcome, and only that run's value is put.
+    ComputeWrite(u8, u16, u16, u8),
     Advance(u16),
     /// Moves the clock to the key's deadline plus `delta` ns (if that is
     /// ahead; else 1 ns).
@@ -239,6 +251,11 @@ pub fn given_ttl(t: u8) -> Duration {
         20.. => Duration::MAX,
         t => Duration::from_secs(u64::from(t)),
     }
+}
+
+/// The value a compute op puts, from the value it was shown.
+pub fn computed(shown: Option<u16>, v: u16) -> u16 {
+    shown.map_or(v, |x| x.wrapping_add(v))
 }
 
 /// How far a [`Op::Jump`] moves the clock from `now`.
@@ -694,6 +711,15 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
                 }
             }
         }
+        Op::OrInsertWith(k, v) => {
+            let miss = m.live(k).is_none();
+            let expected = m.load(k, Ok(v));
+            let e = cache.entry(k).or_insert_with(|| v);
+            let got = (Ok(*e.value()), e.is_fresh());
+            assert_eq!(got, (expected, miss), "or_insert_with({k}): value, fresh");
+        }
+        Op::Compute(k, v, kind) => compute(cache, m, k, v, kind),
+        Op::ComputeWrite(k, v, w, kind) => compute_writing(cache, m, k, v, w, kind),
         Op::Advance(ms) => step(clock, m, u64::from(ms) * 1_000_000),
         Op::AdvanceNear(k, delta) => step(clock, m, m.near(k, delta)),
         Op::Jump(n) => step(clock, m, jump(n, m.now)),
@@ -707,6 +733,120 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
             }
         }
     }
+}
+
+/// The first look of a compute: a read with its effects, counted.
+fn compute_read(m: &mut Model, k: u8) -> Option<u16> {
+    let shown = m.read(k);
+    if shown.is_some() {
+        m.counts.hits += 1;
+    } else {
+        m.counts.misses += 1;
+    }
+    shown
+}
+
+/// [`Op::Compute`].
+fn compute(cache: &Cache<u8, u16>, m: &mut Model, k: u8, v: u16, kind: u8) {
+    let expected = compute_read(m, k);
+    let shown = |e: Option<larder::Entry<u8, u16>>| e.map(|e| *e.value());
+    if kind % 4 == 3 {
+        let e = cache.entry(k).and_upsert_with(|e| {
+            assert_eq!(shown(e), expected, "upsert({k}) shown");
+            computed(expected, v)
+        });
+        assert_eq!(e.is_old_value_replaced(), expected.is_some());
+        m.write(k, computed(expected, v), None);
+        return;
+    }
+    let result = cache.entry(k).and_compute_with(|e| {
+        assert_eq!(shown(e), expected, "compute({k}) shown");
+        match kind % 4 {
+            0 => larder::Op::Put(computed(expected, v)),
+            1 => larder::Op::Remove,
+            _ => larder::Op::Nop,
+        }
+    });
+    let got = match result {
+        CompResult::StillNone(_) => (4, None),
+        CompResult::Unchanged(e) => (2, Some(*e.value())),
+        CompResult::Removed(e) => (1, Some(*e.value())),
+        CompResult::Inserted(e) | CompResult::ReplacedWith(e) => (0, Some(*e.value())),
+    };
+    let want = match (kind % 4, expected) {
+        (0, _) => {
+            m.write(k, computed(expected, v), None);
+            (0, Some(computed(expected, v)))
+        }
+        (1, Some(old)) => {
+            m.take(k, RemovalCause::Explicit);
+            (1, Some(old))
+        }
+        (_, Some(old)) => (2, Some(old)),
+        (_, None) => (4, None),
+    };
+    assert_eq!(got, want, "compute({k}) kind {kind}");
+}
+
+/// A value the expiry hooks give a nonzero lifetime, created or updated:
+/// a write the reference expects live and the cache does not hold was
+/// then turned away by the policy, not expired at once.
+fn lasting(w: u16) -> u16 {
+    let w = if create_answer(w) == Some(Duration::ZERO) {
+        w ^ 2
+    } else {
+        w
+    };
+    if update_answer(w) == Answer::After(Some(Duration::ZERO)) {
+        w ^ 32
+    } else {
+        w
+    }
+}
+
+/// [`Op::ComputeWrite`].
+fn compute_writing(cache: &Cache<u8, u16>, m: &mut Model, k: u8, v: u16, w: u16, kind: u8) {
+    let w = lasting(w);
+    let first = compute_read(m, k);
+    let mut runs = 0;
+    let mut last = None;
+    let result = cache.entry(k).and_compute_with(|e| {
+        runs += 1;
+        let shown = e.map(|e| *e.value());
+        if runs == 1 {
+            assert_eq!(shown, first, "compute({k}) first shown");
+            if kind % 2 == 0 {
+                cache.insert(k, w);
+                m.write(k, w, None);
+                if m.live(k).is_some() && cache.peek(&k).is_none() {
+                    // The policy turned the write away: heard as `Size`.
+                    m.map.remove(&k);
+                    m.expected.push((k, w, RemovalCause::Size));
+                }
+            } else {
+                cache.invalidate(&k);
+                m.take(k, RemovalCause::Explicit);
+            }
+        } else {
+            // Shown with no read effects: what a `peek` returns.
+            assert_eq!(
+                shown,
+                m.live(k).map(|e| e.value),
+                "compute({k}) shown again"
+            );
+        }
+        last = shown;
+        larder::Op::Put(computed(shown, v))
+    });
+    assert_eq!(runs, 2, "compute({k}) runs again after its key's write");
+    let put = computed(last, v);
+    m.write(k, put, None);
+    let got = match result {
+        CompResult::Inserted(e) => (false, *e.value()),
+        CompResult::ReplacedWith(e) => (true, *e.value()),
+        other => panic!("compute({k}) put, got {other:?}"),
+    };
+    assert_eq!(got, (last.is_some(), put), "compute({k}) writing");
 }
 
 /// Runs `f` with the panic hook silenced: the fuzzer's hook aborts on any
