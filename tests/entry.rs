@@ -661,3 +661,44 @@ fn entry_operations_count_one_hit_or_miss_each() {
     });
     assert_eq!((runs.get(), counts(&cache)), (2, (3, 3, 1)));
 }
+
+#[test]
+fn computes_racing_removes_lose_no_increment_and_overwrite_no_removal() {
+    // Each compute adds one to what it was shown; a remove takes the count
+    // so far. If no compute overwrites a removal it was not shown (nor
+    // loses one to another compute), the removed counts and the final one
+    // add up to the number of computes.
+    const THREADS: usize = 4;
+    const EACH: u64 = 2_000;
+    let cache: Cache<u32, u64> = Cache::new(100);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let remover = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut taken = 0;
+            while !stop.load(SeqCst) {
+                taken += cache.remove(&0).unwrap_or(0);
+                thread::yield_now();
+            }
+            taken
+        })
+    };
+    let computers = cache.clone();
+    parallel(TIMEOUT * 6, "computes racing removes", THREADS, move |_| {
+        for _ in 0..EACH {
+            computers.entry(0).and_compute_with(|e| {
+                // Widens the window for a removal to land in.
+                thread::yield_now();
+                Op::Put(e.map_or(0, |e| e.into_value()) + 1)
+            });
+        }
+    });
+    stop.store(true, SeqCst);
+    let taken = within("remover", move || remover.join().unwrap());
+    let left = cache.get(&0).unwrap_or(0);
+    assert_eq!(
+        taken + left,
+        THREADS as u64 * EACH,
+        "taken {taken}, left {left}"
+    );
+}
