@@ -544,9 +544,11 @@ where
     /// wait for it and share its value, their entries not fresh. A caller
     /// also waits for an [`and_compute_with`](Self::and_compute_with) of
     /// the key under way. If `init` panics, the panic reaches this caller
-    /// and a waiting caller runs its own. A write of the key while `init`
-    /// runs keeps the value out of the cache (see `get_with`); it is still
-    /// returned, as fresh.
+    /// and a waiting caller runs its own. `init` runs with no lock held and
+    /// may use the cache, except to load or compute its own key, which
+    /// panics rather than waiting for itself. A write of the key while
+    /// `init` runs keeps the value out of the cache (see `get_with`); it is
+    /// still returned, as fresh.
     ///
     /// # Examples
     ///

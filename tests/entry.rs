@@ -702,3 +702,28 @@ fn computes_racing_removes_lose_no_increment_and_overwrite_no_removal() {
         "taken {taken}, left {left}"
     );
 }
+
+#[test]
+fn a_weigher_panicking_on_a_put_leaves_the_key_as_it_was() {
+    let (cache, heard) = heard_cache(Cache::builder().max_capacity(1_000).weigher(|_, v: &u32| {
+        assert!(*v != 13, "unlucky value");
+        1
+    }));
+    cache.insert(1, 1);
+    let outcome = {
+        let cache = cache.clone();
+        within("put of an unweighable value", move || {
+            panic::catch_unwind(|| cache.entry(1).and_compute_with(|_| Op::Put(13)))
+                .map_err(|p| panic_message(&*p))
+        })
+    };
+    assert!(outcome.unwrap_err().contains("unlucky value"));
+    assert_eq!(cache.get(&1), Some(1));
+    assert!(heard.lock().unwrap().is_empty());
+    // The flight was handed on: the key computes and loads again.
+    let r = cache
+        .entry(1)
+        .and_compute_with(|e| Op::Put(value_of(e).unwrap() + 1));
+    assert!(matches!(r, CompResult::ReplacedWith(e) if *e.value() == 2));
+    assert_eq!(cache.entry(2).or_insert_with(|| 2).into_value(), 2);
+}
