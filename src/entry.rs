@@ -304,11 +304,6 @@ impl<K, Q: fmt::Debug + ?Sized, V> fmt::Debug for RefKeyEntrySelector<'_, K, Q, 
     }
 }
 
-/// The error an `or_optionally_insert_with` closure's `None` becomes, so
-/// that concurrent callers share it as they share a load's error.
-#[derive(Debug)]
-struct NoValue;
-
 impl<K, V> Cache<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -380,13 +375,18 @@ where
         Ok(Entry::new(Arc::new(key), value, fresh, false))
     }
 
-    /// `try_get_with` whose `None` is shared with waiters as an error.
+    /// `optionally_get_with` that also says whether `init` ran.
     fn get_or_init_optionally(
         &self,
         key: K,
         init: impl FnOnce() -> Option<V>,
     ) -> Option<Entry<K, V>> {
-        self.try_get_or_init(key, || init().ok_or(NoValue)).ok()
+        let mut fresh = false;
+        let value = self.optionally_get_with(key.clone(), || {
+            fresh = true;
+            init()
+        })?;
+        Some(Entry::new(Arc::new(key), value, fresh, false))
     }
 
     /// Runs `f` on `key`'s live entry while leading the key's flight, and
@@ -604,15 +604,17 @@ where
     }
 
     /// [`or_insert_with`](Self::or_insert_with) for an `init` that may find
-    /// no value: `None` is returned, nothing is cached, and the callers
-    /// waiting for this `init` get `None` too. A `None` counts as a failed
-    /// load in [`stats`](Cache::stats).
+    /// no value, as [`optionally_get_with`](Cache::optionally_get_with):
+    /// `None` is returned, nothing is cached, and the callers waiting for
+    /// this `init` get `None` too. A `None` counts as a successful load in
+    /// [`stats`](Cache::stats) (an answer, not a failure).
     ///
     /// # Concurrent calls on the same key
     ///
     /// As for `or_insert_with`: one `init` at a time; the callers of this
-    /// method waiting for it share its value or its `None`, other waiters
-    /// (`get_with`, say) run their own `init` after a `None`.
+    /// method and of `optionally_get_with` waiting for it share its value or
+    /// its `None`, other waiters (`get_with`, say) run their own `init`
+    /// after a `None`.
     ///
     /// # Examples
     ///

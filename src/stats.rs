@@ -14,7 +14,8 @@ use crate::RemovalCause;
 ///
 /// Hits and misses count lookups: every `get`, the lookup each
 /// `get_with` / `try_get_with` / `optionally_get_with` makes (and their
-/// `_async` and `_by_ref` forms), and on a
+/// `_async` and `_by_ref` forms), each entry-API call's first look at its
+/// key (`entry(k).or_insert_with(..)`, `.and_compute_with(..)`, ...), and on a
 /// [`LoadingCache`](crate::LoadingCache) or [`StoreCache`](crate::StoreCache)
 /// every key a `get`, `get_async` or `get_many` reads. A lookup is a hit
 /// when it is answered from the cache (with a live value; on a loading
@@ -171,7 +172,8 @@ impl CacheStats {
 
     /// Loader calls that succeeded: `get_with` inits, `try_get_with` inits
     /// that returned `Ok`, `optionally_get_with` inits (a `None` included:
-    /// the loader answered that there is no value), and a
+    /// the loader answered that there is no value), the entry API's
+    /// `or_*_insert_with` inits alike (computes are not loads), and a
     /// [`LoadingCache`](crate::LoadingCache)'s (or
     /// [`StoreCache`](crate::StoreCache)'s) loads, background reloads and
     /// batches that returned `Ok`, a key reported absent (`Ok(None)`)

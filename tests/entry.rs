@@ -92,7 +92,46 @@ fn or_optionally_insert_with_caches_nothing_for_none() {
         .unwrap();
     assert!(e.is_fresh());
     let e = cache.entry(1).or_optionally_insert_with(|| None).unwrap();
-    assert_eq!((e.into_value(), cache.stats().load_failures()), (5, 1));
+    let stats = cache.stats();
+    assert_eq!(e.into_value(), 5);
+    // The `None` was an answer, as for `optionally_get_with`.
+    assert_eq!((stats.load_successes(), stats.load_failures()), (2, 0));
+}
+
+/// `or_optionally_insert_with` and `optionally_get_with` are one load: a
+/// `None` from either is shared with the other's waiters.
+#[test]
+fn or_optionally_insert_with_shares_a_none_with_optionally_get_with() {
+    use std::sync::{
+        Barrier,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let cache: Cache<u32, u32> = Cache::new(100);
+    let runs = AtomicUsize::new(0);
+    let started = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let got = cache.entry(1).or_optionally_insert_with(|| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                started.wait();
+                // Wait until the other caller has joined this load.
+                while cache.stats().misses() < 2 {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                None
+            });
+            assert!(got.is_none());
+        });
+        started.wait();
+        let got = cache.optionally_get_with(1, || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Some(9)
+        });
+        assert_eq!(got, None, "the waiter shares the None");
+    });
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(!cache.contains_key(&1));
 }
 
 #[test]
