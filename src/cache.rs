@@ -329,6 +329,54 @@ where
         self.inner.insert(key, value, Some(ttl));
     }
 
+    /// The time `key`'s entry has left to live, with no side effects (like
+    /// [`peek`](Self::peek): no hit or miss counted, the eviction policy
+    /// not told, no idle time slid). Redis's `TTL key`.
+    ///
+    /// - `None`: no live entry (absent, or expired and not yet reaped).
+    /// - `Some(None)`: a live entry that never expires.
+    /// - `Some(Some(d))`: a live entry that expires `d` from now.
+    ///
+    /// The inner `Option<Duration>` means what it means to the [`Expiry`]
+    /// hooks, whose `remaining` argument it is: `None` is "never".
+    ///
+    /// With a [time to idle](crate::CacheBuilder::time_to_idle) the entry
+    /// expires at the earlier of its hard deadline (its time to live, or
+    /// the lifetime [`insert_with_ttl`](Self::insert_with_ttl) gave it)
+    /// and its idle deadline (its last read or write plus the idle time):
+    /// `d` is the time until the earlier one. A later
+    /// [`get`](Self::get) may slide the idle deadline and so lengthen it;
+    /// this call does not. With
+    /// [`ttl_jitter`](crate::CacheBuilder::ttl_jitter), `d` is the spread
+    /// lifetime the entry actually has.
+    ///
+    /// **Locking:** takes the key's shard shared, as `peek` does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder().clock(clock.clone()).build().unwrap();
+    /// cache.insert_with_ttl("session", 1, Duration::from_secs(30));
+    /// cache.insert("config", 2);
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.expires_in("session"), Some(Some(Duration::from_secs(20))));
+    /// assert_eq!(cache.expires_in("config"), Some(None)); // never expires
+    /// assert_eq!(cache.expires_in("other"), None); // absent
+    /// clock.advance(Duration::from_secs(20));
+    /// assert_eq!(cache.expires_in("session"), None); // expired
+    /// assert_eq!(cache.stats().hits() + cache.stats().misses(), 0);
+    /// ```
+    pub fn expires_in<Q>(&self, key: &Q) -> Option<Option<Duration>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.expires_in(key)
+    }
+
     /// The value for `key`, if present and not expired. Counts a hit or a
     /// miss, records the access for the eviction policy and, with time to
     /// idle, slides the entry's deadline.
@@ -1291,6 +1339,24 @@ where
         let shard = cell.read();
         let id = shard.lookup(hash, key, &mut Now::new(&self.timing.clock))?;
         Some(shard.value(id).clone())
+    }
+
+    /// [`Cache::expires_in`]: the time left at one reading of the clock,
+    /// the one the entry is judged live by.
+    fn expires_in<Q>(&self, key: &Q) -> Option<Option<Duration>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.shards.cell_for(key);
+        let mut now = Now::new(&self.timing.clock);
+        let deadline = cell.read().live_deadline(hash, key, &mut now)?;
+        // `now` was read under the lock if the entry has a deadline.
+        Some(
+            (deadline != NEVER)
+                .then(|| remaining(now.get(), deadline))
+                .flatten(),
+        )
     }
 
     /// A user's insert: a load of the key under way began before it and

@@ -78,6 +78,8 @@ pub enum Op {
     /// last number) or invalidates it (odd). The closure runs again, shown that write's
     /// outcome, and only that run's value is put.
     ComputeWrite(u8, u16, u16, u8),
+    /// `expires_in`: the time left, side-effect free.
+    ExpiresIn(u8),
     Advance(u16),
     /// Moves the clock to the key's deadline plus `delta` ns (if that is
     /// ahead; else 1 ns).
@@ -526,6 +528,31 @@ impl Model {
         init
     }
 
+    /// What `expires_in` may answer of `k`, the reference's range then
+    /// narrowed to the answer (a spread deadline is then known).
+    fn time_left(&mut self, k: u8, answer: Option<Option<Duration>>) {
+        let Some(e) = self.live(k) else {
+            assert_eq!(answer, None, "expires_in({k}) of no live entry");
+            return;
+        };
+        let Some(left) = answer else {
+            panic!(
+                "expires_in({k}) found no entry, live until {}..{}",
+                e.lo, e.hi
+            );
+        };
+        let at = left.map_or(NEVER, |d| self.now.saturating_add(nanos(d)));
+        assert!(
+            e.lo <= at && at <= e.hi && (at == NEVER) == left.is_none(),
+            "expires_in({k}) = {left:?} at {}: deadline {at} outside {}..{}",
+            self.now,
+            e.lo,
+            e.hi
+        );
+        let e = self.map.get_mut(&k).expect("live");
+        (e.lo, e.hi) = (at, at);
+    }
+
     /// The clock step of [`Op::AdvanceNear`].
     fn near(&self, k: u8, delta: i8) -> u64 {
         let target = self
@@ -720,6 +747,7 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         }
         Op::Compute(k, v, kind) => compute(cache, m, k, v, kind),
         Op::ComputeWrite(k, v, w, kind) => compute_writing(cache, m, k, v, w, kind),
+        Op::ExpiresIn(k) => m.time_left(k, cache.expires_in(&k)),
         Op::Advance(ms) => step(clock, m, u64::from(ms) * 1_000_000),
         Op::AdvanceNear(k, delta) => step(clock, m, m.near(k, delta)),
         Op::Jump(n) => step(clock, m, jump(n, m.now)),
