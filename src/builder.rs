@@ -161,8 +161,8 @@ pub enum BuildError {
     JitterOutOfRange(f64),
     /// `ttl_jitter` above zero with no lifetime for it to spread: neither
     /// `time_to_live` nor `expire_after`. (A TTL given to `insert_with_ttl`
-    /// and the time to idle are kept exact, so the jitter would do
-    /// nothing.)
+    /// or `expire_in` and the time to idle are kept exact, so the jitter
+    /// would do nothing.)
     JitterWithoutLifetime,
     /// `expire_after` together with `time_to_live` or `time_to_idle`: the hooks
     /// decide every deadline, so the fixed durations would be ignored.
@@ -528,6 +528,7 @@ where
     /// default hook) keeps the entry's deadline, unspread again.
     ///
     /// A TTL given to [`Cache::insert_with_ttl`](crate::Cache::insert_with_ttl)
+    /// or [`Cache::expire_in`](crate::Cache::expire_in)
     /// is kept exactly (a lifetime that comes from outside, such as a
     /// token's, is not lengthened), and so is the
     /// [`time_to_idle`](Self::time_to_idle). A jitter above zero with

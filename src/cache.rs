@@ -342,9 +342,10 @@ where
     ///
     /// With a [time to idle](crate::CacheBuilder::time_to_idle) the entry
     /// expires at the earlier of its hard deadline (its time to live, or
-    /// the lifetime [`insert_with_ttl`](Self::insert_with_ttl) gave it)
-    /// and its idle deadline (its last read or write plus the idle time):
-    /// `d` is the time until the earlier one. A later
+    /// the lifetime [`insert_with_ttl`](Self::insert_with_ttl) or
+    /// [`expire_in`](Self::expire_in) gave it) and its idle deadline (its
+    /// last read, write, `expire_in` or [`persist`](Self::persist) plus
+    /// the idle time): `d` is the time until the earlier one. A later
     /// [`get`](Self::get) may slide the idle deadline and so lengthen it;
     /// this call does not. With
     /// [`ttl_jitter`](crate::CacheBuilder::ttl_jitter), `d` is the spread
@@ -375,6 +376,124 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.inner.expires_in(key)
+    }
+
+    /// Gives `key`'s live entry a new lifetime, `ttl` from now, without
+    /// rewriting its value; returns whether there was one. Redis's
+    /// `EXPIRE key`: extend a session, or cut an entry's life short. An
+    /// absent key, or an entry expired and not yet reaped, is left as it
+    /// is (never revived) and the answer is `false`.
+    ///
+    /// As with [`insert_with_ttl`](Self::insert_with_ttl), `ttl` is kept
+    /// exactly, whatever the cache's own settings:
+    /// [`ttl_jitter`](crate::CacheBuilder::ttl_jitter) does not spread it,
+    /// and a `ttl` too long for the clock to hold (over about 36 years)
+    /// means no deadline at all. A zero `ttl` expires the entry at once,
+    /// as `EXPIRE key 0` deletes a Redis key: it is removed now, and the
+    /// listener hears of it as [`Expired`](RemovalCause::Expired), once.
+    ///
+    /// It is neither a read nor a write: no hit or miss is counted, the
+    /// eviction policy is not told, the value is not replaced (the
+    /// listener hears nothing, but for a zero `ttl`), and no expiry hook
+    /// runs. What comes after is as usual: with a
+    /// [time to idle](crate::CacheBuilder::time_to_idle), the entry's idle
+    /// time restarts now, as after a write, and it expires at the earlier
+    /// of `ttl` and the idle time from now, reads sliding the idle
+    /// deadline up to `ttl`; with [`Expiry`] hooks, later reads and
+    /// updates run them, shown the new time left, and they may move it
+    /// again. A read hook's answer still pending for the entry (its read
+    /// returned, the hook running) is dropped, as it is when a write
+    /// re-times the entry meanwhile.
+    ///
+    /// **Locking:** takes the key's shard exclusively, like a write, to
+    /// move the entry on the timing wheel; no user code runs but the
+    /// key's `Hash` and `Eq` (and, for a zero `ttl`, the listener, after
+    /// the unlock). A deadline earlier than the maintenance thread's next
+    /// wake-up wakes it, so the entry is reaped and heard of on time in
+    /// an otherwise idle cache.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// Writes of the key (an insert, a remove) and `expire_in` take the
+    /// shard's lock in turn: the lifetime goes to the entry live when
+    /// `expire_in` has the lock, judged by the time read under it (an
+    /// entry that expired while it waited is not revived), and a later
+    /// insert gives its value a lifetime of its own.
+    ///
+    /// A [`get_with`](Self::get_with) (or any loader) loading the key
+    /// began on a miss: until its value is cached, `expire_in` finds
+    /// nothing to change and returns `false`, unless an insert landed
+    /// meanwhile, whose value it then times (that insert, not
+    /// `expire_in`, keeps the load's value out). `expire_in` is not one of
+    /// the writes that keep a load's value out (see "Writes during the
+    /// load" there): it changes no value, and the loaded one is cached
+    /// with the lifetime the cache gives it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert("session", 7);
+    /// clock.advance(Duration::from_secs(50));
+    /// // The user is still active: give the session another ten minutes.
+    /// assert!(cache.expire_in("session", Duration::from_secs(600)));
+    /// clock.advance(Duration::from_secs(500));
+    /// assert_eq!(cache.get("session"), Some(7));
+    /// assert_eq!(cache.expires_in("session"), Some(Some(Duration::from_secs(100))));
+    /// // Absent keys are not created.
+    /// assert!(!cache.expire_in("other", Duration::from_secs(600)));
+    /// assert_eq!(cache.get("other"), None);
+    /// ```
+    pub fn expire_in<Q>(&self, key: &Q, ttl: Duration) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.retime(key, Some(ttl))
+    }
+
+    /// Makes `key`'s live entry never expire, without rewriting its value;
+    /// returns whether there was one. Redis's `PERSIST key`. An absent
+    /// key, or an entry expired and not yet reaped, is left as it is
+    /// (never revived) and the answer is `false`.
+    ///
+    /// Everything [`expire_in`](Self::expire_in) says holds, with no hard
+    /// deadline in place of `ttl`: with a
+    /// [time to idle](crate::CacheBuilder::time_to_idle) the entry still
+    /// expires once left unread for that long (its idle time restarting
+    /// now), and [`Expiry`] hooks may give it a lifetime again on a later
+    /// read or update.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert("pinned", 1);
+    /// assert!(cache.persist("pinned"));
+    /// assert_eq!(cache.expires_in("pinned"), Some(None));
+    /// clock.advance(Duration::from_secs(3600));
+    /// assert_eq!(cache.get("pinned"), Some(1));
+    /// ```
+    pub fn persist<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.retime(key, None)
     }
 
     /// The value for `key`, if present and not expired. Counts a hit or a
@@ -1357,6 +1476,48 @@ where
                 .then(|| remaining(now.get(), deadline))
                 .flatten(),
         )
+    }
+
+    /// [`Cache::expire_in`] (`ttl`) and [`Cache::persist`] (`None`): gives
+    /// the key's live entry a new lifetime, or removes it as expired for a
+    /// zero `ttl`; returns whether it was live. Not a write for a load of
+    /// the key: the load began on a miss, which this call found too.
+    fn retime<Q>(&self, key: &Q, ttl: Option<Duration>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.shards.cell_for(key);
+        if ttl == Some(Duration::ZERO) {
+            // Delivered once the shard is unlocked.
+            let mut removed = Delivery::new(self.listener.as_ref());
+            let mut shard = cell.write();
+            let mut now = Now::new(&self.timing.clock);
+            let Some((key, value, cause)) = shard.expire_now(hash, key, &mut now) else {
+                return false;
+            };
+            drop(shard);
+            removed.push(key, value, cause);
+            return true;
+        }
+        let mut shard = cell.write();
+        // The time under the lock, which the entry is judged live by and
+        // the lifetime counts from: read before it, an entry that expired
+        // while this call waited for the lock would be judged live and
+        // revived, after readers had found it expired.
+        let mut now = Now::new(&self.timing.clock);
+        let retimed = shard.retime(hash, key, &mut now, |now| self.timing.on_retime(now, ttl));
+        drop(shard);
+        match retimed {
+            Some(deadline) => {
+                if deadline.at != NEVER {
+                    // Unlocked first, as in `land`.
+                    self.maintenance.wake_for(deadline.at);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// A user's insert: a load of the key under way began before it and

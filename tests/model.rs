@@ -30,6 +30,8 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (key.clone(), any::<u16>(), 0u8..4).prop_map(|(k, v, kind)| Op::Compute(k, v, kind)),
         3 => (key.clone(), any::<u16>(), any::<u16>(), 0u8..2)
             .prop_map(|(k, v, w, kind)| Op::ComputeWrite(k, v, w, kind)),
+        6 => (key.clone(), 0u8..=20).prop_map(|(k, t)| Op::Expire(k, t)),
+        2 => key.clone().prop_map(Op::Persist),
         4 => key.clone().prop_map(Op::ExpiresIn),
         12 => (0u16..4000).prop_map(Op::Advance),
         6 => (key, -2i8..=2).prop_map(|(k, d)| Op::AdvanceNear(k, d)),

@@ -54,7 +54,7 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     let key = |u: &mut Unstructured<'_>| u.int_in_range(0..=KEYS - 1);
-    Ok(match u.int_in_range(0..=21u8)? {
+    Ok(match u.int_in_range(0..=23u8)? {
         0 => Op::Insert(key(u)?, u.arbitrary()?),
         1 => Op::InsertTtl(key(u)?, u.arbitrary()?, u.int_in_range(0..=20)?),
         2 => Op::Get(key(u)?),
@@ -77,6 +77,8 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         18 => Op::Compute(key(u)?, u.arbitrary()?, u.arbitrary()?),
         19 => Op::ComputeWrite(key(u)?, u.arbitrary()?, u.arbitrary()?, u.arbitrary()?),
         20 => Op::ExpiresIn(key(u)?),
+        21 => Op::Expire(key(u)?, u.int_in_range(0..=20)?),
+        22 => Op::Persist(key(u)?),
         _ => Op::RunPending,
     })
 }

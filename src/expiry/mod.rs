@@ -7,13 +7,15 @@
 //! memory is reclaimed and the listener told.
 //!
 //! Deadlines come from, in order of precedence: a per-entry TTL
-//! (`insert_with_ttl`), the user's [`Expiry`] hooks, or the cache-wide
+//! (`insert_with_ttl`, or `expire_in` / `persist` on an entry already
+//! cached), the user's [`Expiry`] hooks, or the cache-wide
 //! `time_to_live`; `time_to_idle` then caps the result at "last access plus
 //! idle time". With both TTL and TTI the write-based deadline is kept apart
 //! (the *hard* deadline) so that reads can slide the idle deadline without
 //! going past it. `ttl_jitter` spreads the lifetimes the cache decides (its
 //! `time_to_live`, the hooks' answers) by a random factor in `1 ± jitter`;
-//! a TTL given to `insert_with_ttl` and the time to idle are kept exactly.
+//! a TTL given to `insert_with_ttl` or `expire_in` and the time to idle are
+//! kept exactly.
 
 pub(crate) mod clock;
 mod tsc;
@@ -46,7 +48,9 @@ pub(crate) use wheel::NEVER;
 ///
 /// The read hook's answer applies to the entry the read returned, once the
 /// read has unlocked: it is dropped if that entry's deadline changed
-/// meanwhile (another read's hook, or a write's), if the entry expired
+/// meanwhile (another read's hook, a write's, or
+/// [`Cache::expire_in`](crate::Cache::expire_in) and
+/// [`persist`](crate::Cache::persist)), if the entry expired
 /// meanwhile (an expired entry is never revived), and if any entry was
 /// created in its shard, since the key may have been removed and written
 /// again (the answer was about a value no longer cached).
@@ -252,6 +256,17 @@ impl<K, V> Timing<K, V> {
             self.clock_reads.store(true, Relaxed);
         }
         Deadline { at, hard }
+    }
+
+    /// Deadlines for an entry given a new lifetime at `now` by its user
+    /// (`Cache::expire_in`, `persist`): `ttl` from now exactly (`None`:
+    /// no hard deadline), capped by the time to idle counted from now, as
+    /// for a write with a TTL of its own.
+    pub(crate) fn on_retime(&self, now: u64, ttl: Option<Duration>) -> Deadline {
+        match ttl {
+            Some(ttl) => self.on_write(now, Some(ttl), None),
+            None => self.on_write(now, None, Some(Hooked::After(None))),
+        }
     }
 
     /// `now + duration`, spread by the jitter and saturating at [`NEVER`].

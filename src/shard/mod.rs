@@ -600,6 +600,50 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
     }
 
+    /// Gives `key`'s entry the deadlines `deadline` computes from `now` if
+    /// it is live at `now` (a user's change of its lifetime,
+    /// `Cache::expire_in` or `persist`), and returns them; `None` if it was
+    /// not, with nothing computed (making a deadline tells the cache's
+    /// reads to look at the clock from then on). Neither a read nor a
+    /// write: the policy, the value and the counts of created entries and
+    /// versions stay as they are. A read hook's answer pending for the
+    /// entry is then dropped, its deadline having changed (see
+    /// [`reset_deadline`](Self::reset_deadline)). An expired entry is left
+    /// for the reaper, never revived.
+    pub(crate) fn retime<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: &mut Now<'_>,
+        deadline: impl FnOnce(u64) -> Deadline,
+    ) -> Option<Deadline>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let id = self.lookup(hash, key, now)?;
+        let deadline = deadline(now.get());
+        self.set_deadline(id, deadline);
+        Some(deadline)
+    }
+
+    /// Removes `key`'s entry as `Expired` if it is live at `now` (a user's
+    /// zero lifetime, `Cache::expire_in(key, Duration::ZERO)`); an expired
+    /// entry is left for the reaper, which reports it as `Expired` in turn.
+    pub(crate) fn expire_now<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: &mut Now<'_>,
+    ) -> Option<(K, V, RemovalCause)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.lookup(hash, key, now)?;
+        self.remove_as(hash, key, now, RemovalCause::Expired)
+    }
+
     /// Inserts or replaces an entry, then evicts down to capacity. `found`
     /// is what [`find`](Self::find) returned for the key under this same
     /// lock (the caller looks first, to show a predicate the value).

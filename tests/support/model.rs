@@ -78,6 +78,11 @@ pub enum Op {
     /// last number) or invalidates it (odd). The closure runs again, shown that write's
     /// outcome, and only that run's value is put.
     ComputeWrite(u8, u16, u16, u8),
+    /// `expire_in` of [`given_ttl`] of the number: the live entry's new
+    /// lifetime, exact (a zero one removes it as expired).
+    Expire(u8, u8),
+    /// `persist`: the live entry's hard deadline dropped.
+    Persist(u8),
     /// `expires_in`: the time left, side-effect free.
     ExpiresIn(u8),
     Advance(u16),
@@ -528,6 +533,27 @@ impl Model {
         init
     }
 
+    /// `expire_in` (the TTL in ns) or `persist` (`None`): the live entry's
+    /// new deadlines, exact, with the idle time restarting now as after a
+    /// write; a zero TTL removes it as expired. Returns whether it was live.
+    fn retime(&mut self, k: u8, ttl: Option<u64>) -> bool {
+        if self.live(k).is_none() {
+            return false;
+        }
+        if ttl == Some(0) {
+            self.take(k, RemovalCause::Expired);
+            return true;
+        }
+        let hard = ttl.map_or(NEVER, |t| exact_after(self.now, t));
+        let at = self
+            .cfg
+            .tti
+            .map_or(hard, |tti| hard.min(exact_after(self.now, tti * NS)));
+        let e = self.map.get_mut(&k).expect("live");
+        (e.lo, e.hi, e.hard) = (representable(at), representable(at), hard);
+        true
+    }
+
     /// What `expires_in` may answer of `k`, the reference's range then
     /// narrowed to the answer (a spread deadline is then known).
     fn time_left(&mut self, k: u8, answer: Option<Option<Duration>>) {
@@ -747,6 +773,19 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
         }
         Op::Compute(k, v, kind) => compute(cache, m, k, v, kind),
         Op::ComputeWrite(k, v, w, kind) => compute_writing(cache, m, k, v, w, kind),
+        Op::Expire(k, t) => {
+            let expected = m.retime(k, Some(nanos(given_ttl(t))));
+            assert_eq!(
+                cache.expire_in(&k, given_ttl(t)),
+                expected,
+                "expire_in({k}, {:?})",
+                given_ttl(t)
+            );
+        }
+        Op::Persist(k) => {
+            let expected = m.retime(k, None);
+            assert_eq!(cache.persist(&k), expected, "persist({k})");
+        }
         Op::ExpiresIn(k) => m.time_left(k, cache.expires_in(&k)),
         Op::Advance(ms) => step(clock, m, u64::from(ms) * 1_000_000),
         Op::AdvanceNear(k, delta) => step(clock, m, m.near(k, delta)),
