@@ -3,6 +3,8 @@
 //! advances, against a reference in `support/loading_model.rs` (shared with
 //! the fuzz target `loading_ops`).
 
+#[path = "support/cases.rs"]
+mod cases;
 #[path = "support/loading_model.rs"]
 mod loading_model;
 
@@ -42,7 +44,7 @@ fn config() -> impl Strategy<Value = Config> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn loading_cache_matches_reference_model(cfg in config(), ops in proptest::collection::vec(op(), 1..150)) {

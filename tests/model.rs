@@ -2,6 +2,8 @@
 //! against a `HashMap`-with-deadlines reference on a `MockClock` (the model
 //! lives in `support/model.rs`, shared with the fuzz target).
 
+#[path = "support/cases.rs"]
+mod cases;
 #[path = "support/model.rs"]
 mod model;
 
@@ -81,7 +83,7 @@ fn max_ops() -> usize {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn cache_matches_reference_model(cfg in config(), ops in proptest::collection::vec(op(), 1..max_ops())) {

@@ -11,6 +11,8 @@
 //! the thread that caused the removal, must have told that thread of each
 //! removal before its call returns. At the end the counters must add up.
 
+#[path = "support/cases.rs"]
+mod cases;
 #[path = "support/threads.rs"]
 mod threads;
 
@@ -278,7 +280,7 @@ fn config() -> impl Strategy<Value = Config> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn two_threads_on_their_own_keys_each_match_their_model(

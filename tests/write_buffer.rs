@@ -3,6 +3,8 @@
 //! log of writes (the model lives in `support/write_buffer_model.rs`, shared
 //! with the fuzz target), then a flush that must drain everything.
 
+#[path = "support/cases.rs"]
+mod cases;
 #[path = "support/write_buffer_model.rs"]
 mod model;
 
@@ -47,7 +49,7 @@ fn config() -> impl Strategy<Value = Config> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(500), ..ProptestConfig::default() })]
 
     #[test]
     fn buffer_matches_reference_model(cfg in config(), ops in proptest::collection::vec(op(), 1..150)) {
