@@ -379,7 +379,8 @@ where
     }
 
     /// Gives `key`'s live entry a new lifetime, `ttl` from now, without
-    /// rewriting its value; returns whether there was one. Redis's
+    /// rewriting its value (a cache's time to idle still applies: see
+    /// below); returns whether there was one. Redis's
     /// `EXPIRE key`: extend a session, or cut an entry's life short. An
     /// absent key, or an entry expired and not yet reaped, is left as it
     /// is (never revived) and the answer is `false`.
@@ -459,17 +460,18 @@ where
         self.inner.retime(key, Some(ttl))
     }
 
-    /// Makes `key`'s live entry never expire, without rewriting its value;
-    /// returns whether there was one. Redis's `PERSIST key`. An absent
-    /// key, or an entry expired and not yet reaped, is left as it is
-    /// (never revived) and the answer is `false`.
+    /// Takes away `key`'s hard deadline (its time to live), without
+    /// rewriting its value; returns whether there was a live entry. Redis's
+    /// `PERSIST key`. An absent key, or an entry expired and not yet
+    /// reaped, is left as it is (never revived) and the answer is `false`.
     ///
     /// Everything [`expire_in`](Self::expire_in) says holds, with no hard
-    /// deadline in place of `ttl`: with a
-    /// [time to idle](crate::CacheBuilder::time_to_idle) the entry still
-    /// expires once left unread for that long (its idle time restarting
-    /// now), and [`Expiry`] hooks may give it a lifetime again on a later
-    /// read or update.
+    /// deadline in place of `ttl`: the entry never expires in a cache
+    /// without a [time to idle](crate::CacheBuilder::time_to_idle), but
+    /// with one it still expires once left unread for that long (its idle
+    /// time restarting now, so [`expires_in`](Self::expires_in) reports the
+    /// idle time, not `Some(None)`), and [`Expiry`] hooks may give it a
+    /// lifetime again on a later read or update.
     ///
     /// # Examples
     ///
@@ -487,6 +489,27 @@ where
     /// assert_eq!(cache.expires_in("pinned"), Some(None));
     /// clock.advance(Duration::from_secs(3600));
     /// assert_eq!(cache.get("pinned"), Some(1));
+    /// ```
+    ///
+    /// With a time to idle, a persisted entry still expires when left
+    /// unread:
+    ///
+    /// ```
+    /// use larder::{Cache, clock::MockClock};
+    /// use std::time::Duration;
+    /// let clock = MockClock::new();
+    /// let idle = Duration::from_secs(30 * 60);
+    /// let sessions = Cache::builder()
+    ///     .time_to_idle(idle)
+    ///     .time_to_live(Duration::from_secs(12 * 3600))
+    ///     .clock(clock.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// sessions.insert("admin", 1);
+    /// assert!(sessions.persist("admin"));
+    /// assert_eq!(sessions.expires_in("admin"), Some(Some(idle))); // not `Some(None)`
+    /// clock.advance(idle);
+    /// assert_eq!(sessions.get("admin"), None);
     /// ```
     pub fn persist<Q>(&self, key: &Q) -> bool
     where
