@@ -1,7 +1,13 @@
 //! The entry API: [`Cache::entry`] and [`Cache::entry_by_ref`] select a key,
 //! and the selector either reads it or makes it ([`or_insert_with`] and its
 //! kin) or changes it atomically ([`and_compute_with`] and its kin). The
-//! names are moka's, so code written for moka's entry API reads the same.
+//! names are moka's, and [`Entry`], [`Op`] and [`CompResult`] have its
+//! methods and variants, so code written for moka's entry API reads the
+//! same (importing them from `larder` rather than `moka` and
+//! `moka::ops::compute`), with one difference: a compute's closure is
+//! `FnMut` here (it runs again when a write lands meanwhile, see below)
+//! where moka's is `FnOnce`, so a moka closure that moves a captured value
+//! into its result (`and_upsert_with(|_| value)`) must clone it instead.
 //!
 //! Both halves stand on the single-flight table of
 //! [`load::flight`](crate::load::flight), so there is one mechanism per key
@@ -690,9 +696,10 @@ where
     /// [`invalidate_entries_if`](Cache::invalidate_entries_if) that removes
     /// it), or the entry `f` was shown is evicted or reaped, the operation
     /// `f` returned is dropped and `f` runs again on what the key holds
-    /// now. So `f` may run more than once (hence `FnMut`), only its last
-    /// run's operation is applied, and a compute never overwrites a write
-    /// it was not shown. An `Op::Nop` is never run again: it wrote
+    /// now. So `f` may run more than once (hence `FnMut`, where moka's is
+    /// `FnOnce`: a value `f` returns must be cloned from what it captured,
+    /// not moved out of it), only its last run's operation is applied, and
+    /// a compute never overwrites a write it was not shown. An `Op::Nop` is never run again: it wrote
     /// nothing, and reports the value `f` was shown. A key written without
     /// pause can keep `f` running; each write itself goes in at once.
     ///
