@@ -758,9 +758,10 @@ where
     ///
     /// One `init` per key runs at a time, as for `get_with`, and every
     /// waiting caller shares a value it returns. Its `None` is shared only
-    /// with the callers of `optionally_get_with` (or its `_async` form)
-    /// that wait for it: they return `None` without running their own
-    /// `init`. A waiting [`get_with`](Self::get_with) or
+    /// with the waiting callers that can return one: those of
+    /// `optionally_get_with`, its `_async` and `_by_ref` forms and
+    /// `entry(k).or_optionally_insert_with` return `None` without running
+    /// their own `init`. A waiting [`get_with`](Self::get_with) or
     /// [`try_get_with`](Self::try_get_with) caller, which has no `None` to
     /// return, runs its own `init` once this one ends; likewise a waiting
     /// `optionally_get_with` caller runs its own `init` when the load it
@@ -926,7 +927,8 @@ where
     /// As for [`optionally_get_with`](Self::optionally_get_with): one
     /// `init` per key runs at a time, borrowed and owned callers alike;
     /// its value is shared with every waiter, its `None` with the waiting
-    /// callers of `optionally_get_with` and `optionally_get_with_by_ref`.
+    /// callers of the optional forms (`optionally_get_with`, its `_async`
+    /// and `_by_ref` forms, `entry(k).or_optionally_insert_with`).
     ///
     /// # Panics
     ///

@@ -618,9 +618,9 @@ where
     /// # Concurrent calls on the same key
     ///
     /// As for `or_insert_with`: one `init` at a time; the callers of this
-    /// method and of `optionally_get_with` waiting for it share its value or
-    /// its `None`, other waiters (`get_with`, say) run their own `init`
-    /// after a `None`.
+    /// method and of `optionally_get_with` (and its `_async` and `_by_ref`
+    /// forms) waiting for it share its value or its `None`, other waiters
+    /// (`get_with`, say) run their own `init` after a `None`.
     ///
     /// # Examples
     ///
