@@ -34,12 +34,16 @@ use std::{
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RemovalCause {
-    /// Its deadline passed (time to live, time to idle or an `Expiry` hook).
+    /// Its deadline passed: time to live, time to idle, an `Expiry` hook's,
+    /// or one given by `insert_with_ttl` or `expire_in` (whose zero `ttl`
+    /// removes the entry at once, as `Expired`).
     Expired,
-    /// `remove`, `invalidate`, `invalidate_all` or `invalidate_entries_if`.
+    /// `remove`, `invalidate`, `invalidate_all`, `invalidate_entries_if`,
+    /// or an `Op::Remove` from `entry(k).and_compute_with`.
     Explicit,
-    /// A new value was inserted for the same key (over an expired value
-    /// not yet reaped, that one is `Expired`).
+    /// A new value was written for the same key: `insert`, or an `Op::Put`
+    /// (`and_compute_with`, `and_upsert_with`) over a live value (over an
+    /// expired value not yet reaped, that one is `Expired`).
     Replaced,
     /// The policy evicted it, or refused to admit it, to respect the capacity.
     Size,
