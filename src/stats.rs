@@ -22,7 +22,8 @@ use crate::RemovalCause;
 /// cache also with a value due for refresh, a stale value inside the
 /// stale-while-revalidate window, or an absence cached by `negative_ttl`)
 /// and a miss when it has to load or wait for another caller's load.
-/// `peek`, `contains_key`, `iter` and `refresh` count nothing.
+/// `peek`, `contains_key`, `iter`, `refresh` and the lifetime calls
+/// (`expires_in`, `expire_in`, `persist`) count nothing.
 ///
 /// # Examples
 ///
