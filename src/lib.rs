@@ -14,8 +14,12 @@
 //! - [`Cache::entry`] for moka's entry API: [`Entry`] from `or_insert_with`
 //!   and its kin, [`Op`] and [`CompResult`] for atomic computes
 //!   (`and_compute_with`, `and_upsert_with`);
-//! - [`Expiry`] for per-entry lifetimes, [`RemovalCause`] for the listener,
-//!   [`CacheStats`] for the counters;
+//! - [`Expiry`] for per-entry lifetimes the cache decides on each write
+//!   and read, and [`Cache::insert_with_ttl`], [`Cache::expires_in`],
+//!   [`Cache::expire_in`] and [`Cache::persist`] for one entry's lifetime
+//!   given, read or changed by the caller (Redis's `SET … EX`, `TTL`,
+//!   `EXPIRE` and `PERSIST`);
+//! - [`RemovalCause`] for the listener, [`CacheStats`] for the counters;
 //! - `clock::MockClock` (feature `test-util`) to drive time in tests.
 //!
 //! # Cargo features
