@@ -29,7 +29,7 @@
 //! | `test-util` | `clock::MockClock` and `Cache::check_invariants` | one branch per clock read |
 // `unsafe` is denied everywhere (Cargo.toml's lints) but in two modules:
 // `shard::raw` (the SSE2 tag match and the shard lock) and `expiry::tsc`
-// (one `rdtsc` to read the clock), each of which a benchmark showed to be
+// (one `rdtscp` to read the clock), each of which a benchmark showed to be
 // needed.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
