@@ -463,7 +463,10 @@ where
                 Some(CompResult::StillNone(key))
             }
             (Op::Nop, Some(v)) => {
-                guard.finish(Outcome::Loaded(v.clone()));
+                // Not shared: it may have expired (or been evicted) since
+                // `f` was shown it, after a waiter's lookup found none. The
+                // waiters look again, as a load's leader first does.
+                guard.finish(Outcome::Abandoned);
                 Some(CompResult::Unchanged(Entry::new(key, v, false, false)))
             }
             (Op::Remove, Some(v)) => self
@@ -684,8 +687,9 @@ where
     /// exactly 8000. `f` runs with no lock held and may use the cache,
     /// except to load or compute its own key, which panics rather than
     /// waiting for itself. Callers of `get_with` that were waiting for it
-    /// get the value put (after `Op::Remove`, or an `Op::Nop` with no
-    /// value, they load).
+    /// get the value put; after `Op::Nop` they look at the key again (the
+    /// value `f` was shown may have expired since), and after `Op::Remove`,
+    /// or on finding no live value, they load.
     ///
     /// # Writes during the compute
     ///

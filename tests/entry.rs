@@ -766,3 +766,45 @@ fn a_weigher_panicking_on_a_put_leaves_the_key_as_it_was() {
     assert!(matches!(r, CompResult::ReplacedWith(e) if *e.value() == 2));
     assert_eq!(cache.entry(2).or_insert_with(|| 2).into_value(), 2);
 }
+
+/// A `get_with` that missed because the entry expired while a compute's
+/// closure looked at it, and then waited for that compute, must not be
+/// handed the expired value when the closure leaves the key as it is
+/// (`Op::Nop`): an expired entry is never returned. It loads its own.
+#[test]
+fn a_waiter_of_a_nop_compute_is_not_handed_a_value_that_expired_meanwhile() {
+    let clock = MockClock::new();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .time_to_live(Duration::from_secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    let (computing, started) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let compute = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.entry(1).and_compute_with(|e| {
+                assert_eq!(value_of(e), Some(1));
+                computing.send(()).unwrap();
+                released.recv().unwrap();
+                Op::Nop
+            })
+        })
+    };
+    started.recv().unwrap();
+    clock.advance(Duration::from_secs(10));
+    let loader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get_with(1, || 99))
+    };
+    // The loader missed (the entry expired) and waits for the compute.
+    hold_until_misses(&cache, 1);
+    release.send(()).unwrap();
+    let r = within("compute", move || compute.join().unwrap());
+    assert!(matches!(r, CompResult::Unchanged(e) if *e.value() == 1));
+    let loaded = within("loader", move || loader.join().unwrap());
+    assert_eq!(loaded, 99, "the expired value was returned");
+    assert_eq!(cache.get(&1), Some(99));
+}
