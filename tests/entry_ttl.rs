@@ -902,3 +902,53 @@ fn no_hook_runs_for_a_lifetime_call() {
     cache.expire_in(&1, Duration::ZERO);
     assert_eq!(calls.load(Relaxed), 1);
 }
+
+/// `persist` while a read hook runs drops the hook's pending answer, as
+/// `expire_in`'s docs say, also when the entry already had no deadline
+/// (so the one `persist` gives it is the one the hook was shown): else
+/// the entry `persist` was to keep for good expires by the read's answer.
+#[test]
+fn persist_drops_a_pending_read_hook_answer_on_an_entry_that_never_expired() {
+    /// Never from a create, 5 s from a read; a read waits for `go`.
+    struct HeldReads {
+        reading: Mutex<mpsc::Sender<()>>,
+        go: Mutex<mpsc::Receiver<()>>,
+    }
+    impl Expiry<u32, u32> for HeldReads {
+        fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+            None
+        }
+        fn expire_after_read(&self, _: &u32, _: &u32, _: Option<Duration>) -> Option<Duration> {
+            self.reading.lock().unwrap().send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            Some(secs(5))
+        }
+    }
+    let (reading, read_started) = mpsc::channel();
+    let (go, held) = mpsc::channel();
+    let clock = MockClock::new();
+    let cache = Cache::builder()
+        .expire_after(HeldReads {
+            reading: Mutex::new(reading),
+            go: Mutex::new(held),
+        })
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    let reader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get(&1))
+    };
+    read_started.recv().unwrap();
+    assert!(cache.persist(&1));
+    go.send(()).unwrap();
+    assert_eq!(reader.join().unwrap(), Some(1));
+    assert_eq!(
+        cache.expires_in(&1),
+        Some(None),
+        "the read's answer applied"
+    );
+    clock.advance(secs(5));
+    assert_eq!(cache.peek(&1), Some(1));
+}

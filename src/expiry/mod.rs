@@ -48,12 +48,14 @@ pub(crate) use wheel::NEVER;
 ///
 /// The read hook's answer applies to the entry the read returned, once the
 /// read has unlocked: it is dropped if that entry's deadline changed
-/// meanwhile (another read's hook, a write's, or
-/// [`Cache::expire_in`](crate::Cache::expire_in) and
-/// [`persist`](crate::Cache::persist)), if the entry expired
-/// meanwhile (an expired entry is never revived), and if any entry was
+/// meanwhile (another read's hook, a write's), if the entry expired
+/// meanwhile (an expired entry is never revived), if any entry was
 /// created in its shard, since the key may have been removed and written
-/// again (the answer was about a value no longer cached).
+/// again (the answer was about a value no longer cached), and if any entry
+/// of its shard was given a lifetime by
+/// [`Cache::expire_in`](crate::Cache::expire_in) or
+/// [`persist`](crate::Cache::persist) (which may leave the deadline as
+/// it was).
 ///
 /// # Examples
 ///

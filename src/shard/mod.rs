@@ -355,8 +355,10 @@ pub(crate) struct Shard<K, V> {
     /// Bumped by every write; lets unlocked work detect that the shard changed.
     version: u64,
     /// Bumped by every write that creates an entry (not one that replaces a
-    /// value): an entry found under a key with this count unchanged is the
-    /// entry seen under that key before (see [`Sighting`]).
+    /// value), and by every user's change of an entry's lifetime
+    /// ([`retime`](Self::retime)): an entry found under a key with this
+    /// count unchanged is the entry seen under that key before, with no
+    /// lifetime given to it since but by writes and reads (see [`Sighting`]).
     created: u64,
 }
 
@@ -567,7 +569,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// one the hook was shown with the deadline it saw (a write in between
     /// wins). No entry created in the shard since: the key's entry may
     /// have been removed and written again, the hook's answer being about
-    /// a value no longer cached. (A write that replaced the value and kept
+    /// a value no longer cached; nor re-timed by its user (`retime`). (A write that replaced the value and kept
     /// the deadline is as if it came after the read: its update hook kept
     /// the time left, as it would have kept the read's.) Nor if the entry
     /// has expired at `now` (read under this lock): the hook ran unlocked,
@@ -605,11 +607,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// `Cache::expire_in` or `persist`), and returns them; `None` if it was
     /// not, with nothing computed (making a deadline tells the cache's
     /// reads to look at the clock from then on). Neither a read nor a
-    /// write: the policy, the value and the counts of created entries and
-    /// versions stay as they are. A read hook's answer pending for the
-    /// entry is then dropped, its deadline having changed (see
-    /// [`reset_deadline`](Self::reset_deadline)). An expired entry is left
-    /// for the reaper, never revived.
+    /// write: the policy, the value and the version stay as they are. A
+    /// read hook's answer pending for the entry is then dropped (see
+    /// [`reset_deadline`](Self::reset_deadline)): `created` is bumped, as
+    /// the deadline alone may not change (`persist` on an entry that had
+    /// none). An expired entry is left for the reaper, never revived.
     pub(crate) fn retime<Q>(
         &mut self,
         hash: u64,
@@ -624,6 +626,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let id = self.lookup(hash, key, now)?;
         let deadline = deadline(now.get());
         self.set_deadline(id, deadline);
+        self.created += 1;
         Some(deadline)
     }
 
