@@ -314,8 +314,13 @@ pub(crate) enum Role<K: Hash + Eq, V: Clone> {
 /// The in-flight loads of one cache.
 pub(crate) struct Flights<K, V> {
     map: DashMap<K, Arc<Flight<V>>, RandomState>,
-    /// Flights in the map: counted up after one goes in, down before it
-    /// leaves, so a write that reads zero has no flight to mark.
+    /// Flights in the map, or about to go in or just gone: counted up
+    /// before one goes in and down after it has left, so the count is
+    /// never below the map's, and a write that reads zero has no flight
+    /// to mark. (Counted down before the flight left, a write in between
+    /// read zero and marked nothing while a caller could still join the
+    /// flight, and that caller, arriving after the write, took the value
+    /// loaded before it.)
     active: AtomicUsize,
 }
 
@@ -341,8 +346,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                 // ends. (A waiter needs no copy.)
                 let own = key.clone();
                 let flight = Arc::new(Flight::new(leader, queued));
-                e.insert(flight.clone());
                 self.active.fetch_add(1, SeqCst);
+                e.insert(flight.clone());
                 Role::Leader(LeaderGuard {
                     flights: self.clone(),
                     key: own,
@@ -513,10 +518,12 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
 
     fn retire(&mut self, outcome: Outcome<V>) {
         self.finished = true;
-        self.flights.active.fetch_sub(1, SeqCst);
         self.flights
             .map
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        #[cfg(test)]
+        tests::between_retire_steps();
+        self.flights.active.fetch_sub(1, SeqCst);
         self.flight.finish(outcome);
     }
 
@@ -555,11 +562,52 @@ impl<K: Hash + Eq, V: Clone> Drop for LeaderGuard<K, V> {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Barrier, thread};
+    use std::{cell::RefCell, sync::Barrier, thread};
 
     use super::*;
 
     type Table = Arc<Flights<u32, u32>>;
+
+    thread_local! {
+        /// Run by `retire` between its two steps on this thread, once.
+        static BETWEEN_RETIRE_STEPS: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn between_retire_steps() {
+        if let Some(f) = BETWEEN_RETIRE_STEPS.with(|hook| hook.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// A write that lands while a flight retires (between its leaving the
+    /// map and the count going down, or the other way round) either marks
+    /// the flight or comes after any caller could join it: a caller that
+    /// arrives after the write never waits for that flight unmarked, and so
+    /// never takes a value loaded before the write.
+    #[test]
+    fn a_write_during_a_retirement_is_never_missed_by_a_later_joiner() {
+        let flights = Table::default();
+        let guard = match flights.begin(&1, Leader::Detached) {
+            Role::Leader(guard) => guard,
+            Role::Waiter(_) => unreachable!(),
+        };
+        let joined_unmarked = Arc::new(AtomicUsize::new(0));
+        BETWEEN_RETIRE_STEPS.with(|hook| {
+            let (flights, joined_unmarked) = (flights.clone(), joined_unmarked.clone());
+            *hook.borrow_mut() = Some(Box::new(move || {
+                flights.written(&1);
+                // A caller arriving after the write.
+                if let Role::Waiter(flight) = flights.begin(&1, Leader::Detached) {
+                    if !flight.written.load(SeqCst) {
+                        joined_unmarked.fetch_add(1, SeqCst);
+                    }
+                }
+            }));
+        });
+        guard.finish(Outcome::Loaded(7));
+        assert_eq!(joined_unmarked.load(SeqCst), 0, "joined an unmarked flight");
+        assert!(settled(&flights));
+    }
 
     fn queued(flights: &Table, key: u32) -> LeaderGuard<u32, u32> {
         match flights.begin_queued(&key) {
