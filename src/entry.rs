@@ -703,9 +703,13 @@ where
     /// now. So `f` may run more than once (hence `FnMut`, where moka's is
     /// `FnOnce`: a value `f` returns must be cloned from what it captured,
     /// not moved out of it), only its last run's operation is applied, and
-    /// a compute never overwrites a write it was not shown. An `Op::Nop` is never run again: it wrote
-    /// nothing, and reports the value `f` was shown. A key written without
-    /// pause can keep `f` running; each write itself goes in at once.
+    /// a compute never overwrites a write it was not shown. An `Op::Nop`
+    /// is never run again: it wrote nothing, and reports the value `f` was
+    /// shown. A key written without pause can keep `f` running; each write
+    /// itself goes in at once. So `f` must not itself write its own key
+    /// on every run (an `insert`, `remove` or `invalidate` of it, or an
+    /// `invalidate_all`, whatever the key): each such write makes it run
+    /// again, for ever.
     ///
     /// An entry that expires after `f` was shown it is still the one the
     /// operation applies to: `Op::Put` reports `ReplacedWith` and
