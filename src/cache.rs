@@ -958,6 +958,109 @@ where
             .ok()
     }
 
+    /// The async form of [`get_with_by_ref`](Self::get_with_by_ref): a hit
+    /// copies no key and allocates nothing; a miss copies the key with
+    /// `to_owned` and loads as [`get_with_async`](Self::get_with_async)
+    /// does (waiting without blocking, cancellation handing the load to a
+    /// waiter).
+    ///
+    /// # Panics
+    ///
+    /// As for [`get_with_async`](Self::get_with_async), when `init` panics
+    /// as it is polled or loads its own key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, usize> = larder::Cache::new(10);
+    /// let name: &str = "larder";
+    /// assert_eq!(block_on(cache.get_with_by_ref_async(name, async { name.len() })), 6);
+    /// assert_eq!(block_on(cache.get_with_by_ref_async(name, async { 0 })), 6); // a hit
+    /// ```
+    pub async fn get_with_by_ref_async<Q>(&self, key: &Q, init: impl Future<Output = V>) -> V
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        let init = async { Ok::<V, Infallible>(init.await) };
+        match self.inner.get_or_load_by_ref_async(key, init).await {
+            Ok(v) => v,
+            Err(never) => match *never {},
+        }
+    }
+
+    /// The async form of [`try_get_with_by_ref`](Self::try_get_with_by_ref):
+    /// the key copied only on a miss; a value is cached and returned, an
+    /// error shared as `Arc<E>` and not cached.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_get_with_async`](Self::try_get_with_async).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// let err = block_on(cache.try_get_with_by_ref_async("port", async { "x".parse::<u32>() }));
+    /// assert!(err.is_err() && !cache.contains_key("port"));
+    /// let ok = block_on(cache.try_get_with_by_ref_async("port", async { "8080".parse::<u32>() }));
+    /// assert_eq!(ok.unwrap(), 8080);
+    /// ```
+    pub async fn try_get_with_by_ref_async<Q, E>(
+        &self,
+        key: &Q,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        E: Send + Sync + 'static,
+    {
+        self.inner.get_or_load_by_ref_async(key, init).await
+    }
+
+    /// The async form of
+    /// [`optionally_get_with_by_ref`](Self::optionally_get_with_by_ref):
+    /// the key copied only on a miss; `Some(v)` is cached and returned,
+    /// `None` returned and not cached (shared with the waiting optional
+    /// callers, as for [`optionally_get_with`](Self::optionally_get_with)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// assert_eq!(block_on(cache.optionally_get_with_by_ref_async("a", async { None })), None);
+    /// assert!(!cache.contains_key("a"));
+    /// assert_eq!(block_on(cache.optionally_get_with_by_ref_async("a", async { Some(1) })), Some(1));
+    /// ```
+    pub async fn optionally_get_with_by_ref_async<Q>(
+        &self,
+        key: &Q,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        let init = async { init.await.ok_or(Absent) };
+        self.inner.get_or_load_by_ref_async(key, init).await.ok()
+    }
+
     /// Removes `key`'s entry and returns its value, if it was live. The
     /// listener sees `Explicit` (or `Expired` for an entry already expired).
     ///
@@ -1877,6 +1980,39 @@ where
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
+        self.load_missed_async(key, init).await
+    }
+
+    /// [`get_or_load_async`](Self::get_or_load_async) for a borrowed key:
+    /// a hit is the same `get`, with no copy of the key; only a miss makes
+    /// one.
+    async fn get_or_load_by_ref_async<Q, E>(
+        &self,
+        key: &Q,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Borrow<Q> + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        self.load_missed_async(key.to_owned(), init).await
+    }
+
+    /// The rest of an async load after its lookup missed (and counted the
+    /// miss), as [`load_missed`](Self::load_missed) for a future.
+    async fn load_missed_async<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
         let mut init = Some(init);
         loop {
             let flight = match self.flights.begin(&key, Leader::Detached) {

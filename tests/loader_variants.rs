@@ -416,7 +416,7 @@ type Init<'a> = &'a mut dyn FnMut() -> Option<u32>;
 /// makes `None` an error).
 type ByRef = fn(&Cache<CountedKey, u32>, &CountedKey, Init<'_>) -> Option<u32>;
 
-const BY_REF: [(&str, ByRef); 3] = [
+const BY_REF: [(&str, ByRef); 6] = [
     ("get_with_by_ref", |c, k, init| {
         Some(c.get_with_by_ref(k, || init().expect("get_with needs a value")))
     }),
@@ -426,7 +426,27 @@ const BY_REF: [(&str, ByRef); 3] = [
     ("optionally_get_with_by_ref", |c, k, init| {
         c.optionally_get_with_by_ref(k, init)
     }),
+    ("get_with_by_ref_async", |c, k, init| {
+        let init = async { init().expect("get_with needs a value") };
+        Some(ready(c.get_with_by_ref_async(k, init)))
+    }),
+    ("try_get_with_by_ref_async", |c, k, init| {
+        ready(c.try_get_with_by_ref_async(k, async { init().ok_or(DbDown) })).ok()
+    }),
+    ("optionally_get_with_by_ref_async", |c, k, init| {
+        ready(c.optionally_get_with_by_ref_async(k, async { init() }))
+    }),
 ];
+
+/// Polls `f` once: the loads above never wait (one thread, no other
+/// caller), so their futures finish on the first poll.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("a load with no other caller waited"),
+    }
+}
 
 #[test]
 fn a_by_ref_hit_copies_no_key_and_a_miss_copies_it_once_more_than_an_owned_load() {
