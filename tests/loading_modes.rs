@@ -844,6 +844,46 @@ fn invalidate_entries_if_removes_only_values_the_predicate_approved() {
     assert_eq!(source.calls(), 3, "nothing was loaded again");
 }
 
+/// A value past its time to live that a read may still return (inside the
+/// stale-while-revalidate window, or kept by stale-if-error for a failed
+/// load) is a value like any other to `invalidate_entries_if`: once the
+/// predicate approved it, no read returns it.
+#[test]
+fn invalidate_entries_if_removes_stale_values_the_predicate_approves() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .stale_if_error(60 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert_eq!(cache.get(&2).unwrap(), Some(2002));
+    assert_eq!(cache.get(&3).unwrap(), Some(3003));
+    cache.insert(4, 4); // turned down by the predicate: stays
+    clock.advance(12 * SEC); // inside the stale-while-revalidate window
+    cache.invalidate_entries_if(|k, _| *k == 1);
+    source.fail.store(true, SeqCst);
+    assert_eq!(
+        cache.get(&1).unwrap_err().as_str(),
+        "store down for 1",
+        "the stale value the predicate approved was served"
+    );
+    clock.advance(10 * SEC); // 22 s: past it, inside stale-if-error
+    cache.invalidate_entries_if(|k, _| *k == 2);
+    assert_eq!(
+        cache.get(&2).unwrap_err().as_str(),
+        "store down for 2",
+        "the value the predicate approved was kept for a failed load"
+    );
+    assert_eq!(cache.get(&3).unwrap(), Some(3003), "not approved: kept");
+    assert_eq!(cache.get(&4).unwrap(), Some(4), "not approved: kept");
+    let s = cache.stats();
+    assert_eq!(s.stale_hits(), 2, "the kept values of 3 and 4 only");
+}
+
 #[test]
 fn a_reload_that_ends_after_the_value_expired_still_lands() {
     let clock = MockClock::new();

@@ -626,7 +626,10 @@ where
 
     /// Removes every value for which `predicate` returns true (cached
     /// absences are kept). The predicate runs with no lock held, on the
-    /// values [`iter`](Self::iter) lists; each removal is an
+    /// values [`iter`](Self::iter) lists and on the values past their time
+    /// to live that a read may still return (inside the
+    /// `stale_while_revalidate` window, or kept by `stale_if_error` for a
+    /// failed load), so no read returns a value it approved; each removal is an
     /// [`invalidate`](Self::invalidate), so a load of the key under way does
     /// not cache the value it read before it. A key written between its
     /// test and its removal (by another thread, a reload, or the predicate
@@ -1100,12 +1103,12 @@ where
     /// what it held when listed, unless it holds another entry by then (a
     /// new stamp): that one's value is tested instead, up to `ATTEMPTS`
     /// times in all, and the last attempt invalidates whatever it holds. A
-    /// stale value or a cached absence is left alone.
+    /// value past its time to live is tested too (a read may still return
+    /// it, stale); a cached absence is left alone.
     fn invalidate_if(&self, key: &K, mut entry: Loaded<V>, predicate: &impl Fn(&K, &V) -> bool) {
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
-            let approved = entry.unexpired_at(self.cache.now())
-                && entry.value.as_ref().is_some_and(|v| predicate(key, v));
+            let approved = entry.value.as_ref().is_some_and(|v| predicate(key, v));
             if !approved {
                 return;
             }

@@ -291,9 +291,14 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
             Op::InvalidateIf(d) => {
                 let d = u32::from(d.max(1));
                 cache.invalidate_entries_if(|_, v| v % d == 0);
-                // The values `iter` lists (live, not absences) that match.
+                // The values a read may return (live, or kept by
+                // stale-if-error; not absences) that match.
                 let doomed: Vec<u8> = (0..KEYS)
-                    .filter(|&k| m.live(k).and_then(|h| h.value).is_some_and(|v| v % d == 0))
+                    .filter(|&k| {
+                        let live = m.live(k).and_then(|h| h.value);
+                        let kept = m.fallback(k).flatten();
+                        live.or(kept).is_some_and(|v| v % d == 0)
+                    })
                     .collect();
                 for k in doomed {
                     m.held.remove(&k);
