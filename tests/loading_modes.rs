@@ -768,6 +768,57 @@ fn get_many_waits_for_a_key_already_loading_instead_of_loading_it_again() {
     assert_eq!(source.calls(), 2);
 }
 
+/// Key 2's loader reads key 3, whose loader reads key 1: no cycle among
+/// the keys, and one key at a time every read ends. A batch of 1 and 2
+/// holds key 1 while its loader answers 2, so the read of 1 from 3's
+/// loader must not wait for it (the batch waits for 3): it loads 1 itself.
+#[test]
+fn a_batch_and_a_loader_reading_its_keys_do_not_wait_for_each_other() {
+    type Handle = Arc<std::sync::OnceLock<LoadingCache<u64, u64, String>>>;
+    let handle: Handle = Arc::default();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    // Both loaders meet before reading, so each read finds the other's
+    // load under way.
+    let meet = Arc::new(Barrier::new(2));
+    let (me, log) = (handle.clone(), calls.clone());
+    let cache = Cache::builder()
+        .loader(move |k: &u64| -> Result<Option<u64>, String> {
+            log.lock().push(*k);
+            let cache = me.get().expect("set before any read");
+            let read = |key: u64| cache.get(&key).map_err(|e| e.to_string());
+            match *k {
+                2 => {
+                    meet.wait();
+                    Ok(Some(read(3)?.expect("3 exists") * 10))
+                }
+                3 => {
+                    meet.wait();
+                    Ok(Some(read(1)?.expect("1 exists") + 2))
+                }
+                k => Ok(Some(k)),
+            }
+        })
+        .build()
+        .unwrap();
+    let _ = handle.set(cache.clone());
+    let started = Arc::new(Barrier::new(2));
+    let results = parallel(10 * SEC, "a batch and a single read", 2, move |i| {
+        if i == 0 {
+            let found = cache.get_many([1, 2]).unwrap();
+            started.wait();
+            (found[&1], found[&2])
+        } else {
+            let three = cache.get(&3).unwrap().unwrap();
+            started.wait();
+            (three, cache.peek(&1).unwrap())
+        }
+    });
+    assert_eq!(results, [(1, 30), (3, 1)]);
+    let mut calls = calls.lock().clone();
+    calls.sort_unstable();
+    assert_eq!(calls, [1, 1, 2, 3], "3's loader loaded 1 itself");
+}
+
 #[test]
 fn a_reload_never_overwrites_a_newer_insert() {
     let clock = MockClock::new();

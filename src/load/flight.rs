@@ -32,6 +32,12 @@
 //! loader that reads another key whose reload is queued behind the very
 //! reload that waits for this loader.
 //!
+//! A bulk read leads the flights of its whole batch at once
+//! ([`Flights::begin_batch`]) until its loader has answered every key, so
+//! its flights can wait for loads that have nothing to do with their own
+//! key. A loader that needs one of them does not wait
+//! ([`Flight::batch_elsewhere`]): it could be what the batch waits for.
+//!
 //! A plain [`Cache`](crate::Cache)'s writes mark the flight of their key, if
 //! one is under way, as *written* ([`Flights::written`]): its value may be
 //! older than the write, and the leader then hands it to its waiters without
@@ -170,6 +176,9 @@ pub(crate) struct Flight<V> {
     /// For a reload led from the queue: [`QUEUED`], then [`STARTED`] by its
     /// job or [`TAKEN`] by a caller; [`NOT_QUEUED`] for any other load.
     queued: AtomicU8,
+    /// Led by a bulk read, whose loader answers every key of its batch at
+    /// once: see [`batch_elsewhere`](Self::batch_elsewhere).
+    batch: AtomicBool,
 }
 
 /// [`Flight::queued`] of a load not led from the queue.
@@ -182,14 +191,31 @@ const STARTED: u8 = 2;
 const TAKEN: u8 = 3;
 
 impl<V: Clone> Flight<V> {
-    fn new(leader: Leader, queued: u8) -> Self {
+    fn new(leader: Leader, queued: u8, batch: bool) -> Self {
         Flight {
             state: Mutex::new(State::Running(Wakers::default())),
             done: Condvar::new(),
             leader: Mutex::new(leader),
             written: AtomicBool::new(false),
             queued: AtomicU8::new(queued),
+            batch: AtomicBool::new(batch),
         }
+    }
+
+    /// Whether a bulk read on another thread leads this load. Its loader
+    /// holds every key of the batch until it has answered them all, so a
+    /// loader that waits for one of them may be waiting for a batch that
+    /// waits for that very loader, through another key it reads: a cycle
+    /// that the keys' own loaders would not make. Such a reader loads by
+    /// itself instead of waiting.
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait) does, if this thread leads the load (a
+    /// batch's loader reading a key of its own batch).
+    pub(crate) fn batch_elsewhere(&self) -> bool {
+        self.assert_not_leader();
+        self.batch.load(SeqCst)
     }
 
     /// Moves a queued reload's flight from [`QUEUED`] to `to`; false if it
@@ -327,17 +353,23 @@ pub(crate) struct Flights<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, or starts one led by `leader`.
     pub(crate) fn begin(self: &Arc<Self>, key: &K, leader: Leader) -> Role<K, V> {
-        self.begin_as(key, leader, NOT_QUEUED)
+        self.begin_as(key, leader, NOT_QUEUED, false)
+    }
+
+    /// [`begin`](Self::begin) for a key of a bulk read that this thread
+    /// loads with the rest of its batch (see [`Flight::batch_elsewhere`]).
+    pub(crate) fn begin_batch(self: &Arc<Self>, key: &K) -> Role<K, V> {
+        self.begin_as(key, Leader::here(), NOT_QUEUED, true)
     }
 
     /// [`begin`](Self::begin) for a background reload whose job will wait
     /// in the queue: a caller may take the flight over until the job starts
     /// it ([`LeaderGuard::start`]).
     pub(crate) fn begin_queued(self: &Arc<Self>, key: &K) -> Role<K, V> {
-        self.begin_as(key, Leader::Detached, QUEUED)
+        self.begin_as(key, Leader::Detached, QUEUED, false)
     }
 
-    fn begin_as(self: &Arc<Self>, key: &K, leader: Leader, queued: u8) -> Role<K, V> {
+    fn begin_as(self: &Arc<Self>, key: &K, leader: Leader, queued: u8, batch: bool) -> Role<K, V> {
         match self.map.entry(key.clone()) {
             Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
@@ -345,7 +377,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                 // `Clone` that panics after would leave a flight nobody
                 // ends. (A waiter needs no copy.)
                 let own = key.clone();
-                let flight = Arc::new(Flight::new(leader, queued));
+                let flight = Arc::new(Flight::new(leader, queued, batch));
                 self.active.fetch_add(1, SeqCst);
                 e.insert(flight.clone());
                 Role::Leader(LeaderGuard {
@@ -362,10 +394,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Takes over `flight` (of `key`, found as a waiter) if it is a reload
     /// still waiting in the queue: the caller then leads it on this thread,
     /// and the job, when it runs, leaves it alone. `None` if it is not.
+    /// `batch`: the caller loads it with the rest of a bulk read's batch
+    /// (see [`Flight::batch_elsewhere`]).
     pub(crate) fn take_queued(
         self: &Arc<Self>,
         key: &K,
         flight: &Arc<Flight<V>>,
+        batch: bool,
     ) -> Option<LeaderGuard<K, V>> {
         if flight.queued.load(SeqCst) != QUEUED {
             return None;
@@ -373,7 +408,15 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         // Copied before the flight is taken: a `Clone` that panics after
         // would leave a flight that neither the job nor a taker ends.
         let key = key.clone();
+        // Marked before it is taken, so a caller that finds it taken finds
+        // it marked; unmarked again if someone else came first.
+        if batch {
+            flight.batch.store(true, SeqCst);
+        }
         if !flight.leave_queue(TAKEN) {
+            if batch {
+                flight.batch.store(false, SeqCst);
+            }
             return None;
         }
         flight.claim();
@@ -632,8 +675,13 @@ mod tests {
         let flights = Table::default();
         let mut job = queued(&flights, 1);
         let flight = joined(&flights, 1);
-        let taker = flights.take_queued(&1, &flight).expect("still queued");
-        assert!(flights.take_queued(&1, &flight).is_none(), "taken once");
+        let taker = flights
+            .take_queued(&1, &flight, false)
+            .expect("still queued");
+        assert!(
+            flights.take_queued(&1, &flight, false).is_none(),
+            "taken once"
+        );
         assert!(!job.start(), "the job finds it taken");
         drop(job);
         assert!(!settled(&flights), "the taker still runs it");
@@ -681,7 +729,7 @@ mod tests {
         let mut job = queued(&flights, 1);
         assert!(job.start());
         let flight = joined(&flights, 1);
-        assert!(flights.take_queued(&1, &flight).is_none());
+        assert!(flights.take_queued(&1, &flight, false).is_none());
         job.finish(Outcome::Loaded(1));
         assert!(settled(&flights));
         // Nor can any other flight.
@@ -689,7 +737,11 @@ mod tests {
             Role::Leader(guard) => guard,
             Role::Waiter(_) => unreachable!(),
         };
-        assert!(flights.take_queued(&2, &joined(&flights, 2)).is_none());
+        assert!(
+            flights
+                .take_queued(&2, &joined(&flights, 2), false)
+                .is_none()
+        );
         drop(guard);
         assert!(settled(&flights));
     }
@@ -709,7 +761,7 @@ mod tests {
                     let (flights, flight, start) = (flights.clone(), flight.clone(), start.clone());
                     thread::spawn(move || {
                         start.wait();
-                        flights.take_queued(&1, &flight).map(|taker| {
+                        flights.take_queued(&1, &flight, false).map(|taker| {
                             taker.finish(Outcome::Loaded(1));
                         })
                     })
@@ -754,7 +806,7 @@ mod tests {
         };
         BRITTLE.with(|b| b.set(true));
         let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            flights.take_queued(&Brittle(1), &flight).is_some()
+            flights.take_queued(&Brittle(1), &flight, false).is_some()
         }));
         BRITTLE.with(|b| b.set(false));
         assert!(taken.is_err(), "the clone panicked");

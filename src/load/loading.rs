@@ -19,6 +19,7 @@
 
 use std::{
     borrow::Borrow,
+    cell::Cell,
     collections::{HashMap, HashSet},
     fmt,
     hash::Hash,
@@ -238,7 +239,9 @@ where
     /// refresh, or stale inside the stale-while-revalidate window, or an
     /// absence cached by `negative_ttl`), a miss when it had to load or
     /// wait for a load. Only one load per key runs at a time; other callers
-    /// wait for it and share its result.
+    /// wait for it and share its result (but a loader reading a key that a
+    /// [`get_many`](Self::get_many) on another thread is loading loads it
+    /// itself: see there).
     ///
     /// # Errors
     ///
@@ -340,6 +343,15 @@ where
     /// the read would wait for itself. (One key at a time, through
     /// [`get`](Self::get), such a read of another key is fine.)
     ///
+    /// # Concurrent calls on the same key
+    ///
+    /// A read of a key this call is loading waits for the batch, except
+    /// a read made by a loader (of any cache) on another thread: that one
+    /// loads the key itself, caching nothing, because the batch's loader
+    /// may be waiting for that very loader through another key it reads
+    /// (key 2 reading 3, 3's loader reading 1, a batch of 1 and 2), and
+    /// neither could end.
+    ///
     /// # Examples
     ///
     /// ```
@@ -355,9 +367,13 @@ where
         let mut batch = self.inner.begin_many(keys);
         for (key, flight, fallback) in std::mem::take(&mut batch.waits) {
             // The batch falls back on stale values itself (see `Batch`).
-            let result = match self.inner.settle(flight.wait(), &None) {
-                Some(result) => result,
-                None => self.inner.load(&key, None),
+            let result = if waits_for_batch(&flight) {
+                self.inner.load_unshared(&key, None)
+            } else {
+                match self.inner.settle(flight.wait(), &None) {
+                    Some(result) => result,
+                    None => self.inner.load(&key, None),
+                }
             };
             batch.add_or_fall_back(key, result, fallback, || self.inner.cache.now());
         }
@@ -397,9 +413,13 @@ where
     ) -> Result<HashMap<K, V>, Arc<E>> {
         let mut batch = self.inner.begin_many(keys);
         for (key, flight, fallback) in std::mem::take(&mut batch.waits) {
-            let result = match self.inner.settle(flight.wait_async().await, &None) {
-                Some(result) => result,
-                None => self.inner.load_async(&key, None).await,
+            let result = if waits_for_batch(&flight) {
+                self.inner.load_unshared(&key, None)
+            } else {
+                match self.inner.settle(flight.wait_async().await, &None) {
+                    Some(result) => result,
+                    None => self.inner.load_async(&key, None).await,
+                }
             };
             batch.add_or_fall_back(key, result, fallback, || self.inner.cache.now());
         }
@@ -885,14 +905,54 @@ where
             let flight = match self.flights.begin(key, Leader::here()) {
                 Role::Leader(guard) => return self.lead(guard, fallback),
                 // A reload still waiting for a worker: load now instead.
-                Role::Waiter(flight) => match self.flights.take_queued(key, &flight) {
+                Role::Waiter(flight) => match self.flights.take_queued(key, &flight, false) {
                     Some(guard) => return self.lead(guard, fallback),
                     None => flight,
                 },
             };
+            if waits_for_batch(&flight) {
+                return self.load_unshared(key, fallback);
+            }
             if let Some(result) = self.settle(flight.wait(), &fallback) {
                 return result;
             }
+        }
+    }
+
+    /// Loads `key` on this thread, neither joining nor leading its flight,
+    /// and caches nothing: for a loader's read of a key that a bulk read
+    /// on another thread is loading (see [`waits_for_batch`]). The batch
+    /// caches its own value; this one only answers the read.
+    ///
+    /// # Panics
+    ///
+    /// If loads of this kind nest more than [`UNSHARED_DEPTH`] deep on
+    /// this thread: loaders that read each other's keys in a cycle, which
+    /// would otherwise load for ever.
+    fn load_unshared(&self, key: &K, fallback: Option<Fallback<V>>) -> Result<Option<V>, Arc<E>> {
+        thread_local! {
+            /// How many [`load_unshared`] calls this thread is inside.
+            static UNSHARED: Cell<usize> = const { Cell::new(0) };
+        }
+        /// Counts this call out however the load ends.
+        struct Nested;
+        impl Drop for Nested {
+            fn drop(&mut self) {
+                UNSHARED.with(|u| u.set(u.get() - 1));
+            }
+        }
+        let depth = UNSHARED.with(|u| {
+            u.set(u.get() + 1);
+            u.get()
+        });
+        let _nested = Nested;
+        assert!(
+            depth <= UNSHARED_DEPTH,
+            "larder: loaders read each other's keys in a cycle; this would load forever"
+        );
+        match self.timed(|| self.loader.load(key)) {
+            (Ok(value), _) => Ok(value),
+            (Err(e), _) => self.fall_back(fallback, Arc::new(e)),
         }
     }
 
@@ -1241,11 +1301,14 @@ where
         loop {
             let flight = match self.flights.begin(key, Leader::Detached) {
                 Role::Leader(guard) => return self.lead(guard, fallback),
-                Role::Waiter(flight) => match self.flights.take_queued(key, &flight) {
+                Role::Waiter(flight) => match self.flights.take_queued(key, &flight, false) {
                     Some(guard) => return self.lead(guard, fallback),
                     None => flight,
                 },
             };
+            if waits_for_batch(&flight) {
+                return self.load_unshared(key, fallback);
+            }
             if let Some(result) = self.settle(flight.wait_async().await, &fallback) {
                 return result;
             }
@@ -1287,9 +1350,9 @@ where
         }
         let mut led = Vec::new();
         for (key, fallback) in missing {
-            let guard = match self.flights.begin(&key, Leader::here()) {
+            let guard = match self.flights.begin_batch(&key) {
                 Role::Leader(guard) => guard,
-                Role::Waiter(flight) => match self.flights.take_queued(&key, &flight) {
+                Role::Waiter(flight) => match self.flights.take_queued(&key, &flight, true) {
                     // A reload still waiting for a worker: in this batch.
                     Some(guard) => guard,
                     None => {
@@ -1395,6 +1458,26 @@ impl<K: Hash + Eq, V, E> Batch<K, V, E> {
             None => Ok(self.found),
         }
     }
+}
+
+/// How deep [`LoadingInner::load_unshared`] calls may nest on one thread
+/// before they are taken for loaders reading each other in a cycle.
+const UNSHARED_DEPTH: usize = 16;
+
+/// Whether a read that must wait for `flight` loads by itself instead: the
+/// read runs inside a loader (of any cache), and a bulk read on another
+/// thread leads the flight. The batch holds all its keys until its loader
+/// has answered every one, and that loader may be reading a key whose own
+/// load is this very read's loader: waiting would close a cycle that the
+/// keys' loaders alone would not (2 reads 3, 3 reads 1, and a batch of 1
+/// and 2). A read outside any loader leads no load, so it waits.
+///
+/// # Panics
+///
+/// If this thread leads the flight: a batch's loader reading a key of
+/// its own batch (see [`Flight::wait`]).
+fn waits_for_batch<V: Clone>(flight: &Flight<Option<V>>) -> bool {
+    Awaited::here_now() && flight.batch_elsewhere()
 }
 
 /// `nanos` spread by a random factor in `1 ± jitter`.
