@@ -304,7 +304,9 @@ where
     /// 1,048,576). When it is full a due reload is skipped, counted in
     /// [`skipped_refreshes`](crate::CacheStats::skipped_refreshes), and
     /// tried again by a later read. The queue is allocated whole when the
-    /// cache is built (about 24 bytes a place), if a setting needs reloads.
+    /// cache is built (32 bytes a place: the channel's stamp, the job's
+    /// number and the pointer to its boxed closure), if a setting needs
+    /// reloads.
     ///
     /// # Examples
     ///
