@@ -514,6 +514,42 @@ fn close_is_idempotent_bounded_and_reports_what_it_could_not_write() {
     );
 }
 
+/// A close that ran out of time on a hung store call has emptied the
+/// queue and stopped the flusher: a second close, and the drop of the last
+/// handle after it, have nothing left to drain and must not wait again for
+/// that call.
+#[test]
+fn a_close_after_a_timed_out_close_and_the_drop_after_it_return_at_once() {
+    let store = MemStore::default();
+    let cache = builder(&store)
+        .write_behind()
+        .batch_size(1)
+        .flush_interval(Duration::from_millis(1))
+        .drop_flush_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let gate = store.gate.write(); // the store hangs
+    cache.insert(1, 1).unwrap();
+    eventually("key 1 in flight", || cache.write_stats().in_flight == 1);
+    let report = cache.close(Duration::from_millis(20));
+    assert_eq!((report.unwritten.len(), report.in_flight), (1, 1));
+    let started = Instant::now();
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the second close waited {:?} for a queue the first emptied",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    drop(cache);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the drop after close waited {:?}",
+        started.elapsed()
+    );
+    drop(gate);
+}
+
 #[test]
 fn drop_without_close_flushes_with_a_bounded_wait() {
     let store = MemStore::default();

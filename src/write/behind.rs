@@ -574,7 +574,8 @@ where
     /// deadline: the thread then ends once it returns). Returns the changes
     /// left unwritten — queued, or in a store call that had not returned —
     /// and the dead letters kept for lack of a handler. A second call
-    /// returns what is left, usually nothing.
+    /// returns what is left, usually nothing, without waiting: the first
+    /// emptied the queue.
     pub(crate) fn close(&self, timeout: Duration) -> Leftovers<K, V, S::Error> {
         let deadline = Instant::now().checked_add(timeout);
         let mut st = self.state.lock();
@@ -586,7 +587,10 @@ where
         self.nudge();
         // Called from the flusher's own thread, it hands back what is left
         // without waiting; the flusher stops once the user code returns.
-        while !st.exited && !self.on_own_flusher() {
+        // After an earlier close (`stop`), nothing is left to drain: that
+        // close emptied the queue and no write was taken since, so a flusher
+        // still in a hung store call is not waited for again.
+        while !st.exited && !st.stop && !self.on_own_flusher() {
             let timed_out = match deadline {
                 Some(at) => self.changed.wait_until(&mut st, at).timed_out(),
                 None => {

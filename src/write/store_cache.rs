@@ -784,7 +784,9 @@ where
     /// Write-behind: stops taking writes (later ones return
     /// [`WriteError::Closed`]), flushes the queue for at most `timeout`,
     /// stops the flusher thread and reports what was not written. Reads keep
-    /// working. Calling it again returns an empty report. For the other
+    /// working. Calling it again returns an empty report at once, without
+    /// waiting again for a store call the first one gave up on (nor does
+    /// dropping the last handle afterwards). For the other
     /// policies it does nothing and reports nothing.
     ///
     /// # Examples
