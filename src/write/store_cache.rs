@@ -247,7 +247,11 @@ pub struct CloseReport<K, V, E> {
 }
 
 impl<K, V, E> CloseReport<K, V, E> {
-    /// Whether every write reached the store.
+    /// Whether `close` handed nothing back: no change left unwritten and no
+    /// dead letter kept. Without a dead-letter handler, that means every
+    /// write reached the store. With one, the changes the store refused
+    /// went to the handler instead of this report, so an empty report says
+    /// only that nothing is left for the caller.
     ///
     /// # Examples
     ///
@@ -266,6 +270,35 @@ impl<K, V, E> CloseReport<K, V, E> {
     /// let report = cache.close(Duration::from_secs(5));
     /// assert!(report.is_empty());
     /// assert_eq!(report.unwritten.len() + report.dead_letters.len(), 0);
+    /// ```
+    ///
+    /// With a handler, a refused write is the handler's, not the report's:
+    ///
+    /// ```
+    /// # use larder::{Cache, Change, Store};
+    /// # struct Refuser;
+    /// # impl Store<u32, u32> for Refuser {
+    /// #     type Error = String;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, String> { Ok(None) }
+    /// #     fn write(&self, _: &[(u32, Change<u32>)]) -> Result<(), String> { Err("refused".into()) }
+    /// # }
+    /// // `Refuser`: a `Store` that loads nothing and refuses every write.
+    /// use std::{sync::{Arc, Mutex}, time::Duration};
+    /// let letters = Arc::new(Mutex::new(Vec::new()));
+    /// let cache = Cache::builder()
+    ///     .store(Refuser)
+    ///     .write_behind()
+    ///     .max_attempts(1)
+    ///     .dead_letter({
+    ///         let letters = letters.clone();
+    ///         move |dead| letters.lock().unwrap().push(dead.key)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1).unwrap();
+    /// let report = cache.close(Duration::from_secs(5));
+    /// assert!(report.is_empty()); // yet the store never took key 1:
+    /// assert_eq!(*letters.lock().unwrap(), [1]);
     /// ```
     pub fn is_empty(&self) -> bool {
         self.unwritten.is_empty() && self.dead_letters.is_empty()
@@ -783,7 +816,9 @@ where
 
     /// Write-behind: stops taking writes (later ones return
     /// [`WriteError::Closed`]), flushes the queue for at most `timeout`,
-    /// stops the flusher thread and reports what was not written. Reads keep
+    /// stops the flusher thread and reports what was not written (the
+    /// changes the store refused are in it only if there is no dead-letter
+    /// handler: with one, they went to the handler). Reads keep
     /// working. Calling it again returns an empty report at once, without
     /// waiting again for a store call the first one gave up on (nor does
     /// dropping the last handle afterwards). For the other
