@@ -550,6 +550,63 @@ fn a_close_after_a_timed_out_close_and_the_drop_after_it_return_at_once() {
     drop(gate);
 }
 
+/// Set by its drop, 200 ms late: a thread-local of the flusher thread that
+/// says when that thread has ended.
+struct Ended(Arc<AtomicU64>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        thread::sleep(Duration::from_millis(200));
+        self.0.store(1, SeqCst);
+    }
+}
+
+thread_local! {
+    static ENDED: std::cell::RefCell<Option<Ended>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A store that refuses every write, and marks the thread that calls it
+/// with an [`Ended`].
+struct MarkingRefuser(Arc<AtomicU64>);
+
+impl larder::Store<u64, u64> for MarkingRefuser {
+    type Error = String;
+    fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    fn write(&self, _: &[(u64, Change<u64>)]) -> Result<(), String> {
+        let ended = self.0.clone();
+        ENDED.with(|e| {
+            e.borrow_mut().get_or_insert(Ended(ended));
+        });
+        Err("refused".into())
+    }
+}
+
+/// A close that runs out of time while the flusher only waits to retry a
+/// failed write (no store call under way) stops and joins the thread: it
+/// has ended when `close` returns.
+#[test]
+fn a_close_that_times_out_during_a_retry_wait_joins_the_flusher() {
+    let ended = Arc::new(AtomicU64::new(0));
+    let cache = Cache::builder()
+        .store(MarkingRefuser(ended.clone()))
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(60), 0.0)
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    eventually("the first send failed", || cache.write_stats().retried == 1);
+    let report = cache.close(Duration::from_millis(20));
+    assert_eq!(report.unwritten, vec![(1, Change::Put(1))]);
+    assert_eq!(
+        ended.load(SeqCst),
+        1,
+        "close returned before the flusher thread ended"
+    );
+}
+
 #[test]
 fn drop_without_close_flushes_with_a_bounded_wait() {
     let store = MemStore::default();

@@ -224,6 +224,9 @@ struct State<K, V, E> {
     stop: bool,
     /// The flusher has exited.
     exited: bool,
+    /// The flusher waits for a batch or a retry to fall due: it runs no
+    /// user code, and once told to stop it ends as soon as it wakes.
+    idle: bool,
     /// The counters of the buffer `close` emptied (its unwritten entries
     /// were handed back, so they count as neither queued nor written).
     closed: buffer::BufferStats,
@@ -353,6 +356,7 @@ where
                 closing: false,
                 stop: false,
                 exited: false,
+                idle: false,
                 closed: buffer::BufferStats::default(),
                 handed_back: None,
                 kept: Vec::new(),
@@ -570,8 +574,9 @@ where
     }
 
     /// Stops taking writes, drains the queue until `timeout`, stops the
-    /// flusher and joins it (unless a store call is still running at the
-    /// deadline: the thread then ends once it returns). Returns the changes
+    /// flusher and joins it (also one waiting for a retry at the deadline;
+    /// not one still in user code, a store call or the dead-letter handler:
+    /// the thread then ends once that returns). Returns the changes
     /// left unwritten — queued, or in a store call that had not returned —
     /// and the dead letters kept for lack of a handler. A second call
     /// returns what is left, usually nothing, without waiting: the first
@@ -604,6 +609,13 @@ where
         }
         st.stop = true;
         self.nudge();
+        // A flusher that only waits for a retry (or a batch) to fall due
+        // runs no user code: woken, it ends at once, so it is joined too.
+        if st.idle {
+            while !st.exited {
+                self.changed.wait(&mut st);
+            }
+        }
         let exited = st.exited;
         // The latest change per key: one in flight is older than one of the
         // same key still queued.
@@ -764,6 +776,7 @@ where
             }
             // Woken or timed out, the loop looks again; the sender lives as
             // long as this queue, so `recv` cannot fail while it runs.
+            st.idle = true;
             MutexGuard::unlocked(&mut st, || match due {
                 Some(at) => {
                     let _ = woken.recv_timeout(Duration::from_nanos(at.saturating_sub(now)));
@@ -772,6 +785,7 @@ where
                     let _ = woken.recv();
                 }
             });
+            st.idle = false;
             self.wake_at.store(AWAKE, SeqCst);
         }
     }
