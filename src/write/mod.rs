@@ -27,8 +27,10 @@ pub use store_cache::{CloseReport, StoreCache};
 ///
 /// All three methods run with no lock of the cache held: `load` and
 /// `load_many` on a reader's thread (or a `larder-reload-N` thread), `write`
-/// on the writer's thread (write-through, write-around) or on the
-/// `larder-write-behind` thread. A `write` batch holds at most one change per
+/// on the writer's thread (write-through, write-around, and write-behind
+/// falling back to write-through on a full queue under
+/// [`WhenFull::WriteThrough`]) or on the `larder-write-behind` thread. A
+/// `write` batch holds at most one change per
 /// key; it should be applied atomically (one transaction) if the store can,
 /// since a failed batch is retried, split, and retried again.
 ///
@@ -135,7 +137,10 @@ pub enum WriteError<E> {
     /// value that is not in the store.
     Store(E),
     /// The write-behind queue is full and the cache was built with
-    /// [`WhenFull::Fail`]; nothing was written or queued.
+    /// [`WhenFull::Fail`], or with [`WhenFull::Block`] and the write came
+    /// from user code the flusher runs (the store's `write`, the
+    /// dead-letter handler, an eviction listener), which must not wait for
+    /// the flusher to make room; nothing was written or queued.
     QueueFull,
     /// The write-behind cache was [closed](StoreCache::close); nothing was
     /// written or queued.
