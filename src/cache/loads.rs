@@ -4,13 +4,7 @@
 //! written meanwhile). See [`load::flight`](crate::load::flight).
 
 use std::{
-    any::Any,
-    borrow::Borrow,
-    convert::Infallible,
-    future::{Future, poll_fn},
-    hash::Hash,
-    pin::pin,
-    sync::Arc,
+    any::Any, borrow::Borrow, convert::Infallible, future::Future, hash::Hash, sync::Arc,
     time::Instant,
 };
 
@@ -635,17 +629,10 @@ where
                         guard.finish(Outcome::Loaded(v.clone()));
                         return Ok(v);
                     }
-                    let mut init = pin!(init.take().expect("a caller leads at most once"));
+                    let init = init.take().expect("a caller leads at most once");
                     let result = {
                         let record = LoadRecord::start(&self.loads);
-                        // Each poll of `init` runs the load on this thread:
-                        // a wait for the key from inside it is a self-load.
-                        let result = poll_fn(|cx| {
-                            let _here = guard.polling();
-                            let _awaited = Awaited::here();
-                            init.as_mut().poll(cx)
-                        })
-                        .await;
+                        let result = guard.drive(init).await;
                         record.finish(answered(&result));
                         result
                     };

@@ -49,9 +49,9 @@
 
 use std::{
     any::Any,
-    future::Future,
+    future::{Future, poll_fn},
     hash::Hash,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst},
@@ -63,6 +63,8 @@ use std::{
 use ahash::RandomState;
 use dashmap::{DashMap, mapref::entry::Entry};
 use parking_lot::{Condvar, Mutex};
+
+use crate::maintenance::Awaited;
 
 /// A shared error of any type, downcast by each waiter to the one it expects.
 pub(crate) type AnyError = Arc<dyn Any + Send + Sync>;
@@ -517,11 +519,29 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
     /// Records the calling thread as the one running the load until the
     /// returned mark drops: how an async leader marks each poll of its
     /// loader future, which may run on a different thread each time.
-    pub(crate) fn polling(&self) -> Polling<'_, V> {
+    fn polling(&self) -> Polling<'_, V> {
         self.flight.set_leader(Leader::here());
         Polling {
             flight: &self.flight,
         }
+    }
+
+    /// Awaits `work`, the user's future this flight's waiters wait for (an
+    /// async loader, or an async compute's closure): each poll marks its
+    /// thread as the one running the flight, so a wait for the key from
+    /// inside `work` panics instead of waiting for itself, and as
+    /// [`Awaited`]. How the async loaders and computes lead a flight; the
+    /// guard stays with the caller, so a caller's future dropped in the
+    /// middle drops it and abandons the flight, waking the waiters (one
+    /// of which leads next), as a panic does.
+    pub(crate) async fn drive<F: Future>(&self, work: F) -> F::Output {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            let _here = self.polling();
+            let _awaited = Awaited::here();
+            work.as_mut().poll(cx)
+        })
+        .await
     }
 
     /// Publishes the outcome to the waiters and retires the flight. Call it
