@@ -14,101 +14,27 @@
 
 use std::{
     future::Future,
-    io::Write,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
-        mpsc::{self, RecvTimeoutError},
     },
     task::{Context, Poll, Waker},
     thread,
     time::{Duration, Instant},
 };
 
+#[path = "support/tasks.rs"]
+mod tasks;
 #[path = "support/threads.rs"]
 mod threads;
 
 use larder::{Cache, clock::MockClock};
+use tasks::{ARRIVAL, Wakes, bounded, on_thread, poll_with, until_misses, until_misses_blocking};
 use threads::panic_message;
 use tokio::{
     sync::{Notify, oneshot},
     task::JoinSet,
 };
-
-/// How long a test body may take before it counts as a hang.
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How long a helper waits for callers to reach the cache before giving up
-/// (the test then fails on what it asserts, instead of hanging).
-const ARRIVAL: Duration = Duration::from_secs(5);
-
-/// Runs a test body, failing it if it is not done within [`TIMEOUT`].
-async fn bounded<T>(what: &str, body: impl Future<Output = T>) -> T {
-    let _watchdog = watchdog(what, TIMEOUT + Duration::from_secs(10));
-    match tokio::time::timeout(TIMEOUT, body).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: not done within {TIMEOUT:?} (hang)"),
-    }
-}
-
-/// Aborts the process unless the returned sender is dropped within `limit`:
-/// the last resort when the runtime's thread is blocked and its timers never
-/// fire.
-fn watchdog(what: &str, limit: Duration) -> mpsc::Sender<()> {
-    let (done, rx) = mpsc::channel::<()>();
-    let what = what.to_string();
-    thread::spawn(move || {
-        if rx.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
-            // Straight to the stream: the test harness's capture of
-            // `eprintln!` would be lost with the process.
-            let _ = writeln!(
-                std::io::stderr(),
-                "{what}: the runtime's thread was still blocked after {limit:?}; aborting"
-            );
-            std::process::abort();
-        }
-    });
-    done
-}
-
-/// Awaits, without blocking the thread, until `cache` has counted `n`
-/// misses (so `n` callers reached it before any value was cached), then a
-/// little longer so the last of them get from their miss onto the flight.
-/// Gives up after [`ARRIVAL`] so a bug cannot turn it into a hang.
-async fn until_misses<K, V>(cache: &Cache<K, V>, n: u64)
-where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    let deadline = Instant::now() + ARRIVAL;
-    while cache.stats().misses() < n && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-/// The blocking form of [`until_misses`], for a loader on a plain thread.
-fn until_misses_blocking<K, V>(cache: &Cache<K, V>, n: u64)
-where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    let deadline = Instant::now() + ARRIVAL;
-    while cache.stats().misses() < n && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(1));
-    }
-    thread::sleep(Duration::from_millis(50));
-}
-
-/// Runs `f` on a new thread; its result arrives on the receiver (which
-/// errors if `f` panicked).
-fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> oneshot::Receiver<T> {
-    let (tx, rx) = oneshot::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx
-}
 
 #[derive(Debug, PartialEq)]
 struct DbDown(usize);
@@ -758,21 +684,6 @@ async fn loading_cache_get_async_with_a_self_reading_loader_panics_instead_of_ha
         me.lock().unwrap().take();
     })
     .await;
-}
-
-/// A waker that counts its wake-ups; the `Arc`'s count tells who holds it.
-struct Wakes(AtomicUsize);
-
-impl std::task::Wake for Wakes {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
-
-/// Polls `f` once with a waker of `wakes`, which it may keep.
-fn poll_with<F: Future>(f: std::pin::Pin<&mut F>, wakes: &Arc<Wakes>) -> Poll<F::Output> {
-    let waker = Waker::from(wakes.clone());
-    f.poll(&mut Context::from_waker(&waker))
 }
 
 #[test]
