@@ -9,6 +9,22 @@
 //! where moka's is `FnOnce`, so a moka closure that moves a captured value
 //! into its result (`and_upsert_with(|_| value)`) must clone it instead.
 //!
+//! Async code has the same operations with an `_async` suffix, as the
+//! loaders have ([`Cache::get_with_async`]): [`or_insert_with_async`],
+//! `or_optionally_insert_with_async` and `or_try_insert_with_async` take
+//! a future; [`and_compute_with_async`], `and_try_compute_with_async` and
+//! `and_upsert_with_async` a closure that returns one. They are moka's
+//! `future::Cache` selector methods (there without the suffix, since
+//! there a second cache type holds them). They wait for the key's flight
+//! without blocking the executor's thread, and need no particular runtime.
+//! An async compute's closure is `FnMut(Option<Entry<K, V>>) -> Fut`: it is
+//! called again, as the sync one is run again, and the future it returns
+//! owns what it needs (it cannot borrow the closure's captures).
+//! `or_insert` and `or_default` have no async form: write
+//! `or_insert_with_async(async { value })`. The sync forms block their
+//! thread while they wait for the key, which in async code can wait for a
+//! task suspended on that very thread (see `get_with_async`).
+//!
 //! Both halves stand on the single-flight table of
 //! [`load::flight`](crate::load::flight), so there is one mechanism per key
 //! for "one caller at a time":
@@ -24,6 +40,16 @@
 //!   away and the closure runs again on the value that write left, so a
 //!   compute never overwrites a write it did not see.
 //!
+//! An async compute is the same loop, its closure's future awaited as an
+//! async loader's future is: each poll marked as the flight's (so waiting
+//! for its own key panics rather than hangs), no lock held across an
+//! await. Its guard of the flight lives in the caller's future, so a
+//! future dropped in the middle (a cancelled task, a lost `select!`)
+//! drops the guard, which abandons the flight as a panic does: the
+//! operation is never applied, the waiters are woken, and one of them (or
+//! the key's next caller) leads next. The `or_*_async` methods are the
+//! async loaders, cancellation included.
+//!
 //! The plain writes do not wait for a compute: they mark its flight as they
 //! mark a load's (an insert and a predicate's removal under the shard lock,
 //! `remove` and `invalidate_all` just before they take it). Three changes
@@ -38,8 +64,10 @@
 //!
 //! [`or_insert_with`]: OwnedKeyEntrySelector::or_insert_with
 //! [`and_compute_with`]: OwnedKeyEntrySelector::and_compute_with
+//! [`or_insert_with_async`]: OwnedKeyEntrySelector::or_insert_with_async
+//! [`and_compute_with_async`]: OwnedKeyEntrySelector::and_compute_with_async
 
-use std::{borrow::Borrow, convert::Infallible, fmt, hash::Hash, sync::Arc};
+use std::{borrow::Borrow, convert::Infallible, fmt, future::Future, hash::Hash, sync::Arc};
 
 use crate::{
     Cache,
@@ -117,7 +145,7 @@ impl<K, V> Entry<K, V> {
         self.value
     }
 
-    /// True if this call's closure (or, for
+    /// True if this call's closure or future (or, for
     /// [`or_insert`](OwnedKeyEntrySelector::or_insert), its value) produced
     /// the value, false if it was found in the cache or made by a concurrent
     /// call this one waited for. A compute's entry is fresh when its closure
@@ -395,6 +423,46 @@ where
         Some(Entry::new(Arc::new(key), value, fresh, false))
     }
 
+    /// [`get_or_init`](Self::get_or_init) for a future: `get_with_async`
+    /// that also says whether `init` was polled.
+    async fn get_or_init_async(&self, key: K, init: impl Future<Output = V>) -> Entry<K, V> {
+        let mut fresh = false;
+        let value = self
+            .get_with_async(key.clone(), ran(&mut fresh, init))
+            .await;
+        Entry::new(Arc::new(key), value, fresh, false)
+    }
+
+    /// `try_get_with_async` that also says whether `init` was polled.
+    async fn try_get_or_init_async<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<Entry<K, V>, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        let mut fresh = false;
+        let value = self
+            .try_get_with_async(key.clone(), ran(&mut fresh, init))
+            .await?;
+        Ok(Entry::new(Arc::new(key), value, fresh, false))
+    }
+
+    /// `optionally_get_with_async` that also says whether `init` was
+    /// polled.
+    async fn get_or_init_optionally_async(
+        &self,
+        key: K,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<Entry<K, V>> {
+        let mut fresh = false;
+        let value = self
+            .optionally_get_with_async(key.clone(), ran(&mut fresh, init))
+            .await?;
+        Some(Entry::new(Arc::new(key), value, fresh, false))
+    }
+
     /// Runs `f` on `key`'s live entry while leading the key's flight, and
     /// applies the operation it returns, until one is applied with no
     /// write of the key in between (see the module docs).
@@ -407,20 +475,11 @@ where
         let mut first = true;
         loop {
             let guard = self.lead(&key);
-            let current = if first {
-                // One hit or miss per call, like `get`, for the first look.
-                let (value, _) = self.get_uncounted(&*key);
-                self.record_lookup(value.is_some());
-                value
-            } else {
-                self.peek(&*key)
-            };
-            first = false;
+            let current = self.look(&key, &mut first);
             let op = {
                 // Waiters of this flight wait for user code, as for a loader.
                 let _awaited = Awaited::here();
-                let shown = current.clone();
-                f(shown.map(|v| Entry::new(key.clone(), v, false, false)))?
+                f(shown(&key, &current))?
             };
             // An error or a panic above drops the guard: the flight is
             // abandoned and the waiters go on without it.
@@ -428,6 +487,46 @@ where
                 return Ok(result);
             }
         }
+    }
+
+    /// [`compute`](Self::compute) for a closure that returns a future: the
+    /// same loop, waiting for the key's flight and awaiting the closure's
+    /// future without blocking. If this call's future is dropped while it
+    /// leads, its guard goes with it and abandons the flight, as a panic
+    /// does: the cache is left as it was and a waiter leads next.
+    async fn compute_async<E, Fut>(
+        &self,
+        key: K,
+        mut f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> Result<CompResult<K, V>, E>
+    where
+        Fut: Future<Output = Result<Op<V>, E>>,
+    {
+        let key = Arc::new(key);
+        let mut first = true;
+        loop {
+            let guard = self.lead_async(&key).await;
+            let current = self.look(&key, &mut first);
+            let entry = shown(&key, &current);
+            // `f` is called inside the drive too: its body, before the
+            // future it returns, is user code that may wait for the key.
+            let op = guard.drive(async { f(entry).await }).await?;
+            if let Some(result) = self.apply(&key, guard, current, op) {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// What a compute's closure is shown: the key's live value, read as it
+    /// leads the flight. The first look of a call counts one hit or miss,
+    /// as a `get` does; a look again, after a write, counts nothing.
+    fn look(&self, key: &K, first: &mut bool) -> Option<V> {
+        if !std::mem::take(first) {
+            return self.peek(key);
+        }
+        let (value, _) = self.get_uncounted(key);
+        self.record_lookup(value.is_some());
+        value
     }
 
     /// Leads `key`'s flight, first waiting for any load or compute of the
@@ -442,6 +541,18 @@ where
             match self.flights().begin(key, Leader::here()) {
                 Role::Leader(guard) => return guard,
                 Role::Waiter(flight) => drop(flight.wait()),
+            }
+        }
+    }
+
+    /// [`lead`](Self::lead) for async callers: waits without blocking,
+    /// and panics as it does when polled on the thread running the key's
+    /// flight (an async closure computing or loading its own key).
+    async fn lead_async(&self, key: &K) -> LeaderGuard<K, V> {
+        loop {
+            match self.flights().begin(key, Leader::Detached) {
+                Role::Leader(guard) => return guard,
+                Role::Waiter(flight) => drop(flight.wait_async().await),
             }
         }
     }
@@ -534,6 +645,20 @@ where
         }
         doomed
     }
+}
+
+/// The entry a compute's closure is shown for the value it read.
+fn shown<K, V: Clone>(key: &Arc<K>, current: &Option<V>) -> Option<Entry<K, V>> {
+    current
+        .clone()
+        .map(|v| Entry::new(key.clone(), v, false, false))
+}
+
+/// `init`, noting in `ran` that it was polled: whether an `or_*_async`
+/// call's own future made the value.
+async fn ran<F: Future>(ran: &mut bool, init: F) -> F::Output {
+    *ran = true;
+    init.await
 }
 
 impl<K, V> OwnedKeyEntrySelector<'_, K, V>
@@ -805,6 +930,343 @@ where
             .into_entry()
             .expect("a put reports the entry it wrote")
     }
+
+    /// The async form of [`or_insert_with`](Self::or_insert_with): the
+    /// key's entry; on a miss, `init` is awaited and its output cached and
+    /// returned. Exactly [`get_with_async`](Cache::get_with_async), plus
+    /// [`Entry::is_fresh`], true when this call's `init` made the value.
+    /// `init` is polled only if this call leads the load. Counts a hit or
+    /// a miss, and a load when `init` runs.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `or_insert_with`: one load or compute of the key at a time,
+    /// from sync and async callers alike; the others wait for it and share
+    /// its value, their entries not fresh. Waiting never blocks the
+    /// executor's thread: the task is woken when the load or compute ends,
+    /// on any executor (larder depends on no runtime). While it is polled,
+    /// `init` may use the cache, except to load or compute its own key,
+    /// which panics rather than waiting for itself. A write of the key
+    /// while `init` runs keeps its value out of the cache; it is still
+    /// returned, as fresh.
+    ///
+    /// # Cancellation
+    ///
+    /// If this call's future is dropped while `init` runs, nothing is
+    /// cached, and one of the waiting callers (or the key's next caller)
+    /// runs its own `init`: nobody waits for ever.
+    ///
+    /// # Panics
+    ///
+    /// If `init` panics as it is polled, the panic reaches this caller and
+    /// a waiting caller runs its own `init`; likewise if `init` loads or
+    /// computes its own key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = larder::Cache::new(10);
+    /// let made = block_on(cache.entry("answer").or_insert_with_async(async { 42 }));
+    /// assert!(made.is_fresh());
+    /// let found = block_on(cache.entry("answer").or_insert_with_async(async { unreachable!() }));
+    /// assert_eq!((found.is_fresh(), found.into_value()), (false, 42));
+    /// ```
+    pub async fn or_insert_with_async(self, init: impl Future<Output = V>) -> Entry<K, V> {
+        self.cache.get_or_init_async(self.key, init).await
+    }
+
+    /// The async form of
+    /// [`or_optionally_insert_with`](Self::or_optionally_insert_with):
+    /// `Some(v)` is cached and returned, `None` returned and not cached. A
+    /// `None` counts as a successful load in [`stats`](Cache::stats).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `or_optionally_insert_with`: one `init` at a time, and the
+    /// waiting callers that can return a `None` (this method and
+    /// `optionally_get_with` in all their forms) share its value or its
+    /// `None`; other waiters run their own `init` after a `None`. Waiting
+    /// is as for [`or_insert_with_async`](Self::or_insert_with_async).
+    ///
+    /// # Cancellation
+    ///
+    /// As for `or_insert_with_async`: a dropped call caches nothing, and a
+    /// waiting caller runs its own `init`.
+    ///
+    /// # Panics
+    ///
+    /// As for `or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<u32, String> = larder::Cache::new(10);
+    /// assert!(block_on(cache.entry(1).or_optionally_insert_with_async(async { None })).is_none());
+    /// assert!(!cache.contains_key(&1));
+    /// let e = block_on(cache.entry(1).or_optionally_insert_with_async(async { Some("one".into()) }));
+    /// assert_eq!(e.map(|e| e.into_value()).as_deref(), Some("one"));
+    /// ```
+    pub async fn or_optionally_insert_with_async(
+        self,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<Entry<K, V>> {
+        self.cache
+            .get_or_init_optionally_async(self.key, init)
+            .await
+    }
+
+    /// The async form of [`or_try_insert_with`](Self::or_try_insert_with):
+    /// a value is cached and returned, an error is returned (as `Arc<E>`)
+    /// and not cached.
+    ///
+    /// # Errors
+    ///
+    /// The error `init` returned, or the one returned by the concurrent
+    /// caller whose `init` this call waited for (same type `E` only).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`try_get_with_async`](Cache::try_get_with_async): one `init`
+    /// at a time, its value or error shared with the callers waiting for
+    /// it, who wait without blocking.
+    ///
+    /// # Cancellation
+    ///
+    /// As for [`or_insert_with_async`](Self::or_insert_with_async).
+    ///
+    /// # Panics
+    ///
+    /// As for `or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::new(10);
+    /// let err = block_on(cache.entry(1).or_try_insert_with_async(async { Err("db down") }));
+    /// assert_eq!(*err.unwrap_err(), "db down");
+    /// assert!(!cache.contains_key(&1)); // errors are not cached
+    /// let ok = block_on(cache.entry(1).or_try_insert_with_async(async { Ok::<_, &str>(7) }));
+    /// assert!(ok.unwrap().is_fresh());
+    /// ```
+    pub async fn or_try_insert_with_async<E>(
+        self,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<Entry<K, V>, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        self.cache.try_get_or_init_async(self.key, init).await
+    }
+
+    /// The async form of [`and_compute_with`](Self::and_compute_with):
+    /// changes the key's entry atomically. `f` is shown the live entry (or
+    /// `None`: absent or expired) and returns a future of the [`Op`] to
+    /// apply, which is reported as a [`CompResult`]. Counts one hit or miss
+    /// (the first look at the key) and no load.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `and_compute_with`: this call leads the key's flight while
+    /// `f`'s future runs, so the key's computes and loads, sync and async,
+    /// run one at a time, each waiting for the one under way (an async
+    /// caller without blocking the executor's thread). No lock is held
+    /// while `f` or its future runs, nor across an await. Callers of
+    /// `get_with` and its kin that were waiting get the value put, as for
+    /// `and_compute_with`. `f` and its future may use the cache, except to
+    /// load or compute its own key, which panics rather than waiting for
+    /// itself.
+    ///
+    /// # Writes during the compute
+    ///
+    /// As for `and_compute_with`: if a plain write of the key lands while
+    /// the future runs (or the entry `f` was shown is evicted or reaped),
+    /// the operation is dropped, and `f` is called again on what the key
+    /// holds now and its new future awaited; a compute never overwrites a
+    /// write it was not shown. Hence `FnMut` (moka's is `FnOnce`): `f` may
+    /// be called more than once, and the future it returns cannot borrow
+    /// from `f`'s captures, so it moves in clones of them (`|e| { let db =
+    /// db.clone(); async move { .. } }`). An `Op::Nop` is never run again.
+    /// A closure whose parameter is annotated with a borrowed key type
+    /// spells the key's lifetime (`Entry<&'static str, _>`, not
+    /// `Entry<&str, _>`, which makes the closure take any lifetime, one
+    /// its future could not keep).
+    ///
+    /// # Cancellation
+    ///
+    /// If this call's future is dropped while `f`'s future runs, its
+    /// operation is never applied: the cache is left as it was, and the
+    /// callers waiting for the key go on, one of them (or the key's next
+    /// caller) leading next. Dropped while it waits for another caller's
+    /// load or compute of the key, it just stops waiting.
+    ///
+    /// # Panics
+    ///
+    /// If `f` or its future panics, the panic reaches this caller and the
+    /// cache is left as it was; callers waiting for the key go on. Likewise
+    /// if `f` computes or loads its own key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// use larder::{CompResult, Op};
+    /// let cache = larder::Cache::new(10);
+    /// // A counter that is removed when it reaches 2.
+    /// let step = |e: Option<larder::Entry<&'static str, u32>>| async move {
+    ///     match e.map(|e| e.into_value()) {
+    ///         None => Op::Put(1),
+    ///         Some(n) if n < 2 => Op::Put(n + 1),
+    ///         Some(_) => Op::Remove,
+    ///     }
+    /// };
+    /// let first = block_on(cache.entry("c").and_compute_with_async(step));
+    /// assert!(matches!(first, CompResult::Inserted(_)));
+    /// block_on(cache.entry("c").and_compute_with_async(step));
+    /// let removed = block_on(cache.entry("c").and_compute_with_async(step));
+    /// assert!(matches!(removed, CompResult::Removed(e) if *e.value() == 2));
+    /// assert!(!cache.contains_key("c"));
+    /// ```
+    pub async fn and_compute_with_async<Fut>(
+        self,
+        mut f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> CompResult<K, V>
+    where
+        Fut: Future<Output = Op<V>>,
+    {
+        let f = |e| {
+            let op = f(e);
+            async move { Ok::<_, Infallible>(op.await) }
+        };
+        match self.cache.compute_async(self.key, f).await {
+            Ok(result) => result,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The async form of
+    /// [`and_try_compute_with`](Self::and_try_compute_with): an `Err` from
+    /// `f`'s future leaves the cache as it was and is returned.
+    ///
+    /// # Errors
+    ///
+    /// The error `f`'s future returned (on its last run).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`and_compute_with_async`](Self::and_compute_with_async),
+    /// which this is; `f` may be called more than once.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `and_compute_with_async`: the cache is left as it was.
+    ///
+    /// # Panics
+    ///
+    /// As for `and_compute_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// use larder::Op;
+    /// let cache = larder::Cache::new(10);
+    /// cache.insert("stock", 1u32);
+    /// let take = |e: Option<larder::Entry<&'static str, u32>>| async move {
+    ///     match e.map(|e| e.into_value()) {
+    ///         Some(n) if n > 0 => Ok(Op::Put(n - 1)),
+    ///         _ => Err("sold out"),
+    ///     }
+    /// };
+    /// assert!(block_on(cache.entry("stock").and_try_compute_with_async(take)).is_ok());
+    /// let sold_out = block_on(cache.entry("stock").and_try_compute_with_async(take));
+    /// assert_eq!(sold_out.unwrap_err(), "sold out");
+    /// assert_eq!(cache.get("stock"), Some(0));
+    /// ```
+    pub async fn and_try_compute_with_async<E, Fut>(
+        self,
+        f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> Result<CompResult<K, V>, E>
+    where
+        Fut: Future<Output = Result<Op<V>, E>>,
+    {
+        self.cache.compute_async(self.key, f).await
+    }
+
+    /// The async form of [`and_upsert_with`](Self::and_upsert_with):
+    /// inserts or updates the key's value atomically, `f` shown the live
+    /// entry (or `None`) and returning a future of the value to put. The
+    /// returned entry holds it, fresh, and says whether it replaced a
+    /// value ([`Entry::is_old_value_replaced`]).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for [`and_compute_with_async`](Self::and_compute_with_async):
+    /// upserts and computes of a key run one at a time, and `f` is called
+    /// again if a plain write of the key lands while its future runs.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `and_compute_with_async`: nothing is put.
+    ///
+    /// # Panics
+    ///
+    /// As for `and_compute_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = larder::Cache::new(10);
+    /// let add = |e: Option<larder::Entry<&'static str, u64>>| async move {
+    ///     e.map_or(0, |e| e.into_value()) + 5
+    /// };
+    /// let first = block_on(cache.entry("total").and_upsert_with_async(add));
+    /// assert!(!first.is_old_value_replaced());
+    /// assert_eq!(block_on(cache.entry("total").and_upsert_with_async(add)).into_value(), 10);
+    /// ```
+    pub async fn and_upsert_with_async<Fut>(
+        self,
+        mut f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> Entry<K, V>
+    where
+        Fut: Future<Output = V>,
+    {
+        let f = |e| {
+            let value = f(e);
+            async move { Op::Put(value.await) }
+        };
+        self.and_compute_with_async(f)
+            .await
+            .into_entry()
+            .expect("a put reports the entry it wrote")
+    }
 }
 
 impl<K, Q, V> RefKeyEntrySelector<'_, K, Q, V>
@@ -977,5 +1439,228 @@ where
     /// ```
     pub fn and_upsert_with(self, f: impl FnMut(Option<Entry<K, V>>) -> V) -> Entry<K, V> {
         self.owned().and_upsert_with(f)
+    }
+
+    /// [`OwnedKeyEntrySelector::or_insert_with_async`] for a borrowed key.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Panics
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// assert!(block_on(cache.entry_by_ref("k").or_insert_with_async(async { 1 })).is_fresh());
+    /// assert_eq!(cache.get("k"), Some(1));
+    /// ```
+    pub async fn or_insert_with_async(self, init: impl Future<Output = V>) -> Entry<K, V> {
+        self.owned().or_insert_with_async(init).await
+    }
+
+    /// [`OwnedKeyEntrySelector::or_optionally_insert_with_async`] for a
+    /// borrowed key.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::or_optionally_insert_with_async`.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Panics
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// let none = block_on(cache.entry_by_ref("k").or_optionally_insert_with_async(async { None }));
+    /// assert!(none.is_none() && !cache.contains_key("k"));
+    /// ```
+    pub async fn or_optionally_insert_with_async(
+        self,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<Entry<K, V>> {
+        self.owned().or_optionally_insert_with_async(init).await
+    }
+
+    /// [`OwnedKeyEntrySelector::or_try_insert_with_async`] for a borrowed
+    /// key.
+    ///
+    /// # Errors
+    ///
+    /// As for `OwnedKeyEntrySelector::or_try_insert_with_async`.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::or_try_insert_with_async`.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Panics
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// let r = block_on(cache.entry_by_ref("k").or_try_insert_with_async(async { Err("no") }));
+    /// assert_eq!(*r.unwrap_err(), "no");
+    /// ```
+    pub async fn or_try_insert_with_async<E>(
+        self,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<Entry<K, V>, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        self.owned().or_try_insert_with_async(init).await
+    }
+
+    /// [`OwnedKeyEntrySelector::and_compute_with_async`] for a borrowed
+    /// key.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`: one compute
+    /// of a key at a time, and `f` may be called more than once.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Panics
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// block_on(cache.entry_by_ref("k").and_compute_with_async(|_| async { larder::Op::Put(3) }));
+    /// assert_eq!(cache.get("k"), Some(3));
+    /// ```
+    pub async fn and_compute_with_async<Fut>(
+        self,
+        f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> CompResult<K, V>
+    where
+        Fut: Future<Output = Op<V>>,
+    {
+        self.owned().and_compute_with_async(f).await
+    }
+
+    /// [`OwnedKeyEntrySelector::and_try_compute_with_async`] for a borrowed
+    /// key.
+    ///
+    /// # Errors
+    ///
+    /// The error `f`'s future returned (on its last run).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Panics
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// let r = block_on(
+    ///     cache.entry_by_ref("k").and_try_compute_with_async(|_| async { Err::<larder::Op<u32>, _>("no") }),
+    /// );
+    /// assert_eq!(r.unwrap_err(), "no");
+    /// ```
+    pub async fn and_try_compute_with_async<E, Fut>(
+        self,
+        f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> Result<CompResult<K, V>, E>
+    where
+        Fut: Future<Output = Result<Op<V>, E>>,
+    {
+        self.owned().and_try_compute_with_async(f).await
+    }
+
+    /// [`OwnedKeyEntrySelector::and_upsert_with_async`] for a borrowed key.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Cancellation
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Panics
+    ///
+    /// As for `OwnedKeyEntrySelector::and_compute_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// let bump = |e: Option<larder::Entry<String, u32>>| async move { e.map_or(1, |e| e.into_value() + 1) };
+    /// block_on(cache.entry_by_ref("hits").and_upsert_with_async(bump));
+    /// assert_eq!(cache.get("hits"), Some(1));
+    /// ```
+    pub async fn and_upsert_with_async<Fut>(
+        self,
+        f: impl FnMut(Option<Entry<K, V>>) -> Fut,
+    ) -> Entry<K, V>
+    where
+        Fut: Future<Output = V>,
+    {
+        self.owned().and_upsert_with_async(f).await
     }
 }

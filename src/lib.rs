@@ -13,7 +13,8 @@
 //!   ([`StoreCacheBuilder`] has its settings, [`WriteStats`] the counters);
 //! - [`Cache::entry`] for moka's entry API: [`Entry`] from `or_insert_with`
 //!   and its kin, [`Op`] and [`CompResult`] for atomic computes
-//!   (`and_compute_with`, `and_upsert_with`);
+//!   (`and_compute_with`, `and_upsert_with`), each with an `_async` form
+//!   for async code (`or_insert_with_async`, `and_compute_with_async`);
 //! - [`Expiry`] for per-entry lifetimes the cache decides on each write
 //!   and read, and [`Cache::insert_with_ttl`], [`Cache::expires_in`],
 //!   [`Cache::expire_in`] and [`Cache::persist`] for one entry's lifetime
