@@ -12,7 +12,7 @@
 //! Async code has the same operations with an `_async` suffix, as the
 //! loaders have ([`Cache::get_with_async`]): [`or_insert_with_async`],
 //! `or_optionally_insert_with_async` and `or_try_insert_with_async` take
-//! a future; [`and_compute_with_async`], `and_try_compute_with_async` and
+//! a future, `or_insert_async` a value and `or_default_async` nothing; [`and_compute_with_async`], `and_try_compute_with_async` and
 //! `and_upsert_with_async` a closure that returns one. They are moka's
 //! `future::Cache` selector methods (there without the suffix, since
 //! there a second cache type holds them). They wait for the key's flight
@@ -20,10 +20,9 @@
 //! An async compute's closure is `FnMut(Option<Entry<K, V>>) -> Fut`: it is
 //! called again, as the sync one is run again, and the future it returns
 //! owns what it needs (it cannot borrow the closure's captures).
-//! `or_insert` and `or_default` have no async form: write
-//! `or_insert_with_async(async { value })`. The sync forms block their
-//! thread while they wait for the key, which in async code can wait for a
-//! task suspended on that very thread (see `get_with_async`).
+//! Async code should use these forms: the sync ones block their thread
+//! while they wait for the key, which in async code can wait for a task
+//! suspended on that very thread (see `get_with_async`).
 //!
 //! Both halves stand on the single-flight table of
 //! [`load::flight`](crate::load::flight), so there is one mechanism per key
@@ -980,6 +979,58 @@ where
         self.cache.get_or_init_async(self.key, init).await
     }
 
+    /// [`or_insert_with_async`](Self::or_insert_with_async) with a ready
+    /// value, used only on a miss (and then fresh): the async form of
+    /// [`or_insert`](Self::or_insert), waiting for a load or compute of the
+    /// key under way without blocking the executor's thread.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = larder::Cache::new(10);
+    /// assert!(block_on(cache.entry(1).or_insert_async("one")).is_fresh());
+    /// let again = block_on(cache.entry(1).or_insert_async("uno"));
+    /// assert_eq!((again.is_fresh(), again.into_value()), (false, "one"));
+    /// ```
+    pub async fn or_insert_async(self, default: V) -> Entry<K, V> {
+        self.or_insert_with_async(async { default }).await
+    }
+
+    /// [`or_insert_with_async`](Self::or_insert_with_async) with
+    /// `V::default()`: the async form of [`or_default`](Self::or_default).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<&str, Vec<u8>> = larder::Cache::new(10);
+    /// let e = block_on(cache.entry("empty").or_default_async());
+    /// assert!(e.is_fresh() && e.value().is_empty());
+    /// ```
+    pub async fn or_default_async(self) -> Entry<K, V>
+    where
+        V: Default,
+    {
+        self.or_insert_with_async(async { V::default() }).await
+    }
+
     /// The async form of
     /// [`or_optionally_insert_with`](Self::or_optionally_insert_with):
     /// `Some(v)` is cached and returned, `None` returned and not cached. A
@@ -1469,6 +1520,52 @@ where
     /// ```
     pub async fn or_insert_with_async(self, init: impl Future<Output = V>) -> Entry<K, V> {
         self.owned().or_insert_with_async(init).await
+    }
+
+    /// [`OwnedKeyEntrySelector::or_insert_async`] for a borrowed key.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// block_on(cache.entry_by_ref("k").or_insert_async(1));
+    /// assert_eq!(block_on(cache.entry_by_ref("k").or_insert_async(2)).into_value(), 1);
+    /// ```
+    pub async fn or_insert_async(self, default: V) -> Entry<K, V> {
+        self.owned().or_insert_async(default).await
+    }
+
+    /// [`OwnedKeyEntrySelector::or_default_async`] for a borrowed key.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// As for `OwnedKeyEntrySelector::or_insert_with_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache: larder::Cache<String, u32> = larder::Cache::new(10);
+    /// assert_eq!(block_on(cache.entry_by_ref("k").or_default_async()).into_value(), 0);
+    /// ```
+    pub async fn or_default_async(self) -> Entry<K, V>
+    where
+        V: Default,
+    {
+        self.owned().or_default_async().await
     }
 
     /// [`OwnedKeyEntrySelector::or_optionally_insert_with_async`] for a

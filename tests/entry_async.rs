@@ -1001,3 +1001,29 @@ async fn a_blocking_compute_waits_for_an_async_one_under_way() {
     })
     .await;
 }
+
+/// `or_insert_async` and `or_default_async`, on both selectors: the value
+/// is used only on a miss, and the entry is fresh only then.
+#[tokio::test]
+async fn or_insert_async_and_or_default_async_use_their_value_only_on_a_miss() {
+    let cache: Cache<String, u32> = Cache::new(10);
+    let made = cache.entry("a".to_string()).or_insert_async(1).await;
+    assert_eq!((made.is_fresh(), made.into_value()), (true, 1));
+    let found = cache.entry("a".to_string()).or_insert_async(2).await;
+    assert_eq!((found.is_fresh(), found.into_value()), (false, 1));
+    let found = cache.entry_by_ref("a").or_insert_async(3).await;
+    assert_eq!((found.is_fresh(), found.into_value()), (false, 1));
+    let made = cache.entry_by_ref("b").or_insert_async(4).await;
+    assert_eq!((made.is_fresh(), made.into_value()), (true, 4));
+    let made = cache.entry("c".to_string()).or_default_async().await;
+    assert_eq!((made.is_fresh(), made.into_value()), (true, 0));
+    cache.insert("d".to_string(), 7);
+    let found = cache.entry_by_ref("d").or_default_async().await;
+    assert_eq!((found.is_fresh(), found.into_value()), (false, 7));
+    let made = cache.entry_by_ref("e").or_default_async().await;
+    assert!(made.is_fresh());
+    assert_eq!(
+        ["a", "b", "c", "d", "e"].map(|k| cache.get(k)),
+        [Some(1), Some(4), Some(0), Some(7), Some(0)]
+    );
+}
