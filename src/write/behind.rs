@@ -52,11 +52,34 @@
 //! changes stay readable in `flying`, so a read never falls back to the
 //! store's older copy: a change is *pinned* in the queue from push until
 //! the store has acknowledged it.
+//!
+//! # A key's `Hash` and `Eq`
+//!
+//! A writer hashes its key (with the buffer's hasher) before it queues the
+//! change, and the hash travels with the change into the buffer, which
+//! never hashes a key again (see "Hashing each key once" in
+//! [`buffer`]). So a key whose `Hash` panics makes its write
+//! panic on the writer's thread with nothing queued, and nothing the queue
+//! does later hashes a key: not a drain (on the flusher, a reader, a flush,
+//! the stats or `close`), a batch, a receipt or a dead letter. The one
+//! exception is dropping a key's cached copy (for a dead letter, or a
+//! change `close` hands back), which hashes it in the cache: a panic there
+//! is caught, the copy then stays cached, and the letter still reaches the
+//! handler (or the report).
+//!
+//! A key's `Eq` runs when a drained change meets a held change of an equal
+//! hash: a panic there drops that one change, every other change still
+//! moves and the counts stay right, and the panic is raised again on the
+//! thread that drained. The flusher catches a panic that ends one of its
+//! rounds, pauses ([`PAUSE_AFTER_PANIC`]) and carries on, and marks itself
+//! exited whenever it ends, so `flush` and `close` never wait on a dead
+//! thread. Not handled: an `Eq` that panics when the flusher takes, settles
+//! or retries a key already held (the buffer's own lookups); the key may
+//! then stay in flight, and a flush waits for its deadline.
 
 use std::{
-    collections::HashSet,
     hash::Hash,
-    panic::{AssertUnwindSafe, catch_unwind},
+    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
     sync::{
         Arc,
         atomic::{
@@ -68,6 +91,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ahash::RandomState;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -215,6 +239,8 @@ struct State<K, V, E> {
     /// The changes of the batch in flight (the very slice the store was
     /// given), searched by `latest`.
     flying: Arc<Batch<K, V>>,
+    /// The hashes of `flying`'s keys, in its order.
+    flying_hashes: Vec<u64>,
     /// An empty vector per lane, swapped into it as it is drained, so lanes
     /// keep their capacity.
     spares: Vec<Vec<Laned<K, V>>>,
@@ -251,9 +277,9 @@ type Batch<K, V> = Vec<(K, Change<V>)>;
 /// the changes themselves.
 type Outgoing<K, V> = (Vec<Receipt<K>>, Arc<Batch<K, V>>);
 
-/// A change in a lane: key, change, and its order among the writes of the
-/// key (from the write guard).
-type Laned<K, V> = (K, Change<V>, u32);
+/// A change in a lane: key, the key's hash (taken by its writer), change,
+/// and its order among the writes of the key (from the write guard).
+type Laned<K, V> = (K, u64, Change<V>, u32);
 
 /// Changes pushed but not yet drained into the buffer.
 struct Inbox<K, V> {
@@ -272,6 +298,9 @@ struct Lane<K, V>(Mutex<Inbox<K, V>>);
 
 /// `wake_at` while the flusher is awake.
 const AWAKE: u64 = 0;
+
+/// How long the flusher waits after a round ended by a panic.
+const PAUSE_AFTER_PANIC: Duration = Duration::from_millis(10);
 
 /// The write-behind queue shared by the cache, its loader and the flusher.
 ///
@@ -300,6 +329,9 @@ pub(crate) struct Queue<K, V, S: Store<K, V>> {
     chunk: usize,
     wake: Sender<()>,
     config: Config,
+    /// The buffer's hasher: writers hash their keys with it (see the
+    /// module docs).
+    hasher: RandomState,
     origin: Instant,
     store: Arc<S>,
     handler: Option<Handler<K, V, S::Error>>,
@@ -329,6 +361,7 @@ where
             .saturating_mul(4)
             .clamp(4, 64)
             .next_power_of_two();
+        let hasher = RandomState::new();
         let queue = Arc::new(Queue {
             lanes: (0..lanes)
                 .map(|_| {
@@ -350,8 +383,9 @@ where
             held: Padded(AtomicUsize::new(0)),
             wake_at: Padded(AtomicU64::new(AWAKE)),
             state: Padded(Mutex::new(State {
-                buffer: Buffer::new(config.max_attempts, config.backoff),
+                buffer: Buffer::with_hasher(config.max_attempts, config.backoff, hasher.clone()),
                 flying: Arc::default(),
+                flying_hashes: Vec::new(),
                 spares: (0..lanes).map(|_| Vec::new()).collect(),
                 closing: false,
                 stop: false,
@@ -368,6 +402,7 @@ where
             changed: Condvar::new(),
             wake,
             config,
+            hasher,
             origin: Instant::now(),
             store,
             handler,
@@ -403,11 +438,15 @@ where
     /// behind its flight), so the buffer holds at most `queue_capacity +
     /// batch_size` entries, plus one per writer that raced past the
     /// capacity check.
+    ///
+    /// The key is hashed here, on the writer's thread, before anything is
+    /// queued: a panicking `Hash` reaches the writer and queues nothing.
     pub(crate) fn push(&self, key: K, change: Change<V>, order: u32) -> Result<(), Refused<K, V>> {
+        let hash = self.hasher.hash_one(&key);
         let slack = self.lanes.len() * (self.chunk - 1);
         let counted = self.undrained.load(SeqCst);
         if self.held.load(SeqCst) + counted + slack >= self.config.queue_capacity {
-            return self.push_near_capacity(key, change);
+            return self.push_near_capacity(key, hash, change);
         }
         let lane = &self.lanes[thread_lane() & (self.lanes.len() - 1)];
         let mut inbox = lane.0.lock();
@@ -419,7 +458,7 @@ where
         if first_in_lane {
             inbox.since = now;
         }
-        inbox.changes.push((key, change, order));
+        inbox.changes.push((key, hash, change, order));
         let uncounted = inbox.changes.len() - inbox.counted;
         if !first_in_lane && uncounted < self.chunk {
             return Ok(());
@@ -451,14 +490,20 @@ where
 
     /// [`push`](Self::push) when the queue looks full: under the main
     /// mutex, with the lanes drained, the full-queue policy decides.
-    fn push_near_capacity(&self, key: K, change: Change<V>) -> Result<(), Refused<K, V>> {
+    fn push_near_capacity(
+        &self,
+        key: K,
+        hash: u64,
+        change: Change<V>,
+    ) -> Result<(), Refused<K, V>> {
         let mut st = self.state.lock();
         loop {
             self.drain(&mut st);
             if st.closing {
                 return Err(Refused::Closed);
             }
-            if st.buffer.len() < self.config.queue_capacity || st.buffer.contains(&key) {
+            if st.buffer.len() < self.config.queue_capacity || st.buffer.contains_hashed(&key, hash)
+            {
                 break;
             }
             match self.config.when_full {
@@ -475,7 +520,7 @@ where
             }
         }
         let now = self.now();
-        st.buffer.push(key, change, now);
+        st.buffer.push_hashed(key, hash, change, now);
         self.held.store(st.buffer.len(), SeqCst);
         if st
             .buffer
@@ -497,6 +542,11 @@ where
     /// its changes were pushed, stamped with the time its oldest arrived;
     /// the buffer puts the writes of a key that reached several lanes back
     /// in their order (see the module docs).
+    ///
+    /// No key is hashed here (its writer did). A key's `Eq` may panic when
+    /// its change meets a held one of the same key: that change is dropped,
+    /// the others all move and the counts stay right, and the first such
+    /// panic is raised again at the end.
     fn drain(&self, st: &mut State<K, V, S::Error>) {
         if self.undrained.load(SeqCst) == 0 {
             return;
@@ -515,26 +565,41 @@ where
             since.push(any.then_some(inbox.since));
         }
         drop(inboxes);
-        st.buffer.begin_drain();
-        for (since, spare) in since.into_iter().zip(&mut st.spares) {
+        let State { buffer, spares, .. } = st;
+        buffer.begin_drain();
+        let mut panic = None;
+        for (since, spare) in since.into_iter().zip(spares.iter_mut()) {
             let Some(since) = since else { continue };
-            for (key, change, order) in spare.drain(..) {
-                st.buffer.push_ordered(key, change, since, order);
+            for (key, hash, change, order) in spare.drain(..) {
+                let push = || buffer.push_ordered_hashed(key, hash, change, since, order);
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(push)) {
+                    panic.get_or_insert(payload);
+                }
             }
         }
         // `held` first: a writer in between counts the moved changes twice,
         // never zero times.
-        self.held.store(st.buffer.len(), SeqCst);
+        self.held.store(buffer.len(), SeqCst);
         self.undrained.fetch_sub(counted, SeqCst);
+        if let Some(payload) = panic {
+            resume_unwind(payload);
+        }
     }
 
     /// The newest change of `key` not yet acknowledged by the store.
     pub(crate) fn latest(&self, key: &K) -> Option<Change<V>> {
+        let hash = self.hasher.hash_one(key);
         let mut st = self.state.lock();
         self.drain(&mut st);
+        let flying = || {
+            let mut hashes = st.flying_hashes.iter();
+            st.flying
+                .iter()
+                .find(|(k, _)| hashes.next() == Some(&hash) && k == key)
+        };
         st.buffer
-            .pending_change(key)
-            .or_else(|| st.flying.iter().find(|(k, _)| k == key).map(|(_, c)| c))
+            .pending_change_hashed(key, hash)
+            .or_else(|| flying().map(|(_, c)| c))
             .cloned()
     }
 
@@ -619,32 +684,40 @@ where
         let exited = st.exited;
         // The latest change per key: one in flight is older than one of the
         // same key still queued.
+        // (No key is hashed: the hashes were taken by the writers.)
+        let queued =
+            |(k, _): &(K, Change<V>), hash: &u64| st.buffer.pending_change_hashed(k, *hash);
         let mut unwritten: Vec<(K, Change<V>)> = st
             .flying
             .iter()
-            .filter(|(k, _)| st.buffer.pending_change(k).is_none())
-            .cloned()
+            .zip(&st.flying_hashes)
+            .filter(|(pair, hash)| queued(pair, hash).is_none())
+            .map(|(pair, _)| pair.clone())
             .collect();
         let in_flight = unwritten.len();
         // Next, the changes queued behind an older one of their key in that
         // call: the older one may still land after them.
-        unwritten.extend(st.flying.iter().filter_map(|(k, _)| {
-            let queued = st.buffer.pending_change(k)?;
-            Some((k.clone(), queued.clone()))
-        }));
+        unwritten.extend(
+            st.flying
+                .iter()
+                .zip(&st.flying_hashes)
+                .filter_map(|(pair, hash)| Some((pair.0.clone(), queued(pair, hash)?.clone()))),
+        );
         let overtaken = unwritten.len() - in_flight;
-        let flying: HashSet<&K> = st.flying.iter().map(|(k, _)| k).collect();
         unwritten.extend(
             st.buffer
                 .pending_changes()
-                .filter(|(k, _)| !flying.contains(k))
-                .map(|(k, c)| (k.clone(), c.clone())),
+                .filter(|&(_, _, flying)| !flying)
+                .map(|(k, c, _)| (k.clone(), c.clone())),
         );
-        drop(flying);
         // Reported once: forget them, so a second close does not repeat them.
         let old = std::mem::replace(
             &mut st.buffer,
-            Buffer::new(self.config.max_attempts, self.config.backoff),
+            Buffer::with_hasher(
+                self.config.max_attempts,
+                self.config.backoff,
+                self.hasher.clone(),
+            ),
         );
         if let Some(first) = old.first_open() {
             st.handed_back.get_or_insert(first);
@@ -657,6 +730,7 @@ where
         c.retried += b.retried;
         c.dead_lettered += b.dead_lettered;
         st.flying = Arc::default();
+        st.flying_hashes.clear();
         self.held.store(0, SeqCst);
         let dead = std::mem::take(&mut st.kept);
         drop(st);
@@ -664,7 +738,7 @@ where
         // queue they wait on is gone (a hung store call may never end).
         self.changed.notify_all();
         for (key, _) in &unwritten {
-            (self.forget)(key);
+            self.drop_cached(key);
         }
         // Only another thread can see the flusher exited, so this never
         // joins itself.
@@ -715,6 +789,13 @@ where
         }
     }
 
+    /// Drops the cached copy of `key`, which hashes the key: a panic there
+    /// (on the flusher, or in `close`) is contained, and the copy then stays
+    /// cached.
+    fn drop_cached(&self, key: &K) {
+        let _ = catch_unwind(AssertUnwindSafe(|| (self.forget)(key)));
+    }
+
     /// The flusher thread's body.
     fn run(&self, woken: &Receiver<()>) {
         FLUSHER_OF.with(|of| of.set(self.address()));
@@ -723,8 +804,23 @@ where
         // passes or reloads on other threads: their listeners may be
         // waiting for this flusher (a `flush` waits for its dead letters).
         let _awaited = Awaited::here();
-        while let Some((receipts, pairs)) = self.next_batch(woken) {
-            self.send(receipts, pairs);
+        // User code the flusher runs outside a `catch_unwind` of its own is
+        // a key's `Eq` (see the module docs): a panic there ends one round,
+        // not the thread.
+        loop {
+            let round = || match self.next_batch(woken) {
+                Some((receipts, pairs)) => {
+                    self.send(receipts, pairs);
+                    true
+                }
+                None => false,
+            };
+            match catch_unwind(AssertUnwindSafe(round)) {
+                Ok(true) => {}
+                Ok(false) => break,
+                // Not at once: the same key may panic again next round.
+                Err(_) => thread::sleep(PAUSE_AFTER_PANIC),
+            }
         }
         self.state.lock().exited = true;
         self.changed.notify_all();
@@ -751,7 +847,7 @@ where
                 // The changes move into the store's batch, not cloned (each
                 // receipt keeps a clone of its key); the changes of a failed
                 // batch are put back together with their receipts.
-                let (pairs, receipts) = batch
+                let (pairs, receipts): (Batch<K, V>, Vec<Receipt<K>>) = batch
                     .into_iter()
                     .map(|taken| {
                         let (key, change, receipt) = taken.into_parts();
@@ -760,6 +856,7 @@ where
                     .unzip();
                 let pairs = Arc::new(pairs);
                 st.flying = Arc::clone(&pairs);
+                st.flying_hashes = receipts.iter().map(Receipt::hash).collect();
                 return Some((receipts, pairs));
             }
             if st.closing && st.buffer.is_empty() {
@@ -805,6 +902,7 @@ where
         st.store_time += took;
         st.max_store_time = st.max_store_time.max(took);
         st.flying = Arc::default();
+        st.flying_hashes.clear();
         let now = self.now();
         let failure = match result {
             Ok(Ok(())) => None,
@@ -868,10 +966,10 @@ where
         drop(st);
         self.changed.notify_all();
         for key in &kept {
-            (self.forget)(key);
+            self.drop_cached(key);
         }
         for dead in letters {
-            (self.forget)(&dead.key);
+            self.drop_cached(&dead.key);
             self.report(dead);
         }
         if reporting > 0 {

@@ -59,6 +59,20 @@
 //! An identified failure lifts the limit again, so after an outage keys go
 //! back to full batches.
 //!
+//! # Hashing each key once
+//!
+//! A key is hashed once, when it is pushed ([`Buffer::push`], or by the
+//! caller for [`Buffer::push_hashed`] and [`Buffer::push_ordered_hashed`]),
+//! and the hash is kept with it: the map grows and moves its entries by
+//! that hash, and the buffer's internal lookups reuse it. So a key's `Hash`
+//! runs only in the calls that take a key from outside, before they change
+//! anything; a key whose `Hash` panics later (on another thread, once some
+//! switch flips) cannot tear the map, as it could if the table rehashed it
+//! (std's table drops the entries it was moving when a rehash panics). A
+//! key's `Eq` still runs on a lookup that meets an equal hash; the pushes
+//! look up before they change anything, so a panic leaves the buffer as it
+//! was.
+//!
 //! # When to send
 //!
 //! [`Buffer::ready`] is true when `batch_size` entries are sendable, when the
@@ -114,7 +128,7 @@
 use std::{
     borrow::Borrow,
     collections::{BTreeMap, HashMap, VecDeque, hash_map},
-    hash::Hash,
+    hash::{BuildHasherDefault, Hash, Hasher},
     time::Duration,
 };
 
@@ -196,6 +210,8 @@ pub struct Taken<K, V> {
 #[derive(Debug)]
 pub struct Receipt<K> {
     key: K,
+    /// The key's hash, as the buffer took it when the key was pushed.
+    hash: u64,
     first: Seq,
     last: Seq,
     queued_at: u64,
@@ -209,6 +225,11 @@ impl<K> Receipt<K> {
             first: self.first,
             last: self.last,
         }
+    }
+
+    /// The key's hash, as the buffer took it when the key was pushed.
+    pub fn hash(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -467,14 +488,109 @@ impl Outstanding {
     }
 }
 
+/// A key with the hash it was pushed with (see "Hashing each key once" in
+/// the module docs).
+#[derive(Clone, Debug)]
+struct Hashed<K> {
+    hash: u64,
+    key: K,
+}
+
+impl<K> Hash for Hashed<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl<K: PartialEq> PartialEq for Hashed<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Hashed<K> {}
+
+/// A key to look up by, owned ([`Hashed`]) or borrowed ([`HashedRef`]): the
+/// map's keys borrow as `dyn Probe<K>`, so a lookup needs no owned key.
+trait Probe<K> {
+    fn hash(&self) -> u64;
+    fn key(&self) -> &K;
+}
+
+impl<K> Probe<K> for Hashed<K> {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+    fn key(&self) -> &K {
+        &self.key
+    }
+}
+
+/// A borrowed key and its hash.
+struct HashedRef<'a, K>(u64, &'a K);
+
+impl<K> Probe<K> for HashedRef<'_, K> {
+    fn hash(&self) -> u64 {
+        self.0
+    }
+    fn key(&self) -> &K {
+        self.1
+    }
+}
+
+impl<'a, K: 'a> Borrow<dyn Probe<K> + 'a> for Hashed<K> {
+    fn borrow(&self) -> &(dyn Probe<K> + 'a) {
+        self
+    }
+}
+
+// Agree with `Hashed`'s own `Hash` and `Eq`, as `Borrow` requires.
+impl<K> Hash for dyn Probe<K> + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(Probe::hash(self));
+    }
+}
+
+impl<K: PartialEq> PartialEq for dyn Probe<K> + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        Probe::hash(self) == Probe::hash(other) && self.key() == other.key()
+    }
+}
+
+impl<K: Eq> Eq for dyn Probe<K> + '_ {}
+
+/// The map's hasher: hands back the stored hash written to it.
+#[derive(Default)]
+struct StoredHash(u64);
+
+impl Hasher for StoredHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is ever called; fold anything else in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
 /// The coalescing write-behind buffer (see the module docs).
 #[derive(Debug)]
 pub struct Buffer<K, V> {
-    slots: HashMap<K, Slot<V>, RandomState>,
+    /// By key and the hash it was pushed with; the map never hashes a key.
+    slots: HashMap<Hashed<K>, Slot<V>, BuildHasherDefault<StoredHash>>,
+    /// Hashes the keys pushed by [`push`](Self::push) and looked up by key.
+    hasher: RandomState,
     /// Sendable now, by first seq: pending, key not in flight, no backoff.
-    queue: SeqQueue<K>,
+    queue: SeqQueue<Hashed<K>>,
     /// Pending retries by `(retry_at, first)`; move to `queue` when due.
-    backoff: BTreeMap<(u64, Seq), K>,
+    backoff: BTreeMap<(u64, Seq), Hashed<K>>,
     /// The first seq of every entry held, pending or in flight.
     outstanding: Outstanding,
     /// Entries in `queue` that are retries.
@@ -495,8 +611,16 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// An empty buffer that sends a write at most `max_attempts` times
     /// (0 counts as 1) and waits `backoff` between attempts.
     pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
+        Self::with_hasher(max_attempts, backoff, RandomState::new())
+    }
+
+    /// [`new`](Self::new), hashing keys with `hasher`: the hashes given to
+    /// [`push_hashed`](Self::push_hashed) and the other `_hashed` calls are
+    /// `hasher.hash_one(&key)`.
+    pub fn with_hasher(max_attempts: u32, backoff: Backoff, hasher: RandomState) -> Self {
         Self {
             slots: HashMap::default(),
+            hasher,
             queue: SeqQueue::default(),
             backoff: BTreeMap::new(),
             outstanding: Outstanding::default(),
@@ -513,8 +637,20 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Queues `change` for `key`, pushed at `now`; returns its sequence
     /// number. Coalesces with the key's pending entry if it has one.
+    ///
+    /// # Panics
+    ///
+    /// If the key's `Hash` or `Eq` panics; the buffer is then as it was.
     pub fn push(&mut self, key: K, change: Change<V>, now: u64) -> Seq {
-        self.push_tagged(key, change, now, None)
+        let hash = self.hasher.hash_one(&key);
+        self.push_hashed(key, hash, change, now)
+    }
+
+    /// [`push`](Self::push) of a key already hashed (`hash`: see
+    /// [`with_hasher`](Self::with_hasher)): only the key's `Eq` can panic,
+    /// and the buffer is then as it was.
+    pub fn push_hashed(&mut self, key: K, hash: u64, change: Change<V>, now: u64) -> Seq {
+        self.push_tagged(Hashed { hash, key }, change, now, None)
     }
 
     /// Starts a drain: a batch of changes gathered from several sources
@@ -533,14 +669,38 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// last `push_ordered` of a drain, take no batch: a change already in
     /// flight is not compared.
     pub fn push_ordered(&mut self, key: K, change: Change<V>, now: u64, order: u32) -> Seq {
+        let hash = self.hasher.hash_one(&key);
+        self.push_ordered_hashed(key, hash, change, now, order)
+    }
+
+    /// [`push_ordered`](Self::push_ordered) of a key already hashed
+    /// (`hash`: see [`with_hasher`](Self::with_hasher)): only the key's
+    /// `Eq` can panic, and the buffer is then as it was.
+    pub fn push_ordered_hashed(
+        &mut self,
+        key: K,
+        hash: u64,
+        change: Change<V>,
+        now: u64,
+        order: u32,
+    ) -> Seq {
         let tag = Tag {
             drain: self.drain,
             order,
         };
-        self.push_tagged(key, change, now, Some(tag))
+        self.push_tagged(Hashed { hash, key }, change, now, Some(tag))
     }
 
-    fn push_tagged(&mut self, key: K, change: Change<V>, now: u64, tag: Option<Tag>) -> Seq {
+    fn push_tagged(
+        &mut self,
+        key: Hashed<K>,
+        change: Change<V>,
+        now: u64,
+        tag: Option<Tag>,
+    ) -> Seq {
+        // The lookup first: it is the only user code here (the key's `Eq`),
+        // so a panic leaves the buffer as it was.
+        let entry = self.slots.entry(key);
         self.last_seq += 1;
         let seq = self.last_seq;
         self.stats.queued += 1;
@@ -555,7 +715,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             retry_at: None,
             tag,
         };
-        match self.slots.entry(key) {
+        match entry {
             hash_map::Entry::Occupied(mut slot) => match &mut slot.get_mut().pending {
                 Some(pending) => {
                     self.stats.coalesced += 1;
@@ -647,11 +807,13 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             if pending.retry {
                 self.queued_retries -= 1;
             }
-            let (_, key) = self.queue.pop_first().expect("the first entry is there");
+            let (_, Hashed { hash, key }) =
+                self.queue.pop_first().expect("the first entry is there");
             batch.push(Taken {
                 change: pending.change,
                 receipt: Receipt {
                     key,
+                    hash,
                     first,
                     last,
                     queued_at: pending.queued_at,
@@ -685,7 +847,11 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         // One lookup ends the flight and settles it: the common case of a
         // batch, which `end_flight` + `settle` would look up twice or more.
         let flight = receipt.flight();
-        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(receipt.key) else {
+        let key = Hashed {
+            hash: receipt.hash,
+            key: receipt.key,
+        };
+        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(key) else {
             Self::take_flight(None, flight, &mut self.in_flight);
             unreachable!("take_flight panics on a key that is not here");
         };
@@ -717,7 +883,11 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         if attempt >= self.max_attempts {
             self.stats.dead_lettered += 1;
             let Taken { change, receipt } = taken;
-            self.settle(receipt.key.clone(), receipt.first);
+            let key = Hashed {
+                hash: receipt.hash,
+                key: receipt.key.clone(),
+            };
+            self.settle(key, receipt.first);
             return Some(DeadLetter {
                 key: receipt.key,
                 change,
@@ -787,30 +957,41 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Whether `key` has a write that has not landed or been dead-lettered
     /// (the cache must not evict or expire such a key).
-    pub fn contains<Q>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.slots.contains_key(key)
+    pub fn contains(&self, key: &K) -> bool {
+        self.contains_hashed(key, self.hasher.hash_one(key))
+    }
+
+    /// [`contains`](Self::contains) of a key already hashed (`hash`: see
+    /// [`with_hasher`](Self::with_hasher)).
+    pub fn contains_hashed(&self, key: &K, hash: u64) -> bool {
+        self.slot(hash, key).is_some()
     }
 
     /// The change of `key` waiting to be sent, if any (not one in flight:
     /// the flusher holds that).
-    pub fn pending_change<Q>(&self, key: &Q) -> Option<&Change<V>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.slots.get(key)?.pending.as_ref().map(|p| &p.change)
+    pub fn pending_change(&self, key: &K) -> Option<&Change<V>> {
+        self.pending_change_hashed(key, self.hasher.hash_one(key))
+    }
+
+    /// [`pending_change`](Self::pending_change) of a key already hashed
+    /// (`hash`: see [`with_hasher`](Self::with_hasher)).
+    pub fn pending_change_hashed(&self, key: &K, hash: u64) -> Option<&Change<V>> {
+        self.slot(hash, key)?.pending.as_ref().map(|p| &p.change)
     }
 
     /// Every change waiting to be sent (not those in flight), in no
-    /// particular order: what is left unwritten if the flusher stops.
-    pub fn pending_changes(&self) -> impl Iterator<Item = (&K, &Change<V>)> {
-        self.slots
-            .iter()
-            .filter_map(|(k, slot)| Some((k, &slot.pending.as_ref()?.change)))
+    /// particular order, with whether a change of its key is in flight:
+    /// what is left unwritten if the flusher stops.
+    pub fn pending_changes(&self) -> impl Iterator<Item = (&K, &Change<V>, bool)> {
+        self.slots.iter().filter_map(|(k, slot)| {
+            let pending = slot.pending.as_ref()?;
+            Some((&k.key, &pending.change, slot.flight.is_some()))
+        })
+    }
+
+    /// The slot of `key`, whose hash is `hash`.
+    fn slot(&self, hash: u64, key: &K) -> Option<&Slot<V>> {
+        self.slots.get(&HashedRef(hash, key) as &dyn Probe<K>)
     }
 
     /// Entries held, pending or in flight (a key has up to two).
@@ -847,6 +1028,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                 slot.pending.is_some() || slot.flight.is_some(),
                 "empty slot"
             );
+            assert_eq!(key.hash, self.hasher.hash_one(&key.key), "stored hash");
             if let Some(f) = slot.flight {
                 assert!(f.first <= f.last, "flight range");
                 assert!(firsts.insert(f.first), "first seq held twice");
@@ -878,7 +1060,12 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// Checks one pending entry against the indexes; returns whether it
     /// waits behind a flight and whether it is a retry in `queue`.
     #[cfg(any(test, fuzzing, feature = "test-util"))]
-    fn check_pending(&self, key: &K, p: &Pending<V>, flight: Option<Flight>) -> (bool, bool) {
+    fn check_pending(
+        &self,
+        key: &Hashed<K>,
+        p: &Pending<V>,
+        flight: Option<Flight>,
+    ) -> (bool, bool) {
         assert!(
             p.first <= p.last && p.last <= self.last_seq,
             "pending range"
@@ -910,7 +1097,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     }
 
     /// The pending entry of a key in `queue`.
-    fn pending(&self, key: &K) -> &Pending<V> {
+    fn pending(&self, key: &Hashed<K>) -> &Pending<V> {
         let slot = self.slots.get(key).expect("queued key has a slot");
         slot.pending.as_ref().expect("queued key is pending")
     }
@@ -943,7 +1130,8 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Ends the flight `receipt` was taken as.
     fn end_flight(&mut self, receipt: &Receipt<K>) {
-        let slot = self.slots.get_mut(&receipt.key);
+        let key = HashedRef(receipt.hash, &receipt.key);
+        let slot = self.slots.get_mut(&key as &dyn Probe<K>);
         Self::take_flight(slot, receipt.flight(), &mut self.in_flight);
     }
 
@@ -960,9 +1148,9 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Forgets the writes `first..` of `key`'s ended flight (landed or dead-
     /// lettered); a pending entry behind it becomes sendable.
-    fn settle(&mut self, key: K, first: Seq) {
-        self.outstanding.remove(first);
+    fn settle(&mut self, key: Hashed<K>, first: Seq) {
         let slot = self.slots.get(&key).expect("settled key has a slot");
+        self.outstanding.remove(first);
         match &slot.pending {
             Some(pending) => {
                 self.queue.insert(pending.first, key);
@@ -982,12 +1170,14 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             receipt:
                 Receipt {
                     key,
+                    hash,
                     first,
                     last,
                     queued_at,
                     ..
                 },
         } = taken;
+        let key = Hashed { hash, key };
         let slot = self.slots.get_mut(&key).expect("failed key has a slot");
         let (change, last, tag) = match slot.pending.take() {
             Some(newer) => {
@@ -1136,7 +1326,7 @@ mod tests {
             attempts: 2,
         };
         assert_eq!(dead, Some(expected));
-        assert!(b.is_empty() && b.is_settled(1) && !b.contains("a"));
+        assert!(b.is_empty() && b.is_settled(1) && !b.contains(&"a"));
         let s = b.stats();
         assert_eq!((s.retried, s.dead_lettered, s.flushed), (1, 1, 0));
         b.check_invariants();
@@ -1265,13 +1455,13 @@ mod tests {
         let mut b = buffer(3);
         b.push("a", Change::Put(1), 0);
         let t = b.take_batch(1, 0).pop().unwrap();
-        assert!(b.contains("a"));
+        assert!(b.contains(&"a"));
         b.push("a", Change::Put(2), 0);
         b.succeeded(t);
-        assert!(b.contains("a"));
+        assert!(b.contains(&"a"));
         let t = b.take_batch(1, 0).pop().unwrap();
         b.succeeded(t);
-        assert!(!b.contains("a"));
+        assert!(!b.contains(&"a"));
         let s = b.stats();
         assert_eq!((s.queued, s.flushed, s.coalesced, s.len), (2, 2, 0, 0));
     }

@@ -99,6 +99,14 @@ where
 /// `close` and without a handler, a cache can only count what it could not
 /// write on stderr.)
 ///
+/// A key whose `Hash` panics loses no write-behind change either: the key
+/// is hashed once, by the thread that writes it (where the panic reaches
+/// the caller and nothing is queued), and the queue and its flusher never
+/// hash it again, so the key hashing differently later (on the flusher, on
+/// a reader) stops no flusher and hangs no [`flush`](Self::flush) or
+/// [`close`](Self::close). See the limits for a panicking `Eq` in the
+/// write-behind module docs.
+///
 /// `StoreCache` is a cheap handle (`Clone`, `Send`, `Sync`); its threads end
 /// when the last handle is dropped (after a bounded final flush, see
 /// [`drop_flush_timeout`](crate::StoreCacheBuilder::drop_flush_timeout)).

@@ -1,0 +1,255 @@
+//! Write-behind with keys whose `Hash` panics on some threads: the queue
+//! hashes a key once, on the thread that writes it, so a key that cannot
+//! be hashed elsewhere (on the flusher, in a reader's or a flush's look at
+//! the queue) loses no write, stops no flusher and hangs no `flush` or
+//! `close`.
+
+#[path = "support/threads.rs"]
+mod threads;
+
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use larder::{Cache, Change, DeadLetter, Store, WriteFailure};
+use parking_lot::Mutex;
+use threads::parallel;
+
+/// Where a [`Touchy`] key's `Hash` panics: given the name of the hashing
+/// thread, true to panic.
+type Rule = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
+
+/// A key whose `Hash` panics on the threads its rule names; compared and
+/// hashed by `id` otherwise.
+#[derive(Clone)]
+struct Touchy {
+    id: u64,
+    rule: Rule,
+}
+
+impl Touchy {
+    fn new(id: u64, rule: &Rule) -> Self {
+        Touchy {
+            id,
+            rule: rule.clone(),
+        }
+    }
+}
+
+impl Hash for Touchy {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let refused = (self.rule)(thread::current().name());
+        assert!(!refused, "injected panic: hash of key {} refused", self.id);
+        self.id.hash(h);
+    }
+}
+
+impl PartialEq for Touchy {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Touchy {}
+
+impl fmt::Debug for Touchy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Touchy({})", self.id)
+    }
+}
+
+/// A key that always hashes.
+fn calm() -> Rule {
+    Arc::new(|_| false)
+}
+
+/// A key that cannot be hashed on the thread named `name`.
+fn not_on(name: &'static str) -> Rule {
+    Arc::new(move |thread| thread == Some(name))
+}
+
+const FLUSHER: &str = "larder-write-behind";
+
+/// Every change a [`Log`] took, by key id, in order.
+type Taken = Vec<(u64, Change<u64>)>;
+
+/// A store that logs every change it takes, in order, without hashing a
+/// key, and refuses every batch holding the key `poison`.
+#[derive(Clone, Default)]
+struct Log {
+    taken: Arc<Mutex<Taken>>,
+    poison: Option<u64>,
+}
+
+impl Log {
+    /// The last change the store took for `id`.
+    fn last(&self, id: u64) -> Option<Change<u64>> {
+        let taken = self.taken.lock();
+        taken
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == id)
+            .map(|(_, c)| c.clone())
+    }
+}
+
+impl Store<Touchy, u64> for Log {
+    type Error = String;
+
+    fn load(&self, key: &Touchy) -> Result<Option<u64>, String> {
+        Ok(self.last(key.id).and_then(Change::into_value))
+    }
+
+    fn write(&self, batch: &[(Touchy, Change<u64>)]) -> Result<(), String> {
+        if let Some(bad) = self
+            .poison
+            .filter(|p| batch.iter().any(|(k, _)| k.id == *p))
+        {
+            return Err(format!("key {bad} refused"));
+        }
+        let mut taken = self.taken.lock();
+        taken.extend(batch.iter().map(|(k, c)| (k.id, c.clone())));
+        Ok(())
+    }
+}
+
+/// Keeps the injected panics out of the test output.
+fn quiet_injected_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let injected = info
+            .payload()
+            .downcast_ref::<String>()
+            .is_some_and(|m| m.contains("injected panic"));
+        if !injected {
+            default(info);
+        }
+    }));
+}
+
+#[test]
+fn keys_that_cannot_be_hashed_on_the_flusher_still_land_and_flush_and_close_return() {
+    quiet_injected_panics();
+    let log = Log::default();
+    let rule = not_on(FLUSHER);
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    for id in 0..20 {
+        cache.insert(Touchy::new(id, &rule), id + 100).unwrap();
+    }
+    assert!(
+        cache.flush_timeout(Duration::from_secs(5)),
+        "the flusher is alive and the flush settles"
+    );
+    for id in 0..20 {
+        assert_eq!(log.last(id), Some(Change::Put(id + 100)), "key {id} landed");
+    }
+    let s = cache.write_stats();
+    assert_eq!(
+        (s.queued, s.flushed + s.coalesced, s.queue_len),
+        (20, 20, 0)
+    );
+    // A later write still goes out, and close does not wait out its timeout.
+    cache.insert(Touchy::new(20, &rule), 120).unwrap();
+    let started = Instant::now();
+    let report = cache.close(Duration::from_secs(10));
+    assert!(report.is_empty(), "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close returned early"
+    );
+    assert_eq!(log.last(20), Some(Change::Put(120)));
+}
+
+#[test]
+fn a_reader_that_drains_keys_it_cannot_hash_neither_panics_nor_loses_them() {
+    quiet_injected_panics();
+    let log = Log::default();
+    let rule = not_on("reader");
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    // The first write wakes the flusher, which drains it and sleeps for the
+    // flush interval; the next writes wait in this thread's lane, so the
+    // reader below is the one to drain them.
+    cache.insert(Touchy::new(100, &rule), 100).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    for id in 0..20 {
+        cache.insert(Touchy::new(id, &rule), id).unwrap();
+    }
+    let reader = {
+        let cache = cache.clone();
+        thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || cache.get(&Touchy::new(999, &calm())))
+            .unwrap()
+    };
+    let read = reader.join().map_err(|_| "the reader panicked");
+    assert_eq!(read, Ok(Ok(None)));
+    let c = cache.clone();
+    let flushed = parallel(
+        Duration::from_secs(20),
+        "a flush after the read",
+        1,
+        move |_| c.flush_timeout(Duration::from_secs(5)),
+    );
+    assert_eq!(flushed, [true]);
+    for id in (0..20).chain([100]) {
+        assert!(log.last(id).is_some(), "key {id} landed");
+    }
+    let s = cache.write_stats();
+    assert_eq!(
+        (s.queued, s.flushed + s.coalesced, s.queue_len),
+        (21, 21, 0)
+    );
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn a_dead_letter_whose_key_cannot_be_hashed_on_the_flusher_reaches_the_handler() {
+    quiet_injected_panics();
+    let log = Log {
+        poison: Some(7),
+        ..Log::default()
+    };
+    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
+    let (rule, calm) = (not_on(FLUSHER), calm());
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .max_attempts(1)
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    cache.insert(Touchy::new(7, &rule), 7).unwrap();
+    for id in 0..5 {
+        cache.insert(Touchy::new(id, &calm), id).unwrap();
+    }
+    assert!(cache.flush_timeout(Duration::from_secs(5)));
+    {
+        let letters = letters.lock();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].key.id, 7);
+        assert!(matches!(&letters[0].error, WriteFailure::Store(e) if **e == "key 7 refused"));
+    }
+    // The flusher survived dropping the letter's cached copy.
+    cache.insert(Touchy::new(50, &calm), 50).unwrap();
+    assert!(cache.flush_timeout(Duration::from_secs(5)));
+    assert_eq!(log.last(50), Some(Change::Put(50)));
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
