@@ -585,7 +585,10 @@ impl Hasher for StoredHash {
 pub struct Buffer<K, V> {
     /// By key and the hash it was pushed with; the map never hashes a key.
     slots: HashMap<Hashed<K>, Slot<V>, BuildHasherDefault<StoredHash>>,
-    /// Hashes the keys pushed by [`push`](Self::push) and looked up by key.
+    /// Hashes the keys pushed by [`push`](Self::push) and looked up by key
+    /// (the fuzz target's and the tests' calls; the queue hashes its keys
+    /// itself, with the same hasher).
+    #[cfg(any(test, feature = "test-util"))]
     hasher: RandomState,
     /// Sendable now, by first seq: pending, key not in flight, no backoff.
     queue: SeqQueue<Hashed<K>>,
@@ -610,6 +613,7 @@ pub struct Buffer<K, V> {
 impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// An empty buffer that sends a write at most `max_attempts` times
     /// (0 counts as 1) and waits `backoff` between attempts.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
         Self::with_hasher(max_attempts, backoff, RandomState::new())
     }
@@ -618,8 +622,12 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// [`push_hashed`](Self::push_hashed) and the other `_hashed` calls are
     /// `hasher.hash_one(&key)`.
     pub fn with_hasher(max_attempts: u32, backoff: Backoff, hasher: RandomState) -> Self {
+        // Kept only for the by-key calls of the tests and the fuzz target.
+        #[cfg(not(any(test, feature = "test-util")))]
+        let _ = hasher;
         Self {
             slots: HashMap::default(),
+            #[cfg(any(test, feature = "test-util"))]
             hasher,
             queue: SeqQueue::default(),
             backoff: BTreeMap::new(),
@@ -641,6 +649,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// # Panics
     ///
     /// If the key's `Hash` or `Eq` panics; the buffer is then as it was.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn push(&mut self, key: K, change: Change<V>, now: u64) -> Seq {
         let hash = self.hasher.hash_one(&key);
         self.push_hashed(key, hash, change, now)
@@ -668,6 +677,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// dropped, and the pending change stays. Between `begin_drain` and the
     /// last `push_ordered` of a drain, take no batch: a change already in
     /// flight is not compared.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn push_ordered(&mut self, key: K, change: Change<V>, now: u64, order: u32) -> Seq {
         let hash = self.hasher.hash_one(&key);
         self.push_ordered_hashed(key, hash, change, now, order)
@@ -957,6 +967,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Whether `key` has a write that has not landed or been dead-lettered
     /// (the cache must not evict or expire such a key).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn contains(&self, key: &K) -> bool {
         self.contains_hashed(key, self.hasher.hash_one(key))
     }
@@ -969,6 +980,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// The change of `key` waiting to be sent, if any (not one in flight:
     /// the flusher holds that).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn pending_change(&self, key: &K) -> Option<&Change<V>> {
         self.pending_change_hashed(key, self.hasher.hash_one(key))
     }
