@@ -419,3 +419,84 @@ fn system_clock_keeps_time_with_instant() {
         "reads before and after every deadline"
     );
 }
+
+/// A key whose comparison with key 2 takes 300 ms, once, when armed. All
+/// keys hash alike, so every lookup compares them: a write of key 2 then
+/// holds its shard's lock that long.
+#[derive(Debug)]
+struct Slow(u32);
+
+/// Arms [`Slow`]'s one slow comparison.
+static SLOW_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl PartialEq for Slow {
+    fn eq(&self, other: &Self) -> bool {
+        let armed = || SLOW_ARMED.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if (self.0 == 2 || other.0 == 2) && armed() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.0 == other.0
+    }
+}
+
+impl Eq for Slow {}
+
+impl std::hash::Hash for Slow {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+/// A write that waits for its shard's lock while the value it replaces
+/// expires is judged, and timed, by the time under the lock, where it
+/// lands: the old value is heard of as expired, and the new one lives its
+/// whole time to live from there. Read before the lock, the time found the
+/// old value live (`Replaced`) and gave the new one a deadline already
+/// passed when it landed, so a `get` right after the insert missed. (Should
+/// the writer start late, after the clock moved, the wrong order would go
+/// unnoticed this run; the right one never fails it.)
+#[test]
+fn a_write_waiting_for_the_lock_is_timed_from_where_it_lands() {
+    let clock = MockClock::new();
+    let log: Arc<Mutex<Vec<(u32, u32, RemovalCause)>>> = Arc::default();
+    let sink = log.clone();
+    let cache: Cache<Slow, u32> = Cache::builder()
+        .time_to_live(secs(1))
+        .num_shards(1)
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<Slow>, v, c| sink.lock().unwrap().push((k.0, v, c)))
+        .build()
+        .unwrap();
+    cache.insert(Slow(1), 1);
+    SLOW_ARMED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let holder = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.insert(Slow(2), 2))
+    };
+    // The holder has the lock, comparing key 2 with key 1.
+    std::thread::sleep(Duration::from_millis(50));
+    let writer = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.insert(Slow(1), 10))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    clock.advance(secs(1)); // value 1 expires while the writer waits
+    holder.join().unwrap();
+    writer.join().unwrap();
+    assert_eq!(
+        cache.get(&Slow(1)),
+        Some(10),
+        "the new value lives a second from its landing"
+    );
+    clock.advance(secs(1) - Duration::from_nanos(1));
+    assert_eq!(cache.peek(&Slow(1)), Some(10));
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(cache.peek(&Slow(1)), None);
+    let heard: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == 1)
+        .copied()
+        .collect();
+    assert_eq!(heard, [(1, 1, RemovalCause::Expired)]);
+    assert_eq!(cache.stats().removals(RemovalCause::Replaced), 0);
+}

@@ -1219,11 +1219,18 @@ where
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
+        if let (None, Some((hooks, _))) = (ttl, self.timing.hooks()) {
+            return self.insert_hooked(hooks, cell, hash, key, value, weight, decide, removed);
+        }
+        let shard = cell.write();
+        // The time under the lock, where the write lands: the entry it
+        // replaces is judged live or expired by it, and the lifetime counts
+        // from it. Read before, a write that waited for the lock while the
+        // old value expired reported it `Replaced` (after readers had found
+        // it expired) and gave its own value a deadline that could have
+        // passed by the time it landed.
         let mut now = Now::new(&self.timing.clock);
         let deadline = if ttl.is_some() || self.timing.is_timed() {
-            if let (None, Some((hooks, _))) = (ttl, self.timing.hooks()) {
-                return self.insert_hooked(hooks, cell, hash, key, value, weight, decide, removed);
-            }
             self.timing.on_write(now.get(), ttl, None)
         } else {
             Deadline::NONE
@@ -1235,7 +1242,7 @@ where
             weight,
             deadline,
         };
-        self.land(cell, cell.write(), now, write, decide, removed)
+        self.land(cell, shard, now, write, decide, removed)
     }
 
     /// [`insert_keyed`](Self::insert_keyed) for a cache with expiry hooks

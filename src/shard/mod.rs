@@ -162,7 +162,7 @@ impl<'a> Now<'a> {
     }
 }
 
-/// A write to one key, prepared outside the lock.
+/// A write to one key, timed under the lock where it lands.
 #[derive(Debug)]
 pub(crate) struct Write<K, V> {
     pub(crate) hash: u64,
