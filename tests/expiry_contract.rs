@@ -1707,6 +1707,73 @@ fn a_write_into_a_full_cache_makes_room_from_expired_entries_before_live_ones() 
     }
 }
 
+/// Errors are not cached: they live for no time at all.
+struct NoErrors;
+
+impl Expiry<u32, u64> for NoErrors {
+    fn expire_after_create(&self, _: &u32, value: &u64) -> Option<Duration> {
+        (*value >= 100).then_some(Duration::ZERO)
+    }
+}
+
+/// A write whose entry is expired as it arrives (a zero lifetime, given to
+/// `insert_with_ttl` or answered by a hook, say for a value not worth
+/// caching) needs no room: in a full cache it evicts no live entry, and is
+/// heard of as `Expired`, once. Admitted, it took a live key's place (heard
+/// of as `Size`) and was then reaped itself: the cache lost a live entry
+/// for one no read could ever return.
+#[test]
+fn an_entry_expired_on_arrival_evicts_no_live_entry() {
+    for (weighed, hooked) in [(false, false), (true, false), (false, true), (true, true)] {
+        let clock = MockClock::new();
+        let mut builder = Cache::builder()
+            .max_capacity(10)
+            .num_shards(1)
+            .clock(clock.clone());
+        if weighed {
+            builder = builder.weigher(|_: &u32, _: &u64| 1);
+        }
+        if hooked {
+            builder = builder.expire_after(NoErrors);
+        }
+        let (cache, log) = listened(builder);
+        for k in 0..10 {
+            cache.insert(k, u64::from(k));
+        }
+        for _ in 0..5 {
+            for k in 0..10 {
+                cache.get(&k);
+            }
+        }
+        for k in 100..120 {
+            match hooked {
+                true => cache.insert(k, u64::from(k)),
+                false => cache.insert_with_ttl(k, u64::from(k), Duration::ZERO),
+            }
+            assert_eq!(cache.get(&k), None);
+        }
+        let setup = format!("weighed {weighed}, hooked {hooked}");
+        for k in 0..10 {
+            assert_eq!(
+                cache.get(&k),
+                Some(u64::from(k)),
+                "{setup}: {:?}",
+                log.lock().unwrap()
+            );
+        }
+        cache.run_pending_tasks();
+        let mut heard = log.lock().unwrap().clone();
+        heard.sort_unstable_by_key(|e| e.0);
+        let expired: Vec<_> = (100..120)
+            .map(|k| (k, u64::from(k), RemovalCause::Expired))
+            .collect();
+        assert_eq!(heard, expired, "{setup}");
+        assert_eq!(cache.entry_count(), 10, "{setup}");
+        assert_stats_match(&cache, &log);
+        cache.check_invariants();
+    }
+}
+
 #[test]
 fn an_entry_expiring_while_the_predicate_runs_is_heard_of_as_expired() {
     let clock = MockClock::new();

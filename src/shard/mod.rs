@@ -216,6 +216,13 @@ fn batch_hashes<K: Hash, V>(
     }
 }
 
+/// Whether `w`'s entry is expired as it arrives, judged as reads judge it
+/// (a deadline past the clock's range is none).
+fn expired_on_arrival<K, V>(w: &Write<K, V>, now: &mut Now<'_>) -> bool {
+    let deadline = slot::representable(w.deadline.at);
+    deadline != NEVER && deadline <= now.get()
+}
+
 /// Puts ids popped off the timing wheel back on it when dropped (a reap's
 /// batch, if a key's `Hash` panics before any is taken); forgotten once
 /// the batch is sure to be taken.
@@ -684,6 +691,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             None if !self.policy.is_weighted() => {
                 if self.policy.len() as u64 >= capacity {
                     self.reap_for_room(now, removed);
+                    if self.policy.len() as u64 >= capacity && expired_on_arrival(&w, now) {
+                        return self.turn_away_expired(w, removed);
+                    }
                 }
                 let entries =
                     SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
@@ -709,6 +719,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 }
             }
             None => {
+                let fits =
+                    |shard: &Self| shard.policy.weighted_size() + u64::from(w.weight) <= capacity;
+                if !fits(self) {
+                    self.reap_for_room(now, removed);
+                    if !fits(self) && expired_on_arrival(&w, now) {
+                        return self.turn_away_expired(w, removed);
+                    }
+                }
                 self.push(w, true);
                 true
             }
@@ -724,6 +742,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             // caller's `notify::Delivery` hands over the removals.
             resume_unwind(panic);
         }
+    }
+
+    /// Turns away a new entry that is expired as it arrives (a zero
+    /// lifetime) at a shard with no room for it: it is heard of as
+    /// `Expired` at once, and no entry, least of all a live one, is
+    /// evicted to make room for what no read could return.
+    fn turn_away_expired(&mut self, w: Write<K, V>, removed: &mut Removed<K, V>) {
+        self.count(RemovalCause::Expired, 1);
+        removed.push(w.key, w.value, RemovalCause::Expired);
     }
 
     /// Writes a new value into an existing id; returns whether its weight
