@@ -805,3 +805,41 @@ fn an_insert_that_lands_while_init_runs_stays_even_if_it_began_before_the_load()
     assert_eq!(loaded, 1, "the load's value goes to its caller");
     assert_eq!(cache.peek(&1), Some(2), "the write's outcome stays cached");
 }
+
+/// A value whose `Drop` (user code) reads the cache in [`PROBED`], if
+/// `probes`.
+#[derive(Clone, Debug)]
+struct Probe {
+    probes: bool,
+}
+
+/// The cache a probing value reads as it drops.
+static PROBED: std::sync::OnceLock<Cache<u32, Probe>> = std::sync::OnceLock::new();
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let (true, Some(cache)) = (self.probes, PROBED.get()) {
+            let _ = cache.peek(&0);
+        }
+    }
+}
+
+#[test]
+fn a_loaded_value_kept_out_by_a_write_drops_with_no_lock_held() {
+    // The fill's copy of a value that a write during its load keeps out is
+    // dropped unstored; it dropped under the shard's write lock, and a
+    // `Drop` that reads the cache (here its one shard) waited for ever.
+    let cache = PROBED
+        .get_or_init(|| Cache::builder().num_shards(1).build().unwrap())
+        .clone();
+    let loaded = within("a load overtaken by an insert", move || {
+        cache.insert(0, Probe { probes: false });
+        let value = cache.get_with(1, || {
+            cache.insert(1, Probe { probes: false });
+            Probe { probes: true }
+        });
+        assert!(!cache.peek(&1).expect("the insert stays").probes);
+        value.probes
+    });
+    assert!(loaded, "the load's value goes to its caller");
+}

@@ -1353,9 +1353,17 @@ where
                 }
                 true
             }
-            Verdict::Skip => false,
+            // The write's key and value, not stored, drop with `write`
+            // after this function's body: the shard is unlocked first, as
+            // their `Drop` is user code that may use the cache.
+            Verdict::Skip => {
+                drop(shard);
+                false
+            }
             Verdict::Remove => {
-                if let Some((key, value, cause)) = shard.remove(hash, &write.key, &mut now) {
+                let taken = shard.remove(hash, &write.key, &mut now);
+                drop(shard);
+                if let Some((key, value, cause)) = taken {
                     removed.push(key, value, cause);
                 }
                 false
