@@ -1127,3 +1127,50 @@ fn fill_with_panicking_hashes(weighted: bool) {
         check();
     }
 }
+
+#[test]
+fn a_key_hash_panicking_in_invalidate_entries_if_during_a_load_loses_no_notification() {
+    // As above, with a load of another key under way: each removal then
+    // also marks the removed key's flight, if any, which hashes the key
+    // once more under the lock.
+    for fuse in 1..30 {
+        let notified = Arc::new(AtomicUsize::new(0));
+        let cache: Cache<Fused, u32> = {
+            let notified = notified.clone();
+            Cache::builder()
+                .max_capacity(10_000)
+                .num_shards(1)
+                .eviction_listener(move |_, _, _| {
+                    notified.fetch_add(1, SeqCst);
+                })
+                .build()
+                .unwrap()
+        };
+        for k in 0..10 {
+            cache.insert(Fused(k), k);
+        }
+        let (started, loading) = mpsc::channel();
+        let (finish, finished) = mpsc::channel::<()>();
+        let loader = {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                cache.get_with(Fused(100), || {
+                    started.send(()).unwrap();
+                    finished.recv_timeout(TIMEOUT).unwrap();
+                    100
+                })
+            })
+        };
+        loading.recv_timeout(TIMEOUT).unwrap();
+        with_fuse(fuse, || cache.invalidate_entries_if(|k, _| k.0 < 10));
+        finish.send(()).unwrap();
+        assert_eq!(loader.join().unwrap(), 100);
+        cache.check_invariants();
+        let held = (0..10).filter(|&k| cache.contains_key(&Fused(k))).count();
+        assert_eq!(
+            held + notified.load(SeqCst),
+            10,
+            "fuse {fuse}: every entry is held or was notified"
+        );
+    }
+}

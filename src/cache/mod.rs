@@ -1462,12 +1462,15 @@ where
                 let mut now = Now::new(&self.timing.clock);
                 for (hash, key) in &doomed {
                     if let Some((k, v, cause)) = shard.remove(*hash, key, &mut now) {
+                        // Kept for the listener first: marking hashes the
+                        // key (user code), and an entry dropped by a panic
+                        // there was counted removed but never delivered.
+                        removed.push(k, v, cause);
                         // Under the lock, where a load's fill looks (as an
                         // insert marks it), and only for a key this pass
                         // removes: marked before a pass thrown away above,
                         // a load begun since its copy was kept out.
                         self.flights.written(key);
-                        removed.push(k, v, cause);
                     }
                 }
             }
