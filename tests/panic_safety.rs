@@ -1174,3 +1174,56 @@ fn a_key_hash_panicking_in_invalidate_entries_if_during_a_load_loses_no_notifica
         );
     }
 }
+
+#[test]
+fn a_key_hash_panicking_in_get_with_leaves_no_flight_behind() {
+    // Whichever of the key's hashes panics (the shard's, the flight
+    // table's as the flight begins and as it ends), the next load of the
+    // key, once its value is gone, leads at once: it finds no flight that
+    // nobody will ever end, nor an ended one whose value it would take.
+    for n in 0..16 {
+        let cache: Cache<Fused, u32> = fused_cache();
+        FUSE.with(|fuse| fuse.set(n));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| cache.get_with(Fused(1), || 1)));
+        FUSE.with(|fuse| fuse.set(-1));
+        if outcome.is_ok() {
+            assert!(n > 3, "the fuse went off for the first hashes");
+            break; // fewer than n + 1 hashes: every one was tried
+        }
+        cache.invalidate(&Fused(1));
+        let mut next = std::pin::pin!(cache.get_with_async(Fused(1), async { 2 }));
+        assert_eq!(
+            poll_once(next.as_mut()),
+            std::task::Poll::Ready(2),
+            "hash {n} panicked: the next load must lead"
+        );
+        assert_eq!(cache.get(&Fused(1)), Some(2), "hash {n} panicked");
+        cache.check_invariants();
+    }
+}
+
+#[test]
+fn a_key_hash_panicking_as_a_panicking_loaders_flight_ends_neither_aborts_nor_blocks() {
+    // The flight of a loader that panics is ended as the panic unwinds,
+    // which hashes the key again: a second panic there, during the
+    // unwinding, aborted the whole process.
+    for n in 0..8 {
+        let cache: Cache<Fused, u32> = fused_cache();
+        FUSE.with(|fuse| fuse.set(n));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            cache.get_with(Fused(1), || panic!("loader down"))
+        }));
+        let left = FUSE.with(|fuse| fuse.replace(-1));
+        assert!(outcome.is_err(), "the loader or a hash panicked");
+        if left >= 0 {
+            break; // the fuse outlasted every hash: every one was tried
+        }
+        let mut next = std::pin::pin!(cache.get_with_async(Fused(1), async { 2 }));
+        assert_eq!(
+            poll_once(next.as_mut()),
+            std::task::Poll::Ready(2),
+            "hash {n} panicked: the next load must lead"
+        );
+        cache.check_invariants();
+    }
+}

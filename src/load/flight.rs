@@ -12,6 +12,8 @@
 //! `Arc<E>`; waiters that cannot use it (a different error type, or
 //! `get_with`) load again themselves. If the loader panics, a guard marks the
 //! flight abandoned, wakes the waiters and one of them becomes the next leader.
+//! A flight ends even if its key's `Hash` panics as it leaves the map; it
+//! then stays there ended, and the key's next load leads in its place.
 //!
 //! Waiters block on a condition variable ([`Flight::wait`]) or, from async
 //! code, await a [`FlightWait`] future that registers its waker and never
@@ -51,6 +53,7 @@ use std::{
     any::Any,
     future::{Future, poll_fn},
     hash::Hash,
+    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
     pin::{Pin, pin},
     sync::{
         Arc,
@@ -281,6 +284,11 @@ impl<V: Clone> Flight<V> {
         );
     }
 
+    /// Whether the load has ended (its outcome is set).
+    fn ended(&self) -> bool {
+        matches!(*self.state.lock(), State::Done(_))
+    }
+
     fn finish(&self, outcome: Outcome<V>) {
         let wakers = match std::mem::replace(&mut *self.state.lock(), State::Done(outcome)) {
             State::Running(wakers) => wakers,
@@ -372,25 +380,29 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     }
 
     fn begin_as(self: &Arc<Self>, key: &K, leader: Leader, queued: u8, batch: bool) -> Role<K, V> {
-        match self.map.entry(key.clone()) {
-            Entry::Occupied(e) => Role::Waiter(e.get().clone()),
-            Entry::Vacant(e) => {
-                // The guard's copy is made before the flight goes in: a
-                // `Clone` that panics after would leave a flight nobody
-                // ends. (A waiter needs no copy.)
-                let own = key.clone();
-                let flight = Arc::new(Flight::new(leader, queued, batch));
-                self.active.fetch_add(1, SeqCst);
-                e.insert(flight.clone());
-                Role::Leader(LeaderGuard {
-                    flights: self.clone(),
-                    key: own,
-                    flight,
-                    finished: false,
-                    taker: false,
-                })
+        let entry = self.map.entry(key.clone());
+        if let Entry::Occupied(e) = &entry {
+            // An ended flight is in the map only if its key's `Hash`
+            // panicked as it left (see `LeaderGuard::retire`): its outcome
+            // is no answer for a load begun now, which leads in its place.
+            if !e.get().ended() {
+                return Role::Waiter(e.get().clone());
             }
         }
+        // The guard's copy is made before the flight goes in: a `Clone`
+        // that panics after would leave a flight nobody ends. (A waiter
+        // needs no copy.)
+        let own = key.clone();
+        let flight = Arc::new(Flight::new(leader, queued, batch));
+        self.active.fetch_add(1, SeqCst);
+        entry.insert(flight.clone());
+        Role::Leader(LeaderGuard {
+            flights: self.clone(),
+            key: own,
+            flight,
+            finished: false,
+            taker: false,
+        })
     }
 
     /// Takes over `flight` (of `key`, found as a waiter) if it is a reload
@@ -581,13 +593,26 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
 
     fn retire(&mut self, outcome: Outcome<V>) {
         self.finished = true;
-        self.flights
-            .map
-            .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        // Leaving the map hashes the key (user code). If that panics, the
+        // flight still ends, waking its waiters, and stays in the map
+        // ended, where the key's next load leads in its place
+        // (`Flights::begin_as`); the panic goes on after, unless this is a
+        // guard dropped by another panic's unwinding (a second panic there
+        // would abort the process).
+        let left = catch_unwind(AssertUnwindSafe(|| {
+            self.flights
+                .map
+                .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        }));
         #[cfg(test)]
         tests::between_retire_steps();
         self.flights.active.fetch_sub(1, SeqCst);
         self.flight.finish(outcome);
+        if let Err(panic) = left {
+            if !thread::panicking() {
+                resume_unwind(panic);
+            }
+        }
     }
 
     /// Whether the key was written since this flight began (see
