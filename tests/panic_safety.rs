@@ -1227,3 +1227,38 @@ fn a_key_hash_panicking_as_a_panicking_loaders_flight_ends_neither_aborts_nor_bl
         cache.check_invariants();
     }
 }
+
+#[test]
+fn a_weigher_loading_the_key_it_weighs_panics_instead_of_hanging() {
+    // The weigher weighs a loaded value while the load's flight is still
+    // open: loading that same key from it would wait for itself. The
+    // blocking loaders said so with a panic; an async leader's flight was
+    // marked as led by no thread then, and the weigher waited for ever.
+    let handle: Handle<u32> = Handle::new();
+    let h = handle.share();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .weigher(move |k: &u32, _v: &u32| {
+            if *k == 1 {
+                let cache = h.get().expect("set before use");
+                cache.get_with(1, || 0);
+            }
+            1
+        })
+        .build()
+        .unwrap();
+    handle.set(&cache);
+    let c = cache.clone();
+    let (blocking, awaiting) = within("a weigher loading its own key", move || {
+        let blocking = panic::catch_unwind(AssertUnwindSafe(|| c.get_with(1, || 1)));
+        let awaiting = panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut load = std::pin::pin!(c.get_with_async(1, async { 1 }));
+            poll_once(load.as_mut())
+        }));
+        (blocking.is_err(), awaiting.is_err())
+    });
+    assert!(blocking && awaiting, "both panic: {blocking}, {awaiting}");
+    assert_eq!(cache.get_with(2, || 2), 2, "the cache is still usable");
+    cache.check_invariants();
+    handle.clear();
+}

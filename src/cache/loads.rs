@@ -636,6 +636,12 @@ where
                         record.finish(answered(&result));
                         result
                     };
+                    // The fill runs the weigher and the expiry hooks on
+                    // this thread, the flight still open: one that loads
+                    // the key then panics, as for `load_missed`, instead of
+                    // waiting for itself (the flight, led by no thread
+                    // between polls, would not tell).
+                    guard.claim();
                     return self.publish(key, guard, result);
                 }
                 Role::Waiter(flight) => flight,
