@@ -510,6 +510,11 @@ where
             // `f` is called inside the drive too: its body, before the
             // future it returns, is user code that may wait for the key.
             let op = guard.drive(async { f(entry).await }).await?;
+            // Applied on this thread with the flight still open: a weigher
+            // or expiry hook that loads or computes the key then panics, as
+            // under the blocking compute, instead of waiting for itself
+            // (between polls the flight is led by no thread).
+            guard.claim();
             if let Some(result) = self.apply(&key, guard, current, op) {
                 return Ok(result);
             }

@@ -1249,15 +1249,32 @@ fn a_weigher_loading_the_key_it_weighs_panics_instead_of_hanging() {
         .unwrap();
     handle.set(&cache);
     let c = cache.clone();
-    let (blocking, awaiting) = within("a weigher loading its own key", move || {
-        let blocking = panic::catch_unwind(AssertUnwindSafe(|| c.get_with(1, || 1)));
-        let awaiting = panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut load = std::pin::pin!(c.get_with_async(1, async { 1 }));
-            poll_once(load.as_mut())
-        }));
-        (blocking.is_err(), awaiting.is_err())
-    });
-    assert!(blocking && awaiting, "both panic: {blocking}, {awaiting}");
+    let [blocking, awaiting, computing, computing_async] =
+        within("a weigher loading its own key", move || {
+            let blocking = panic::catch_unwind(AssertUnwindSafe(|| c.get_with(1, || 1)));
+            let awaiting = panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut load = std::pin::pin!(c.get_with_async(1, async { 1 }));
+                poll_once(load.as_mut())
+            }));
+            let computing = panic::catch_unwind(AssertUnwindSafe(|| {
+                c.entry(1).and_upsert_with(|_| 1);
+            }));
+            let computing_async = panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut compute = std::pin::pin!(c.entry(1).and_upsert_with_async(|_| async { 1 }));
+                poll_once(compute.as_mut())
+            }));
+            [
+                blocking.is_err(),
+                awaiting.is_err(),
+                computing.is_err(),
+                computing_async.is_err(),
+            ]
+        });
+    assert_eq!(
+        (blocking, awaiting, computing, computing_async),
+        (true, true, true, true),
+        "every form panics (get_with, get_with_async, and_upsert_with, and_upsert_with_async)"
+    );
     assert_eq!(cache.get_with(2, || 2), 2, "the cache is still usable");
     cache.check_invariants();
     handle.clear();
