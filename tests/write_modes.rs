@@ -307,6 +307,57 @@ fn pending_writes_are_read_back_past_eviction_and_expiry_without_touching_the_st
     assert!(letters.lock().is_empty());
 }
 
+/// A store whose batch query answers a range, so more rows than it was
+/// asked for, as `Loader::load_many` allows ("pairs for keys not asked for
+/// are ignored"): every row of the table.
+#[derive(Clone, Default)]
+struct RangeStore(MemStore);
+
+impl larder::Store<u64, u64> for RangeStore {
+    type Error = String;
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        self.0.load(key)
+    }
+    fn load_many(&self, _keys: &[u64]) -> Result<Vec<(u64, u64)>, String> {
+        Ok(self.0.table.lock().iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn write(&self, batch: &[(u64, Change<u64>)]) -> Result<(), String> {
+        self.0.write(batch)
+    }
+}
+
+/// A batch read of keys with pending write-behind changes, and of keys
+/// without: the pending ones are answered from the queue, the others from
+/// the store, and a store that answers more rows than asked must not get
+/// its older rows of the pending keys read or cached over their changes.
+#[test]
+fn a_batch_read_never_takes_the_stores_older_row_of_a_pending_key() {
+    let store = RangeStore::default();
+    store.0.set(1, 10);
+    store.0.set(2, 20);
+    store.0.set(3, 30);
+    let cache = Cache::builder()
+        .store(store.clone())
+        .write_behind()
+        .build()
+        .unwrap();
+    let gate = store.0.gate.write();
+    cache.insert(1, 11).unwrap();
+    cache.remove(&3).unwrap();
+    cache.invalidate_all(); // the changes stay pinned in the queue
+    let found = cache.get_many([1, 2, 3]).unwrap();
+    assert_eq!(found.get(&1), Some(&11), "the pending put");
+    assert_eq!(found.get(&2), Some(&20), "from the store");
+    assert_eq!(found.get(&3), None, "the pending delete");
+    assert_eq!(cache.get(&1).unwrap(), Some(11), "nor cached");
+    assert_eq!(cache.get(&3).unwrap(), None);
+    drop(gate);
+    cache.flush();
+    assert_eq!(
+        (store.0.get(1), store.0.get(2), store.0.get(3)),
+        (Some(11), Some(20), None)
+    );
+}
 #[test]
 fn a_full_queue_fails_blocks_or_writes_through_as_configured() {
     // Fail.

@@ -76,7 +76,9 @@ pub trait Store<K, V>: Send + Sync + 'static {
     fn load(&self, key: &K) -> Result<Option<V>, Self::Error>;
 
     /// Loads a batch of distinct keys; keys left out of the answer are
-    /// absent. The default calls [`load`](Self::load) once per key.
+    /// absent, and pairs for keys not asked for are ignored (a range
+    /// query may answer more rows). The default calls [`load`](Self::load)
+    /// once per key.
     ///
     /// # Errors
     ///

@@ -64,16 +64,26 @@ where
         let Some(queue) = self.queue.get() else {
             return self.store.load_many(keys);
         };
-        let mut found = Vec::with_capacity(keys.len());
+        let mut pending = HashMap::new();
         let mut rest = Vec::new();
         for key in keys {
             match queue.latest(key) {
-                Some(change) => found.extend(change.into_value().map(|v| (key.clone(), v))),
+                Some(change) => {
+                    pending.insert(key.clone(), change.into_value());
+                }
                 None => rest.push(key.clone()),
             }
         }
+        let mut found = Vec::with_capacity(keys.len());
         if !rest.is_empty() {
-            found.extend(self.store.load_many(&rest)?);
+            found = self.store.load_many(&rest)?;
+        }
+        // A store may answer rows it was not asked for (a loader's extra
+        // pairs are ignored), but its row of a key with a pending change is
+        // older than that change: the queue's answer wins, a delete too.
+        if !pending.is_empty() {
+            found.retain(|(key, _)| !pending.contains_key(key));
+            found.extend(pending.into_iter().filter_map(|(k, v)| Some((k, v?))));
         }
         Ok(found)
     }
