@@ -249,7 +249,8 @@ impl std::error::Error for BuildError {}
 ///
 /// Every setter is optional. Without any, a cache is unbounded, never
 /// expires entries, and has one shard per 512 entries of capacity up to four
-/// per CPU.
+/// per CPU (both rounded to a power of two; see
+/// [`num_shards`](Self::num_shards)).
 ///
 /// # Examples
 ///
@@ -366,10 +367,12 @@ where
     ///
     /// A shard's share is `max_capacity / num_shards`, and the default shard
     /// count counts the weight's units as it counts entries: one shard per
-    /// 512 units, up to four per CPU. A cache bounded in bytes is always
-    /// big enough to get the most, so on a machine with `n` CPUs the
-    /// heaviest entry it keeps weighs about `max_capacity / (4 × n)`: an
-    /// eighth of the bound on 2 CPUs, under 0.4 % of it on 64. Where entries
+    /// 512 units, up to four per CPU rounded up to a power of two. A cache
+    /// bounded in bytes is always big enough to get the most, so on a
+    /// machine with `n` CPUs the heaviest entry it keeps weighs
+    /// `max_capacity / s`, `s` being `4 × n` rounded up to a power of two:
+    /// an eighth of the bound on 2 CPUs, a 32nd on 6 or 8, under 0.4 % of
+    /// it on 64. Where entries
     /// can be large, set [`num_shards`](Self::num_shards) so that the
     /// heaviest fits in `max_capacity / num_shards` (fewer shards also means
     /// more contention between writers). A built cache reports its line as
@@ -642,7 +645,8 @@ where
     }
 
     /// Number of independently locked shards, rounded up to a power of two.
-    /// Default: one per 512 units of capacity, at most four per CPU. Range
+    /// Default: one per 512 units of capacity (rounded down to a power of
+    /// two), at most four per CPU (rounded up to one: 32 on 6 CPUs). Range
     /// `1..=65536`. More shards, less contention; fewer, a better hit ratio
     /// for small caches. A cache never has more shards than units of
     /// capacity (the largest power of two within it), so that every shard
@@ -825,7 +829,8 @@ where
     }
 }
 
-/// One shard per [`MIN_SHARD_CAPACITY`], at most four per CPU, a power of two.
+/// One shard per [`MIN_SHARD_CAPACITY`] (rounded down to a power of two), at
+/// most four per CPU (rounded up to one).
 fn default_shards(capacity: u64) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let by_cpu = (cpus * 4).next_power_of_two();
