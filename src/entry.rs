@@ -528,6 +528,9 @@ where
         if !std::mem::take(first) {
             return self.peek(key);
         }
+        // A hit runs the read hook, user code that waiters of this flight
+        // wait for, as they wait for the closure.
+        let _awaited = Awaited::here();
         let (value, _) = self.get_uncounted(key);
         self.record_lookup(value.is_some());
         value

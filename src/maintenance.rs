@@ -88,7 +88,9 @@ thread_local! {
 /// every loader call and by the fill that caches its value, whose weigher
 /// and expiry hooks are user code too (until the flight closes, a pass's
 /// listener may be reading the key with a `get_with`, a loading cache's
-/// background reload may be reading it from its loader) and, for its
+/// background reload may be reading it from its loader); by an entry
+/// compute's closure, its first look (which runs the read hook) and its
+/// write, which lead the key's flight as a load does; and, for its
 /// whole life, by the write-behind flusher (a
 /// pass's listener may be waiting in `flush`, and the flusher runs user
 /// code: eviction listeners for the copies it drops, the store, the

@@ -9,8 +9,8 @@ use std::{
     cell::{Cell, RefCell},
     panic,
     sync::{
-        Arc, Barrier, Mutex,
-        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Barrier, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
         mpsc,
     },
     thread,
@@ -20,7 +20,7 @@ use std::{
 #[path = "support/threads.rs"]
 mod threads;
 
-use larder::{Cache, CompResult, Entry, Op, RemovalCause, clock::MockClock};
+use larder::{Cache, CompResult, Entry, Expiry, Op, RemovalCause, clock::MockClock};
 use threads::{panic_message, parallel};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -807,4 +807,90 @@ fn a_waiter_of_a_nop_compute_is_not_handed_a_value_that_expired_meanwhile() {
     let loaded = within("loader", move || loader.join().unwrap());
     assert_eq!(loaded, 99, "the expired value was returned");
     assert_eq!(cache.get(&1), Some(99));
+}
+
+/// Times key 2 out after a second and keeps key 1 for ever; once armed,
+/// its read hook (for key 1) says so on `in_hook`, waits for `go`, and
+/// calls `run_pending_tasks` on the cache.
+struct DrainingReadHook {
+    cache: Arc<OnceLock<Cache<u32, u32>>>,
+    armed: Arc<AtomicBool>,
+    in_hook: Mutex<mpsc::Sender<()>>,
+    go: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Expiry<u32, u32> for DrainingReadHook {
+    fn expire_after_create(&self, key: &u32, _: &u32) -> Option<Duration> {
+        (*key == 2).then_some(Duration::from_secs(1))
+    }
+
+    fn expire_after_read(&self, key: &u32, _: &u32, left: Option<Duration>) -> Option<Duration> {
+        if *key == 1 && self.armed.swap(false, SeqCst) {
+            self.in_hook.lock().unwrap().send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            // Give the listener's compute time to start waiting.
+            thread::sleep(Duration::from_millis(100));
+            self.cache.get().unwrap().run_pending_tasks();
+        }
+        left
+    }
+}
+
+/// The read hook that a compute's first look runs is user code the key's
+/// waiters wait for, as the closure is: a `run_pending_tasks` called there
+/// must not wait for a pass whose listener is waiting for this compute
+/// (the two would wait for each other for ever).
+#[test]
+fn run_pending_tasks_in_the_read_hook_of_a_compute_does_not_wait_for_a_pass_waiting_for_it() {
+    let clock = MockClock::new();
+    let handle: Arc<OnceLock<Cache<u32, u32>>> = Arc::default();
+    let (in_hook, hooked) = mpsc::channel();
+    let (go, gone) = mpsc::channel();
+    let armed = Arc::new(AtomicBool::new(false));
+    let hook = DrainingReadHook {
+        cache: handle.clone(),
+        armed: armed.clone(),
+        in_hook: Mutex::new(in_hook),
+        go: Mutex::new(gone),
+    };
+    let listening = Mutex::new(go);
+    let in_listener = handle.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .expire_after(hook)
+        .clock(clock.clone())
+        .eviction_listener(move |k: Arc<u32>, _, cause| {
+            if *k == 2 && cause == RemovalCause::Expired {
+                listening.lock().unwrap().send(()).unwrap();
+                let cache = in_listener.get().unwrap();
+                cache.entry(1).and_upsert_with(|e| value_of(e).unwrap() + 1);
+            }
+        })
+        .build()
+        .unwrap();
+    handle.set(cache.clone()).unwrap();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    // The next read of key 1 is the compute's first look.
+    armed.store(true, SeqCst);
+    let compute = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache
+                .entry(1)
+                .and_compute_with(|e| Op::Put(value_of(e).unwrap() + 1))
+        })
+    };
+    hooked.recv().unwrap();
+    clock.advance(Duration::from_secs(2));
+    // A pass reaps key 2; its listener waits for the compute of key 1.
+    let pass = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.run_pending_tasks())
+    };
+    let r = within("compute whose read hook drains", move || {
+        pass.join().unwrap();
+        compute.join().unwrap()
+    });
+    assert!(matches!(r, CompResult::ReplacedWith(e) if *e.value() == 2));
+    assert_eq!(cache.get(&1), Some(3));
 }

@@ -781,9 +781,12 @@ where
     /// caller's) is still delivering, so that on return every entry expired
     /// before the call has been reported. Called from a listener that a pass
     /// on this same thread is delivering to, or from a loader such as
-    /// [`get_with`](Self::get_with)'s `init` or from the weigher or an
-    /// expiry hook as they weigh and time its value (that pass's listener
-    /// may be waiting for the very load), it does not wait; called from a listener
+    /// [`get_with`](Self::get_with)'s `init` or an entry compute's closure
+    /// ([`and_compute_with`](crate::OwnedKeyEntrySelector::and_compute_with)),
+    /// or from the weigher or an expiry hook as they weigh and time its
+    /// value (or the read hook as a compute first reads its key), it does
+    /// not wait: that pass's listener may be waiting for the very load or
+    /// compute. Called from a listener
     /// run by a write, it waits like any caller. That includes the write of
     /// a loaded value (a `get_with` whose value evicts to make room): its
     /// listener runs only once the load's waiters have the value, so a
