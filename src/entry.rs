@@ -505,6 +505,11 @@ where
         let mut first = true;
         loop {
             let guard = self.lead_async(&key).await;
+            // The look runs the read hook on a hit: on this thread with
+            // the flight claimed, as the apply step below, so a hook that
+            // loads or computes the key panics instead of waiting for
+            // itself. (`drive` marks each poll after it.)
+            guard.claim();
             let current = self.look(&key, &mut first);
             let entry = shown(&key, &current);
             // `f` is called inside the drive too: its body, before the

@@ -12,8 +12,8 @@
 use std::{
     panic::{self, AssertUnwindSafe},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     },
     time::Duration,
 };
@@ -23,7 +23,7 @@ mod tasks;
 #[path = "support/threads.rs"]
 mod threads;
 
-use larder::{Cache, CompResult, Entry, Op, RemovalCause};
+use larder::{Cache, CompResult, Entry, Expiry, Op, RemovalCause};
 use tasks::{Wakes, bounded, on_thread, poll_with, until_misses};
 use threads::panic_message;
 use tokio::{
@@ -1026,4 +1026,73 @@ async fn or_insert_async_and_or_default_async_use_their_value_only_on_a_miss() {
         ["a", "b", "c", "d", "e"].map(|k| cache.get(k)),
         [Some(1), Some(4), Some(0), Some(7), Some(0)]
     );
+}
+
+/// Once armed, its read hook computes the key it was read for.
+struct ComputingReadHook {
+    cache: Arc<OnceLock<Cache<u32, u32>>>,
+    armed: Arc<AtomicBool>,
+}
+
+impl Expiry<u32, u32> for ComputingReadHook {
+    fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+        None
+    }
+
+    fn expire_after_read(&self, key: &u32, _: &u32, left: Option<Duration>) -> Option<Duration> {
+        if self.armed.swap(false, SeqCst) {
+            let cache = self.cache.get().unwrap();
+            cache.entry(*key).and_compute_with(|_| Op::Nop);
+        }
+        left
+    }
+}
+
+/// An async compute's first look runs the read hook while the compute
+/// leads the key: a hook that computes that key panics, as under the
+/// blocking compute and as the hooks of the compute's write do, instead
+/// of waiting for itself.
+#[test]
+fn a_read_hook_computing_its_key_under_an_async_compute_panics_instead_of_hanging() {
+    let handle: Arc<OnceLock<Cache<u32, u32>>> = Arc::default();
+    let armed = Arc::new(AtomicBool::new(false));
+    let cache: Cache<u32, u32> = Cache::builder()
+        .expire_after(ComputingReadHook {
+            cache: handle.clone(),
+            armed: armed.clone(),
+        })
+        .build()
+        .unwrap();
+    handle.set(cache.clone()).unwrap();
+    cache.insert(1, 1);
+    for blocking in [true, false] {
+        armed.store(true, SeqCst);
+        let (done, outcome) = std::sync::mpsc::channel();
+        let computing = cache.clone();
+        std::thread::spawn(move || {
+            let put = |e: Option<Entry<u32, u32>>| async move { Op::Put(plus_one(e)) };
+            let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                if blocking {
+                    computing
+                        .entry(1)
+                        .and_compute_with(|e| Op::Put(plus_one(e)))
+                } else {
+                    let mut f = std::pin::pin!(computing.entry(1).and_compute_with_async(put));
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    loop {
+                        if let std::task::Poll::Ready(r) = f.as_mut().poll(&mut cx) {
+                            break r;
+                        }
+                    }
+                }
+            }));
+            let _ = done.send(result.map(drop).map_err(|p| panic_message(&*p)));
+        });
+        let outcome = outcome
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("blocking: {blocking}: the compute hung"));
+        let message = outcome.expect_err("the hook's compute of its own key panics");
+        assert!(message.contains("its own key"), "{message}");
+        assert_eq!(cache.get(&1), Some(1), "the key is as it was");
+    }
 }
