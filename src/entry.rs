@@ -232,10 +232,12 @@ pub enum CompResult<K, V> {
     /// The key's entry was left as it was ([`Op::Nop`]); this is its value.
     Unchanged(Entry<K, V>),
     /// The key had no live entry and [`Op::Put`] wrote this value. If the
-    /// cache's eviction policy turned it away at once (a full cache, as
-    /// for [`insert`](Cache::insert)), the result still says `Inserted`: the
+    /// cache turned it away at once (a full cache, as for
+    /// [`insert`](Cache::insert)), the result still says `Inserted`: the
     /// listener hears of the value as a [`Size`](crate::RemovalCause::Size)
-    /// eviction, and a `get` right after finds nothing.
+    /// eviction (as [`Expired`](crate::RemovalCause::Expired) if an expiry
+    /// hook gave it no lifetime at all), and a `get` right after finds
+    /// nothing.
     Inserted(Entry<K, V>),
     /// [`Op::Put`] replaced the key's live value with this one (the
     /// listener hears of the old one as
