@@ -3,7 +3,7 @@
 //! workloads in the same run:
 //!
 //! 1. **Throughput** (Mops/s, median of 11 runs of 0.2 s, runs alternating
-//!    between the caches): get hit, mixed Zipf on 1 and 2 threads, insert;
+//!    between the caches, larder then quick_cache then moka): get hit, mixed Zipf on 1 and 2 threads, insert;
 //!    ratios of larder to the others, and the median of the runs' own
 //!    larder/quick_cache ratios (each larder run paired with the
 //!    quick_cache run right after it, so a busy spell of the host that
@@ -207,8 +207,9 @@ fn median(mut runs: [f64; RUNS]) -> f64 {
 }
 
 /// Median Mops/s of larder, moka and quick_cache, runs interleaved so that
-/// a noisy neighbour hurts all three alike, and the median of each run's
-/// larder/quick_cache ratio.
+/// a noisy neighbour hurts all three alike, and the median of each larder
+/// run's ratio to the quick_cache run right after it (each round runs
+/// larder, quick_cache, moka in that order).
 fn speeds(
     streams: &[Vec<u64>],
     op: Op,
@@ -221,15 +222,16 @@ fn speeds(
         vec![0; streams.len()],
         vec![0; streams.len()],
     ];
+    // quick_cache runs right after larder, so that the pair whose ratio is
+    // taken is as close in time as the rounds allow; moka closes the round.
     timed_run(larder, streams, &mut cursors[0], op, WARM_UP);
-    timed_run(moka, streams, &mut cursors[1], op, WARM_UP);
     timed_run(quick, streams, &mut cursors[2], op, WARM_UP);
+    timed_run(moka, streams, &mut cursors[1], op, WARM_UP);
     let runs: [[f64; 3]; RUNS] = std::array::from_fn(|_| {
-        [
-            timed_run(larder, streams, &mut cursors[0], op, RUN_TIME),
-            timed_run(moka, streams, &mut cursors[1], op, RUN_TIME),
-            timed_run(quick, streams, &mut cursors[2], op, RUN_TIME),
-        ]
+        let l = timed_run(larder, streams, &mut cursors[0], op, RUN_TIME);
+        let q = timed_run(quick, streams, &mut cursors[2], op, RUN_TIME);
+        let m = timed_run(moka, streams, &mut cursors[1], op, RUN_TIME);
+        [l, m, q]
     });
     let mops = std::array::from_fn(|cache| median(runs.map(|run| run[cache])));
     (mops, median(runs.map(|[l, _, q]| l / q)))
