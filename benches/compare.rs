@@ -322,7 +322,7 @@ const SYNTHETIC_REQUESTS: usize = 2_000_000;
 /// Most requests read from one trace: more than the longest trace used
 /// (P12, 13,208,930), so every trace is replayed whole and a row named
 /// after a trace measures all of it (the first 3M requests of P6 and P12,
-/// read until 7 December, gave hit ratios up to 12 points away from the
+/// read until 6 December, gave hit ratios up to 12 points away from the
 /// whole traces', and another order of the caches).
 const TRACE_LIMIT: usize = 1 << 24;
 /// Workloads shorter than this many requests are replayed [`REPLAYS`]
