@@ -26,8 +26,9 @@ use super::{Entries, Room, SketchBudget, TestEntries, TinyLfu};
 /// 13.2M requests, so the simulator's P6 and P12 rows (and the figures
 /// the policy's docs quote for them) are of their first 4M requests; the
 /// comparison bench replays them whole since 6 December, where P6@50k
-/// gives larder 44.4 against moka's 45.1 (held 45.3), a row these first
-/// 4M (35.0 against about 32) do not show.
+/// gives larder 44.5 against moka's 45.1 (held to its capacity 45.2): a
+/// flagged row that the first 4M (larder 34.7 here; the bench's first 3M
+/// gave 33.0 against moka's 31.9) do not show.
 const MAX_ACCESSES: usize = 4_000_000;
 
 /// A small deterministic PRNG (splitmix64).
