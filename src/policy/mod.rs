@@ -382,8 +382,11 @@
 //! +0.47, +0.24, +0.26, but means of 48.13, 48.18, 48.23, 48.27 and 48.30
 //! (`P12`@10k −0.3 to −1.7, `cpp`@100 −0.2 to −0.6, Zipf 0.8 at 10k −0.4 to
 //! −0.65; `sprite`@100 +0.4 to +0.8): none brings P6@50k within half a
-//! point of moka held without costing more elsewhere. Not kept; P6@50k is
-//! open.
+//! point of moka held without costing more elsewhere. Nor, on P6@50k alone
+//! (two seeds, 44.65 and 44.75), do a window held at none (44.50, 44.40;
+//! moka keeps none), at 1% (44.45, 43.73) or at 5% (42.71, 43.45), or a key
+//! dueling on arrival without its margin (44.24, 44.34). Not kept; P6@50k
+//! is open.
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
