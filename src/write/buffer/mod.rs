@@ -126,13 +126,18 @@
 #![cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 
 use std::{
-    borrow::Borrow,
-    collections::{BTreeMap, HashMap, VecDeque, hash_map},
-    hash::{BuildHasherDefault, Hash, Hasher},
+    collections::{BTreeMap, HashMap, hash_map},
+    hash::{BuildHasherDefault, Hash},
     time::Duration,
 };
 
 use ahash::RandomState;
+
+mod hashed;
+mod seqs;
+
+use hashed::{Hashed, HashedRef, Probe, StoredHash};
+use seqs::{Outstanding, SeqQueue};
 
 /// The sequence number of a pushed write: 1 for the first, increasing by one.
 /// 0 stands for "before any write".
@@ -356,228 +361,6 @@ struct Flight {
 struct Slot<V> {
     pending: Option<Pending<V>>,
     flight: Option<Flight>,
-}
-
-/// Keys by sequence number, popped lowest first. Fresh writes arrive in
-/// increasing order and go to the back of `fresh` (a ring buffer, cheaper
-/// than a tree for the common case); entries that come back out of order
-/// (retries, writes that waited behind a flight) go to `late`. Each part is
-/// sorted, so the lowest is at the front of one of them.
-#[derive(Debug)]
-struct SeqQueue<K> {
-    fresh: VecDeque<(Seq, K)>,
-    late: BTreeMap<Seq, K>,
-}
-
-impl<K> Default for SeqQueue<K> {
-    fn default() -> Self {
-        Self {
-            fresh: VecDeque::new(),
-            late: BTreeMap::new(),
-        }
-    }
-}
-
-impl<K> SeqQueue<K> {
-    fn insert(&mut self, seq: Seq, key: K) {
-        if self.fresh.back().is_none_or(|&(newest, _)| newest < seq) {
-            self.fresh.push_back((seq, key));
-        } else {
-            self.late.insert(seq, key);
-        }
-    }
-
-    /// True if the lowest entry is at the front of `fresh`; `None` if empty.
-    fn lowest_is_fresh(&self) -> Option<bool> {
-        match (self.fresh.front(), self.late.first_key_value()) {
-            (Some((a, _)), Some((b, _))) => Some(a < b),
-            (Some(_), None) => Some(true),
-            (None, Some(_)) => Some(false),
-            (None, None) => None,
-        }
-    }
-
-    fn first(&self) -> Option<(Seq, &K)> {
-        if self.lowest_is_fresh()? {
-            self.fresh.front().map(|(seq, key)| (*seq, key))
-        } else {
-            self.late.first_key_value().map(|(seq, key)| (*seq, key))
-        }
-    }
-
-    fn pop_first(&mut self) -> Option<(Seq, K)> {
-        if self.lowest_is_fresh()? {
-            self.fresh.pop_front()
-        } else {
-            self.late.pop_first()
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.fresh.len() + self.late.len()
-    }
-
-    #[cfg(any(test, fuzzing, feature = "test-util"))]
-    fn get(&self, seq: Seq) -> Option<&K> {
-        match self.fresh.binary_search_by_key(&seq, |&(s, _)| s) {
-            Ok(i) => Some(&self.fresh[i].1),
-            Err(_) => self.late.get(&seq),
-        }
-    }
-}
-
-/// The first seqs of the entries held. A seq comes in as the newest (a fresh
-/// entry's), so the ring buffer stays sorted; one leaves in any order, by
-/// being marked gone. Marks at the front are swept at once, and all of them
-/// are compacted away when they outnumber the live seqs, so memory stays
-/// within about twice the live count.
-#[derive(Debug, Default)]
-struct Outstanding {
-    seqs: VecDeque<(Seq, bool)>,
-    live: usize,
-}
-
-impl Outstanding {
-    fn insert(&mut self, seq: Seq) {
-        debug_assert!(self.seqs.back().is_none_or(|&(newest, _)| newest < seq));
-        self.seqs.push_back((seq, true));
-        self.live += 1;
-    }
-
-    fn remove(&mut self, seq: Seq) {
-        // Batches leave oldest first, so the seq is most often the front.
-        let found = if self.seqs.front().is_some_and(|&(first, _)| first == seq) {
-            Ok(0)
-        } else {
-            self.seqs.binary_search_by_key(&seq, |&(s, _)| s)
-        };
-        let Ok(i) = found else {
-            return;
-        };
-        if !std::mem::replace(&mut self.seqs[i].1, false) {
-            return;
-        }
-        self.live -= 1;
-        while self.seqs.front().is_some_and(|&(_, live)| !live) {
-            self.seqs.pop_front();
-        }
-        if self.seqs.len() > 2 * self.live + 64 {
-            self.seqs.retain(|&(_, live)| live);
-        }
-    }
-
-    /// The oldest live seq (the front is never a mark).
-    fn first(&self) -> Option<Seq> {
-        self.seqs.front().map(|&(seq, _)| seq)
-    }
-
-    fn len(&self) -> usize {
-        self.live
-    }
-
-    fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    #[cfg(any(test, fuzzing, feature = "test-util"))]
-    fn iter(&self) -> impl Iterator<Item = Seq> + '_ {
-        self.seqs
-            .iter()
-            .filter(|&&(_, live)| live)
-            .map(|&(seq, _)| seq)
-    }
-}
-
-/// A key with the hash it was pushed with (see "Hashing each key once" in
-/// the module docs).
-#[derive(Clone, Debug)]
-struct Hashed<K> {
-    hash: u64,
-    key: K,
-}
-
-impl<K> Hash for Hashed<K> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-impl<K: PartialEq> PartialEq for Hashed<K> {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.key == other.key
-    }
-}
-
-impl<K: Eq> Eq for Hashed<K> {}
-
-/// A key to look up by, owned ([`Hashed`]) or borrowed ([`HashedRef`]): the
-/// map's keys borrow as `dyn Probe<K>`, so a lookup needs no owned key.
-trait Probe<K> {
-    fn hash(&self) -> u64;
-    fn key(&self) -> &K;
-}
-
-impl<K> Probe<K> for Hashed<K> {
-    fn hash(&self) -> u64 {
-        self.hash
-    }
-    fn key(&self) -> &K {
-        &self.key
-    }
-}
-
-/// A borrowed key and its hash.
-struct HashedRef<'a, K>(u64, &'a K);
-
-impl<K> Probe<K> for HashedRef<'_, K> {
-    fn hash(&self) -> u64 {
-        self.0
-    }
-    fn key(&self) -> &K {
-        self.1
-    }
-}
-
-impl<'a, K: 'a> Borrow<dyn Probe<K> + 'a> for Hashed<K> {
-    fn borrow(&self) -> &(dyn Probe<K> + 'a) {
-        self
-    }
-}
-
-// Agree with `Hashed`'s own `Hash` and `Eq`, as `Borrow` requires.
-impl<K> Hash for dyn Probe<K> + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(Probe::hash(self));
-    }
-}
-
-impl<K: PartialEq> PartialEq for dyn Probe<K> + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        Probe::hash(self) == Probe::hash(other) && self.key() == other.key()
-    }
-}
-
-impl<K: Eq> Eq for dyn Probe<K> + '_ {}
-
-/// The map's hasher: hands back the stored hash written to it.
-#[derive(Default)]
-struct StoredHash(u64);
-
-impl Hasher for StoredHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is ever called; fold anything else in all the same.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, hash: u64) {
-        self.0 = hash;
-    }
 }
 
 /// The coalescing write-behind buffer (see the module docs).
