@@ -5,8 +5,9 @@
 //! each shard's timing wheel, reap expired entries in bounded batches (the
 //! shard lock is released between batches so readers never wait long), and
 //! deliver their removal notifications with no lock held. A pass that
-//! panics (a key's `Hash` may, while reaping) is contained: the thread goes
-//! on to the next.
+//! panics (a key's `Hash` may, while reaping) is contained: the other
+//! shards are still reaped in that pass, and the thread goes on to the
+//! next.
 //!
 //! The thread passes every [`INTERVAL`] while some wheel has an entry
 //! that may fall due within it. Otherwise it sleeps until the first slot

@@ -11,7 +11,7 @@ use std::{
     borrow::Borrow,
     fmt,
     hash::Hash,
-    panic::{RefUnwindSafe, UnwindSafe},
+    panic::{AssertUnwindSafe, RefUnwindSafe, UnwindSafe, catch_unwind, resume_unwind},
     sync::Arc,
     time::Duration,
 };
@@ -1484,21 +1484,36 @@ where
 
     /// One maintenance pass: reap expired entries shard by shard in bounded
     /// batches and deliver their notifications between batches.
+    ///
+    /// A key's `Hash` panicking in one shard ends that
+    /// shard's part of the pass only: the shards after it are still
+    /// reaped, and the first panic is raised again once they are. Otherwise
+    /// a key whose `Hash` panics every time would keep the maintenance
+    /// thread from ever reaching the shards after its own.
     fn maintain(&self) {
         self.maintenance.pass(|| {
             let now = self.timing.clock.now();
+            let mut first_panic = None;
             for cell in self.shards.iter() {
                 // Widens the lock's wrapping hit count while it is still
                 // far from wrapping twice (see `raw::lock`).
                 cell.hits();
-                loop {
-                    let mut removed = Removed::default();
-                    let done = cell.write().reap(now, &mut removed);
-                    self.deliver(removed);
-                    if done {
-                        break;
+                let reaped = catch_unwind(AssertUnwindSafe(|| {
+                    loop {
+                        let mut removed = Removed::default();
+                        let done = cell.write().reap(now, &mut removed);
+                        self.deliver(removed);
+                        if done {
+                            break;
+                        }
                     }
+                }));
+                if let Err(payload) = reaped {
+                    first_panic.get_or_insert(payload);
                 }
+            }
+            if let Some(payload) = first_panic {
+                resume_unwind(payload);
             }
         });
     }
