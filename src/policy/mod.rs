@@ -410,8 +410,19 @@
 //! loops −1 to −9, `P6`@50k −0.1 and −0.6); halving every 5, 15, 20 or 40
 //! increments per entry (`P6`@50k −0.1 to −1.0, two seeds). The victims'
 //! counts earn their keep; what `P6` wants is a longer probation (no
-//! protected segment: +0.5), which the other traces do not. Sharded as the
-//! cache shards it (8 shards of 6,250 entries) `P6`@50k loses 0.06.
+//! protected segment: +0.5), which the other traces do not. Replayed next
+//! to the same policy without a protected segment, the two differ on
+//! about 1.2M requests each way (net 68k, 0.54 points), nearly all of them
+//! keys one turned away on arrival or lost as the window's candidate and
+//! the other admitted, back more than a capacity of requests later: the
+//! victims of one main LRU queue lose more duels than probation's heads.
+//! Sharded as the cache shards it (8 shards of 6,250 entries) `P6`@50k
+//! loses 0.06. The comparison bench, three replays with fresh hash seeds
+//! (`LARDER_COMPARE_ROWS=P6,cpp,multi2,zigzag,sprite
+//! LARDER_COMPARE_REPLAYS=3`): `P6`@50k 44.44 against moka's 45.22 (held
+//! 45.06), `cpp`@100 76.75 against quick_cache's 77.38, `sprite`@100 31.60
+//! against moka's 34.71 (held 30.97); `multi2`@1000 57.28 against 57.76 and
+//! `zigzag`@500 22.93 against 22.90 within half a point in that run.
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
