@@ -7,6 +7,7 @@ use crate::{
     expiry::{Hooks, Timing, clock::Clock},
     load::fresh::Loaded,
     notify::Listener,
+    shard::Placeholder,
 };
 
 /// The user's weigher.
@@ -277,6 +278,10 @@ pub struct CacheBuilder<K, V> {
     listener: Option<Listener<K, V>>,
     num_shards: Option<usize>,
     clock: Clock,
+    /// Set by [`into_loading`](Self::into_loading) for its inner cache:
+    /// the values that stand for a cached absence, whose removals the
+    /// listener never hears of and the stats do not count.
+    placeholder: Option<Placeholder<V>>,
 }
 
 impl<K, V> fmt::Debug for CacheBuilder<K, V> {
@@ -314,6 +319,7 @@ impl<K, V> Default for CacheBuilder<K, V> {
             listener: None,
             num_shards: None,
             clock: Clock::system(),
+            placeholder: None,
         }
     }
 }
@@ -577,7 +583,11 @@ where
     /// removal stands and other notifications are still delivered.
     ///
     /// On a [`LoadingCache`](crate::LoadingCache) the listener hears of
-    /// values only, not of cached absences (`negative_ttl`); with
+    /// values only, not of cached absences (`negative_ttl`), which have
+    /// none to hand over: an absence that leaves, a value written or
+    /// loaded over it say, is neither heard nor counted in
+    /// [`removals`](crate::CacheStats::removals), which counts exactly
+    /// what the listener hears; with
     /// `stale_while_revalidate` or `stale_if_error`, a value leaves (as
     /// `Expired`) once the last of those windows ends, not at its time to
     /// live; a reload (refresh-ahead, stale-while-revalidate, early expiry,
@@ -585,7 +595,7 @@ where
     /// replaces the old one (`Replaced`, as an `insert` does), and one that
     /// finds the key gone drops its value (`Explicit`), unless the cache
     /// has a `negative_ttl`: the absence it then caches replaces the value
-    /// (`Replaced`, though the listener hears nothing of the absence).
+    /// (heard as `Replaced`; the absence's own leaving, later, is not).
     ///
     /// A listener that owns a handle of its own cache keeps the cache (and
     /// its `larder-maintenance` thread) alive for ever: reach it through a
@@ -771,6 +781,7 @@ where
             timing,
             weigher: self.weigher,
             listener: self.listener,
+            placeholder: self.placeholder,
             policy,
         }))
     }
@@ -778,7 +789,8 @@ where
     /// Splits a builder given a loader into the settings the loading cache
     /// applies itself (time to live and jitter) and a builder for its inner
     /// cache of [`Loaded`] values, with weigher and listener wrapped to see
-    /// only present values.
+    /// only present values, and the removals of cached absences left out of
+    /// the stats as they are out of the listener's hearing.
     pub(crate) fn into_loading(self) -> Result<LoadingBase<K, V>, BuildError> {
         if self.expiry.is_some() {
             return Err(BuildError::LoaderExpiryConflict);
@@ -812,6 +824,7 @@ where
             listener,
             num_shards: self.num_shards,
             clock: self.clock,
+            placeholder: Some(Loaded::is_absence),
         };
         Ok((inner, self.ttl, self.jitter))
     }

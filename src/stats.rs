@@ -126,7 +126,12 @@ impl CacheStats {
         }
     }
 
-    /// Entries removed for `cause` (each removal counted once).
+    /// Entries removed for `cause` (each removal counted once): exactly
+    /// the removals the eviction listener hears of with that cause. On a
+    /// [`LoadingCache`](crate::LoadingCache), an absence cached by
+    /// `negative_ttl` is not a value, so its leaving (a value written or
+    /// loaded over it, its expiry, an invalidation, an eviction) is neither
+    /// heard nor counted here.
     ///
     /// # Examples
     ///
@@ -136,6 +141,18 @@ impl CacheStats {
     /// cache.insert(1, 1);
     /// cache.invalidate(&1);
     /// assert_eq!(cache.stats().removals(RemovalCause::Explicit), 1);
+    ///
+    /// // A cached absence replaced by a value: no removal.
+    /// let users = Cache::builder()
+    ///     .loader(|_: &u32| Ok::<Option<u32>, String>(None))
+    ///     .negative_ttl(std::time::Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(users.get(&1).unwrap(), None); // the absence is cached
+    /// users.insert(1, 10);
+    /// assert_eq!(users.stats().removals(RemovalCause::Replaced), 0);
+    /// users.insert(1, 11); // a value replaced: one
+    /// assert_eq!(users.stats().removals(RemovalCause::Replaced), 1);
     /// ```
     pub fn removals(&self, cause: RemovalCause) -> u64 {
         self.removals[cause.index()]

@@ -604,7 +604,7 @@ fn absent_answers_are_not_cached_without_a_negative_ttl() {
 }
 
 #[test]
-fn a_remembered_absence_weighs_one_and_only_the_stats_hear_of_its_removal() {
+fn a_remembered_absence_weighs_one_and_its_removal_is_neither_heard_nor_counted() {
     let heard = Arc::new(AtomicU64::new(0));
     let listening = heard.clone();
     let cache = Cache::builder()
@@ -623,12 +623,101 @@ fn a_remembered_absence_weighs_one_and_only_the_stats_hear_of_its_removal() {
     assert_eq!(cache.weighted_size(), 11, "a value what the weigher says");
     cache.invalidate(&0);
     cache.invalidate(&7);
-    assert_eq!(cache.stats().removals(RemovalCause::Explicit), 2);
     assert_eq!(
         heard.load(SeqCst),
         1,
         "the listener hears of the value only"
     );
+    assert_eq!(
+        cache.stats().removals(RemovalCause::Explicit),
+        1,
+        "and so do the stats"
+    );
+}
+
+const CAUSES: [RemovalCause; 4] = [
+    RemovalCause::Expired,
+    RemovalCause::Explicit,
+    RemovalCause::Replaced,
+    RemovalCause::Size,
+];
+
+/// Removals by cause as the listener heard them.
+fn tally(heard: &[(u64, u64, RemovalCause)]) -> [u64; 4] {
+    CAUSES.map(|cause| heard.iter().filter(|(_, _, c)| *c == cause).count() as u64)
+}
+
+/// Removals by cause as the stats count them.
+fn counted(stats: larder::CacheStats) -> [u64; 4] {
+    CAUSES.map(|cause| stats.removals(cause))
+}
+
+/// A cached absence is no entry the user put in the cache and has no value
+/// to hand the listener, so its leaving, for any cause (a value written or
+/// loaded over it, its negative TTL, an invalidation, the capacity), is
+/// neither heard by the listener nor counted in `stats().removals`.
+#[test]
+fn a_cached_absence_leaves_unheard_and_uncounted_whatever_the_cause() {
+    let clock = MockClock::new();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let present = Arc::new(AtomicBool::new(false));
+    let (listening, found) = (heard.clone(), present.clone());
+    let cache = clocked(&clock)
+        .eviction_listener(move |k: Arc<u64>, v, cause| listening.lock().push((*k, v, cause)))
+        .loader(move |k: &u64| -> Result<Option<u64>, String> {
+            Ok(found.load(SeqCst).then_some(*k))
+        })
+        .negative_ttl(5 * SEC)
+        .build()
+        .unwrap();
+    for key in 1..=4 {
+        assert_eq!(
+            cache.get(&key).unwrap(),
+            None,
+            "an absence cached for {key}"
+        );
+    }
+    cache.insert(1, 10); // a value written over the absence
+    present.store(true, SeqCst);
+    assert!(cache.refresh(&2)); // a value loaded over the absence
+    present.store(false, SeqCst);
+    cache.invalidate(&3);
+    clock.advance(5 * SEC); // 4's absence expires
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&1), Some(10));
+    assert_eq!(cache.peek(&2), Some(2));
+    assert!(heard.lock().is_empty(), "heard {:?}", heard.lock());
+    assert_eq!(counted(cache.stats()), [0; 4], "{:?}", cache.stats());
+
+    // The values' removals are heard and counted alike.
+    cache.insert(1, 11);
+    cache.invalidate(&2);
+    let values = [
+        (1, 10, RemovalCause::Replaced),
+        (2, 2, RemovalCause::Explicit),
+    ];
+    assert_eq!(*heard.lock(), values);
+    assert_eq!(counted(cache.stats()), tally(&values));
+
+    // In a full cache, the policy evicts the absence for the new value
+    // (unheard, uncounted) or turns the value away (heard, counted).
+    heard.lock().clear();
+    let listening = heard.clone();
+    let tiny = Cache::builder()
+        .max_capacity(1)
+        .num_shards(1)
+        .eviction_listener(move |k: Arc<u64>, v, cause| listening.lock().push((*k, v, cause)))
+        .loader(|_: &u64| -> Result<Option<u64>, String> { Ok(None) })
+        .negative_ttl(60 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(tiny.get(&0).unwrap(), None);
+    for key in 1..=20 {
+        tiny.insert(key, key);
+    }
+    tiny.run_pending_tasks();
+    assert!(!heard.lock().is_empty(), "values were evicted or refused");
+    assert_eq!(counted(tiny.stats()), tally(&heard.lock()));
 }
 
 #[test]

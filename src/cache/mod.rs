@@ -23,7 +23,7 @@ use crate::{
     load::{flight::Flights, guard::Seen},
     maintenance::{INTERVAL, LONGEST_SLEEP, Maintained, Maintenance},
     notify::{Delivery, Listener, Removed},
-    shard::{Now, ShardCell, ShardWriteGuard, Shards, Sighting, Stripe, Write},
+    shard::{Now, Placeholder, ShardCell, ShardWriteGuard, Shards, Sighting, Stripe, Write},
     stats::{LoadCounters, Lookups},
 };
 
@@ -142,6 +142,8 @@ pub(crate) struct Parts<K, V> {
     pub(crate) timing: Timing<K, V>,
     pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
+    /// Values the listener is not told of, whose removals go uncounted.
+    pub(crate) placeholder: Option<Placeholder<V>>,
     pub(crate) policy: Policy,
 }
 
@@ -231,7 +233,15 @@ where
         let sliding = parts.timing.tti().is_some();
         let timed = parts.timing.is_timed();
         let inner = Arc::new(Inner {
-            shards: Shards::new(parts.shards, parts.capacity, weighted, timed, sliding, now),
+            shards: Shards::new(
+                parts.shards,
+                parts.capacity,
+                weighted,
+                timed,
+                sliding,
+                parts.placeholder,
+                now,
+            ),
             timing: parts.timing,
             weigher: parts.weigher,
             listener: parts.listener,

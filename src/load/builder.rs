@@ -260,7 +260,14 @@ where
     /// not reach the loader. Without this setting, absent answers are not
     /// cached. A cached absence is an entry: it counts in `entry_count`,
     /// weighs 1 against `max_capacity` (the weigher sees values only), and
-    /// is never listed by `iter` nor heard of by the eviction listener.
+    /// is never listed by `iter`. It is not a value, so the eviction
+    /// listener (which is handed one) never hears of it leaving, for any
+    /// cause: a value written or loaded over it, its own `ttl` passing,
+    /// an invalidation, the capacity. Nor does
+    /// [`stats().removals`](crate::CacheStats::removals), which counts
+    /// exactly what the listener hears. A value that a cached absence
+    /// replaces (a reload that finds the key gone) is heard and counted, as
+    /// `Replaced`.
     ///
     /// # Examples
     ///

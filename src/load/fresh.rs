@@ -73,6 +73,13 @@ impl<V> Loaded<V> {
     pub(crate) fn unexpired_at(&self, now: u64) -> bool {
         self.expires_at == NEVER || now < self.expires_at
     }
+
+    /// Whether this is a cached "absent" (`negative_ttl`), not a value: no
+    /// entry of the user's, so its removal is neither heard by the
+    /// listener nor counted in the stats.
+    pub(crate) fn is_absence(&self) -> bool {
+        self.value.is_none()
+    }
 }
 
 /// What a read should do with a stored value.

@@ -807,7 +807,9 @@ where
     }
 
     /// A snapshot of the counters: hits, misses, loads and load time,
-    /// refreshes, stale hits, skipped refreshes, removals.
+    /// refreshes, stale hits, skipped refreshes, removals (of values, as
+    /// the eviction listener hears them: a cached absence that leaves is
+    /// not counted, see [`negative_ttl`](crate::LoadingCacheBuilder::negative_ttl)).
     ///
     /// # Examples
     ///

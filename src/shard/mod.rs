@@ -313,6 +313,13 @@ impl<K: Hash, V> Entries for SlotEntries<'_, K, V> {
     }
 }
 
+/// Tells whether a value stands for no entry of the user's: a
+/// [`LoadingCache`](crate::LoadingCache)'s cached absence. The listener
+/// never hears of such a value leaving (it has none to hand over), so the
+/// shard does not count its removal either: the stats' removals by cause
+/// are what the listener hears.
+pub(crate) type Placeholder<V> = fn(&V) -> bool;
+
 /// How to build a shard.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
@@ -358,7 +365,11 @@ pub(crate) struct Shard<K, V> {
     /// The tick (`now >> WRITE_REAP_SHIFT`) of the last reap a write did.
     write_reaped: u64,
     hasher: RandomState,
+    /// Removals by cause, of the user's entries only (see [`Placeholder`]).
     removals: [u64; 4],
+    /// Tells the values that stand for no entry of the user's, whose
+    /// removals are not counted.
+    placeholder: Option<Placeholder<V>>,
     /// Bumped by every write; lets unlocked work detect that the shard changed.
     version: u64,
     /// Bumped by every write that creates an entry (not one that replaces a
@@ -391,8 +402,14 @@ impl Sighting {
 impl<K: Hash + Eq, V> Shard<K, V> {
     /// An empty shard as `layout` describes, with storage for
     /// `layout.reserve` entries reserved (the index starts at one page and
-    /// grows to that size).
-    pub(crate) fn new(layout: &Layout, hasher: RandomState, now: u64) -> Self {
+    /// grows to that size), which does not count the removals of values
+    /// `placeholder` picks out.
+    pub(crate) fn new(
+        layout: &Layout,
+        hasher: RandomState,
+        placeholder: Option<Placeholder<V>>,
+        now: u64,
+    ) -> Self {
         let reserve = layout.reserve;
         let mut wheel = TimerWheel::new(now);
         let mut hard = Vec::new();
@@ -420,6 +437,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             write_reaped: u64::MAX,
             hasher,
             removals: [0; 4],
+            placeholder,
             version: 0,
             created: 0,
         }
@@ -440,7 +458,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.version
     }
 
-    /// Removals so far, by cause.
+    /// Removals so far, by cause (not of placeholders).
     pub(crate) fn removals(&self) -> [u64; 4] {
         self.removals
     }
@@ -679,7 +697,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             {
                 removed.push(k, v, cause);
             }
-            self.count(RemovalCause::Size, 1);
+            self.count(RemovalCause::Size, &w.value);
             removed.push(w.key, w.value, RemovalCause::Size);
             return;
         }
@@ -712,7 +730,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                         false
                     }
                     Room::Reject => {
-                        self.count(RemovalCause::Size, 1);
+                        self.count(RemovalCause::Size, &w.value);
                         removed.push(w.key, w.value, RemovalCause::Size);
                         false
                     }
@@ -749,7 +767,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// `Expired` at once, and no entry, least of all a live one, is
     /// evicted to make room for what no read could return.
     fn turn_away_expired(&mut self, w: Write<K, V>, removed: &mut Removed<K, V>) {
-        self.count(RemovalCause::Expired, 1);
+        self.count(RemovalCause::Expired, &w.value);
         removed.push(w.key, w.value, RemovalCause::Expired);
     }
 
@@ -768,7 +786,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             RemovalCause::Expired
         };
         let old = std::mem::replace(&mut self.index.slots[id as usize].value, w.value);
-        self.count(cause, 1);
+        self.count(cause, &old);
         removed.push(w.key, old, cause);
         self.set_deadline(id, w.deadline);
         self.index.slots[id as usize].touch();
@@ -810,7 +828,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         self.set_deadline(victim, w.deadline);
         self.policy.reuse(victim, placement);
-        self.count(cause, 1);
+        self.count(cause, &old.value);
         removed.push(old.key, old.value, cause);
     }
 
@@ -874,7 +892,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 RemovalCause::Expired
             };
             let slot = self.take(id);
-            self.count(cause, 1);
+            self.count(cause, &slot.value);
             removed.push(slot.key, slot.value, cause);
         }
     }
@@ -916,7 +934,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         } else {
             RemovalCause::Expired
         };
-        self.count(cause, 1);
+        self.count(cause, &slot.value);
         Some((slot.key, slot.value, cause))
     }
 
@@ -1021,7 +1039,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         std::mem::forget(requeue);
         for (&id, &(unlink, _)) in expired.iter().zip(&hashes) {
             let slot = self.take_hashed(id, unlink);
-            self.count(RemovalCause::Expired, 1);
+            self.count(RemovalCause::Expired, &slot.value);
             removed.push(slot.key, slot.value, RemovalCause::Expired);
         }
         expired.clear();
@@ -1045,7 +1063,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             } else {
                 RemovalCause::Expired
             };
-            self.count(cause, 1);
+            self.count(cause, &slot.value);
             removed.push(slot.key, slot.value, cause);
         }
         self.index.slots = slots;
@@ -1070,8 +1088,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             .collect()
     }
 
-    fn count(&mut self, cause: RemovalCause, n: u64) {
-        self.removals[cause.index()] += n;
+    /// Counts the removal of `value` for `cause`, unless it is a placeholder.
+    #[inline]
+    fn count(&mut self, cause: RemovalCause, value: &V) {
+        if !self.placeholder.is_some_and(|is| is(value)) {
+            self.removals[cause.index()] += 1;
+        }
     }
 
     /// Panics if the table, slots, wheel and policy disagree.
@@ -1145,7 +1167,7 @@ mod tests {
             sketch_budget: SketchBudget::of_shard(capacity, false, 1),
         };
         let hasher = RandomState::new();
-        let mut shard: Shard<u32, u32> = Shard::new(&layout, hasher.clone(), 0);
+        let mut shard: Shard<u32, u32> = Shard::new(&layout, hasher.clone(), None, 0);
         let clock = Clock::system();
         let mut removed = Removed::default();
         for key in 0..capacity as u32 {

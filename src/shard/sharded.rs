@@ -15,7 +15,7 @@ use ahash::RandomState;
 use crate::policy::SketchBudget;
 
 use super::{
-    Layout, Shard, Slot,
+    Layout, Placeholder, Shard, Slot,
     raw::lock::{self, HitCount, ReadGuard as RwLockReadGuard, ShardLock},
 };
 
@@ -148,13 +148,15 @@ pub(crate) struct Shards<K, V> {
 impl<K: Hash + Eq, V> Shards<K, V> {
     /// `count` shards (a power of two) sharing `capacity` exactly: the first
     /// `capacity % count` shards hold one unit more. `timed` and `sliding` say
-    /// whether entries get deadlines and whether reads slide them.
+    /// whether entries get deadlines and whether reads slide them;
+    /// `placeholder` which values' removals go uncounted.
     pub(crate) fn new(
         count: usize,
         capacity: u64,
         weighted: bool,
         timed: bool,
         sliding: bool,
+        placeholder: Option<Placeholder<V>>,
         now: u64,
     ) -> Self {
         debug_assert!(count.is_power_of_two());
@@ -178,7 +180,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                     sketch_budget,
                 };
                 ShardCell {
-                    lock: ShardLock::new(Shard::new(&layout, hasher.clone(), now)),
+                    lock: ShardLock::new(Shard::new(&layout, hasher.clone(), placeholder, now)),
                     writes: Default::default(),
                     hits: HitCount::default(),
                 }
