@@ -39,11 +39,16 @@ pub enum RemovalCause {
     /// removes the entry at once, as `Expired`).
     Expired,
     /// `remove`, `invalidate`, `invalidate_all`, `invalidate_entries_if`,
-    /// or an `Op::Remove` from `entry(k).and_compute_with`.
+    /// or an `Op::Remove` from `entry(k).and_compute_with`; on a
+    /// [`StoreCache`](crate::StoreCache), also the copy dropped by a write
+    /// the store refused (or that panicked), whatever the write policy.
     Explicit,
     /// A new value was written for the same key: `insert`, or an `Op::Put`
     /// (`and_compute_with`, `and_upsert_with`) over a live value (over an
-    /// expired value not yet reaped, that one is `Expired`).
+    /// expired value not yet reaped, that one is `Expired`). On a
+    /// [`StoreCache`](crate::StoreCache), an `insert` under any write
+    /// policy replaces the cached copy this way, write-around's included
+    /// (which leaves the new value uncached).
     Replaced,
     /// The policy evicted it, or refused to admit it, to respect the capacity.
     Size,

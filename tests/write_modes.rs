@@ -196,6 +196,52 @@ fn write_around_writes_the_store_and_drops_the_cached_copy() {
     assert_eq!(cache.get(&1).unwrap(), None);
 }
 
+/// A write-around insert supersedes the cached copy with a new value, as a
+/// write-through insert does: the listener hears `Replaced` either way (or
+/// `Expired` for a copy already past its time to live), and a `remove`
+/// `Explicit`. The stats count the same causes.
+#[test]
+fn write_around_reports_the_copy_an_insert_drops_as_replaced_as_write_through_does() {
+    use larder::RemovalCause::{Expired, Explicit, Replaced};
+    for policy in ["through", "around"] {
+        let store = MemStore::default();
+        for key in 1..=3 {
+            store.set(key, key * 10);
+        }
+        let clock = MockClock::new();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let listening = heard.clone();
+        let b = Cache::builder()
+            .clock(clock.clone())
+            .time_to_live(Duration::from_secs(60))
+            .eviction_listener(move |k: Arc<u64>, v, cause| listening.lock().push((*k, v, cause)))
+            .store(store.clone());
+        let cache = if policy == "around" {
+            b.write_around()
+        } else {
+            b
+        }
+        .build()
+        .unwrap();
+        assert_eq!(cache.get(&1).unwrap(), Some(10));
+        assert_eq!(cache.get(&2).unwrap(), Some(20));
+        cache.insert(1, 11).unwrap();
+        cache.remove(&2).unwrap();
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(cache.get(&3).unwrap(), Some(30));
+        clock.advance(Duration::from_secs(60)); // 3's copy has expired
+        cache.insert(3, 31).unwrap();
+        assert_eq!(
+            *heard.lock(),
+            [(1, 10, Replaced), (2, 20, Explicit), (3, 30, Expired)],
+            "write-{policy}"
+        );
+        let stats = cache.stats();
+        let counts = [Replaced, Explicit, Expired].map(|c| stats.removals(c));
+        assert_eq!(counts, [1, 1, 1], "write-{policy}: {stats:?}");
+    }
+}
+
 #[test]
 fn write_behind_acknowledges_before_the_store_and_reads_see_the_write() {
     let store = MemStore::default();

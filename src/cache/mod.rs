@@ -932,7 +932,8 @@ where
         self.inner.lookups.record_stale_hit();
     }
 
-    /// See `Inner::remove_if`; what it removes goes into `removed`.
+    /// See `Inner::remove_if`; what it removes goes into `removed`, as
+    /// `Explicit` if it was live.
     pub(crate) fn remove_if<Q>(
         &self,
         key: &Q,
@@ -943,7 +944,24 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.remove_if(key, doomed, removed)
+        self.inner
+            .remove_if(key, doomed, RemovalCause::Explicit, removed)
+    }
+
+    /// [`remove_if`](Self::remove_if) with the cause a live entry goes
+    /// with (`Replaced` for a write-around's put, which supersedes it).
+    pub(crate) fn remove_if_as<Q>(
+        &self,
+        key: &Q,
+        doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool,
+        live_cause: RemovalCause,
+        removed: &mut Removed<K, V>,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.remove_if(key, doomed, live_cause, removed)
     }
 
     /// The load and refresh counters that [`stats`](Self::stats) reports.
@@ -1416,17 +1434,20 @@ where
     /// with the shard locked, says so. `doomed` is larder's own code, never
     /// the user's. Returns whether it removed a live entry (one
     /// [`peek`](Self::peek) would have returned). The entry goes into
-    /// `removed`, for the caller to deliver.
+    /// `removed`, for the caller to deliver, with cause `live_cause` if it
+    /// was live, else `Expired`.
     fn remove_if<Q>(
         &self,
         key: &Q,
         doomed: impl FnOnce(Option<&V>, Stripe<'_>) -> bool,
+        live_cause: RemovalCause,
         removed: &mut Removed<K, V>,
     ) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        debug_assert_ne!(live_cause, RemovalCause::Expired, "a live entry's cause");
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
         let taken = {
@@ -1434,7 +1455,7 @@ where
             let found = shard.find(hash, key);
             let stripe = cell.stripe(hash, &shard);
             if doomed(found.map(|id| shard.value(id)), stripe) && found.is_some() {
-                shard.remove(hash, key, &mut now)
+                shard.remove_as(hash, key, &mut now, live_cause)
             } else {
                 None
             }
@@ -1443,7 +1464,7 @@ where
             return false;
         };
         removed.push(key, value, cause);
-        cause == RemovalCause::Explicit
+        cause != RemovalCause::Expired
     }
 
     fn invalidate_shard_if(&self, cell: &ShardCell<K, V>, predicate: &impl Fn(&K, &V) -> bool)

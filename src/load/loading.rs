@@ -29,7 +29,7 @@ use std::{
 };
 
 use crate::{
-    Cache, CacheStats, Policy,
+    Cache, CacheStats, Policy, RemovalCause,
     cache::{LoadRecord, Verdict},
     expiry::{NEVER, random_bits, unit_random},
     load::{
@@ -207,7 +207,7 @@ where
         let cache = Arc::downgrade(&self.inner);
         move |key| {
             if let Some(inner) = cache.upgrade() {
-                inner.remove_written(key);
+                inner.remove_written(key, RemovalCause::Explicit);
             }
         }
     }
@@ -490,7 +490,8 @@ where
     /// assert_eq!(cache.stats().loads(), 0);
     /// ```
     pub fn insert(&self, key: K, value: V) {
-        let _: Result<(), std::convert::Infallible> = self.write(key, |_| Ok((Some(value), ())));
+        let _: Result<(), std::convert::Infallible> =
+            self.write(key, RemovalCause::Replaced, |_| Ok((Some(value), ())));
     }
 
     /// Runs `write` (a change to the store, or queuing one) as a write of
@@ -503,9 +504,17 @@ where
     /// value; what a load that began before this write ended read never
     /// stays cached past that end (see [`guard`]). `write` is
     /// given the write's order among the writes of `key` ([`Seen::order`]).
+    ///
+    /// The listener hears a cached value that `write` returning `None`
+    /// drops with cause `dropped`: `Explicit` for a delete, `Replaced` for
+    /// a write-around's put (a new value was written for the key, as a
+    /// write-through's put that caches it replaces it). A write that fails
+    /// or panics drops it as `Explicit`, as does another write's overlap;
+    /// one already expired goes as `Expired`.
     pub(crate) fn write<R, F>(
         &self,
         key: K,
+        dropped: RemovalCause,
         write: impl FnOnce(u32) -> Result<(Option<V>, R), F>,
     ) -> Result<R, F> {
         let inner = &self.inner;
@@ -524,22 +533,22 @@ where
                 }));
                 if let Err(panic) = stored {
                     if let Some(key) = unwound {
-                        inner.remove_written(&key);
+                        inner.remove_written(&key, RemovalCause::Explicit);
                     }
                     std::panic::resume_unwind(panic)
                 }
                 Ok(result)
             }
             Ok(Ok((None, result))) => {
-                inner.remove_written(&key);
+                inner.remove_written(&key, dropped);
                 Ok(result)
             }
             Ok(Err(e)) => {
-                inner.remove_written(&key);
+                inner.remove_written(&key, RemovalCause::Explicit);
                 Err(e)
             }
             Err(panic) => {
-                inner.remove_written(&key);
+                inner.remove_written(&key, RemovalCause::Explicit);
                 std::panic::resume_unwind(panic)
             }
         }
@@ -608,7 +617,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.remove_written(key);
+        self.inner.remove_written(key, RemovalCause::Explicit);
     }
 
     /// [`invalidate`](Self::invalidate), returning the value
@@ -1192,16 +1201,16 @@ where
         }
     }
 
-    /// Ends a write that leaves nothing to cache: drops `key`'s entry and
-    /// counts the write (see [`guard`]).
-    fn remove_written<Q>(&self, key: &Q)
+    /// Ends a write that leaves nothing to cache: drops `key`'s entry (as
+    /// `cause` if it is live) and counts the write (see [`guard`]).
+    fn remove_written<Q>(&self, key: &Q, cause: RemovalCause)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| guard::write_removes(&stripe);
         self.cache
-            .remove_if(key, doomed, &mut self.cache.delivery());
+            .remove_if_as(key, doomed, cause, &mut self.cache.delivery());
     }
 
     /// [`reload`](Self::reload) of the value stamped `stamp`, skipped

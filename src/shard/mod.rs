@@ -914,7 +914,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Removes `key`'s entry with cause `live_cause`, or `Expired` if its
     /// deadline had passed.
-    fn remove_as<Q>(
+    pub(crate) fn remove_as<Q>(
         &mut self,
         hash: u64,
         key: &Q,

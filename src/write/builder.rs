@@ -248,6 +248,12 @@ where
     /// the next read loads it. For data written often and read rarely, so
     /// writes do not fill the cache.
     ///
+    /// The eviction listener hears the copy an `insert` drops as
+    /// `Replaced`, as under write-through (a new value was written for the
+    /// key; here it is not cached), and the one a `remove` drops as
+    /// `Explicit`; a copy already expired goes as `Expired`. A write the
+    /// store refused drops the copy as `Explicit` under every policy.
+    ///
     /// # Examples
     ///
     /// ```
@@ -264,10 +270,23 @@ where
     /// #     }
     /// # }
     /// // `Table`: an in-memory `Store` (a `Mutex<HashMap>`), written out in the `StoreCache` example.
-    /// let cache = Cache::builder().store(Table::default()).write_around().build().unwrap();
+    /// use larder::RemovalCause;
+    /// use std::sync::Arc;
+    /// let heard = Arc::new(Mutex::new(Vec::new()));
+    /// let log = heard.clone();
+    /// let cache = Cache::builder()
+    ///     .eviction_listener(move |k: Arc<u32>, v, cause| log.lock().unwrap().push((*k, v, cause)))
+    ///     .store(Table::default())
+    ///     .write_around()
+    ///     .build()
+    ///     .unwrap();
     /// cache.insert(1, 10).unwrap();
     /// assert_eq!(cache.entry_count(), 0);           // not cached by the write
     /// assert_eq!(cache.get(&1).unwrap(), Some(10)); // loaded by the read
+    /// cache.insert(1, 11).unwrap();                 // drops the cached 10
+    /// cache.get(&1).unwrap();
+    /// cache.remove(&1).unwrap();                    // drops the cached 11
+    /// assert_eq!(*heard.lock().unwrap(), [(1, 10, RemovalCause::Replaced), (1, 11, RemovalCause::Explicit)]);
     /// ```
     pub fn write_around(mut self) -> Self {
         self.mode = Mode::Around;

@@ -22,7 +22,7 @@ use super::{
     behind::{Queue, Refused, WriteStats},
     buffer::Change,
 };
-use crate::{CacheStats, Loader, LoadingCache, Policy};
+use crate::{CacheStats, Loader, LoadingCache, Policy, RemovalCause};
 
 /// How writes reach the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -632,15 +632,21 @@ where
                 .write(&[(key, change)])
                 .map_err(WriteError::Store)
         };
+        // A put that leaves no copy cached (write-around) supersedes the
+        // old one, as a write-through put that caches its value does.
+        let dropped = match change {
+            Change::Put(_) => RemovalCause::Replaced,
+            Change::Delete => RemovalCause::Explicit,
+        };
         match &inner.queue {
-            None => inner.reads.write(key.clone(), |_| {
+            None => inner.reads.write(key.clone(), dropped, |_| {
                 let cached = match (&change, inner.mode) {
                     (Change::Put(v), Mode::Through) => Some(v.clone()),
                     _ => None,
                 };
                 send(key, change).map(|()| (cached, ()))
             }),
-            Some(queue) => inner.reads.write(key.clone(), |order| {
+            Some(queue) => inner.reads.write(key.clone(), dropped, |order| {
                 let cached = match &change {
                     Change::Put(v) => Some(v.clone()),
                     Change::Delete => None,
