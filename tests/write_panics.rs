@@ -1,8 +1,10 @@
-//! Write-behind with keys whose `Hash` panics on some threads: the queue
-//! hashes a key once, on the thread that writes it, so a key that cannot
-//! be hashed elsewhere (on the flusher, in a reader's or a flush's look at
-//! the queue) loses no write, stops no flusher and hangs no `flush` or
-//! `close`.
+//! Write-behind with keys whose `Hash` or `Eq` panics on some threads: the
+//! queue hashes a key once, on the thread that writes it, so a key that
+//! cannot be hashed elsewhere (on the flusher, in a reader's or a flush's
+//! look at the queue) loses no write, stops no flusher and hangs no `flush`
+//! or `close`; the buffer compares keys only when a change comes in, so a
+//! key that cannot be compared on the flusher is still sent, retried and
+//! dead-lettered.
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -23,12 +25,13 @@ use threads::parallel;
 /// thread, true to panic.
 type Rule = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
 
-/// A key whose `Hash` panics on the threads its rule names; compared and
-/// hashed by `id` otherwise.
+/// A key whose `Hash` panics on the threads its rule names, and whose `Eq`
+/// on those its `eq` rule names; compared and hashed by `id` otherwise.
 #[derive(Clone)]
 struct Touchy {
     id: u64,
     rule: Rule,
+    eq: Rule,
 }
 
 impl Touchy {
@@ -36,6 +39,16 @@ impl Touchy {
         Touchy {
             id,
             rule: rule.clone(),
+            eq: calm(),
+        }
+    }
+
+    /// A key that always hashes and whose `Eq` panics where `eq` says.
+    fn uncomparable(id: u64, eq: &Rule) -> Self {
+        Touchy {
+            id,
+            rule: calm(),
+            eq: eq.clone(),
         }
     }
 }
@@ -50,6 +63,8 @@ impl Hash for Touchy {
 
 impl PartialEq for Touchy {
     fn eq(&self, other: &Self) -> bool {
+        let refused = (self.eq)(thread::current().name());
+        assert!(!refused, "injected panic: Eq of key {} refused", self.id);
         self.id == other.id
     }
 }
@@ -77,15 +92,22 @@ const FLUSHER: &str = "larder-write-behind";
 /// Every change a [`Log`] took, by key id, in order.
 type Taken = Vec<(u64, Change<u64>)>;
 
-/// A store that logs every change it takes, in order, without hashing a
-/// key, and refuses every batch holding the key `poison`.
+/// A store that logs every change it takes, in order, without hashing or
+/// comparing a key, and refuses every batch holding the key `poison`.
 #[derive(Clone, Default)]
 struct Log {
     taken: Arc<Mutex<Taken>>,
-    poison: Option<u64>,
+    poison: Arc<Mutex<Option<u64>>>,
 }
 
 impl Log {
+    /// A log that refuses the key `id`.
+    fn poisoned(id: u64) -> Self {
+        let log = Log::default();
+        *log.poison.lock() = Some(id);
+        log
+    }
+
     /// The last change the store took for `id`.
     fn last(&self, id: u64) -> Option<Change<u64>> {
         let taken = self.taken.lock();
@@ -105,10 +127,8 @@ impl Store<Touchy, u64> for Log {
     }
 
     fn write(&self, batch: &[(Touchy, Change<u64>)]) -> Result<(), String> {
-        if let Some(bad) = self
-            .poison
-            .filter(|p| batch.iter().any(|(k, _)| k.id == *p))
-        {
+        let poison = *self.poison.lock();
+        if let Some(bad) = poison.filter(|p| batch.iter().any(|(k, _)| k.id == *p)) {
             return Err(format!("key {bad} refused"));
         }
         let mut taken = self.taken.lock();
@@ -219,10 +239,7 @@ fn a_reader_that_drains_keys_it_cannot_hash_neither_panics_nor_loses_them() {
 #[test]
 fn a_dead_letter_whose_key_cannot_be_hashed_on_the_flusher_reaches_the_handler() {
     quiet_injected_panics();
-    let log = Log {
-        poison: Some(7),
-        ..Log::default()
-    };
+    let log = Log::poisoned(7);
     let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let (rule, calm) = (not_on(FLUSHER), calm());
     let cache = Cache::builder()
@@ -252,4 +269,53 @@ fn a_dead_letter_whose_key_cannot_be_hashed_on_the_flusher_reaches_the_handler()
     assert!(cache.flush_timeout(Duration::from_secs(5)));
     assert_eq!(log.last(50), Some(Change::Put(50)));
     assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn a_key_that_cannot_be_compared_on_the_flusher_is_still_sent_retried_and_dead_lettered() {
+    quiet_injected_panics();
+    let log = Log::poisoned(7);
+    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
+    let rule = not_on(FLUSHER);
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(2), 0.0)
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    // One write per key: the flusher takes, settles, retries and splits
+    // them, and never needs to compare two keys to do it.
+    for id in 0..10 {
+        cache.insert(Touchy::uncomparable(id, &rule), id).unwrap();
+    }
+    assert!(
+        cache.flush_timeout(Duration::from_secs(5)),
+        "every key was sent and settled"
+    );
+    for id in (0..10).filter(|&id| id != 7) {
+        assert_eq!(log.last(id), Some(Change::Put(id)), "key {id} landed");
+    }
+    {
+        let letters = letters.lock();
+        assert_eq!(letters.len(), 1, "key 7 was dead-lettered");
+        assert_eq!((letters[0].key.id, letters[0].attempts), (7, 2));
+        assert!(matches!(&letters[0].error, WriteFailure::Store(e) if **e == "key 7 refused"));
+    }
+    let s = cache.write_stats();
+    assert_eq!(
+        (s.queued, s.flushed, s.dead_lettered, s.queue_len),
+        (10, 9, 1, 0)
+    );
+    let started = Instant::now();
+    assert!(cache.close(Duration::from_secs(10)).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close returned early"
+    );
 }

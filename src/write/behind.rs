@@ -73,9 +73,12 @@
 //! thread that drained. The flusher catches a panic that ends one of its
 //! rounds, pauses ([`PAUSE_AFTER_PANIC`]) and carries on, and marks itself
 //! exited whenever it ends, so `flush` and `close` never wait on a dead
-//! thread. Not handled: an `Eq` that panics when the flusher takes, settles
-//! or retries a key already held (the buffer's own lookups); the key may
-//! then stay in flight, and a flush waits for its deadline.
+//! thread. Nothing else the flusher does runs a key's `Eq`: the buffer
+//! finds a key it holds by its slot when it takes a batch, settles an
+//! outcome, retries or splits (see "Comparing keys only on a push" in
+//! [`buffer`]), and `close` finds what waits behind a key in flight the
+//! same way; so a key that cannot be compared on the flusher is still
+//! sent, retried and dead-lettered, and never left in flight.
 
 use std::{
     hash::Hash,
@@ -97,7 +100,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{
     DeadLetter, Store, WriteFailure,
-    buffer::{self, Backoff, Buffer, Change, Receipt, Taken},
+    buffer::{self, Backoff, Buffer, Change, Receipt, SlotId, Taken},
     builder::WhenFull,
 };
 use crate::{
@@ -239,8 +242,9 @@ struct State<K, V, E> {
     /// The changes of the batch in flight (the very slice the store was
     /// given), searched by `latest`.
     flying: Arc<Batch<K, V>>,
-    /// The hashes of `flying`'s keys, in its order.
-    flying_hashes: Vec<u64>,
+    /// The slots of `flying`'s keys in the buffer (their hashes and slot
+    /// ids), in its order.
+    flying_slots: Vec<SlotId>,
     /// An empty vector per lane, swapped into it as it is drained, so lanes
     /// keep their capacity.
     spares: Vec<Vec<Laned<K, V>>>,
@@ -385,7 +389,7 @@ where
             state: Padded(Mutex::new(State {
                 buffer: Buffer::with_hasher(config.max_attempts, config.backoff, hasher.clone()),
                 flying: Arc::default(),
-                flying_hashes: Vec::new(),
+                flying_slots: Vec::new(),
                 spares: (0..lanes).map(|_| Vec::new()).collect(),
                 closing: false,
                 stop: false,
@@ -592,10 +596,10 @@ where
         let mut st = self.state.lock();
         self.drain(&mut st);
         let flying = || {
-            let mut hashes = st.flying_hashes.iter();
+            let mut slots = st.flying_slots.iter();
             st.flying
                 .iter()
-                .find(|(k, _)| hashes.next() == Some(&hash) && k == key)
+                .find(|(k, _)| slots.next().map(SlotId::hash) == Some(hash) && k == key)
         };
         st.buffer
             .pending_change_hashed(key, hash)
@@ -684,14 +688,14 @@ where
         let exited = st.exited;
         // The latest change per key: one in flight is older than one of the
         // same key still queued.
-        // (No key is hashed: the hashes were taken by the writers.)
-        let queued =
-            |(k, _): &(K, Change<V>), hash: &u64| st.buffer.pending_change_hashed(k, *hash);
+        // (No key is hashed or compared: the buffer finds a flying key's
+        // queued change by its slot.)
+        let queued = |slot: &SlotId| st.buffer.pending_change_in(*slot);
         let mut unwritten: Vec<(K, Change<V>)> = st
             .flying
             .iter()
-            .zip(&st.flying_hashes)
-            .filter(|(pair, hash)| queued(pair, hash).is_none())
+            .zip(&st.flying_slots)
+            .filter(|(_, slot)| queued(slot).is_none())
             .map(|(pair, _)| pair.clone())
             .collect();
         let in_flight = unwritten.len();
@@ -700,8 +704,8 @@ where
         unwritten.extend(
             st.flying
                 .iter()
-                .zip(&st.flying_hashes)
-                .filter_map(|(pair, hash)| Some((pair.0.clone(), queued(pair, hash)?.clone()))),
+                .zip(&st.flying_slots)
+                .filter_map(|(pair, slot)| Some((pair.0.clone(), queued(slot)?.clone()))),
         );
         let overtaken = unwritten.len() - in_flight;
         unwritten.extend(
@@ -730,7 +734,7 @@ where
         c.retried += b.retried;
         c.dead_lettered += b.dead_lettered;
         st.flying = Arc::default();
-        st.flying_hashes.clear();
+        st.flying_slots.clear();
         self.held.store(0, SeqCst);
         let dead = std::mem::take(&mut st.kept);
         drop(st);
@@ -856,7 +860,7 @@ where
                     .unzip();
                 let pairs = Arc::new(pairs);
                 st.flying = Arc::clone(&pairs);
-                st.flying_hashes = receipts.iter().map(Receipt::hash).collect();
+                st.flying_slots = receipts.iter().map(Receipt::slot).collect();
                 return Some((receipts, pairs));
             }
             if st.closing && st.buffer.is_empty() {
@@ -902,7 +906,7 @@ where
         st.store_time += took;
         st.max_store_time = st.max_store_time.max(took);
         st.flying = Arc::default();
-        st.flying_hashes.clear();
+        st.flying_slots.clear();
         let now = self.now();
         let failure = match result {
             Ok(Ok(())) => None,

@@ -68,10 +68,21 @@
 //! runs only in the calls that take a key from outside, before they change
 //! anything; a key whose `Hash` panics later (on another thread, once some
 //! switch flips) cannot tear the map, as it could if the table rehashed it
-//! (std's table drops the entries it was moving when a rehash panics). A
-//! key's `Eq` still runs on a lookup that meets an equal hash; the pushes
-//! look up before they change anything, so a panic leaves the buffer as it
-//! was.
+//! (std's table drops the entries it was moving when a rehash panics).
+//!
+//! # Comparing keys only on a push
+//!
+//! A key's `Eq` runs only where a key comes in from outside: a push (to
+//! find the key's slot, if it has one) and the lookups by key
+//! ([`Buffer::contains_hashed`], [`Buffer::pending_change_hashed`]). Each
+//! slot gets an id when it is made (the seq of the push that made it,
+//! unique among the slots held), and the keys the buffer keeps (in its
+//! map, its queues, a [`Receipt`]) are equal when their hashes and ids are;
+//! so taking a batch, settling an outcome, a retry and a split run no
+//! user code, and a key whose `Eq` panics (always, or once some switch
+//! flips) cannot wedge a batch or leave a key in flight for ever. The
+//! pushes look up before they change anything, so a panic there leaves the
+//! buffer as it was, and the caller decides what becomes of the change.
 //!
 //! # When to send
 //!
@@ -136,6 +147,7 @@ use ahash::RandomState;
 mod hashed;
 mod seqs;
 
+pub use hashed::SlotId;
 use hashed::{Hashed, HashedRef, Probe, StoredHash};
 use seqs::{Outstanding, SeqQueue};
 
@@ -215,8 +227,9 @@ pub struct Taken<K, V> {
 #[derive(Debug)]
 pub struct Receipt<K> {
     key: K,
-    /// The key's hash, as the buffer took it when the key was pushed.
-    hash: u64,
+    /// The key's slot: its hash, as the buffer took it when the key was
+    /// pushed, and the slot's id.
+    slot: SlotId,
     first: Seq,
     last: Seq,
     queued_at: u64,
@@ -232,9 +245,23 @@ impl<K> Receipt<K> {
         }
     }
 
-    /// The key's hash, as the buffer took it when the key was pushed.
-    pub fn hash(&self) -> u64 {
-        self.hash
+    /// The key's slot: look up what else the buffer holds for the key
+    /// with it ([`Buffer::pending_change_in`]) without running the key's
+    /// `Eq`.
+    pub fn slot(&self) -> SlotId {
+        self.slot
+    }
+
+    /// The key as the buffer holds it (a clone of the key).
+    fn held(&self) -> Hashed<K>
+    where
+        K: Clone,
+    {
+        Hashed {
+            hash: self.slot.hash,
+            id: self.slot.id,
+            key: self.key.clone(),
+        }
     }
 }
 
@@ -442,7 +469,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// [`with_hasher`](Self::with_hasher)): only the key's `Eq` can panic,
     /// and the buffer is then as it was.
     pub fn push_hashed(&mut self, key: K, hash: u64, change: Change<V>, now: u64) -> Seq {
-        self.push_tagged(Hashed { hash, key }, change, now, None)
+        self.push_tagged(hash, key, change, now, None)
     }
 
     /// Starts a drain: a batch of changes gathered from several sources
@@ -481,19 +508,21 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             drain: self.drain,
             order,
         };
-        self.push_tagged(Hashed { hash, key }, change, now, Some(tag))
+        self.push_tagged(hash, key, change, now, Some(tag))
     }
 
     fn push_tagged(
         &mut self,
-        key: Hashed<K>,
+        hash: u64,
+        key: K,
         change: Change<V>,
         now: u64,
         tag: Option<Tag>,
     ) -> Seq {
         // The lookup first: it is the only user code here (the key's `Eq`),
-        // so a panic leaves the buffer as it was.
-        let entry = self.slots.entry(key);
+        // so a panic leaves the buffer as it was. It is the one lookup by
+        // key; a new slot is then inserted by its id, which compares no keys.
+        let held = self.slots.get_mut(&HashedRef(hash, &key) as &dyn Probe<K>);
         self.last_seq += 1;
         let seq = self.last_seq;
         self.stats.queued += 1;
@@ -508,8 +537,8 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             retry_at: None,
             tag,
         };
-        match entry {
-            hash_map::Entry::Occupied(mut slot) => match &mut slot.get_mut().pending {
+        match held {
+            Some(slot) => match &mut slot.pending {
                 Some(pending) => {
                     self.stats.coalesced += 1;
                     let newer = match (pending.tag, tag) {
@@ -528,12 +557,16 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                 // Only in flight: wait behind it, in no index.
                 pending @ None => *pending = Some(fresh(change)),
             },
-            hash_map::Entry::Vacant(slot) => {
-                self.queue.insert(seq, slot.key().clone());
-                slot.insert(Slot {
-                    pending: Some(fresh(change)),
-                    flight: None,
-                });
+            None => {
+                let key = Hashed { hash, id: seq, key };
+                self.queue.insert(seq, key.clone());
+                self.slots.insert(
+                    key,
+                    Slot {
+                        pending: Some(fresh(change)),
+                        flight: None,
+                    },
+                );
             }
         }
         self.outstanding.insert(seq);
@@ -600,13 +633,13 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             if pending.retry {
                 self.queued_retries -= 1;
             }
-            let (_, Hashed { hash, key }) =
-                self.queue.pop_first().expect("the first entry is there");
+            let (_, held) = self.queue.pop_first().expect("the first entry is there");
+            let slot = held.slot();
             batch.push(Taken {
                 change: pending.change,
                 receipt: Receipt {
-                    key,
-                    hash,
+                    key: held.key,
+                    slot,
                     first,
                     last,
                     queued_at: pending.queued_at,
@@ -641,7 +674,8 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         // batch, which `end_flight` + `settle` would look up twice or more.
         let flight = receipt.flight();
         let key = Hashed {
-            hash: receipt.hash,
+            hash: receipt.slot.hash,
+            id: receipt.slot.id,
             key: receipt.key,
         };
         let hash_map::Entry::Occupied(mut slot) = self.slots.entry(key) else {
@@ -676,11 +710,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         if attempt >= self.max_attempts {
             self.stats.dead_lettered += 1;
             let Taken { change, receipt } = taken;
-            let key = Hashed {
-                hash: receipt.hash,
-                key: receipt.key.clone(),
-            };
-            self.settle(key, receipt.first);
+            self.settle(receipt.held(), receipt.first);
             return Some(DeadLetter {
                 key: receipt.key,
                 change,
@@ -774,6 +804,15 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         self.slot(hash, key)?.pending.as_ref().map(|p| &p.change)
     }
 
+    /// The change waiting to be sent in the slot `slot` (from a
+    /// [`Receipt`] of its key's flight), if any: what
+    /// [`pending_change`](Self::pending_change) finds for that key, found
+    /// without running the key's `Eq`.
+    pub fn pending_change_in(&self, slot: SlotId) -> Option<&Change<V>> {
+        let held = self.slots.get(&slot as &dyn Probe<K>)?;
+        held.pending.as_ref().map(|p| &p.change)
+    }
+
     /// Every change waiting to be sent (not those in flight), in no
     /// particular order, with whether a change of its key is in flight:
     /// what is left unwritten if the flusher stops.
@@ -824,6 +863,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                 "empty slot"
             );
             assert_eq!(key.hash, self.hasher.hash_one(&key.key), "stored hash");
+            assert!((1..=self.last_seq).contains(&key.id), "slot id");
             if let Some(f) = slot.flight {
                 assert!(f.first <= f.last, "flight range");
                 assert!(firsts.insert(f.first), "first seq held twice");
@@ -925,8 +965,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     /// Ends the flight `receipt` was taken as.
     fn end_flight(&mut self, receipt: &Receipt<K>) {
-        let key = HashedRef(receipt.hash, &receipt.key);
-        let slot = self.slots.get_mut(&key as &dyn Probe<K>);
+        let slot = self.slots.get_mut(&receipt.slot as &dyn Probe<K>);
         Self::take_flight(slot, receipt.flight(), &mut self.in_flight);
     }
 
@@ -965,14 +1004,18 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             receipt:
                 Receipt {
                     key,
-                    hash,
+                    slot,
                     first,
                     last,
                     queued_at,
                     ..
                 },
         } = taken;
-        let key = Hashed { hash, key };
+        let key = Hashed {
+            hash: slot.hash,
+            id: slot.id,
+            key,
+        };
         let slot = self.slots.get_mut(&key).expect("failed key has a slot");
         let (change, last, tag) = match slot.pending.take() {
             Some(newer) => {
@@ -1259,6 +1302,99 @@ mod tests {
         assert!(!b.contains(&"a"));
         let s = b.stats();
         assert_eq!((s.queued, s.flushed, s.coalesced, s.len), (2, 2, 0, 0));
+    }
+
+    std::thread_local! {
+        /// Set: a [`Touchy`] key's `Eq` panics on this thread.
+        static EQ_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A key whose `Eq` panics while [`EQ_PANICS`] is set.
+    #[derive(Clone, Debug)]
+    struct Touchy(u32);
+
+    impl Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    impl PartialEq for Touchy {
+        fn eq(&self, other: &Self) -> bool {
+            assert!(!EQ_PANICS.get(), "Eq of key {} refused", self.0);
+            self.0 == other.0
+        }
+    }
+
+    impl Eq for Touchy {}
+
+    /// Runs `f` with every [`Touchy`] key's `Eq` panicking.
+    fn untouchable<T>(f: impl FnOnce() -> T) -> T {
+        EQ_PANICS.set(true);
+        let out = f();
+        EQ_PANICS.set(false);
+        out
+    }
+
+    #[test]
+    fn taking_settling_retrying_and_splitting_never_compare_keys() {
+        let ids =
+            |batch: &[Taken<Touchy, u32>]| batch.iter().map(|t| t.key().0).collect::<Vec<_>>();
+        let mut b: Buffer<Touchy, u32> = Buffer::new(2, backoff());
+        for k in 1..=4 {
+            b.push(Touchy(k), Change::Put(k), 0);
+        }
+        let batch = untouchable(|| b.take_batch(4, 0));
+        assert_eq!(ids(&batch), [1, 2, 3, 4]);
+        // A newer change of key 1 waits behind its flight (a push compares
+        // keys: allowed here).
+        b.push(Touchy(1), Change::Put(10), 0);
+        let dead = untouchable(|| {
+            let mut slots = Vec::new();
+            let batch: Vec<_> = batch
+                .into_iter()
+                .map(|taken| {
+                    let (_, change, receipt) = taken.into_parts();
+                    slots.push(receipt.slot());
+                    Taken::from_parts(change, receipt)
+                })
+                .collect();
+            assert_eq!(b.pending_change_in(slots[0]), Some(&Change::Put(10)));
+            assert_eq!(b.pending_change_in(slots[1]), None);
+            // The whole batch fails: split into halves, key 1 carrying its
+            // newer change.
+            let mut dead = b.batch_failed(batch, 0, 0.5);
+            let half = b.take_batch(4, 0);
+            assert_eq!(ids(&half), [1, 2]);
+            assert_eq!(half[0].change(), &Change::Put(10));
+            let mut half = half.into_iter();
+            b.succeeded(half.next().unwrap());
+            // Key 2 fails alone: retried after its backoff.
+            dead.extend(b.failed(half.next().unwrap(), 0, 0.5));
+            let half = b.take_batch(4, 0);
+            assert_eq!(ids(&half), [3, 4]);
+            half.into_iter().for_each(|taken| b.succeeded(taken));
+            // Its retry comes due and fails: the last attempt.
+            let retry = b.take_batch(4, 1_000 * MS);
+            assert_eq!(ids(&retry), [2]);
+            dead.extend(b.batch_failed(retry, 1_000 * MS, 0.5));
+            b.check_invariants();
+            dead
+        });
+        assert_eq!(
+            dead,
+            [DeadLetter {
+                key: Touchy(2),
+                change: Change::Put(2),
+                attempts: 2
+            }]
+        );
+        assert!(b.is_empty());
+        let s = b.stats();
+        assert_eq!(
+            (s.queued, s.flushed, s.coalesced, s.dead_lettered),
+            (5, 3, 1, 1)
+        );
     }
 
     #[test]
