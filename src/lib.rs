@@ -70,7 +70,7 @@ pub mod clock {
 #[doc(hidden)]
 pub mod write_buffer {
     pub use crate::write::buffer::{
-        Backoff, Buffer, BufferStats, Change, DeadLetter, Receipt, Seq, SlotId, Taken,
+        Backoff, Buffer, BufferStats, Change, DeadLetter, Receipt, Seq, SlotId, Taken, Uncompared,
     };
 }
 

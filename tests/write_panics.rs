@@ -12,7 +12,10 @@ mod threads;
 use std::{
     fmt,
     hash::{Hash, Hasher},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -93,11 +96,13 @@ const FLUSHER: &str = "larder-write-behind";
 type Taken = Vec<(u64, Change<u64>)>;
 
 /// A store that logs every change it takes, in order, without hashing or
-/// comparing a key, and refuses every batch holding the key `poison`.
+/// comparing a key, and refuses every batch holding the key `poison`. A
+/// test holding `gate` keeps its calls waiting at the door.
 #[derive(Clone, Default)]
 struct Log {
     taken: Arc<Mutex<Taken>>,
     poison: Arc<Mutex<Option<u64>>>,
+    gate: Arc<Mutex<()>>,
 }
 
 impl Log {
@@ -127,6 +132,7 @@ impl Store<Touchy, u64> for Log {
     }
 
     fn write(&self, batch: &[(Touchy, Change<u64>)]) -> Result<(), String> {
+        drop(self.gate.lock());
         let poison = *self.poison.lock();
         if let Some(bad) = poison.filter(|p| batch.iter().any(|(k, _)| k.id == *p)) {
             return Err(format!("key {bad} refused"));
@@ -317,5 +323,128 @@ fn a_key_that_cannot_be_compared_on_the_flusher_is_still_sent_retried_and_dead_l
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "close returned early"
+    );
+}
+
+/// Polls `done` for up to 5 s.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_change_whose_key_the_flusher_cannot_compare_as_it_drains_is_dead_lettered() {
+    quiet_injected_panics();
+    let log = Log::poisoned(7);
+    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
+    let refusing = Arc::new(AtomicBool::new(false));
+    let rule: Rule = {
+        let refusing = refusing.clone();
+        Arc::new(move |thread| thread == Some(FLUSHER) && refusing.load(SeqCst))
+    };
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .retry_backoff(Duration::from_secs(1), Duration::from_secs(1), 0.0)
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    // The first change of key 7 fails once and waits a second for its retry.
+    cache.insert(Touchy::uncomparable(7, &rule), 1).unwrap();
+    eventually("the first send failed", || cache.write_stats().retried == 1);
+    *log.poison.lock() = None;
+    // The second meets it in the buffer as the flusher drains it, and the
+    // key's `Eq` panics there.
+    refusing.store(true, SeqCst);
+    cache.insert(Touchy::uncomparable(7, &rule), 2).unwrap();
+    eventually("the second change was dead-lettered", || {
+        !letters.lock().is_empty()
+    });
+    refusing.store(false, SeqCst);
+    assert!(cache.flush_timeout(Duration::from_secs(5)));
+    {
+        let letters = letters.lock();
+        assert_eq!(letters.len(), 1);
+        let letter = &letters[0];
+        assert_eq!(
+            (letter.key.id, &letter.change, letter.attempts),
+            (7, &Change::Put(2), 0)
+        );
+        assert!(
+            matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Eq of key 7 refused")),
+            "{:?}",
+            letter.error
+        );
+    }
+    // The change it met was retried and landed.
+    assert_eq!(log.last(7), Some(Change::Put(1)));
+    let s = cache.write_stats();
+    assert_eq!(
+        (
+            s.queued,
+            s.flushed,
+            s.coalesced,
+            s.dead_lettered,
+            s.queue_len
+        ),
+        (2, 1, 0, 1, 0)
+    );
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn a_change_whose_key_close_cannot_compare_as_it_drains_comes_back_in_the_report() {
+    quiet_injected_panics();
+    let log = Log::default();
+    let rule = not_on("closer");
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    // The flusher waits in a store call with key 0, so the two changes of
+    // key 1 wait in this thread's lane for `close` to drain them.
+    let gate = log.gate.lock();
+    cache.insert(Touchy::uncomparable(0, &rule), 0).unwrap();
+    eventually("key 0 is in a store call", || {
+        cache.write_stats().in_flight == 1
+    });
+    cache.insert(Touchy::uncomparable(1, &rule), 1).unwrap();
+    cache.insert(Touchy::uncomparable(1, &rule), 2).unwrap();
+    let closer = {
+        let cache = cache.clone();
+        thread::Builder::new()
+            .name("closer".into())
+            .spawn(move || cache.close(Duration::from_millis(200)))
+            .unwrap()
+    };
+    let report = closer.join().expect("close returned a report");
+    drop(gate);
+    let unwritten: Vec<_> = report
+        .unwritten
+        .iter()
+        .map(|(k, c)| (k.id, c.clone()))
+        .collect();
+    assert_eq!(
+        unwritten,
+        [(0, Change::Put(0)), (1, Change::Put(1))],
+        "key 0 in the hung call, key 1's first change queued"
+    );
+    assert_eq!(report.in_flight, 1);
+    assert_eq!(report.dead_letters.len(), 1, "{report:?}");
+    let letter = &report.dead_letters[0];
+    assert_eq!((letter.key.id, &letter.change), (1, &Change::Put(2)));
+    assert!(
+        matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Eq of key 1 refused")),
+        "{:?}",
+        letter.error
     );
 }

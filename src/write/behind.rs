@@ -68,12 +68,18 @@
 //! handler (or the report).
 //!
 //! A key's `Eq` runs when a drained change meets a held change of an equal
-//! hash: a panic there drops that one change, every other change still
-//! moves and the counts stay right, and the panic is raised again on the
-//! thread that drained. The flusher catches a panic that ends one of its
-//! rounds, pauses ([`PAUSE_AFTER_PANIC`]) and carries on, and marks itself
-//! exited whenever it ends, so `flush` and `close` never wait on a dead
-//! thread. Nothing else the flusher does runs a key's `Eq`: the buffer
+//! hash. A panic there leaves the buffer as it was and the change out of
+//! it: the change becomes a [`WriteFailure::KeyPanicked`] dead letter,
+//! which the flusher hands to the handler (or keeps for `close`) as it
+//! does the store's refusals, after dropping the key's cached copy; a
+//! flush waits for it, `close` hands over what the flusher has not, and the
+//! panic goes no further, so a reader, a flush or `close` that drained
+//! carries on. Every other change still moves and the counts stay right
+//! (the change counts as queued and dead-lettered). The flusher catches any
+//! other panic that ends one of its rounds, pauses ([`PAUSE_AFTER_PANIC`])
+//! and carries on, and marks itself exited whenever it ends, so `flush`
+//! and `close` never wait on a dead thread. Nothing else the flusher does
+//! runs a key's `Eq`: the buffer
 //! finds a key it holds by its slot when it takes a batch, settles an
 //! outcome, retries or splits (see "Comparing keys only on a push" in
 //! [`buffer`]), and `close` finds what waits behind a key in flight the
@@ -82,7 +88,7 @@
 
 use std::{
     hash::Hash,
-    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc,
         atomic::{
@@ -182,7 +188,9 @@ pub struct WriteStats {
     /// Failed sends scheduled again (after a backoff, or split out of a
     /// failed batch).
     pub retried: u64,
-    /// Writes given up on and handed to the dead-letter handler.
+    /// Writes given up on and handed to the dead-letter handler (or kept
+    /// for `close`): refused by the store, or not taken into the queue
+    /// because their key's `Eq` panicked.
     pub dead_lettered: u64,
     /// Entries held now, waiting or in flight.
     pub queue_len: usize,
@@ -266,6 +274,13 @@ struct State<K, V, E> {
     handed_back: Option<buffer::Seq>,
     /// Dead letters kept for `close` when there is no handler.
     kept: Vec<DeadLetter<K, V, E>>,
+    /// Changes a drain could not place in the buffer (their key's `Eq`
+    /// panicked), as dead letters the flusher has yet to hand over (or
+    /// keep, without a handler): a flush waits for them too.
+    uncompared: Vec<DeadLetter<K, V, E>>,
+    /// How many changes drains could not place, ever: counted as queued
+    /// and dead-lettered in the stats.
+    uncompared_count: u64,
     /// Dead letters settled in the buffer but not yet handed to the
     /// handler: a flush waits for them too.
     reporting: usize,
@@ -398,6 +413,8 @@ where
                 closed: buffer::BufferStats::default(),
                 handed_back: None,
                 kept: Vec::new(),
+                uncompared: Vec::new(),
+                uncompared_count: 0,
                 reporting: 0,
                 store_calls: 0,
                 store_time: Duration::ZERO,
@@ -548,9 +565,11 @@ where
     /// in their order (see the module docs).
     ///
     /// No key is hashed here (its writer did). A key's `Eq` may panic when
-    /// its change meets a held one of the same key: that change is dropped,
-    /// the others all move and the counts stay right, and the first such
-    /// panic is raised again at the end.
+    /// its change meets a held one of an equal hash: that change becomes a
+    /// [`WriteFailure::KeyPanicked`] dead letter for the flusher to hand
+    /// over (it is nudged), the others all move, and the panic goes no
+    /// further: the thread that drains (the flusher, a reader, a flush, the
+    /// stats, a writer near capacity, `close`) carries on.
     fn drain(&self, st: &mut State<K, V, S::Error>) {
         if self.undrained.load(SeqCst) == 0 {
             return;
@@ -569,15 +588,25 @@ where
             since.push(any.then_some(inbox.since));
         }
         drop(inboxes);
-        let State { buffer, spares, .. } = st;
+        let State {
+            buffer,
+            spares,
+            uncompared,
+            uncompared_count,
+            ..
+        } = st;
         buffer.begin_drain();
-        let mut panic = None;
+        let before = uncompared.len();
         for (since, spare) in since.into_iter().zip(spares.iter_mut()) {
             let Some(since) = since else { continue };
             for (key, hash, change, order) in spare.drain(..) {
-                let push = || buffer.push_ordered_hashed(key, hash, change, since, order);
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(push)) {
-                    panic.get_or_insert(payload);
+                if let Err(lost) = buffer.push_ordered_hashed(key, hash, change, since, order) {
+                    uncompared.push(DeadLetter {
+                        key: lost.key,
+                        change: lost.change,
+                        attempts: 0,
+                        error: WriteFailure::KeyPanicked(panic_message(&*lost.panic)),
+                    });
                 }
             }
         }
@@ -585,8 +614,9 @@ where
         // never zero times.
         self.held.store(buffer.len(), SeqCst);
         self.undrained.fetch_sub(counted, SeqCst);
-        if let Some(payload) = panic {
-            resume_unwind(payload);
+        if uncompared.len() > before {
+            *uncompared_count += (uncompared.len() - before) as u64;
+            self.nudge();
         }
     }
 
@@ -624,7 +654,10 @@ where
             before_close && st.handed_back.is_some_and(|first| first <= mark)
         };
         let settled = |st: &State<K, V, S::Error>| {
-            st.buffer.is_settled(mark) && st.reporting == 0 && !handed_back(st)
+            st.buffer.is_settled(mark)
+                && st.reporting == 0
+                && st.uncompared.is_empty()
+                && !handed_back(st)
         };
         while !settled(&st) {
             if st.exited || self.on_own_flusher() || handed_back(&st) {
@@ -736,6 +769,18 @@ where
         st.flying = Arc::default();
         st.flying_slots.clear();
         self.held.store(0, SeqCst);
+        // Changes a drain could not place (close's own drain among them)
+        // that the flusher has not handed over: handed over here, kept in
+        // the report without a handler.
+        let uncompared = std::mem::take(&mut st.uncompared);
+        let (deliver, kept_uncompared) = if self.handler.is_some() {
+            st.reporting += uncompared.len();
+            (uncompared, 0)
+        } else {
+            let kept = uncompared.len();
+            st.kept.extend(uncompared);
+            (Vec::new(), kept)
+        };
         let dead = std::mem::take(&mut st.kept);
         drop(st);
         // Writers waiting for room and flushes waiting for outcomes: the
@@ -743,6 +788,18 @@ where
         self.changed.notify_all();
         for (key, _) in &unwritten {
             self.drop_cached(key);
+        }
+        for letter in &dead[dead.len() - kept_uncompared..] {
+            self.drop_cached(&letter.key);
+        }
+        if !deliver.is_empty() {
+            let delivered = deliver.len();
+            for letter in deliver {
+                self.drop_cached(&letter.key);
+                self.report(letter);
+            }
+            self.state.lock().reporting -= delivered;
+            self.changed.notify_all();
         }
         // Only another thread can see the flusher exited, so this never
         // joins itself.
@@ -778,13 +835,13 @@ where
     pub(crate) fn stats(&self) -> WriteStats {
         let mut st = self.state.lock();
         self.drain(&mut st);
-        let (b, c) = (st.buffer.stats(), st.closed);
+        let (b, c, lost) = (st.buffer.stats(), st.closed, st.uncompared_count);
         WriteStats {
-            queued: b.queued + c.queued,
+            queued: b.queued + c.queued + lost,
             coalesced: b.coalesced + c.coalesced,
             flushed: b.flushed + c.flushed,
             retried: b.retried + c.retried,
-            dead_lettered: b.dead_lettered + c.dead_lettered,
+            dead_lettered: b.dead_lettered + c.dead_lettered + lost,
             queue_len: b.len,
             in_flight: st.buffer.in_flight(),
             store_calls: st.store_calls,
@@ -808,9 +865,9 @@ where
         // passes or reloads on other threads: their listeners may be
         // waiting for this flusher (a `flush` waits for its dead letters).
         let _awaited = Awaited::here();
-        // User code the flusher runs outside a `catch_unwind` of its own is
-        // a key's `Eq` (see the module docs): a panic there ends one round,
-        // not the thread.
+        // Every piece of user code the flusher runs has a `catch_unwind` of
+        // its own (a key's `Eq` in the buffer's); this one is a backstop:
+        // a panic that ends a round does not end the thread.
         loop {
             let round = || match self.next_batch(woken) {
                 Some((receipts, pairs)) => {
@@ -840,6 +897,12 @@ where
                 return None;
             }
             self.drain(&mut st);
+            if !st.uncompared.is_empty() {
+                let letters = std::mem::take(&mut st.uncompared);
+                self.hand_over(st, letters);
+                st = self.state.lock();
+                continue;
+            }
             let now = self.now();
             if st.closing {
                 let mark = st.buffer.flush_mark();

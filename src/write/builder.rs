@@ -544,7 +544,9 @@ where
 
     /// Write-behind: called (on the flusher thread) with every change the
     /// store would not take after `max_attempts` sends, with its last
-    /// error; also with what a drop could not flush. A panic in the handler
+    /// error; with every change the queue could not take in because its
+    /// key's `Eq` panicked ([`WriteFailure::KeyPanicked`](crate::WriteFailure::KeyPanicked));
+    /// also with what a drop could not flush. A panic in the handler
     /// is contained. Without a handler, dead letters are kept and returned
     /// by [`StoreCache::close`] (they are not bounded by `queue_capacity`:
     /// give a handler where a key may be refused forever).

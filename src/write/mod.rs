@@ -163,6 +163,10 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 
 /// Why write-behind gave up on a change.
 ///
+/// Non-exhaustive: a handler matches the kinds it knows and treats the
+/// others as it treats [`InFlight`](Self::InFlight) (look at the store
+/// before writing the change again).
+///
 /// # Examples
 ///
 /// What a dead-letter handler may do with each kind:
@@ -176,8 +180,10 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 ///         // unless the key was written since (see `DeadLetter::change`).
 ///         WriteFailure::Store(_) | WriteFailure::Panicked(_) | WriteFailure::Dropped => true,
 ///         // A call may still write it (or an older change of its key),
-///         // after what you write now: look first.
-///         WriteFailure::InFlight => false,
+///         // after what you write now: look first. So may an older change
+///         // of its key queued when its `Eq` panicked; and kinds added
+///         // later are not known to be safe.
+///         WriteFailure::InFlight | WriteFailure::KeyPanicked(_) | _ => false,
 ///     }
 /// }
 /// assert!(safe_to_replay(&WriteFailure::<String>::Dropped));
@@ -186,8 +192,13 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 ///     WriteFailure::<String>::Panicked("boom".into()).to_string(),
 ///     "the store panicked: boom"
 /// );
+/// assert_eq!(
+///     WriteFailure::<String>::KeyPanicked("bad key".into()).to_string(),
+///     "the key's Eq panicked when the queue compared it: bad key"
+/// );
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum WriteFailure<E> {
     /// The store's error from the last attempt (shared by every change of
     /// the batch it rejected).
@@ -207,6 +218,15 @@ pub enum WriteFailure<E> {
     /// now), or may have written it already. Check the store before
     /// writing the change again.
     InFlight,
+    /// The key's `Eq` panicked when the queue compared the change with a
+    /// queued change of an equal hash (as it gathered the writers' changes
+    /// into its buffer); the panic message. The change never reached the
+    /// store and is not queued. The queued change of its key it met stays
+    /// queued and is still written, usually an older one, so the store may
+    /// end up with that older value, and a replay of this letter may land
+    /// before it: look at the store first (and a replay through the same
+    /// cache may meet the same panic).
+    KeyPanicked(String),
 }
 
 impl<E> Clone for WriteFailure<E> {
@@ -216,6 +236,7 @@ impl<E> Clone for WriteFailure<E> {
             WriteFailure::Panicked(m) => WriteFailure::Panicked(m.clone()),
             WriteFailure::Dropped => WriteFailure::Dropped,
             WriteFailure::InFlight => WriteFailure::InFlight,
+            WriteFailure::KeyPanicked(m) => WriteFailure::KeyPanicked(m.clone()),
         }
     }
 }
@@ -230,6 +251,9 @@ impl<E: fmt::Display> fmt::Display for WriteFailure<E> {
                 f,
                 "the cache was dropped during the store call, whose outcome is unknown"
             ),
+            WriteFailure::KeyPanicked(m) => {
+                write!(f, "the key's Eq panicked when the queue compared it: {m}")
+            }
         }
     }
 }
@@ -287,7 +311,8 @@ pub struct DeadLetter<K, V, E> {
     /// How many times the key was sent and failed in this run of failures
     /// (a change written while an older one of its key waited for a retry
     /// took that one's place and its count); 0 for a change a drop hands
-    /// back ([`WriteFailure::Dropped`], [`WriteFailure::InFlight`]).
+    /// back ([`WriteFailure::Dropped`], [`WriteFailure::InFlight`]) and
+    /// for one whose key's `Eq` panicked ([`WriteFailure::KeyPanicked`]).
     pub attempts: u32,
     /// The last failure.
     pub error: WriteFailure<E>,

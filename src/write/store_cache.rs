@@ -114,8 +114,13 @@ where
 /// the caller and nothing is queued), and the queue and its flusher never
 /// hash it again, so the key hashing differently later (on the flusher, on
 /// a reader) stops no flusher and hangs no [`flush`](Self::flush) or
-/// [`close`](Self::close). See the limits for a panicking `Eq` in the
-/// write-behind module docs.
+/// [`close`](Self::close). Nor does a key whose `Eq` panics: the queue
+/// compares keys only as it takes a change in (to coalesce it with a
+/// queued change of its key), never to send, retry or settle one, so such
+/// a key is still written; a change it could not take in because the
+/// comparison panicked goes to the dead-letter handler (or the report of
+/// `close`) as [`WriteFailure::KeyPanicked`], and the thread that was
+/// taking it in (the flusher, a reader, a flush, `close`) carries on.
 ///
 /// `StoreCache` is a cheap handle (`Clone`, `Send`, `Sync`); its threads end
 /// when the last handle is dropped (after a bounded final flush, see
@@ -260,7 +265,9 @@ pub struct CloseReport<K, V, E> {
     /// may still land, after you write these again. Check the store first.
     /// The rest of `unwritten` are changes of keys in no store call then.
     pub overtaken: usize,
-    /// Dead letters kept because the cache has no dead-letter handler.
+    /// Dead letters kept because the cache has no dead-letter handler:
+    /// changes the store refused, and changes whose key's `Eq` panicked as
+    /// the queue took them in (some perhaps as `close` itself did).
     pub dead_letters: Vec<DeadLetter<K, V, E>>,
 }
 

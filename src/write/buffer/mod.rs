@@ -82,7 +82,8 @@
 //! user code, and a key whose `Eq` panics (always, or once some switch
 //! flips) cannot wedge a batch or leave a key in flight for ever. The
 //! pushes look up before they change anything, so a panic there leaves the
-//! buffer as it was, and the caller decides what becomes of the change.
+//! buffer as it was: [`Buffer::push_ordered_hashed`] hands the change back
+//! ([`Uncompared`]) for the caller to report, the other pushes panic.
 //!
 //! # When to send
 //!
@@ -137,8 +138,11 @@
 #![cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 
 use std::{
+    any::Any,
     collections::{BTreeMap, HashMap, hash_map},
+    fmt,
     hash::{BuildHasherDefault, Hash},
+    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
     time::Duration,
 };
 
@@ -322,6 +326,27 @@ pub struct DeadLetter<K, V> {
     pub attempts: u32,
 }
 
+/// A change [`Buffer::push_ordered_hashed`] could not place: its key's
+/// `Eq` panicked when the buffer compared it with a key it holds. The
+/// buffer is as it was; the change is the caller's to report.
+pub struct Uncompared<K, V> {
+    /// The key.
+    pub key: K,
+    /// The change.
+    pub change: Change<V>,
+    /// The payload of the `Eq`'s panic.
+    pub panic: Box<dyn Any + Send>,
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Uncompared<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Uncompared")
+            .field("key", &self.key)
+            .field("change", &self.change)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The buffer's counters, and how many entries it holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BufferStats {
@@ -470,6 +495,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// and the buffer is then as it was.
     pub fn push_hashed(&mut self, key: K, hash: u64, change: Change<V>, now: u64) -> Seq {
         self.push_tagged(hash, key, change, now, None)
+            .unwrap_or_else(|lost| resume_unwind(lost.panic))
     }
 
     /// Starts a drain: a batch of changes gathered from several sources
@@ -487,15 +513,22 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// dropped, and the pending change stays. Between `begin_drain` and the
     /// last `push_ordered` of a drain, take no batch: a change already in
     /// flight is not compared.
+    ///
+    /// # Panics
+    ///
+    /// If the key's `Hash` or `Eq` panics; the buffer is then as it was.
     #[cfg(any(test, feature = "test-util"))]
     pub fn push_ordered(&mut self, key: K, change: Change<V>, now: u64, order: u32) -> Seq {
         let hash = self.hasher.hash_one(&key);
         self.push_ordered_hashed(key, hash, change, now, order)
+            .unwrap_or_else(|lost| resume_unwind(lost.panic))
     }
 
     /// [`push_ordered`](Self::push_ordered) of a key already hashed
-    /// (`hash`: see [`with_hasher`](Self::with_hasher)): only the key's
-    /// `Eq` can panic, and the buffer is then as it was.
+    /// (`hash`: see [`with_hasher`](Self::with_hasher)), which does not
+    /// panic: if the key's `Eq` panics (the only user code it runs), the
+    /// buffer is as it was and the key, the change and the panic come back
+    /// as [`Uncompared`], for the caller to report.
     pub fn push_ordered_hashed(
         &mut self,
         key: K,
@@ -503,7 +536,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         change: Change<V>,
         now: u64,
         order: u32,
-    ) -> Seq {
+    ) -> Result<Seq, Uncompared<K, V>> {
         let tag = Tag {
             drain: self.drain,
             order,
@@ -518,11 +551,22 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         change: Change<V>,
         now: u64,
         tag: Option<Tag>,
-    ) -> Seq {
+    ) -> Result<Seq, Uncompared<K, V>> {
         // The lookup first: it is the only user code here (the key's `Eq`),
-        // so a panic leaves the buffer as it was. It is the one lookup by
-        // key; a new slot is then inserted by its id, which compares no keys.
-        let held = self.slots.get_mut(&HashedRef(hash, &key) as &dyn Probe<K>);
+        // so a panic leaves the buffer as it was (a lookup changes nothing).
+        // It is the one lookup by key; a new slot is then inserted by its
+        // id, which compares no keys.
+        let slots = &mut self.slots;
+        let probe = HashedRef(hash, &key);
+        let lookup = move || {
+            // Moved out, so the slot found outlives the closure.
+            let slots = slots;
+            slots.get_mut(&probe as &dyn Probe<K>)
+        };
+        let held = match catch_unwind(AssertUnwindSafe(lookup)) {
+            Ok(held) => held,
+            Err(panic) => return Err(Uncompared { key, change, panic }),
+        };
         self.last_seq += 1;
         let seq = self.last_seq;
         self.stats.queued += 1;
@@ -552,7 +596,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                         pending.last = seq;
                         pending.tag = tag;
                     }
-                    return seq;
+                    return Ok(seq);
                 }
                 // Only in flight: wait behind it, in no index.
                 pending @ None => *pending = Some(fresh(change)),
@@ -570,7 +614,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             }
         }
         self.outstanding.insert(seq);
-        seq
+        Ok(seq)
     }
 
     /// Whether the flusher should send a batch now: `batch_size` entries are
@@ -1395,6 +1439,25 @@ mod tests {
             (s.queued, s.flushed, s.coalesced, s.dead_lettered),
             (5, 3, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_drained_change_whose_eq_panics_comes_back_and_changes_nothing() {
+        let mut b: Buffer<Touchy, u32> = Buffer::new(2, backoff());
+        b.push(Touchy(1), Change::Put(1), 0);
+        let before = b.stats();
+        b.begin_drain();
+        let hash = b.hasher.hash_one(Touchy(1));
+        let lost = untouchable(|| b.push_ordered_hashed(Touchy(1), hash, Change::Put(2), 0, 9))
+            .expect_err("the key's Eq panicked");
+        assert_eq!((lost.key.0, lost.change), (1, Change::Put(2)));
+        assert_eq!(
+            lost.panic.downcast_ref::<String>().unwrap(),
+            "Eq of key 1 refused"
+        );
+        assert_eq!(b.stats(), before);
+        assert_eq!(b.pending_change(&Touchy(1)), Some(&Change::Put(1)));
+        b.check_invariants();
     }
 
     #[test]
