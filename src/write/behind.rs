@@ -37,6 +37,18 @@
 //! queue's capacity takes the main mutex (drains, then applies the
 //! full-queue policy exactly).
 //!
+//! # Closing
+//!
+//! `close` sets `closing` under the main mutex, marks every lane closed
+//! under that lane's lock, and drains, all before it lets go of the main
+//! mutex. A push checks its lane's mark under the lane's lock and appends
+//! (and counts, see above) in that same hold; so a write either reached its
+//! lane before the lane was marked, and `close`'s drain takes it, or is
+//! refused with `Closed`. A push near capacity checks `closing` under the
+//! main mutex, after draining. No write falls between: flushed, handed back
+//! by `close`, or refused to its writer (the tests hold a push before its
+//! lane and inside it while `close` runs).
+//!
 //! # Waking the flusher
 //!
 //! Writers nudge the flusher through a one-slot crossbeam channel: every
@@ -469,11 +481,18 @@ where
         if self.held.load(SeqCst) + counted + slack >= self.config.queue_capacity {
             return self.push_near_capacity(key, hash, change);
         }
+        #[cfg(test)]
+        tests::hook(tests::Step::BeforeLane);
+        // `close` marks every lane closed under its lock before it drains
+        // them: a change pushed under the lock before that is drained by
+        // `close`, one after is refused here, under the same lock.
         let lane = &self.lanes[thread_lane() & (self.lanes.len() - 1)];
         let mut inbox = lane.0.lock();
         if inbox.closed {
             return Err(Refused::Closed);
         }
+        #[cfg(test)]
+        tests::hook(tests::Step::InLane);
         let first_in_lane = inbox.changes.is_empty();
         let now = if first_in_lane { self.now() } else { 0 };
         if first_in_lane {
@@ -1045,6 +1064,9 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// What [`Queue::close`] could not write.
 pub(crate) struct Leftovers<K, V, E> {
