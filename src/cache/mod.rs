@@ -465,7 +465,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.retime(key, Some(ttl))
+        self.inner.retime(key, |_, _| Some(Some(ttl)))
     }
 
     /// Takes away `key`'s hard deadline (its time to live), without
@@ -524,7 +524,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.retime(key, None)
+        self.inner.retime(key, |_, _| Some(None))
     }
 
     /// The value for `key`, if present and not expired. Counts a hit or a
@@ -1142,10 +1142,31 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.expires_in_by(key, |_, _| Some(NEVER))
+    }
+
+    /// [`expires_in`](Self::expires_in), with `own` shown the live
+    /// entry's value and the time (read if it asks), under the shard's
+    /// shared lock: it returns a deadline the value keeps for itself
+    /// ([`NEVER`] for none; the answer is the earlier of it and the
+    /// entry's), or `None` to have the entry counted as not live. `own` is
+    /// larder's own code.
+    fn expires_in_by<Q>(
+        &self,
+        key: &Q,
+        own: impl FnOnce(&V, &mut Now<'_>) -> Option<u64>,
+    ) -> Option<Option<Duration>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let (hash, cell) = self.shards.cell_for(key);
         let mut now = Now::new(&self.timing.clock);
-        let deadline = cell.read().live_deadline(hash, key, &mut now)?;
-        // `now` was read under the lock if the entry has a deadline.
+        let shard = cell.read();
+        let id = shard.lookup(hash, key, &mut now)?;
+        let deadline = shard.deadline(id).min(own(shard.value(id), &mut now)?);
+        drop(shard);
+        // `now` was read under the lock if either deadline is one.
         Some(
             (deadline != NEVER)
                 .then(|| remaining(now.get(), deadline))
@@ -1153,46 +1174,54 @@ where
         )
     }
 
-    /// [`Cache::expire_in`] (`ttl`) and [`Cache::persist`] (`None`): gives
-    /// the key's live entry a new lifetime, or removes it as expired for a
-    /// zero `ttl`; returns whether it was live. Not a write for a load of
-    /// the key: the load began on a miss, which this call found too.
-    fn retime<Q>(&self, key: &Q, ttl: Option<Duration>) -> bool
+    /// [`Cache::expire_in`] (`ttl`) and [`Cache::persist`] (`None`), with
+    /// the lifetime given by `lifetime`: shown the key's live entry's value
+    /// and the time under the shard's exclusive lock, it returns the new
+    /// lifetime (`Some(ttl)`) and may change larder's own bookkeeping in
+    /// the value to match (see [`Shard::value_mut`](crate::shard::Shard::value_mut)),
+    /// or returns `None` to leave the entry as it is. Gives the entry the
+    /// lifetime, or removes it as expired for a zero `ttl`; returns whether
+    /// it was given one. Not a write for a load of the key: the load began
+    /// on a miss, which this call found too.
+    fn retime<Q>(
+        &self,
+        key: &Q,
+        lifetime: impl FnOnce(u64, &mut V) -> Option<Option<Duration>>,
+    ) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let (hash, cell) = self.shards.cell_for(key);
-        if ttl == Some(Duration::ZERO) {
-            // Delivered once the shard is unlocked.
-            let mut removed = Delivery::new(self.listener.as_ref());
-            let mut shard = cell.write();
-            let mut now = Now::new(&self.timing.clock);
-            let Some((key, value, cause)) = shard.expire_now(hash, key, &mut now) else {
-                return false;
-            };
-            drop(shard);
-            removed.push(key, value, cause);
-            return true;
-        }
+        // Delivered once the shard is unlocked.
+        let mut removed = Delivery::new(self.listener.as_ref());
         let mut shard = cell.write();
         // The time under the lock, which the entry is judged live by and
         // the lifetime counts from: read before it, an entry that expired
         // while this call waited for the lock would be judged live and
         // revived, after readers had found it expired.
         let mut now = Now::new(&self.timing.clock);
-        let retimed = shard.retime(hash, key, &mut now, |now| self.timing.on_retime(now, ttl));
-        drop(shard);
-        match retimed {
-            Some(deadline) => {
-                if deadline.at != NEVER {
-                    // Unlocked first, as in `land`.
-                    self.maintenance.wake_for(deadline.at);
-                }
-                true
+        let Some(id) = shard.lookup(hash, key, &mut now) else {
+            return false;
+        };
+        let Some(ttl) = lifetime(now.get(), shard.value_mut(id)) else {
+            return false;
+        };
+        if ttl == Some(Duration::ZERO) {
+            if let Some((key, value, cause)) = shard.expire_now(hash, key, &mut now) {
+                drop(shard);
+                removed.push(key, value, cause);
             }
-            None => false,
+            return true;
         }
+        let deadline = self.timing.on_retime(now.get(), ttl);
+        shard.retime(id, deadline);
+        drop(shard);
+        if deadline.at != NEVER {
+            // Unlocked first, as in `land`.
+            self.maintenance.wake_for(deadline.at);
+        }
+        true
     }
 
     /// A user's insert: a load of the key under way began before it and

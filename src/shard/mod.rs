@@ -627,32 +627,30 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
     }
 
-    /// Gives `key`'s entry the deadlines `deadline` computes from `now` if
-    /// it is live at `now` (a user's change of its lifetime,
-    /// `Cache::expire_in` or `persist`), and returns them; `None` if it was
-    /// not, with nothing computed (making a deadline tells the cache's
-    /// reads to look at the clock from then on). Neither a read nor a
-    /// write: the policy, the value and the version stay as they are. A
-    /// read hook's answer pending for the entry is then dropped (see
+    /// Gives the live entry `id` (found by [`lookup`](Self::lookup) under
+    /// this lock) the deadlines `deadline` (a user's change of its
+    /// lifetime, `Cache::expire_in` or `persist`). Neither a read nor a
+    /// write: the policy and the version stay as they are. A read hook's
+    /// answer pending for the entry is then dropped (see
     /// [`reset_deadline`](Self::reset_deadline)): `created` is bumped, as
     /// the deadline alone may not change (`persist` on an entry that had
-    /// none). An expired entry is left for the reaper, never revived.
-    pub(crate) fn retime<Q>(
-        &mut self,
-        hash: u64,
-        key: &Q,
-        now: &mut Now<'_>,
-        deadline: impl FnOnce(u64) -> Deadline,
-    ) -> Option<Deadline>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let id = self.lookup(hash, key, now)?;
-        let deadline = deadline(now.get());
+    /// none). The caller looks the entry up first, so an expired one is
+    /// left for the reaper, never revived, and nothing is computed for it
+    /// (making a deadline tells the cache's reads to look at the clock
+    /// from then on).
+    pub(crate) fn retime(&mut self, id: u32, deadline: Deadline) {
         self.set_deadline(id, deadline);
         self.created += 1;
-        Some(deadline)
+    }
+
+    /// The value of a live id, to change in place under the exclusive lock
+    /// with its deadline ([`retime`](Self::retime)). Not a write: only
+    /// larder's own bookkeeping kept in the value may change here (a
+    /// [`LoadingCache`](crate::LoadingCache)'s record of when its value
+    /// expires), never the user's value.
+    #[inline]
+    pub(crate) fn value_mut(&mut self, id: u32) -> &mut V {
+        &mut self.index.slots[id as usize].value
     }
 
     /// Removes `key`'s entry as `Expired` if it is live at `now` (a user's
