@@ -1,8 +1,10 @@
 //! The loading cache's modes on a hand-driven clock: each timeline (fresh →
 //! refresh due → stale → expired) with the exact number of loader calls,
 //! stale-if-error, early expiry's rising probability, negative entries,
-//! bulk loads, a stampede of 64 threads on one expiring key, and panicking
-//! loaders in every mode.
+//! bulk loads, a stampede of 64 threads on one expiring key, panicking
+//! loaders in every mode, and one value's time to live given, read or
+//! changed by the caller (`insert_with_ttl`, `expires_in`, `expire_in`,
+//! `persist`) against the stale windows, negative caching and loads.
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -1917,4 +1919,360 @@ fn an_absent_answer_never_drops_an_insert_made_while_it_loaded() {
         cache.run_pending_tasks();
         assert_eq!(cache.peek(&1), Some(42), "{what}: the insert wins");
     }
+}
+
+// One value's lifetime given, read or changed by the caller:
+// `insert_with_ttl`, `expires_in`, `expire_in`, `persist`.
+
+#[test]
+fn insert_with_ttl_gives_the_value_its_own_exact_time_to_live() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .ttl_jitter(0.5)
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    cache.insert_with_ttl(1, 42, 10 * SEC);
+    cache.insert_with_ttl(2, 43, 600 * SEC);
+    assert_eq!(cache.expires_in(&1), Some(Some(10 * SEC)), "not jittered");
+    assert_eq!(
+        cache.expires_in(&2),
+        Some(Some(600 * SEC)),
+        "longer than the cache's"
+    );
+    clock.advance(9 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(42));
+    clock.advance(SEC);
+    assert_eq!(cache.peek(&1), None, "expired at 10 s");
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "so the read loads");
+    clock.advance(500 * SEC);
+    assert_eq!(cache.get(&2).unwrap(), Some(43), "still fresh at 510 s");
+    assert_eq!(source.calls(), 1);
+
+    // Zero: expired at once, never returned.
+    cache.insert_with_ttl(3, 44, Duration::ZERO);
+    assert_eq!(cache.peek(&3), None);
+    assert_eq!(cache.get(&3).unwrap(), Some(3002));
+
+    // It replaces a cached absence, which then no longer answers.
+    let absent = clocked(&clock)
+        .loader(|_: &u64| Ok::<Option<u64>, String>(None))
+        .negative_ttl(60 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(absent.get(&1).unwrap(), None);
+    absent.insert_with_ttl(1, 7, 5 * SEC);
+    assert_eq!(absent.get(&1).unwrap(), Some(7));
+    clock.advance(5 * SEC);
+    assert_eq!(absent.get(&1).unwrap(), None, "expired, loaded: absent");
+}
+
+#[test]
+fn a_value_past_the_ttl_it_was_inserted_with_is_served_stale_inside_the_window() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    cache.insert_with_ttl(1, 42, 10 * SEC);
+    clock.advance(14 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(42), "4 s into the window");
+    assert_eq!(cache.stats().stale_hits(), 1);
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 1, "one background reload");
+    assert_eq!(cache.get(&1).unwrap(), Some(1001));
+    assert_eq!(
+        cache.expires_in(&1),
+        Some(Some(60 * SEC)),
+        "the reloaded value has the cache's time to live"
+    );
+
+    // Zero: stale at once, so a read inside the window returns it.
+    cache.insert_with_ttl(2, 43, Duration::ZERO);
+    assert_eq!(cache.expires_in(&2), None);
+    assert_eq!(cache.get(&2).unwrap(), Some(43));
+    assert_eq!(cache.stats().stale_hits(), 2);
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&2).unwrap(), Some(2002));
+}
+
+#[test]
+fn insert_with_ttl_keeps_a_load_under_way_out_as_insert_does() {
+    for background in [false, true] {
+        let what = if background { "a refresh" } else { "a read" };
+        let clock = MockClock::new();
+        let source = Source::default();
+        let builder = clocked(&clock)
+            .time_to_live(60 * SEC)
+            .loader(source.clone());
+        let cache = match background {
+            true => builder.refresh_after(30 * SEC).reload_threads(1),
+            false => builder,
+        }
+        .build()
+        .unwrap();
+        let entered = source.announce();
+        let gate = source.gate.lock();
+        let reader = if background {
+            assert!(cache.refresh(&7), "{what}: the worker takes it");
+            None
+        } else {
+            let cache = cache.clone();
+            Some(thread::spawn(move || cache.get(&7).unwrap()))
+        };
+        assert_eq!(entered.recv_timeout(10 * SEC), Ok(7), "{what}");
+        cache.insert_with_ttl(7, 42, 10 * SEC); // while the loader runs
+        drop(gate);
+        if let Some(reader) = reader {
+            assert_eq!(reader.join().unwrap(), Some(7001), "{what}: its own load");
+        }
+        cache.run_pending_tasks();
+        assert_eq!(cache.peek(&7), Some(42), "{what}: the insert wins");
+        assert_eq!(cache.expires_in(&7), Some(Some(10 * SEC)), "{what}");
+        clock.advance(10 * SEC);
+        assert_eq!(cache.get(&7).unwrap(), Some(7002), "{what}: then expires");
+    }
+}
+
+#[test]
+fn expires_in_reports_what_peek_would_return_and_touches_nothing() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .refresh_after(30 * SEC)
+        .stale_while_revalidate(10 * SEC)
+        .build()
+        .unwrap();
+    assert_eq!(cache.expires_in(&1), None, "absent: nothing loaded");
+    cache.get(&1).unwrap();
+    clock.advance(40 * SEC);
+    assert_eq!(
+        cache.expires_in(&1),
+        Some(Some(20 * SEC)),
+        "due for refresh, yet fresh"
+    );
+    clock.advance(25 * SEC);
+    assert_eq!(
+        cache.expires_in(&1),
+        None,
+        "stale, though a read returns it"
+    );
+    cache.run_pending_tasks();
+    let s = cache.stats();
+    assert_eq!(
+        (source.calls(), s.hits(), s.misses(), s.refreshes()),
+        (1, 0, 1, 0)
+    );
+
+    // A cached absence is no value; without a time to live, `Some(None)`.
+    let absent = clocked(&clock)
+        .loader(|k: &u64| Ok::<_, String>((*k < 10).then_some(*k)))
+        .negative_ttl(60 * SEC)
+        .build()
+        .unwrap();
+    absent.get_many([1, 50]).unwrap();
+    assert_eq!(absent.expires_in(&1), Some(None));
+    assert_eq!(absent.expires_in(&50), None);
+
+    // With a time to idle, the earlier of the two.
+    let idle = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .time_to_idle(20 * SEC)
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    idle.get(&1).unwrap();
+    assert_eq!(idle.expires_in(&1), Some(Some(20 * SEC)));
+    clock.advance(15 * SEC);
+    idle.get(&1).unwrap(); // slides the idle time to 35 s
+    clock.advance(15 * SEC);
+    assert_eq!(idle.expires_in(&1), Some(Some(5 * SEC)));
+    assert!(idle.expire_in(&1, 10 * SEC));
+    assert_eq!(idle.expires_in(&1), Some(Some(10 * SEC)), "ttl before idle");
+}
+
+#[test]
+fn expire_in_and_persist_retime_a_fresh_value_without_writing_it() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let listening = heard.clone();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .eviction_listener(move |k: Arc<u64>, v, cause| listening.lock().push((*k, v, cause)))
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    cache.get(&2).unwrap();
+    clock.advance(50 * SEC);
+    assert!(cache.expire_in(&1, 600 * SEC), "extended past the cache's");
+    assert!(cache.expire_in(&2, 5 * SEC), "cut short");
+    assert!(!cache.expire_in(&3, 600 * SEC), "absent: not loaded");
+    assert!(!cache.persist(&3));
+    assert_eq!(cache.expires_in(&1), Some(Some(600 * SEC)));
+    clock.advance(5 * SEC);
+    assert_eq!(cache.peek(&2), None, "expired at 55 s");
+    assert!(cache.persist(&1));
+    clock.advance(3600 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "never expires");
+    assert_eq!(cache.expires_in(&1), Some(None));
+    assert_eq!(cache.get(&2).unwrap(), Some(2003), "loaded again");
+    cache.run_pending_tasks();
+    assert_eq!(source.calls(), 3, "1, 2, then 2 again");
+    assert_eq!(cache.entry_count(), 2);
+    assert_eq!(
+        *heard.lock(),
+        [(2, 2002, RemovalCause::Expired)],
+        "nothing heard but the load of 2 replacing its expired value"
+    );
+    let s = cache.stats();
+    assert_eq!(
+        (s.hits(), s.misses()),
+        (1, 3),
+        "only the four reads counted"
+    );
+}
+
+#[test]
+fn expire_in_moves_the_stale_windows_with_the_time_to_live() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    cache.get(&2).unwrap();
+    assert!(cache.expire_in(&1, 30 * SEC));
+    assert!(cache.expire_in(&2, 30 * SEC));
+    clock.advance(34 * SEC); // fresh to 30, stale to 35
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "stale, not gone");
+    assert_eq!(cache.stats().stale_hits(), 1);
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1).unwrap(), Some(1003), "reloaded");
+    clock.advance(SEC);
+    assert_eq!(cache.get(&2).unwrap(), Some(2004), "past the window: loads");
+    assert_eq!(cache.stats().stale_hits(), 1);
+}
+
+#[test]
+fn expire_in_leaves_stale_values_and_cached_absences_alone() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .negative_ttl(5 * SEC)
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    clock.advance(12 * SEC);
+    assert!(!cache.expire_in(&1, 60 * SEC), "stale: not revived");
+    assert!(!cache.persist(&1));
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "still stale");
+    assert_eq!(cache.stats().stale_hits(), 1);
+    cache.run_pending_tasks(); // its reload: the loader's second call
+
+    source.absent.store(true, SeqCst);
+    assert_eq!(cache.get(&9).unwrap(), None);
+    assert!(!cache.expire_in(&9, 60 * SEC), "an absence is no value");
+    assert!(!cache.persist(&9));
+    source.absent.store(false, SeqCst);
+    clock.advance(5 * SEC);
+    assert_eq!(
+        cache.get(&9).unwrap(),
+        Some(9004),
+        "the absence expired on its own negative_ttl"
+    );
+}
+
+#[test]
+fn expire_in_zero_removes_the_value_or_makes_it_stale() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let listening = heard.clone();
+    let plain = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .eviction_listener(move |k: Arc<u64>, v, cause| listening.lock().push((*k, v, cause)))
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    plain.get(&1).unwrap();
+    assert!(plain.expire_in(&1, Duration::ZERO));
+    assert_eq!(plain.entry_count(), 0, "removed at once");
+    assert_eq!(*heard.lock(), [(1, 1001, RemovalCause::Expired)]);
+    assert!(!plain.expire_in(&1, Duration::ZERO), "once");
+
+    let windowed = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .stale_while_revalidate(5 * SEC)
+        .build()
+        .unwrap();
+    windowed.get(&1).unwrap();
+    assert!(windowed.expire_in(&1, Duration::ZERO));
+    assert_eq!(windowed.peek(&1), None, "no longer fresh");
+    assert_eq!(windowed.get(&1).unwrap(), Some(1002), "but served stale");
+    windowed.run_pending_tasks();
+    assert_eq!(windowed.get(&1).unwrap(), Some(1003), "and reloaded");
+}
+
+#[test]
+fn a_load_under_way_caches_its_value_with_the_caches_ttl_whatever_expire_in_did() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    let entered = source.announce();
+    let gate = source.gate.lock();
+    let reader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get(&7).unwrap())
+    };
+    assert_eq!(entered.recv_timeout(10 * SEC), Ok(7));
+    assert!(!cache.expire_in(&7, 600 * SEC), "nothing to retime yet");
+    assert!(!cache.persist(&7));
+    drop(gate);
+    assert_eq!(reader.join().unwrap(), Some(7001));
+    assert_eq!(cache.peek(&7), Some(7001), "not kept out");
+    assert_eq!(cache.expires_in(&7), Some(Some(60 * SEC)));
+}
+
+#[test]
+fn persist_keeps_a_value_fresh_but_a_refresh_still_replaces_it() {
+    let clock = MockClock::new();
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .refresh_after(30 * SEC)
+        .build()
+        .unwrap();
+    cache.insert(1, 42);
+    assert!(cache.persist(&1));
+    clock.advance(100 * SEC);
+    assert_eq!(cache.get(&1).unwrap(), Some(42), "fresh, due for refresh");
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1).unwrap(), Some(1001), "refreshed");
+    assert_eq!(
+        cache.expires_in(&1),
+        Some(Some(60 * SEC)),
+        "the cache's ttl"
+    );
 }

@@ -869,6 +869,35 @@ where
         shard.find(hash, key).map(|id| shard.value(id).clone())
     }
 
+    /// See `Inner::expires_in_by`: [`expires_in`](Self::expires_in) for a
+    /// value that keeps a deadline of its own (a loading cache's record).
+    pub(crate) fn expires_in_by<Q>(
+        &self,
+        key: &Q,
+        own: impl FnOnce(&V, &mut Now<'_>) -> Option<u64>,
+    ) -> Option<Option<Duration>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.expires_in_by(key, own)
+    }
+
+    /// See `Inner::retime`: [`expire_in`](Self::expire_in) and
+    /// [`persist`](Self::persist) with the lifetime decided, and the
+    /// value's own record of it changed, under the lock.
+    pub(crate) fn retime_with<Q>(
+        &self,
+        key: &Q,
+        lifetime: impl FnOnce(u64, &mut V) -> Option<Option<Duration>>,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.retime(key, lifetime)
+    }
+
     /// Whether an insert runs user code that may panic before it stores the
     /// value: a weigher or expiry hooks.
     pub(crate) fn insert_runs_user_code(&self) -> bool {

@@ -25,7 +25,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use crate::expiry::NEVER;
+use crate::{expiry::NEVER, shard::representable};
 
 /// A stamp no other call returns, in this process. Each thread takes a
 /// block of [`STAMP_BLOCK`] from a shared counter and counts through it, so
@@ -79,6 +79,34 @@ impl<V> Loaded<V> {
     /// listener nor counted in the stats.
     pub(crate) fn is_absence(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// When a value stored at `now` with time to live `ttl` (nanoseconds)
+    /// stops being fresh; [`NEVER`] for none, or for one later than the
+    /// cache's entries can hold (about 36 years after the clock's origin),
+    /// as the cache counts such a deadline.
+    pub(crate) fn expiry(now: u64, ttl: Option<u64>) -> u64 {
+        ttl.map_or(NEVER, |ttl| representable(now.saturating_add(ttl)))
+    }
+
+    /// The deadline the value keeps for itself while it is fresh, for
+    /// `Cache::expires_in`: its expiry ([`NEVER`] for none), or `None` if
+    /// it is no value to give a caller that did not ask for a stale one
+    /// (a cached absence, or a value past its time to live at `now`).
+    pub(crate) fn fresh_until(&self, now: impl FnOnce() -> u64) -> Option<u64> {
+        self.value.as_ref()?;
+        (self.expires_at == NEVER || now() < self.expires_at).then_some(self.expires_at)
+    }
+
+    /// Gives a fresh value (see [`fresh_until`](Self::fresh_until)) a new
+    /// time to live at `now`: `ttl` nanoseconds, `None` for none. Returns
+    /// the lifetime its entry must then have, the time to live plus
+    /// `grace` (the windows past it in which reads may still use it), or
+    /// `None` if the value is not fresh, and is left as it is.
+    pub(crate) fn retime(&mut self, now: u64, ttl: Option<u64>, grace: u64) -> Option<Option<u64>> {
+        self.fresh_until(|| now)?;
+        self.expires_at = Self::expiry(now, ttl);
+        Some(ttl.map(|ttl| ttl.saturating_add(grace)))
     }
 }
 
@@ -263,6 +291,40 @@ mod tests {
         };
         let e = entry(0, NEVER, 1_000);
         assert_eq!(f.state(&e, u64::MAX - 1, || bits_of(0.999)), State::Fresh);
+    }
+
+    #[test]
+    fn retime_changes_only_a_fresh_value_and_its_entry_keeps_the_grace() {
+        let mut e = entry(0, 100, 0);
+        assert_eq!(e.retime(50, Some(30), 20), Some(Some(50)), "ttl + grace");
+        assert_eq!(e.expires_at, 80);
+        assert_eq!(e.fresh_until(|| 79), Some(80));
+        assert_eq!(e.fresh_until(|| 80), None, "past its new time to live");
+        assert_eq!(e.retime(60, None, 20), Some(None), "persisted");
+        assert_eq!(e.expires_at, NEVER);
+        assert_eq!(e.fresh_until(|| u64::MAX - 1), Some(NEVER));
+        assert_eq!(e.retime(70, Some(0), 0), Some(Some(0)), "zero: expired now");
+        assert_eq!((e.expires_at, e.fresh_until(|| 70)), (70, None));
+
+        // A stale value and a cached absence are left as they are.
+        let mut stale = entry(0, 100, 0);
+        assert_eq!(stale.retime(100, Some(30), 20), None);
+        assert_eq!(stale.expires_at, 100);
+        let mut absent = Loaded {
+            value: None,
+            ..entry(0, 100, 0)
+        };
+        assert_eq!(absent.fresh_until(|| 0), None);
+        assert_eq!(absent.retime(10, Some(30), 0), None);
+        assert_eq!(absent.expires_at, 100);
+    }
+
+    #[test]
+    fn an_expiry_past_what_the_cache_can_hold_is_none() {
+        assert_eq!(Loaded::<u8>::expiry(5, None), NEVER);
+        assert_eq!(Loaded::<u8>::expiry(5, Some(10)), 15);
+        assert_eq!(Loaded::<u8>::expiry(5, Some(u64::MAX)), NEVER);
+        assert_eq!(Loaded::<u8>::expiry(1 << 61, Some(1)), NEVER);
     }
 
     /// A seeded xorshift, so the statistical tests are reproducible.

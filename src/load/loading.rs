@@ -31,7 +31,7 @@ use std::{
 use crate::{
     Cache, CacheStats, Policy, RemovalCause,
     cache::{LoadRecord, Verdict},
-    expiry::{NEVER, random_bits, unit_random},
+    expiry::{clock::saturating_nanos, random_bits, unit_random},
     load::{
         Loader,
         flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
@@ -490,8 +490,42 @@ where
     /// assert_eq!(cache.stats().loads(), 0);
     /// ```
     pub fn insert(&self, key: K, value: V) {
+        self.insert_for(key, value, None);
+    }
+
+    /// [`insert`](Self::insert), fresh for `ttl` (`None`: the cache's
+    /// time to live).
+    pub(super) fn insert_for(&self, key: K, value: V, ttl: Option<Duration>) {
         let _: Result<(), std::convert::Infallible> =
-            self.write(key, RemovalCause::Replaced, |_| Ok((Some(value), ())));
+            self.write(key, RemovalCause::Replaced, ttl, |_| Ok((Some(value), ())));
+    }
+
+    /// The time `key`'s value is fresh for, if it is (see
+    /// [`expires_in`](Self::expires_in)).
+    pub(super) fn fresh_for<Q>(&self, key: &Q) -> Option<Option<Duration>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner
+            .cache
+            .expires_in_by(key, |entry, now| entry.fresh_until(|| now.get()))
+    }
+
+    /// Gives `key`'s fresh value a new time to live, `ttl` from now
+    /// (`None`: none), and its entry that plus the grace windows; false if
+    /// it has no fresh value (see [`expire_in`](Self::expire_in)).
+    pub(super) fn retime<Q>(&self, key: &Q, ttl: Option<Duration>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let ttl = ttl.map(|ttl| saturating_nanos(ttl.as_nanos()));
+        let grace = self.inner.settings.freshness.grace();
+        self.inner.cache.retime_with(key, |now, entry| {
+            let lifetime = entry.retime(now, ttl, grace)?;
+            Some(lifetime.map(Duration::from_nanos))
+        })
     }
 
     /// Runs `write` (a change to the store, or queuing one) as a write of
@@ -511,10 +545,14 @@ where
     /// write-through's put that caches it replaces it). A write that fails
     /// or panics drops it as `Explicit`, as does another write's overlap;
     /// one already expired goes as `Expired`.
+    ///
+    /// The value is fresh for `ttl`, exactly, or for the cache's (jittered)
+    /// time to live if `None`.
     pub(crate) fn write<R, F>(
         &self,
         key: K,
         dropped: RemovalCause,
+        ttl: Option<Duration>,
         write: impl FnOnce(u32) -> Result<(Option<V>, R), F>,
     ) -> Result<R, F> {
         let inner = &self.inner;
@@ -529,7 +567,9 @@ where
                 let unwound = inner.cache.insert_runs_user_code().then(|| key.clone());
                 let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let over = Over::Written(seen);
-                    inner.store(key, Some(value), 0, over, &mut inner.cache.delivery())
+                    let ttl = ttl.map(|ttl| saturating_nanos(ttl.as_nanos()));
+                    let removed = &mut inner.cache.delivery();
+                    inner.store(key, Some(value), ttl, 0, over, removed)
                 }));
                 if let Err(panic) = stored {
                     if let Some(key) = unwound {
@@ -1033,7 +1073,7 @@ where
             // The weigher and the expiry hooks run here, user code that
             // waiters of this flight are waiting for.
             let _awaited = Awaited::here();
-            self.store(key, value.clone(), took, over, &mut removed);
+            self.store(key, value.clone(), None, took, over, &mut removed);
         }
         let stale = |key: &K| guard::seen(&self.cache, key) != seen;
         guard.finish_unless_stale(Outcome::Loaded(value), stale);
@@ -1092,20 +1132,23 @@ where
     /// it began, and a write's end stores only if no other write of the key
     /// ended since it began (dropping the key otherwise). Returns whether it
     /// stored. What it removes goes into `removed`, for the caller to
-    /// deliver.
+    /// deliver. A value is fresh for `ttl` nanoseconds, exactly, if given
+    /// (`insert_with_ttl`), else for the cache's time to live, jittered.
     fn store(
         &self,
         key: K,
         value: Option<V>,
+        ttl: Option<u64>,
         load_nanos: u64,
         over: Over,
         removed: &mut Removed<K, Loaded<V>>,
     ) -> bool {
         let s = &self.settings;
-        let lifetime = match (&value, s.negative_ttl) {
-            (Some(_), _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
-            (None, Some(negative)) => Some(negative),
-            (None, None) => {
+        let lifetime = match (&value, ttl, s.negative_ttl) {
+            (Some(_), Some(ttl), _) => Some(ttl),
+            (Some(_), None, _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
+            (None, _, Some(negative)) => Some(negative),
+            (None, _, None) => {
                 // Absent and not cached: drop what the cache held for the
                 // key, as `over` allows: not a write that ended meanwhile.
                 match over {
@@ -1145,7 +1188,7 @@ where
         let entry = Loaded {
             value,
             loaded_at: now,
-            expires_at: lifetime.map_or(NEVER, |l| now.saturating_add(l).min(NEVER - 1)),
+            expires_at: Loaded::<V>::expiry(now, lifetime),
             load_nanos,
             stamp: new_stamp(),
         };
@@ -1398,7 +1441,7 @@ where
                     let over = Over::Unwritten(seen);
                     {
                         let _awaited = Awaited::here(); // as in `fill`
-                        self.store(key.clone(), value.clone(), took, over, &mut removed);
+                        self.store(key.clone(), value.clone(), None, took, over, &mut removed);
                     }
                     let stale = |key: &K| guard::seen(&self.cache, key) != seen;
                     guard.finish_unless_stale(Outcome::Loaded(value.clone()), stale);

@@ -9,7 +9,9 @@
 //! - [`pool`]: the bounded `larder-reload-N` threads for background reloads;
 //! - [`reloading`]: which values have a background reload under way (a
 //!   hint that keeps reads in a refresh window off the flight map);
-//! - [`loading`]: the cache that ties them together; [`builder`] its settings.
+//! - [`loading`]: the cache that ties them together; [`builder`] its
+//!   settings; [`ttl`] one value's lifetime given, read or changed by the
+//!   caller (`insert_with_ttl`, `expires_in`, `expire_in`, `persist`).
 
 pub(crate) mod builder;
 pub(crate) mod flight;
@@ -18,6 +20,7 @@ pub(crate) mod guard;
 pub(crate) mod loading;
 pub(crate) mod pool;
 pub(crate) mod reloading;
+pub(crate) mod ttl;
 
 pub use builder::LoadingCacheBuilder;
 pub use loading::LoadingCache;

@@ -109,7 +109,7 @@ use crate::{
     notify::Removed,
     policy::{Entries, Placement, Room, SketchBudget, TinyLfu},
 };
-pub(crate) use slot::Slot;
+pub(crate) use slot::{Slot, representable};
 use table::Table;
 
 /// At most this many expired entries are reaped per lock hold, so a mass

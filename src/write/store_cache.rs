@@ -646,14 +646,14 @@ where
             Change::Delete => RemovalCause::Explicit,
         };
         match &inner.queue {
-            None => inner.reads.write(key.clone(), dropped, |_| {
+            None => inner.reads.write(key.clone(), dropped, None, |_| {
                 let cached = match (&change, inner.mode) {
                     (Change::Put(v), Mode::Through) => Some(v.clone()),
                     _ => None,
                 };
                 send(key, change).map(|()| (cached, ()))
             }),
-            Some(queue) => inner.reads.write(key.clone(), dropped, |order| {
+            Some(queue) => inner.reads.write(key.clone(), dropped, None, |order| {
                 let cached = match &change {
                     Change::Put(v) => Some(v.clone()),
                     Change::Delete => None,
