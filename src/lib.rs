@@ -19,7 +19,8 @@
 //!   and read, and [`Cache::insert_with_ttl`], [`Cache::expires_in`],
 //!   [`Cache::expire_in`] and [`Cache::persist`] for one entry's lifetime
 //!   given, read or changed by the caller (Redis's `SET … EX`, `TTL`,
-//!   `EXPIRE` and `PERSIST`);
+//!   `EXPIRE` and `PERSIST`), which [`LoadingCache`] (a value's time to
+//!   live) and [`StoreCache`] (its cached copy's) have too;
 //! - [`RemovalCause`] for the listener, [`CacheStats`] for the counters;
 //! - `clock::MockClock` (feature `test-util`) to drive time in tests.
 //!

@@ -2,7 +2,8 @@
 //! write-through and write-around (store first; failures leave the cache
 //! clean), write-behind (acknowledged before the store, coalescing, per-key
 //! order, pinning past eviction and expiry, the three full-queue policies,
-//! dead letters, panics, flush, close and drop), builder errors, and many
+//! dead letters, panics, flush, close and drop), a cached copy's own time
+//! to live (`insert_with_ttl`, `expire_in`, `persist`), builder errors, and many
 //! threads racing loads and writes of the same keys, and many threads writing
 //! through the queue while it drains and the cache evicts.
 
@@ -1649,4 +1650,128 @@ fn a_read_begun_after_a_write_never_gets_what_a_load_read_before_it() {
             "{policy}: a read begun after the write got the value from before it"
         );
     }
+}
+
+/// A cache over `store` on `clock`, copies fresh for 60 s, writing by
+/// `policy` (as in [`with_policy`]).
+fn timed(store: &MemStore, clock: &MockClock, policy: &str) -> StoreCache<u64, u64, MemStore> {
+    let b = Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(60))
+        .clock(clock.clone())
+        .store(store.clone());
+    match policy {
+        "through" => b.build().unwrap(),
+        "around" => b.write_around().build().unwrap(),
+        _ => b.write_behind().build().unwrap(),
+    }
+}
+
+#[test]
+fn insert_with_ttl_writes_the_store_as_insert_does_and_times_only_the_cached_copy() {
+    const SEC: Duration = Duration::from_secs(1);
+    for policy in ["through", "around", "behind"] {
+        let store = MemStore::default();
+        let clock = MockClock::new();
+        let cache = timed(&store, &clock, policy);
+        cache.insert_with_ttl(1, 10, 5 * SEC).unwrap();
+        cache.flush();
+        assert_eq!(store.get(1), Some(10), "{policy}: written");
+        assert_eq!(store.history.lock()[&1], [Some(10)], "{policy}: once");
+        if policy == "around" {
+            assert_eq!(cache.peek(&1), None, "around: no copy to time");
+            assert_eq!(cache.expires_in(&1), None, "around");
+            assert_eq!(cache.get(&1).unwrap(), Some(10), "around: loaded");
+            assert_eq!(
+                cache.expires_in(&1),
+                Some(Some(60 * SEC)),
+                "around: the loaded copy has the cache's time to live"
+            );
+            continue;
+        }
+        assert_eq!(cache.expires_in(&1), Some(Some(5 * SEC)), "{policy}");
+        clock.advance(4 * SEC);
+        assert_eq!(cache.get(&1).unwrap(), Some(10), "{policy}: cached");
+        assert_eq!(store.load_calls.load(SeqCst), 0, "{policy}");
+        clock.advance(SEC);
+        assert_eq!(cache.peek(&1), None, "{policy}: the copy expired");
+        assert_eq!(store.get(1), Some(10), "{policy}: not the row");
+        assert_eq!(cache.get(&1).unwrap(), Some(10), "{policy}: loaded");
+        assert_eq!(store.load_calls.load(SeqCst), 1, "{policy}");
+        assert_eq!(cache.expires_in(&1), Some(Some(60 * SEC)), "{policy}");
+    }
+}
+
+#[test]
+fn a_failed_insert_with_ttl_caches_nothing() {
+    let store = MemStore::default();
+    store.set(1, 10);
+    let clock = MockClock::new();
+    let cache = timed(&store, &clock, "through");
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    store.faults.poison.store(1, SeqCst);
+    let err = cache
+        .insert_with_ttl(1, 11, Duration::from_secs(5))
+        .unwrap_err();
+    assert!(matches!(&err, WriteError::Store(e) if e == "key 1 is poisonous"));
+    assert_eq!(cache.peek(&1), None, "the older copy is dropped too");
+    assert_eq!(cache.get(&1).unwrap(), Some(10), "the store's value");
+    assert_eq!(cache.expires_in(&1), Some(Some(Duration::from_secs(60))));
+}
+
+#[test]
+fn a_write_behind_copy_expiring_before_its_flush_reads_back_the_queued_change() {
+    let store = MemStore::default();
+    store.set(1, 5); // older data a read must never see
+    let clock = MockClock::new();
+    let cache = timed(&store, &clock, "behind");
+    let gate = store.gate.write();
+    cache
+        .insert_with_ttl(1, 10, Duration::from_secs(1))
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(cache.peek(&1), None, "the copy expired");
+    assert_eq!(cache.get(&1).unwrap(), Some(10), "the queued change");
+    assert_eq!(store.load_calls.load(SeqCst), 0, "not the store's row");
+    assert_eq!(
+        cache.expires_in(&1),
+        Some(Some(Duration::from_secs(60))),
+        "cached again with the cache's time to live"
+    );
+    drop(gate);
+    cache.flush();
+    assert_eq!(store.get(1), Some(10));
+}
+
+#[test]
+fn expire_in_and_persist_retime_the_cached_copy_and_leave_the_store() {
+    const SEC: Duration = Duration::from_secs(1);
+    let store = MemStore::default();
+    store.set(3, 30);
+    let clock = MockClock::new();
+    let cache = timed(&store, &clock, "through");
+    cache.insert(1, 10).unwrap();
+    cache.insert(2, 20).unwrap();
+    let writes = store.write_calls.load(SeqCst);
+    assert!(cache.expire_in(&1, 5 * SEC));
+    assert!(cache.persist(&2));
+    assert!(!cache.expire_in(&3, 5 * SEC), "not cached: not loaded");
+    assert!(!cache.persist(&3));
+    assert_eq!(cache.expires_in(&1), Some(Some(5 * SEC)));
+    assert_eq!(cache.expires_in(&2), Some(None));
+    assert_eq!(cache.expires_in(&3), None);
+    clock.advance(5 * SEC);
+    assert_eq!(cache.peek(&1), None, "expired at 5 s");
+    clock.advance(3600 * SEC);
+    assert_eq!(cache.peek(&2), Some(20), "never expires");
+    assert_eq!(store.write_calls.load(SeqCst), writes, "nothing written");
+    assert_eq!(store.load_calls.load(SeqCst), 0, "nothing read");
+    assert_eq!((store.get(1), store.get(2)), (Some(10), Some(20)));
+    assert_eq!(cache.get(&1).unwrap(), Some(10), "loaded again");
+
+    // Write-around keeps no copy after a write: nothing to retime.
+    let around = timed(&store, &clock, "around");
+    around.insert(4, 40).unwrap();
+    assert!(!around.expire_in(&4, 5 * SEC));
+    assert!(!around.persist(&4));
 }

@@ -5,7 +5,8 @@
 //! - [`behind`]: the queue around it and the `larder-write-behind` flusher
 //!   thread;
 //! - [`store_cache`]: the cache that ties reads (a [`LoadingCache`] over the
-//!   store) and writes together; [`builder`] its settings.
+//!   store) and writes together; [`builder`] its settings; [`ttl`] a cached
+//!   copy's lifetime given, read or changed by the caller.
 //!
 //! [`LoadingCache`]: crate::LoadingCache
 
@@ -13,6 +14,7 @@ pub(crate) mod behind;
 pub(crate) mod buffer;
 pub(crate) mod builder;
 pub(crate) mod store_cache;
+pub(crate) mod ttl;
 
 use std::{fmt, sync::Arc};
 

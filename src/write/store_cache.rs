@@ -336,6 +336,11 @@ where
     V: Clone + Send + Sync + 'static,
     S: Store<K, V>,
 {
+    /// The loading cache that holds the cached copies.
+    pub(super) fn reads(&self) -> &LoadingCache<K, V, S::Error> {
+        &self.inner.reads
+    }
+
     pub(crate) fn from_parts(
         reads: LoadingCache<K, V, S::Error>,
         store: Arc<S>,
@@ -583,7 +588,7 @@ where
     /// assert_eq!(cache.get(&1).unwrap(), Some(12));
     /// ```
     pub fn insert(&self, key: K, value: V) -> Result<(), WriteError<S::Error>> {
-        self.change(key, Change::Put(value))
+        self.change(key, Change::Put(value), None)
     }
 
     /// Deletes `key` from the store and the cache by the cache's policy.
@@ -624,14 +629,20 @@ where
         K: Borrow<Q>,
         Q: ToOwned<Owned = K> + ?Sized,
     {
-        self.change(key.to_owned(), Change::Delete)
+        self.change(key.to_owned(), Change::Delete, None)
     }
 
     /// Applies one change by the cache's policy. Here the key is cloned
     /// once (the cache and the store or queue each keep one), and a put's
     /// value at most once (for the cache; the store or queue takes the
-    /// original).
-    fn change(&self, key: K, change: Change<V>) -> Result<(), WriteError<S::Error>> {
+    /// original). A put's cached copy is fresh for `ttl`, if given, else
+    /// for the cache's time to live.
+    pub(super) fn change(
+        &self,
+        key: K,
+        change: Change<V>,
+        ttl: Option<Duration>,
+    ) -> Result<(), WriteError<S::Error>> {
         let inner = &*self.inner;
         let send = |key: K, change: Change<V>| {
             inner
@@ -646,14 +657,14 @@ where
             Change::Delete => RemovalCause::Explicit,
         };
         match &inner.queue {
-            None => inner.reads.write(key.clone(), dropped, None, |_| {
+            None => inner.reads.write(key.clone(), dropped, ttl, |_| {
                 let cached = match (&change, inner.mode) {
                     (Change::Put(v), Mode::Through) => Some(v.clone()),
                     _ => None,
                 };
                 send(key, change).map(|()| (cached, ()))
             }),
-            Some(queue) => inner.reads.write(key.clone(), dropped, None, |order| {
+            Some(queue) => inner.reads.write(key.clone(), dropped, ttl, |order| {
                 let cached = match &change {
                     Change::Put(v) => Some(v.clone()),
                     Change::Delete => None,
