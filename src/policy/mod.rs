@@ -432,7 +432,8 @@
 //! 48.29, 48.28 and 48.25 (`P6`@50k −0.15, +0.31, +0.46; `P12`@10k −1.1
 //! and −1.45 at 15 and 40%, `cpp`@100 −0.4). Sharded as the cache shards
 //! it (8 shards of 6,250 entries) `P6`@50k loses 0.06. The comparison
-//! bench, three replays with fresh hash seeds (`LARDER_COMPARE_ROWS=P6,cpp,multi2,zigzag,sprite
+//! bench, three replays with fresh hash seeds
+//! (`LARDER_COMPARE_ROWS=P6,cpp,multi2,zigzag,sprite
 //! LARDER_COMPARE_REPLAYS=3`): `P6`@50k 44.44 against moka's 45.22 (held
 //! 45.06), `cpp`@100 76.75 against quick_cache's 77.38, `sprite`@100 31.60
 //! against moka's 34.71 (held 30.97); `multi2`@1000 57.28 against 57.76 and
