@@ -448,3 +448,71 @@ fn a_change_whose_key_close_cannot_compare_as_it_drains_comes_back_in_the_report
         letter.error
     );
 }
+
+#[test]
+fn a_handler_that_flushes_while_close_hands_it_a_letter_does_not_hang_close() {
+    quiet_injected_panics();
+    let log = Log::default();
+    let rule = not_on("closer");
+    // The handler flushes the cache it is a handler of (from the cell, taken
+    // out at the end so that the cache can go).
+    let cell: Arc<Mutex<Option<larder::StoreCache<Touchy, u64, Log>>>> = Arc::default();
+    let flushes: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .dead_letter({
+            let (cell, flushes) = (cell.clone(), flushes.clone());
+            move |_| {
+                let Some(cache) = cell.lock().clone() else {
+                    return;
+                };
+                let started = Instant::now();
+                cache.flush();
+                flushes.lock().push(started.elapsed());
+            }
+        })
+        .build()
+        .unwrap();
+    *cell.lock() = Some(cache.clone());
+    // The flusher hangs in a store call with key 0, so the two changes of
+    // key 1 wait for `close` to drain them, where the second's `Eq` panics:
+    // `close`, giving up on the hung call, hands that letter to the handler
+    // itself, on its own thread.
+    let gate = log.gate.lock();
+    cache.insert(Touchy::uncomparable(0, &rule), 0).unwrap();
+    eventually("key 0 is in a store call", || {
+        cache.write_stats().in_flight == 1
+    });
+    cache.insert(Touchy::uncomparable(1, &rule), 1).unwrap();
+    cache.insert(Touchy::uncomparable(1, &rule), 2).unwrap();
+    let (done, closed) = std::sync::mpsc::channel();
+    let closer = {
+        let cache = cache.clone();
+        thread::Builder::new()
+            .name("closer".into())
+            .spawn(move || {
+                let report = cache.close(Duration::from_millis(100));
+                let _ = done.send(report.unwritten.len());
+            })
+            .unwrap()
+    };
+    // The store call still hangs: close must return all the same.
+    let unwritten = closed.recv_timeout(Duration::from_secs(5));
+    drop(gate);
+    closer.join().unwrap();
+    cell.lock().take();
+    assert_eq!(
+        unwritten,
+        Ok(2),
+        "close returned (key 0 in the hung call, key 1's first change)"
+    );
+    let flushes = flushes.lock();
+    assert_eq!(flushes.len(), 1, "the handler got the letter");
+    assert!(
+        flushes[0] < Duration::from_secs(1),
+        "the handler's flush returned at once: {:?}",
+        flushes[0]
+    );
+}

@@ -128,11 +128,36 @@ use crate::{
 };
 
 std::thread_local! {
-    /// The address of the queue whose flusher runs on this thread (0 on any
-    /// other thread): user code the flusher calls (the store, the
-    /// dead-letter handler, an eviction listener run by a removal it makes)
-    /// must not wait for that flusher.
-    static FLUSHER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The address of the queue whose user code runs on this thread (0 if
+    /// none): its flusher's (the store, the dead-letter handler, an
+    /// eviction listener run by a removal it makes), for the flusher's
+    /// whole life, and that of `close` as it hands over what it could not
+    /// write (the handler, such listeners). That code must not wait for
+    /// the flusher, nor for the hand-over it runs in.
+    static USER_CODE_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as running a queue's user code (see
+/// [`USER_CODE_OF`]) until it drops, as [`Awaited`] does for
+/// `run_pending_tasks`; the thread's previous mark comes back then.
+struct RunsUserCode {
+    previous: usize,
+    _awaited: Awaited,
+}
+
+impl RunsUserCode {
+    fn of(address: usize) -> Self {
+        RunsUserCode {
+            previous: USER_CODE_OF.with(|of| of.replace(address)),
+            _awaited: Awaited::here(),
+        }
+    }
+}
+
+impl Drop for RunsUserCode {
+    fn drop(&mut self) {
+        USER_CODE_OF.with(|of| of.set(self.previous));
+    }
 }
 
 /// The dead-letter handler.
@@ -522,10 +547,11 @@ where
         std::ptr::from_ref(self) as usize
     }
 
-    /// Whether the caller is this queue's own flusher (through user code it
-    /// runs), which must not wait for itself.
-    fn on_own_flusher(&self) -> bool {
-        FLUSHER_OF.with(|of| of.get() == self.address())
+    /// Whether the caller is user code this queue runs (on its flusher, or
+    /// in `close`'s hand-over), which must not wait for the flusher or for
+    /// that hand-over.
+    fn in_own_user_code(&self) -> bool {
+        USER_CODE_OF.with(|of| of.get() == self.address())
     }
 
     /// [`push`](Self::push) when the queue looks full: under the main
@@ -550,7 +576,7 @@ where
                 WhenFull::Fail => return Err(Refused::Full),
                 WhenFull::WriteThrough => return Err(Refused::WriteThrough(key, change)),
                 // Only the flusher makes room: it cannot wait for itself.
-                WhenFull::Block if self.on_own_flusher() => return Err(Refused::Full),
+                WhenFull::Block if self.in_own_user_code() => return Err(Refused::Full),
                 WhenFull::Block => {
                     let mark = st.buffer.flush_mark();
                     st.buffer.request_flush(mark);
@@ -679,7 +705,7 @@ where
                 && !handed_back(st)
         };
         while !settled(&st) {
-            if st.exited || self.on_own_flusher() || handed_back(&st) {
+            if st.exited || self.in_own_user_code() || handed_back(&st) {
                 return false;
             }
             match deadline {
@@ -716,7 +742,7 @@ where
         // After an earlier close (`stop`), nothing is left to drain: that
         // close emptied the queue and no write was taken since, so a flusher
         // still in a hung store call is not waited for again.
-        while !st.exited && !st.stop && !self.on_own_flusher() {
+        while !st.exited && !st.stop && !self.in_own_user_code() {
             let timed_out = match deadline {
                 Some(at) => self.changed.wait_until(&mut st, at).timed_out(),
                 None => {
@@ -805,6 +831,11 @@ where
         // Writers waiting for room and flushes waiting for outcomes: the
         // queue they wait on is gone (a hung store call may never end).
         self.changed.notify_all();
+        // The listeners of the copies dropped here and the handler may call
+        // `flush`, which waits for the letters handed over here (and for
+        // the flusher, maybe still in a hung store call): from here it
+        // returns at once, as it does on the flusher.
+        let _user_code = RunsUserCode::of(self.address());
         for (key, _) in &unwritten {
             self.drop_cached(key);
         }
@@ -878,12 +909,11 @@ where
 
     /// The flusher thread's body.
     fn run(&self, woken: &Receiver<()>) {
-        FLUSHER_OF.with(|of| of.set(self.address()));
         // A `run_pending_tasks` from user code run here (an eviction
         // listener, the store, the dead-letter handler) must not wait for
         // passes or reloads on other threads: their listeners may be
         // waiting for this flusher (a `flush` waits for its dead letters).
-        let _awaited = Awaited::here();
+        let _user_code = RunsUserCode::of(self.address());
         // Every piece of user code the flusher runs has a `catch_unwind` of
         // its own (a key's `Eq` in the buffer's); this one is a backstop:
         // a panic that ends a round does not end the thread.

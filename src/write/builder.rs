@@ -545,7 +545,9 @@ where
     /// Write-behind: called (on the flusher thread) with every change the
     /// store would not take after `max_attempts` sends, with its last
     /// error; with every change the queue could not take in because its
-    /// key's `Eq` panicked ([`WriteFailure::KeyPanicked`](crate::WriteFailure::KeyPanicked));
+    /// key's `Eq` panicked ([`WriteFailure::KeyPanicked`](crate::WriteFailure::KeyPanicked);
+    /// those the flusher had not handed over when [`close`](StoreCache::close)
+    /// stopped it, on the thread that closes);
     /// also with what a drop could not flush. A panic in the handler
     /// is contained. Without a handler, dead letters are kept and returned
     /// by [`StoreCache::close`] (they are not bounded by `queue_capacity`:
@@ -559,7 +561,8 @@ where
     /// nothing of the key.
     /// User code the flusher runs (this handler, the store's `write`, such a
     /// listener) may use the cache, but cannot wait for the flusher it runs
-    /// on: from there [`flush`](StoreCache::flush) returns at once
+    /// on (nor can the handler and listeners `close` runs wait for the
+    /// letters it is handing over): from there [`flush`](StoreCache::flush) returns at once
     /// (`flush_timeout` returns `false`), a write into a full queue that
     /// [`WhenFull::Block`] would make wait fails
     /// with [`WriteError::QueueFull`](crate::WriteError::QueueFull) instead,
