@@ -75,9 +75,10 @@
 //! does later hashes a key: not a drain (on the flusher, a reader, a flush,
 //! the stats or `close`), a batch, a receipt or a dead letter. The one
 //! exception is dropping a key's cached copy (for a dead letter, or a
-//! change `close` hands back), which hashes it in the cache: a panic there
-//! is caught, the copy then stays cached, and the letter still reaches the
-//! handler (or the report).
+//! change `close` hands back), which hashes and compares it in the cache:
+//! a panic there (of the key's `Hash` or `Eq`) is caught, the copy then
+//! stays cached, so reads keep serving it until it is evicted or expires,
+//! and the letter still reaches the handler (or the report).
 //!
 //! A key's `Eq` runs when a drained change meets a held change of an equal
 //! hash. A panic there leaves the buffer as it was and the change out of
@@ -90,13 +91,15 @@
 //! (the change counts as queued and dead-lettered). The flusher catches any
 //! other panic that ends one of its rounds, pauses ([`PAUSE_AFTER_PANIC`])
 //! and carries on, and marks itself exited whenever it ends, so `flush`
-//! and `close` never wait on a dead thread. Nothing else the flusher does
-//! runs a key's `Eq`: the buffer
+//! and `close` never wait on a dead thread. Apart from dropping a cached
+//! copy (above), nothing else the flusher does runs a key's `Eq`: the buffer
 //! finds a key it holds by its slot when it takes a batch, settles an
 //! outcome, retries or splits (see "Comparing keys only on a push" in
 //! [`buffer`]), and `close` finds what waits behind a key in flight the
 //! same way; so a key that cannot be compared on the flusher is still
-//! sent, retried and dead-lettered, and never left in flight.
+//! sent, retried and dead-lettered, and never left in flight (though a
+//! copy of it cached by a write that becomes a dead letter stays cached if
+//! its `Eq` panics on the flusher too).
 
 use std::{
     hash::Hash,

@@ -554,7 +554,9 @@ where
     /// give a handler where a key may be refused forever).
     ///
     /// The cache has dropped its copy of the key by the time the handler
-    /// runs (so an eviction listener hears of it first, on the same thread).
+    /// runs (so an eviction listener hears of it first, on the same thread),
+    /// unless the key's `Hash` or `Eq` panicked as the cache looked it up to
+    /// drop it: that copy stays cached until it is evicted or expires.
     /// An insert queues its change before it caches the value: if the
     /// flusher gives up on the change in between, there is no copy to drop
     /// yet, the insert then leaves its value out, and the listener hears
