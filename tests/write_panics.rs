@@ -4,7 +4,8 @@
 //! look at the queue) loses no write, stops no flusher and hangs no `flush`
 //! or `close`; the buffer compares keys only when a change comes in, so a
 //! key that cannot be compared on the flusher is still sent, retried and
-//! dead-lettered.
+//! dead-lettered, and one that cannot be compared or copied as the queue
+//! takes its change in is dead-lettered.
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -28,13 +29,14 @@ use threads::parallel;
 /// thread, true to panic.
 type Rule = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
 
-/// A key whose `Hash` panics on the threads its rule names, and whose `Eq`
-/// on those its `eq` rule names; compared and hashed by `id` otherwise.
-#[derive(Clone)]
+/// A key whose `Hash` panics on the threads its rule names, whose `Eq` on
+/// those its `eq` rule names, and whose `Clone` on those its `copy` rule
+/// names; compared and hashed by `id` otherwise.
 struct Touchy {
     id: u64,
     rule: Rule,
     eq: Rule,
+    copy: Rule,
 }
 
 impl Touchy {
@@ -43,6 +45,7 @@ impl Touchy {
             id,
             rule: rule.clone(),
             eq: calm(),
+            copy: calm(),
         }
     }
 
@@ -52,6 +55,31 @@ impl Touchy {
             id,
             rule: calm(),
             eq: eq.clone(),
+            copy: calm(),
+        }
+    }
+
+    /// A key that always hashes and compares, and whose `Clone` panics
+    /// where `copy` says.
+    fn uncopyable(id: u64, copy: &Rule) -> Self {
+        Touchy {
+            id,
+            rule: calm(),
+            eq: calm(),
+            copy: copy.clone(),
+        }
+    }
+}
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        let refused = (self.copy)(thread::current().name());
+        assert!(!refused, "injected panic: Clone of key {} refused", self.id);
+        Touchy {
+            id: self.id,
+            rule: self.rule.clone(),
+            eq: self.eq.clone(),
+            copy: self.copy.clone(),
         }
     }
 }
@@ -515,4 +543,55 @@ fn a_handler_that_flushes_while_close_hands_it_a_letter_does_not_hang_close() {
         "the handler's flush returned at once: {:?}",
         flushes[0]
     );
+}
+
+#[test]
+fn a_change_whose_key_the_flusher_cannot_copy_as_it_drains_is_dead_lettered() {
+    quiet_injected_panics();
+    let log = Log::default();
+    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
+    let refusing = Arc::new(AtomicBool::new(true));
+    let rule: Rule = {
+        let refusing = refusing.clone();
+        Arc::new(move |thread| thread == Some(FLUSHER) && refusing.load(SeqCst))
+    };
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    // The flusher copies a new key as it takes its change in: key 3's
+    // `Clone` panics there. Key 4, in the same lane after it, must still
+    // land.
+    cache.insert(Touchy::uncopyable(3, &rule), 30).unwrap();
+    cache.insert(Touchy::new(4, &calm()), 40).unwrap();
+    eventually("key 3's change was dead-lettered", || {
+        !letters.lock().is_empty()
+    });
+    refusing.store(false, SeqCst);
+    assert!(cache.flush_timeout(Duration::from_secs(5)));
+    {
+        let letters = letters.lock();
+        assert_eq!(letters.len(), 1);
+        let letter = &letters[0];
+        assert_eq!((letter.key.id, &letter.change), (3, &Change::Put(30)));
+        assert!(
+            matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Clone of key 3 refused")),
+            "{:?}",
+            letter.error
+        );
+    }
+    assert_eq!(log.last(3), None, "key 3 never reached the store");
+    assert_eq!(log.last(4), Some(Change::Put(40)));
+    let s = cache.write_stats();
+    assert_eq!(
+        (s.queued, s.flushed, s.dead_lettered, s.queue_len),
+        (2, 1, 1, 0)
+    );
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
 }

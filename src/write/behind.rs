@@ -81,7 +81,8 @@
 //! and the letter still reaches the handler (or the report).
 //!
 //! A key's `Eq` runs when a drained change meets a held change of an equal
-//! hash. A panic there leaves the buffer as it was and the change out of
+//! hash, and its `Clone` when a change makes a new slot. A panic in either
+//! leaves the buffer as it was and the change out of
 //! it: the change becomes a [`WriteFailure::KeyPanicked`] dead letter,
 //! which the flusher hands to the handler (or keeps for `close`) as it
 //! does the store's refusals, after dropping the key's cached copy; a

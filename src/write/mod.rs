@@ -196,7 +196,7 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 /// );
 /// assert_eq!(
 ///     WriteFailure::<String>::KeyPanicked("bad key".into()).to_string(),
-///     "the key's Eq panicked when the queue compared it: bad key"
+///     "the key's Eq or Clone panicked as the queue took it in: bad key"
 /// );
 /// ```
 #[derive(Debug)]
@@ -221,9 +221,10 @@ pub enum WriteFailure<E> {
     /// writing the change again.
     InFlight,
     /// The key's `Eq` panicked when the queue compared the change with a
-    /// queued change of an equal hash (as it gathered the writers' changes
-    /// into its buffer); the panic message. The change never reached the
-    /// store and is not queued. The queued change of its key it met stays
+    /// queued change of an equal hash, or its `Clone` when the queue
+    /// copied it (as it gathered the writers' changes into its buffer);
+    /// the panic message. The change never reached the
+    /// store and is not queued. The queued change of its key an `Eq` met stays
     /// queued and is still written, usually an older one, so the store may
     /// end up with that older value, and a replay of this letter may land
     /// before it: look at the store first (and a replay through the same
@@ -254,7 +255,10 @@ impl<E: fmt::Display> fmt::Display for WriteFailure<E> {
                 "the cache was dropped during the store call, whose outcome is unknown"
             ),
             WriteFailure::KeyPanicked(m) => {
-                write!(f, "the key's Eq panicked when the queue compared it: {m}")
+                write!(
+                    f,
+                    "the key's Eq or Clone panicked as the queue took it in: {m}"
+                )
             }
         }
     }

@@ -327,8 +327,9 @@ pub struct DeadLetter<K, V> {
 }
 
 /// A change [`Buffer::push_ordered_hashed`] could not place: its key's
-/// `Eq` panicked when the buffer compared it with a key it holds. The
-/// buffer is as it was; the change is the caller's to report.
+/// `Eq` panicked when the buffer compared it with a key it holds, or its
+/// `Clone` when the buffer copied it for a new slot. The buffer is as it
+/// was; the change is the caller's to report.
 pub struct Uncompared<K, V> {
     /// The key.
     pub key: K,
@@ -567,6 +568,16 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             Ok(held) => held,
             Err(panic) => return Err(Uncompared { key, change, panic }),
         };
+        // A new slot keeps the key twice (its map and its queue): the copy,
+        // user code too, is made before anything changes, so a `Clone`
+        // that panics also leaves the buffer as it was.
+        let copy = match held {
+            Some(_) => None,
+            None => match catch_unwind(AssertUnwindSafe(|| key.clone())) {
+                Ok(copy) => Some(copy),
+                Err(panic) => return Err(Uncompared { key, change, panic }),
+            },
+        };
         self.last_seq += 1;
         let seq = self.last_seq;
         self.stats.queued += 1;
@@ -602,8 +613,16 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                 pending @ None => *pending = Some(fresh(change)),
             },
             None => {
+                let copy = copy.expect("a new slot's key was copied");
+                self.queue.insert(
+                    seq,
+                    Hashed {
+                        hash,
+                        id: seq,
+                        key: copy,
+                    },
+                );
                 let key = Hashed { hash, id: seq, key };
-                self.queue.insert(seq, key.clone());
                 self.slots.insert(
                     key,
                     Slot {
