@@ -4,7 +4,8 @@
 //! bulk loads, a stampede of 64 threads on one expiring key, panicking
 //! loaders in every mode, and one value's time to live given, read or
 //! changed by the caller (`insert_with_ttl`, `expires_in`, `expire_in`,
-//! `persist`) against the stale windows, negative caching and loads.
+//! `persist`) against the stale windows, negative caching, loads, and
+//! reads (`peek`, `iter`) racing an extension.
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -2275,4 +2276,101 @@ fn persist_keeps_a_value_fresh_but_a_refresh_still_replaces_it() {
         Some(Some(60 * SEC)),
         "the cache's ttl"
     );
+}
+
+#[test]
+fn iter_lists_a_value_expire_in_kept_fresh_while_it_walked_as_cache_iter_does() {
+    // Two keys in one shard: the loop body, run between the two items,
+    // extends the other key's value and moves the clock past its old time
+    // to live. The value is fresh at every instant of the walk, so the
+    // walk lists it, as `Cache::iter` lists an entry it copied live.
+    // Before, the walk judged its copy of the record (taken with the
+    // shard) by the clock read at each item: the other key was skipped.
+    fn walk<I: Iterator<Item = u64>>(
+        keys: I,
+        clock: &MockClock,
+        extend: impl Fn(&u64) -> bool,
+    ) -> Vec<u64> {
+        let mut listed = Vec::new();
+        for key in keys {
+            if listed.is_empty() {
+                assert!(extend(&(3 - key)), "fresh, so extended");
+                clock.advance(20 * SEC);
+            }
+            listed.push(key);
+        }
+        listed.sort_unstable();
+        listed
+    }
+    let clock = MockClock::new();
+    let plain: Cache<u64, u64> = Cache::builder()
+        .clock(clock.clone())
+        .num_shards(1)
+        .time_to_live(10 * SEC)
+        .build()
+        .unwrap();
+    plain.insert(1, 1);
+    plain.insert(2, 2);
+    let listed = walk(plain.iter().map(|(k, _)| k), &clock, |k| {
+        plain.expire_in(k, 100 * SEC)
+    });
+    assert_eq!(listed, [1, 2], "Cache::iter");
+
+    let clock = MockClock::new();
+    let cache = clocked(&clock)
+        .num_shards(1)
+        .time_to_live(10 * SEC)
+        .loader(Source::default())
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    cache.get(&2).unwrap();
+    let listed = walk(cache.iter().map(|(k, _)| k), &clock, |k| {
+        cache.expire_in(k, 100 * SEC)
+    });
+    assert_eq!(listed, [1, 2], "LoadingCache::iter");
+    assert_eq!(cache.iter().count(), 1, "the extended value, still fresh");
+}
+
+#[test]
+fn peek_never_reports_a_value_expire_in_keeps_fresh_as_gone() {
+    // One thread keeps key 1's value fresh at every instant: it extends it
+    // to 10 s from now, then moves the clock 9 s. Reads racing it must
+    // always find it. Before, `peek` copied the record under the lock and
+    // read the clock after the unlock: a copy taken before an extension,
+    // judged at a time after it, was past its old time to live (about 1 in
+    // 100,000 reads here).
+    let clock = MockClock::new();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .loader(Source::default())
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (cache, stop) = (cache.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut gone = 0u64;
+                while !stop.load(SeqCst) {
+                    gone += u64::from(cache.peek(&1).is_none());
+                    gone += u64::from(!cache.contains_key(&1));
+                    gone += u64::from(cache.iter().next().is_none());
+                    if gone > 0 {
+                        stop.store(true, SeqCst);
+                    }
+                }
+                gone
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while !stop.load(SeqCst) && started.elapsed() < Duration::from_millis(1500) {
+        assert!(cache.expire_in(&1, 10 * SEC), "fresh all along");
+        clock.advance(9 * SEC);
+    }
+    stop.store(true, SeqCst);
+    let gone: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(gone, 0, "reads found a value fresh all along gone");
 }

@@ -71,6 +71,18 @@ pub struct Iter<'a, K, V> {
     next_shard: usize,
     /// The current shard's live entries, not yet yielded.
     batch: std::vec::IntoIter<(K, V)>,
+    /// The time `batch` was judged live at.
+    taken_at: u64,
+}
+
+impl<K, V> Iter<'_, K, V> {
+    /// The time the entry just yielded was found live at (read as its
+    /// shard was copied): what a value that keeps a deadline of its own
+    /// (a loading cache's record) is to be judged by, not a later reading,
+    /// as the record may have been changed in place since (`retime_with`).
+    pub(crate) fn taken_at(&self) -> u64 {
+        self.taken_at
+    }
 }
 
 impl<K, V> Iterator for Iter<'_, K, V>
@@ -89,6 +101,7 @@ where
             self.next_shard += 1;
             let now = self.inner.timing.clock.now();
             self.batch = cell.read().snapshot(now).into_iter();
+            self.taken_at = now;
         }
     }
 }
@@ -747,6 +760,7 @@ where
             inner: &self.inner,
             next_shard: 0,
             batch: Vec::new().into_iter(),
+            taken_at: 0,
         }
     }
 
@@ -867,6 +881,30 @@ where
         let (hash, cell) = self.inner.shards.cell_for(key);
         let shard = cell.read();
         shard.find(hash, key).map(|id| shard.value(id).clone())
+    }
+
+    /// [`peek`](Self::peek) of what `pick`, shown the live entry's value
+    /// and the time (read if it asks) under the shard's shared lock, takes
+    /// from it: `None` if there is no live entry or `pick` finds nothing.
+    /// For a value that keeps a deadline of its own (a loading cache's
+    /// record), judged by the time the entry is judged live by: a reading
+    /// taken after the unlock would judge a copy that `retime_with` may
+    /// have changed in place since. `pick` is larder's own code (it may
+    /// clone the value, as `peek` does under the lock).
+    pub(crate) fn peek_by<Q, R>(
+        &self,
+        key: &Q,
+        pick: impl FnOnce(&V, &mut Now<'_>) -> Option<R>,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, cell) = self.inner.shards.cell_for(key);
+        let mut now = Now::new(&self.inner.timing.clock);
+        let shard = cell.read();
+        let id = shard.lookup(hash, key, &mut now)?;
+        pick(shard.value(id), &mut now)
     }
 
     /// See `Inner::expires_in_by`: [`expires_in`](Self::expires_in) for a

@@ -443,16 +443,14 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.unexpired(self.inner.cache.peek(key)?)
-    }
-
-    /// `entry`'s value if it is fresh or due for refresh now (what `peek`
-    /// and `iter` return): not stale, not a cached absence.
-    fn unexpired(&self, entry: Loaded<V>) -> Option<V> {
-        if !entry.unexpired_at(self.inner.cache.now()) {
-            return None;
-        }
-        entry.value
+        // Judged under the shard's lock, at the time the entry is found
+        // live: read after the unlock, the time could be judging a copy
+        // of a record that `expire_in` has since moved on (a value fresh
+        // all along reported gone).
+        self.inner.cache.peek_by(key, |entry, now| {
+            entry.fresh_until(|| now.get())?;
+            entry.value.clone()
+        })
     }
 
     /// Every key with a value [`peek`](Self::peek) would return, with
@@ -472,10 +470,22 @@ where
     /// assert_eq!(entries, [(1, 1), (2, 20)]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
-        self.inner
-            .cache
-            .iter()
-            .filter_map(|(key, entry)| Some((key, self.unexpired(entry)?)))
+        let mut listed = self.inner.cache.iter();
+        std::iter::from_fn(move || {
+            loop {
+                let (key, entry) = listed.next()?;
+                // Judged at the time its shard was copied, as the inner
+                // cache judged the entry live: a later reading would judge
+                // the copy of a record `expire_in` may have moved on since,
+                // and skip a value fresh all along.
+                let taken_at = listed.taken_at();
+                if entry.fresh_until(|| taken_at).is_some() {
+                    if let Some(value) = entry.value {
+                        return Some((key, value));
+                    }
+                }
+            }
+        })
     }
 
     /// Stores `value` under `key` as if just loaded (fresh for the time to
@@ -690,7 +700,10 @@ where
             .remove_if(key, doomed, &mut self.inner.cache.delivery());
         // An entry the inner cache holds past its deadline (its time to
         // idle, say) is expired however fresh its record says it is.
-        self.unexpired(held.filter(|_| live)?)
+        let entry = held.filter(|_| live)?;
+        entry
+            .unexpired_at(self.inner.cache.now())
+            .then_some(entry.value)?
     }
 
     /// Removes every value for which `predicate` returns true (cached
@@ -1010,11 +1023,10 @@ where
     /// A fresh value of `guard`'s key, if a load finished between this
     /// caller's miss and its lead: the flight then ends with it, unloaded.
     fn loaded_meanwhile(&self, guard: &LeaderGuard<K, Option<V>>) -> Option<Option<V>> {
-        let entry = self.cache.peek(guard.key())?;
-        if !entry.unexpired_at(self.cache.now()) {
-            return None;
-        }
-        Some(entry.value)
+        // Judged under the lock, as `peek` judges it.
+        self.cache.peek_by(guard.key(), |entry, now| {
+            entry.unexpired_at(now.get()).then(|| entry.value.clone())
+        })
     }
 
     /// Runs the loader for the flight `guard` leads, stores and publishes
