@@ -2374,3 +2374,31 @@ fn peek_never_reports_a_value_expire_in_keeps_fresh_as_gone() {
     let gone: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
     assert_eq!(gone, 0, "reads found a value fresh all along gone");
 }
+
+#[test]
+fn remove_returns_a_value_fresh_when_removed_however_long_the_listener_takes() {
+    // The listener hears of the removal before `remove` returns; one that
+    // takes longer than the value had left to live (here: moves the clock
+    // 20 s) must not turn the answer into `None`. Before, the value was
+    // judged by the clock read after the listener had run.
+    let clock = MockClock::new();
+    let slow = clock.clone();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let listening = heard.clone();
+    let cache = clocked(&clock)
+        .time_to_live(10 * SEC)
+        .eviction_listener(move |k: Arc<u64>, v, cause| {
+            listening.lock().push((*k, v, cause));
+            slow.advance(20 * SEC);
+        })
+        .loader(Source::default())
+        .build()
+        .unwrap();
+    cache.get(&1).unwrap();
+    assert_eq!(cache.remove(&1), Some(1001), "fresh when it was removed");
+    assert_eq!(*heard.lock(), [(1, 1001, RemovalCause::Explicit)]);
+    cache.get(&2).unwrap();
+    clock.advance(10 * SEC);
+    assert_eq!(cache.remove(&2), None, "past its time to live");
+    assert_eq!(heard.lock()[1], (2, 2002, RemovalCause::Expired));
+}

@@ -691,7 +691,13 @@ where
     {
         let mut held = None;
         let doomed = |entry: Option<&Loaded<V>>, stripe: Stripe<'_>| {
-            held = entry.cloned();
+            // Judged here, under the lock, as the value leaves: the time
+            // read once this call returns comes after the listener (user
+            // code, which may take long) heard of the removal.
+            let now = || self.inner.cache.now();
+            held = entry
+                .filter(|e| e.fresh_until(now).is_some())
+                .and_then(|e| e.value.clone());
             guard::write_removes(&stripe)
         };
         let live = self
@@ -700,10 +706,7 @@ where
             .remove_if(key, doomed, &mut self.inner.cache.delivery());
         // An entry the inner cache holds past its deadline (its time to
         // idle, say) is expired however fresh its record says it is.
-        let entry = held.filter(|_| live)?;
-        entry
-            .unexpired_at(self.inner.cache.now())
-            .then_some(entry.value)?
+        held.filter(|_| live)
     }
 
     /// Removes every value for which `predicate` returns true (cached
