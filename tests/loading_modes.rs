@@ -2402,3 +2402,46 @@ fn remove_returns_a_value_fresh_when_removed_however_long_the_listener_takes() {
     assert_eq!(cache.remove(&2), None, "past its time to live");
     assert_eq!(heard.lock()[1], (2, 2002, RemovalCause::Expired));
 }
+
+#[test]
+fn a_time_to_live_counts_from_where_the_write_lands_as_on_cache() {
+    // A weigher that takes 5 s (it moves the clock) runs between the call
+    // and the shard lock, as a wait for a contended lock would. `Cache`
+    // counts a lifetime from where the write lands; so does the loading
+    // cache, for a value's time to live and for its entry's deadline
+    // alike. Before, the value's time to live counted from before the
+    // wait: `insert_with_ttl(k, v, 3 s)` landed already expired, and the
+    // next read loaded the key.
+    let clock = MockClock::new();
+    let slow = |clock: &MockClock| {
+        let clock = clock.clone();
+        move |_: &u64, v: &u64| {
+            if *v % 1000 == 42 {
+                clock.advance(5 * SEC);
+            }
+            1
+        }
+    };
+    let plain: Cache<u64, u64> = Cache::builder()
+        .clock(clock.clone())
+        .max_capacity(100)
+        .weigher(slow(&clock))
+        .build()
+        .unwrap();
+    plain.insert_with_ttl(1, 42, 3 * SEC);
+    assert_eq!(plain.expires_in(&1), Some(Some(3 * SEC)), "Cache");
+
+    let source = Source::default();
+    let cache = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .weigher(slow(&clock))
+        .loader(source.clone())
+        .build()
+        .unwrap();
+    cache.insert_with_ttl(1, 42, 3 * SEC);
+    assert_eq!(cache.expires_in(&1), Some(Some(3 * SEC)));
+    assert_eq!(cache.get(&1).unwrap(), Some(42), "fresh, not loaded");
+    clock.advance(3 * SEC);
+    assert_eq!(cache.peek(&1), None, "for 3 s exactly");
+    assert_eq!(source.calls(), 0);
+}

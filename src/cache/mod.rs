@@ -190,6 +190,10 @@ struct Inner<K, V> {
 /// `Inner::insert_keyed`).
 const HOOK_ATTEMPTS: usize = 8;
 
+/// The `stamp` of a write that sets no record in its value (see
+/// `Inner::insert_keyed`): every write but a loading cache's.
+type Unstamped<V> = fn(&mut V, &mut Now<'_>) -> Option<Duration>;
+
 /// What a conditional insert does, decided with the shard locked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -968,6 +972,22 @@ where
         self.inner.insert_if(key, value, ttl, decide, removed)
     }
 
+    /// See `Inner::insert_stamped_if`: [`insert_if`](Self::insert_if) of
+    /// a value whose own record of when it was stored (a loading cache's)
+    /// `stamp` sets under the shard's lock, returning the entry's time to
+    /// live.
+    pub(crate) fn insert_stamped_if(
+        &self,
+        key: K,
+        value: V,
+        stamp: impl FnOnce(&mut V, &mut Now<'_>) -> Option<Duration>,
+        decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
+    ) -> bool {
+        self.inner
+            .insert_stamped_if(key, value, stamp, decide, removed)
+    }
+
     /// The write count of `key`'s stripe, read without a lock: what a load
     /// or a write takes before it reads or changes the store (see
     /// [`guard`](crate::load::guard)).
@@ -1305,7 +1325,7 @@ where
             self.flights.written(key);
             Verdict::Insert
         };
-        self.insert_keyed(key, value, ttl, decide, &mut removed);
+        self.insert_keyed(key, value, ttl, None::<Unstamped<V>>, decide, &mut removed);
     }
 
     /// Inserts unless `decide`, shown the value under the key (if any, live
@@ -1324,7 +1344,7 @@ where
         removed: &mut Removed<K, V>,
     ) -> bool {
         let decide = |_: &K, found: Option<&V>, stripe: Stripe<'_>| decide(found, stripe);
-        self.insert_keyed(key, value, ttl, decide, removed)
+        self.insert_keyed(key, value, ttl, None::<Unstamped<V>>, decide, removed)
     }
 
     /// [`insert_if`](Self::insert_if) with `decide` also shown the key.
@@ -1336,17 +1356,26 @@ where
     /// [`HOOK_ATTEMPTS`] times in all (then the last answer stands): an
     /// update's answer never times an entry the write creates, nor a
     /// create's one it updates.
+    ///
+    /// `stamp`, if given, is shown the value and the time under the
+    /// shard's lock and returns the entry's time to live in place of
+    /// `ttl`, setting larder's own record of that time kept in the value
+    /// (a loading cache's `Loaded::loaded_at` and `expires_at`), so that
+    /// the record and the entry's deadline count from the same instant.
+    /// It is larder's own code, for a cache without expiry hooks.
     fn insert_keyed(
         &self,
         key: K,
-        value: V,
+        mut value: V,
         ttl: Option<Duration>,
+        stamp: Option<impl FnOnce(&mut V, &mut Now<'_>) -> Option<Duration>>,
         decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
         removed: &mut Removed<K, V>,
     ) -> bool {
         let (hash, cell) = self.shards.cell_for(&key);
         let weight = self.weigher.as_ref().map_or(1, |w| w(&key, &value));
         if let (None, Some((hooks, _))) = (ttl, self.timing.hooks()) {
+            debug_assert!(stamp.is_none(), "no hook times a stamped write");
             return self.insert_hooked(hooks, cell, hash, key, value, weight, decide, removed);
         }
         let shard = cell.write();
@@ -1357,6 +1386,12 @@ where
         // it expired) and gave its own value a deadline that could have
         // passed by the time it landed.
         let mut now = Now::new(&self.timing.clock);
+        // A value that keeps its own record of that time has it set here,
+        // from the same reading as its entry's deadline.
+        let ttl = match stamp {
+            Some(stamp) => stamp(&mut value, &mut now),
+            None => ttl,
+        };
         let deadline = if ttl.is_some() || self.timing.is_timed() {
             self.timing.on_write(now.get(), ttl, None)
         } else {
@@ -1370,6 +1405,23 @@ where
             deadline,
         };
         self.land(cell, shard, now, write, decide, removed)
+    }
+
+    /// [`insert_if`](Self::insert_if) of a value that keeps its own record
+    /// of when it was stored: `stamp` sets it, and returns the entry's
+    /// time to live, at the time read under the shard's lock (see
+    /// [`insert_keyed`](Self::insert_keyed)). For a cache without expiry
+    /// hooks (a loading cache's inner cache never has them).
+    fn insert_stamped_if(
+        &self,
+        key: K,
+        value: V,
+        stamp: impl FnOnce(&mut V, &mut Now<'_>) -> Option<Duration>,
+        decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+        removed: &mut Removed<K, V>,
+    ) -> bool {
+        let decide = |_: &K, found: Option<&V>, stripe: Stripe<'_>| decide(found, stripe);
+        self.insert_keyed(key, value, None, Some(stamp), decide, removed)
     }
 
     /// [`insert_keyed`](Self::insert_keyed) for a cache with expiry hooks

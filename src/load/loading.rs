@@ -31,7 +31,7 @@ use std::{
 use crate::{
     Cache, CacheStats, Policy, RemovalCause,
     cache::{LoadRecord, Verdict},
-    expiry::{clock::saturating_nanos, random_bits, unit_random},
+    expiry::{NEVER, clock::saturating_nanos, random_bits, unit_random},
     load::{
         Loader,
         flight::{Flight, Flights, Leader, LeaderGuard, Outcome, Role},
@@ -42,7 +42,7 @@ use crate::{
     },
     maintenance::Awaited,
     notify::Removed,
-    shard::Stripe,
+    shard::{Now, Stripe},
 };
 
 /// What the builder hands over, in clock nanoseconds.
@@ -1194,20 +1194,29 @@ where
         } else {
             0
         };
-        // `loaded_at` matters only to refresh, `expires_at` only with a lifetime.
-        let now = if lifetime.is_some() || s.freshness.refresh_after.is_some() {
-            self.cache.now()
-        } else {
-            0
-        };
         let entry = Loaded {
             value,
-            loaded_at: now,
-            expires_at: Loaded::<V>::expiry(now, lifetime),
+            loaded_at: 0,
+            expires_at: NEVER,
             load_nanos,
             stamp: new_stamp(),
         };
         let hard = lifetime.map(|l| Duration::from_nanos(l.saturating_add(grace)));
+        let refresh = s.freshness.refresh_after.is_some();
+        // The record's times are set under the shard's lock, at the time
+        // the entry's deadline counts from: read before it, a write that
+        // waited for the lock (or for the weigher) gave its value a time
+        // to live that could have run out by the time it landed, short of
+        // its entry's. `loaded_at` matters only to refresh, `expires_at`
+        // only with a lifetime.
+        let stamp_times = |entry: &mut Loaded<V>, now: &mut Now<'_>| {
+            if lifetime.is_some() || refresh {
+                let now = now.get();
+                entry.loaded_at = now;
+                entry.expires_at = Loaded::<V>::expiry(now, lifetime);
+            }
+            hard
+        };
         match over {
             Over::Stamp(stamp, seen) => {
                 let decide = |current: Option<&Loaded<V>>, s: Stripe<'_>| match current {
@@ -1215,15 +1224,18 @@ where
                     Some(_) => Verdict::Skip,
                     None => seen.load_verdict(&s),
                 };
-                self.cache.insert_if(key, entry, hard, decide, removed)
+                self.cache
+                    .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
             Over::Unwritten(seen) => {
                 let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.load_verdict(&s);
-                self.cache.insert_if(key, entry, hard, decide, removed)
+                self.cache
+                    .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
             Over::Written(seen) => {
                 let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.write_verdict(&s);
-                self.cache.insert_if(key, entry, hard, decide, removed)
+                self.cache
+                    .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
         }
     }
