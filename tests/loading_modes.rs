@@ -2229,6 +2229,23 @@ fn expire_in_zero_removes_the_value_or_makes_it_stale() {
     assert_eq!(windowed.get(&1).unwrap(), Some(1002), "but served stale");
     windowed.run_pending_tasks();
     assert_eq!(windowed.get(&1).unwrap(), Some(1003), "and reloaded");
+
+    // With stale_if_error alone, stale means kept for a failed load only:
+    // the next read loads, and falls back on it if that load fails.
+    let fallback = clocked(&clock)
+        .time_to_live(60 * SEC)
+        .loader(source.clone())
+        .stale_if_error(5 * SEC)
+        .build()
+        .unwrap();
+    fallback.get(&2).unwrap();
+    fallback.get(&3).unwrap();
+    assert!(fallback.expire_in(&2, Duration::ZERO));
+    assert!(fallback.expire_in(&3, Duration::ZERO));
+    assert_eq!(fallback.get(&2).unwrap(), Some(2006), "loaded, not served");
+    source.fail.store(true, SeqCst);
+    assert_eq!(fallback.get(&3).unwrap(), Some(3005), "kept for the error");
+    assert_eq!(fallback.stats().stale_hits(), 1);
 }
 
 #[test]

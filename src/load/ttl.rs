@@ -132,8 +132,10 @@ where
     /// after them loads the key. So a zero `ttl` expires it at once:
     /// without `stale_while_revalidate` or `stale_if_error` it is removed
     /// now, and the listener hears of it as `Expired`, once; with them it
-    /// is stale from now, and the next read inside the window returns it
-    /// and starts a reload.
+    /// is stale from now. Inside `stale_while_revalidate`'s window the
+    /// next read returns it and starts a reload; with `stale_if_error`
+    /// alone the next read loads the key and returns this value only if
+    /// that load fails.
     ///
     /// It is neither a read nor a write: nothing is loaded, counted or
     /// refreshed, the eviction policy is not told, the listener hears
