@@ -1,6 +1,6 @@
 //! Model test of the loading cache: random reads, bulk reads, writes,
-//! invalidations, refreshes, database changes and failures, and clock
-//! advances, against a reference in `support/loading_model.rs` (shared with
+//! invalidations, refreshes, database changes and failures, clock advances,
+//! and one value's time to live given, read and changed, against a reference in `support/loading_model.rs` (shared with
 //! the fuzz target `loading_ops`).
 
 #[path = "support/cases.rs"]
@@ -21,10 +21,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::InvalidateIf),
         1 => Just(Op::InvalidateAll),
         2 => key.clone().prop_map(Op::Refresh),
-        5 => (key, proptest::option::of(any::<u32>())).prop_map(|(k, v)| Op::DbSet(k, v)),
+        5 => (key.clone(), proptest::option::of(any::<u32>())).prop_map(|(k, v)| Op::DbSet(k, v)),
         1 => any::<bool>().prop_map(Op::DbFails),
         4 => (0u16..6000).prop_map(Op::Advance),
         1 => Just(Op::RunPending),
+        2 => (key.clone(), any::<u32>(), 0u8..10).prop_map(|(k, v, t)| Op::InsertTtl(k, v, t)),
+        2 => (key.clone(), 0u8..10).prop_map(|(k, t)| Op::ExpireIn(k, t)),
+        1 => key.clone().prop_map(Op::Persist),
+        1 => key.prop_map(Op::ExpiresIn),
     ]
 }
 

@@ -1,7 +1,7 @@
 //! Replays arbitrary operation sequences — reads, bulk reads with arbitrary
 //! (duplicate, absent, failing) key batches, writes, refreshes, database
-//! changes and clock advances — against a loading cache and the reference
-//! model of `tests/loading_model.rs`.
+//! changes, clock advances and per-entry TTLs — against a loading cache
+//! and the reference model of `tests/loading_model.rs`.
 #![no_main]
 
 #[path = "../../tests/support/loading_model.rs"]
@@ -47,7 +47,7 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     let key = |u: &mut Unstructured<'_>| u.int_in_range(0..=KEYS - 1);
-    Ok(match u.int_in_range(0..=10u8)? {
+    Ok(match u.int_in_range(0..=14u8)? {
         0 => Op::Get(key(u)?),
         1 => {
             let n = u.int_in_range(0..=8u8)?;
@@ -61,6 +61,10 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         7 => Op::DbFails(u.arbitrary()?),
         8 => Op::Advance(u.int_in_range(0..=5999)?),
         9 => Op::InvalidateIf(u.int_in_range(1..=4)?),
+        10 => Op::InsertTtl(key(u)?, u.arbitrary()?, u.int_in_range(0..=9)?),
+        11 => Op::ExpireIn(key(u)?, u.int_in_range(0..=9)?),
+        12 => Op::Persist(key(u)?),
+        13 => Op::ExpiresIn(key(u)?),
         _ => Op::RunPending,
     })
 }

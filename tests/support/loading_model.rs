@@ -4,6 +4,8 @@
 //! The database is a `HashMap` the operations change behind the cache's
 //! back; the model keeps what the cache should hold (a value or a cached
 //! "absent", and when it stops being fresh) and the number of loader calls.
+//! Per-entry TTLs (`insert_with_ttl`, `expire_in`, `persist`) change when a
+//! value stops being fresh, and `expires_in` must tell it to the millisecond.
 //! Every read's answer, the hit and miss counts and the load count must
 //! match the model exactly. Background settings are off and the clock is a
 //! `MockClock`, so the cache is deterministic; `refresh` then reloads on the
@@ -50,6 +52,12 @@ pub enum Op {
     DbFails(bool),
     Advance(u16),
     RunPending,
+    /// `insert_with_ttl`, the time to live in seconds (0 included).
+    InsertTtl(u8, u32, u8),
+    /// `expire_in`, in seconds (0 included).
+    ExpireIn(u8, u8),
+    Persist(u8),
+    ExpiresIn(u8),
 }
 
 /// What the cache should hold for a key.
@@ -113,6 +121,25 @@ impl Model {
             return None;
         }
         Some(db.rows.get(&k).copied())
+    }
+
+    /// A value stored by `insert_with_ttl`: fresh for exactly `secs`.
+    fn store_for(&mut self, k: u8, value: u32, secs: u64) {
+        self.store(k, Some(value));
+        let until = Some(self.now_ms + secs * 1_000);
+        self.held.insert(
+            k,
+            Held {
+                value: Some(value),
+                until,
+            },
+        );
+    }
+
+    /// The key's value if it is one and fresh: what `expires_in`,
+    /// `expire_in` and `persist` act on (a cached absence is none).
+    fn fresh_value(&self, k: u8) -> Option<Held> {
+        self.live(k).filter(|h| h.value.is_some())
     }
 
     fn store(&mut self, k: u8, value: Option<u32>) {
@@ -329,6 +356,33 @@ pub fn run(mut cfg: Config, ops: Vec<Op>) {
                 m.now_ms += u64::from(ms);
             }
             Op::RunPending => cache.run_pending_tasks(),
+            Op::InsertTtl(k, v, secs) => {
+                cache.insert_with_ttl(k, v, Duration::from_secs(u64::from(secs)));
+                m.store_for(k, v, u64::from(secs));
+            }
+            Op::ExpireIn(k, secs) => {
+                let given = cache.expire_in(&k, Duration::from_secs(u64::from(secs)));
+                let fresh = m.fresh_value(k);
+                assert_eq!(given, fresh.is_some(), "{at}: a fresh value to retime");
+                if let Some(h) = fresh {
+                    let until = Some(m.now_ms + u64::from(secs) * 1_000);
+                    m.held.insert(k, Held { until, ..h });
+                }
+            }
+            Op::Persist(k) => {
+                let given = cache.persist(&k);
+                let fresh = m.fresh_value(k);
+                assert_eq!(given, fresh.is_some(), "{at}: a fresh value to persist");
+                if let Some(h) = fresh {
+                    m.held.insert(k, Held { until: None, ..h });
+                }
+            }
+            Op::ExpiresIn(k) => {
+                let left = m
+                    .fresh_value(k)
+                    .map(|h| h.until.map(|u| Duration::from_millis(u - m.now_ms)));
+                assert_eq!(cache.expires_in(&k), left, "{at}: time left");
+            }
         }
         // Size evictions are the removals the model cannot predict: each
         // must be of a value it holds, which it then forgets.
