@@ -904,11 +904,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let (hash, cell) = self.inner.shards.cell_for(key);
-        let mut now = Now::new(&self.inner.timing.clock);
-        let shard = cell.read();
-        let id = shard.lookup(hash, key, &mut now)?;
-        pick(shard.value(id), &mut now)
+        self.inner.peek_by(key, pick)
     }
 
     /// See `Inner::expires_in_by`: [`expires_in`](Self::expires_in) for a
@@ -1216,10 +1212,21 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.peek_by(key, |value, _| Some(value.clone()))
+    }
+
+    /// See [`Cache::peek_by`]: `pick` shown the live entry's value and the
+    /// time it was judged live at, under the shard's shared lock.
+    fn peek_by<Q, R>(&self, key: &Q, pick: impl FnOnce(&V, &mut Now<'_>) -> Option<R>) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let (hash, cell) = self.shards.cell_for(key);
+        let mut now = Now::new(&self.timing.clock);
         let shard = cell.read();
-        let id = shard.lookup(hash, key, &mut Now::new(&self.timing.clock))?;
-        Some(shard.value(id).clone())
+        let id = shard.lookup(hash, key, &mut now)?;
+        pick(shard.value(id), &mut now)
     }
 
     /// [`Cache::expires_in`]: the time left at one reading of the clock,
