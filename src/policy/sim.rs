@@ -14,7 +14,10 @@
 //! 1). Between two runs moka holds its pending inserts beyond its
 //! capacity, which is worth up to 4 points on 100-entry caches; `1` gives
 //! the strict comparison. `LARDER_SIM_SMALL=1` replaces the rows with 47
-//! of small caches (see [`small_workloads`]).
+//! of small caches (see [`small_workloads`]). `LARDER_SIM_SHARDS=n` splits
+//! larder's keys and capacity over `n` shards as the cache does (fewer
+//! where a shard would hold under 512 entries; a cache's default on this
+//! 2-CPU machine is 8), each with its own policy.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -99,16 +102,16 @@ pub(super) fn hash_key(key: u64) -> u64 {
 impl Model {
     /// An empty model of `capacity` entries.
     pub(super) fn new(capacity: u64) -> Self {
+        Self::with_budget(capacity, SketchBudget::of_shard(capacity, false, 1))
+    }
+
+    /// An empty model of `capacity` entries whose sketch has `budget`.
+    pub(super) fn with_budget(capacity: u64, budget: SketchBudget) -> Self {
         Model {
             map: HashMap::new(),
             keys: Vec::new(),
             hashes: TestEntries::default(),
-            policy: TinyLfu::new(
-                capacity,
-                false,
-                capacity as usize + 1,
-                SketchBudget::of_shard(capacity, false, 1),
-            ),
+            policy: TinyLfu::new(capacity, false, capacity as usize + 1, budget),
             hits: 0,
             misses: 0,
         }
@@ -221,11 +224,43 @@ impl Model {
 
 /// Hit ratio (percent) of larder's policy on `trace`.
 pub(super) fn larder_ratio(trace: &[u64], capacity: u64) -> f64 {
+    let shards = sim_shards(capacity);
+    if shards > 1 {
+        return sharded_ratio(trace, capacity, shards);
+    }
     let mut model = Model::new(capacity);
     for &key in trace {
         model.access(key);
     }
     percent(model.hits, trace.len())
+}
+
+/// The shards `LARDER_SIM_SHARDS=n` asks of a cache of `capacity`: `n`
+/// (a power of two), fewer where a shard would hold under 512 entries, as
+/// the builder's default shards do; 1 when unset.
+fn sim_shards(capacity: u64) -> u64 {
+    let asked: u64 = std::env::var("LARDER_SIM_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let by_capacity = 1 << (capacity / 512).max(1).ilog2();
+    asked.max(1).next_power_of_two().min(by_capacity)
+}
+
+/// Hit ratio (percent) of larder's policy on `trace` split over `shards`
+/// models as the cache splits its keys (by bits 32 and up of the hash) and
+/// its capacity (`capacity / shards` each, the first `capacity % shards`
+/// one more), each sketch sized as the cache sizes its shards'.
+fn sharded_ratio(trace: &[u64], capacity: u64, shards: u64) -> f64 {
+    let budget = SketchBudget::of_shard(capacity, false, shards);
+    let mut models: Vec<Model> = (0..shards)
+        .map(|i| Model::with_budget(capacity / shards + u64::from(i < capacity % shards), budget))
+        .collect();
+    for &key in trace {
+        let shard = (hash_key(key) >> 32) as usize & (shards as usize - 1);
+        models[shard].access(key);
+    }
+    percent(models.iter().map(|m| m.hits).sum(), trace.len())
 }
 
 /// Hit ratio (percent) of `moka::sync::Cache`.
