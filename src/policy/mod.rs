@@ -467,6 +467,34 @@
 //! wins (48.18: `P12`@10k −1.6, Zipf 0.8 at 10k −0.65, `sprite`@100 +0.8,
 //! `P6`@50k −0.05).
 //!
+//! Replayed in stretches of 500k requests next to the same policy without
+//! a protected segment, `P6`@50k loses most where its hit rate has just
+//! fallen (a stretch at 16% against a 37% before it) and the next stretch
+//! climbs back: 183k hits against 236k. The protected segment, full of the
+//! keys of the phase before, turns over only as fast as keys are promoted,
+//! so the new phase lives in probation's fifth of the cache. A CLOCK hand
+//! over protected, one head looked at per eviction or per 2 or 4 (a touched
+//! head recycled with its touches counted, an untouched one demoted to
+//! probation), gets `P6`@50k +0.5 to +0.8 (sharded too), `P3`@50k +0.3 to
+//! +0.8 and `sprite` +0.7 to +1.2, but Zipf 0.8 at 10k −0.5 to −0.75
+//! (whose lead over quick_cache is 0.16), `P12`@10k −1.6 to −1.8 and `P3`@10k
+//! −0.55 to −0.85 (means 48.16 to 48.24 against 48.27 sharded, 48.30 not),
+//! however it is paced (one head per 16 evictions keeps `P12`@10k's loss and
+//! loses `P6`'s gain; per 64 loses `P6` 0.38), whether a head is demoted
+//! only below an estimate of 1 to 3 or below probation's head, or the hand
+//! is slowed by half whenever a key it demoted comes back as a miss (the
+//! hand empties protected at any pace above one head per 16 evictions on
+//! these rows: it is no protected segment by another road, and measures as
+//! one: at 0% `P6`@50k +0.68, Zipf 0.8 at 10k −0.73, `P12`@10k −1.76,
+//! `cpp`@100 −0.49; at 40% +0.73, −0.56, −0.81, −0.42). The hand looking
+//! without counting the touches it sees gains `P6` nothing (−0.09); one
+//! that counts them and never demotes loses everywhere (48.06). And the
+//! split's cost: shards given 0.5% or 1% more than their share get back
+//! 0.16 and 0.40 on `P6`@50k, so a shard's fixed share of the capacity
+//! costs about what 0.6% of it is worth there; shards that lend each other
+//! capacity could win back at most the 0.22, not the 0.5 the policy trails
+//! by, and were not built.
+//!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
 //! votes wandered between 0 and about 1% of the capacity, where the
