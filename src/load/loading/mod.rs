@@ -16,7 +16,15 @@
 //! that one expired and was reaped (or was evicted) and no write of the key
 //! ended since, so a concurrent `insert` or `invalidate` wins over a slow
 //! reload.
+//!
+//! The methods live in a file per concern: reads and the loads behind them
+//! ([`get`]), bulk reads ([`get_many`]), reads that never load ([`peek`]),
+//! refresh and reloads ([`refresh`]), removal ([`remove`]); writes, counts
+//! and what the loads share stay here, and one value's lifetime given, read
+//! or changed by the caller is in [`ttl`](super::ttl).
 
+// rustdoc lists the impl blocks of `LoadingCache` in these modules by the
+// modules' names, A to Z, then this file's own: so reads come first.
 mod get;
 mod get_many;
 mod peek;
