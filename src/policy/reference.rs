@@ -38,6 +38,14 @@ const MAIN_VOTE: u64 = 2;
 const WARM_CANDIDATE: u8 = 6;
 /// ...against a victim this hot wins one duel in 128 anyway.
 const SATURATED: u8 = 15;
+/// The walk over protected starts within 1/80 of the sketch's sample period
+/// of its halving...
+const WALK_LEAD_DIVISOR: u64 = 80;
+/// ...looks at this many protected keys per new key...
+const WALK_STEPS: u32 = 8;
+/// ...and demotes each untouched one estimated below this; not in a small
+/// cache's shards.
+const WALK_STALE: u8 = 3;
 /// The first state of the xorshift coin behind those admissions.
 const COIN_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
@@ -88,6 +96,16 @@ pub(super) struct Reference {
     /// `victim` has found the cache over its capacity since it was built or
     /// cleared: touches are counted in the sketch only from then on.
     filled: bool,
+    /// The protected key the walk looks at next, if one is under way.
+    walk: Option<u64>,
+    /// Steps the walk may still take.
+    walk_left: u64,
+    /// A walk was started since the sketch last halved.
+    walked: bool,
+    /// Whether the reference walks at all (not with a small cache's budget).
+    walks: bool,
+    /// A key was inserted since the last `victim`, which takes its walk steps.
+    walk_due: bool,
 }
 
 impl Reference {
@@ -123,6 +141,11 @@ impl Reference {
             newest: None,
             arriving: false,
             filled: false,
+            walk: None,
+            walk_left: 0,
+            walked: false,
+            walks: !budget.is_small(),
+            walk_due: false,
         };
         reference.set_window(capacity.div_ceil(100));
         reference
@@ -190,6 +213,7 @@ impl Reference {
         let freq = self.sketch.increment(hash, 1);
         self.newest = Some((key, freq));
         self.arriving = true;
+        self.walk_due = true;
     }
 
     /// A read hit on `key` (a write hit is one too).
@@ -224,6 +248,10 @@ impl Reference {
         self.newest = None;
         self.arriving = false;
         self.filled = false;
+        self.walk = None;
+        self.walk_left = 0;
+        self.walked = false;
+        self.walk_due = false;
         self.sketch.clear();
         self.ghosts.clear();
         self.set_window(self.capacity.div_ceil(100));
@@ -232,6 +260,9 @@ impl Reference {
     /// The next key to evict, or `None` while the cache fits. The caller
     /// removes it.
     pub(super) fn victim(&mut self) -> Option<u64> {
+        if std::mem::take(&mut self.walk_due) {
+            self.walk();
+        }
         let over = self.weighted_size() > self.capacity;
         if over {
             self.filled = true;
@@ -348,6 +379,10 @@ impl Reference {
             .position(|&k| k == key)
             .expect("a held key is queued");
         keys.remove(at);
+        if self.walk == Some(key) {
+            // The walk goes on from the key that followed.
+            self.walk = keys.get(at).copied();
+        }
         self.weights[queue as usize] -= u64::from(weight);
         if self.newest.is_some_and(|(newest, _)| newest == key) {
             self.newest = None;
@@ -394,6 +429,42 @@ impl Reference {
             }
             self.move_to(head, Queue::Protected);
             self.shrink_protected();
+        }
+    }
+
+    /// Near the end of the sketch's sample period, a walk from protected's
+    /// oldest key toward its newest demotes each untouched key estimated
+    /// below [`WALK_STALE`] to probation's tail, [`WALK_STEPS`] keys per
+    /// new key.
+    fn walk(&mut self) {
+        if !self.walks {
+            return;
+        }
+        if self.sketch.halving_near(WALK_LEAD_DIVISOR) {
+            if !self.walked {
+                self.walked = true;
+                self.walk = self.queues[Queue::Protected as usize].front().copied();
+                self.walk_left = self.capacity;
+            }
+        } else {
+            self.walked = false;
+        }
+        for _ in 0..WALK_STEPS {
+            let Some(key) = self.walk.filter(|_| self.walk_left > 0) else {
+                self.walk = None;
+                return;
+            };
+            let keys = &self.queues[Queue::Protected as usize];
+            let at = keys
+                .iter()
+                .position(|&k| k == key)
+                .expect("the walk is in protected");
+            self.walk = keys.get(at + 1).copied();
+            self.walk_left -= 1;
+            let entry = &self.entries[&key];
+            if entry.touches == 0 && self.sketch.estimate(entry.hash) < WALK_STALE {
+                self.move_to(key, Queue::Probation);
+            }
         }
     }
 
@@ -542,6 +613,19 @@ mod tests {
         /// `window` if given.
         fn new(capacity: u64, weighted: bool, expected: usize, window: Option<u64>) -> Self {
             let budget = SketchBudget::of_shard(capacity, weighted, 1);
+            Self::with_budget(capacity, weighted, expected, window, budget)
+        }
+
+        /// [`new`](Self::new) with the sketches' budget given: a small
+        /// cache's (as `of_shard` gives caches of up to 2,048 entries)
+        /// turns the walk over protected off.
+        fn with_budget(
+            capacity: u64,
+            weighted: bool,
+            expected: usize,
+            window: Option<u64>,
+            budget: SketchBudget,
+        ) -> Self {
             let mut pair = Pair {
                 policy: TinyLfu::new(capacity, weighted, expected, budget),
                 entries: TestEntries::default(),
@@ -729,7 +813,19 @@ mod tests {
     /// Runs `ops` through both policies at `capacity` (their windows set to
     /// `window` first, if given), checking that they agree after each step.
     fn run(capacity: u64, weighted: bool, window: Option<u64>, ops: Vec<Op>) {
-        let mut pair = Pair::new(capacity, weighted, 8, window);
+        let budget = SketchBudget::of_shard(capacity, weighted, 1);
+        run_with(capacity, weighted, window, budget, ops);
+    }
+
+    /// [`run`] with the sketches' budget given.
+    fn run_with(
+        capacity: u64,
+        weighted: bool,
+        window: Option<u64>,
+        budget: SketchBudget,
+        ops: Vec<Op>,
+    ) {
+        let mut pair = Pair::with_budget(capacity, weighted, 8, window, budget);
         let mut next_key = 0;
         for op in ops {
             let len = pair.len();
@@ -772,6 +868,25 @@ mod tests {
             ops in prop::collection::vec(op(), 1..300),
         ) {
             run(capacity, weighted, None, ops);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The same with a large cache's budget, so that the policy walks
+        /// the protected segment near each halving of the sketch, unweighted
+        /// too (`of_shard` gives these capacities a small cache's budget).
+        #[test]
+        fn policy_decides_as_the_reference_with_the_walk(
+            capacity in 4u64..32,
+            weighted: bool,
+            ops in prop::collection::vec(
+                op().prop_filter("no clear", |o| !matches!(o, Op::Clear)),
+                300..1_500,
+            ),
+        ) {
+            run_with(capacity, weighted, None, SketchBudget::bytes(1 << 20), ops);
         }
     }
 
@@ -845,6 +960,8 @@ mod tests {
         }
         pair.check();
         assert!(largest > 50, "window {largest} after the recency phase");
+        let walked = pair.policy.walk_demoted();
+        assert!(walked > 100, "the walk demoted {walked} ids");
         assert!(selective > 30_000, "selective for {selective} accesses");
     }
 }

@@ -148,6 +148,12 @@ impl SketchBudget {
         }
     }
 
+    /// Whether this is the budget of a small cache's shard (its sketch
+    /// gets [`FrequencySketch::SMALL_BYTES_PER_ENTRY`]).
+    pub(crate) fn is_small(&self) -> bool {
+        self.per_entry == FrequencySketch::SMALL_BYTES_PER_ENTRY
+    }
+
     /// `bytes` in all at the usual bytes per entry.
     #[cfg(test)]
     pub(crate) fn bytes(bytes: u64) -> Self {
@@ -231,6 +237,13 @@ impl FrequencySketch {
     #[inline]
     pub(crate) fn sized_for(&self) -> u64 {
         self.sized_for
+    }
+
+    /// Whether the sketch is within `1 / divisor` of its sample period of
+    /// its next halving.
+    #[inline]
+    pub(crate) fn halving_near(&self, divisor: u64) -> bool {
+        self.additions + self.sample_period / divisor >= self.sample_period
     }
 
     /// The first word of the block of a key whose re-mixed hash is `h`.

@@ -195,6 +195,63 @@ fn an_expired_entry_never_wins_a_duel() {
     }
 }
 
+/// Keys of a finished phase: 3,000 keys read every round for 40 rounds
+/// fill the protected segment of a cache of 4,096; then 400 of them go on
+/// being read, with 1,000 new hot keys and a stream of cold ones, for 60
+/// times the capacity in requests (a dozen sample periods). Protected turns
+/// over only as fast as new keys are promoted into it, so without the walk
+/// most of the old keys outlive their phase there; with it only those whose
+/// last reads were never folded stay (the walk passes over a touched id:
+/// its touches may be a minute old or a phase old), and the 400 still read
+/// all stay.
+#[test]
+fn the_walk_demotes_the_keys_of_a_finished_phase() {
+    let capacity = 4_096;
+    let run = |walks: bool| {
+        let mut model = Model::new(capacity);
+        model.policy.set_walks(walks);
+        for _ in 0..40 {
+            (0..3_000).for_each(|key| {
+                model.access(key);
+            });
+        }
+        let mut rng = Rng::new(11);
+        let mut cold = 1_000_000;
+        for _ in 0..60 * capacity {
+            let key = match rng.below(10) {
+                0..=2 => rng.below(400),
+                3..=6 => 100_000 + rng.below(1_000),
+                _ => {
+                    cold += 1;
+                    cold
+                }
+            };
+            model.access(key);
+        }
+        let protected = &model.policy.queue_ids()[2];
+        let keys = model.keys();
+        let old = |range: std::ops::Range<u64>| {
+            protected
+                .iter()
+                .filter(|&&id| range.contains(&keys[id as usize]))
+                .count()
+        };
+        (old(400..3_000), old(0..400))
+    };
+    let (stale_kept, read_kept) = run(true);
+    let (stale_unwalked, read_unwalked) = run(false);
+    assert!(
+        stale_unwalked > 1_000,
+        "without the walk {stale_unwalked} old keys stay protected"
+    );
+    assert!(
+        stale_kept * 5 < stale_unwalked,
+        "{stale_kept} old keys left protected by the walk, {stale_unwalked} without"
+    );
+    assert_eq!(read_kept, 400, "keys still read, protected with the walk");
+    assert_eq!(read_unwalked, 400, "keys still read, protected without it");
+}
+
 #[test]
 fn zipf_beats_lru() {
     let trace = zipf(50_000, 1.0, 60_000, 3);
@@ -555,6 +612,8 @@ fn make_room_agrees_with_insert_then_victim_when_ghosts_are_sampled() {
         "window {largest} after the recency phase: still selective"
     );
     assert!(selective > 50_000, "selective for {selective} accesses");
+    let walked = with_room.policy.walk_demoted();
+    assert!(walked > 100, "the walk demoted {walked} ids");
     for &k in reference.keys() {
         assert!(with_room.contains(k), "{k} held by the reference only");
     }
@@ -572,10 +631,15 @@ proptest! {
         seed: u64,
         universe in 2u64..200,
         len in 1usize..3_000,
+        walks: bool,
     ) {
         let mut rng = Rng::new(seed);
         let mut with_room = Model::new(capacity);
         let mut reference = Model::new(capacity);
+        // These capacities are a small cache's, which does not walk
+        // protected unless told to.
+        with_room.policy.set_walks(walks);
+        reference.policy.set_walks(walks);
         for step in 0..len {
             // Skewed keys: hot ones recur, so touches, promotions and duels happen.
             let span = 1 + rng.below(universe);

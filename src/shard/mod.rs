@@ -307,6 +307,10 @@ impl<K: Hash, V> Entries for SlotEntries<'_, K, V> {
         self.slots[id as usize].take_touches()
     }
 
+    fn touched(&self, id: u32) -> bool {
+        self.slots[id as usize].touched()
+    }
+
     fn expired(&self, id: u32) -> bool {
         let deadline = self.slots[id as usize].deadline();
         deadline != NEVER && deadline <= self.now

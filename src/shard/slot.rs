@@ -143,6 +143,12 @@ impl<K, V> Slot<K, V> {
         self.add_touch(self.meta.load(Relaxed));
     }
 
+    /// Whether the touch counter is non-zero, leaving it as it is.
+    #[inline]
+    pub(crate) fn touched(&self) -> bool {
+        self.meta.load(Relaxed) >> DEADLINE_BITS != 0
+    }
+
     /// Reads and clears the touch counter (exclusive lock).
     #[inline]
     pub(crate) fn take_touches(&self) -> u8 {
