@@ -77,6 +77,60 @@ fn entry_count_never_exceeds_capacity() {
 /// A shard's index starts at one page and grows to the size its bound
 /// needs as entries arrive; filling past that point, and churning once
 /// full, keeps every entry findable and the structures consistent.
+/// A cache above 2,048 entries walks its protected segment near each
+/// halving of its sketch, demoting the keys it has stopped counting. Here
+/// 3,000 keys are read in rounds, then only 400 of them go on being read,
+/// with 1,000 new hot keys, a stream of one-off keys and a removal every
+/// 50 requests (so the ids the walk stands on move), for ten sample
+/// periods. The bookkeeping holds throughout (the walk's place included)
+/// and every key still read is cached at the end.
+#[test]
+fn a_large_cache_through_a_phase_change_keeps_its_bookkeeping_and_its_hot_keys() {
+    let cache = Cache::builder()
+        .max_capacity(4_096)
+        .num_shards(1)
+        .build()
+        .unwrap();
+    let access = |key: u64| {
+        if cache.get(&key).is_none() {
+            cache.insert(key, key);
+        }
+    };
+    for _ in 0..40 {
+        (0..3_000).for_each(access);
+    }
+    cache.check_invariants();
+    let (mut state, mut cold) = (7u64, 1_000_000u64);
+    for step in 0..400_000u64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let key = match state % 10 {
+            0..=2 => state / 10 % 400,
+            3..=6 => 100_000 + state / 10 % 1_000,
+            _ => {
+                cold += 1;
+                cold
+            }
+        };
+        access(key);
+        if step % 50 == 0 {
+            cache.invalidate(&(state / 100 % 3_000));
+        }
+        if step % 500 == 0 {
+            cache.check_invariants();
+        }
+    }
+    cache.check_invariants();
+    let hot_held = (0..400)
+        .chain(100_000..101_000)
+        .filter(|key| cache.peek(key) == Some(*key))
+        .count();
+    // A key the last removals took has had no time to come back.
+    assert!(hot_held >= 1_390, "{hot_held} of 1,400 hot keys held");
+    assert!(cache.entry_count() <= 4_096);
+}
+
 #[test]
 fn a_large_bound_fills_through_the_index_growth() {
     let cache = Cache::builder()
