@@ -535,7 +535,13 @@
 //! and the small rows as before (24.66). `cpp`@100, the one row still
 //! behind at equal capacity, did not move; halving its sketch every 7, 8
 //! or 12 increments per entry instead of 10 in small caches gave it +0.03,
-//! +0.01 and −0.35 (40 hash seeds, 76.76 at 10).
+//! +0.01 and −0.35 (40 hash seeds, 76.76 at 10). In caches of up to 256
+//! entries, a candidate or arriving key counted at least twice winning
+//! without its one-count margin gave `cpp`@100 +0.7 (77.48, level with
+//! quick_cache) but the 47 small rows −0.78 (`scan`@200 −9.5, `cs`@200
+//! −5.8, `multi2`@50 −3.2), `loop`@256 −1.3 and `sprite`@100 −0.9; at
+//! three times, +0.0; ties won at two counts or more by a candidate aged
+//! in the window, −0.05.
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
