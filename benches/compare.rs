@@ -24,8 +24,9 @@
 //!    its hasher afresh, and on the small traces the seed alone moves a
 //!    cache's hit ratio by up to 4 points (larder's `zigzag`@500 gave
 //!    19.6 to 23.9 over 16 runs, quick_cache's `cpp`@100 76.9 to 77.7), so
-//!    a workload of fewer than a million requests is replayed 8 times,
-//!    with fresh caches, and the row is their mean. (The moka replays
+//!    a workload of fewer than a million requests is replayed with fresh
+//!    caches, 8 to 64 times (4M requests in all where that fits), and the
+//!    row is their mean. (The moka replays
 //!    run on threads of their own, in parallel with the other two: a hit
 //!    ratio does not depend on timing, and the section takes less time.)
 //! 3. **Memory**: first the resident memory (Linux's VmRSS) a cache adds
@@ -325,11 +326,21 @@ const SYNTHETIC_REQUESTS: usize = 2_000_000;
 /// read until 6 December, gave hit ratios up to 12 points away from the
 /// whole traces', and another order of the caches).
 const TRACE_LIMIT: usize = 1 << 24;
-/// Workloads shorter than this many requests are replayed [`REPLAYS`]
-/// times, with fresh caches each time (see [`HitTable::run`]).
+/// Workloads shorter than this many requests are replayed several times,
+/// with fresh caches each time (see [`HitTable::run`] and
+/// [`HitTable::replays`]).
 const REPLAYS_BELOW: usize = 1_000_000;
-/// Replays of a short workload.
+/// Fewest replays of a short workload.
 const REPLAYS: usize = 8;
+/// Requests a short workload's replays add up to, within [`REPLAYS`] and
+/// [`MAX_REPLAYS`]: the shorter the trace, the more the hash seed moves
+/// its hit ratio (over 8 replays, larder's `zigzag`@500 row gave 21.6 to
+/// 23.0 and quick_cache's `cpp`@100 row 77.4 to 77.7 from run to run,
+/// enough to flag a row in one run and not the next), so the more
+/// replays its mean takes.
+const REPLAYED_REQUESTS: usize = 4_000_000;
+/// Most replays of a short workload.
+const MAX_REPLAYS: usize = 64;
 
 /// Trace label, path under the trace directory, capacities.
 const TRACES: &[(&str, &str, &[u64])] = &[
@@ -432,13 +443,16 @@ impl HitTable {
         self.rows.push(ratios);
     }
 
-    /// Replays of a workload of `requests`: [`REPLAYS`] below
-    /// [`REPLAYS_BELOW`] requests, one from there on, or
+    /// Replays of a workload of `requests`: below [`REPLAYS_BELOW`]
+    /// requests, enough to replay [`REPLAYED_REQUESTS`] in all, from
+    /// [`REPLAYS`] to [`MAX_REPLAYS`]; one from there on; or
     /// `LARDER_COMPARE_REPLAYS` for every row.
     fn replays(&self, requests: usize) -> usize {
         match self.replays {
             Some(n) => n,
-            None if requests < REPLAYS_BELOW => REPLAYS,
+            None if requests < REPLAYS_BELOW => {
+                (REPLAYED_REQUESTS / requests.max(1)).clamp(REPLAYS, MAX_REPLAYS)
+            }
             None => 1,
         }
     }
