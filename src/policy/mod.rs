@@ -52,7 +52,7 @@
 //!   workloads, where the votes wander below 1%, a cold miss costs one
 //!   look at the sketch, while a small window still takes the keys that
 //!   come back soon (`P3`@50k +1.1 against no window at all below 1%; see
-//!   `SELECTIVE_DIVISOR` in `tinylfu.rs`). The protected segment stays 80% of whatever the
+//!   `SELECTIVE_DIVISOR` in `tinylfu/mod.rs`). The protected segment stays 80% of whatever the
 //!   window leaves. Until 4 December a hill climber sized the window from
 //!   the hit rate of successive samples, as Caffeine's does; the ghosts,
 //!   which compare both sides on the same requests, lifted the
@@ -303,7 +303,7 @@
 //! the 13 LIRS traces at 50, 100 and 200 entries, and Zipf and ARC traces
 //! at 100 and 250), which showed caches under 100 entries stuck at a
 //! window of one with LRU's 0% on loops; the candidate of such a window
-//! now duels as a fresh key (see `window_of_one` in `tinylfu.rs`: 24.66
+//! now duels as a fresh key (see `window_of_one` in `tinylfu/evict.rs`: 24.66
 //! against 24.41 on the 47 small rows, 47.95 against 47.94 on the 30).
 //! On `cs`@100 (1.7% against quick_cache's 5.0) the window's votes climb
 //! from 1 to 8 and never come down: the keys it loses come back within

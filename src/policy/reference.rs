@@ -13,7 +13,7 @@ use super::TOUCH_MAX;
 use super::ghost::{Ghosts, Side};
 use super::sketch::{FrequencySketch, SketchBudget};
 
-// The documented constants, restated: `tinylfu.rs` keeps its own private.
+// The documented constants, restated: `tinylfu/mod.rs` keeps its own private.
 
 /// The protected segment's share of the main space, in percent.
 const PROTECTED_PERCENT: u64 = 80;

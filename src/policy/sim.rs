@@ -504,7 +504,7 @@ const SMALL_ACCESSES: usize = 500_000;
 /// `P6` at 250, and Zipf 0.8 and 1.0 over 20,000 keys at 100 and 250. The
 /// main rows' smallest caches hold 100 entries, and once those hid a
 /// policy that got LRU's 0% on loops at 50 (see `window_of_one` in
-/// `tinylfu.rs`).
+/// `tinylfu/evict.rs`).
 fn small_workloads(wanted: impl Fn(&str) -> bool) -> Vec<Workload> {
     let mut w: Vec<Workload> = Vec::new();
     for s in [0.8, 1.0] {
