@@ -1,0 +1,183 @@
+//! Removal from the shard: by key ([`Shard::remove`], [`Shard::remove_as`]),
+//! of expired entries by the timing wheel ([`Shard::reap`]), and of every
+//! entry ([`Shard::clear`]).
+
+use super::*;
+
+impl<K: Hash + Eq, V> Shard<K, V> {
+    /// Removes `key`'s entry and hands it back with its cause: `Explicit`
+    /// if it was live, `Expired` if its deadline had passed.
+    pub(crate) fn remove<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: &mut Now<'_>,
+    ) -> Option<(K, V, RemovalCause)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove_as(hash, key, now, RemovalCause::Explicit)
+    }
+
+    /// Removes `key`'s entry with cause `live_cause`, or `Expired` if its
+    /// deadline had passed.
+    pub(crate) fn remove_as<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: &mut Now<'_>,
+        live_cause: RemovalCause,
+    ) -> Option<(K, V, RemovalCause)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let id = self.find(hash, key)?;
+        let live = self.is_live(id, now);
+        self.version += 1;
+        let slot = self.take(id);
+        let cause = if live {
+            live_cause
+        } else {
+            RemovalCause::Expired
+        };
+        self.count(cause, &slot.value);
+        Some((slot.key, slot.value, cause))
+    }
+
+    /// Unlinks `id` everywhere and swap-removes its slot.
+    pub(super) fn take(&mut self, id: u32) -> Slot<K, V> {
+        // Both hashes (user code) before anything changes: a panicking
+        // `Hash` leaves the shard as it was.
+        let hash = self.hasher.hash_one(&self.index.slots[id as usize].key);
+        let last = (self.index.slots.len() - 1) as u32;
+        let last_hash =
+            (id != last).then(|| self.hasher.hash_one(&self.index.slots[last as usize].key));
+        self.take_hashed(id, Unlink { hash, last_hash })
+    }
+
+    /// [`take`](Self::take) with the key hashes it needs already computed:
+    /// calls no user code.
+    fn take_hashed(&mut self, id: u32, Unlink { hash, last_hash }: Unlink) -> Slot<K, V> {
+        let last = (self.index.slots.len() - 1) as u32;
+        debug_assert_eq!(last_hash.is_some(), id != last);
+        let held = self.index.table.remove(hash, id);
+        debug_assert!(held, "slot {id} missing from the table");
+        self.policy.remove(id);
+        self.wheel.cancel(id);
+        if let Some(last_hash) = last_hash {
+            let held = self.index.table.relocate(last_hash, last, id);
+            debug_assert!(held, "slot {last} missing from the table");
+            self.policy.relocate(last, id);
+            self.wheel.relocate(last, id);
+        }
+        if self.sliding {
+            self.hard.swap_remove(id as usize);
+        }
+        self.index.slots.swap_remove(id as usize)
+    }
+
+    /// The time now for the policy's [`Entries::expired`], read only if some
+    /// entry has a deadline (0 otherwise: nothing has expired).
+    pub(super) fn now_if_timed(&self, now: &mut Now<'_>) -> u64 {
+        if self.wheel.len() == 0 { 0 } else { now.get() }
+    }
+
+    /// The earliest time (ns) at which an entry may fall due: the start of
+    /// the wheel's first occupied slot, no later than any deadline in it;
+    /// [`NEVER`] when no entry has a deadline.
+    pub(crate) fn next_due(&self) -> u64 {
+        self.wheel.next_wakeup().unwrap_or(NEVER)
+    }
+
+    /// Reaps up to [`REAP_BUDGET`] expired entries; true when none is left.
+    pub(crate) fn reap(&mut self, now: u64, removed: &mut Removed<K, V>) -> bool {
+        self.reap_up_to(now, REAP_BUDGET, removed)
+    }
+
+    /// For a write that needs room in a full shard: reaps up to
+    /// [`WRITE_REAP_BUDGET`] expired entries, unless a write did this tick.
+    /// Reads the clock only if some entry has a deadline.
+    pub(super) fn reap_for_room(&mut self, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+        if self.wheel.len() == 0 {
+            return;
+        }
+        let now = now.get();
+        let tick = now >> WRITE_REAP_SHIFT;
+        if tick != self.write_reaped {
+            self.write_reaped = tick;
+            self.reap_up_to(now, WRITE_REAP_BUDGET, removed);
+        }
+    }
+
+    /// Reaps up to `budget` expired entries; true when none is left.
+    fn reap_up_to(&mut self, now: u64, budget: usize, removed: &mut Removed<K, V>) -> bool {
+        if self.wheel.len() == 0 {
+            return true;
+        }
+        let mut expired = std::mem::take(&mut self.due);
+        let slots = &self.index.slots;
+        let done = self.wheel.advance(
+            now,
+            budget,
+            |id| slots[id as usize].deadline(),
+            &mut expired,
+        );
+        if !expired.is_empty() {
+            self.version += 1;
+        }
+        // Highest ids first: a swap-remove then never moves an id still to be taken.
+        expired.sort_unstable_by(|a, b| b.cmp(a));
+        // Every hash the removals need (user code) before the first one:
+        // a `Hash` that panics midway would otherwise leave the ids not yet
+        // taken off the wheel for good, and the entries already taken in
+        // `removed`, which the unwinding caller drops unnotified. If one
+        // panics, the batch goes back on the wheel and nothing else has
+        // changed.
+        // Allocated per batch: a field kept between reaps moved the shard's
+        // hot fields and cost the insert row a tenth of its rate.
+        let mut hashes = Vec::with_capacity(expired.len());
+        let requeue = Requeue {
+            wheel: &mut self.wheel,
+            slots: &self.index.slots,
+            ids: &expired,
+        };
+        batch_hashes(&self.index.slots, &self.hasher, &expired, &mut hashes);
+        std::mem::forget(requeue);
+        for (&id, &(unlink, _)) in expired.iter().zip(&hashes) {
+            let slot = self.take_hashed(id, unlink);
+            self.count(RemovalCause::Expired, &slot.value);
+            removed.push(slot.key, slot.value, RemovalCause::Expired);
+        }
+        expired.clear();
+        self.due = expired;
+        done
+    }
+
+    /// Removes every entry: live ones as `Explicit`, expired ones as
+    /// `Expired`. The storage stays, the slots' included (drained, not
+    /// replaced by an empty `Vec`, which gave up the room reserved for the
+    /// bound).
+    pub(crate) fn clear(&mut self, now: u64, removed: &mut Removed<K, V>) {
+        self.version += 1;
+        let mut slots = std::mem::take(&mut self.index.slots);
+        for slot in slots.drain(..) {
+            // As `is_live` judges: `NEVER` is `u64::MAX`, which a clock
+            // that saturates there reaches, and stays live even then.
+            let d = slot.deadline();
+            let cause = if d == NEVER || now < d {
+                RemovalCause::Explicit
+            } else {
+                RemovalCause::Expired
+            };
+            self.count(cause, &slot.value);
+            removed.push(slot.key, slot.value, cause);
+        }
+        self.index.slots = slots;
+        self.index.table.clear();
+        self.hard.clear();
+        self.policy.clear();
+        self.wheel.clear();
+    }
+}
