@@ -2,6 +2,8 @@
 //! flight, and when each may be sent or retried. A plain `&mut self`
 //! structure: no threads, no locks, no clock reads (time is `now`, in
 //! nanoseconds on the caller's clock, passed to each call that needs it).
+//! Pushes, reads and flush marks are here; a batch's round trip (taken,
+//! then settled, retried or given up) is in [`flight`](mod@flight).
 //!
 //! # Ownership direction
 //!
@@ -148,6 +150,7 @@ use std::{
 
 use ahash::RandomState;
 
+mod flight;
 mod hashed;
 mod seqs;
 
@@ -672,149 +675,6 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         }
     }
 
-    /// Takes up to `max` sendable entries, oldest first, and marks their keys
-    /// in flight. Never two entries of one key; fewer than `max` if an
-    /// entry's split limit says so.
-    pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Taken<K, V>> {
-        self.promote_due(now);
-        let mut limit = max;
-        let mut batch = Vec::with_capacity(max.min(self.queue.len()));
-        while batch.len() < limit {
-            let Some((_, key)) = self.queue.first() else {
-                break;
-            };
-            let slot = self.slots.get_mut(key).expect("queued key has a slot");
-            let cap = slot.pending.as_ref().expect("queued key is pending").cap;
-            if batch.len() >= cap {
-                break;
-            }
-            limit = limit.min(cap);
-            let pending = slot.pending.take().expect("queued key is pending");
-            let (first, last) = (pending.first, pending.last);
-            slot.flight = Some(Flight { first, last });
-            self.in_flight += 1;
-            if pending.retry {
-                self.queued_retries -= 1;
-            }
-            let (_, held) = self.queue.pop_first().expect("the first entry is there");
-            let slot = held.slot();
-            batch.push(Taken {
-                change: pending.change,
-                receipt: Receipt {
-                    key: held.key,
-                    slot,
-                    first,
-                    last,
-                    queued_at: pending.queued_at,
-                    attempt: pending.attempts + 1,
-                },
-            });
-        }
-        batch
-    }
-
-    /// `taken` landed in the store. A newer pending change of its key becomes
-    /// sendable.
-    ///
-    /// # Panics
-    ///
-    /// If `taken`'s key is not in flight here (it came from another buffer).
-    // The flusher reports with receipts; tests and the fuzz target use this.
-    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
-    pub fn succeeded(&mut self, taken: Taken<K, V>) {
-        self.landed(taken.receipt);
-    }
-
-    /// [`succeeded`](Self::succeeded) for a [`Taken`] split by
-    /// [`Taken::into_parts`].
-    ///
-    /// # Panics
-    ///
-    /// If `receipt`'s key is not in flight here (it came from another
-    /// buffer).
-    pub fn landed(&mut self, receipt: Receipt<K>) {
-        // One lookup ends the flight and settles it: the common case of a
-        // batch, which `end_flight` + `settle` would look up twice or more.
-        let flight = receipt.flight();
-        let key = Hashed {
-            hash: receipt.slot.hash,
-            id: receipt.slot.id,
-            key: receipt.key,
-        };
-        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(key) else {
-            Self::take_flight(None, flight, &mut self.in_flight);
-            unreachable!("take_flight panics on a key that is not here");
-        };
-        Self::take_flight(Some(slot.get_mut()), flight, &mut self.in_flight);
-        self.stats.flushed += 1;
-        self.outstanding.remove(receipt.first);
-        match &slot.get().pending {
-            Some(pending) => {
-                let first = pending.first;
-                self.queue.insert(first, slot.key().clone());
-            }
-            None => {
-                slot.remove();
-            }
-        }
-    }
-
-    /// The store rejected `taken`. With attempts left, the key is retried
-    /// after [`Backoff::delay`]`(taken.attempt(), draw)` (with the newest
-    /// change pushed for it); otherwise the change is returned as a
-    /// [`DeadLetter`]. `draw` is a uniform random number in `0.0..=1.0`.
-    ///
-    /// # Panics
-    ///
-    /// If `taken`'s key is not in flight here (it came from another buffer).
-    pub fn failed(&mut self, taken: Taken<K, V>, now: u64, draw: f64) -> Option<DeadLetter<K, V>> {
-        let attempt = taken.receipt.attempt;
-        self.end_flight(&taken.receipt);
-        if attempt >= self.max_attempts {
-            self.stats.dead_lettered += 1;
-            let Taken { change, receipt } = taken;
-            self.settle(receipt.held(), receipt.first);
-            return Some(DeadLetter {
-                key: receipt.key,
-                change,
-                attempts: attempt,
-            });
-        }
-        let delay = self.backoff_policy.delay(attempt, draw);
-        self.requeue(taken, attempt, usize::MAX, now.saturating_add(delay));
-        None
-    }
-
-    /// The store rejected `batch` as a whole. A batch of one is
-    /// [`failed`](Self::failed). A larger one is split: its entries come back
-    /// sendable at once, spending no attempt, each limited to batches of half
-    /// this size (rounded up), so that a poisonous key ends up alone.
-    ///
-    /// # Panics
-    ///
-    /// If an entry's key is not in flight here (it came from another
-    /// buffer).
-    pub fn batch_failed(
-        &mut self,
-        batch: Vec<Taken<K, V>>,
-        now: u64,
-        draw: f64,
-    ) -> Vec<DeadLetter<K, V>> {
-        if batch.len() <= 1 {
-            return batch
-                .into_iter()
-                .filter_map(|taken| self.failed(taken, now, draw))
-                .collect();
-        }
-        let cap = batch.len().div_ceil(2);
-        for taken in batch {
-            self.end_flight(&taken.receipt);
-            let attempts = taken.receipt.attempt - 1;
-            self.requeue(taken, attempts, cap, now);
-        }
-        Vec::new()
-    }
-
     /// The sequence number of the last write pushed (0 if none): pass it to
     /// [`request_flush`](Self::request_flush) and
     /// [`is_settled`](Self::is_settled) to wait for everything written so far.
@@ -1006,100 +866,6 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
 
     fn flush_pending(&self) -> bool {
         !self.is_settled(self.flush_to)
-    }
-
-    /// Moves the retries due at `now` from `backoff` to `queue`.
-    fn promote_due(&mut self, now: u64) {
-        while let Some(entry) = self.backoff.first_entry() {
-            let (at, first) = *entry.key();
-            if at > now {
-                break;
-            }
-            let key = entry.remove();
-            let slot = self.slots.get_mut(&key).expect("retried key has a slot");
-            slot.pending
-                .as_mut()
-                .expect("retried key is pending")
-                .retry_at = None;
-            self.queue.insert(first, key);
-            self.queued_retries += 1;
-        }
-    }
-
-    /// Ends the flight `receipt` was taken as.
-    fn end_flight(&mut self, receipt: &Receipt<K>) {
-        let slot = self.slots.get_mut(&receipt.slot as &dyn Probe<K>);
-        Self::take_flight(slot, receipt.flight(), &mut self.in_flight);
-    }
-
-    /// Ends the flight `expected` in its key's slot (`None`: the key is not
-    /// here), checking the slot holds that very flight.
-    fn take_flight(slot: Option<&mut Slot<V>>, expected: Flight, in_flight: &mut usize) {
-        assert_eq!(
-            slot.and_then(|slot| slot.flight.take()),
-            Some(expected),
-            "a Taken goes back to the buffer that made it"
-        );
-        *in_flight -= 1;
-    }
-
-    /// Forgets the writes `first..` of `key`'s ended flight (landed or dead-
-    /// lettered); a pending entry behind it becomes sendable.
-    fn settle(&mut self, key: Hashed<K>, first: Seq) {
-        let slot = self.slots.get(&key).expect("settled key has a slot");
-        self.outstanding.remove(first);
-        match &slot.pending {
-            Some(pending) => {
-                self.queue.insert(pending.first, key);
-            }
-            None => {
-                self.slots.remove(&key);
-            }
-        }
-    }
-
-    /// Puts the key of a failed, ended flight back as pending at `retry_at`,
-    /// carrying the newest change pushed for it.
-    fn requeue(&mut self, taken: Taken<K, V>, attempts: u32, cap: usize, retry_at: u64) {
-        self.stats.retried += 1;
-        let Taken {
-            change,
-            receipt:
-                Receipt {
-                    key,
-                    slot,
-                    first,
-                    last,
-                    queued_at,
-                    ..
-                },
-        } = taken;
-        let key = Hashed {
-            hash: slot.hash,
-            id: slot.id,
-            key,
-        };
-        let slot = self.slots.get_mut(&key).expect("failed key has a slot");
-        let (change, last, tag) = match slot.pending.take() {
-            Some(newer) => {
-                self.outstanding.remove(newer.first);
-                self.stats.coalesced += 1;
-                (newer.change, newer.last, newer.tag)
-            }
-            None => (change, last, None),
-        };
-        slot.pending = Some(Pending {
-            change,
-            first,
-            last,
-            queued_at,
-            attempts,
-            cap,
-            retry: true,
-            retry_at: Some(retry_at),
-            tag,
-        });
-        self.backoff.insert((retry_at, first), key);
     }
 }
 
