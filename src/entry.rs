@@ -538,8 +538,10 @@ where
         // A hit runs the read hook, user code that waiters of this flight
         // wait for, as they wait for the closure.
         let _awaited = Awaited::here();
-        let (value, _) = self.get_uncounted(key);
-        self.record_lookup(value.is_some());
+        let (value, _) = self.get_counting_hit(key);
+        if value.is_none() {
+            self.record_miss();
+        }
         value
     }
 

@@ -440,14 +440,18 @@ impl LoadCounters {
     }
 }
 
-/// Number of per-thread stripes of hit and miss counters in each cache.
+/// Number of per-thread stripes of miss counters in each cache.
 const STRIPES: usize = 64;
 
-/// One thread's hit, miss and stale-hit counters, alone on its cache line.
+/// One thread's miss, retracted-hit and stale-hit counters, alone on its
+/// cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Stripe {
-    hits: AtomicU64,
+    /// Hits a shard lock counted that the reader then judged misses (a
+    /// loading cache's entry past its stale window): taken off the locks'
+    /// count.
+    retracted: AtomicU64,
     misses: AtomicU64,
     /// A loading cache's reads answered with a stale value: counted here
     /// rather than in [`LoadCounters`], where the readers of a hot key in
@@ -455,7 +459,11 @@ struct Stripe {
     stale_hits: AtomicU64,
 }
 
-/// Exact hit, miss and stale-hit counts without a locked instruction on the read path.
+/// Exact miss and stale-hit counts without a locked instruction on the
+/// read path. Hits are counted by the shard locks, in the store that
+/// releases the reader (see `shard::raw::lock`); a hit that a reader judges
+/// a miss after the lock (a loading cache's) is counted here as retracted,
+/// and as a miss.
 ///
 /// Every live thread owns a process-wide index, handed out from a pool and
 /// returned when the thread exits, so no two live threads share an index.
@@ -485,10 +493,17 @@ impl Default for Lookups {
 }
 
 impl Lookups {
-    /// Counts one lookup.
+    /// Counts one miss.
     #[inline]
-    pub(crate) fn record(&self, hit: bool) {
-        self.count(if hit { Count::Hit } else { Count::Miss });
+    pub(crate) fn record_miss(&self) {
+        self.count(Count::Miss);
+    }
+
+    /// Takes back one hit a shard lock counted, and counts a miss instead.
+    #[inline]
+    pub(crate) fn retract_hit(&self) {
+        self.count(Count::Retracted);
+        self.count(Count::Miss);
     }
 
     /// Counts one read a loading cache answered with a stale value.
@@ -529,15 +544,14 @@ impl Lookups {
             .sum()
     }
 
-    /// Cumulative (hits, misses) of these counters. (A `get` on a cache
-    /// without expiry counts its hit in its shard lock instead, see
-    /// `shard::raw::lock`; the cache adds those.)
+    /// Cumulative (retracted hits, misses) of these counters: the cache's
+    /// hits are its shard locks' count less the retracted ones.
     pub(crate) fn totals(&self) -> (u64, u64) {
         self.stripes
             .iter()
             .chain([&self.shared])
-            .fold((0, 0), |(h, m), s| {
-                (h + s.hits.load(Relaxed), m + s.misses.load(Relaxed))
+            .fold((0, 0), |(r, m), s| {
+                (r + s.retracted.load(Relaxed), m + s.misses.load(Relaxed))
             })
     }
 }
@@ -545,7 +559,7 @@ impl Lookups {
 /// Which counter of a [`Stripe`].
 #[derive(Debug, Clone, Copy)]
 enum Count {
-    Hit,
+    Retracted,
     Miss,
     StaleHit,
 }
@@ -555,7 +569,7 @@ impl Stripe {
     #[inline]
     fn counter(&self, which: Count) -> &AtomicU64 {
         match which {
-            Count::Hit => &self.hits,
+            Count::Retracted => &self.retracted,
             Count::Miss => &self.misses,
             Count::StaleHit => &self.stale_hits,
         }
@@ -643,7 +657,11 @@ mod tests {
                         let lookups = &lookups;
                         s.spawn(move || {
                             for i in 0..1_000 {
-                                lookups.record((i + t + round) % 3 != 0);
+                                if (i + t + round) % 3 == 0 {
+                                    lookups.record_miss();
+                                } else if i % 2 == 0 {
+                                    lookups.retract_hit();
+                                }
                                 if i % 10 == 0 {
                                     lookups.record_stale_hit();
                                 }
@@ -654,19 +672,21 @@ mod tests {
                 handles.into_iter().for_each(|h| h.join().unwrap());
             }
         });
-        let (hits, misses) = lookups.totals();
+        let (retracted, misses) = lookups.totals();
+        let count = |f: fn(u64, u64, u64) -> bool| -> u64 {
+            (0..3u64)
+                .flat_map(|r| {
+                    (0..80u64).map(move |t| (0..1_000u64).filter(|&i| f(i, t, r)).count() as u64)
+                })
+                .sum()
+        };
+        let expected_retracted = count(|i, t, r| (i + t + r) % 3 != 0 && i % 2 == 0);
+        let expected_misses = count(|i, t, r| (i + t + r) % 3 == 0) + expected_retracted;
         assert_eq!(
-            hits + misses,
-            3 * 80 * 1_000,
-            "no lookup lost, 80 threads > 64 stripes"
+            (retracted, misses),
+            (expected_retracted, expected_misses),
+            "no count lost, 80 threads > 64 stripes"
         );
-        let expected_misses: u64 = (0..3u64)
-            .flat_map(|r| {
-                (0..80u64)
-                    .map(move |t| (0..1_000u64).filter(|i| (i + t + r) % 3 == 0).count() as u64)
-            })
-            .sum();
-        assert_eq!(misses, expected_misses);
         assert_eq!(lookups.stale_hits(), 3 * 80 * 100, "no stale hit lost");
     }
 }

@@ -245,10 +245,12 @@ where
         Seen::new(cell.write_count(hash))
     }
 
-    /// `get` without counting the hit or miss (see
-    /// [`record_lookup`](Self::record_lookup)), with the clock reading it
+    /// `get` counting a hit but not a miss (see
+    /// [`record_miss`](Self::record_miss)), with the clock reading it
     /// used if it read the clock, so the caller need not read it again.
-    pub(crate) fn get_uncounted<Q>(&self, key: &Q) -> (Option<V>, Option<u64>)
+    /// A caller that judges the value it got a miss after all takes the hit
+    /// back with [`retract_hit`](Self::retract_hit).
+    pub(crate) fn get_counting_hit<Q>(&self, key: &Q) -> (Option<V>, Option<u64>)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -258,9 +260,15 @@ where
         (value, now.read_so_far())
     }
 
-    /// Counts one hit or miss.
-    pub(crate) fn record_lookup(&self, hit: bool) {
-        self.inner.lookups.record(hit);
+    /// Counts one miss.
+    pub(crate) fn record_miss(&self) {
+        self.inner.lookups.record_miss();
+    }
+
+    /// Takes back the hit [`get_counting_hit`](Self::get_counting_hit)
+    /// counted, and counts a miss instead.
+    pub(crate) fn retract_hit(&self) {
+        self.inner.lookups.retract_hit();
     }
 
     /// Counts one read answered with a stale value (a loading cache's).
@@ -307,7 +315,7 @@ where
         };
         ShardCell::unlock_counting(shard, value.is_some());
         if value.is_none() {
-            self.lookups.record(false);
+            self.lookups.record_miss();
         }
         value
     }
@@ -322,8 +330,11 @@ where
         self.read::<Q, true>(key, &mut Now::new(&self.timing.clock))
     }
 
-    /// A read with all of `get`'s effects, counting the hit or miss only if
-    /// `COUNT` (a loading cache counts after it has judged the value).
+    /// A read with all of `get`'s effects. A hit is counted by the shard
+    /// lock's release whatever `COUNT` says (the policy's readmissions
+    /// count a shard's reads by it); a miss only if `COUNT` (a loading
+    /// cache counts its misses after it has judged the value, and takes
+    /// back a hit it judges a miss, see [`Lookups::retract_hit`]).
     #[inline]
     fn read<Q, const COUNT: bool>(&self, key: &Q, now: &mut Now<'_>) -> Option<V>
     where
@@ -341,7 +352,7 @@ where
         let Some((id, slot)) = shard.hit(hash, key, now) else {
             drop(shard);
             if COUNT {
-                self.lookups.record(false);
+                self.lookups.record_miss();
             }
             return None;
         };
@@ -350,10 +361,7 @@ where
         // measured 3 more instructions per hit, so the short tail repeats.
         if !self.timing.read_moves_deadlines() {
             let value = slot.value.clone();
-            drop(shard);
-            if COUNT {
-                self.lookups.record(true);
-            }
+            ShardCell::unlock_counting(shard, true);
             return Some(value);
         }
         if let Some(tti) = self.timing.tti() {
@@ -364,10 +372,7 @@ where
             .timing
             .hooks()
             .map(|(_, clone)| (clone(&slot.key), shard.sighting(slot)));
-        drop(shard);
-        if COUNT {
-            self.lookups.record(true);
-        }
+        ShardCell::unlock_counting(shard, true);
         if let Some((owned_key, seen)) = hook {
             self.after_read(cell, hash, &owned_key, &value, seen, now.get());
         }
@@ -492,12 +497,14 @@ where
         Duration::from_nanos(until - now)
     }
 
-    /// Cumulative (hits, misses): the striped counters, plus the hits the
-    /// shard locks counted.
+    /// Cumulative (hits, misses): the hits the shard locks counted, less
+    /// those retracted, and the striped misses.
     fn lookup_totals(&self) -> (u64, u64) {
-        let (hits, misses) = self.lookups.totals();
+        let (retracted, misses) = self.lookups.totals();
         let counted: u64 = self.shards.iter().map(ShardCell::hits).sum();
-        (hits + counted, misses)
+        // Read after the locks' counts, a retraction may be newer than the
+        // count it takes back from.
+        (counted.saturating_sub(retracted), misses)
     }
 
     fn deliver(&self, removed: Removed<K, V>) {

@@ -278,6 +278,9 @@ where
         match decide(&write.key, found.map(|id| shard.value(id)), stripe) {
             Verdict::Insert => {
                 let deadline = write.deadline.at;
+                if found.is_none() {
+                    shard.tell_reads(|| cell.hits());
+                }
                 shard.insert(found, write, &mut now, removed);
                 drop(shard);
                 if deadline != NEVER {
@@ -304,5 +307,53 @@ where
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Cache;
+
+    /// The read hits the policy was last told, in the cache's only shard.
+    fn told(cache: &Cache<u64, u64>) -> u64 {
+        let cell = cache.inner.shards.iter().next().expect("one shard");
+        cell.read().policy().reads()
+    }
+
+    /// A new key's write tells a small cache's policy the read hits its
+    /// shard's lock has counted (the clock of its readmissions), timed
+    /// reads' included; the stats count the same hits.
+    #[test]
+    fn a_new_key_tells_a_small_caches_policy_its_shards_read_hits() {
+        for ttl in [None, Some(Duration::from_secs(60))] {
+            let mut builder = Cache::builder().max_capacity(100).num_shards(1);
+            if let Some(ttl) = ttl {
+                builder = builder.time_to_live(ttl);
+            }
+            let cache: Cache<u64, u64> = builder.build().unwrap();
+            cache.insert(1, 1);
+            for _ in 0..7 {
+                assert_eq!(cache.get(&1), Some(1));
+            }
+            assert_eq!(cache.get(&2), None);
+            assert_eq!(told(&cache), 0, "told only on a write ({ttl:?})");
+            cache.insert(1, 10);
+            assert_eq!(told(&cache), 0, "a replacement is not a new key ({ttl:?})");
+            cache.insert(2, 2);
+            assert_eq!(told(&cache), 7, "{ttl:?}");
+            assert_eq!((cache.stats().hits(), cache.stats().misses()), (7, 1));
+        }
+        // A large cache keeps no readmissions and is not asked.
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_capacity(100_000)
+            .num_shards(1)
+            .build()
+            .unwrap();
+        cache.insert(1, 1);
+        assert_eq!(cache.get(&1), Some(1));
+        cache.insert(2, 2);
+        assert_eq!(told(&cache), 0);
     }
 }

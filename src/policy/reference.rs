@@ -3,7 +3,8 @@
 //! of ids, with a `VecDeque` per queue (oldest key first), a `HashMap` of
 //! each key's hash, weight and touches, and plain arithmetic. It is slow
 //! and obvious where [`TinyLfu`](super::TinyLfu) is fast and intrusive, and
-//! shares with it only the sketch and the ghosts (each tested on its own).
+//! shares with it only the sketch, the ghosts and the readmissions (each
+//! tested on its own).
 //! The tests at the end drive both with the same operations and hold them
 //! to the same decisions after every step.
 
@@ -11,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::TOUCH_MAX;
 use super::ghost::{Ghosts, Side};
+use super::returns::Returns;
 use super::sketch::{FrequencySketch, SketchBudget};
 
 // The documented constants, restated: `tinylfu/mod.rs` keeps its own private.
@@ -83,6 +85,8 @@ pub(super) struct Reference {
     sketch: FrequencySketch,
     budget: SketchBudget,
     ghosts: Ghosts,
+    /// Readmissions (a small cache's budget only).
+    returns: Returns,
     /// The xorshift64 state of the coin.
     coin: u64,
     /// Losing candidates the coin let in, so that a test can make sure it
@@ -136,6 +140,11 @@ impl Reference {
             sketch: FrequencySketch::new(sketch_keys, budget),
             budget,
             ghosts: Ghosts::default(),
+            returns: if budget.is_small() {
+                Returns::new(capacity)
+            } else {
+                Returns::off()
+            },
             coin: COIN_SEED,
             heads: 0,
             newest: None,
@@ -200,6 +209,7 @@ impl Reference {
     pub(super) fn insert(&mut self, key: u64, hash: u64, weight: u32) {
         assert!(!self.holds(key), "{key} inserted twice");
         self.adapt(hash);
+        self.returns.arrive(hash);
         let weight = if self.weighted { weight } else { 1 };
         let entry = Entry {
             hash,
@@ -214,6 +224,16 @@ impl Reference {
         self.newest = Some((key, freq));
         self.arriving = true;
         self.walk_due = true;
+    }
+
+    /// Readmissions given and passed over so far.
+    pub(super) fn readmitted(&self) -> (u64, u64) {
+        self.returns.readmitted()
+    }
+
+    /// The read hits the shard's lock has counted so far.
+    pub(super) fn set_reads(&mut self, reads: u64) {
+        self.returns.set_reads(reads);
     }
 
     /// A read hit on `key` (a write hit is one too).
@@ -254,6 +274,7 @@ impl Reference {
         self.walk_due = false;
         self.sketch.clear();
         self.ghosts.clear();
+        self.returns.clear();
         self.set_window(self.capacity.div_ceil(100));
     }
 
@@ -364,6 +385,7 @@ impl Reference {
         let touches = std::mem::take(&mut entry.touches);
         if touches > 0 && self.filled {
             self.sketch.increment(entry.hash, touches);
+            self.returns.read_back(entry.hash);
         }
         touches > 0
     }
@@ -514,7 +536,7 @@ impl Reference {
             self.newest = Some((key, freq));
             return None;
         };
-        if self.admits(freq, victim, true) {
+        if self.admits(freq, key, victim, true) {
             self.link(key, Queue::Probation);
             self.remember(Side::Main, victim);
             Some(victim)
@@ -540,7 +562,12 @@ impl Reference {
             None => self.estimate(candidate),
         };
         let window_of_one = !self.weighted && self.window_max <= 1 && !self.selective();
-        if self.admits(candidate_freq, victim, fresh.is_some() || window_of_one) {
+        if self.admits(
+            candidate_freq,
+            candidate,
+            victim,
+            fresh.is_some() || window_of_one,
+        ) {
             self.move_to(candidate, Queue::Probation);
             self.remember(Side::Main, victim);
             victim
@@ -555,16 +582,21 @@ impl Reference {
         }
     }
 
-    /// Whether a candidate with estimate `candidate_freq` beats `victim`:
+    /// Whether `candidate`, with estimate `candidate_freq`, beats `victim`:
     /// it must lead, by more than one if `fresh`; a warm loser against a
-    /// saturated victim wins when the coin says so.
-    fn admits(&mut self, candidate_freq: u8, victim: u64, fresh: bool) -> bool {
+    /// saturated victim wins when the coin says so; a loser may still win
+    /// on a readmission.
+    fn admits(&mut self, candidate_freq: u8, candidate: u64, victim: u64, fresh: bool) -> bool {
         let victim_freq = self.estimate(victim);
         let margin = u8::from(fresh);
-        if candidate_freq > victim_freq + margin {
+        let (candidate, victim) = (self.entries[&candidate].hash, self.entries[&victim].hash);
+        let wins = candidate_freq > victim_freq + margin
+            || candidate_freq >= WARM_CANDIDATE && victim_freq >= SATURATED && self.flip();
+        if wins {
+            self.returns.admitted(candidate);
             return true;
         }
-        candidate_freq >= WARM_CANDIDATE && victim_freq >= SATURATED && self.flip()
+        self.returns.readmit(candidate, victim, self.window_max)
     }
 
     /// One flip of the xorshift64 coin: heads one time in 128.
@@ -605,6 +637,8 @@ mod tests {
         reference: Reference,
         /// Keys evicted and not inserted again since.
         gone: Vec<u64>,
+        /// Read hits so far, as a shard's lock counts them.
+        reads: u64,
     }
 
     impl Pair {
@@ -634,6 +668,7 @@ mod tests {
                 ids: HashMap::new(),
                 reference: Reference::new(capacity, weighted, expected, budget),
                 gone: Vec::new(),
+                reads: 0,
             };
             if let Some(window) = window {
                 pair.policy.set_window(window);
@@ -653,6 +688,8 @@ mod tests {
 
         fn insert(&mut self, key: u64, weight: u32) {
             let (id, hash, weight) = (self.len() as u32, hash_key(key), self.weight(weight));
+            self.policy.set_reads(self.reads);
+            self.reference.set_reads(self.reads);
             self.policy.insert(id, hash, weight);
             self.entries.push(hash);
             self.keys.push(key);
@@ -663,6 +700,7 @@ mod tests {
 
         /// A read hit on the key at `id`.
         fn touch(&mut self, id: u32) {
+            self.reads += 1;
             self.entries.touch(id);
             self.reference.touch(self.keys[id as usize]);
         }
@@ -932,6 +970,44 @@ mod tests {
         }
         let heads = pair.reference.heads();
         assert!(heads >= 10, "the coin admitted {heads} candidates");
+    }
+
+    /// A small cache (readmissions on) under a hot set and new keys that
+    /// come back three times, each 10 to 80 requests after the last: many
+    /// come back within the horizon after losing their duel, and are
+    /// passed over or readmitted as the score moves. Every
+    /// victim agrees, the targets after every access, the queues every 500.
+    #[test]
+    fn policy_decides_as_the_reference_with_readmissions() {
+        let mut pair = Pair::new(100, false, 101, None);
+        let mut rng = Rng::new(11);
+        // (due at, key, returns left)
+        let mut due: Vec<(u64, u64, u64)> = Vec::new();
+        let mut next = 1_000;
+        for step in 0..40_000u64 {
+            let key = if let Some(i) = due.iter().position(|&(at, _, _)| at <= step) {
+                let (_, key, left) = due.swap_remove(i);
+                if left > 1 {
+                    due.push((step + 10 + rng.below(70), key, left - 1));
+                }
+                key
+            } else if rng.below(10) < 6 {
+                rng.below(80)
+            } else {
+                next += 1;
+                due.push((step + 10 + rng.below(70), next, 3));
+                next
+            };
+            pair.access(key);
+            if step % 500 == 0 {
+                pair.check();
+            }
+        }
+        let (given, passed) = pair.reference.readmitted();
+        assert!(
+            given >= 50 && passed >= 50,
+            "{given} readmitted, {passed} passed over"
+        );
     }
 
     /// A cache large enough that only a sample of the keys has ghosts (one

@@ -138,6 +138,8 @@ impl Model {
             return true;
         }
         let hash = hash_key(key);
+        // The shard tells its lock's hits before each write.
+        self.policy.set_reads(self.hits);
         match self.policy.make_room(&self.hashes, hash) {
             Room::Insert => {
                 let id = self.keys.len() as u32;
@@ -179,6 +181,7 @@ impl Model {
         self.keys.push(key);
         self.hashes.push(hash);
         self.map.insert(key, id);
+        self.policy.set_reads(self.hits);
         self.policy.insert(id, hash, 1);
         self.evict();
         false

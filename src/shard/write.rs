@@ -6,6 +6,22 @@ use std::panic::resume_unwind;
 use super::*;
 
 impl<K: Hash + Eq, V> Shard<K, V> {
+    /// The policy, for tests that look into it.
+    #[cfg(test)]
+    pub(crate) fn policy(&self) -> &TinyLfu {
+        &self.policy
+    }
+
+    /// Tells the policy, before a new key, the read hits this shard's lock
+    /// has counted (`reads`, asked only if the policy keeps readmissions:
+    /// they are its clock, with the new keys).
+    #[inline]
+    pub(crate) fn tell_reads(&mut self, reads: impl FnOnce() -> u64) {
+        if self.policy.counts_reads() {
+            self.policy.set_reads(reads());
+        }
+    }
+
     /// Inserts or replaces an entry, then evicts down to capacity. `found`
     /// is what [`find`](Self::find) returned for the key under this same
     /// lock (the caller looks first, to show a predicate the value).

@@ -501,8 +501,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let (Some(entry), seen) = self.cache.get_uncounted(key) else {
-            self.cache.record_lookup(false);
+        let (Some(entry), seen) = self.cache.get_counting_hit(key) else {
+            self.cache.record_miss();
             return Read::Load(None);
         };
         let now = match seen {
@@ -511,10 +511,9 @@ where
             None => 0, // not looked at
         };
         let state = self.settings.freshness.state(&entry, now, random_bits);
-        self.cache.record_lookup(matches!(
-            state,
-            State::Fresh | State::RefreshDue | State::Stale
-        ));
+        if !matches!(state, State::Fresh | State::RefreshDue | State::Stale) {
+            self.cache.retract_hit();
+        }
         match state {
             State::Fresh => Read::Done(entry.value),
             State::RefreshDue => {

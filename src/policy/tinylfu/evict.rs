@@ -105,7 +105,12 @@ impl TinyLfu {
         } else {
             self.sketch.estimate(candidate_hash)
         };
-        if self.admit(candidate_freq, victim_hash, fresh || self.window_of_one()) {
+        if self.admit(
+            candidate_freq,
+            candidate_hash,
+            victim_hash,
+            fresh || self.window_of_one(),
+        ) {
             self.move_to(PROBATION, candidate);
             self.remember(Side::Main, victim_hash);
             victim
@@ -142,7 +147,8 @@ impl TinyLfu {
     }
 
     /// TinyLFU admission: whether the window's candidate, with estimate
-    /// `candidate_freq`, should replace the main space's victim. The
+    /// `candidate_freq` and hash `candidate`, should replace the main
+    /// space's victim, with hash `victim`. The
     /// candidate needs a higher estimate than the victim; a `fresh` one
     /// (the key being added, straight out of an empty or full-of-touched
     /// window, or the candidate of a [window of one](Self::window_of_one))
@@ -164,7 +170,27 @@ impl TinyLfu {
     /// (47.22 with the 4-byte sketch); demanding the same of every
     /// candidate, aged in the window or not, cost the Zipf rows at 100k and
     /// `P3`@50k 0.5 to 1.2 points.
-    pub(super) fn admit(&mut self, candidate_freq: u8, victim: u64, fresh: bool) -> bool {
+    ///
+    /// A candidate that loses may still displace the victim on a
+    /// [readmission](Returns::readmit) (small caches only).
+    pub(super) fn admit(
+        &mut self,
+        candidate_freq: u8,
+        candidate: u64,
+        victim: u64,
+        fresh: bool,
+    ) -> bool {
+        if self.wins(candidate_freq, victim, fresh) {
+            self.returns.admitted(candidate);
+            return true;
+        }
+        self.returns.readmit(candidate, victim, self.window_max)
+    }
+
+    /// The duel itself: whether the candidate's estimate `candidate_freq`
+    /// beats the victim's (by more than one if `fresh`), or the coin lets a
+    /// warm candidate past a saturated victim.
+    fn wins(&mut self, candidate_freq: u8, victim: u64, fresh: bool) -> bool {
         let victim_freq = self.sketch.estimate(victim);
         if candidate_freq > victim_freq.saturating_add(u8::from(fresh)) {
             return true;
@@ -185,7 +211,9 @@ impl TinyLfu {
     pub(super) fn fold(&mut self, id: u32, entries: &impl Entries) -> bool {
         let touches = entries.take_touches(id);
         if touches > 0 && self.filled {
-            self.sketch.increment(entries.hash(id), touches);
+            let hash = entries.hash(id);
+            self.sketch.increment(hash, touches);
+            self.returns.read_back(hash);
         }
         touches > 0
     }

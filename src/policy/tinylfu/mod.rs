@@ -15,6 +15,7 @@ use std::fmt;
 
 use super::Entries;
 use super::ghost::{Ghosts, Side};
+use super::returns::Returns;
 use super::sketch::{FrequencySketch, SketchBudget};
 
 /// "No id": end of a queue.
@@ -226,6 +227,9 @@ pub(crate) struct TinyLfu {
     sketch_budget: SketchBudget,
     /// Keys evicted lately, by side: they size the window.
     ghosts: Ghosts,
+    /// Readmissions of keys turned away that return soon (small caches
+    /// only; see [`Returns`]).
+    returns: Returns,
     /// The ids or capacity the ghosts' lengths were last set for.
     ghost_base: u64,
     /// State of the xorshift generator behind the anti-flooding admissions.
@@ -350,6 +354,11 @@ impl TinyLfu {
             ),
             sketch_budget,
             ghosts: Ghosts::default(),
+            returns: if !unbounded && sketch_budget.is_small() {
+                Returns::new(capacity)
+            } else {
+                Returns::off()
+            },
             ghost_base: 0,
             rng: 0x2545_f491_4f6c_dd1d,
             behind_new: NIL,
@@ -400,6 +409,7 @@ impl TinyLfu {
             return;
         }
         self.adapt(hash);
+        self.returns.arrive(hash);
         self.insert_counted(id, weight);
         self.grow_sketch_if_needed();
         self.newest_freq = self.sketch.increment(hash, 1);
@@ -563,6 +573,28 @@ impl TinyLfu {
         self.set_votes(window);
     }
 
+    /// Whether the policy keeps [readmissions](Returns), and so wants
+    /// the shard's read hits before each new key ([`set_reads`]).
+    ///
+    /// [`set_reads`]: Self::set_reads
+    #[inline]
+    pub(crate) fn counts_reads(&self) -> bool {
+        self.returns.is_on()
+    }
+
+    /// The shard's read hits so far: with the new keys counted here, the
+    /// clock of the readmissions' horizon.
+    #[inline]
+    pub(crate) fn set_reads(&mut self, reads: u64) {
+        self.returns.set_reads(reads);
+    }
+
+    /// The shard's read hits as last told.
+    #[cfg(test)]
+    pub(crate) fn reads(&self) -> u64 {
+        self.returns.reads()
+    }
+
     /// Ids the [walk](Self::walk) has demoted so far.
     #[cfg(test)]
     pub(crate) fn walk_demoted(&self) -> u64 {
@@ -672,6 +704,7 @@ impl TinyLfu {
         self.filled = false;
         self.sketch.clear();
         self.ghosts.clear();
+        self.returns.clear();
         self.set_votes(self.capacity.div_ceil(100));
     }
 

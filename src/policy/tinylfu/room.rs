@@ -31,6 +31,7 @@ impl TinyLfu {
             return Room::Insert;
         }
         self.adapt(hash);
+        self.returns.arrive(hash);
         // The sketch is sized for the ids held with the new one among them.
         self.grow_sketch_for(self.len() as u64 + 1);
         self.newest_freq = self.sketch.increment(hash, 1);
@@ -101,7 +102,7 @@ impl TinyLfu {
                 Expired::Neither => {
                     let candidate_freq = self.sketch.estimate(candidate_hash);
                     let judged_fresh = self.window_of_one();
-                    if self.admit(candidate_freq, victim_hash, judged_fresh) {
+                    if self.admit(candidate_freq, candidate_hash, victim_hash, judged_fresh) {
                         self.move_to(PROBATION, candidate);
                         self.remember(Side::Main, victim_hash);
                         (victim, victim_hash)
@@ -146,7 +147,7 @@ impl TinyLfu {
     /// `victim_hash`: whether the key wins. The loser is remembered by its
     /// side's ghost.
     pub(super) fn admit_arrival(&mut self, hash: u64, victim_hash: u64) -> bool {
-        let admitted = self.admit(self.newest_freq, victim_hash, true);
+        let admitted = self.admit(self.newest_freq, hash, victim_hash, true);
         if admitted {
             self.remember(Side::Main, victim_hash);
         } else {
