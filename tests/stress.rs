@@ -786,19 +786,46 @@ fn oversized_replace_of_an_expired_entry_does_not_panic_with_no_explicit_removal
 }
 
 /// Hits and misses stay exact when many threads read while others write
-/// the same shards: a `get` on a cache without expiry counts its hit in its
-/// shard lock's word as it releases the lock and its miss in the thread's
-/// stripe, and readers that find a writer inside back out and wait.
+/// the same shards: a `get` counts its hit in its shard lock as it releases
+/// the lock (with or without a deadline to check) and its miss in the
+/// thread's stripe, and readers that find a writer inside back out and
+/// wait.
 #[test]
 fn hits_and_misses_are_exact_under_concurrent_writes() {
-    const PRESENT: u64 = 500;
-    const READS: u64 = 20_000;
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_capacity(10 * PRESENT)
-        .num_shards(SHARDS)
+    let builder = || Cache::builder().max_capacity(5_000).num_shards(SHARDS);
+    exact_under_writes(builder().build().unwrap(), 500, false);
+}
+
+/// The same with a time to live: the reads check deadlines, and count
+/// their hits in the lock as untimed ones do.
+#[test]
+fn hits_and_misses_are_exact_under_concurrent_writes_with_a_ttl() {
+    let builder = || Cache::builder().max_capacity(5_000).num_shards(SHARDS);
+    let ttl = Duration::from_secs(3_600);
+    exact_under_writes(builder().time_to_live(ttl).build().unwrap(), 500, false);
+}
+
+/// The same in a small cache under a stream of new keys, which evicts:
+/// each new key's write reads its shard lock's hit count for the policy's
+/// readmissions while readers count theirs in it.
+#[test]
+fn hits_and_misses_are_exact_under_concurrent_evicting_writes_in_a_small_cache() {
+    let cache = Cache::builder()
+        .max_capacity(1_000)
+        .num_shards(4)
         .build()
         .unwrap();
-    for key in 0..PRESENT {
+    exact_under_writes(cache, 300, true);
+}
+
+/// Readers ask for `present` keys (inserted first) and absent ones, while
+/// two writers rewrite present keys and write keys no reader asks for:
+/// the same few again and again, or (`new_keys`) ever new ones, when
+/// present keys may be evicted and missed. The stats count exactly the
+/// hits and misses the readers saw.
+fn exact_under_writes(cache: Cache<u64, u64>, present: u64, new_keys: bool) {
+    const READS: u64 = 20_000;
+    for key in 0..present {
         cache.insert(key, key);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -810,8 +837,9 @@ fn hits_and_misses_are_exact_under_concurrent_writes() {
                 // finding them) and churns keys readers never ask for.
                 let mut i = 0u64;
                 while !stop.load(SeqCst) {
-                    cache.insert(i % PRESENT, i % PRESENT);
-                    cache.insert(1_000_000 + w * 1_000 + i % 1_000, 0);
+                    cache.insert(i % present, i % present);
+                    let other = if new_keys { i } else { i % 1_000 };
+                    cache.insert(1_000_000 + w * 1_000_000_000 + other, 0);
                     i += 1;
                 }
             })
@@ -822,15 +850,15 @@ fn hits_and_misses_are_exact_under_concurrent_writes() {
         let (mut hits, mut misses) = (0u64, 0u64);
         for i in 0..READS {
             // Every third key asked for is absent: 10_000 and up.
-            let key = (i * 7 + t as u64) % (PRESENT + PRESENT / 2);
-            let key = if key >= PRESENT { 10_000 + key } else { key };
+            let key = (i * 7 + t as u64) % (present + present / 2);
+            let key = if key >= present { 10_000 + key } else { key };
             match reader_cache.get(&key) {
                 Some(v) => {
                     assert_eq!(v, key, "a value under another key");
                     hits += 1;
                 }
                 None => {
-                    assert!(key >= 10_000, "present key {key} missed");
+                    assert!(new_keys || key >= 10_000, "present key {key} missed");
                     misses += 1;
                 }
             }
