@@ -738,11 +738,56 @@ where
     pub(crate) fn close(&self, timeout: Duration) -> Leftovers<K, V, S::Error> {
         let deadline = Instant::now().checked_add(timeout);
         let mut st = self.state.lock();
+        let exited = self.stop_flusher(&mut st, deadline);
+        let (unwritten, in_flight, overtaken) = Self::unwritten(&st);
+        self.retire_buffer(&mut st);
+        // Changes a drain could not place (close's own drain among them)
+        // that the flusher has not handed over: handed over here, kept in
+        // the report without a handler.
+        let uncompared = std::mem::take(&mut st.uncompared);
+        let (deliver, kept_uncompared) = if self.handler.is_some() {
+            st.reporting += uncompared.len();
+            (uncompared, 0)
+        } else {
+            let kept = uncompared.len();
+            st.kept.extend(uncompared);
+            (Vec::new(), kept)
+        };
+        let dead = std::mem::take(&mut st.kept);
+        drop(st);
+        // Writers waiting for room and flushes waiting for outcomes: the
+        // queue they wait on is gone (a hung store call may never end).
+        self.changed.notify_all();
+        self.hand_back(&unwritten, &dead[dead.len() - kept_uncompared..], deliver);
+        // Only another thread can see the flusher exited, so this never
+        // joins itself.
+        if exited {
+            if let Some(handle) = self.thread.lock().take() {
+                let _ = handle.join();
+            }
+        }
+        Leftovers {
+            unwritten,
+            in_flight,
+            overtaken,
+            dead,
+        }
+    }
+
+    /// `close`'s first step: closes the lanes, drains them, and waits until
+    /// `deadline` for the flusher to empty the queue, then tells it to
+    /// stop, and waits for it to end if it runs no user code. Whether it
+    /// has ended.
+    fn stop_flusher(
+        &self,
+        st: &mut MutexGuard<'_, State<K, V, S::Error>>,
+        deadline: Option<Instant>,
+    ) -> bool {
         st.closing = true;
         for lane in &*self.lanes {
             lane.0.lock().closed = true;
         }
-        self.drain(&mut st);
+        self.drain(st);
         self.nudge();
         // Called from the flusher's own thread, it hands back what is left
         // without waiting; the flusher stops once the user code returns.
@@ -751,9 +796,9 @@ where
         // still in a hung store call is not waited for again.
         while !st.exited && !st.stop && !self.in_own_user_code() {
             let timed_out = match deadline {
-                Some(at) => self.changed.wait_until(&mut st, at).timed_out(),
+                Some(at) => self.changed.wait_until(st, at).timed_out(),
                 None => {
-                    self.changed.wait(&mut st);
+                    self.changed.wait(st);
                     false
                 }
             };
@@ -767,12 +812,18 @@ where
         // runs no user code: woken, it ends at once, so it is joined too.
         if st.idle {
             while !st.exited {
-                self.changed.wait(&mut st);
+                self.changed.wait(st);
             }
         }
-        let exited = st.exited;
-        // The latest change per key: one in flight is older than one of the
-        // same key still queued.
+        st.exited
+    }
+
+    /// The latest change per key not yet written: first those in a store
+    /// call that has not returned, then those queued behind an older change
+    /// of their key in that call (the older one may still land after
+    /// them), then the others queued; with the counts of the first two.
+    fn unwritten(st: &State<K, V, S::Error>) -> (Vec<(K, Change<V>)>, usize, usize) {
+        // One in flight is older than one of the same key still queued.
         // (No key is hashed or compared: the buffer finds a flying key's
         // queued change by its slot.)
         let queued = |slot: &SlotId| st.buffer.pending_change_in(*slot);
@@ -784,8 +835,6 @@ where
             .map(|(pair, _)| pair.clone())
             .collect();
         let in_flight = unwritten.len();
-        // Next, the changes queued behind an older one of their key in that
-        // call: the older one may still land after them.
         unwritten.extend(
             st.flying
                 .iter()
@@ -799,7 +848,13 @@ where
                 .filter(|&(_, _, flying)| !flying)
                 .map(|(k, c, _)| (k.clone(), c.clone())),
         );
-        // Reported once: forget them, so a second close does not repeat them.
+        (unwritten, in_flight, overtaken)
+    }
+
+    /// Replaces the buffer, whose changes `close` reports once, with an
+    /// empty one (so a second close does not repeat them), keeping its
+    /// counts, and forgets the batch in flight.
+    fn retire_buffer(&self, st: &mut State<K, V, S::Error>) {
         let old = std::mem::replace(
             &mut st.buffer,
             Buffer::with_hasher(
@@ -821,32 +876,26 @@ where
         st.flying = Arc::default();
         st.flying_slots.clear();
         self.held.store(0, SeqCst);
-        // Changes a drain could not place (close's own drain among them)
-        // that the flusher has not handed over: handed over here, kept in
-        // the report without a handler.
-        let uncompared = std::mem::take(&mut st.uncompared);
-        let (deliver, kept_uncompared) = if self.handler.is_some() {
-            st.reporting += uncompared.len();
-            (uncompared, 0)
-        } else {
-            let kept = uncompared.len();
-            st.kept.extend(uncompared);
-            (Vec::new(), kept)
-        };
-        let dead = std::mem::take(&mut st.kept);
-        drop(st);
-        // Writers waiting for room and flushes waiting for outcomes: the
-        // queue they wait on is gone (a hung store call may never end).
-        self.changed.notify_all();
+    }
+
+    /// `close`'s user code, run unlocked: drops the cached copies of the
+    /// `unwritten` keys and of the `kept` dead letters, and hands the
+    /// letters to `deliver` to the handler.
+    fn hand_back(
+        &self,
+        unwritten: &[(K, Change<V>)],
+        kept: &[DeadLetter<K, V, S::Error>],
+        deliver: Vec<DeadLetter<K, V, S::Error>>,
+    ) {
         // The listeners of the copies dropped here and the handler may call
         // `flush`, which waits for the letters handed over here (and for
         // the flusher, maybe still in a hung store call): from here it
         // returns at once, as it does on the flusher.
         let _user_code = RunsUserCode::of(self.address());
-        for (key, _) in &unwritten {
+        for (key, _) in unwritten {
             self.drop_cached(key);
         }
-        for letter in &dead[dead.len() - kept_uncompared..] {
+        for letter in kept {
             self.drop_cached(&letter.key);
         }
         if !deliver.is_empty() {
@@ -857,19 +906,6 @@ where
             }
             self.state.lock().reporting -= delivered;
             self.changed.notify_all();
-        }
-        // Only another thread can see the flusher exited, so this never
-        // joins itself.
-        if exited {
-            if let Some(handle) = self.thread.lock().take() {
-                let _ = handle.join();
-            }
-        }
-        Leftovers {
-            unwritten,
-            in_flight,
-            overtaken,
-            dead,
         }
     }
 
