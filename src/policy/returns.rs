@@ -339,6 +339,10 @@ impl Returns {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     /// Hashes far apart, so that their slots differ (checked).
@@ -460,5 +464,176 @@ mod tests {
         assert_eq!(r.score, -SCORE_LIMIT);
         r.clear();
         assert_eq!((r.score, r.find(A)), (0, None));
+    }
+
+    /// The rules of the module docs over an exact map of key to (kind,
+    /// stamp), with ages in plain arithmetic.
+    #[derive(Default)]
+    struct Model {
+        records: HashMap<u64, (Kind, u64)>,
+        reads: u64,
+        arrivals: u64,
+        score: i32,
+    }
+
+    impl Model {
+        fn now(&self) -> u64 {
+            self.reads + self.arrivals
+        }
+
+        fn credit(&mut self, points: i32) {
+            self.score = (self.score + points).clamp(-SCORE_LIMIT, SCORE_LIMIT);
+        }
+
+        fn arrive(&mut self, key: u64, horizon: u64) {
+            self.arrivals += 1;
+            let now = self.now();
+            match self.records.get(&key).copied() {
+                Some((Kind::PassedOver, at)) => {
+                    if now - at <= horizon {
+                        self.credit(1);
+                    }
+                    self.records.insert(key, (Kind::Turned, at));
+                }
+                Some((Kind::Displaced, at)) => {
+                    if now - at <= horizon {
+                        self.credit(-VICTIM_DEBIT);
+                    }
+                    self.records.remove(&key);
+                }
+                _ => {}
+            }
+        }
+
+        fn read_back(&mut self, key: u64) {
+            match self.records.get(&key) {
+                Some((Kind::Given, _)) => self.credit(1),
+                Some((Kind::Spared, _)) => self.credit(-VICTIM_DEBIT),
+                _ => return,
+            }
+            self.records.remove(&key);
+        }
+
+        fn admitted(&mut self, key: u64) {
+            if let Some((Kind::Turned, _)) = self.records.get(&key) {
+                self.records.remove(&key);
+            }
+        }
+
+        fn readmit(&mut self, candidate: u64, victim: u64, waited: u64, horizon: u64) -> bool {
+            let now = self.now();
+            let returning = matches!(
+                self.records.get(&candidate),
+                Some(&(Kind::Turned | Kind::PassedOver, at)) if now - at <= horizon + waited
+            );
+            if !returning {
+                self.records.insert(candidate, (Kind::Turned, now));
+                return false;
+            }
+            if self.score > 0 {
+                self.records.insert(candidate, (Kind::Given, now));
+                self.records.insert(victim, (Kind::Displaced, now));
+                return true;
+            }
+            self.records.insert(candidate, (Kind::PassedOver, now));
+            if !matches!(self.records.get(&victim), Some((Kind::Given, _))) {
+                self.records.insert(victim, (Kind::Spared, now));
+            }
+            false
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reads(u64),
+        Arrive(usize),
+        ReadBack(usize),
+        Duel {
+            candidate: usize,
+            victim: usize,
+            won: bool,
+            waited: u64,
+        },
+        Clear,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0u64..40).prop_map(Op::Reads),
+            4 => (0usize..24).prop_map(Op::Arrive),
+            3 => (0usize..24).prop_map(Op::ReadBack),
+            6 => (0usize..24, 0usize..24, any::<bool>(), 0u64..4).prop_map(
+                |(candidate, victim, won, waited)| Op::Duel { candidate, victim, won, waited }
+            ),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    /// 24 hashes whose slots (and tags) in a table for `capacity` all
+    /// differ, so the table keeps every record as the exact map does.
+    fn keys(returns: &Returns) -> Vec<u64> {
+        let mut keys = Vec::new();
+        let (mut slots, mut tags) = (Vec::new(), Vec::new());
+        let mut h = 1u64;
+        while keys.len() < 24 {
+            h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(7);
+            let (slot, tag) = returns.place(h);
+            if !slots.contains(&slot) && !tags.contains(&tag) {
+                slots.push(slot);
+                tags.push(tag);
+                keys.push(h);
+            }
+        }
+        keys
+    }
+
+    proptest! {
+        /// Random arrivals, read backs, duels won and lost, reads and
+        /// clears: every readmission decision and the score agree with the
+        /// exact model, at capacities whose horizon the reads cross often.
+        #[test]
+        fn readmissions_follow_the_model(
+            capacity in 1u64..60,
+            ops in prop::collection::vec(op(), 1..400),
+        ) {
+            let mut returns = Returns::new(capacity);
+            let keys = keys(&returns);
+            let mut model = Model::default();
+            for op in ops {
+                match op {
+                    Op::Reads(n) => {
+                        model.reads += n;
+                        returns.set_reads(model.reads);
+                    }
+                    Op::Arrive(k) => {
+                        model.arrive(keys[k], capacity);
+                        returns.arrive(keys[k]);
+                    }
+                    Op::ReadBack(k) => {
+                        model.read_back(keys[k]);
+                        returns.read_back(keys[k]);
+                    }
+                    Op::Duel { candidate, victim, won, waited } => {
+                        if candidate == victim {
+                            continue;
+                        }
+                        let (c, v) = (keys[candidate], keys[victim]);
+                        if won {
+                            model.admitted(c);
+                            returns.admitted(c);
+                        } else {
+                            let expected = model.readmit(c, v, waited, capacity);
+                            prop_assert_eq!(returns.readmit(c, v, waited), expected);
+                        }
+                    }
+                    Op::Clear => {
+                        model.records.clear();
+                        model.score = 0;
+                        returns.clear();
+                    }
+                }
+                prop_assert_eq!(returns.score, model.score);
+            }
+        }
     }
 }
