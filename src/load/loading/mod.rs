@@ -621,6 +621,30 @@ where
         (result, self.cache.now().saturating_sub(started))
     }
 
+    /// A load found `key` absent, and absent keys are not cached: drops
+    /// what the cache held for the key, as `over` allows (not a write that
+    /// ended meanwhile).
+    fn drop_absent(&self, key: &K, over: Over, removed: &mut Removed<K, Loaded<V>>) {
+        match over {
+            Over::Stamp(stamp, _) => {
+                let doomed =
+                    |e: Option<&Loaded<V>>, _: Stripe<'_>| e.is_some_and(|e| e.stamp == stamp);
+                self.cache.remove_if(key, doomed, removed);
+            }
+            Over::Unwritten(seen) => {
+                let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| {
+                    seen.load_verdict(&stripe) == Verdict::Insert
+                };
+                self.cache.remove_if(key, doomed, removed);
+            }
+            Over::Written(_) => {
+                let doomed =
+                    |_: Option<&Loaded<V>>, stripe: Stripe<'_>| guard::write_removes(&stripe);
+                self.cache.remove_if(key, doomed, removed);
+            }
+        }
+    }
+
     /// Stores a loaded or written value (or a cached "absent") with a fresh
     /// stamp, if `over` allows: a reload replaces only the entry it was
     /// started for (or fills the key if that entry was reaped or evicted
@@ -646,28 +670,7 @@ where
             (Some(_), None, _) => s.ttl.map(|ttl| jittered(ttl, s.jitter)),
             (None, _, Some(negative)) => Some(negative),
             (None, _, None) => {
-                // Absent and not cached: drop what the cache held for the
-                // key, as `over` allows: not a write that ended meanwhile.
-                match over {
-                    Over::Stamp(stamp, _) => {
-                        let doomed = |e: Option<&Loaded<V>>, _: Stripe<'_>| {
-                            e.is_some_and(|e| e.stamp == stamp)
-                        };
-                        self.cache.remove_if(&key, doomed, removed);
-                    }
-                    Over::Unwritten(seen) => {
-                        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| {
-                            seen.load_verdict(&stripe) == Verdict::Insert
-                        };
-                        self.cache.remove_if(&key, doomed, removed);
-                    }
-                    Over::Written(_) => {
-                        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| {
-                            guard::write_removes(&stripe)
-                        };
-                        self.cache.remove_if(&key, doomed, removed);
-                    }
-                }
+                self.drop_absent(&key, over, removed);
                 return false;
             }
         };
