@@ -49,7 +49,17 @@ impl TinyLfu {
             }
         }
         self.shrink_protected(entries);
-        // `drain_window`, with the new key's unit in the window.
+        if self.drain_window_before_new(entries) || self.weighted_size() < self.capacity {
+            return Room::Insert;
+        }
+        self.evict_for_new(entries, hash)
+    }
+
+    /// `drain_window`, with the new key's unit in the window: moves the
+    /// window's untouched heads ahead of the new key to probation while the
+    /// window is over target and the main space has room. True if the new
+    /// key itself would move on (the usual path, [`Room::Insert`]).
+    fn drain_window_before_new(&mut self, entries: &impl Entries) -> bool {
         let main_max = self.capacity - self.window_max;
         while self.queues[WINDOW as usize].weight + 1 > self.window_max {
             let head = self.window_head_before_new(entries);
@@ -60,13 +70,17 @@ impl TinyLfu {
             }
             match head {
                 Some(head) => self.move_to(PROBATION, head),
-                // The new key itself would move on: the usual path.
-                None => return Room::Insert,
+                None => return true,
             }
         }
-        if self.weighted_size() < self.capacity {
-            return Room::Insert;
-        }
+        false
+    }
+
+    /// What the new key with `hash` evicts from a full cache: the main
+    /// space's victim if the window fits the new key, else the loser of
+    /// the window's candidate and the victim (the new key itself when it
+    /// is the candidate, on arrival).
+    fn evict_for_new(&mut self, entries: &impl Entries, hash: u64) -> Room {
         loop {
             if self.queues[WINDOW as usize].weight < self.window_max {
                 // The window fits the new key: the main space is over its share.
@@ -90,29 +104,41 @@ impl TinyLfu {
                 self.move_to(PROBATION, candidate);
                 continue;
             };
-            let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
-            let (evicted, evicted_hash) = match Expired::of(entries, candidate, victim) {
-                // An expired id leaves without a duel, and no ghost
-                // remembers it: the policy did not choose it.
-                Expired::Candidate => (candidate, candidate_hash),
-                Expired::Victim => {
-                    self.move_to(PROBATION, candidate);
-                    (victim, victim_hash)
-                }
-                Expired::Neither => {
-                    let candidate_freq = self.sketch.estimate(candidate_hash);
-                    let judged_fresh = self.window_of_one();
-                    if self.admit(candidate_freq, candidate_hash, victim_hash, judged_fresh) {
-                        self.move_to(PROBATION, candidate);
-                        self.remember(Side::Main, victim_hash);
-                        (victim, victim_hash)
-                    } else {
-                        self.remember(Side::Window, candidate_hash);
-                        (candidate, candidate_hash)
-                    }
-                }
-            };
+            let (evicted, evicted_hash) = self.duel_before_new(entries, candidate, victim);
             return Room::Evict(evicted, Placement(WINDOW), Some(evicted_hash));
+        }
+    }
+
+    /// The duel of the window's `candidate`, ahead of the new key, against
+    /// the main space's `victim`: the winner stays (a winning candidate
+    /// moves to probation); the loser, returned with its hash, is evicted.
+    fn duel_before_new(
+        &mut self,
+        entries: &impl Entries,
+        candidate: u32,
+        victim: u32,
+    ) -> (u32, u64) {
+        let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
+        match Expired::of(entries, candidate, victim) {
+            // An expired id leaves without a duel, and no ghost
+            // remembers it: the policy did not choose it.
+            Expired::Candidate => (candidate, candidate_hash),
+            Expired::Victim => {
+                self.move_to(PROBATION, candidate);
+                (victim, victim_hash)
+            }
+            Expired::Neither => {
+                let candidate_freq = self.sketch.estimate(candidate_hash);
+                let judged_fresh = self.window_of_one();
+                if self.admit(candidate_freq, candidate_hash, victim_hash, judged_fresh) {
+                    self.move_to(PROBATION, candidate);
+                    self.remember(Side::Main, victim_hash);
+                    (victim, victim_hash)
+                } else {
+                    self.remember(Side::Window, candidate_hash);
+                    (candidate, candidate_hash)
+                }
+            }
         }
     }
 
