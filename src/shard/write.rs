@@ -57,33 +57,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let grew = match found {
             Some(id) => self.replace(id, w, now, removed),
             None if !self.policy.is_weighted() => {
-                if self.policy.len() as u64 >= capacity {
-                    self.reap_for_room(now, removed);
-                    if self.policy.len() as u64 >= capacity && expired_on_arrival(&w, now) {
-                        return self.turn_away_expired(w, removed);
-                    }
-                }
-                let entries =
-                    SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
-                let room = self.policy.make_room(&entries, w.hash);
-                panic = entries.into_panic();
-                match room {
-                    Room::Insert => {
-                        self.push(w, false);
-                        true
-                    }
-                    Room::Evict(victim, placement, victim_hash) => {
-                        // The key whose `Hash` panicked may be the victim's:
-                        // its hash is then the stand-in, not the table's.
-                        let victim_hash = victim_hash.filter(|_| panic.is_none());
-                        self.refill(victim, placement, victim_hash, w, now, removed);
-                        false
-                    }
-                    Room::Reject => {
-                        self.count(RemovalCause::Size, &w.value);
-                        removed.push(w.key, w.value, RemovalCause::Size);
-                        false
-                    }
+                match self.insert_new_unweighted(w, capacity, now, removed, &mut panic) {
+                    Some(grew) => grew,
+                    None => return,
                 }
             }
             None => {
@@ -110,6 +86,51 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             // caller's `notify::Delivery` hands over the removals.
             resume_unwind(panic);
         }
+    }
+
+    /// [`insert`](Self::insert) of a new key into an unweighted shard: the
+    /// policy decides what its arrival evicts before it has an id
+    /// ([`TinyLfu::make_room`]), and the key takes the evicted entry's id,
+    /// or a new one, or is turned away. Whether the shard grew; `None` if
+    /// the key was turned away as expired on arrival. A `Hash` panic caught
+    /// in the policy's work goes to `panic`.
+    #[inline]
+    fn insert_new_unweighted(
+        &mut self,
+        w: Write<K, V>,
+        capacity: u64,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+        panic: &mut Option<Panic>,
+    ) -> Option<bool> {
+        if self.policy.len() as u64 >= capacity {
+            self.reap_for_room(now, removed);
+            if self.policy.len() as u64 >= capacity && expired_on_arrival(&w, now) {
+                self.turn_away_expired(w, removed);
+                return None;
+            }
+        }
+        let entries = SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
+        let room = self.policy.make_room(&entries, w.hash);
+        *panic = entries.into_panic();
+        Some(match room {
+            Room::Insert => {
+                self.push(w, false);
+                true
+            }
+            Room::Evict(victim, placement, victim_hash) => {
+                // The key whose `Hash` panicked may be the victim's: its
+                // hash is then the stand-in, not the table's.
+                let victim_hash = victim_hash.filter(|_| panic.is_none());
+                self.refill(victim, placement, victim_hash, w, now, removed);
+                false
+            }
+            Room::Reject => {
+                self.count(RemovalCause::Size, &w.value);
+                removed.push(w.key, w.value, RemovalCause::Size);
+                false
+            }
+        })
     }
 
     /// Turns away a new entry that is expired as it arrives (a zero
