@@ -13,7 +13,7 @@ use super::{Fallback, LoadingCache, LoadingInner, Over, Read, waits_for_batch};
 use crate::load::Loader;
 use crate::{
     load::{
-        flight::{Flight, Outcome, Role},
+        flight::{Flight, LeaderGuard, Outcome, Role},
         guard::{self, Seen},
     },
     maintenance::Awaited,
@@ -168,6 +168,22 @@ where
                 Read::Load(fallback) => missing.push((key, fallback)),
             }
         }
+        let led = self.lead_missing(missing, &mut batch);
+        if !led.is_empty() {
+            self.load_led(led, &mut batch);
+        }
+        batch
+    }
+
+    /// The flights of the `missing` keys: those this read leads (a reload
+    /// still queued for a worker included), with their fallbacks; the
+    /// others, which another caller leads, go to the batch's waits, and a
+    /// key loaded meanwhile to its answers.
+    fn lead_missing(
+        &self,
+        missing: Vec<(K, Option<Fallback<V>>)>,
+        batch: &mut Batch<K, V, E>,
+    ) -> Vec<Led<K, V>> {
         let mut led = Vec::new();
         for (key, fallback) in missing {
             let guard = match self.flights.begin_batch(&key) {
@@ -189,9 +205,14 @@ where
                 None => led.push((guard, fallback)),
             }
         }
-        if led.is_empty() {
-            return batch;
-        }
+        led
+    }
+
+    /// Loads the keys of the `led` flights with one
+    /// [`Loader::load_many`] call, stores and answers them, and closes
+    /// their flights; on an error, answers each with its fallback or the
+    /// error.
+    fn load_led(&self, led: Vec<Led<K, V>>, batch: &mut Batch<K, V, E>) {
         let keys: Vec<K> = led.iter().map(|(g, _)| g.key().clone()).collect();
         let seen: Vec<Seen> = keys.iter().map(|k| guard::seen(&self.cache, k)).collect();
         match self.timed(|| self.loader.load_many(&keys)) {
@@ -223,9 +244,11 @@ where
                 }
             }
         }
-        batch
     }
 }
+
+/// A flight a bulk read leads, and its key's stale-if-error fallback.
+type Led<K, V> = (LeaderGuard<K, Option<V>>, Option<Fallback<V>>);
 
 /// A bulk read under way: what it has found, its last failure, how many
 /// keys it answered with a stale-if-error value, and the keys it still
