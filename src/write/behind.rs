@@ -333,6 +333,31 @@ struct State<K, V, E> {
     max_store_time: Duration,
 }
 
+impl<K, V, E> State<K, V, E> {
+    /// The state of a new queue of `lanes` lanes, around `buffer`.
+    fn new(buffer: Buffer<K, V>, lanes: usize) -> Self {
+        State {
+            buffer,
+            flying: Arc::default(),
+            flying_slots: Vec::new(),
+            spares: (0..lanes).map(|_| Vec::new()).collect(),
+            closing: false,
+            stop: false,
+            exited: false,
+            idle: false,
+            closed: buffer::BufferStats::default(),
+            handed_back: None,
+            kept: Vec::new(),
+            uncompared: Vec::new(),
+            uncompared_count: 0,
+            reporting: 0,
+            store_calls: 0,
+            store_time: Duration::ZERO,
+            max_store_time: Duration::ZERO,
+        }
+    }
+}
+
 /// The changes of one store call.
 type Batch<K, V> = Vec<(K, Change<V>)>;
 
@@ -358,6 +383,17 @@ struct Inbox<K, V> {
 /// One lane, alone on its cache lines.
 #[repr(align(128))]
 struct Lane<K, V>(Mutex<Inbox<K, V>>);
+
+impl<K, V> Default for Lane<K, V> {
+    fn default() -> Self {
+        Lane(Mutex::new(Inbox {
+            changes: Vec::new(),
+            since: 0,
+            counted: 0,
+            closed: false,
+        }))
+    }
+}
 
 /// `wake_at` while the flusher is awake.
 const AWAKE: u64 = 0;
@@ -426,16 +462,7 @@ where
             .next_power_of_two();
         let hasher = RandomState::new();
         let queue = Arc::new(Queue {
-            lanes: (0..lanes)
-                .map(|_| {
-                    Lane(Mutex::new(Inbox {
-                        changes: Vec::new(),
-                        since: 0,
-                        counted: 0,
-                        closed: false,
-                    }))
-                })
-                .collect(),
+            lanes: (0..lanes).map(|_| Lane::default()).collect(),
             undrained: Padded(AtomicUsize::new(0)),
             // Small against the capacity (the lanes' uncounted changes are
             // slack in the fast capacity check) and against a batch (so a
@@ -445,25 +472,10 @@ where
                 .clamp(1, 32),
             held: Padded(AtomicUsize::new(0)),
             wake_at: Padded(AtomicU64::new(AWAKE)),
-            state: Padded(Mutex::new(State {
-                buffer: Buffer::with_hasher(config.max_attempts, config.backoff, hasher.clone()),
-                flying: Arc::default(),
-                flying_slots: Vec::new(),
-                spares: (0..lanes).map(|_| Vec::new()).collect(),
-                closing: false,
-                stop: false,
-                exited: false,
-                idle: false,
-                closed: buffer::BufferStats::default(),
-                handed_back: None,
-                kept: Vec::new(),
-                uncompared: Vec::new(),
-                uncompared_count: 0,
-                reporting: 0,
-                store_calls: 0,
-                store_time: Duration::ZERO,
-                max_store_time: Duration::ZERO,
-            })),
+            state: Padded(Mutex::new(State::new(
+                Buffer::with_hasher(config.max_attempts, config.backoff, hasher.clone()),
+                lanes,
+            ))),
             changed: Condvar::new(),
             wake,
             config,
