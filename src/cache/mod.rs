@@ -502,8 +502,9 @@ where
     fn lookup_totals(&self) -> (u64, u64) {
         let (retracted, misses) = self.lookups.totals();
         let counted: u64 = self.shards.iter().map(ShardCell::hits).sum();
-        // Read after the locks' counts, a retraction may be newer than the
-        // count it takes back from.
+        // The counters are read without ordering between them: a
+        // retraction may be seen before the lock's count of the hit it
+        // takes back.
         (counted.saturating_sub(retracted), misses)
     }
 

@@ -110,8 +110,9 @@ impl<K, V> ShardCell<K, V> {
     }
 
     /// Releases `guard` (from this cell's [`read`](Self::read)), counting
-    /// a hit in the lock's own word if `hit`: how a `get` leaves. The
-    /// caller counts misses apart.
+    /// a hit in the lock's own word if `hit`: how every read of an entry
+    /// leaves (the stats' hits, and the clock of a small cache's
+    /// readmissions). The caller counts misses apart.
     #[inline]
     pub(crate) fn unlock_counting(guard: RwLockReadGuard<'_, Shard<K, V>>, hit: bool) {
         lock::unlock_counting(guard, hit);

@@ -148,8 +148,8 @@ impl TinyLfu {
 
     /// TinyLFU admission: whether the window's candidate, with estimate
     /// `candidate_freq` and hash `candidate`, should replace the main
-    /// space's victim, with hash `victim`. The
-    /// candidate needs a higher estimate than the victim; a `fresh` one
+    /// space's victim, with hash `victim`. The candidate needs a higher
+    /// estimate than the victim; a `fresh` one
     /// (the key being added, straight out of an empty or full-of-touched
     /// window, or the candidate of a [window of one](Self::window_of_one))
     /// needs more than one higher. A fresh candidate's estimate is
