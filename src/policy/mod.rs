@@ -615,6 +615,15 @@
 //! measured as an exact map. Comparison bench, 64 replays: `cpp`@100
 //! 77.53 against quick_cache's 77.51.
 //!
+//! The same night, what the split into 8 shards costs `P6`@50k (the row
+//! nearest the line at equal capacity: 0.27 to 0.51 behind moka held to
+//! its capacity): with the window fixed at 0.5% of the capacity, 1 shard
+//! 44.75 and 8 shards 44.88 (two seeds); at 2%, 44.6 and 44.39; adaptive,
+//! 45.0 and 44.69. So the loss is the adaptation's, per shard. One window
+//! target shared by the 8 shards (each shard's votes moving it by an
+//! eighth of what they move its own): 44.72 over four seeds, no better.
+//! Not built.
+//!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
 //! votes wandered between 0 and about 1% of the capacity, where the
