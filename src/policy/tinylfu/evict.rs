@@ -221,12 +221,19 @@ impl TinyLfu {
     /// The window's untouched head, after giving touched heads a second
     /// chance at the window's tail (the CLOCK stand-in for LRU order).
     fn window_head(&mut self, entries: &impl Entries) -> Option<u32> {
+        self.untouched_head(WINDOW, entries)
+    }
+
+    /// The untouched head of queue `tag`, touched heads recycled to its
+    /// tail (their touches folded into the sketch).
+    #[inline]
+    fn untouched_head(&mut self, tag: u8, entries: &impl Entries) -> Option<u32> {
         loop {
-            let head = self.queues[WINDOW as usize].head;
+            let head = self.queues[tag as usize].head;
             if head == NIL || !self.fold(head, entries) {
                 return (head != NIL).then_some(head);
             }
-            self.move_to(WINDOW, head);
+            self.move_to(tag, head);
         }
     }
 
@@ -252,13 +259,7 @@ impl TinyLfu {
     /// The protected segment's untouched head, touched heads recycled to
     /// its tail.
     fn protected_head(&mut self, entries: &impl Entries) -> Option<u32> {
-        loop {
-            let head = self.queues[PROTECTED as usize].head;
-            if head == NIL || !self.fold(head, entries) {
-                return (head != NIL).then_some(head);
-            }
-            self.move_to(PROTECTED, head);
-        }
+        self.untouched_head(PROTECTED, entries)
     }
 
     /// Demotes protected heads to probation while protected is over target.

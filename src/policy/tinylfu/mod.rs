@@ -505,18 +505,7 @@ impl TinyLfu {
             self.weights[t] = self.weights[f];
         }
         if tag != VACANT {
-            let queue = &mut self.queues[tag as usize];
-            if prev == NIL {
-                queue.head = to
-            } else {
-                self.links[prev as usize][NEXT] = to
-            }
-            let queue = &mut self.queues[tag as usize];
-            if next == NIL {
-                queue.tail = to
-            } else {
-                self.links[next as usize][PREV] = to
-            }
+            self.point_neighbours(tag, prev, next, to, to);
         }
         self.vacant -= 1;
         self.pop_last();
@@ -776,20 +765,27 @@ impl TinyLfu {
         let [prev, next] = self.links[id as usize];
         let tag = self.tags[id as usize];
         debug_assert!(tag < VACANT, "unlinking a vacant id");
-        let queue = &mut self.queues[tag as usize];
-        queue.weight -= weight;
-        if prev == NIL {
-            queue.head = next
-        } else {
-            self.links[prev as usize][NEXT] = next
-        }
-        let queue = &mut self.queues[tag as usize];
-        if next == NIL {
-            queue.tail = prev
-        } else {
-            self.links[next as usize][PREV] = prev
-        }
+        self.queues[tag as usize].weight -= weight;
+        self.point_neighbours(tag, prev, next, next, prev);
         self.links[id as usize] = [NIL, NIL];
+    }
+
+    /// Points the neighbours an id had in queue `tag`, `prev` and `next`,
+    /// (or the queue's ends where it had none) past it: `prev` forward to
+    /// `forward`, `next` back to `back`. An id that leaves passes its
+    /// neighbours to each other; one that moves to a new slot, its slot.
+    #[inline]
+    fn point_neighbours(&mut self, tag: u8, prev: u32, next: u32, forward: u32, back: u32) {
+        if prev == NIL {
+            self.queues[tag as usize].head = forward
+        } else {
+            self.links[prev as usize][NEXT] = forward
+        }
+        if next == NIL {
+            self.queues[tag as usize].tail = back
+        } else {
+            self.links[next as usize][PREV] = back
+        }
     }
 
     /// Moves `id` to the tail of queue `tag`.
