@@ -14,13 +14,20 @@
 //!    public ARC and LIRS traces, each replayed whole (P6 and P12 are
 //!    12.7M and 13.2M requests). Each request is a `get`, then an `insert`
 //!    on a miss; moka runs its pending tasks every 64 requests so its policy
-//!    sees the accesses. `⚠` marks rows where larder trails the best of the
+//!    sees the accesses (as moka 0.12 does by itself: it runs them once 64
+//!    reads or writes wait, its `READ_LOG_FLUSH_POINT` and
+//!    `WRITE_LOG_FLUSH_POINT`). `⚠` marks rows where larder trails the best of the
 //!    other two by more than half a point. Between two of those runs moka
 //!    holds up to 64 entries beyond its capacity, which on caches of a few
 //!    hundred entries is worth points of hit ratio, so a second moka column
 //!    replays with its pending tasks run after every request, held to its
 //!    capacity as larder and quick_cache are; a second mark, `⚠ held`,
-//!    compares larder with that column and quick_cache. Every cache seeds
+//!    compares larder with that column and quick_cache. The last two
+//!    columns say what moka as it runs held: its mean entries per request
+//!    once first full (what it held after its last run of pending tasks,
+//!    plus the keys inserted since), and larder's hit ratio when given that
+//!    many entries, so a row moka wins by holding more than its capacity
+//!    can also be read at equal size. Every cache seeds
 //!    its hasher afresh, and on the small traces the seed alone moves a
 //!    cache's hit ratio by up to 4 points (larder's `zigzag`@500 gave
 //!    19.6 to 23.9 over 16 runs, quick_cache's `cpp`@100 76.9 to 77.7), so
@@ -79,7 +86,7 @@ mod histogram;
 #[allow(dead_code)]
 mod workload;
 
-use caches::{BenchCache, mixed_op, replay, replay_syncing};
+use caches::{BenchCache, mixed_op, replay, replay_sized, replay_syncing};
 use histogram::{Histogram, fmt_nanos};
 use workload::{
     TraceError, XorShift, hot_scan_stream, loop_stream, mixed_stream, read_trace, trace_dir,
@@ -418,16 +425,33 @@ impl HitTable {
         };
         // A hit ratio does not depend on timing, so the slowest replays
         // (moka's) run on threads of their own while the other two share
-        // this one.
-        let ((l, lt), (m, mt), (h, ht), (q, qt)) = thread::scope(|s| {
-            let moka = s.spawn(|| mean(&|| replay(&caches::moka(capacity), keys)));
+        // this one. Moka as it runs also reports the entries it held.
+        let ((l, lt), (m, mt, held_full), (h, ht), (q, qt)) = thread::scope(|s| {
+            let moka = s.spawn(|| {
+                let start = Instant::now();
+                let runs: Vec<_> = (0..replays)
+                    .map(|_| replay_sized(&caches::moka(capacity), keys, 64, capacity))
+                    .collect();
+                let n = runs.len() as f64;
+                (
+                    runs.iter().map(|r| r.ratio).sum::<f64>() / n,
+                    start.elapsed().as_secs_f64(),
+                    runs.iter().map(|r| r.mean_held_full).sum::<f64>() / n,
+                )
+            });
             let held = s.spawn(|| mean(&|| replay_syncing(&caches::moka(capacity), keys, 1)));
             let larder = mean(&|| replay(&caches::larder(capacity), keys));
             let quick = mean(&|| replay(&caches::quick(capacity), keys));
-            let join = |replay: thread::ScopedJoinHandle<'_, _>| {
-                replay.join().expect("moka replay panicked")
-            };
-            (larder, join(moka), join(held), quick)
+            let moka = moka.join().expect("moka replay panicked");
+            let held = held.join().expect("moka replay panicked");
+            (larder, moka, held, quick)
+        });
+        // larder given the entries moka held on average once full, so the
+        // rows moka wins by holding more than its capacity can be read at
+        // equal size too (see the section's header).
+        let at_size = (held_full.is_finite() && held_full.round() as u64 > capacity).then(|| {
+            let size = held_full.round() as u64;
+            (size, mean(&|| replay(&caches::larder(size), keys)).0)
         });
         eprintln!(
             "hit ratio: {workload} at {capacity}, {replays} replays: took larder {lt:.1} s, \
@@ -439,7 +463,13 @@ impl HitTable {
         } else {
             format!("{} ×{replays}", keys.len())
         };
-        self.print(workload, &requests, &capacity.to_string(), ratios);
+        self.print(
+            workload,
+            &requests,
+            &capacity.to_string(),
+            ratios,
+            Some((held_full, at_size)),
+        );
         self.rows.push(ratios);
     }
 
@@ -457,15 +487,35 @@ impl HitTable {
         }
     }
 
-    fn print(&mut self, workload: &str, requests: &str, capacity: &str, [l, m, h, q]: [f64; 4]) {
+    /// Prints a row; `sizes` is moka's mean entries held once full and,
+    /// where that passes the capacity, larder's hit ratio at that size.
+    fn print(
+        &mut self,
+        workload: &str,
+        requests: &str,
+        capacity: &str,
+        [l, m, h, q]: [f64; 4],
+        sizes: Option<(f64, Option<(u64, f64)>)>,
+    ) {
         let behind = l < m.max(q) - 0.5;
         let behind_held = l < h.max(q) - 0.5;
         self.flagged += usize::from(behind);
         self.flagged_held += usize::from(behind_held);
         let flag = if behind { "⚠" } else { "" };
         let flag_held = if behind_held { "⚠ held" } else { "" };
+        let (held, at_size) = match sizes {
+            Some((held, at_size)) => (
+                if held.is_finite() {
+                    format!("{held:.0}")
+                } else {
+                    "never full".into()
+                },
+                at_size.map_or_else(|| "–".into(), |(_, ratio)| format!("{ratio:.2}")),
+            ),
+            None => (String::new(), String::new()),
+        };
         println!(
-            "| {workload} | {requests} | {capacity} | {l:.2} | {m:.2} | {h:.2} | {q:.2} | {flag} | {flag_held} |"
+            "| {workload} | {requests} | {capacity} | {l:.2} | {m:.2} | {h:.2} | {q:.2} | {flag} | {flag_held} | {held} | {at_size} |"
         );
     }
 }
@@ -480,12 +530,15 @@ fn hit_ratios(trace_dir: &Path) {
          capacity). Workloads of fewer than {REPLAYS_BELOW} requests are replayed several times \
          (×n), each time with fresh caches and so fresh hash seeds, and the row gives the mean. \
          ⚠: larder more than 0.5 points below the better of moka and quick_cache; \
-         ⚠ held: below the better of moka held to its capacity and quick_cache.\n"
+         ⚠ held: below the better of moka held to its capacity and quick_cache. \
+         The last two columns measure what moka as it runs holds: its mean entries per request \
+         once it was first full, and larder's hit ratio given that many entries (– where moka \
+         held no more than its capacity).\n"
     );
     println!(
-        "| workload | requests | capacity | larder % | moka % | moka held to capacity % | quick_cache % | | |"
+        "| workload | requests | capacity | larder % | moka % | moka held to capacity % | quick_cache % | | | moka's mean entries | larder at that size % |"
     );
-    println!("|---|--:|--:|--:|--:|--:|--:|---|---|");
+    println!("|---|--:|--:|--:|--:|--:|--:|---|---|--:|--:|");
     let mut table = HitTable::from_env();
     for (i, s) in [0.8, 1.0, 1.2].into_iter().enumerate() {
         let workload = format!("Zipf s={s:.1} over 1M keys");
@@ -541,6 +594,7 @@ fn hit_ratios(trace_dir: &Path) {
         &format!("{rows} rows"),
         "",
         [mean(0), mean(1), mean(2), mean(3)],
+        None,
     );
     println!(
         "\n{flagged} of {rows} rows flagged ⚠; {flagged_held} against moka held to its capacity (⚠ held)."

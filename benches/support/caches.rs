@@ -143,16 +143,50 @@ pub(crate) fn replay<C: BenchCache>(cache: &C, keys: &[u64]) -> f64 {
 /// capacity (up to `every` more entries), so `every = 1` holds it to its
 /// capacity, as larder and quick_cache always are.
 pub(crate) fn replay_syncing<C: BenchCache>(cache: &C, keys: &[u64], every: usize) -> f64 {
-    let mut hits = 0u64;
+    replay_sized(cache, keys, every, u64::MAX).ratio
+}
+
+/// A replay's hit ratio, and how many entries the cache held meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replayed {
+    /// Percent of requests that hit.
+    pub(crate) ratio: f64,
+    /// Mean entries held per request once the cache was first full
+    /// (`NaN` if it never filled).
+    pub(crate) mean_held_full: f64,
+}
+
+/// [`replay_syncing`], also measuring the entries the cache holds after
+/// each request once it has first reached `capacity`: what it held at its
+/// last sync (exact for moka then) plus the keys inserted since, each a
+/// miss and so a key it did not hold.
+pub(crate) fn replay_sized<C: BenchCache>(
+    cache: &C,
+    keys: &[u64],
+    every: usize,
+    capacity: u64,
+) -> Replayed {
+    let (mut hits, mut synced, mut since) = (0u64, 0u64, 0u64);
+    let (mut held_sum, mut full_requests) = (0u64, 0u64);
     for (i, &key) in keys.iter().enumerate() {
         if cache.get(key).is_some() {
             hits += 1;
         } else {
             cache.insert(key, key);
+            since += 1;
         }
         if i % every == every - 1 {
             cache.sync();
+            synced = cache.len();
+            since = 0;
+        }
+        if full_requests > 0 || synced + since >= capacity {
+            held_sum += synced + since;
+            full_requests += 1;
         }
     }
-    100.0 * hits as f64 / keys.len().max(1) as f64
+    Replayed {
+        ratio: 100.0 * hits as f64 / keys.len().max(1) as f64,
+        mean_held_full: held_sum as f64 / full_requests as f64,
+    }
 }
