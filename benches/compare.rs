@@ -376,6 +376,10 @@ struct HitTable {
     /// Rows where larder trails the better of moka held to its capacity
     /// and quick_cache.
     flagged_held: usize,
+    /// Rows flagged ⚠ where larder given moka's mean entries (as moka ran)
+    /// is no more than half a point below the better of moka and
+    /// quick_cache.
+    flagged_within_at_size: usize,
     /// Workload prefixes of the rows to run (`LARDER_COMPARE_ROWS`); all
     /// rows when `None`.
     only: Option<Vec<String>>,
@@ -501,6 +505,9 @@ impl HitTable {
         let behind_held = l < h.max(q) - 0.5;
         self.flagged += usize::from(behind);
         self.flagged_held += usize::from(behind_held);
+        if let Some((_, Some((_, at_size)))) = sizes {
+            self.flagged_within_at_size += usize::from(behind && at_size >= m.max(q) - 0.5);
+        }
         let flag = if behind { "⚠" } else { "" };
         let flag_held = if behind_held { "⚠ held" } else { "" };
         let (held, at_size) = match sizes {
@@ -588,7 +595,12 @@ fn hit_ratios(trace_dir: &Path) {
 
     let n = table.rows.len().max(1) as f64;
     let mean = |i: usize| table.rows.iter().map(|r| r[i]).sum::<f64>() / n;
-    let (rows, flagged, flagged_held) = (table.rows.len(), table.flagged, table.flagged_held);
+    let (rows, flagged, flagged_held, within) = (
+        table.rows.len(),
+        table.flagged,
+        table.flagged_held,
+        table.flagged_within_at_size,
+    );
     table.print(
         "**average**",
         &format!("{rows} rows"),
@@ -597,7 +609,9 @@ fn hit_ratios(trace_dir: &Path) {
         None,
     );
     println!(
-        "\n{flagged} of {rows} rows flagged ⚠; {flagged_held} against moka held to its capacity (⚠ held)."
+        "\n{flagged} of {rows} rows flagged ⚠; {flagged_held} against moka held to its capacity (⚠ held). \
+         Of the {flagged} flagged, {within} within half a point of the better of moka and quick_cache \
+         when larder holds moka's mean entries."
     );
     for note in notes {
         println!("\nNote: {note}");
