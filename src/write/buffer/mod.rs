@@ -405,6 +405,22 @@ fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
+/// Coalesces a write numbered `seq`, tagged `tag`, into its key's waiting
+/// change: it replaces the change (and becomes its `last` write) unless it
+/// came through the same drain as the change held and was pushed before it
+/// there, a drain's older write arriving late, which leaves it as it was.
+fn coalesce<V>(pending: &mut Pending<V>, change: Change<V>, seq: Seq, tag: Option<Tag>) {
+    let newer = match (pending.tag, tag) {
+        (Some(held), Some(this)) if held.drain == this.drain => !before(this.order, held.order),
+        _ => true,
+    };
+    if newer {
+        pending.change = change;
+        pending.last = seq;
+        pending.tag = tag;
+    }
+}
+
 /// The writes a key has in flight: `first..=last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Flight {
@@ -599,17 +615,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             Some(slot) => match &mut slot.pending {
                 Some(pending) => {
                     self.stats.coalesced += 1;
-                    let newer = match (pending.tag, tag) {
-                        (Some(held), Some(this)) if held.drain == this.drain => {
-                            !before(this.order, held.order)
-                        }
-                        _ => true,
-                    };
-                    if newer {
-                        pending.change = change;
-                        pending.last = seq;
-                        pending.tag = tag;
-                    }
+                    coalesce(pending, change, seq, tag);
                     return Ok(seq);
                 }
                 // Only in flight: wait behind it, in no index.
@@ -617,26 +623,33 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             },
             None => {
                 let copy = copy.expect("a new slot's key was copied");
-                self.queue.insert(
-                    seq,
-                    Hashed {
-                        hash,
-                        id: seq,
-                        key: copy,
-                    },
-                );
-                let key = Hashed { hash, id: seq, key };
-                self.slots.insert(
-                    key,
-                    Slot {
-                        pending: Some(fresh(change)),
-                        flight: None,
-                    },
-                );
+                self.insert_slot(hash, key, copy, fresh(change));
             }
         }
         self.outstanding.insert(seq);
         Ok(seq)
+    }
+
+    /// Gives `key` (hashed `hash`) a new slot with `pending`, queued under
+    /// `pending.first`; `copy` is the key's copy the queue keeps.
+    fn insert_slot(&mut self, hash: u64, key: K, copy: K, pending: Pending<V>) {
+        let seq = pending.first;
+        self.queue.insert(
+            seq,
+            Hashed {
+                hash,
+                id: seq,
+                key: copy,
+            },
+        );
+        let key = Hashed { hash, id: seq, key };
+        self.slots.insert(
+            key,
+            Slot {
+                pending: Some(pending),
+                flight: None,
+            },
+        );
     }
 
     /// Whether the flusher should send a batch now: `batch_size` entries are
