@@ -875,3 +875,46 @@ fn exact_under_writes(cache: Cache<u64, u64>, present: u64, new_keys: bool) {
     let stats = cache.stats();
     assert_eq!((stats.hits(), stats.misses()), (hits, misses));
 }
+
+/// A loading cache's reads count their hits in the shard lock too, and a
+/// read that finds an entry only in its stale-if-error window (a fallback:
+/// counted a hit as the lock is released, then judged a miss) retracts
+/// that hit: with every key in its fallback window and threads reading it
+/// while the first of them reload it, the stats add up to the reads.
+#[test]
+fn hits_and_misses_are_exact_for_a_loading_cache_whose_reads_fall_back() {
+    const READS: u64 = 5_000;
+    const KEYS: u64 = 200;
+    let clock = MockClock::new();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .time_to_live(Duration::from_secs(10))
+        .max_capacity(1_000)
+        .num_shards(SHARDS)
+        .loader(|k: &u64| Ok::<_, String>(Some(*k)))
+        .stale_if_error(Duration::from_secs(100))
+        .build()
+        .unwrap();
+    // Half the keys loaded, then all of those past their time to live and
+    // inside their fallback window; the other half never loaded.
+    for key in 0..KEYS / 2 {
+        assert_eq!(cache.get(&key).unwrap(), Some(key));
+    }
+    clock.advance(Duration::from_secs(20));
+    let before = cache.stats();
+    let reader_cache = cache.clone();
+    parallel(TIMEOUT, "reader", THREADS, move |t| {
+        for i in 0..READS {
+            let key = (i * 7 + t as u64) % KEYS;
+            assert_eq!(reader_cache.get(&key).unwrap(), Some(key));
+        }
+    });
+    let stats = cache.stats();
+    let (hits, misses) = (
+        stats.hits() - before.hits(),
+        stats.misses() - before.misses(),
+    );
+    assert_eq!(hits + misses, THREADS as u64 * READS, "{stats:?}");
+    assert!(misses >= KEYS, "each key missed once at least: {stats:?}");
+    assert!(hits > 0, "{stats:?}");
+}

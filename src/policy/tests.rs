@@ -387,12 +387,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u32..8).prop_map(Op::Insert),
-        2 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Update(i, w)),
-        4 => (any::<usize>(), 1u8..20).prop_map(|(i, n)| Op::Touch(i, n)),
-        2 => any::<usize>().prop_map(Op::Remove),
-        5 => Just(Op::Victim),
-        3 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Return(i, w)),
+        22 => filling_op(),
         1 => Just(Op::Clear),
     ]
 }
@@ -432,9 +427,17 @@ fn key_hash(key: u64) -> u64 {
 }
 
 /// The op strategy without `Clear`, so that a cache of 100 or more units
-/// fills up.
+/// fills up. Generated as such, not filtered out of `op`: a filter's
+/// rejections (one op in 23) ran past proptest's limit at 4,000 cases.
 fn filling_op() -> impl Strategy<Value = Op> {
-    op().prop_filter("no clear", |o| !matches!(o, Op::Clear))
+    prop_oneof![
+        6 => (0u32..8).prop_map(Op::Insert),
+        2 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Update(i, w)),
+        4 => (any::<usize>(), 1u8..20).prop_map(|(i, n)| Op::Touch(i, n)),
+        2 => any::<usize>().prop_map(Op::Remove),
+        5 => Just(Op::Victim),
+        3 => (any::<usize>(), 0u32..8).prop_map(|(i, w)| Op::Return(i, w)),
+    ]
 }
 
 /// Runs `ops` against a policy of `capacity` (its window set to `window`
