@@ -1351,3 +1351,50 @@ fn a_key_hash_panicking_while_its_shard_is_reaped_leaves_the_other_shards_reaped
         cache.check_invariants();
     }
 }
+
+/// A key whose `Hash` panics every call once stored is a logic error (as
+/// for `std`'s `HashMap`), which larder keeps to that key's shard: the
+/// shard stays consistent and reads work, but once it is full every new
+/// key's insert meets the key as the policy's victim and raises the panic
+/// (the insert finishes first, and the shard holds at most one entry over
+/// its bound until the next write), until `invalidate_all`, which hashes
+/// no key, removes it.
+#[test]
+fn a_key_hash_that_always_panics_stays_in_its_shard_until_invalidate_all() {
+    let cache: Cache<Spoiled, u32> = Cache::builder()
+        .max_capacity(10)
+        .num_shards(1)
+        .build()
+        .unwrap();
+    cache.insert(Spoiled(0), 0);
+    SPOILED.set(Some(0));
+    let insert = |k: u32| panic::catch_unwind(AssertUnwindSafe(|| cache.insert(Spoiled(k), k)));
+    // Room for nine more: no eviction, no panic.
+    for k in 1..10 {
+        assert!(insert(k).is_ok(), "key {k} fits");
+    }
+    let panicked = (10..110).filter(|&k| insert(k).is_err()).count();
+    assert_eq!(
+        panicked, 100,
+        "every new key's eviction met the spoiled key"
+    );
+    assert!(cache.entry_count() <= 11, "{}", cache.entry_count());
+    // Reads still work: each key found holds its own value, and the keys
+    // found are all the shard holds but the spoiled one.
+    let found = (1..110)
+        .filter(|&k| {
+            cache
+                .get(&Spoiled(k))
+                .inspect(|&v| assert_eq!(v, k))
+                .is_some()
+        })
+        .count();
+    assert_eq!(found as u64 + 1, cache.entry_count());
+    cache.invalidate_all();
+    assert_eq!(cache.entry_count(), 0);
+    let panicked = (200..300).filter(|&k| insert(k).is_err()).count();
+    SPOILED.set(None);
+    assert_eq!(panicked, 0, "the spoiled key is gone");
+    assert_eq!(cache.entry_count(), 10);
+    cache.check_invariants();
+}

@@ -56,7 +56,12 @@ use crate::{
 /// while an insert's eviction policy chooses what to evict, with that
 /// insert and its evictions finished first (the policy goes on with a
 /// stand-in hash, which only blurs its frequency counts) and then the
-/// panic raised to the caller.
+/// panic raised to the caller. A stored key whose `Hash` comes to panic
+/// on every call is a logic error, as it is for `std`'s `HashMap`: its
+/// shard stays consistent, but every write that must unlink that key
+/// (reaping it, moving its entry in a removal, evicting it once the shard
+/// is full) raises the panic; [`invalidate_all`](Cache::invalidate_all),
+/// which hashes no key, clears it.
 ///
 /// # Examples
 ///
