@@ -5,7 +5,8 @@
 //! or `close`; the buffer compares keys only when a change comes in, so a
 //! key that cannot be compared on the flusher is still sent, retried and
 //! dead-lettered, and one that cannot be compared or copied as the queue
-//! takes its change in is dead-lettered.
+//! takes its change in, or copied as the flusher takes it for a batch or
+//! keeps its letter, is dead-lettered, with nothing left in flight.
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -592,6 +593,186 @@ fn a_change_whose_key_the_flusher_cannot_copy_as_it_drains_is_dead_lettered() {
     assert_eq!(
         (s.queued, s.flushed, s.dead_lettered, s.queue_len),
         (2, 1, 1, 0)
+    );
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+/// A key the flusher reads for a write, `refuse`d while the flag holds.
+fn refused_on_flusher_while(flag: &Arc<AtomicBool>) -> Rule {
+    let flag = flag.clone();
+    Arc::new(move |thread| thread == Some(FLUSHER) && flag.load(SeqCst))
+}
+
+#[test]
+fn a_change_whose_key_the_flusher_cannot_copy_as_it_takes_a_batch_is_dead_lettered() {
+    // The batch's copy of the key is made as the flusher takes the change
+    // out of the buffer: a `Clone` that panics there, even once, cost the
+    // change (neither stored, dead-lettered nor reported by `close`) and
+    // left it in flight for ever, so that `flush` never returned.
+    quiet_injected_panics();
+    let log = Log::default();
+    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
+    let trip = Arc::new(AtomicBool::new(false));
+    let once: Rule = {
+        let trip = trip.clone();
+        Arc::new(move |thread| thread == Some(FLUSHER) && trip.swap(false, SeqCst))
+    };
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_secs(3600))
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    cache.insert(Touchy::uncopyable(1, &once), 10).unwrap();
+    cache.insert(Touchy::new(2, &calm()), 20).unwrap();
+    // Drained into the buffer here (the copy for its slot made calmly);
+    // the flusher waits for its interval until the flush below.
+    assert_eq!(cache.write_stats().queue_len, 2);
+    trip.store(true, SeqCst);
+    assert!(
+        cache.flush_timeout(Duration::from_secs(5)),
+        "flush returned"
+    );
+    assert!(
+        !trip.load(SeqCst),
+        "the key's Clone panicked on the flusher"
+    );
+    {
+        let letters = letters.lock();
+        assert_eq!(letters.len(), 1);
+        let letter = &letters[0];
+        assert_eq!((letter.key.id, &letter.change), (1, &Change::Put(10)));
+        assert!(
+            matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Clone of key 1 refused")),
+            "{:?}",
+            letter.error
+        );
+    }
+    assert_eq!(log.last(1), None);
+    assert_eq!(log.last(2), Some(Change::Put(20)));
+    let s = cache.write_stats();
+    assert_eq!(
+        (
+            s.queued,
+            s.flushed,
+            s.dead_lettered,
+            s.queue_len,
+            s.in_flight
+        ),
+        (2, 1, 1, 0, 0)
+    );
+    assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn without_a_handler_a_letter_whose_key_the_flusher_cannot_copy_is_kept_for_close() {
+    // With no handler the flusher keeps each letter for `close` and copies
+    // its key to drop the cached copy by: a `Clone` that panicked there
+    // lost the letter and left it counted as being handed over, so every
+    // later `flush` waited for ever.
+    quiet_injected_panics();
+    let log = Log::default();
+    let refusing = Arc::new(AtomicBool::new(true));
+    let rule = refused_on_flusher_while(&refusing);
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    cache.insert(Touchy::uncopyable(3, &rule), 30).unwrap();
+    cache.insert(Touchy::new(4, &calm()), 40).unwrap();
+    eventually("key 3's change was dead-lettered", || {
+        cache.write_stats().dead_lettered == 1
+    });
+    eventually("key 4 landed", || log.last(4).is_some());
+    assert!(
+        cache.flush_timeout(Duration::from_secs(5)),
+        "flush returned"
+    );
+    refusing.store(false, SeqCst);
+    assert!(
+        !cache.contains_key(&Touchy::new(3, &calm())),
+        "its cached copy was dropped"
+    );
+    let report = cache.close(Duration::from_secs(5));
+    assert!(report.unwritten.is_empty());
+    assert_eq!(report.dead_letters.len(), 1);
+    let letter = &report.dead_letters[0];
+    assert_eq!((letter.key.id, &letter.change), (3, &Change::Put(30)));
+    assert!(matches!(&letter.error, WriteFailure::KeyPanicked(_)));
+    assert_eq!(log.last(3), None);
+}
+
+#[test]
+fn a_newer_change_behind_a_dead_letter_whose_key_cannot_be_copied_is_dead_lettered_too() {
+    // A change dead-lettered while a newer change of its key waits behind
+    // it: the newer one is queued with a copy of the key, made on the
+    // flusher. If that copy panics, the newer change goes as a dead letter
+    // as well, with nothing lost or left in flight.
+    quiet_injected_panics();
+    let log = Log::poisoned(5);
+    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
+    let refusing = Arc::new(AtomicBool::new(false));
+    let rule = refused_on_flusher_while(&refusing);
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .max_attempts(1)
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    let gate = log.gate.lock();
+    cache.insert(Touchy::uncopyable(5, &rule), 50).unwrap();
+    eventually("key 5 is in flight", || cache.write_stats().in_flight == 1);
+    // Behind the flight (its slot is there: no copy made).
+    cache.insert(Touchy::uncopyable(5, &rule), 51).unwrap();
+    assert_eq!(cache.write_stats().queue_len, 2);
+    refusing.store(true, SeqCst);
+    drop(gate);
+    eventually("both changes were dead-lettered", || {
+        letters.lock().len() == 2
+    });
+    refusing.store(false, SeqCst);
+    assert!(
+        cache.flush_timeout(Duration::from_secs(5)),
+        "flush returned"
+    );
+    {
+        let letters = letters.lock();
+        let refused = &letters[0];
+        assert_eq!((refused.key.id, &refused.change), (5, &Change::Put(50)));
+        assert!(
+            matches!(&refused.error, WriteFailure::Store(_)),
+            "{:?}",
+            refused.error
+        );
+        let uncopied = &letters[1];
+        assert_eq!((uncopied.key.id, &uncopied.change), (5, &Change::Put(51)));
+        assert!(
+            matches!(&uncopied.error, WriteFailure::KeyPanicked(m) if m.contains("Clone of key 5 refused")),
+            "{:?}",
+            uncopied.error
+        );
+    }
+    let s = cache.write_stats();
+    assert_eq!(
+        (
+            s.queued,
+            s.flushed,
+            s.dead_lettered,
+            s.queue_len,
+            s.in_flight
+        ),
+        (2, 0, 2, 0, 0)
     );
     assert!(cache.close(Duration::from_secs(5)).is_empty());
 }

@@ -90,7 +90,16 @@
 //! flush waits for it, `close` hands over what the flusher has not, and the
 //! panic goes no further, so a reader, a flush or `close` that drained
 //! carries on. Every other change still moves and the counts stay right
-//! (the change counts as queued and dead-lettered). The flusher catches any
+//! (the change counts as queued and dead-lettered). The flusher copies a
+//! key three more times, each under a `catch_unwind`: for the store's
+//! batch, before the change is marked in flight
+//! ([`Buffer::take_batch_copied`]); for the queue, when a change is
+//! dead-lettered with a newer one waiting behind it; and, without a
+//! handler, to drop the cached copy of a letter kept for `close`. A copy
+//! that panics makes the change it was for (the newer one, in the second
+//! case) a `KeyPanicked` dead letter as well, and a letter whose key
+//! cannot be copied is kept after its cached copy is dropped: none is
+//! lost or left in flight, and a flush still returns. The flusher catches any
 //! other panic that ends one of its rounds, pauses ([`PAUSE_AFTER_PANIC`])
 //! and carries on, and marks itself exited whenever it ends, so `flush`
 //! and `close` never wait on a dead thread. Apart from dropping a cached

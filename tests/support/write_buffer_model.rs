@@ -257,7 +257,19 @@ impl Model {
     /// the buffer said just before.
     fn take(&mut self, max: usize, ready: bool) -> Vec<Taken<u8, u8>> {
         let flush_pending = self.flush_pending();
-        let batch = self.buf.take_batch(max, self.now);
+        // Both ways of taking: the flusher's, with a copy of each key for
+        // the store (an odd `now`), and the plain one.
+        let batch = if self.now & 1 == 1 {
+            let copied = self.buf.take_batch_copied(max, self.now);
+            assert!(
+                copied.iter().all(|(copy, t)| copy == t.key()),
+                "a copy of another key"
+            );
+            assert!(self.buf.take_uncopied().is_empty(), "u8 keys always copy");
+            copied.into_iter().map(|(_, t)| t).collect()
+        } else {
+            self.buf.take_batch(max, self.now)
+        };
         assert!(batch.len() <= max, "batch over its maximum");
         assert!(!ready || !batch.is_empty(), "ready, but nothing to take");
         if !ready {
@@ -337,7 +349,7 @@ impl Model {
         // Both ways of reporting, as the flusher (receipt) and as a store
         // reporting per key would (the whole `Taken`).
         if t.seq() & 1 == 0 {
-            let (_, _, receipt) = t.into_parts();
+            let (_, receipt) = t.split();
             self.buf.landed(receipt);
         } else {
             self.buf.succeeded(t);
@@ -376,7 +388,7 @@ impl Model {
         let batch = batch
             .into_iter()
             .map(|t| {
-                let (_, change, receipt) = t.into_parts();
+                let (change, receipt) = t.split();
                 Taken::from_parts(change, receipt)
             })
             .collect();

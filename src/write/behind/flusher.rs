@@ -63,14 +63,21 @@ where
             }
             let interval = self.interval();
             if st.buffer.ready(now, self.config.batch_size, interval) {
-                let batch = st.buffer.take_batch(self.config.batch_size, now);
-                // The changes move into the store's batch, not cloned (each
-                // receipt keeps a clone of its key); the changes of a failed
-                // batch are put back together with their receipts.
+                let batch = st.buffer.take_batch_copied(self.config.batch_size, now);
+                // A key the buffer could not copy for the batch: its change
+                // is a dead letter, handed over before the batch is taken
+                // again.
+                if self.gave_up_uncopied(&mut st) && batch.is_empty() {
+                    continue;
+                }
+                // The changes move into the store's batch, not cloned, with
+                // the keys' copies (each receipt keeps the buffer's); the
+                // changes of a failed batch are put back together with their
+                // receipts.
                 let (pairs, receipts): (Batch<K, V>, Vec<Receipt<K>>) = batch
                     .into_iter()
-                    .map(|taken| {
-                        let (key, change, receipt) = taken.into_parts();
+                    .map(|(key, taken)| {
+                        let (change, receipt) = taken.split();
                         ((key, change), receipt)
                     })
                     .unzip();
@@ -147,6 +154,7 @@ where
                 st.buffer.batch_failed(batch, now, unit_random())
             }
         };
+        self.gave_up_uncopied(&mut st);
         self.held.store(st.buffer.len(), SeqCst);
         let letters = failure.map_or_else(Vec::new, |failure| {
             given
@@ -179,11 +187,29 @@ where
         let (letters, kept): (Vec<_>, Vec<K>) = if self.handler.is_some() {
             (letters, Vec::new())
         } else {
-            let keys = letters.iter().map(|dead| dead.key.clone()).collect();
-            st.kept.extend(letters);
-            (Vec::new(), keys)
+            // Kept with a copy of each key to drop its cached copy by; a
+            // letter whose key cannot be copied (its `Clone` panics) is
+            // kept after its cached copy is dropped instead.
+            let mut keys = Vec::with_capacity(letters.len());
+            let mut later = Vec::new();
+            for dead in letters {
+                match catch_unwind(AssertUnwindSafe(|| dead.key.clone())) {
+                    Ok(key) => {
+                        keys.push(key);
+                        st.kept.push(dead);
+                    }
+                    Err(_) => later.push(dead),
+                }
+            }
+            (later, keys)
         };
         drop(st);
+        // Counted as under way until the end, however this ends (a flush
+        // waits for the count to come back to zero); taken back unlocked.
+        let _reported = Reported {
+            queue: self,
+            letters: reporting,
+        };
         self.changed.notify_all();
         for key in &kept {
             self.drop_cached(key);
@@ -192,9 +218,49 @@ where
             self.drop_cached(&dead.key);
             self.report(dead);
         }
-        if reporting > 0 {
-            self.state.lock().reporting -= reporting;
-            self.changed.notify_all();
+    }
+
+    /// Moves the changes the buffer gave up because their keys could not
+    /// be copied into the letters the flusher hands over next, as
+    /// [`WriteFailure::KeyPanicked`]; whether there were any.
+    fn gave_up_uncopied(&self, st: &mut State<K, V, S::Error>) -> bool {
+        let uncopied = st.buffer.take_uncopied();
+        if uncopied.is_empty() {
+            return false;
+        }
+        self.held.store(st.buffer.len(), SeqCst);
+        st.uncompared
+            .extend(uncopied.into_iter().map(|lost| DeadLetter {
+                key: lost.key,
+                change: lost.change,
+                attempts: 0,
+                error: WriteFailure::KeyPanicked(panic_message(&*lost.panic)),
+            }));
+        true
+    }
+}
+
+/// Takes back, when dropped, the letters a hand-over counted as under way.
+struct Reported<'a, K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    queue: &'a Queue<K, V, S>,
+    letters: usize,
+}
+
+impl<K, V, S> Drop for Reported<'_, K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn drop(&mut self) {
+        if self.letters > 0 {
+            self.queue.state.lock().reporting -= self.letters;
+            self.queue.changed.notify_all();
         }
     }
 }

@@ -10,6 +10,31 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     /// in flight. Never two entries of one key; fewer than `max` if an
     /// entry's split limit says so.
     pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Taken<K, V>> {
+        self.take_with(max, now, |_| Ok(()))
+            .into_iter()
+            .map(|((), taken)| taken)
+            .collect()
+    }
+
+    /// [`take_batch`](Self::take_batch), each entry with a copy of its key
+    /// for the store's batch (the flusher's call). The copy (the key's
+    /// `Clone`, user code) is made before the entry is marked in flight: an
+    /// entry whose copy panics leaves the buffer with its change, counted
+    /// dead-lettered, for [`take_uncopied`](Self::take_uncopied).
+    pub fn take_batch_copied(&mut self, max: usize, now: u64) -> Vec<(K, Taken<K, V>)> {
+        self.take_with(max, now, |key: &K| {
+            catch_unwind(AssertUnwindSafe(|| key.clone()))
+        })
+    }
+
+    /// The loop of [`take_batch`](Self::take_batch), with `copy` made of
+    /// each entry's key first.
+    fn take_with<C>(
+        &mut self,
+        max: usize,
+        now: u64,
+        mut copy: impl FnMut(&K) -> Result<C, Box<dyn Any + Send>>,
+    ) -> Vec<(C, Taken<K, V>)> {
         self.promote_due(now);
         let mut limit = max;
         let mut batch = Vec::with_capacity(max.min(self.queue.len()));
@@ -22,6 +47,14 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             if batch.len() >= cap {
                 break;
             }
+            let copied = match copy(&key.key) {
+                Ok(copied) => copied,
+                Err(panic) => {
+                    self.give_up_queued(panic);
+                    continue;
+                }
+            };
+            let slot = self.slots.get_mut(key).expect("queued key has a slot");
             limit = limit.min(cap);
             let pending = slot.pending.take().expect("queued key is pending");
             let (first, last) = (pending.first, pending.last);
@@ -32,19 +65,46 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             }
             let (_, held) = self.queue.pop_first().expect("the first entry is there");
             let slot = held.slot();
-            batch.push(Taken {
-                change: pending.change,
-                receipt: Receipt {
-                    key: held.key,
-                    slot,
-                    first,
-                    last,
-                    queued_at: pending.queued_at,
-                    attempt: pending.attempts + 1,
+            batch.push((
+                copied,
+                Taken {
+                    change: pending.change,
+                    receipt: Receipt {
+                        key: held.key,
+                        slot,
+                        first,
+                        last,
+                        queued_at: pending.queued_at,
+                        attempt: pending.attempts + 1,
+                    },
                 },
-            });
+            ));
         }
         batch
+    }
+
+    /// Gives up the first queued entry, whose key could not be copied
+    /// (`panic`): its slot goes (a queued key has no flight), and its
+    /// change, with the queue's copy of the key, goes to the uncopied ones,
+    /// dead-lettered.
+    fn give_up_queued(&mut self, panic: Box<dyn Any + Send>) {
+        let (_, held) = self.queue.pop_first().expect("the first entry is there");
+        let slot = self
+            .slots
+            .remove(&held.slot() as &dyn Probe<K>)
+            .expect("queued key has a slot");
+        debug_assert!(slot.flight.is_none(), "a queued key is not in flight");
+        let pending = slot.pending.expect("queued key is pending");
+        if pending.retry {
+            self.queued_retries -= 1;
+        }
+        self.outstanding.remove(pending.first);
+        self.stats.dead_lettered += 1;
+        self.uncopied.push(Uncompared {
+            key: held.key,
+            change: pending.change,
+            panic,
+        });
     }
 
     /// `taken` landed in the store. A newer pending change of its key becomes
@@ -60,35 +120,36 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
     }
 
     /// [`succeeded`](Self::succeeded) for a [`Taken`] split by
-    /// [`Taken::into_parts`].
+    /// [`Taken::split`].
     ///
     /// # Panics
     ///
     /// If `receipt`'s key is not in flight here (it came from another
     /// buffer).
     pub fn landed(&mut self, receipt: Receipt<K>) {
-        // One lookup ends the flight and settles it: the common case of a
-        // batch, which `end_flight` + `settle` would look up twice or more.
-        let flight = receipt.flight();
-        let key = Hashed {
-            hash: receipt.slot.hash,
-            id: receipt.slot.id,
-            key: receipt.key,
-        };
-        let hash_map::Entry::Occupied(mut slot) = self.slots.entry(key) else {
-            Self::take_flight(None, flight, &mut self.in_flight);
-            unreachable!("take_flight panics on a key that is not here");
-        };
-        Self::take_flight(Some(slot.get_mut()), flight, &mut self.in_flight);
+        // Found by its slot (no key compared), and a newer change waiting
+        // behind the flight is queued with the receipt's own copy of the
+        // key: nothing here runs the key's code.
+        let probe = &receipt.slot as &dyn Probe<K>;
+        let slot = self.slots.get_mut(probe);
+        let waiting = slot
+            .as_ref()
+            .and_then(|slot| slot.pending.as_ref())
+            .map(|p| p.first);
+        Self::take_flight(slot, receipt.flight(), &mut self.in_flight);
         self.stats.flushed += 1;
         self.outstanding.remove(receipt.first);
-        match &slot.get().pending {
-            Some(pending) => {
-                let first = pending.first;
-                self.queue.insert(first, slot.key().clone());
+        match waiting {
+            Some(first) => {
+                let key = Hashed {
+                    hash: receipt.slot.hash,
+                    id: receipt.slot.id,
+                    key: receipt.key,
+                };
+                self.queue.insert(first, key);
             }
             None => {
-                slot.remove();
+                self.slots.remove(probe);
             }
         }
     }
@@ -107,7 +168,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         if attempt >= self.max_attempts {
             self.stats.dead_lettered += 1;
             let Taken { change, receipt } = taken;
-            self.settle(receipt.held(), receipt.first);
+            self.settle(&receipt);
             return Some(DeadLetter {
                 key: receipt.key,
                 change,
@@ -184,17 +245,41 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         *in_flight -= 1;
     }
 
-    /// Forgets the writes `first..` of `key`'s ended flight (landed or dead-
-    /// lettered); a pending entry behind it becomes sendable.
-    fn settle(&mut self, key: Hashed<K>, first: Seq) {
-        let slot = self.slots.get(&key).expect("settled key has a slot");
-        self.outstanding.remove(first);
-        match &slot.pending {
-            Some(pending) => {
-                self.queue.insert(pending.first, key);
+    /// Forgets the writes of `receipt`'s ended flight, dead-lettered (the
+    /// receipt's key goes with the letter); a pending entry behind it
+    /// becomes sendable, queued with a copy of the key. If that copy (the
+    /// key's `Clone`) panics, the pending entry is given up too, with the
+    /// slot's own key, to the uncopied ones, dead-lettered.
+    fn settle(&mut self, receipt: &Receipt<K>) {
+        let probe = &receipt.slot as &dyn Probe<K>;
+        let slot = self.slots.get(probe).expect("settled key has a slot");
+        self.outstanding.remove(receipt.first);
+        let Some(first) = slot.pending.as_ref().map(|p| p.first) else {
+            self.slots.remove(probe);
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(|| receipt.key.clone())) {
+            Ok(key) => {
+                let key = Hashed {
+                    hash: receipt.slot.hash,
+                    id: receipt.slot.id,
+                    key,
+                };
+                self.queue.insert(first, key);
             }
-            None => {
-                self.slots.remove(&key);
+            Err(panic) => {
+                let (held, slot) = self
+                    .slots
+                    .remove_entry(probe)
+                    .expect("settled key has a slot");
+                let pending = slot.pending.expect("checked above");
+                self.outstanding.remove(pending.first);
+                self.stats.dead_lettered += 1;
+                self.uncopied.push(Uncompared {
+                    key: held.key,
+                    change: pending.change,
+                    panic,
+                });
             }
         }
     }

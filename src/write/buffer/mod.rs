@@ -120,7 +120,7 @@
 //!     wait until buffer.ready(now, batch_size, interval), or until
 //!         buffer.next_due(interval), or a push / flush request wakes us
 //!     let (pairs, receipts) = buffer.take_batch(batch_size, now)
-//!         .map(Taken::into_parts)   // ((key, change), receipt) each
+//!         .map(|(copy, taken)| (copy, taken.split()))   // ((key, change), receipt) each
 //!         .unzip();
 //!     (no lock held) match store.write(&pairs) {
 //!         Ok(())  => for r in receipts { buffer.landed(r) },
@@ -141,7 +141,7 @@
 
 use std::{
     any::Any,
-    collections::{BTreeMap, HashMap, hash_map},
+    collections::{BTreeMap, HashMap},
     fmt,
     hash::{BuildHasherDefault, Hash},
     panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
@@ -220,7 +220,7 @@ impl Backoff {
 /// A write handed to the flusher by [`Buffer::take_batch`]. Give it back to
 /// the same buffer exactly once, through [`Buffer::succeeded`],
 /// [`Buffer::failed`] or [`Buffer::batch_failed`] (or, split with
-/// [`into_parts`](Self::into_parts), its [`Receipt`] through
+/// [`split`](Self::split), its [`Receipt`] through
 /// [`Buffer::landed`]).
 #[derive(Debug)]
 pub struct Taken<K, V> {
@@ -258,18 +258,6 @@ impl<K> Receipt<K> {
     pub fn slot(&self) -> SlotId {
         self.slot
     }
-
-    /// The key as the buffer holds it (a clone of the key).
-    fn held(&self) -> Hashed<K>
-    where
-        K: Clone,
-    {
-        Hashed {
-            hash: self.slot.hash,
-            id: self.slot.id,
-            key: self.key.clone(),
-        }
-    }
 }
 
 // The flusher needs only the key and change; tests and the fuzz target read the rest.
@@ -301,17 +289,15 @@ impl<K, V> Taken<K, V> {
         self.receipt.first
     }
 
-    /// The key and change to give the store, and the receipt to report the
-    /// outcome with (which keeps a clone of the key).
-    pub fn into_parts(self) -> (K, Change<V>, Receipt<K>)
-    where
-        K: Clone,
-    {
-        (self.receipt.key.clone(), self.change, self.receipt)
+    /// The change to give the store, and the receipt to report the outcome
+    /// with (which keeps the key; the store's copy comes from
+    /// [`Buffer::take_batch_copied`]).
+    pub fn split(self) -> (Change<V>, Receipt<K>) {
+        (self.change, self.receipt)
     }
 
-    /// Puts back together what [`into_parts`](Self::into_parts) split: give
-    /// the very change that came with `receipt`.
+    /// Puts back together what [`split`](Self::split) split: give the very
+    /// change that came with `receipt`.
     pub fn from_parts(change: Change<V>, receipt: Receipt<K>) -> Self {
         Taken { change, receipt }
     }
@@ -463,6 +449,11 @@ pub struct Buffer<K, V> {
     max_attempts: u32,
     backoff_policy: Backoff,
     stats: BufferStats,
+    /// Changes given up because their key could not be copied (its
+    /// `Clone` panicked) as a batch was taken or a flight settled: out of
+    /// the buffer and counted dead-lettered, for
+    /// [`take_uncopied`](Self::take_uncopied).
+    uncopied: Vec<Uncompared<K, V>>,
 }
 
 impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
@@ -495,6 +486,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             max_attempts: max_attempts.max(1),
             backoff_policy: backoff,
             stats: BufferStats::default(),
+            uncopied: Vec::new(),
         }
     }
 
@@ -785,6 +777,16 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
             len: self.len(),
             ..self.stats
         }
+    }
+
+    /// The changes given up since the last call because their key's
+    /// `Clone` panicked as a batch was taken
+    /// ([`take_batch_copied`](Self::take_batch_copied)) or a dead-lettered
+    /// flight settled with a newer change behind it ([`failed`](Self::failed)):
+    /// out of the buffer and counted dead-lettered, each with its key and
+    /// the panic, for the caller to report.
+    pub fn take_uncopied(&mut self) -> Vec<Uncompared<K, V>> {
+        std::mem::take(&mut self.uncopied)
     }
 
     /// Panics with a description of the first inconsistency between the

@@ -313,7 +313,7 @@ fn taking_settling_retrying_and_splitting_never_compare_keys() {
         let batch: Vec<_> = batch
             .into_iter()
             .map(|taken| {
-                let (_, change, receipt) = taken.into_parts();
+                let (change, receipt) = taken.split();
                 slots.push(receipt.slot());
                 Taken::from_parts(change, receipt)
             })
@@ -384,4 +384,86 @@ fn a_taken_from_another_buffer_is_refused() {
     b.push("k", Change::Put(1), 0);
     let t = a.take_batch(1, 0).pop().unwrap();
     b.succeeded(t);
+}
+
+std::thread_local! {
+    /// The [`Uncopyable`] key whose `Clone` panics on this thread, if any.
+    static COPY_REFUSED: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// A key whose `Clone` panics while it is [`COPY_REFUSED`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Uncopyable(u32);
+
+impl Clone for Uncopyable {
+    fn clone(&self) -> Self {
+        assert!(
+            COPY_REFUSED.get() != Some(self.0),
+            "Clone of key {} refused",
+            self.0
+        );
+        Uncopyable(self.0)
+    }
+}
+
+/// Runs `f` with key `id`'s `Clone` panicking.
+fn uncopyable<T>(id: u32, f: impl FnOnce() -> T) -> T {
+    COPY_REFUSED.set(Some(id));
+    let out = f();
+    COPY_REFUSED.set(None);
+    out
+}
+
+#[test]
+fn a_key_that_cannot_be_copied_for_a_batch_is_given_up_and_the_rest_taken() {
+    let mut b: Buffer<Uncopyable, u32> = Buffer::new(3, backoff());
+    for k in 1..=3 {
+        b.push(Uncopyable(k), Change::Put(k), 0);
+    }
+    let batch = uncopyable(2, || b.take_batch_copied(8, 0));
+    let ids: Vec<_> = batch.iter().map(|(copy, t)| (copy.0, t.key().0)).collect();
+    assert_eq!(ids, [(1, 1), (3, 3)]);
+    let lost = b.take_uncopied();
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].key.0, &lost[0].change), (2, &Change::Put(2)));
+    assert!(b.take_uncopied().is_empty(), "taken once");
+    b.check_invariants();
+    for (_, t) in batch {
+        b.succeeded(t);
+    }
+    let s = b.stats();
+    assert_eq!((s.queued, s.flushed, s.dead_lettered, s.len), (3, 2, 1, 0));
+    b.check_invariants();
+}
+
+#[test]
+fn a_newer_change_behind_a_dead_letter_whose_key_cannot_be_copied_is_given_up_too() {
+    let mut b: Buffer<Uncopyable, u32> = Buffer::new(1, backoff());
+    b.push(Uncopyable(1), Change::Put(1), 0);
+    let t = b.take_batch(1, 0).pop().unwrap();
+    b.push(Uncopyable(1), Change::Put(2), 0);
+    let dead = uncopyable(1, || b.failed(t, 0, 0.5));
+    let dead = dead.expect("one attempt: a dead letter");
+    assert_eq!((dead.key.0, &dead.change), (1, &Change::Put(1)));
+    let lost = b.take_uncopied();
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].key.0, &lost[0].change), (1, &Change::Put(2)));
+    assert!(b.is_empty());
+    let s = b.stats();
+    assert_eq!((s.queued, s.dead_lettered, s.len), (2, 2, 0));
+    b.check_invariants();
+}
+
+#[test]
+fn a_landed_flight_queues_the_change_behind_it_without_copying_its_key() {
+    let mut b: Buffer<Uncopyable, u32> = Buffer::new(3, backoff());
+    b.push(Uncopyable(1), Change::Put(1), 0);
+    let t = b.take_batch(1, 0).pop().unwrap();
+    b.push(Uncopyable(1), Change::Put(2), 0);
+    let (_, receipt) = t.split();
+    uncopyable(1, || b.landed(receipt));
+    let next = b.take_batch(1, 0);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].change(), &Change::Put(2));
+    b.check_invariants();
 }
