@@ -1096,3 +1096,105 @@ fn a_read_hook_computing_its_key_under_an_async_compute_panics_instead_of_hangin
         assert_eq!(cache.get(&1), Some(1), "the key is as it was");
     }
 }
+
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// A cancelled async load or compute drops the user's future while its
+/// flight is still open. A value in that future whose `drop` waits for the
+/// same key (a blocking `get_with` or compute) used to wait for ever for the
+/// flight its own drop held open, and every later caller of the key with
+/// it. The drop now runs marked as the flight's leader, as each poll does,
+/// so that wait panics, as it does inside a blocking loader, and the key
+/// stays usable.
+#[test]
+fn a_cancelled_async_load_or_compute_whose_future_waits_for_its_key_as_it_drops_does_not_hang() {
+    fn run(
+        name: &'static str,
+        start: impl FnOnce(
+            Cache<u32, u32>,
+            Box<dyn FnMut() + Send>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        wait_on_drop: impl Fn(&Cache<u32, u32>) + Send + Sync + 'static,
+    ) {
+        let cache: Cache<u32, u32> = Cache::new(10);
+        let refused = Arc::new(AtomicBool::new(false));
+        let on_drop: Box<dyn FnMut() + Send> = {
+            let (cache, refused) = (cache.clone(), refused.clone());
+            Box::new(move || {
+                let waited = panic::catch_unwind(AssertUnwindSafe(|| wait_on_drop(&cache)));
+                refused.store(waited.is_err(), SeqCst);
+            })
+        };
+        let mut leader = start(cache.clone(), on_drop);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            leader.as_mut().poll(&mut cx).is_pending(),
+            "{name}: the load runs"
+        );
+        let dropped = on_thread(move || drop(leader));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut dropped = dropped;
+        loop {
+            match dropped.try_recv() {
+                Ok(()) => break,
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{name}: dropping the cancelled future hung"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+        assert!(
+            refused.load(SeqCst),
+            "{name}: the wait in the drop panicked"
+        );
+        assert_eq!(cache.get_with(1, || 7), 7, "{name}: the key loads again");
+    }
+    run(
+        "get_with_async",
+        |cache, on_drop| {
+            Box::pin(async move {
+                cache
+                    .get_with_async(1, async move {
+                        let _d = OnDrop(on_drop);
+                        std::future::pending::<u32>().await
+                    })
+                    .await;
+            })
+        },
+        |cache| {
+            cache.get_with(1, || 5);
+        },
+    );
+    run(
+        "and_upsert_with_async",
+        |cache, on_drop| {
+            let on_drop = Arc::new(Mutex::new(Some(on_drop)));
+            Box::pin(async move {
+                cache
+                    .entry(1)
+                    .and_upsert_with_async(move |_| {
+                        let on_drop = on_drop.lock().unwrap().take();
+                        async move {
+                            let _d = on_drop.map(OnDrop);
+                            std::future::pending::<u32>().await
+                        }
+                    })
+                    .await;
+            })
+        },
+        |cache| {
+            cache.entry(1).and_upsert_with(|_| 5);
+        },
+    );
+}

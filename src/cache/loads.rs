@@ -127,7 +127,10 @@ where
     ///
     /// If the future of the call that is loading is dropped before `init`
     /// completes, nothing is cached and one of the waiting callers runs its
-    /// own `init` instead; nobody waits forever.
+    /// own `init` instead; nobody waits forever. `init` is dropped then as
+    /// it is polled, as the key's load: something in it whose `drop` loads
+    /// or computes the same key blockingly panics there rather than wait
+    /// for itself.
     ///
     /// # Examples
     ///

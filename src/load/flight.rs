@@ -546,12 +546,25 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
     /// guard stays with the caller, so a caller's future dropped in the
     /// middle drops it and abandons the flight, waking the waiters (one
     /// of which leads next), as a panic does.
+    ///
+    /// Dropped before `work` ends (the caller's future cancelled), `work`
+    /// is dropped with the dropping thread marked as running the flight,
+    /// as each poll is: a value in it whose `drop` waits for the key panics
+    /// there instead of waiting for ever for the flight its own drop holds
+    /// open.
     pub(crate) async fn drive<F: Future>(&self, work: F) -> F::Output {
         let mut work = pin!(work);
+        // Declared after `work`, so dropped before it.
+        let mut dropping = MarkedDrop {
+            flight: &self.flight,
+            ended: false,
+        };
         poll_fn(|cx| {
             let _here = self.polling();
             let _awaited = Awaited::here();
-            work.as_mut().poll(cx)
+            let poll = work.as_mut().poll(cx);
+            dropping.ended = poll.is_ready();
+            poll
         })
         .await
     }
@@ -632,6 +645,23 @@ pub(crate) struct Polling<'a, V: Clone> {
 impl<V: Clone> Drop for Polling<'_, V> {
     fn drop(&mut self) {
         self.flight.set_leader(Leader::Detached);
+    }
+}
+
+/// Marks the dropping thread as running a flight whose leader's work is
+/// dropped unfinished (see [`LeaderGuard::drive`]); the leader's guard,
+/// dropped next, abandons the flight.
+struct MarkedDrop<'a, V: Clone> {
+    flight: &'a Flight<V>,
+    /// The work returned its output: nothing to mark.
+    ended: bool,
+}
+
+impl<V: Clone> Drop for MarkedDrop<'_, V> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.flight.set_leader(Leader::here());
+        }
     }
 }
 
