@@ -235,6 +235,10 @@ where
 
     /// Stores `value` under `key` as if just loaded (fresh for the time to
     /// live), replacing any cached value and outdating any reload under way.
+    /// If another write ended on the key's stripe of write counts while
+    /// this one ran (a write of this key, or of another key of the stripe:
+    /// a known defect), the key is dropped instead, and the next read
+    /// loads it.
     ///
     /// # Examples
     ///
