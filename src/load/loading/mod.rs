@@ -179,6 +179,13 @@ enum Over {
     /// The end of a write that began at `Seen`: whatever is there if no
     /// other write of the key ended since, else the key's entry goes.
     Written(Seen),
+    /// The end of a write that changed no store ([`LoadingCache::insert`]):
+    /// whatever is there is replaced, and the write is counted, so that no
+    /// load under way caches over it. Nothing to keep in step, so two such
+    /// writes of a key land as a plain `Cache`'s do, the last one staying
+    /// (counted as `Written`, one could drop its key for a write of another
+    /// key of its stripe).
+    Replacing,
 }
 
 impl<K, V, E> Drop for LoadingInner<K, V, E> {
@@ -234,11 +241,9 @@ where
     }
 
     /// Stores `value` under `key` as if just loaded (fresh for the time to
-    /// live), replacing any cached value and outdating any reload under way.
-    /// If another write ended on the key's stripe of write counts while
-    /// this one ran (a write of this key, or of another key of the stripe:
-    /// a known defect), the key is dropped instead, and the next read
-    /// loads it.
+    /// live), replacing any cached value and outdating any load or reload
+    /// under way (its value is not cached over this one). Of two inserts of
+    /// a key that overlap, the last to land stays, as in a plain `Cache`.
     ///
     /// # Examples
     ///
@@ -255,8 +260,13 @@ where
     /// [`insert`](Self::insert), fresh for `ttl` (`None`: the cache's
     /// time to live).
     pub(super) fn insert_for(&self, key: K, value: V, ttl: Option<Duration>) {
-        let _: Result<(), std::convert::Infallible> =
-            self.write(key, RemovalCause::Replaced, ttl, |_| Ok((Some(value), ())));
+        let _: Result<(), std::convert::Infallible> = self.write_over(
+            key,
+            RemovalCause::Replaced,
+            ttl,
+            |_| Over::Replacing,
+            |_| Ok((Some(value), ())),
+        );
     }
 
     /// The time `key`'s value is fresh for, if it is (see
@@ -314,6 +324,19 @@ where
         ttl: Option<Duration>,
         write: impl FnOnce(u32) -> Result<(Option<V>, R), F>,
     ) -> Result<R, F> {
+        self.write_over(key, dropped, ttl, Over::Written, write)
+    }
+
+    /// [`write`](Self::write), its value's end stored as `over` says, given
+    /// the write's start.
+    fn write_over<R, F>(
+        &self,
+        key: K,
+        dropped: RemovalCause,
+        ttl: Option<Duration>,
+        over: impl FnOnce(Seen) -> Over,
+        write: impl FnOnce(u32) -> Result<(Option<V>, R), F>,
+    ) -> Result<R, F> {
         let inner = &self.inner;
         let seen = guard::seen(&inner.cache, &key);
         let outcome =
@@ -325,7 +348,7 @@ where
                 // failed one does, with a copy of the key kept for that.
                 let unwound = inner.cache.insert_runs_user_code().then(|| key.clone());
                 let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let over = Over::Written(seen);
+                    let over = over(seen);
                     let ttl = ttl.map(|ttl| saturating_nanos(ttl.as_nanos()));
                     let removed = &mut inner.cache.delivery();
                     inner.store(key, Some(value), ttl, 0, over, removed)
@@ -641,7 +664,7 @@ where
                 };
                 self.cache.remove_if(key, doomed, removed);
             }
-            Over::Written(_) => {
+            Over::Written(_) | Over::Replacing => {
                 let doomed =
                     |_: Option<&Loaded<V>>, stripe: Stripe<'_>| guard::write_removes(&stripe);
                 self.cache.remove_if(key, doomed, removed);
@@ -723,6 +746,11 @@ where
             }
             Over::Written(seen) => {
                 let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.write_verdict(&s);
+                self.cache
+                    .insert_stamped_if(key, entry, stamp_times, decide, removed)
+            }
+            Over::Replacing => {
+                let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| guard::write_replaces(&s);
                 self.cache
                     .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
