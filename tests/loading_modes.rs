@@ -2527,3 +2527,109 @@ fn an_insert_during_a_load_of_its_key_is_not_overwritten_by_the_load() {
     );
     assert_eq!(cache.peek(&1), Some(100), "the insert stays");
 }
+
+/// A load is outdated only by a write of its own key: one slower than the
+/// gap between writes of other keys to its shard is still cached. With the
+/// shard's stripes of write counts alone deciding, a key whose 5 ms load
+/// raced a thread inserting other keys flat out was loaded on every read.
+#[test]
+fn a_slow_load_is_cached_while_other_keys_are_written_all_the_time() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let cache = {
+        let calls = calls.clone();
+        Cache::builder()
+            .max_capacity(10_000)
+            .num_shards(1)
+            .loader(move |k: &u64| {
+                if *k == 1 {
+                    calls.fetch_add(1, SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok::<_, String>(Some(*k))
+            })
+            .build()
+            .unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !stop.load(SeqCst) {
+                cache.insert(1_000 + k % 5_000, k); // never key 1
+                k += 1;
+            }
+            k
+        })
+    };
+    for _ in 0..20 {
+        assert_eq!(cache.get(&1).unwrap(), Some(1));
+    }
+    stop.store(true, SeqCst);
+    let written = writer.join().unwrap();
+    assert!(written > 0);
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "key 1 loaded once, {written} other writes meanwhile"
+    );
+}
+
+/// The callers waiting for a load share its value when only other keys
+/// were written meanwhile, and load again when their own key was.
+#[test]
+fn waiters_share_a_load_unless_their_own_key_was_written_meanwhile() {
+    for own_key in [false, true] {
+        let calls = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(Mutex::new(()));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let cache = {
+            let (calls, gate) = (calls.clone(), gate.clone());
+            let entered_tx = Mutex::new(entered_tx);
+            Cache::builder()
+                .max_capacity(1_000)
+                .num_shards(1)
+                .loader(move |k: &u64| {
+                    let _ = entered_tx.lock().send(*k);
+                    drop(gate.lock());
+                    Ok::<_, String>(Some(k * 1_000 + calls.fetch_add(1, SeqCst) + 1))
+                })
+                .build()
+                .unwrap()
+        };
+        let held = gate.lock();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || cache.get(&1).unwrap())
+            })
+            .collect();
+        entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        hold_until(|| cache.stats().misses() == 4);
+        // Every stripe of the one shard written, by keys other than 1.
+        for k in 100..164 {
+            cache.insert(k, 0);
+        }
+        if own_key {
+            cache.invalidate(&1);
+        }
+        drop(held);
+        let got: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        let loads = calls.load(SeqCst);
+        if own_key {
+            assert!(loads >= 2, "the waiters loaded again: {got:?}");
+        } else {
+            assert_eq!((loads, got), (1, vec![Some(1_001); 4]));
+            assert_eq!(cache.peek(&1), Some(1_001), "and it was cached");
+        }
+    }
+}
+
+/// Polls `done` until it holds, for at most ten seconds.
+fn hold_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

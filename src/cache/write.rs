@@ -54,7 +54,7 @@ where
         key: K,
         value: V,
         stamp: impl FnOnce(&mut V, &mut Now<'_>) -> Option<Duration>,
-        decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+        decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
         removed: &mut Removed<K, V>,
     ) -> bool {
         self.inner
@@ -173,10 +173,9 @@ where
         key: K,
         value: V,
         stamp: impl FnOnce(&mut V, &mut Now<'_>) -> Option<Duration>,
-        decide: impl FnOnce(Option<&V>, Stripe<'_>) -> Verdict,
+        decide: impl FnOnce(&K, Option<&V>, Stripe<'_>) -> Verdict,
         removed: &mut Removed<K, V>,
     ) -> bool {
-        let decide = |_: &K, found: Option<&V>, stripe: Stripe<'_>| decide(found, stripe);
         self.insert_keyed(key, value, None, Some(stamp), decide, removed)
     }
 

@@ -461,6 +461,20 @@ impl<K: Hash + Eq, V> Flights<K, V> {
         }
     }
 
+    /// Whether the flight of `key` under way was written since it began;
+    /// true if no flight of the key is under way. For the leader of that
+    /// flight, under the shard lock where writes of the key end (a write
+    /// marks the flight there, see [`written`](Self::written)).
+    pub(crate) fn is_written<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map
+            .get(key)
+            .is_none_or(|flight| flight.written.load(SeqCst))
+    }
+
     /// Marks every flight under way as written (a clear of the cache).
     pub(crate) fn written_all(&self) {
         if self.active.load(SeqCst) == 0 {
@@ -578,19 +592,20 @@ impl<K: Hash + Eq, V: Clone> LeaderGuard<K, V> {
     /// [`finish`](Self::finish) for a loaded value that a write of the key
     /// may have made old: once the flight has left the map, so that no
     /// caller joins it any more, `stale` says whether a write ended since
-    /// the load began (it is shown the key). If one did, a waiter may have begun after that
+    /// the load began (it is shown the key, and whether the flight was
+    /// marked written, see [`Flights::written`]). If one did, a waiter may have begun after that
     /// write, and a value read before it must not answer such a read: the
     /// waiters get [`Outcome::Abandoned`] and load again. (If `stale`
     /// panics, the flight is abandoned as on any unwind.)
     pub(crate) fn finish_unless_stale(
         mut self,
         outcome: Outcome<V>,
-        stale: impl FnOnce(&K) -> bool,
+        stale: impl FnOnce(&K, bool) -> bool,
     ) {
         self.flights
             .map
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
-        let outcome = if stale(&self.key) {
+        let outcome = if stale(&self.key, self.flight.written()) {
             Outcome::Abandoned
         } else {
             outcome
@@ -779,7 +794,7 @@ mod tests {
             let waiting = thread::spawn(move || waiter.wait());
             let check = {
                 let flights = flights.clone();
-                move |key: &u32| {
+                move |key: &u32, _written: bool| {
                     // Asked once the flight has left the map.
                     assert!(matches!(
                         flights.begin(key, Leader::Detached),

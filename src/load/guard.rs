@@ -15,8 +15,11 @@
 //! the lock's holder changes a count). So at every end or cache fill,
 //! under the lock:
 //!
-//! - a load caches what it read only if no write ended since it began
-//!   ([`Seen::load_verdict`]); a write that ends after the load's fill
+//! - a load caches what it read only if no write of its key ended since it
+//!   began: if no write ended on its stripe at all ([`Seen::load_verdict`]),
+//!   or else if none marked the key's flight, which the load leads (a
+//!   write of the key marks it under the same lock, and a clear marks
+//!   every flight); a write that ends after the load's fill
 //!   replaces or drops the filled value, and a write that ended before it
 //!   changed the store before the load's read began, or bumped the count.
 //!   On the same test, made once no reader can join the load any more, the
@@ -34,19 +37,17 @@
 //! call can time out after its commit), so it ends like a delete: it drops
 //! the key and counts itself.
 //!
-//! Keys that share a stripe share its count, so a write of one counts
-//! against the loads and writes of the others. That is never unsafe (a
-//! value is only ever left out), but it is not only occasional: under a
-//! steady stream of writes to other keys, a load slower than the gap
-//! between two writes to its stripe never caches its value and its waiters
-//! load again, and a store's write that overlaps another key's on its
-//! stripe drops its key (measured on 7 December: a key whose 5 ms load
-//! raced a thread inserting other keys flat out was loaded on every read).
-//! A known defect: counting per key, as a plain `Cache`'s flights do for
-//! `get_with`, would end it. A `LoadingCache::insert` changes no store, so
-//! it only counts itself and caches its value ([`write_replaces`]): as a
-//! store's write it dropped its key about once in 10,000 inserts with two
-//! threads inserting other keys.
+//! Keys that share a stripe share its count, so for writes among
+//! themselves a write of one key counts against the others: a store's
+//! write that overlaps another key's on its stripe drops its key (never
+//! unsafe: the next read loads the store's value). Loads do not pay for
+//! that: when the stripe moved, the load's flight says whether its own key
+//! was written. Decided by the stripe alone (until 7 December), a key whose
+//! 5 ms load raced a thread inserting other keys flat out was loaded on
+//! every read. A `LoadingCache::insert` changes no store, so it only
+//! counts itself and caches its value ([`write_replaces`]): as a store's
+//! write it dropped its key about once in 10,000 inserts with two threads
+//! inserting other keys.
 //!
 //! [`Cache::invalidate_all`] counts a write on every stripe, so a loading
 //! cache's clear is a write of every key. (A plain `Cache`'s `get_with`

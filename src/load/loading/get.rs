@@ -23,12 +23,9 @@ where
     /// wait for a load. Only one load per key runs at a time; other callers
     /// wait for it and share its result (but a loader reading a key that a
     /// [`get_many`](Self::get_many) on another thread is loading loads it
-    /// itself: see there), unless a write ended on the key's stripe of
-    /// write counts while it ran: then the value is not cached and the
-    /// waiters load again. A write of *another* key of the stripe counts
-    /// too, so under steady writes to other keys a slow load may never be
-    /// cached (a known defect; see the README's *Loads and writes racing
-    /// on one key*).
+    /// itself: see there), unless a write of the key ended while it ran:
+    /// then the value is not cached and the waiters load again (writes of
+    /// other keys do not count).
     ///
     /// # Errors
     ///
@@ -197,7 +194,7 @@ where
         let seen = guard::seen(&self.cache, &key);
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
-                self.fill(guard, key, value.clone(), took, Over::Unwritten(seen), seen);
+                self.fill(guard, key, value.clone(), took, Over::Unwritten(seen));
                 Ok(value)
             }
             (Err(e), _) => {

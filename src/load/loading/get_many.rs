@@ -230,8 +230,7 @@ where
                         let _awaited = Awaited::here(); // as in `fill`
                         self.store(key.clone(), value.clone(), None, took, over, &mut removed);
                     }
-                    let stale = |key: &K| guard::seen(&self.cache, key) != seen;
-                    guard.finish_unless_stale(Outcome::Loaded(value.clone()), stale);
+                    guard.finish_unless_stale(Outcome::Loaded(value.clone()), |_, written| written);
                     batch.add(key, Ok(value));
                 }
             }

@@ -576,9 +576,9 @@ where
     /// or a key found absent). Not before: the listener runs on this thread
     /// and may call back into the cache, and whatever a
     /// `run_pending_tasks` there waits for (another thread's pass, a
-    /// queued reload) may be waiting for this very load. `seen` is the
-    /// key's write count when the load began: if a write ended since, the
-    /// waiters load again rather than take a value read before it
+    /// queued reload) may be waiting for this very load. If a write of the
+    /// key ended since the load began (it marked the flight), the waiters
+    /// load again rather than take a value read before it
     /// ([`LeaderGuard::finish_unless_stale`]).
     fn fill(
         &self,
@@ -587,7 +587,6 @@ where
         value: Option<V>,
         took: u64,
         over: Over,
-        seen: Seen,
     ) {
         let mut removed = self.cache.delivery();
         // Bound after `removed`, so dropped before it when the store
@@ -599,8 +598,9 @@ where
             let _awaited = Awaited::here();
             self.store(key, value.clone(), None, took, over, &mut removed);
         }
-        let stale = |key: &K| guard::seen(&self.cache, key) != seen;
-        guard.finish_unless_stale(Outcome::Loaded(value), stale);
+        // A write of the key since the load began marked its flight (and
+        // bumped its stripe); a write of another key of the stripe did not.
+        guard.finish_unless_stale(Outcome::Loaded(value), |_, written| written);
     }
 
     /// A waiter's answer from the outcome of the flight it waited for;
@@ -648,6 +648,35 @@ where
         (result, self.cache.now().saturating_sub(started))
     }
 
+    /// A load's fill of `key`, begun at `seen`: cached unless a write of
+    /// the key ended since, under the shard lock. No write ended on the
+    /// key's stripe at all, or the key's flight (which this load leads) was
+    /// not marked by one: writes of other keys of the stripe do not count
+    /// (see [`guard`]).
+    fn load_verdict<Q>(&self, key: &Q, seen: Seen, stripe: &Stripe<'_>) -> Verdict
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match seen.load_verdict(stripe) {
+            Verdict::Insert => Verdict::Insert,
+            _ if self.flights.is_written(key) => Verdict::Skip,
+            _ => Verdict::Insert,
+        }
+    }
+
+    /// The end of a write of `key` that leaves nothing to cache, under the
+    /// shard lock: counts it, and marks a load of the key under way as
+    /// written (see [`guard`]).
+    pub(super) fn write_removes<Q>(&self, key: &Q, stripe: &Stripe<'_>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.flights.written(key);
+        guard::write_removes(stripe)
+    }
+
     /// A load found `key` absent, and absent keys are not cached: drops
     /// what the cache held for the key, as `over` allows (not a write that
     /// ended meanwhile).
@@ -660,13 +689,13 @@ where
             }
             Over::Unwritten(seen) => {
                 let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| {
-                    seen.load_verdict(&stripe) == Verdict::Insert
+                    self.load_verdict(key, seen, &stripe) == Verdict::Insert
                 };
                 self.cache.remove_if(key, doomed, removed);
             }
             Over::Written(_) | Over::Replacing => {
                 let doomed =
-                    |_: Option<&Loaded<V>>, stripe: Stripe<'_>| guard::write_removes(&stripe);
+                    |_: Option<&Loaded<V>>, stripe: Stripe<'_>| self.write_removes(key, &stripe);
                 self.cache.remove_if(key, doomed, removed);
             }
         }
@@ -731,26 +760,34 @@ where
         };
         match over {
             Over::Stamp(stamp, seen) => {
-                let decide = |current: Option<&Loaded<V>>, s: Stripe<'_>| match current {
+                let decide = |key: &K, current: Option<&Loaded<V>>, s: Stripe<'_>| match current {
                     Some(c) if c.stamp == stamp => Verdict::Insert,
                     Some(_) => Verdict::Skip,
-                    None => seen.load_verdict(&s),
+                    None => self.load_verdict(key, seen, &s),
                 };
                 self.cache
                     .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
             Over::Unwritten(seen) => {
-                let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.load_verdict(&s);
+                let decide = |key: &K, _: Option<&Loaded<V>>, s: Stripe<'_>| {
+                    self.load_verdict(key, seen, &s)
+                };
                 self.cache
                     .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
             Over::Written(seen) => {
-                let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| seen.write_verdict(&s);
+                let decide = |key: &K, _: Option<&Loaded<V>>, s: Stripe<'_>| {
+                    self.flights.written(key);
+                    seen.write_verdict(&s)
+                };
                 self.cache
                     .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }
             Over::Replacing => {
-                let decide = |_: Option<&Loaded<V>>, s: Stripe<'_>| guard::write_replaces(&s);
+                let decide = |key: &K, _: Option<&Loaded<V>>, s: Stripe<'_>| {
+                    self.flights.written(key);
+                    guard::write_replaces(&s)
+                };
                 self.cache
                     .insert_stamped_if(key, entry, stamp_times, decide, removed)
             }

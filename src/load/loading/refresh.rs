@@ -158,7 +158,7 @@ where
         match self.timed(|| self.loader.load(&key)) {
             (Ok(value), took) => {
                 let over = stamp.map_or(Over::Unwritten(seen), |s| Over::Stamp(s, seen));
-                self.fill(guard, key, value, took, over, seen);
+                self.fill(guard, key, value, took, over);
             }
             (Err(e), _) => guard.finish(Outcome::Failed(Arc::new(e))),
         }

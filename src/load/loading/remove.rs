@@ -8,11 +8,7 @@ use std::{borrow::Borrow, hash::Hash, sync::Arc};
 use super::{LoadingCache, LoadingInner};
 #[cfg(doc)]
 use crate::Cache;
-use crate::{
-    RemovalCause,
-    load::{fresh::Loaded, guard},
-    shard::Stripe,
-};
+use crate::{RemovalCause, load::fresh::Loaded, shard::Stripe};
 
 impl<K, V, E> LoadingCache<K, V, E>
 where
@@ -78,7 +74,7 @@ where
             held = entry
                 .filter(|e| e.fresh_until(now).is_some())
                 .and_then(|e| e.value.clone());
-            guard::write_removes(&stripe)
+            self.inner.write_removes(key, &stripe)
         };
         let live = self
             .inner
@@ -128,6 +124,10 @@ where
     /// assert_eq!(cache.entry_count(), 0);
     /// ```
     pub fn invalidate_all(&self) {
+        // Loads under way do not cache what they read before: marked
+        // first, so a load that fills after its shard is cleared is one
+        // that read after this began.
+        self.inner.flights.written_all();
         self.inner.cache.invalidate_all();
     }
 }
@@ -155,7 +155,7 @@ where
             let mut rewritten = None;
             let doomed = |held: Option<&Loaded<V>>, stripe: Stripe<'_>| {
                 if last || held.is_none_or(|h| h.stamp == stamp) {
-                    return guard::write_removes(&stripe);
+                    return self.write_removes(key, &stripe);
                 }
                 rewritten = held.cloned();
                 false
@@ -176,7 +176,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| guard::write_removes(&stripe);
+        let doomed = |_: Option<&Loaded<V>>, stripe: Stripe<'_>| self.write_removes(key, &stripe);
         self.cache
             .remove_if_as(key, doomed, cause, &mut self.cache.delivery());
     }
