@@ -1,7 +1,7 @@
 //! Removal: [`LoadingCache::invalidate`], [`LoadingCache::remove`],
 //! [`LoadingCache::invalidate_entries_if`] and
 //! [`LoadingCache::invalidate_all`], each a write of the keys it removes
-//! (see [`guard`]).
+//! (see [`guard`](crate::load::guard)).
 
 use std::{borrow::Borrow, hash::Hash, sync::Arc};
 
@@ -170,7 +170,7 @@ where
     }
 
     /// Ends a write that leaves nothing to cache: drops `key`'s entry (as
-    /// `cause` if it is live) and counts the write (see [`guard`]).
+    /// `cause` if it is live) and counts the write (see [`guard`](crate::load::guard)).
     pub(super) fn remove_written<Q>(&self, key: &Q, cause: RemovalCause)
     where
         K: Borrow<Q>,
