@@ -100,10 +100,17 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
         if pending.retry {
             self.queued_retries -= 1;
         }
+        self.give_up_uncopied(held.key, pending, panic);
+    }
+
+    /// Gives up `pending`, out of the buffer already, as a change whose
+    /// `key` could not be copied (`panic`): dead-lettered, for
+    /// [`take_uncopied`](Self::take_uncopied).
+    fn give_up_uncopied(&mut self, key: K, pending: Pending<V>, panic: Box<dyn Any + Send>) {
         self.outstanding.remove(pending.first);
         self.stats.dead_lettered += 1;
         self.uncopied.push(Uncompared {
-            key: held.key,
+            key,
             change: pending.change,
             panic,
         });
@@ -275,13 +282,7 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                     .remove_entry(probe)
                     .expect("settled key has a slot");
                 let pending = slot.pending.expect("checked above");
-                self.outstanding.remove(pending.first);
-                self.stats.dead_lettered += 1;
-                self.uncopied.push(Uncompared {
-                    key: held.key,
-                    change: pending.change,
-                    panic,
-                });
+                self.give_up_uncopied(held.key, pending, panic);
             }
         }
     }
