@@ -470,12 +470,7 @@ fn a_change_whose_key_close_cannot_compare_as_it_drains_comes_back_in_the_report
     assert_eq!(report.in_flight, 1);
     assert_eq!(report.dead_letters.len(), 1, "{report:?}");
     let letter = &report.dead_letters[0];
-    assert_eq!((letter.key.id, &letter.change), (1, &Change::Put(2)));
-    assert!(
-        matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Eq of key 1 refused")),
-        "{:?}",
-        letter.error
-    );
+    assert_key_panicked(letter, 1, &Change::Put(2), "Eq");
 }
 
 #[test]
@@ -580,12 +575,7 @@ fn a_change_whose_key_the_flusher_cannot_copy_as_it_drains_is_dead_lettered() {
         let letters = letters.lock();
         assert_eq!(letters.len(), 1);
         let letter = &letters[0];
-        assert_eq!((letter.key.id, &letter.change), (3, &Change::Put(30)));
-        assert!(
-            matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Clone of key 3 refused")),
-            "{:?}",
-            letter.error
-        );
+        assert_key_panicked(letter, 3, &Change::Put(30), "Clone");
     }
     assert_eq!(log.last(3), None, "key 3 never reached the store");
     assert_eq!(log.last(4), Some(Change::Put(40)));
@@ -645,12 +635,7 @@ fn a_change_whose_key_the_flusher_cannot_copy_as_it_takes_a_batch_is_dead_letter
         let letters = letters.lock();
         assert_eq!(letters.len(), 1);
         let letter = &letters[0];
-        assert_eq!((letter.key.id, &letter.change), (1, &Change::Put(10)));
-        assert!(
-            matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains("Clone of key 1 refused")),
-            "{:?}",
-            letter.error
-        );
+        assert_key_panicked(letter, 1, &Change::Put(10), "Clone");
     }
     assert_eq!(log.last(1), None);
     assert_eq!(log.last(2), Some(Change::Put(20)));
@@ -756,12 +741,7 @@ fn a_newer_change_behind_a_dead_letter_whose_key_cannot_be_copied_is_dead_letter
             refused.error
         );
         let uncopied = &letters[1];
-        assert_eq!((uncopied.key.id, &uncopied.change), (5, &Change::Put(51)));
-        assert!(
-            matches!(&uncopied.error, WriteFailure::KeyPanicked(m) if m.contains("Clone of key 5 refused")),
-            "{:?}",
-            uncopied.error
-        );
+        assert_key_panicked(uncopied, 5, &Change::Put(51), "Clone");
     }
     let s = cache.write_stats();
     assert_eq!(
@@ -775,4 +755,21 @@ fn a_newer_change_behind_a_dead_letter_whose_key_cannot_be_copied_is_dead_letter
         (2, 0, 2, 0, 0)
     );
     assert!(cache.close(Duration::from_secs(5)).is_empty());
+}
+
+/// `letter` is key `id`'s `change`, given up because the key's `what`
+/// (`"Eq"` or `"Clone"`) panicked.
+fn assert_key_panicked(
+    letter: &DeadLetter<Touchy, u64, String>,
+    id: u64,
+    change: &Change<u64>,
+    what: &str,
+) {
+    assert_eq!((letter.key.id, &letter.change), (id, change));
+    let refused = format!("{what} of key {id} refused");
+    assert!(
+        matches!(&letter.error, WriteFailure::KeyPanicked(m) if m.contains(&refused)),
+        "{:?}",
+        letter.error
+    );
 }

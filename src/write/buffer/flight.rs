@@ -56,7 +56,6 @@ impl<K: Hash + Eq + Clone, V> Buffer<K, V> {
                     continue;
                 }
             };
-            let slot = self.slots.get_mut(key).expect("queued key has a slot");
             limit = limit.min(cap);
             let pending = slot.pending.take().expect("queued key is pending");
             let (first, last) = (pending.first, pending.last);
