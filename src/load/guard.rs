@@ -26,8 +26,9 @@
 //!   readers waiting for it take its value or load again
 //!   ([`LeaderGuard::finish_unless_stale`]): one that began after such a
 //!   write must not get a value read before it;
-//! - a write caches its value only if no other write ended since it began
-//!   ([`Seen::write_verdict`]), and drops the key otherwise. Of two writes
+//! - a write caches its value only if no other write of its key ended
+//!   since it began ([`Seen::write_verdict`]), and drops the key otherwise.
+//!   Of two writes
 //!   of a key that overlap, the first to end may cache its value and the
 //!   second drops it; the cache then holds nothing until both are done,
 //!   and the next read loads the store's own value. Writes that do not
@@ -37,17 +38,23 @@
 //! call can time out after its commit), so it ends like a delete: it drops
 //! the key and counts itself.
 //!
-//! Keys that share a stripe share its count, so for writes among
-//! themselves a write of one key counts against the others: a store's
-//! write that overlaps another key's on its stripe drops its key (never
-//! unsafe: the next read loads the store's value). Loads do not pay for
-//! that: when the stripe moved, the load's flight says whether its own key
-//! was written. Decided by the stripe alone (until 7 December), a key whose
-//! 5 ms load raced a thread inserting other keys flat out was loaded on
-//! every read. A `LoadingCache::insert` changes no store, so it only
-//! counts itself and caches its value ([`write_replaces`]): as a store's
-//! write it dropped its key about once in 10,000 inserts with two threads
-//! inserting other keys.
+//! Keys that share a stripe share its count, so a moved count alone does
+//! not say whose write ended. A write asks its stripe, which remembers the
+//! keys (a 32-bit tag of their hash) of its last [`ENDS`] counted writes
+//! ([`Stripe::key_ended_since`]): the write drops its key only if one of
+//! those was of its key or of every key (a clear), or if more writes ended
+//! than the stripe remembers, or if another key shares its tag (about one
+//! pair in 2^29). Each of those only costs the next read a load. Decided by
+//! the count alone (until 7 December, afternoon), a store's write that
+//! overlapped any other key's write on its stripe dropped its key: with
+//! eight other keys written during a write-through in a one-shard cache,
+//! two times in three. A load asks its flight instead, which a write of
+//! its key marks: decided by the count alone (until 7 December, morning),
+//! a key whose 5 ms load raced a thread inserting other keys flat out was
+//! loaded on every read. A `LoadingCache::insert` changes no store, so it
+//! only counts itself and caches its value ([`write_replaces`]): as a
+//! store's write it dropped its key about once in 10,000 inserts with two
+//! threads inserting other keys.
 //!
 //! [`Cache::invalidate_all`] counts a write on every stripe, so a loading
 //! cache's clear is a write of every key. (A plain `Cache`'s `get_with`
@@ -55,6 +62,8 @@
 //! [`flight`](crate::load::flight).)
 //!
 //! [`Stripe`]: crate::shard::Stripe
+//! [`Stripe::key_ended_since`]: crate::shard::Stripe::key_ended_since
+//! [`ENDS`]: crate::shard::ENDS
 //! [`LeaderGuard::finish_unless_stale`]: crate::load::flight::LeaderGuard::finish_unless_stale
 
 use std::hash::Hash;
@@ -93,10 +102,10 @@ impl Seen {
     /// A write's end with a value: counts it, and caches the value only if
     /// no other write ended since it began; drops the key otherwise.
     pub(crate) fn write_verdict(self, stripe: &Stripe<'_>) -> Verdict {
-        let verdict = if stripe.get() == self.0 {
-            Verdict::Insert
-        } else {
+        let verdict = if stripe.key_ended_since(self.0) {
             Verdict::Remove
+        } else {
+            Verdict::Insert
         };
         stripe.bump();
         verdict
@@ -135,6 +144,7 @@ pub(crate) fn write_removes(stripe: &Stripe<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::ENDS;
 
     fn cache() -> Cache<u64, u64> {
         Cache::new(100)
@@ -195,6 +205,47 @@ mod tests {
         let third = seen(&cache, &7);
         assert!(end_write(&cache, 7, 3, third), "nothing overlaps it");
         assert_eq!(cache.peek(&7), Some(3));
+    }
+
+    /// `n` keys other than `key` that share its stripe: a write of each
+    /// moves `key`'s count.
+    fn stripe_mates(cache: &Cache<u64, u64>, key: u64, n: usize) -> Vec<u64> {
+        (key + 1..)
+            .filter(|k| {
+                let before = seen(cache, &key);
+                cache.remove_if(k, |_, s| write_removes(&s), &mut cache.delivery());
+                seen(cache, &key) != before
+            })
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_write_overlapped_only_by_writes_of_other_keys_caches_its_value() {
+        let cache = cache();
+        let remembered = ENDS as usize;
+        let mates = stripe_mates(&cache, 1, remembered + 1);
+        let write = seen(&cache, &1);
+        for &k in &mates[..remembered] {
+            assert!(end_write(&cache, k, k, seen(&cache, &k)));
+        }
+        assert_ne!(seen(&cache, &1), write, "the stripe moved");
+        assert!(end_write(&cache, 1, 10, write), "only other keys ended");
+        assert_eq!(cache.peek(&1), Some(10));
+        // More ends than the stripe remembers the keys of count as the key's.
+        let write = seen(&cache, &1);
+        for &k in &mates {
+            assert!(end_write(&cache, k, k, seen(&cache, &k)));
+        }
+        assert!(!end_write(&cache, 1, 11, write));
+        assert_eq!(cache.peek(&1), None);
+        // A delete of the key among other keys' writes counts.
+        let write = seen(&cache, &1);
+        assert!(end_write(&cache, mates[0], 0, seen(&cache, &mates[0])));
+        cache.remove_if(&1, |_, s| write_removes(&s), &mut cache.delivery());
+        assert!(end_write(&cache, mates[1], 0, seen(&cache, &mates[1])));
+        assert!(!end_write(&cache, 1, 12, write), "a delete of it ended");
+        assert_eq!(cache.peek(&1), None);
     }
 
     #[test]
@@ -416,6 +467,12 @@ mod tests {
         cache.invalidate_all();
         for (k, seen) in (0..64).zip(loads) {
             assert!(!load(&cache, k, 0, seen), "key {k}");
+        }
+        assert_eq!(cache.entry_count(), 0);
+        let writes: Vec<Seen> = (0..64).map(|k| seen(&cache, &k)).collect();
+        cache.invalidate_all();
+        for (k, seen) in (0..64).zip(writes) {
+            assert!(!end_write(&cache, k, 0, seen), "key {k}");
         }
         assert_eq!(cache.entry_count(), 0);
     }

@@ -96,6 +96,8 @@ mod slot;
 mod table;
 mod write;
 
+#[cfg(test)]
+pub(crate) use sharded::ENDS;
 pub(crate) use sharded::{ShardCell, ShardWriteGuard, Shards, Stripe};
 
 use std::{

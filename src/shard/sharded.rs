@@ -6,7 +6,7 @@ use std::{
     hash::Hash,
     sync::atomic::{
         AtomicU32,
-        Ordering::{Acquire, Release},
+        Ordering::{Acquire, Relaxed, Release},
     },
 };
 
@@ -42,17 +42,46 @@ pub(crate) struct ShardCell<K, V> {
     hits: HitCount,
 }
 
-/// A shard's stripe counts, on one cache line of their own.
+/// A shard's stripe counts, on one cache line of their own (the one
+/// loads and writes read unlocked), then the keys of each stripe's last
+/// [`ENDS`] counted writes (256 bytes, read and written under the lock).
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct WriteCounts([AtomicU32; STRIPES]);
+struct WriteCounts {
+    counts: [AtomicU32; STRIPES],
+    ends: [EndLog; STRIPES],
+}
+
+/// How many of a stripe's last counted writes it remembers the keys of: a
+/// write that more writes of its stripe ended during counts as overlapped
+/// by one of its own key (see [`Stripe::key_ended_since`]).
+pub(crate) const ENDS: u32 = 8;
+
+/// The keys (their [`tag`]s) of a stripe's last [`ENDS`] counted writes,
+/// the one that took the count from `n` to `n + 1` at `n % ENDS`. Written
+/// and read only under the shard's write lock, so relaxed.
+#[derive(Debug, Default)]
+struct EndLog([AtomicU32; ENDS as usize]);
+
+/// What the end log keeps of a key's hash: 32 bits, so two keys of a stripe
+/// share a tag about once in 2^29 pairs (the stripe's own bits are equal);
+/// a shared tag only makes a write drop its key as if overlapped.
+fn tag(hash: u64) -> u32 {
+    (hash ^ (hash >> 32)) as u32
+}
+
+/// The tag of a write of every key (a clear): matches any key.
+const EVERY_KEY: u32 = u32::MAX;
 
 /// One stripe's write count, reached through a held write lock of its
 /// shard: the only way to change a count, so counts need no
-/// read-modify-write (see [`guard`](crate::load::guard)).
+/// read-modify-write (see [`guard`](crate::load::guard)). It is the stripe
+/// of one key, whose write [`bump`](Self::bump) counts.
 #[derive(Debug)]
 pub(crate) struct Stripe<'a> {
     count: &'a AtomicU32,
+    ends: &'a EndLog,
+    tag: u32,
 }
 
 impl Stripe<'_> {
@@ -61,9 +90,27 @@ impl Stripe<'_> {
         self.count.load(Acquire)
     }
 
-    /// Counts one more write (wrapping).
+    /// Counts one more write (wrapping), of this stripe's key.
     pub(crate) fn bump(&self) {
-        self.count.store(self.get().wrapping_add(1), Release);
+        let count = self.get();
+        self.ends.0[(count % ENDS) as usize].store(self.tag, Relaxed);
+        self.count.store(count.wrapping_add(1), Release);
+    }
+
+    /// Whether a write of this stripe's key (or of every key) was counted
+    /// since the count was `since`; also whenever more than [`ENDS`]
+    /// writes were, whose keys the stripe no longer remembers. A tag shared
+    /// with another key answers yes too, never no for a write of the key.
+    pub(crate) fn key_ended_since(&self, since: u32) -> bool {
+        let now = self.get();
+        let ended = now.wrapping_sub(since);
+        if ended > ENDS {
+            return true;
+        }
+        (0..ended).any(|n| {
+            let tag = self.ends.0[(since.wrapping_add(n) % ENDS) as usize].load(Relaxed);
+            tag == self.tag || tag == EVERY_KEY
+        })
     }
 }
 
@@ -77,7 +124,7 @@ impl<K, V> ShardCell<K, V> {
     /// The write count of `hash`'s stripe, read without the lock.
     #[inline]
     pub(crate) fn write_count(&self, hash: u64) -> u32 {
-        self.writes.0[stripe_of(hash)].load(Acquire)
+        self.writes.counts[stripe_of(hash)].load(Acquire)
     }
 
     /// `hash`'s stripe, for the holder of this shard's write lock (`held`,
@@ -89,16 +136,24 @@ impl<K, V> ShardCell<K, V> {
         held: &RwLockWriteGuard<'a, Shard<K, V>>,
     ) -> Stripe<'a> {
         self.debug_assert_held(held);
+        let stripe = stripe_of(hash);
         Stripe {
-            count: &self.writes.0[stripe_of(hash)],
+            count: &self.writes.counts[stripe],
+            ends: &self.writes.ends[stripe],
+            tag: tag(hash),
         }
     }
 
     /// Counts a write on every stripe, for the holder of the write lock.
     pub(crate) fn bump_all(&self, held: &RwLockWriteGuard<'_, Shard<K, V>>) {
         self.debug_assert_held(held);
-        for count in &self.writes.0 {
-            Stripe { count }.bump();
+        for (count, ends) in self.writes.counts.iter().zip(&self.writes.ends) {
+            Stripe {
+                count,
+                ends,
+                tag: EVERY_KEY,
+            }
+            .bump();
         }
     }
 
@@ -244,4 +299,65 @@ fn reservation(capacity: u64, shards: usize, slot_bytes: usize) -> usize {
     let entries = CACHE_WIDE.min(CACHE_WIDE_BYTES / slot_bytes.max(1) as u64);
     let per_shard = (entries / shards as u64).max(1);
     (capacity.min(per_shard) as usize) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stripe of key `hash` over `count` and `ends`.
+    fn stripe_at<'a>(count: &'a AtomicU32, ends: &'a EndLog, hash: u64) -> Stripe<'a> {
+        Stripe {
+            count,
+            ends,
+            tag: tag(hash),
+        }
+    }
+
+    #[test]
+    fn a_stripe_remembers_the_keys_of_its_last_writes_across_the_counts_wrap() {
+        for start in [0, u32::MAX - 3] {
+            let count = AtomicU32::new(start);
+            let ends = EndLog::default();
+            let mine = stripe_at(&count, &ends, 1);
+            let other = stripe_at(&count, &ends, 2 << 40);
+            let since = mine.get();
+            assert!(!mine.key_ended_since(since), "nothing ended");
+            for _ in 0..ENDS {
+                other.bump();
+                assert!(!mine.key_ended_since(since), "only another key's writes");
+            }
+            assert!(other.key_ended_since(since), "its own writes");
+            other.bump();
+            assert!(
+                mine.key_ended_since(since),
+                "more writes than the log holds count as the key's"
+            );
+            let since = mine.get();
+            other.bump();
+            mine.bump();
+            other.bump();
+            assert!(mine.key_ended_since(since), "one of its own among others");
+            assert!(!mine.key_ended_since(mine.get()), "nothing since now");
+        }
+    }
+
+    #[test]
+    fn a_clear_counts_as_a_write_of_every_key() {
+        let count = AtomicU32::new(0);
+        let ends = EndLog::default();
+        let since = count.load(Acquire);
+        Stripe {
+            count: &count,
+            ends: &ends,
+            tag: EVERY_KEY,
+        }
+        .bump();
+        for hash in [0, 1, 7 << 33, u64::MAX] {
+            assert!(
+                stripe_at(&count, &ends, hash).key_ended_since(since),
+                "{hash}"
+            );
+        }
+    }
 }

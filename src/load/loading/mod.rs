@@ -183,8 +183,7 @@ enum Over {
     /// whatever is there is replaced, and the write is counted, so that no
     /// load under way caches over it. Nothing to keep in step, so two such
     /// writes of a key land as a plain `Cache`'s do, the last one staying
-    /// (counted as `Written`, one could drop its key for a write of another
-    /// key of its stripe).
+    /// (counted as `Written`, one that overlapped another dropped its key).
     Replacing,
 }
 
