@@ -83,10 +83,12 @@ impl Policy {
         self.weighted
     }
 
-    /// The heaviest entry every shard keeps: `max_capacity / num_shards`,
+    /// The heaviest entry the cache keeps: `max_capacity / num_shards`,
     /// rounded down, for a weighted cache; `None` for an unweighted or
-    /// unbounded one. A heavier entry may be refused (the listener hears
-    /// of it as a `Size` eviction; see [`CacheBuilder::weigher`]).
+    /// unbounded one. A heavier entry is refused, in every shard (the
+    /// listener hears of it as a `Size` eviction; see
+    /// [`CacheBuilder::weigher`]), though the first `max_capacity %
+    /// num_shards` shards hold a unit more in all.
     ///
     /// # Examples
     ///
@@ -342,7 +344,7 @@ where
     /// holds 512 or more (the default), and to only 80 to 90 % when
     /// [`num_shards`](Self::num_shards) leaves each a few entries (100
     /// over 16 shards). With a weigher, an entry heavier than its shard's
-    /// share (`max_capacity / num_shards`) is refused, and with the default
+    /// share (`max_capacity / num_shards`, rounded down) is refused, and with the default
     /// shard count that share is small: see [`weigher`](Self::weigher).
     ///
     /// # Examples
@@ -371,7 +373,9 @@ where
     /// weightless entries has no limit on their number), but the policy may
     /// still evict it to make room for others.
     ///
-    /// A shard's share is `max_capacity / num_shards`, and the default shard
+    /// A shard's share is `max_capacity / num_shards`, rounded down (the
+    /// first `max_capacity % num_shards` shards hold a unit more in all,
+    /// but refuse the same entries), and the default shard
     /// count counts the weight's units as it counts entries: one shard per
     /// 512 units, up to four per CPU rounded up to a power of two. A cache
     /// bounded in bytes is always big enough to get the most, so on a

@@ -336,6 +336,10 @@ pub(crate) type Placeholder<V> = fn(&V) -> bool;
 pub(crate) struct Layout {
     /// Most weight (entries when unweighted) the shard holds.
     pub(crate) capacity: u64,
+    /// The heaviest entry the shard keeps: the cache's capacity over its
+    /// shard count, rounded down, the same in every shard (a shard's own
+    /// capacity may be one unit more).
+    pub(crate) heaviest: u64,
     /// Entries carry weights from a weigher.
     pub(crate) weighted: bool,
     /// Entries to reserve storage for (written as entries arrive).
@@ -389,6 +393,8 @@ pub(crate) struct Shard<K, V> {
     /// count unchanged is the entry seen under that key before, with no
     /// lifetime given to it since but by writes and reads (see [`Sighting`]).
     created: u64,
+    /// See [`Layout::heaviest`].
+    heaviest: u64,
 }
 
 /// What a read saw of an entry, for a change it makes after unlocking (a
@@ -451,6 +457,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             placeholder,
             version: 0,
             created: 0,
+            heaviest: layout.heaviest,
         }
     }
 
@@ -767,6 +774,7 @@ mod tests {
         let capacity = 100;
         let layout = Layout {
             capacity,
+            heaviest: capacity,
             weighted: false,
             // As `Shards::new` reserves for a bounded shard.
             reserve: capacity as usize + 1,

@@ -219,6 +219,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         let hasher = RandomState::new();
         let n = count as u64;
         let sketch_budget = SketchBudget::of_shard(capacity, weighted, n);
+        let heaviest_entry = capacity / n;
         let cells = (0..n)
             .map(|i| {
                 let capacity = capacity / n + u64::from(i < capacity % n);
@@ -229,6 +230,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
                 };
                 let layout = Layout {
                     capacity,
+                    heaviest: heaviest_entry,
                     weighted,
                     reserve,
                     timed,

@@ -40,9 +40,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     ) {
         self.version += 1;
         // A shard without capacity keeps nothing, weightless entries
-        // included (a cache built with `max_capacity(0)`).
+        // included (a cache built with `max_capacity(0)`). Every shard
+        // refuses the same weights, whichever holds a unit more.
         let capacity = self.policy.capacity();
-        if u64::from(w.weight) > capacity || capacity == 0 {
+        if u64::from(w.weight) > self.heaviest || capacity == 0 {
             if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced)
             {
                 removed.push(k, v, cause);
