@@ -36,9 +36,11 @@
 //! * An id whose deadline has passed (expired, not yet reaped) never wins
 //!   a duel: an expired candidate is evicted, an expired victim gives way
 //!   to the candidate, and no ghost remembers either (the policy did not
-//!   choose them). So live keys are not turned away to keep expired
-//!   favourites; the shard also reaps a few expired entries before it
-//!   asks the policy for room (see `Shard::insert`).
+//!   choose them). So live keys are not turned away to keep the expired
+//!   entries a duel meets; the shard also reaps a few expired entries
+//!   before it asks the policy for room (see `Shard::insert`). Expired
+//!   entries in the protected segment, which no duel meets, wait for a
+//!   reap.
 //! * In caches of up to 2,048 entries a candidate that loses its duel
 //!   may be **[readmitted](returns)**: if the duel turned it away
 //!   before, within the last capacity's worth of requests, it displaces
