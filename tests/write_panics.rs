@@ -6,7 +6,9 @@
 //! key that cannot be compared on the flusher is still sent, retried and
 //! dead-lettered, and one that cannot be compared or copied as the queue
 //! takes its change in, or copied as the flusher takes it for a batch or
-//! keeps its letter, is dead-lettered, with nothing left in flight.
+//! keeps its letter, is dead-lettered, with nothing left in flight; and
+//! one that cannot be copied for `close`'s report makes that `close` panic
+//! once, not the drop after it.
 
 #[path = "support/threads.rs"]
 mod threads;
@@ -772,4 +774,58 @@ fn assert_key_panicked(
         "{:?}",
         letter.error
     );
+}
+
+/// A key that cannot be copied while `flag` is set, on any thread.
+fn refused_while(flag: &Arc<AtomicBool>) -> Rule {
+    let flag = flag.clone();
+    Arc::new(move |_| flag.load(SeqCst))
+}
+
+#[test]
+fn a_close_whose_report_cannot_copy_a_key_panics_once_and_the_drop_after_it_does_not() {
+    // `close` copies the changes it reports unwritten (one in a store call
+    // the store holds them in too). A key whose `Clone` panics there makes
+    // `close` panic; the last handle, dropped as that panic unwinds, closes
+    // again, and must find nothing left to copy: a second panic while
+    // unwinding aborts the process.
+    quiet_injected_panics();
+    let log = Log::default();
+    let refusing = Arc::new(AtomicBool::new(false));
+    let rule = refused_while(&refusing);
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let cache = Cache::builder()
+        .store(log.clone())
+        .write_behind()
+        .flush_interval(Duration::from_millis(1))
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead: DeadLetter<Touchy, u64, String>| letters.lock().push(dead.key.id)
+        })
+        .build()
+        .unwrap();
+    let held = log.gate.lock();
+    cache.insert(Touchy::uncopyable(5, &rule), 50).unwrap();
+    eventually("key 5's change is in a store call", || {
+        cache.write_stats().in_flight == 1
+    });
+    cache.insert(Touchy::uncopyable(6, &rule), 60).unwrap();
+    // Queued behind the call (a look at the stats drains the lanes, so
+    // close's own drain copies nothing).
+    assert_eq!(cache.write_stats().queue_len, 2);
+    refusing.store(true, SeqCst);
+    let closing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let cache = cache;
+        cache.close(Duration::from_millis(20))
+    }));
+    assert!(closing.is_err(), "close could not copy key 5 and panicked");
+    refusing.store(false, SeqCst);
+    drop(held);
+    eventually("the hung store call took key 5", || log.last(5).is_some());
+    assert!(
+        letters.lock().is_empty(),
+        "handed to the handler: {:?}",
+        letters.lock()
+    );
+    assert_eq!(log.last(6), None, "the queued change went with the report");
 }

@@ -370,6 +370,46 @@ impl<K, V, E> State<K, V, E> {
 /// The changes of one store call.
 type Batch<K, V> = Vec<(K, Change<V>)>;
 
+/// What `close` took out of the state to report: the buffer it retired
+/// and the batch that was in flight.
+struct Retired<K, V> {
+    buffer: Buffer<K, V>,
+    flying: Arc<Batch<K, V>>,
+    flying_slots: Vec<SlotId>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Retired<K, V> {
+    /// The latest change per key not yet written: first those in a store
+    /// call that has not returned, then those queued behind an older change
+    /// of their key in that call (the older one may still land after
+    /// them), then the others queued; with the counts of the first two.
+    /// Copies each (user code: a `Clone` that panics reaches `close`'s
+    /// caller).
+    fn unwritten(&self) -> (Vec<(K, Change<V>)>, usize, usize) {
+        // One in flight is older than one of the same key still queued.
+        // (No key is hashed or compared: the buffer finds a flying key's
+        // queued change by its slot.)
+        let queued = |slot: &SlotId| self.buffer.pending_change_in(*slot);
+        let flying = || self.flying.iter().zip(&self.flying_slots);
+        let mut unwritten: Vec<(K, Change<V>)> = flying()
+            .filter(|(_, slot)| queued(slot).is_none())
+            .map(|(pair, _)| pair.clone())
+            .collect();
+        let in_flight = unwritten.len();
+        unwritten.extend(
+            flying().filter_map(|(pair, slot)| Some((pair.0.clone(), queued(slot)?.clone()))),
+        );
+        let overtaken = unwritten.len() - in_flight;
+        unwritten.extend(
+            self.buffer
+                .pending_changes()
+                .filter(|&(_, _, flying)| !flying)
+                .map(|(k, c, _)| (k.clone(), c.clone())),
+        );
+        (unwritten, in_flight, overtaken)
+    }
+}
+
 /// A batch taken for the store: the receipts to report its outcome by, and
 /// the changes themselves.
 type Outgoing<K, V> = (Vec<Receipt<K>>, Arc<Batch<K, V>>);
@@ -760,8 +800,11 @@ where
         let deadline = Instant::now().checked_add(timeout);
         let mut st = self.state.lock();
         let exited = self.stop_flusher(&mut st, deadline);
-        let (unwritten, in_flight, overtaken) = Self::unwritten(&st);
-        self.retire_buffer(&mut st);
+        // What the report copies (user code) is taken out of the state
+        // first: a copy that panics then leaves nothing for a second close
+        // to copy again, such as the drop of the last handle as that panic
+        // unwinds, where a second panic would abort the process.
+        let retired = self.retire_buffer(&mut st);
         // Changes a drain could not place (close's own drain among them)
         // that the flusher has not handed over: handed over here, kept in
         // the report without a handler.
@@ -779,7 +822,9 @@ where
         // Writers waiting for room and flushes waiting for outcomes: the
         // queue they wait on is gone (a hung store call may never end).
         self.changed.notify_all();
-        self.hand_back(&unwritten, &dead[dead.len() - kept_uncompared..], deliver);
+        self.hand_back(&dead[dead.len() - kept_uncompared..], deliver);
+        let (unwritten, in_flight, overtaken) = retired.unwritten();
+        self.drop_cached_unwritten(&unwritten);
         // Only another thread can see the flusher exited, so this never
         // joins itself.
         if exited {
@@ -839,43 +884,10 @@ where
         st.exited
     }
 
-    /// The latest change per key not yet written: first those in a store
-    /// call that has not returned, then those queued behind an older change
-    /// of their key in that call (the older one may still land after
-    /// them), then the others queued; with the counts of the first two.
-    fn unwritten(st: &State<K, V, S::Error>) -> (Vec<(K, Change<V>)>, usize, usize) {
-        // One in flight is older than one of the same key still queued.
-        // (No key is hashed or compared: the buffer finds a flying key's
-        // queued change by its slot.)
-        let queued = |slot: &SlotId| st.buffer.pending_change_in(*slot);
-        let mut unwritten: Vec<(K, Change<V>)> = st
-            .flying
-            .iter()
-            .zip(&st.flying_slots)
-            .filter(|(_, slot)| queued(slot).is_none())
-            .map(|(pair, _)| pair.clone())
-            .collect();
-        let in_flight = unwritten.len();
-        unwritten.extend(
-            st.flying
-                .iter()
-                .zip(&st.flying_slots)
-                .filter_map(|(pair, slot)| Some((pair.0.clone(), queued(slot)?.clone()))),
-        );
-        let overtaken = unwritten.len() - in_flight;
-        unwritten.extend(
-            st.buffer
-                .pending_changes()
-                .filter(|&(_, _, flying)| !flying)
-                .map(|(k, c, _)| (k.clone(), c.clone())),
-        );
-        (unwritten, in_flight, overtaken)
-    }
-
     /// Replaces the buffer, whose changes `close` reports once, with an
     /// empty one (so a second close does not repeat them), keeping its
-    /// counts, and forgets the batch in flight.
-    fn retire_buffer(&self, st: &mut State<K, V, S::Error>) {
+    /// counts, and forgets the batch in flight: both handed back.
+    fn retire_buffer(&self, st: &mut State<K, V, S::Error>) -> Retired<K, V> {
         let old = std::mem::replace(
             &mut st.buffer,
             Buffer::with_hasher(
@@ -894,17 +906,19 @@ where
         c.flushed += b.flushed;
         c.retried += b.retried;
         c.dead_lettered += b.dead_lettered;
-        st.flying = Arc::default();
-        st.flying_slots.clear();
         self.held.store(0, SeqCst);
+        Retired {
+            buffer: old,
+            flying: std::mem::take(&mut st.flying),
+            flying_slots: std::mem::take(&mut st.flying_slots),
+        }
     }
 
     /// `close`'s user code, run unlocked: drops the cached copies of the
-    /// `unwritten` keys and of the `kept` dead letters, and hands the
-    /// letters to `deliver` to the handler.
+    /// `kept` dead letters, and hands the letters to `deliver` to the
+    /// handler.
     fn hand_back(
         &self,
-        unwritten: &[(K, Change<V>)],
         kept: &[DeadLetter<K, V, S::Error>],
         deliver: Vec<DeadLetter<K, V, S::Error>>,
     ) {
@@ -913,9 +927,6 @@ where
         // the flusher, maybe still in a hung store call): from here it
         // returns at once, as it does on the flusher.
         let _user_code = RunsUserCode::of(self.address());
-        for (key, _) in unwritten {
-            self.drop_cached(key);
-        }
         for letter in kept {
             self.drop_cached(&letter.key);
         }
@@ -927,6 +938,15 @@ where
             }
             self.state.lock().reporting -= delivered;
             self.changed.notify_all();
+        }
+    }
+
+    /// `close`'s last user code: drops the cached copies of the
+    /// `unwritten` keys (see [`hand_back`](Self::hand_back)).
+    fn drop_cached_unwritten(&self, unwritten: &[(K, Change<V>)]) {
+        let _user_code = RunsUserCode::of(self.address());
+        for (key, _) in unwritten {
+            self.drop_cached(key);
         }
     }
 

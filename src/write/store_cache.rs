@@ -866,6 +866,17 @@ where
     /// dropping the last handle afterwards). For the other
     /// policies it does nothing and reports nothing.
     ///
+    /// # Panics
+    ///
+    /// If copying a change for the report panics (its key's or value's
+    /// `Clone`; the report's changes are copies, since a store call under
+    /// way holds one of them): by then the queue is emptied, the flusher
+    /// told to stop and the dead letters handed to the handler, so the
+    /// panic reaches the caller without the report, the changes it would
+    /// have listed are dropped (one in that store call may still land),
+    /// and a second call, or the drop of the last handle as the panic
+    /// unwinds, finds nothing left to copy and returns at once.
+    ///
     /// # Examples
     ///
     /// ```
