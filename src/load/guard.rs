@@ -40,7 +40,7 @@
 //!
 //! Keys that share a stripe share its count, so a moved count alone does
 //! not say whose write ended. A write asks its stripe, which remembers the
-//! keys (a 32-bit tag of their hash) of its last [`ENDS`] counted writes
+//! keys (a 32-bit tag of their hash) of its last 8 counted writes
 //! ([`Stripe::key_ended_since`]): the write drops its key only if one of
 //! those was of its key or of every key (a clear), or if more writes ended
 //! than the stripe remembers, or if another key shares its tag (about one
@@ -63,7 +63,6 @@
 //!
 //! [`Stripe`]: crate::shard::Stripe
 //! [`Stripe::key_ended_since`]: crate::shard::Stripe::key_ended_since
-//! [`ENDS`]: crate::shard::ENDS
 //! [`LeaderGuard::finish_unless_stale`]: crate::load::flight::LeaderGuard::finish_unless_stale
 
 use std::hash::Hash;
