@@ -947,18 +947,7 @@ fn racing_loads_and_writes_never_leave_the_cache_behind_the_store() {
         store.faults.slow_micros.store(20, SeqCst);
         store.faults.slow_load_micros.store(20, SeqCst);
         let b = builder(&store);
-        let cache: StoreCache<u64, u64, MemStore> = match policy {
-            "through" => b.build().unwrap(),
-            "around" => b.write_around().build().unwrap(),
-            _ => b
-                .write_behind()
-                .batch_size(4)
-                .flush_interval(Duration::from_millis(1))
-                .max_attempts(1_000)
-                .retry_backoff(Duration::from_micros(50), Duration::from_micros(200), 0.5)
-                .build()
-                .unwrap(),
-        };
+        let cache: StoreCache<u64, u64, MemStore> = stores::racing(b, policy);
         let next = Arc::new(AtomicU64::new(1));
         for round in 0..6_u64 {
             store.faults.fail_per_mille.store(50, SeqCst);

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use larder::{Change, Store};
+use larder::{Change, Store, StoreCache, StoreCacheBuilder};
 use parking_lot::{Mutex, RwLock};
 
 /// Faults to inject; all off by default.
@@ -215,5 +215,27 @@ impl Store<u64, u64> for MemStore {
             return Err("timed out (after applying)".into());
         }
         Ok(())
+    }
+}
+
+/// The racing tests' cache from `builder`: writing through, around, or
+/// behind (`policy`: "through", "around", anything else) with batches of 4,
+/// a 1 ms flush interval and fast retries that all but never give up.
+pub fn racing<S>(builder: StoreCacheBuilder<u64, u64, S>, policy: &str) -> StoreCache<u64, u64, S>
+where
+    S: Store<u64, u64> + Send + Sync + 'static,
+    S::Error: Send + Sync + 'static,
+{
+    match policy {
+        "through" => builder.build().unwrap(),
+        "around" => builder.write_around().build().unwrap(),
+        _ => builder
+            .write_behind()
+            .batch_size(4)
+            .flush_interval(Duration::from_millis(1))
+            .max_attempts(1_000)
+            .retry_backoff(Duration::from_micros(50), Duration::from_micros(200), 0.5)
+            .build()
+            .unwrap(),
     }
 }
