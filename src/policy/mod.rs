@@ -654,6 +654,14 @@
 //! 24.65: `backf`@200 −1.0 to −1.4) and a main-side vote of 1 or 3
 //! (48.28, 48.30; `zigzag` −1.9 at 1, `sprite`@500 −1.45 at 3). None kept.
 //!
+//! On the afternoon of 7 December (simulator, four hash seeds, 8 shards):
+//! the sketch's sample period in caches of up to 2,048 entries at 5, 7,
+//! 13, 16 or 20 increments per entry instead of 10. `multi2`@1000 57.36
+//! at 10 against 56.72, 57.13, 57.28, 57.32 and 57.31; `zigzag`@500 22.70
+//! against 21.11 to 22.53, `sprite`@500 77.59 against 75.66 at 5 and
+//! 77.48 to 77.93 else, `OLTP`@1000 +0.2 to +0.3 from 13 up. Not kept:
+//! nothing for `multi2`, and the loops' neighbours lose.
+//!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their
 //! votes wandered between 0 and about 1% of the capacity, where the
