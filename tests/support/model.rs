@@ -579,6 +579,23 @@ impl Model {
         (e.lo, e.hi) = (at, at);
     }
 
+    /// A value heavier than `max_capacity / num_shards` (the cache's
+    /// `max_entry_weight`) is refused by whichever shard its key falls in,
+    /// so right after its insert the key has no entry.
+    fn assert_refused_if_heavy(&self, cache: &Cache<u8, u16>, k: u8, v: u16) {
+        if self.cfg.weigher != Weigher::Unit
+            && u64::from(weight(self.cfg.weigher, v)) > self.smallest_shard()
+        {
+            assert_eq!(
+                cache.peek(&k),
+                None,
+                "insert({k}, {v}) of weight {} kept, max_entry_weight {:?}",
+                weight(self.cfg.weigher, v),
+                cache.policy().max_entry_weight()
+            );
+        }
+    }
+
     /// The clock step of [`Op::AdvanceNear`].
     fn near(&self, k: u8, delta: i8) -> u64 {
         let target = self
@@ -638,10 +655,12 @@ fn apply(op: &Op, cache: &Cache<u8, u16>, clock: &MockClock, m: &mut Model) {
     match *op {
         Op::Insert(k, v) => {
             cache.insert(k, v);
+            m.assert_refused_if_heavy(cache, k, v);
             m.write(k, v, None);
         }
         Op::InsertTtl(k, v, t) => {
             cache.insert_with_ttl(k, v, given_ttl(t));
+            m.assert_refused_if_heavy(cache, k, v);
             m.write(k, v, Some(nanos(given_ttl(t))));
         }
         Op::Get(k) => {
