@@ -375,8 +375,9 @@ where
     /// evicts the victims its order gives, weightless ones included, though
     /// evicting those frees nothing (measured on 7 December: one shard
     /// bounded at 10, 2,000 new keys alternating weights 0 and 1 evicted
-    /// 925 of the 1,000 weightless ones and kept 75). Caffeine exempts them
-    /// instead; keep entries that must stay in a cache of their own.
+    /// 925 of the 1,000 weightless ones and kept 75). Caffeine and
+    /// quick_cache exempt them from size eviction instead; keep entries
+    /// that must stay in a cache of their own.
     ///
     /// A shard's share is `max_capacity / num_shards`, rounded down (the
     /// first `max_capacity % num_shards` shards hold a unit more in all,
