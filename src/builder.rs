@@ -370,14 +370,13 @@ where
     /// held. An entry heavier than its shard's share of the capacity is not
     /// stored (the listener sees it as a `Size` eviction). An entry weighing
     /// 0 takes no room: it does not count against the bound (a cache of
-    /// weightless entries has no limit on their number), but it is not
-    /// exempt from eviction: while heavier entries need room, the policy
-    /// evicts the victims its order gives, weightless ones included, though
-    /// evicting those frees nothing (measured on 7 December: one shard
-    /// bounded at 10, 2,000 new keys alternating weights 0 and 1 evicted
-    /// 925 of the 1,000 weightless ones and kept 75). Caffeine and
-    /// quick_cache exempt them from size eviction instead; keep entries
-    /// that must stay in a cache of their own.
+    /// weightless entries has no limit on their number), and it is never
+    /// evicted for size (evicting it would free nothing), as in Caffeine
+    /// and quick_cache: it leaves when removed or expired, and a write that
+    /// gives it a weight makes it a candidate for eviction again. Until 7 December the policy evicted weightless
+    /// entries as victims like any other (a shard of 10 given 2,000 new
+    /// keys alternating weights 0 and 1 evicted 925 of the 1,000
+    /// weightless ones; now none).
     ///
     /// A shard's share is `max_capacity / num_shards`, rounded down (the
     /// first `max_capacity % num_shards` shards hold a unit more in all,

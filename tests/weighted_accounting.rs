@@ -1075,3 +1075,71 @@ fn expired_favourites_make_room_once_reaped() {
         assert_eq!((cache.entry_count(), cache.weighted_size()), (40, 40));
     }
 }
+
+/// Weightless entries are exempt from eviction for size (evicting one frees
+/// nothing), as in Caffeine and quick_cache: a shard of 10 given 2,000 new
+/// keys alternating weights 0 and 1 keeps all 1,000 weightless ones and
+/// evicts only weighted ones; before 7 December it evicted 925 of the
+/// weightless ones. A weightless entry that a write makes heavy rejoins
+/// eviction, and a heavy one made weightless leaves it.
+#[test]
+fn weightless_entries_are_never_evicted_for_size() {
+    let clock = MockClock::new();
+    let (cache, log) = weighted(10, 1, &clock);
+    for k in 0..2_000u32 {
+        cache.insert(k, (k % 2, u64::from(k)));
+        cache.check_invariants();
+    }
+    cache.run_pending_tasks();
+    let weightless_evicted = |log: &Log| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.2 == RemovalCause::Size && e.0 % 2 == 0)
+            .count()
+    };
+    assert_eq!(weightless_evicted(&log), 0, "weightless entries evicted");
+    assert_eq!(heard(&log, RemovalCause::Size), 990);
+    assert_eq!((cache.entry_count(), cache.weighted_size()), (1_010, 10));
+    // Made heavy, 100 of them are evicted in turn to keep the bound.
+    for k in (0..200u32).step_by(2) {
+        cache.insert(k, (1, u64::from(k) + 10_000));
+        cache.check_invariants();
+        assert!(cache.weighted_size() <= 10);
+    }
+    cache.run_pending_tasks();
+    assert_eq!(cache.weighted_size(), 10);
+    assert_eq!(cache.entry_count(), 900 + 10);
+    // Made weightless, a held weighted entry leaves eviction too.
+    let held: Vec<u32> = cache
+        .iter()
+        .filter(|(_, v)| v.0 == 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(held.len(), 10);
+    for &k in &held {
+        cache.insert(k, (0, u64::from(k) + 20_000));
+    }
+    cache.check_invariants();
+    assert_eq!(cache.weighted_size(), 0);
+    for k in 5_000..5_100u32 {
+        cache.insert(k, (1, u64::from(k)));
+    }
+    cache.run_pending_tasks();
+    for &k in &held {
+        assert_eq!(
+            cache.peek(&k),
+            Some((0, u64::from(k) + 20_000)),
+            "{k} evicted"
+        );
+    }
+    assert_eq!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.2 == RemovalCause::Size && e.1 >= 20_000)
+            .count(),
+        0,
+        "entries made weightless evicted"
+    );
+}

@@ -57,6 +57,8 @@ enum Queue {
     Window = 0,
     Probation = 1,
     Protected = 2,
+    /// Weightless keys of a weighted cache: never evicted for size.
+    Exempt = 3,
 }
 
 /// What the reference knows of a key it holds.
@@ -76,9 +78,9 @@ pub(super) struct Reference {
     capacity: u64,
     weighted: bool,
     /// The window, probation and protected queues, oldest key first.
-    queues: [VecDeque<u64>; 3],
+    queues: [VecDeque<u64>; 4],
     /// The total weight of each queue.
-    weights: [u64; 3],
+    weights: [u64; 4],
     entries: HashMap<u64, Entry>,
     window_max: u64,
     protected_max: u64,
@@ -133,7 +135,7 @@ impl Reference {
             capacity,
             weighted,
             queues: Default::default(),
-            weights: [0; 3],
+            weights: [0; 4],
             entries: HashMap::new(),
             window_max: 0,
             protected_max: 0,
@@ -177,7 +179,8 @@ impl Reference {
 
     /// The keys of the window, probation and protected queues, oldest first.
     pub(super) fn queues(&self) -> [Vec<u64>; 3] {
-        self.queues.clone().map(Vec::from)
+        [Queue::Window, Queue::Probation, Queue::Protected]
+            .map(|q| Vec::from(self.queues[q as usize].clone()))
     }
 
     /// Losing candidates the coin let in so far.
@@ -211,18 +214,25 @@ impl Reference {
         self.adapt(hash);
         self.returns.arrive(hash);
         let weight = if self.weighted { weight } else { 1 };
+        let queue = if weight == 0 {
+            Queue::Exempt
+        } else {
+            Queue::Window
+        };
         let entry = Entry {
             hash,
             weight,
             touches: 0,
-            queue: Queue::Window,
+            queue,
         };
         self.entries.insert(key, entry);
-        self.link(key, Queue::Window);
+        self.link(key, queue);
         self.grow_sketch();
         let freq = self.sketch.increment(hash, 1);
-        self.newest = Some((key, freq));
-        self.arriving = true;
+        if queue == Queue::Window {
+            self.newest = Some((key, freq));
+            self.arriving = true;
+        }
         self.walk_due = true;
     }
 
@@ -248,8 +258,21 @@ impl Reference {
             return false;
         }
         let entry = self.entries.get_mut(&key).expect("reweighing a held key");
-        let old = std::mem::replace(&mut entry.weight, weight);
-        let total = &mut self.weights[entry.queue as usize];
+        let (old, queue) = (entry.weight, entry.queue);
+        if (weight == 0) != (queue == Queue::Exempt) {
+            // Into the exempt queue, or out of it to the window's tail.
+            self.unlink(key);
+            self.entries.get_mut(&key).expect("held").weight = weight;
+            let q = if weight == 0 {
+                Queue::Exempt
+            } else {
+                Queue::Window
+            };
+            self.link(key, q);
+            return weight > old;
+        }
+        entry.weight = weight;
+        let total = &mut self.weights[queue as usize];
         *total = *total - u64::from(old) + u64::from(weight);
         weight > old
     }
@@ -263,7 +286,7 @@ impl Reference {
     /// at 1% of the capacity. The coin goes on.
     pub(super) fn clear(&mut self) {
         self.queues = Default::default();
-        self.weights = [0; 3];
+        self.weights = [0; 4];
         self.entries.clear();
         self.newest = None;
         self.arriving = false;
