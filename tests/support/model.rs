@@ -991,6 +991,12 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
                     "size eviction of {k} with room to spare: {pressure:?} held, \
                      no shard holds less than {floor}"
                 );
+                // Weightless entries are exempt; only a cache that keeps
+                // nothing turns them away.
+                assert!(
+                    m.weight_of(&held) > 0 || m.cfg.capacity == 0,
+                    "size eviction of the weightless {k}={v}"
+                );
             }
             RemovalCause::Expired => assert!(held.lo <= m.now, "entry {k} reported expired early"),
             RemovalCause::Explicit | RemovalCause::Replaced => {
