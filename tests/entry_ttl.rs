@@ -99,8 +99,11 @@ fn reading_the_time_left_has_no_side_effects() {
 /// others given only lifetime calls meet a stream of one-off keys: the
 /// policy evicts some of the second 500, which it sees as never read, and
 /// none of the first. Had the calls counted as reads, the two groups would
-/// look alike and lose entries alike (as they do when the second 500 are
-/// read: then the first lose some too).
+/// look alike: when the second 500 are read too, they lose only about 10
+/// (and the first about 15 to 47), where given lifetime calls alone they
+/// lose 100 to 500. (Until 7 December the control asserted that the first
+/// group then loses some: 15 to 47 in 30 local runs, but none in one CI
+/// run, where the second lost its usual 10.)
 #[test]
 fn the_eviction_policy_is_not_told() {
     /// How many of keys 0..500 (read) and 500..1000 (given `touch` four
@@ -154,7 +157,10 @@ fn the_eviction_policy_is_not_told() {
     let both_read = evicted(|cache, k| {
         cache.get(&k);
     });
-    assert!(both_read.0 > 0, "read alike, evicted alike: {both_read:?}");
+    assert!(
+        touched > 2 * both_read.1,
+        "lifetime calls protected as reads do: {lifetimes:?} evicted, read {both_read:?}"
+    );
 }
 
 #[test]
