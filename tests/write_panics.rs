@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use larder::{Cache, Change, DeadLetter, Store, WriteFailure};
+use larder::{Cache, Change, DeadLetter, Store, StoreCache, StoreCacheBuilder, WriteFailure};
 use parking_lot::Mutex;
 use threads::parallel;
 
@@ -174,6 +174,24 @@ impl Store<Touchy, u64> for Log {
     }
 }
 
+/// The dead letters a [`collected`] cache's handler has been given.
+type Letters = Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>>;
+
+/// `builder`'s cache with a handler that collects its dead letters.
+fn collected(
+    builder: StoreCacheBuilder<Touchy, u64, Log>,
+) -> (StoreCache<Touchy, u64, Log>, Letters) {
+    let letters = Letters::default();
+    let cache = builder
+        .dead_letter({
+            let letters = letters.clone();
+            move |dead| letters.lock().push(dead)
+        })
+        .build()
+        .unwrap();
+    (cache, letters)
+}
+
 /// Keeps the injected panics out of the test output.
 fn quiet_injected_panics() {
     let default = std::panic::take_hook();
@@ -277,19 +295,14 @@ fn a_reader_that_drains_keys_it_cannot_hash_neither_panics_nor_loses_them() {
 fn a_dead_letter_whose_key_cannot_be_hashed_on_the_flusher_reaches_the_handler() {
     quiet_injected_panics();
     let log = Log::poisoned(7);
-    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let (rule, calm) = (not_on(FLUSHER), calm());
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_millis(1))
-        .max_attempts(1)
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead| letters.lock().push(dead)
-        })
-        .build()
-        .unwrap();
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_millis(1))
+            .max_attempts(1),
+    );
     cache.insert(Touchy::new(7, &rule), 7).unwrap();
     for id in 0..5 {
         cache.insert(Touchy::new(id, &calm), id).unwrap();
@@ -312,20 +325,15 @@ fn a_dead_letter_whose_key_cannot_be_hashed_on_the_flusher_reaches_the_handler()
 fn a_key_that_cannot_be_compared_on_the_flusher_is_still_sent_retried_and_dead_lettered() {
     quiet_injected_panics();
     let log = Log::poisoned(7);
-    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let rule = not_on(FLUSHER);
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_millis(1))
-        .max_attempts(2)
-        .retry_backoff(Duration::from_millis(1), Duration::from_millis(2), 0.0)
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead| letters.lock().push(dead)
-        })
-        .build()
-        .unwrap();
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_millis(1))
+            .max_attempts(2)
+            .retry_backoff(Duration::from_millis(1), Duration::from_millis(2), 0.0),
+    );
     // One write per key: the flusher takes, settles, retries and splits
     // them, and never needs to compare two keys to do it.
     for id in 0..10 {
@@ -370,23 +378,15 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
 fn a_change_whose_key_the_flusher_cannot_compare_as_it_drains_is_dead_lettered() {
     quiet_injected_panics();
     let log = Log::poisoned(7);
-    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let refusing = Arc::new(AtomicBool::new(false));
-    let rule: Rule = {
-        let refusing = refusing.clone();
-        Arc::new(move |thread| thread == Some(FLUSHER) && refusing.load(SeqCst))
-    };
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_millis(1))
-        .retry_backoff(Duration::from_secs(1), Duration::from_secs(1), 0.0)
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead| letters.lock().push(dead)
-        })
-        .build()
-        .unwrap();
+    let rule = refused_on_flusher_while(&refusing);
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_millis(1))
+            .retry_backoff(Duration::from_secs(1), Duration::from_secs(1), 0.0),
+    );
     // The first change of key 7 fails once and waits a second for its retry.
     cache.insert(Touchy::uncomparable(7, &rule), 1).unwrap();
     eventually("the first send failed", || cache.write_stats().retried == 1);
@@ -547,22 +547,14 @@ fn a_handler_that_flushes_while_close_hands_it_a_letter_does_not_hang_close() {
 fn a_change_whose_key_the_flusher_cannot_copy_as_it_drains_is_dead_lettered() {
     quiet_injected_panics();
     let log = Log::default();
-    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let refusing = Arc::new(AtomicBool::new(true));
-    let rule: Rule = {
-        let refusing = refusing.clone();
-        Arc::new(move |thread| thread == Some(FLUSHER) && refusing.load(SeqCst))
-    };
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_millis(1))
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead| letters.lock().push(dead)
-        })
-        .build()
-        .unwrap();
+    let rule = refused_on_flusher_while(&refusing);
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_millis(1)),
+    );
     // The flusher copies a new key as it takes its change in: key 3's
     // `Clone` panics there. Key 4, in the same lane after it, must still
     // land.
@@ -603,22 +595,17 @@ fn a_change_whose_key_the_flusher_cannot_copy_as_it_takes_a_batch_is_dead_letter
     // left it in flight for ever, so that `flush` never returned.
     quiet_injected_panics();
     let log = Log::default();
-    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let trip = Arc::new(AtomicBool::new(false));
     let once: Rule = {
         let trip = trip.clone();
         Arc::new(move |thread| thread == Some(FLUSHER) && trip.swap(false, SeqCst))
     };
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_secs(3600))
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead| letters.lock().push(dead)
-        })
-        .build()
-        .unwrap();
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_secs(3600)),
+    );
     cache.insert(Touchy::uncopyable(1, &once), 10).unwrap();
     cache.insert(Touchy::new(2, &calm()), 20).unwrap();
     // Drained into the buffer here (the copy for its slot made calmly);
@@ -703,20 +690,15 @@ fn a_newer_change_behind_a_dead_letter_whose_key_cannot_be_copied_is_dead_letter
     // as well, with nothing lost or left in flight.
     quiet_injected_panics();
     let log = Log::poisoned(5);
-    let letters: Arc<Mutex<Vec<DeadLetter<Touchy, u64, String>>>> = Arc::default();
     let refusing = Arc::new(AtomicBool::new(false));
     let rule = refused_on_flusher_while(&refusing);
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_millis(1))
-        .max_attempts(1)
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead| letters.lock().push(dead)
-        })
-        .build()
-        .unwrap();
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_millis(1))
+            .max_attempts(1),
+    );
     let gate = log.gate.lock();
     cache.insert(Touchy::uncopyable(5, &rule), 50).unwrap();
     eventually("key 5 is in flight", || cache.write_stats().in_flight == 1);
@@ -793,17 +775,12 @@ fn a_close_whose_report_cannot_copy_a_key_panics_once_and_the_drop_after_it_does
     let log = Log::default();
     let refusing = Arc::new(AtomicBool::new(false));
     let rule = refused_while(&refusing);
-    let letters = Arc::new(Mutex::new(Vec::new()));
-    let cache = Cache::builder()
-        .store(log.clone())
-        .write_behind()
-        .flush_interval(Duration::from_millis(1))
-        .dead_letter({
-            let letters = letters.clone();
-            move |dead: DeadLetter<Touchy, u64, String>| letters.lock().push(dead.key.id)
-        })
-        .build()
-        .unwrap();
+    let (cache, letters) = collected(
+        Cache::builder()
+            .store(log.clone())
+            .write_behind()
+            .flush_interval(Duration::from_millis(1)),
+    );
     let held = log.gate.lock();
     cache.insert(Touchy::uncopyable(5, &rule), 50).unwrap();
     eventually("key 5's change is in a store call", || {
@@ -822,10 +799,7 @@ fn a_close_whose_report_cannot_copy_a_key_panics_once_and_the_drop_after_it_does
     refusing.store(false, SeqCst);
     drop(held);
     eventually("the hung store call took key 5", || log.last(5).is_some());
-    assert!(
-        letters.lock().is_empty(),
-        "handed to the handler: {:?}",
-        letters.lock()
-    );
+    let handed: Vec<u64> = letters.lock().iter().map(|l| l.key.id).collect();
+    assert!(handed.is_empty(), "handed to the handler: {handed:?}");
     assert_eq!(log.last(6), None, "the queued change went with the report");
 }
