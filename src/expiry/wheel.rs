@@ -124,6 +124,11 @@ pub(crate) struct TimerWheel {
     links: Vec<[u32; 2]>,
     /// Number of scheduled ids.
     len: usize,
+    /// `(tick, ns)`: no id in level 0's slot for `tick` is due before `ns`
+    /// (a lower bound, kept while `tick` is `elapsed`: set by the scan of
+    /// that slot, lowered by every id placed in it since), so that
+    /// [`any_due`](Self::any_due) need not scan it again.
+    quiet: (u64, u64),
 }
 
 impl TimerWheel {
@@ -134,6 +139,7 @@ impl TimerWheel {
             occupied: [0; LEVELS],
             links: (0..SENTINELS as u32).map(|s| [s, s]).collect(),
             len: 0,
+            quiet: (NEVER, 0),
         }
     }
 
@@ -232,12 +238,31 @@ impl TimerWheel {
                 return false;
             }
             if self.occupied[level] & (1 << idx) != 0 {
-                // Only level 0 can keep ids: those due later in this very tick.
+                // Only level 0 can keep ids: those due later in this very
+                // tick (the earliest noted in `quiet`).
                 break;
             }
         }
         self.elapsed = self.elapsed.max(now_tick);
         true
+    }
+
+    /// Whether some scheduled id may be due at `now` (ns): false only if
+    /// none is, so that an `advance` would pop nothing. Exact but for the
+    /// slot of the tick holding `now`, which is taken as due until an
+    /// `advance` has scanned it (and then, until its earliest id is due).
+    /// A few bit operations: no slot is walked.
+    pub(crate) fn any_due(&self, now: u64) -> bool {
+        let Some((level, _, start)) = self.next_slot() else {
+            return false;
+        };
+        let now_tick = now >> TICK_SHIFT;
+        if start > now_tick {
+            return false;
+        }
+        // The current tick's slot, scanned by `advance`, holds nothing due
+        // before `quiet.1`; any slot that starts earlier is due outright.
+        !(level == 0 && start == now_tick && self.quiet.0 == start && self.quiet.1 > now)
     }
 
     /// Earliest time (ns) at which some scheduled id may need attention: the
@@ -261,6 +286,7 @@ impl TimerWheel {
         }
         self.occupied = [0; LEVELS];
         self.len = 0;
+        self.quiet = (NEVER, 0);
     }
 
     /// Makes room for `node` in the link vector (amortized growth).
@@ -284,6 +310,9 @@ impl TimerWheel {
         let level = level_for(self.elapsed, when);
         let idx = slot_index(level, when);
         let sentinel = level * SLOTS + idx;
+        if level == 0 && when == self.quiet.0 {
+            self.quiet.1 = self.quiet.1.min(deadline);
+        }
         let prev = self.links[sentinel][PREV];
         self.links[node] = [prev, sentinel as u32];
         self.links[prev as usize][NEXT] = node as u32;
@@ -318,10 +347,11 @@ impl TimerWheel {
 
     /// Walks the slot list of `sentinel` (whose slot starts at `elapsed`):
     /// pops due ids while budget lasts, re-places ids due in a later tick and
-    /// leaves those due later within this tick. On level 0 it stops at the
-    /// first due id once the budget is spent; on higher levels it always
-    /// empties the slot, cascading due ids it cannot pop. Returns `false` if
-    /// a due id was left for lack of budget.
+    /// leaves those due later within this tick, noting the first of their
+    /// deadlines in `quiet`. On level 0 it stops at the first due id once
+    /// the budget is spent; on higher levels it always empties the slot,
+    /// cascading due ids it cannot pop. Returns `false` if a due id was
+    /// left for lack of budget.
     fn drain(
         &mut self,
         sentinel: usize,
@@ -333,6 +363,8 @@ impl TimerWheel {
         // A due id cascaded for lack of budget would only stop the next slot's
         // walk; returning early saves cascading further slots for nothing.
         let mut starved = false;
+        // The first deadline among the ids left in this tick's slot.
+        let mut earliest = NEVER;
         let mut node = self.links[sentinel][NEXT] as usize;
         while node != sentinel {
             let next = self.links[node][NEXT] as usize;
@@ -351,8 +383,14 @@ impl TimerWheel {
                 starved |= deadline <= now;
                 self.unlink(node);
                 self.place(node, deadline);
+            } else {
+                earliest = earliest.min(deadline);
             }
             node = next;
+        }
+        if earliest != NEVER {
+            // Level 0's slot for `elapsed`: the only one that keeps ids.
+            self.quiet = (self.elapsed, earliest);
         }
         !starved
     }
@@ -689,6 +727,35 @@ mod tests {
         assert_eq!(pop_all(&mut wheel, 6 * SEC, slid), [0]);
     }
 
+    /// `any_due` inside a tick: unknown (true) until an advance scans the
+    /// tick's slot, then false until its earliest id is due; an id placed
+    /// in the scanned slot since, due earlier, counts.
+    #[test]
+    fn any_due_inside_a_scanned_tick() {
+        let base = 10 * TICK;
+        let mut wheel = TimerWheel::new(base);
+        assert!(!wheel.any_due(base));
+        wheel.schedule(0, base + TICK / 2);
+        wheel.schedule(1, base + TICK / 2 + 10);
+        assert!(
+            wheel.any_due(base + 1),
+            "the tick's slot is not scanned yet"
+        );
+        let deadline_of = |id| base + TICK / 2 + if id == 0 { 0 } else { 10 };
+        assert_eq!(pop_all(&mut wheel, base + 1, deadline_of), [] as [u32; 0]);
+        assert!(!wheel.any_due(base + 1));
+        assert!(!wheel.any_due(base + TICK / 2 - 1));
+        assert!(wheel.any_due(base + TICK / 2));
+        // Placed in the scanned slot, due before the others.
+        wheel.schedule(2, base + 5);
+        assert!(wheel.any_due(base + 5));
+        assert!(!wheel.any_due(base + 4));
+        // A later tick is due outright, scanned or not.
+        wheel.cancel(2);
+        assert!(wheel.any_due(base + TICK));
+        assert!(!TimerWheel::new(base).any_due(u64::MAX - 1));
+    }
+
     /// Cancel, `NEVER` and the `NEVER` returned by `deadline_of`.
     #[test]
     fn cancel_and_never() {
@@ -808,6 +875,25 @@ mod tests {
         if !done {
             assert_eq!(out.len(), budget);
         }
+        // Once an advance has found nothing left due, the slot it scanned
+        // is known quiet: no advance is asked for again at the same time.
+        if done {
+            assert!(!wheel.any_due(now), "any_due right after a full advance");
+        }
+    }
+
+    /// `any_due` is never false while an id is due: at `now`, at times
+    /// ahead of it within and past the current tick, and at each deadline.
+    fn check_any_due(wheel: &TimerWheel, model: &BTreeMap<u32, u64>, now: u64) {
+        let ahead = [0, 1, TICK / 3, TICK - 1, TICK, 3 * TICK, SEC, 100 * SEC];
+        let probes = ahead.iter().map(|&a| now.saturating_add(a));
+        let deadlines = model.values().map(|&d| d.max(now));
+        for at in probes.chain(deadlines) {
+            if !wheel.any_due(at) {
+                let due: Vec<_> = model.iter().filter(|&(_, &d)| d <= at).collect();
+                assert!(due.is_empty(), "any_due({at}) false with {due:?} due");
+            }
+        }
     }
 
     proptest! {
@@ -857,6 +943,7 @@ mod tests {
                     }
                 }
                 wheel.check_invariants();
+                check_any_due(&wheel, &model, now);
                 prop_assert_eq!(wheel.len(), model.len());
                 for id in 0..24 {
                     prop_assert_eq!(wheel.is_scheduled(id), model.contains_key(&id));

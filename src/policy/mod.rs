@@ -38,9 +38,10 @@
 //!   to the candidate, and no ghost remembers either (the policy did not
 //!   choose them). So live keys are not turned away to keep the expired
 //!   entries a duel meets; the shard also reaps a few expired entries
-//!   before it asks the policy for room (see `Shard::insert`). Expired
-//!   entries in the protected segment, which no duel meets, wait for a
-//!   reap.
+//!   before it asks the policy for room, and reaps more instead of
+//!   evicting a live id or turning a key away while any is due, so the
+//!   expired ids in the protected segment, which no duel meets, make
+//!   room first too (see `Shard::insert` and `Shard::reap_instead`).
 //! * In caches of up to 2,048 entries a candidate that loses its duel
 //!   may be **[readmitted](returns)**: if the duel turned it away
 //!   before, within the last capacity's worth of requests, it displaces

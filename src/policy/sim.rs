@@ -169,6 +169,62 @@ impl Model {
         false
     }
 
+    /// [`access`](Self::access), but where `make_room` would evict or turn
+    /// the new key away, the shard's reap of expired entries comes first
+    /// (`Shard::reap_instead`): the ids at `reap` (positions, modulo the
+    /// ids held; duplicates taken once) are removed, highest first, each
+    /// by swap-remove, and the key then joins as it would with room to
+    /// spare. The policy's verdict is set aside, not carried out. Returns
+    /// whether the key was new and the reap took the verdict's place.
+    #[cfg(test)]
+    pub(super) fn access_reaping(&mut self, key: u64, reap: &[usize]) -> bool {
+        if self.hit(key) {
+            return false;
+        }
+        let hash = hash_key(key);
+        self.policy.set_reads(self.hits);
+        let room = self.policy.make_room(&self.hashes, hash);
+        if room == Room::Insert || reap.is_empty() || self.keys.is_empty() {
+            // No reap: carry the verdict out as `access` does.
+            match room {
+                Room::Insert => {
+                    let id = self.keys.len() as u32;
+                    self.keys.push(key);
+                    self.hashes.push(hash);
+                    self.map.insert(key, id);
+                    self.policy.insert_counted(id, 1);
+                    self.evict();
+                }
+                Room::Evict(victim, placement, _) => {
+                    let old = std::mem::replace(&mut self.keys[victim as usize], key);
+                    self.map.remove(&old);
+                    self.map.insert(key, victim);
+                    self.hashes.replace(victim, hash);
+                    self.policy.reuse(victim, placement);
+                }
+                Room::Reject => {}
+            }
+            return false;
+        }
+        let mut ids: Vec<u32> = reap
+            .iter()
+            .map(|&at| (at % self.keys.len()) as u32)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        for id in ids {
+            self.policy.remove(id);
+            self.swap_remove(id);
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(key);
+        self.hashes.push(hash);
+        self.map.insert(key, id);
+        self.policy.insert_counted(id, 1);
+        self.evict();
+        true
+    }
+
     /// [`access`](Self::access) by the protocol the shard followed before
     /// `make_room`: add the new id to the window, then evict. The reference
     /// the policy tests hold `make_room` to.

@@ -126,15 +126,16 @@ pub(crate) const REAP_BUDGET: usize = 512;
 /// At most this many expired entries are reaped by a write that needs room
 /// in a full shard, and only by the first such write of each tick of
 /// `2^WRITE_REAP_SHIFT` ns (about a millisecond); the maintenance thread
-/// reaps the rest. Expired entries make room before live ones are evicted
-/// even between two maintenance passes (up to 8 a millisecond, beyond the
-/// ones the policy's duel meets: expired entries in its protected segment
-/// wait for a reap, and a new key may be turned away meanwhile; see
-/// `tests/weighted_accounting.rs`), while the writes of a steady churn
-/// stay short: reaping for every such write (budgets of 1 and 8) measured
-/// 1.07–1.11x the time of the criterion `expiry_churn` row (a 1 ms TTL,
-/// half inserts into a full cache), whose expired entries the policy
-/// otherwise evicts as victims, reusing their slots.
+/// reaps the rest. The throttle keeps the writes of a steady churn short:
+/// reaping for every such write (budgets of 1 and 8) measured 1.07–1.11x
+/// the time of the criterion `expiry_churn` row (a 1 ms TTL, half inserts
+/// into a full cache), whose expired entries the policy otherwise evicts
+/// as victims, reusing their slots. What the throttle leaves, and the
+/// expired entries no duel meets (those in the policy's protected
+/// segment), [`Shard::reap_instead`] takes when the policy would
+/// otherwise evict a live entry or turn a key away: it too reaps up to
+/// this many, unthrottled but only while some entry is due (see
+/// `tests/weighted_accounting.rs`).
 const WRITE_REAP_BUDGET: usize = 8;
 
 /// See [`WRITE_REAP_BUDGET`].

@@ -2,6 +2,8 @@
 //! of expired entries by the timing wheel ([`Shard::reap`]), and of every
 //! entry ([`Shard::clear`]).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use super::*;
 
 impl<K: Hash + Eq, V> Shard<K, V> {
@@ -109,6 +111,40 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.write_reaped = tick;
             self.reap_up_to(now, WRITE_REAP_BUDGET, removed);
         }
+    }
+
+    /// Before a live entry is evicted for size, or a new key turned away:
+    /// reaps up to [`WRITE_REAP_BUDGET`] expired entries if any is due,
+    /// whatever the throttle of [`reap_for_room`](Self::reap_for_room), so
+    /// that no live entry makes way while an expired one holds room (those
+    /// in the protected segment, which no duel meets, would otherwise wait
+    /// for the maintenance thread). True if any was reaped.
+    ///
+    /// Asks the clock only if some entry has a deadline, and walks the
+    /// wheel only if one is due ([`TimerWheel::any_due`]). A key's `Hash`
+    /// that panics in the reap is caught into `panic` (the batch stays on
+    /// the wheel, see [`Requeue`]), for the caller to raise once its write
+    /// is complete; with a panic already caught, nothing is tried.
+    pub(super) fn reap_instead(
+        &mut self,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+        panic: &mut Option<Panic>,
+    ) -> bool {
+        if self.wheel.len() == 0 || panic.is_some() {
+            return false;
+        }
+        let now = now.get();
+        if !self.wheel.any_due(now) {
+            return false;
+        }
+        let held = self.index.slots.len();
+        let reap = AssertUnwindSafe(|| self.reap_up_to(now, WRITE_REAP_BUDGET, removed));
+        if let Err(caught) = catch_unwind(reap) {
+            *panic = Some(caught);
+            return false;
+        }
+        self.index.slots.len() < held
     }
 
     /// Reaps up to `budget` expired entries; true when none is left.

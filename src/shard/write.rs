@@ -114,6 +114,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let entries = SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
         let room = self.policy.make_room(&entries, w.hash);
         *panic = entries.into_panic();
+        let loses_live = match room {
+            Room::Insert => false,
+            Room::Evict(victim, ..) => self.is_live(victim, now),
+            Room::Reject => true,
+        };
+        if loses_live && self.reap_instead(now, removed, panic) {
+            // Expired entries make way first: the key takes the room the
+            // reap freed, not a live victim's place nor the door, and joins
+            // the window as a key with room to spare would.
+            self.push(w, false);
+            return Some(true);
+        }
         Some(match room {
             Room::Insert => {
                 self.push(w, false);
@@ -258,7 +270,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             let Some(id) = victim else {
                 return panic;
             };
-            let cause = if self.is_live(id, now) {
+            let live = self.is_live(id, now);
+            if live && self.reap_instead(now, removed, &mut panic) {
+                // Expired entries made room instead: ask again.
+                continue;
+            }
+            let cause = if live {
                 RemovalCause::Size
             } else {
                 RemovalCause::Expired

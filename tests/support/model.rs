@@ -997,6 +997,28 @@ fn reconcile(observed: Vec<Event>, m: &mut Model) {
                     m.weight_of(&held) > 0 || m.cfg.capacity == 0,
                     "size eviction of the weightless {k}={v}"
                 );
+                // Expired entries make way first: a shard reaps what is
+                // due before it evicts or turns away a live entry for
+                // size (their `Expired` is heard first). In a one-shard
+                // cache, then, no entry the reference knows expired is
+                // held at a size eviction (a refusal of an entry too heavy
+                // for the shard aside). The reference holds the step's
+                // end: a key the step wrote may have expired only after the
+                // eviction (a compute's write of a zero lifetime).
+                if m.cfg.shards == 1 && m.weight_of(&held) <= m.smallest_shard() {
+                    let stale: Vec<u8> = m
+                        .map
+                        .iter()
+                        .filter(|&(&other, e)| {
+                            other != k && m.now >= e.hi && !written.contains(&other)
+                        })
+                        .map(|(&other, _)| other)
+                        .collect();
+                    assert!(
+                        stale.is_empty(),
+                        "size eviction of {k}={v} while {stale:?} expired and held"
+                    );
+                }
             }
             RemovalCause::Expired => assert!(held.lo <= m.now, "entry {k} reported expired early"),
             RemovalCause::Explicit | RemovalCause::Replaced => {

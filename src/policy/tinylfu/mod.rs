@@ -243,6 +243,9 @@ pub(crate) struct TinyLfu {
     /// The first window id [`make_room`](Self::make_room) moved to the
     /// window's tail for a second chance (`NIL` if none): the new key
     /// belongs just ahead of it, where it would have been at the tail.
+    /// Kept through removals and relocations made between `make_room` and
+    /// the new key's arrival (a reap that makes room instead of its
+    /// verdict, see `Shard::reap_instead`).
     behind_new: u32,
     /// The id of the key added last while it is still where it arrived,
     /// at the window's tail end (`NIL` once it has moved or been removed):
@@ -483,6 +486,10 @@ impl TinyLfu {
     /// its slot waits for `relocate(last, id)`.
     pub(crate) fn remove(&mut self, id: u32) {
         let index = id as usize;
+        if id == self.behind_new {
+            // The ids behind the new key are those after it in the window.
+            self.behind_new = self.links[index][NEXT];
+        }
         if self.unbounded {
             self.queues[WINDOW as usize].weight -= self.weight_of(id);
         } else {
@@ -518,6 +525,9 @@ impl TinyLfu {
         }
         if from == self.walk {
             self.walk = to;
+        }
+        if from == self.behind_new {
+            self.behind_new = to;
         }
         debug_assert_eq!(self.tags[t], VACANT, "relocate into a removed id");
         let tag = self.tags[f];
