@@ -140,15 +140,16 @@ impl Model {
         let hash = hash_key(key);
         // The shard tells its lock's hits before each write.
         self.policy.set_reads(self.hits);
-        match self.policy.make_room(&self.hashes, hash) {
-            Room::Insert => {
-                let id = self.keys.len() as u32;
-                self.keys.push(key);
-                self.hashes.push(hash);
-                self.map.insert(key, id);
-                self.policy.insert_counted(id, 1);
-                self.evict();
-            }
+        let room = self.policy.make_room(&self.hashes, hash);
+        self.arrive(key, hash, room);
+        false
+    }
+
+    /// Carries out `make_room`'s verdict `room` for the new `key`, as the
+    /// shard does.
+    fn arrive(&mut self, key: u64, hash: u64, room: Room) {
+        match room {
+            Room::Insert => self.join(key, hash),
             Room::Evict(victim, placement, victim_hash) => {
                 if let Some(known) = victim_hash {
                     assert_eq!(
@@ -166,7 +167,16 @@ impl Model {
             }
             Room::Reject => {}
         }
-        false
+    }
+
+    /// Adds the new `key` with a new id (`Room::Insert`), then evicts.
+    fn join(&mut self, key: u64, hash: u64) {
+        let id = self.keys.len() as u32;
+        self.keys.push(key);
+        self.hashes.push(hash);
+        self.map.insert(key, id);
+        self.policy.insert_counted(id, 1);
+        self.evict();
     }
 
     /// [`access`](Self::access), but where `make_room` would evict or turn
@@ -185,25 +195,7 @@ impl Model {
         self.policy.set_reads(self.hits);
         let room = self.policy.make_room(&self.hashes, hash);
         if room == Room::Insert || reap.is_empty() || self.keys.is_empty() {
-            // No reap: carry the verdict out as `access` does.
-            match room {
-                Room::Insert => {
-                    let id = self.keys.len() as u32;
-                    self.keys.push(key);
-                    self.hashes.push(hash);
-                    self.map.insert(key, id);
-                    self.policy.insert_counted(id, 1);
-                    self.evict();
-                }
-                Room::Evict(victim, placement, _) => {
-                    let old = std::mem::replace(&mut self.keys[victim as usize], key);
-                    self.map.remove(&old);
-                    self.map.insert(key, victim);
-                    self.hashes.replace(victim, hash);
-                    self.policy.reuse(victim, placement);
-                }
-                Room::Reject => {}
-            }
+            self.arrive(key, hash, room);
             return false;
         }
         let mut ids: Vec<u32> = reap
@@ -216,12 +208,7 @@ impl Model {
             self.policy.remove(id);
             self.swap_remove(id);
         }
-        let id = self.keys.len() as u32;
-        self.keys.push(key);
-        self.hashes.push(hash);
-        self.map.insert(key, id);
-        self.policy.insert_counted(id, 1);
-        self.evict();
+        self.join(key, hash);
         true
     }
 
