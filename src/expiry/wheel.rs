@@ -821,6 +821,8 @@ mod tests {
         Relocate(u32, u32),
         /// Move the clock forward, then `advance` with a budget.
         Advance(u64, usize),
+        /// `clear()`: the quiet bound does not outlive it.
+        Clear,
     }
 
     /// Durations from sub-tick to beyond the top level's span.
@@ -849,6 +851,7 @@ mod tests {
             1 => id.clone().prop_map(Op::Cancel),
             2 => (id.clone(), id).prop_map(|(f, t)| Op::Relocate(f, t)),
             4 => (duration(), budget).prop_map(|(d, b)| Op::Advance(d, b)),
+            1 => Just(Op::Clear),
         ]
     }
 
@@ -940,6 +943,10 @@ mod tests {
                     Op::Advance(d, budget) => {
                         now += d;
                         model_advance(&mut wheel, &mut model, now, budget);
+                    }
+                    Op::Clear => {
+                        wheel.clear();
+                        model.clear();
                     }
                 }
                 wheel.check_invariants();

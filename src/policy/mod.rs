@@ -41,7 +41,11 @@
 //!   before it asks the policy for room, and reaps more instead of
 //!   evicting a live id or turning a key away while any is due, so the
 //!   expired ids in the protected segment, which no duel meets, make
-//!   room first too (see `Shard::insert` and `Shard::reap_instead`).
+//!   room first too (see `Shard::insert` and `Shard::reap_instead`). A
+//!   verdict set aside that way keeps what the duel recorded (a ghost of
+//!   a loser that stays, a readmission's record): a slight skew of the
+//!   window's adaptation and the readmission score, in caches whose
+//!   entries expire, that no hit-ratio trace (none expires) measures.
 //! * In caches of up to 2,048 entries a candidate that loses its duel
 //!   may be **[readmitted](returns)**: if the duel turned it away
 //!   before, within the last capacity's worth of requests, it displaces

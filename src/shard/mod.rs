@@ -135,7 +135,8 @@ pub(crate) const REAP_BUDGET: usize = 512;
 /// segment), [`Shard::reap_instead`] takes when the policy would
 /// otherwise evict a live entry or turn a key away: it too reaps up to
 /// this many, unthrottled but only while some entry is due (see
-/// `tests/weighted_accounting.rs`).
+/// `tests/weighted_accounting.rs`), and a write's reaps come to at most
+/// [`REAP_BUDGET`] in all (`tests/expired_make_way.rs`).
 const WRITE_REAP_BUDGET: usize = 8;
 
 /// See [`WRITE_REAP_BUDGET`].

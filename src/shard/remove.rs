@@ -120,6 +120,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// in the protected segment, which no duel meets, would otherwise wait
     /// for the maintenance thread). True if any was reaped.
     ///
+    /// `left` is what the write may still reap this way, taken off as it
+    /// reaps: a write's reaps stay within [`REAP_BUDGET`] in all, as the
+    /// maintenance thread's do per lock hold. (A weighted write's `evict`
+    /// asks again after every reap that took anything, and reaping
+    /// weightless entries frees no room: unbounded, one write reaped every
+    /// due entry of its shard under the write lock.)
+    ///
     /// Asks the clock only if some entry has a deadline, and walks the
     /// wheel only if one is due ([`TimerWheel::any_due`]). A key's `Hash`
     /// that panics in the reap is caught into `panic` (the batch stays on
@@ -130,8 +137,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         now: &mut Now<'_>,
         removed: &mut Removed<K, V>,
         panic: &mut Option<Panic>,
+        left: &mut usize,
     ) -> bool {
-        if self.wheel.len() == 0 || panic.is_some() {
+        if self.wheel.len() == 0 || panic.is_some() || *left == 0 {
             return false;
         }
         let now = now.get();
@@ -139,12 +147,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return false;
         }
         let held = self.index.slots.len();
-        let reap = AssertUnwindSafe(|| self.reap_up_to(now, WRITE_REAP_BUDGET, removed));
+        let budget = WRITE_REAP_BUDGET.min(*left);
+        let reap = AssertUnwindSafe(|| self.reap_up_to(now, budget, removed));
         if let Err(caught) = catch_unwind(reap) {
             *panic = Some(caught);
             return false;
         }
-        self.index.slots.len() < held
+        let reaped = held - self.index.slots.len();
+        *left -= reaped;
+        reaped > 0
     }
 
     /// Reaps up to `budget` expired entries; true when none is left.

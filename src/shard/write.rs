@@ -114,12 +114,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let entries = SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
         let room = self.policy.make_room(&entries, w.hash);
         *panic = entries.into_panic();
+        // Whether the policy's own work met a panicking `Hash` (one in the
+        // reap below takes nothing and leaves the verdict's hashes right).
+        let stand_in = panic.is_some();
         let loses_live = match room {
             Room::Insert => false,
             Room::Evict(victim, ..) => self.is_live(victim, now),
             Room::Reject => true,
         };
-        if loses_live && self.reap_instead(now, removed, panic) {
+        // One batch: the room of one expired entry is all the key needs.
+        let mut reap_left = WRITE_REAP_BUDGET;
+        if loses_live && self.reap_instead(now, removed, panic, &mut reap_left) {
             // Expired entries make way first: the key takes the room the
             // reap freed, not a live victim's place nor the door, and joins
             // the window as a key with room to spare would.
@@ -134,7 +139,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             Room::Evict(victim, placement, victim_hash) => {
                 // The key whose `Hash` panicked may be the victim's: its
                 // hash is then the stand-in, not the table's.
-                let victim_hash = victim_hash.filter(|_| panic.is_none());
+                let victim_hash = victim_hash.filter(|_| !stand_in);
                 self.refill(victim, placement, victim_hash, w, now, removed);
                 false
             }
@@ -263,6 +268,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.reap_for_room(now, removed);
         }
         let mut panic = None;
+        // What `reap_instead` may still reap in this write: with the batch
+        // of `reap_for_room`, at most `REAP_BUDGET` under this lock hold.
+        let mut reap_left = REAP_BUDGET - WRITE_REAP_BUDGET;
         loop {
             let entries = SlotEntries::new(&self.index.slots, &self.hasher, self.now_if_timed(now));
             let victim = self.policy.victim(&entries);
@@ -271,7 +279,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 return panic;
             };
             let live = self.is_live(id, now);
-            if live && self.reap_instead(now, removed, &mut panic) {
+            if live && self.reap_instead(now, removed, &mut panic, &mut reap_left) {
                 // Expired entries made room instead: ask again.
                 continue;
             }
