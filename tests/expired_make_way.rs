@@ -19,7 +19,11 @@
 //!   that panics at each hash in turn of a write that reaps for room.
 #![cfg(feature = "test-util")]
 
+#[path = "support/rng.rs"]
+mod rng;
+
 use larder::{Cache, RemovalCause, clock::MockClock};
+use rng::Rng;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -106,21 +110,6 @@ fn one_write_reaps_at_most_the_reap_budget_under_its_lock() {
         "one insert reaped {expired} expired (weightless) entries under its lock, \
          then evicted {size} live one(s) for size anyway"
     );
-}
-
-/// A small xorshift generator: fixed seeds, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// What the test knows of a held value: its serial and the latest time
@@ -262,7 +251,7 @@ fn contract_timed(
         sizes: 0,
         reaped_by_writes: 0,
     };
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let ms = 1_000_000u64;
     let universe = cap * 4;
     let favourites = (cap / 3).max(1);
