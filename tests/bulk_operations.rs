@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use larder::{Cache, RemovalCause, clock::MockClock};
+use larder::{Cache, CacheBuilder, RemovalCause, clock::MockClock};
 use rng::Rng;
 use threads::parallel;
 
@@ -28,6 +28,17 @@ const THREADS: usize = 8;
 
 /// A listener's log: (key, value, cause) of every removal heard.
 type Heard = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
+
+/// Builds `builder`'s cache with a listener that logs every removal.
+fn heard_by(builder: CacheBuilder<u64, u64>) -> (Cache<u64, u64>, Heard) {
+    let heard: Heard = Arc::default();
+    let log = heard.clone();
+    let cache = builder
+        .eviction_listener(move |k: Arc<u64>, v, c| log.lock().unwrap().push((*k, v, c)))
+        .build()
+        .unwrap();
+    (cache, heard)
+}
 
 fn cause_index(c: RemovalCause) -> usize {
     match c {
@@ -220,13 +231,7 @@ fn a_value_clone_panicking_in_iter_leaves_the_cache_usable() {
 /// listener once per removal, and the stats agree.
 #[test]
 fn invalidate_entries_if_with_a_predicate_writing_its_own_shard_ends() {
-    let heard: Heard = Arc::default();
-    let log = heard.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .num_shards(1)
-        .eviction_listener(move |k: Arc<u64>, v, c| log.lock().unwrap().push((*k, v, c)))
-        .build()
-        .unwrap();
+    let (cache, heard) = heard_by(Cache::builder().num_shards(1));
     for k in 0..20 {
         cache.insert(k, k);
     }
@@ -267,14 +272,7 @@ fn invalidate_entries_if_with_a_predicate_writing_its_own_shard_ends() {
 /// or heard of exactly once.
 #[test]
 fn invalidate_entries_if_under_writers_hears_each_removal_once() {
-    let heard: Heard = Arc::default();
-    let log = heard.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_capacity(2_000)
-        .num_shards(4)
-        .eviction_listener(move |k: Arc<u64>, v, c| log.lock().unwrap().push((*k, v, c)))
-        .build()
-        .unwrap();
+    let (cache, heard) = heard_by(Cache::builder().max_capacity(2_000).num_shards(4));
     let next = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(AtomicBool::new(false));
     let (c, n, s) = (cache.clone(), next.clone(), stop.clone());
@@ -410,17 +408,14 @@ fn a_load_begun_before_invalidate_all_does_not_cache_its_value() {
 /// listener heard, expiry included.
 #[test]
 fn stats_are_exact_with_many_threads_coming_and_going() {
-    let heard: Heard = Arc::default();
-    let log = heard.clone();
     let clock = MockClock::new();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_capacity(500)
-        .num_shards(4)
-        .time_to_live(Duration::from_secs(100))
-        .clock(clock.clone())
-        .eviction_listener(move |k: Arc<u64>, v, c| log.lock().unwrap().push((*k, v, c)))
-        .build()
-        .unwrap();
+    let (cache, heard) = heard_by(
+        Cache::builder()
+            .max_capacity(500)
+            .num_shards(4)
+            .time_to_live(Duration::from_secs(100))
+            .clock(clock.clone()),
+    );
     let mut hits = 0;
     let mut misses = 0;
     for round in 0..3u64 {
@@ -538,7 +533,7 @@ fn iter_runs_no_key_hash_or_eq() {
 /// `run_pending_tasks` reaps every entry expired before it (its deadline
 /// reached exactly, or passed by a nanosecond), whatever the lifetime and
 /// however many: `entry_count` is then exact, and the listener and the
-/// stats heard each once as `Expired`. (Coverage.)
+/// stats heard each once as `Expired`.
 #[test]
 fn run_pending_tasks_makes_entry_count_exact_at_the_deadline() {
     for ttl_ns in [
@@ -551,16 +546,9 @@ fn run_pending_tasks_makes_entry_count_exact_at_the_deadline() {
         70_000_000_000_000,
     ] {
         for extra in [0u64, 1] {
-            let heard: Heard = Arc::default();
-            let log = heard.clone();
             let clock = MockClock::new();
             clock.advance(Duration::from_nanos(12_345_678));
-            let cache: Cache<u64, u64> = Cache::builder()
-                .num_shards(2)
-                .clock(clock.clone())
-                .eviction_listener(move |k: Arc<u64>, v, c| log.lock().unwrap().push((*k, v, c)))
-                .build()
-                .unwrap();
+            let (cache, heard) = heard_by(Cache::builder().num_shards(2).clock(clock.clone()));
             for k in 0..1_500 {
                 cache.insert_with_ttl(k, k, Duration::from_nanos(ttl_ns));
             }
@@ -581,19 +569,16 @@ fn run_pending_tasks_makes_entry_count_exact_at_the_deadline() {
 /// cause, and the stats count exactly what the listener heard: a weighted,
 /// bounded cache with short lifetimes on the real clock (the maintenance
 /// thread reaping), 8 threads inserting, loading, removing, re-timing,
-/// invalidating by predicate and clearing. (Coverage.)
+/// invalidating by predicate and clearing.
 #[test]
 fn every_value_is_heard_at_most_once_and_the_stats_match_under_a_mixed_load() {
-    let heard: Heard = Arc::default();
-    let log = heard.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .max_capacity(600)
-        .num_shards(4)
-        .weigher(|_: &u64, v: &u64| (v % 5) as u32)
-        .time_to_live(Duration::from_millis(3))
-        .eviction_listener(move |k: Arc<u64>, v, c| log.lock().unwrap().push((*k, v, c)))
-        .build()
-        .unwrap();
+    let (cache, heard) = heard_by(
+        Cache::builder()
+            .max_capacity(600)
+            .num_shards(4)
+            .weigher(|_: &u64, v: &u64| (v % 5) as u32)
+            .time_to_live(Duration::from_millis(3)),
+    );
     let next = Arc::new(AtomicU64::new(1));
     let (c, n) = (cache.clone(), next.clone());
     parallel(TIMEOUT, "mixed", THREADS, move |t| {
@@ -665,7 +650,7 @@ fn every_value_is_heard_at_most_once_and_the_stats_match_under_a_mixed_load() {
 /// A background reload under way when `invalidate_all` (or an
 /// `invalidate_entries_if` that removes its key) runs does not put its
 /// value back: the key's value was removed, not reaped, and a reload
-/// replaces only the value it was started for. (Coverage.)
+/// replaces only the value it was started for.
 #[test]
 fn a_reload_under_way_does_not_refill_a_key_cleared_meanwhile() {
     for how in ["invalidate_all", "entries_if"] {
@@ -729,7 +714,7 @@ fn a_reload_under_way_does_not_refill_a_key_cleared_meanwhile() {
 /// Every `get_with` is one lookup (a hit, or a miss when it loads or waits
 /// for another caller's load), and every loader run one load, with 8
 /// threads stampeding on few keys that are invalidated meanwhile.
-/// (Coverage.)
+///
 #[test]
 fn each_get_with_is_one_lookup_and_each_loader_run_one_load_under_a_stampede() {
     let cache: Cache<u64, u64> = Cache::builder()

@@ -19,9 +19,12 @@
 //!   that panics at each hash in turn of a write that reaps for room.
 #![cfg(feature = "test-util")]
 
+#[path = "support/fused.rs"]
+mod fused;
 #[path = "support/rng.rs"]
 mod rng;
 
+use fused::Fused;
 use larder::{Cache, RemovalCause, clock::MockClock};
 use rng::Rng;
 use std::{
@@ -373,29 +376,6 @@ fn contract_holds_with_idle_and_hard_deadlines() {
     }
 }
 
-std::thread_local! {
-    /// Hash calls left on this thread before [`Fused`]'s hash panics
-    /// (negative: never).
-    static FUSE: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
-}
-
-/// A key whose `Hash` panics once, at a chosen call on this thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Fused(u32);
-
-impl std::hash::Hash for Fused {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        FUSE.with(|fuse| {
-            let left = fuse.get();
-            if left >= 0 {
-                fuse.set(left - 1);
-                assert!(left != 0, "hash of {} refused", self.0);
-            }
-        });
-        self.0.hash(h);
-    }
-}
-
 /// A key's `Hash` that panics at each hash in turn of a write whose room
 /// comes from `Shard::reap_instead` (the throttled
 /// reap already spent in this millisecond, the expired entries read into
@@ -436,11 +416,7 @@ fn a_hash_panicking_around_reap_instead_loses_nothing() {
             cache.insert(Fused(k), k);
         }
         assert_eq!(cache.entry_count(), 20);
-        FUSE.with(|f| f.set(fuse));
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            cache.insert(Fused(200), 200)
-        }));
-        FUSE.with(|f| f.set(-1));
+        let (outcome, _) = fused::lit(fuse, || cache.insert(Fused(200), 200));
         cache.check_invariants();
         assert!(cache.entry_count() <= 20, "fuse {fuse}");
         let during = heard.lock().unwrap().clone();

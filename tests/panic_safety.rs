@@ -17,9 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/fused.rs"]
+mod fused;
 #[path = "support/threads.rs"]
 mod threads;
 
+use fused::Fused;
 use larder::{Cache, Expiry, RemovalCause, clock::MockClock};
 use threads::panic_message;
 
@@ -788,38 +791,10 @@ fn weigher_and_expiry_hooks_may_read_the_cache() {
     handle.clear();
 }
 
-std::thread_local! {
-    /// Hash calls left on this thread before [`Fused`]'s hash panics
-    /// (negative: never).
-    static FUSE: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
-}
-
-/// A key whose `Hash` panics once, at a chosen call on this thread: the
-/// cache hashes keys again under a shard's write lock (to grow its table, to
-/// move the last entry into a removed one's place).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Fused(u32);
-
-impl std::hash::Hash for Fused {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        FUSE.with(|fuse| {
-            let left = fuse.get();
-            if left >= 0 {
-                fuse.set(left - 1);
-                assert!(left != 0, "hash of {} refused", self.0);
-            }
-        });
-        self.0.hash(h);
-    }
-}
-
 /// Runs `f` with the `n + 1`-th hash on this thread panicking; fails unless
 /// it did.
 fn with_fuse<T>(n: i64, f: impl FnOnce() -> T) {
-    FUSE.with(|fuse| fuse.set(n));
-    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
-    FUSE.with(|fuse| fuse.set(-1));
-    assert!(outcome.is_err(), "the fuse went off");
+    assert!(fused::lit(n, f).0.is_err(), "the fuse went off");
 }
 
 fn fused_cache() -> Cache<Fused, u32> {
@@ -1194,9 +1169,7 @@ fn a_key_hash_panicking_in_get_with_leaves_no_flight_behind() {
     // nobody will ever end, nor an ended one whose value it would take.
     for n in 0..16 {
         let cache: Cache<Fused, u32> = fused_cache();
-        FUSE.with(|fuse| fuse.set(n));
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| cache.get_with(Fused(1), || 1)));
-        FUSE.with(|fuse| fuse.set(-1));
+        let (outcome, _) = fused::lit(n, || cache.get_with(Fused(1), || 1));
         if outcome.is_ok() {
             assert!(n > 3, "the fuse went off for the first hashes");
             break; // fewer than n + 1 hashes: every one was tried
@@ -1220,11 +1193,7 @@ fn a_key_hash_panicking_as_a_panicking_loaders_flight_ends_neither_aborts_nor_bl
     // unwinding, aborted the whole process.
     for n in 0..8 {
         let cache: Cache<Fused, u32> = fused_cache();
-        FUSE.with(|fuse| fuse.set(n));
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            cache.get_with(Fused(1), || panic!("loader down"))
-        }));
-        let left = FUSE.with(|fuse| fuse.replace(-1));
+        let (outcome, left) = fused::lit(n, || cache.get_with(Fused(1), || panic!("loader down")));
         assert!(outcome.is_err(), "the loader or a hash panicked");
         if left >= 0 {
             break; // the fuse outlasted every hash: every one was tried

@@ -117,6 +117,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         // Whether the policy's own work met a panicking `Hash` (one in the
         // reap below takes nothing and leaves the verdict's hashes right).
         let stand_in = panic.is_some();
+        // Whether the verdict loses a live entry: the victim, or the key.
         let loses_live = match room {
             Room::Insert => false,
             Room::Evict(victim, ..) => self.is_live(victim, now),
@@ -140,7 +141,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 // The key whose `Hash` panicked may be the victim's: its
                 // hash is then the stand-in, not the table's.
                 let victim_hash = victim_hash.filter(|_| !stand_in);
-                self.refill(victim, placement, victim_hash, w, now, removed);
+                let cause = if loses_live {
+                    RemovalCause::Size
+                } else {
+                    RemovalCause::Expired
+                };
+                self.refill(victim, placement, victim_hash, cause, w, removed);
                 false
             }
             Room::Reject => {
@@ -182,7 +188,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.policy.reweigh(id, w.weight)
     }
 
-    /// Evicts `victim` and puts the new entry `w` in its place: the id
+    /// Evicts `victim` (heard as `cause`: `Size`, or `Expired` if its
+    /// deadline has passed) and puts the new entry `w` in its place: the id
     /// changes hands, so nothing is swap-removed or relocated. `victim_hash`
     /// is the victim's key hash if the policy computed it.
     fn refill(
@@ -190,15 +197,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         victim: u32,
         placement: Placement,
         victim_hash: Option<u64>,
+        cause: RemovalCause,
         w: Write<K, V>,
-        now: &mut Now<'_>,
         removed: &mut Removed<K, V>,
     ) {
-        let cause = if self.is_live(victim, now) {
-            RemovalCause::Size
-        } else {
-            RemovalCause::Expired
-        };
         let index = victim as usize;
         let old_hash =
             victim_hash.unwrap_or_else(|| self.hasher.hash_one(&self.index.slots[index].key));
