@@ -577,7 +577,7 @@ impl Reference {
     /// the arrival ghost remembers it. An unweighted window of one entry
     /// that takes every new key holds its candidate for a single miss: that
     /// candidate must lead as a fresh one must, though it is remembered as
-    /// the window's.
+    /// the window's; so must a small cache's selective window's.
     fn duel(&mut self, candidate: u64, victim: u64) -> u64 {
         let fresh = self.newest.filter(|&(newest, _)| newest == candidate);
         let candidate_freq = match fresh {
@@ -585,11 +585,12 @@ impl Reference {
             None => self.estimate(candidate),
         };
         let window_of_one = !self.weighted && self.window_max <= 1 && !self.selective();
+        let small_selective = self.selective() && self.budget.is_small();
         if self.admits(
             candidate_freq,
             candidate,
             victim,
-            fresh.is_some() || window_of_one,
+            fresh.is_some() || window_of_one || small_selective,
         ) {
             self.move_to(candidate, Queue::Probation);
             self.remember(Side::Main, victim);

@@ -14,7 +14,9 @@
 //! 1). Between two runs moka holds its pending inserts beyond its
 //! capacity, which is worth up to 4 points on 100-entry caches; `1` gives
 //! the strict comparison. `LARDER_SIM_SMALL=1` replaces the rows with 47
-//! of small caches (see [`small_workloads`]). `LARDER_SIM_SHARDS=n` splits
+//! of small caches (see [`small_workloads`]), `LARDER_SIM_HELD=1` with the
+//! comparison bench's 23 held-out rows (see [`held_workloads`]).
+//! `LARDER_SIM_SHARDS=n` splits
 //! larder's keys and capacity over `n` shards as the cache does (fewer
 //! where a shard would hold under 512 entries; a cache's default on this
 //! 2-CPU machine is 8), each with its own policy.
@@ -446,6 +448,21 @@ pub(super) fn looping(length: u64, passes: usize) -> Vec<u64> {
     (0..passes).flat_map(|_| 0..length).collect()
 }
 
+/// `passes` sweeps over `length` keys, back and forth, each turn's key read
+/// twice in a row (the shape of the LIRS `backf` trace).
+pub(super) fn back_and_forth(length: u64, passes: usize) -> Vec<u64> {
+    (0..passes)
+        .flat_map(|pass| {
+            let sweep: Box<dyn Iterator<Item = u64>> = if pass % 2 == 0 {
+                Box::new(0..length)
+            } else {
+                Box::new((0..length).rev())
+            };
+            sweep
+        })
+        .collect()
+}
+
 /// A trace that moves a policy's window through its range, for the tests
 /// that compare two ways of running the policy: `rounds` of recency (a
 /// read from 3,000 keys, a new key, and the new key of 200 rounds before:
@@ -583,12 +600,48 @@ fn small_workloads(wanted: impl Fn(&str) -> bool) -> Vec<Workload> {
     w
 }
 
+/// The comparison bench's held-out rows (`HELD_OUT` in
+/// `benches/compare.rs`): rows no constant here was chosen on, until
+/// 8 December (`LARDER_SIM_HELD=1`).
+fn held_workloads(wanted: impl Fn(&str) -> bool) -> Vec<Workload> {
+    let mut w: Vec<Workload> = vec![(
+        "OLTP".into(),
+        wanted("OLTP").then(|| arc_trace("OLTP")).flatten(),
+        vec![2_500],
+    )];
+    let lirs: [(&str, &[u64]); 12] = [
+        ("backf", &[500]),
+        ("scan", &[500]),
+        ("multi1", &[500, 1000]),
+        ("multi3", &[500, 1000]),
+        ("multi2", &[250, 2000]),
+        ("gli", &[250, 2000]),
+        ("sprite", &[250, 1000]),
+        ("zigzag", &[250, 1000]),
+        ("cs", &[250, 1000]),
+        ("ps", &[250, 1000]),
+        ("cpp", &[250, 500]),
+        ("2_pools", &[250, 1000]),
+    ];
+    for (name, sizes) in lirs {
+        w.push((
+            name.into(),
+            wanted(name).then(|| lirs_trace(name)).flatten(),
+            sizes.to_vec(),
+        ));
+    }
+    w
+}
+
 /// Every workload of the report.
 fn workloads() -> Vec<Workload> {
     let only = std::env::var("LARDER_SIM_ONLY").ok();
     let wanted = |n: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n));
     if std::env::var("LARDER_SIM_SMALL").is_ok() {
         return small_workloads(wanted);
+    }
+    if std::env::var("LARDER_SIM_HELD").is_ok() {
+        return held_workloads(wanted);
     }
     let mut w: Vec<Workload> = Vec::new();
     for s in [0.8, 1.0, 1.2] {

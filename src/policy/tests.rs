@@ -6,7 +6,9 @@ use std::collections::{HashMap, VecDeque};
 
 use proptest::prelude::*;
 
-use super::sim::{Model, Rng, hash_key, hot_and_scans, looping, window_phases, zipf};
+use super::sim::{
+    Model, Rng, back_and_forth, hash_key, hot_and_scans, looping, window_phases, zipf,
+};
 use super::{Room, SketchBudget, TestEntries, TinyLfu};
 
 /// Hit ratio (0..1) of the policy on `trace`.
@@ -69,6 +71,25 @@ fn a_cache_too_small_for_a_selective_window_still_holds_part_of_a_loop() {
     // resident set of 50 stays put: about 5% is the most there is.
     let hit = ratio(&looping(1_000, 100), 50);
     assert!(hit > 0.04, "loop hit ratio {hit:.4}");
+}
+
+#[test]
+fn sweeps_back_and_forth_keep_one_set() {
+    // Sweeps back and forth over 750 keys in a cache of 500: holding any
+    // 500 of them hits 500 of each 750 reads (so does LRU). The ends are
+    // read twice in a row, the votes keep the window selective, and the
+    // keys the sketch knows enter it; were its candidates judged as aged
+    // keys, each turn's keys would win on the access that brought them,
+    // evict the keys the next turn needs, and the cache would hold the end
+    // the sweep had just left (about a third).
+    let trace = back_and_forth(750, 40);
+    let lru = lru_ratio(&trace, 500);
+    assert!(lru > 0.64, "lru {lru:.3}");
+    let hit = ratio(&trace, 500);
+    assert!(
+        hit > 0.55,
+        "back and forth hit ratio {hit:.4}, lru {lru:.4}"
+    );
 }
 
 #[test]

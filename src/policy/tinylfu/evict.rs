@@ -109,7 +109,7 @@ impl TinyLfu {
             candidate_freq,
             candidate_hash,
             victim_hash,
-            fresh || self.window_of_one(),
+            fresh || self.candidates_fresh(),
         ) {
             self.move_to(PROBATION, candidate);
             self.remember(Side::Main, victim_hash);
@@ -146,12 +146,42 @@ impl TinyLfu {
         !self.weighted && self.window_max <= 1 && !self.selective
     }
 
+    /// Whether the window's candidates are judged as fresh keys (must lead
+    /// by more than one, see [`admit`](Self::admit)): in a
+    /// [window of one](Self::window_of_one), and in a selective window of
+    /// a small cache (one whose sketch is sized apart, up to 2,048 entries;
+    /// see [`SketchBudget::is_small`]). Such a window holds fewer than 20
+    /// entries, so its candidates have waited a few misses at most, and
+    /// the keys it takes are those the sketch already counts three times,
+    /// whose estimate has the same one-access lead over a resident's on a
+    /// loop or a sweep as a fresh key's. Without the margin, on `backf`
+    /// (sweeps back and forth over 750 keys, the two ends read twice in a
+    /// row) at 500 entries, each turn's keys, admitted by that lead,
+    /// displaced the keys the next turn needed, and the cache held
+    /// whichever end the sweep had just left: 35.45% against 55.50 with
+    /// the margin, where moka held to its capacity gets 58–62 by keeping
+    /// one set (simulator, four hash seeds, 8 shards as the cache shards
+    /// them). The comparison bench's 23 held-out rows 51.04 → 51.96
+    /// (`zigzag`@1000 +0.67, `cs`@1000 +0.29), the 30 rows 48.32 → 48.31
+    /// (`zigzag`@500 +0.29, `loop 1.5x` −0.27), the 47 small rows 24.70 →
+    /// 24.71. In every cache, `P3`@50k lost 0.56 (a selective window's
+    /// keys that come back soon are what it is for there); with no
+    /// selective window in small caches (every such key dueling on
+    /// arrival) instead, `zigzag`@1000 +2.5 but `sprite`@500 −0.85. A
+    /// margin for every candidate never read in the window, in small
+    /// caches, gave the held-out rows 52.20 (`zigzag`@1000 +5.5) but the
+    /// loops −0.3 to −0.7 and `gli`@1000 −1.05 (48.23).
+    pub(super) fn candidates_fresh(&self) -> bool {
+        self.window_of_one() || (self.selective && self.sketch_budget.is_small())
+    }
+
     /// TinyLFU admission: whether the window's candidate, with estimate
     /// `candidate_freq` and hash `candidate`, should replace the main
     /// space's victim, with hash `victim`. The candidate needs a higher
     /// estimate than the victim; a `fresh` one
     /// (the key being added, straight out of an empty or full-of-touched
-    /// window, or the candidate of a [window of one](Self::window_of_one))
+    /// window, or the candidate of a window whose candidates
+    /// [are judged so](Self::candidates_fresh))
     /// needs more than one higher. A fresh candidate's estimate is
     /// the one its arrival's increment returned ([`TinyLfu::newest_freq`]):
     /// one look at the sketch fewer per new key (a duel on arrival took 141

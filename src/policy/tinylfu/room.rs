@@ -129,7 +129,7 @@ impl TinyLfu {
             }
             Expired::Neither => {
                 let candidate_freq = self.sketch.estimate(candidate_hash);
-                let judged_fresh = self.window_of_one();
+                let judged_fresh = self.candidates_fresh();
                 if self.admit(candidate_freq, candidate_hash, victim_hash, judged_fresh) {
                     self.move_to(PROBATION, candidate);
                     self.remember(Side::Main, victim_hash);
