@@ -577,7 +577,9 @@ impl Reference {
     /// the arrival ghost remembers it. An unweighted window of one entry
     /// that takes every new key holds its candidate for a single miss: that
     /// candidate must lead as a fresh one must, though it is remembered as
-    /// the window's; so must a small cache's selective window's.
+    /// the window's; so must every candidate of a small cache's window. A
+    /// candidate so judged that loses by the margin alone is not
+    /// remembered.
     fn duel(&mut self, candidate: u64, victim: u64) -> u64 {
         let fresh = self.newest.filter(|&(newest, _)| newest == candidate);
         let candidate_freq = match fresh {
@@ -585,23 +587,22 @@ impl Reference {
             None => self.estimate(candidate),
         };
         let window_of_one = !self.weighted && self.window_max <= 1 && !self.selective();
-        let small_selective = self.selective() && self.budget.is_small();
+        let judged_fresh = window_of_one || self.budget.is_small();
         if self.admits(
             candidate_freq,
             candidate,
             victim,
-            fresh.is_some() || window_of_one || small_selective,
+            fresh.is_some() || judged_fresh,
         ) {
             self.move_to(candidate, Queue::Probation);
             self.remember(Side::Main, victim);
             victim
         } else {
-            let side = if fresh.is_some() {
-                Side::Arrival
-            } else {
-                Side::Window
-            };
-            self.remember(side, candidate);
+            if fresh.is_some() {
+                self.remember(Side::Arrival, candidate);
+            } else if !(judged_fresh && candidate_freq == self.estimate(victim) + 1) {
+                self.remember(Side::Window, candidate);
+            }
             candidate
         }
     }

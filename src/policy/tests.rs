@@ -90,6 +90,15 @@ fn sweeps_back_and_forth_keep_one_set() {
         hit > 0.55,
         "back and forth hit ratio {hit:.4}, lru {lru:.4}"
     );
+    // The same with each end read once (the LIRS `zigzag` trace's shape)
+    // and a cache of 1,000, whose window opens past 1% (not selective) now
+    // and then: any 1,000 of the 2,001 keys hit half the reads. Were the
+    // window's candidates judged as aged keys, they would win on their
+    // arrival there (0.42).
+    let mut zigzag = back_and_forth(2_001, 26);
+    zigzag.dedup();
+    let hit = ratio(&zigzag, 1_000);
+    assert!(hit > 0.45, "zigzag hit ratio {hit:.4}");
 }
 
 #[test]

@@ -135,7 +135,12 @@ impl TinyLfu {
                     self.remember(Side::Main, victim_hash);
                     (victim, victim_hash)
                 } else {
-                    self.remember(Side::Window, candidate_hash);
+                    self.remember_window_loser(
+                        candidate_hash,
+                        candidate_freq,
+                        victim_hash,
+                        judged_fresh,
+                    );
                     (candidate, candidate_hash)
                 }
             }
