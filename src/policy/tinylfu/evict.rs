@@ -98,36 +98,41 @@ impl TinyLfu {
             }
             Expired::Neither => {}
         }
-        let fresh = candidate == self.newest;
         let (candidate_hash, victim_hash) = (entries.hash(candidate), entries.hash(victim));
-        let candidate_freq = if fresh {
-            self.newest_freq
+        let wins = if candidate == self.newest {
+            // The key being added, still where it arrived: a duel on
+            // arrival, with its estimate of then.
+            let admitted = self.admit_arrival(candidate_hash, victim_hash);
+            if admitted {
+                self.move_to(PROBATION, candidate);
+            }
+            admitted
         } else {
-            self.sketch.estimate(candidate_hash)
+            self.window_candidate_wins(candidate, candidate_hash, victim_hash)
         };
+        if wins { victim } else { candidate }
+    }
+
+    /// The duel of the window's `candidate` (not the key being added),
+    /// with `candidate_hash`, against the victim with `victim_hash`: true
+    /// if it wins, and then it has moved to probation and the main side's
+    /// ghost remembers the victim; a loser is remembered as
+    /// [`remember_window_loser`](Self::remember_window_loser) says.
+    pub(super) fn window_candidate_wins(
+        &mut self,
+        candidate: u32,
+        candidate_hash: u64,
+        victim_hash: u64,
+    ) -> bool {
+        let candidate_freq = self.sketch.estimate(candidate_hash);
         let judged_fresh = self.candidates_fresh();
-        if self.admit(
-            candidate_freq,
-            candidate_hash,
-            victim_hash,
-            fresh || judged_fresh,
-        ) {
+        if self.admit(candidate_freq, candidate_hash, victim_hash, judged_fresh) {
             self.move_to(PROBATION, candidate);
             self.remember(Side::Main, victim_hash);
-            victim
-        } else {
-            if fresh {
-                self.remember(Side::Arrival, candidate_hash);
-            } else {
-                self.remember_window_loser(
-                    candidate_hash,
-                    candidate_freq,
-                    victim_hash,
-                    judged_fresh,
-                );
-            }
-            candidate
+            return true;
         }
+        self.remember_window_loser(candidate_hash, candidate_freq, victim_hash, judged_fresh);
+        false
     }
 
     /// Remembers in the window's ghost a candidate that lost its duel,
@@ -138,7 +143,7 @@ impl TinyLfu {
     /// (simulator, small caches judging every candidate fresh: `loop 1.1x`
     /// −0.72, `loop`@512 −0.34, `loop 1.5x` −0.31 against not remembering
     /// them).
-    pub(super) fn remember_window_loser(
+    fn remember_window_loser(
         &mut self,
         candidate_hash: u64,
         candidate_freq: u8,

@@ -128,19 +128,9 @@ impl TinyLfu {
                 (victim, victim_hash)
             }
             Expired::Neither => {
-                let candidate_freq = self.sketch.estimate(candidate_hash);
-                let judged_fresh = self.candidates_fresh();
-                if self.admit(candidate_freq, candidate_hash, victim_hash, judged_fresh) {
-                    self.move_to(PROBATION, candidate);
-                    self.remember(Side::Main, victim_hash);
+                if self.window_candidate_wins(candidate, candidate_hash, victim_hash) {
                     (victim, victim_hash)
                 } else {
-                    self.remember_window_loser(
-                        candidate_hash,
-                        candidate_freq,
-                        victim_hash,
-                        judged_fresh,
-                    );
                     (candidate, candidate_hash)
                 }
             }
