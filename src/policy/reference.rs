@@ -577,9 +577,8 @@ impl Reference {
     /// the arrival ghost remembers it. An unweighted window of one entry
     /// that takes every new key holds its candidate for a single miss: that
     /// candidate must lead as a fresh one must, though it is remembered as
-    /// the window's; so must every candidate of a small cache's window. A
-    /// candidate so judged that loses by the margin alone is not
-    /// remembered.
+    /// the window's; so must every candidate of a small cache's window, and
+    /// there one that loses by the margin alone is not remembered.
     fn duel(&mut self, candidate: u64, victim: u64) -> u64 {
         let fresh = self.newest.filter(|&(newest, _)| newest == candidate);
         let candidate_freq = match fresh {
@@ -600,7 +599,7 @@ impl Reference {
         } else {
             if fresh.is_some() {
                 self.remember(Side::Arrival, candidate);
-            } else if !(judged_fresh && candidate_freq == self.estimate(victim) + 1) {
+            } else if !(self.budget.is_small() && candidate_freq == self.estimate(victim) + 1) {
                 self.remember(Side::Window, candidate);
             }
             candidate

@@ -601,8 +601,8 @@ fn small_workloads(wanted: impl Fn(&str) -> bool) -> Vec<Workload> {
 }
 
 /// The comparison bench's held-out rows (`HELD_OUT` in
-/// `benches/compare.rs`): rows no constant here was chosen on, until
-/// 8 December (`LARDER_SIM_HELD=1`).
+/// `benches/compare.rs`): rows no constant here was chosen on until the
+/// evening of 7 December (`LARDER_SIM_HELD=1`).
 fn held_workloads(wanted: impl Fn(&str) -> bool) -> Vec<Workload> {
     let mut w: Vec<Workload> = vec![(
         "OLTP".into(),

@@ -724,3 +724,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_candidate_lost_by_the_margin_alone_votes_only_outside_small_caches() {
+    // 50 entries, a window of one unit: its candidate is judged as a fresh
+    // key in every cache. Key 1,000 arrives, is read in the window (its
+    // estimate 2, the residents' 1), is passed over once (the key after it
+    // is turned away on arrival) and then loses to probation's head by the
+    // margin alone. Back again, it finds the window's ghost remembering it
+    // in a shard with a large cache's budget, as before the small-cache
+    // rule, and votes the window to two units; in a small cache it is not
+    // remembered, and the window stays at one.
+    for (budget, window) in [
+        (SketchBudget::of_shard(50, false, 1), 1),
+        (SketchBudget::bytes(1 << 20), 2),
+    ] {
+        let mut model = Model::with_budget(50, budget);
+        for key in 0..50 {
+            model.access(key);
+        }
+        model.access(1_000);
+        assert!(model.access(1_000), "1,000 read in the window");
+        model.access(2_000);
+        model.access(3_000);
+        assert!(!model.contains(1_000), "1,000 lost its duel");
+        assert_eq!(model.policy.window_max(), 1);
+        model.access(1_000);
+        assert_eq!(
+            model.policy.window_max(),
+            window,
+            "small budget: {}",
+            budget.is_small()
+        );
+    }
+}
