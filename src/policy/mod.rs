@@ -739,10 +739,9 @@
 //! +1.6 and +2.5 at 16 and 20, `zigzag`@1000 +1.2 and +1.1, `multi2`@250
 //! +0.5), the 30 48.34, 48.36, 48.35 (`sprite`@500 +0.37 and
 //! `zigzag`@500 +0.36 at 16, `sprite`@100 −0.2), the 47 25.11, 25.12,
-//! 25.14 (OLTP@100 +1.2 to +1.3, `ps`@100 and @200 −0.4 to −0.5). Not
-//! taken yet: measured at the end of the day, not run through the
-//! comparison bench, and `sprite`@100, the one tuned row flagged, is
-//! lower.
+//! 25.14 (OLTP@100 +1.2 to +1.3, `ps`@100 and @200 −0.4 to −0.5). Over
+//! four more seeds the same; small caches now halve every 16 increments
+//! per entry (see `SMALL_SAMPLE_PER_ENTRY` in `sketch.rs`).
 //!
 //! The ghosts were first built on 4 December without the dead zone and
 //! with every key remembered, and reverted the same day: on Zipf their

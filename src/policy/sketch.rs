@@ -61,6 +61,22 @@ const COUNTER_MAX: u8 = 15;
 /// Increments per sized-for entry between two halvings.
 const SAMPLE_PER_ENTRY: u64 = 10;
 
+/// Increments per sized-for entry between two halvings in a small cache's
+/// sketch ([`SketchBudget::is_small`]): 16. Measured on 7 December, once
+/// every window candidate of a small cache was judged as a fresh key
+/// (`TinyLfu::candidates_fresh`), in the simulator over eight hash seeds,
+/// 8 shards as the cache shards: the comparison bench's 23 held-out rows
+/// 52.56 against 52.43 at 10 (`backf`@500 +1.5, where the halvings were
+/// what it still lost: 60.8 with none, against the 61.1 a cache keeping
+/// any 500 of its 750 keys gets; `zigzag`@1000 +1.0, `multi2`@250 +0.3),
+/// the 30 rows 48.36 against 48.34 (`zigzag`@500 +0.3, `loop 1.5x`
+/// +0.26), the 47 small rows 25.13 against 25.07 (four seeds: OLTP@100
+/// +1.2, `ps`@100 and @200 −0.4); 20 gave the same means (`backf`@500
+/// +2.5, `sprite`@1000 −0.26), 13 less. Before that rule, 13 to 20 had
+/// lost `zigzag`@500 up to 1.6 and gained nothing on `multi2`@1000 (see
+/// the policy's module docs).
+const SMALL_SAMPLE_PER_ENTRY: u64 = 16;
+
 /// Words per block (one 64-byte cache line).
 const BLOCK_WORDS: usize = 8;
 
@@ -222,7 +238,11 @@ impl FrequencySketch {
             table: vec![0; blocks as usize * BLOCK_WORDS],
             blocks,
             additions: 0,
-            sample_period: entries.saturating_mul(SAMPLE_PER_ENTRY),
+            sample_period: entries.saturating_mul(if budget.is_small() {
+                SMALL_SAMPLE_PER_ENTRY
+            } else {
+                SAMPLE_PER_ENTRY
+            }),
             sized_for: entries,
         }
     }
