@@ -30,7 +30,8 @@
 //! |---|---|---|
 //! | `test-util` | `clock::MockClock` and `Cache::check_invariants` | one branch per clock read |
 // `unsafe` is denied everywhere (Cargo.toml's lints) but in two modules:
-// `shard::raw` (the SSE2 tag match and the shard lock) and `expiry::tsc`
+// `shard::raw` (the SSE2 tag match, the shard lock and a write's prefetch
+// of its sketch line) and `expiry::tsc`
 // (one `rdtscp` to read the clock), each of which a benchmark showed to be
 // needed.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -272,6 +272,7 @@ where
         removed: &mut Removed<K, V>,
     ) -> bool {
         let hash = write.hash;
+        shard.prefetch_for_write(hash);
         let found = shard.find(hash, &write.key);
         let stripe = cell.stripe(hash, &shard);
         match decide(&write.key, found.map(|id| shard.value(id)), stripe) {

@@ -282,6 +282,14 @@ impl FrequencySketch {
             .expect("the table is whole blocks")
     }
 
+    /// The first word of the key's block: the cache line
+    /// [`increment`](Self::increment) and [`estimate`](Self::estimate)
+    /// will read, for a prefetch.
+    #[inline]
+    pub(crate) fn line_of(&self, hash: u64) -> &u64 {
+        &self.table[self.block_base(remix(hash))]
+    }
+
     /// The estimated recent frequency of the key, 0..=15.
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
         let h = remix(hash);

@@ -132,6 +132,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// that panics in the reap is caught into `panic` (the batch stays on
     /// the wheel, see [`Requeue`]), for the caller to raise once its write
     /// is complete; with a panic already caught, nothing is tried.
+    #[inline]
     pub(super) fn reap_instead(
         &mut self,
         now: &mut Now<'_>,
@@ -139,9 +140,24 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         panic: &mut Option<Panic>,
         left: &mut usize,
     ) -> bool {
+        // Inline, so that a shard with nothing on its wheel (an untimed
+        // cache's) pays a compare, not a call, per eviction or new key
+        // turned away.
         if self.wheel.len() == 0 || panic.is_some() || *left == 0 {
             return false;
         }
+        self.reap_due_instead(now, removed, panic, left)
+    }
+
+    /// [`reap_instead`](Self::reap_instead) once its cheap checks pass.
+    #[inline(never)]
+    fn reap_due_instead(
+        &mut self,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+        panic: &mut Option<Panic>,
+        left: &mut usize,
+    ) -> bool {
         let now = now.get();
         if !self.wheel.any_due(now) {
             return false;

@@ -12,6 +12,16 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         &self.policy
     }
 
+    /// Asks for the cache line of the admission sketch that a write of a
+    /// key with `hash` needs if the key is new, before the lookup that
+    /// tells (see [`prefetch`](super::raw::prefetch)).
+    #[inline]
+    pub(crate) fn prefetch_for_write(&self, hash: u64) {
+        if let Some(line) = self.policy.sketch_line(hash) {
+            super::raw::prefetch::prefetch(line);
+        }
+    }
+
     /// Tells the policy, before a new key, the read hits this shard's lock
     /// has counted (`reads`, asked only if the policy keeps readmissions:
     /// they are its clock, with the new keys).
@@ -31,6 +41,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// [`SlotEntries`]), the insert and its evictions finish, and then the
     /// panic goes on to the caller, with the shard consistent and within
     /// its capacity.
+    #[inline]
     pub(crate) fn insert(
         &mut self,
         found: Option<u32>,
@@ -44,47 +55,85 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         // refuses the same weights, whichever holds a unit more.
         let capacity = self.policy.capacity();
         if u64::from(w.weight) > self.heaviest || capacity == 0 {
-            if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced)
-            {
-                removed.push(k, v, cause);
-            }
-            self.count(RemovalCause::Size, &w.value);
-            removed.push(w.key, w.value, RemovalCause::Size);
-            return;
+            return self.refuse(w, now, removed);
         }
+        match found {
+            // A replacement that did not grow the entry leaves the shard
+            // within its capacity; the queue rebalancing `evict` would also
+            // do (after the ghosts moved a target) waits for the next write
+            // that adds. The replacement is the path kept inline: with the
+            // new key's paths in the same body, replacing a value took 124
+            // instructions in the shard (callgrind, the comparison bench's
+            // key space), most of them saving and restoring registers.
+            Some(id) => {
+                if self.replace(id, w, now, removed) {
+                    self.evict_then_raise(None, now, removed);
+                }
+            }
+            None => self.insert_new(w, capacity, now, removed),
+        }
+    }
+
+    /// Turns away an entry heavier than a shard may hold (or any entry, in
+    /// a shard without capacity): heard of as `Size` at once, and the
+    /// key's previous entry, if any, as `Replaced`.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, w: Write<K, V>, now: &mut Now<'_>, removed: &mut Removed<K, V>) {
+        if let Some((k, v, cause)) = self.remove_as(w.hash, &w.key, now, RemovalCause::Replaced) {
+            removed.push(k, v, cause);
+        }
+        self.count(RemovalCause::Size, &w.value);
+        removed.push(w.key, w.value, RemovalCause::Size);
+    }
+
+    /// [`insert`](Self::insert) of a key the shard does not hold.
+    #[inline(never)]
+    fn insert_new(
+        &mut self,
+        w: Write<K, V>,
+        capacity: u64,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+    ) {
         // A key's `Hash` that panicked in the policy's work, caught so
         // that the policy and then this insert finish (see `SlotEntries`).
         let mut panic = None;
-        let grew = match found {
-            Some(id) => self.replace(id, w, now, removed),
-            None if !self.policy.is_weighted() => {
-                match self.insert_new_unweighted(w, capacity, now, removed, &mut panic) {
-                    Some(grew) => grew,
-                    None => return,
+        let grew = if self.policy.is_weighted() {
+            let fits =
+                |shard: &Self| shard.policy.weighted_size() + u64::from(w.weight) <= capacity;
+            if !fits(self) {
+                self.reap_for_room(now, removed);
+                if !fits(self) && expired_on_arrival(&w, now) {
+                    return self.turn_away_expired(w, removed);
                 }
             }
-            None => {
-                let fits =
-                    |shard: &Self| shard.policy.weighted_size() + u64::from(w.weight) <= capacity;
-                if !fits(self) {
-                    self.reap_for_room(now, removed);
-                    if !fits(self) && expired_on_arrival(&w, now) {
-                        return self.turn_away_expired(w, removed);
-                    }
-                }
-                self.push(w, true);
-                true
+            self.push(w, true);
+            true
+        } else {
+            match self.insert_new_unweighted(w, capacity, now, removed, &mut panic) {
+                Some(grew) => grew,
+                None => return,
             }
         };
-        // A replacement that did not grow the entry leaves the shard within
-        // its capacity; the queue rebalancing `evict` would also do (after
-        // the ghosts moved a target) waits for the next write that adds.
         if grew {
-            panic = panic.or(self.evict(now, removed));
+            self.evict_then_raise(panic, now, removed);
+        } else if let Some(panic) = panic {
+            resume_unwind(panic);
         }
-        if let Some(panic) = panic {
-            // The shard is whole again: unwinding unlocks it, and the
-            // caller's `notify::Delivery` hands over the removals.
+    }
+
+    /// Evicts down to capacity, then raises the first of `panic` and a
+    /// panic caught while evicting (see [`SlotEntries`]): the shard is
+    /// whole again, unwinding unlocks it, and the caller's
+    /// `notify::Delivery` hands over the removals.
+    fn evict_then_raise(
+        &mut self,
+        panic: Option<Panic>,
+        now: &mut Now<'_>,
+        removed: &mut Removed<K, V>,
+    ) {
+        if let Some(panic) = panic.or(self.evict(now, removed)) {
             resume_unwind(panic);
         }
     }

@@ -458,10 +458,16 @@ impl TinyLfu {
     /// at a queue head: a write hit then costs no queue surgery. Returns
     /// whether the weight grew: if not, the cache cannot have gone over its
     /// capacity, and the caller may skip [`victim`](Self::victim).
+    #[inline]
     pub(crate) fn reweigh(&mut self, id: u32, weight: u32) -> bool {
         if !self.weighted {
             return false;
         }
+        self.reweigh_weighted(id, weight)
+    }
+
+    /// [`reweigh`](Self::reweigh) in a weighted cache.
+    fn reweigh_weighted(&mut self, id: u32, weight: u32) -> bool {
         let tag = if self.unbounded {
             WINDOW
         } else {
@@ -593,6 +599,14 @@ impl TinyLfu {
             Side::Main => self.window_max.saturating_sub(MAIN_VOTE * step),
         };
         self.set_votes(window);
+    }
+
+    /// The cache line of the sketch a new key with `hash` would count
+    /// itself in, for a prefetch; `None` when the policy counts nothing
+    /// (an unbounded shard).
+    #[inline]
+    pub(crate) fn sketch_line(&self, hash: u64) -> Option<&u64> {
+        (!self.unbounded).then(|| self.sketch.line_of(hash))
     }
 
     /// Whether the policy keeps [readmissions](Returns), and so wants

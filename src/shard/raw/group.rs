@@ -1,6 +1,6 @@
 //! Matching one tag against a chunk's sixteen control bytes at once.
 //!
-//! One of the two parts of [`raw`](super), which with `expiry::tsc` holds
+//! One of the three parts of [`raw`](super), which with `expiry::tsc` holds
 //! the crate's `unsafe` code. On x86-64 the match is SSE2's
 //! byte compare and mask move (`pcmpeqb`, `pmovmskb`): three instructions
 //! where the portable byte-by-byte fold below compiles to about 38 (a

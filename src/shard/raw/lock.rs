@@ -865,7 +865,13 @@ impl HitCount {
     fn widen(&self, raw: impl FnOnce() -> u64) -> u64 {
         let seen = self.seen.load(Acquire);
         let now = seen + (raw().wrapping_sub(seen) & HIT_MASK);
-        self.seen.fetch_max(now, Release);
+        // Most reads find the count where it was (hits through the slots
+        // do not move it): then there is nothing to publish, and a
+        // read-modify-write (a locked instruction, on every new key's
+        // insert) is saved.
+        if now != seen {
+            self.seen.fetch_max(now, Release);
+        }
         now
     }
 }
