@@ -75,6 +75,27 @@ fn writers_exclude_readers_and_each_other_and_lookups_are_exact() {
     assert!(pair.0 > 0, "the writers ran");
 }
 
+/// A waiter spins for `SPIN_FOR` and no less before it gives up on
+/// spinning (to park or yield), and starts over when reset.
+#[test]
+fn backoff_spins_for_its_time_then_gives_up_until_reset() {
+    let mut backoff = Backoff::new();
+    let start = Instant::now();
+    let mut rounds = 0;
+    while backoff.spin() {
+        rounds += 1;
+    }
+    assert!(
+        start.elapsed() >= SPIN_FOR,
+        "gave up after {:?}",
+        start.elapsed()
+    );
+    assert!(rounds > Backoff::DOUBLINGS, "{rounds} rounds");
+    assert!(!backoff.spin(), "spun on after giving up");
+    backoff.reset();
+    assert!(backoff.spin(), "a reset backoff spins again");
+}
+
 #[test]
 fn try_locks_fail_only_against_the_other_side() {
     let lock = ShardLock::new(());
