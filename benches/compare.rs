@@ -3,7 +3,10 @@
 //! workloads in the same run:
 //!
 //! 1. **Throughput** (Mops/s, median of 11 runs of 0.2 s, runs alternating
-//!    between the caches, larder then quick_cache then moka): get hit, mixed Zipf on 1 and 2 threads, insert;
+//!    between the caches, larder then quick_cache then moka): get hit,
+//!    mixed Zipf on 1 and 2 threads, the 2 threads again each on a cache
+//!    of its own (what the host's cores give when the threads share
+//!    nothing), insert;
 //!    ratios of larder to the others, and the median of the runs' own
 //!    larder/quick_cache ratios (each larder run paired with the
 //!    quick_cache run right after it, so a busy spell of the host that
@@ -183,10 +186,12 @@ fn run_until<C: BenchCache>(
     }
 }
 
-/// One thread per stream, each running `op` for `time`; returns the total
-/// Mops/s (all ops over the time from first start to last finish).
+/// One thread per stream, each running `op` for `time` on the cache of
+/// `caches` its stream's index picks (modulo their number: one cache for
+/// all, or one each); returns the total Mops/s (all ops over the time from
+/// first start to last finish).
 fn timed_run<C: BenchCache>(
-    cache: &C,
+    caches: &[C],
     streams: &[Vec<u64>],
     cursors: &mut [usize],
     op: Op,
@@ -198,7 +203,9 @@ fn timed_run<C: BenchCache>(
         let threads: Vec<_> = streams
             .iter()
             .zip(cursors.iter_mut())
-            .map(|(stream, pos)| {
+            .enumerate()
+            .map(|(i, (stream, pos))| {
+                let cache = &caches[i % caches.len()];
                 s.spawn(move || match op {
                     Op::Get => run_until(cache, stream, pos, deadline, |c, k| {
                         black_box(c.get(k));
@@ -227,12 +234,14 @@ fn median(mut runs: [f64; RUNS]) -> f64 {
 /// a noisy neighbour hurts all three alike, and the median of each larder
 /// run's ratio to the quick_cache run right after it (each round runs
 /// larder, quick_cache, moka in that order).
-fn speeds(
+/// Each of `larder`, `moka` and `quick` is one cache that every thread
+/// uses, or one per thread (see [`timed_run`]).
+fn speeds<L: BenchCache, M: BenchCache, Q: BenchCache>(
     streams: &[Vec<u64>],
     op: Op,
-    larder: &impl BenchCache,
-    moka: &impl BenchCache,
-    quick: &impl BenchCache,
+    larder: &[L],
+    moka: &[M],
+    quick: &[Q],
 ) -> ([f64; 3], f64) {
     let mut cursors = [
         vec![0; streams.len()],
@@ -292,36 +301,49 @@ fn throughput() {
     let get_hit = speeds(
         &[zipf_stream(PRESENT, 1.0, stream, 11, 0)],
         Op::Get,
-        &prefilled(caches::larder(2 * PRESENT), PRESENT),
-        &prefilled(caches::moka(2 * PRESENT), PRESENT),
-        &prefilled(caches::quick(2 * PRESENT), PRESENT),
+        &[prefilled(caches::larder(2 * PRESENT), PRESENT)],
+        &[prefilled(caches::moka(2 * PRESENT), PRESENT)],
+        &[prefilled(caches::quick(2 * PRESENT), PRESENT)],
     );
     row("get hit, 1 thread", get_hit);
 
     eprintln!("throughput: mixed, 1 thread");
-    let mixed = |threads: u64| {
+    // `apart`: a cache for each thread, else one they share.
+    let mixed = |threads: u64, apart: bool| {
         let streams: Vec<_> = (0..threads)
             .map(|t| mixed_stream(KEYS, 1.0, stream, 12 + t, 0.1))
             .collect();
+        let count = if apart { threads as usize } else { 1 };
         speeds(
             &streams,
             Op::Mixed,
-            &caches::larder(CAPACITY),
-            &caches::moka(CAPACITY),
-            &caches::quick(CAPACITY),
+            &(0..count)
+                .map(|_| caches::larder(CAPACITY))
+                .collect::<Vec<_>>(),
+            &(0..count)
+                .map(|_| caches::moka(CAPACITY))
+                .collect::<Vec<_>>(),
+            &(0..count)
+                .map(|_| caches::quick(CAPACITY))
+                .collect::<Vec<_>>(),
         )
     };
-    row("mixed Zipf, 1 thread", mixed(1));
+    row("mixed Zipf, 1 thread", mixed(1, false));
     eprintln!("throughput: mixed, 2 threads");
-    row("mixed Zipf, 2 threads", mixed(2));
+    row("mixed Zipf, 2 threads", mixed(2, false));
+    // The same two threads, each on a cache of its own: what the host's
+    // two cores give when the threads share nothing, against which the
+    // shared cache's row shows what sharing costs.
+    eprintln!("throughput: mixed, 2 threads, a cache each");
+    row("mixed Zipf, 2 threads, a cache each", mixed(2, true));
 
     eprintln!("throughput: insert");
     let insert = speeds(
         &[zipf_stream(KEYS, 1.0, stream, 15, 0)],
         Op::Insert,
-        &caches::larder(CAPACITY),
-        &caches::moka(CAPACITY),
-        &caches::quick(CAPACITY),
+        &[caches::larder(CAPACITY)],
+        &[caches::moka(CAPACITY)],
+        &[caches::quick(CAPACITY)],
     );
     row("insert, 1 thread", insert);
 
