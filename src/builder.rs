@@ -673,9 +673,9 @@ where
     /// shards (the default there) 27.0 / 17.1, 16 shards 26.7 / 20.1, 32
     /// shards 25.3 / 22.8; the hit ratios of the simulator's large rows
     /// moved by 0.2 points at most from 8 shards to 128, and the heap of
-    /// 100,000 entries grew from 32.6 bytes an entry to 34.1 at 32 shards. A cache never has more shards than units of
-    /// capacity (the largest power of two within it), so that every shard
-    /// can hold something. Each shard takes about 11 KB even while empty
+    /// 100,000 entries grew from 32.6 bytes an entry to 34.1 at 32 shards.
+    /// A cache never has more shards than units of capacity (the largest
+    /// power of two within it), so that every shard can hold something. Each shard takes about 11 KB even while empty
     /// (its lock, index, eviction policy and timing wheel): the most,
     /// 65,536, take about 700 MB for a cache holding nothing.
     ///

@@ -254,15 +254,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let old_hash =
             victim_hash.unwrap_or_else(|| self.hasher.hash_one(&self.index.slots[index].key));
         debug_assert_eq!(old_hash, self.hasher.hash_one(&self.index.slots[index].key));
-        let held = self.index.table.remove(old_hash, victim);
+        let old = std::mem::replace(&mut self.index.slots[index], Slot::new(w.key, w.value));
+        let (slots, hasher) = (&self.index.slots, &self.hasher);
+        let held = self.index.table.rekey(old_hash, victim, w.hash, |i| {
+            hasher.hash_one(&slots[i as usize].key)
+        });
         debug_assert!(held, "slot {victim} missing from the table");
         self.wheel.cancel(victim);
         self.created += 1;
-        let old = std::mem::replace(&mut self.index.slots[index], Slot::new(w.key, w.value));
-        let (slots, hasher) = (&self.index.slots, &self.hasher);
-        self.index
-            .table
-            .insert_unique(w.hash, victim, |i| hasher.hash_one(&slots[i as usize].key));
         if let Some(hard) = self.hard.get_mut(index) {
             *hard = NEVER;
         }
