@@ -24,9 +24,12 @@
 //! store of the slot's value before plus its hits ([`SLOT_HIT`]), not an
 //! atomic add: the holder is the slot's only writer. If the slot is held
 //! (another thread with the same slot, or this thread reading the same
-//! shard twice) or a writer has claimed the lock, the reader uses the state
-//! word as below. A writer claims the word, waits for the word's readers,
-//! then for each held slot. The handshake, reader marks slot then reads
+//! shard twice) the reader uses the state word as below; if a writer has
+//! claimed the lock, it leaves its slot, spins reading the word until the
+//! writer has gone and tries its slot again, and after about
+//! [`SPIN_FOR`] waits in the word too (see
+//! [`read_after_writer`](RawLock::read_after_writer)). A writer claims
+//! the word, waits for the word's readers, then for each held slot. The handshake, reader marks slot then reads
 //! word, writer marks word then reads slots, all `SeqCst`, is Dekker's: at
 //! least one of them sees the other.
 //!
@@ -548,9 +551,49 @@ impl<W: Word, P: Parking + Default> RawLock<W, P> {
             if self.state.load(SeqCst) & WRITER == 0 {
                 return Some((slot, before));
             }
-            // A writer has claimed the lock: leave the slot and wait in
-            // the word with the other readers.
+            // A writer has claimed the lock: leave the slot, and wait for
+            // the writer to leave (then in the word with the other
+            // readers, if it takes long).
             word.store(before, Release);
+            if P::SPINS {
+                return self.read_after_writer(slot);
+            }
+        }
+        self.acquire_shared();
+        None
+    }
+
+    /// A slot reader that found a writer in: spins reading the word (which
+    /// leaves the line to the writer, where a reader added to the word
+    /// wrote it) until the writer has left, and tries its slot again, as
+    /// [`acquire_read`](Self::acquire_read) did; after [`Backoff`]'s time
+    /// it waits in the word. Replaying the comparison bench's mixed stream
+    /// on two threads (capacity 100,000), builds alternated eight times:
+    /// 15.4 Mops/s against 14.6 waiting in the word at once (8 shards),
+    /// 19.1 against 18.3 (32 shards, four times). The loom models, whose
+    /// parking lot does not spin, check the word path only; this one is
+    /// the slot path's first attempt, repeated.
+    #[cold]
+    #[inline(never)]
+    fn read_after_writer(&self, slot: usize) -> Option<(usize, u64)> {
+        let word = &self.slots[slot].0;
+        let mut spin = Backoff::new();
+        while spin.spin() {
+            if self.state.load(Relaxed) & WRITER != 0 {
+                continue;
+            }
+            let before = word.load(Relaxed);
+            if before & HELD == 0
+                && word
+                    .compare_exchange_weak(before, before | HELD, SeqCst, Relaxed)
+                    .is_ok()
+            {
+                word.order_fence();
+                if self.state.load(SeqCst) & WRITER == 0 {
+                    return Some((slot, before));
+                }
+                word.store(before, Release);
+            }
         }
         self.acquire_shared();
         None
