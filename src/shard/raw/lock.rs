@@ -194,6 +194,16 @@ impl Backoff {
     }
 }
 
+/// What one attempt to read through a reader slot found.
+enum SlotTry {
+    /// The reader is in; the slot's value before it marked it.
+    In(u64),
+    /// The slot was held (or the exchange failed spuriously).
+    Busy,
+    /// A writer has claimed the lock; the slot was left again.
+    Writer,
+}
+
 /// A writer holds or has claimed the lock.
 const WRITER: u64 = 1;
 /// A thread may be parked on the lock.
@@ -539,28 +549,38 @@ impl<W: Word, P: Parking + Default> RawLock<W, P> {
     #[inline]
     fn acquire_read(&self, index: usize) -> Option<(usize, u64)> {
         let slot = index % SLOTS;
-        let word = &self.slots[slot].0;
-        let before = word.load(Relaxed);
-        // A weak exchange that fails spuriously only sends us to the word.
-        if before & HELD == 0
-            && word
-                .compare_exchange_weak(before, before | HELD, SeqCst, Relaxed)
-                .is_ok()
-        {
-            word.order_fence();
-            if self.state.load(SeqCst) & WRITER == 0 {
-                return Some((slot, before));
-            }
-            // A writer has claimed the lock: leave the slot, and wait for
-            // the writer to leave (then in the word with the other
-            // readers, if it takes long).
-            word.store(before, Release);
-            if P::SPINS {
-                return self.read_after_writer(slot);
-            }
+        match self.try_slot(slot) {
+            SlotTry::In(before) => return Some((slot, before)),
+            // Wait for the writer to leave (then in the word with the
+            // other readers, if it takes long).
+            SlotTry::Writer if P::SPINS => return self.read_after_writer(slot),
+            SlotTry::Writer | SlotTry::Busy => {}
         }
         self.acquire_shared();
         None
+    }
+
+    /// One attempt to read through `slot`: marks it held, then looks at
+    /// the word. A weak exchange that fails spuriously counts as `Busy`
+    /// (the caller goes to the word).
+    #[inline]
+    fn try_slot(&self, slot: usize) -> SlotTry {
+        let word = &self.slots[slot].0;
+        let before = word.load(Relaxed);
+        if before & HELD != 0
+            || word
+                .compare_exchange_weak(before, before | HELD, SeqCst, Relaxed)
+                .is_err()
+        {
+            return SlotTry::Busy;
+        }
+        word.order_fence();
+        if self.state.load(SeqCst) & WRITER == 0 {
+            return SlotTry::In(before);
+        }
+        // A writer has claimed the lock: leave the slot.
+        word.store(before, Release);
+        SlotTry::Writer
     }
 
     /// A slot reader that found a writer in: spins reading the word (which
@@ -576,23 +596,13 @@ impl<W: Word, P: Parking + Default> RawLock<W, P> {
     #[cold]
     #[inline(never)]
     fn read_after_writer(&self, slot: usize) -> Option<(usize, u64)> {
-        let word = &self.slots[slot].0;
         let mut spin = Backoff::new();
         while spin.spin() {
             if self.state.load(Relaxed) & WRITER != 0 {
                 continue;
             }
-            let before = word.load(Relaxed);
-            if before & HELD == 0
-                && word
-                    .compare_exchange_weak(before, before | HELD, SeqCst, Relaxed)
-                    .is_ok()
-            {
-                word.order_fence();
-                if self.state.load(SeqCst) & WRITER == 0 {
-                    return Some((slot, before));
-                }
-                word.store(before, Release);
+            if let SlotTry::In(before) = self.try_slot(slot) {
+                return Some((slot, before));
             }
         }
         self.acquire_shared();
