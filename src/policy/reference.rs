@@ -44,10 +44,10 @@ const SATURATED: u8 = 15;
 /// of its halving...
 const WALK_LEAD_DIVISOR: u64 = 80;
 /// ...looks at this many protected keys per new key...
-const WALK_STEPS: u32 = 8;
+const WALK_STEPS: u32 = 16;
 /// ...and demotes each untouched one estimated below this; not in a small
 /// cache's shards.
-const WALK_STALE: u8 = 3;
+const WALK_STALE: u8 = 5;
 /// The first state of the xorshift coin behind those admissions.
 const COIN_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 

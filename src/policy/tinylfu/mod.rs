@@ -128,21 +128,44 @@ const ARRIVAL_GHOST_MIN: u64 = 2;
 /// a pause of some milliseconds under the shard's lock in a cache of a
 /// million entries, which the walk spreads over its new keys. Sixteen
 /// steps per key instead of eight: `P6`@50k +0.04 more, `zigzag` −0.32
-/// over the eight seeds (level over 32 more).
+/// over the eight seeds (level over 32 more); see [`WALK_STEPS`] for
+/// their measure since the walk is for large caches only.
 const WALK_LEAD_DIVISOR: u64 = 80;
 /// Protected ids the walk looks at per new key: enough to cover the
-/// segment (at most 80% of the ids) well within the last 1/80 of the
-/// period (an eighth of the sized-for entries in increments, each new key
-/// one or more of them).
-const WALK_STEPS: u32 = 8;
+/// segment (at most 80% of the ids) within the first half of the last
+/// 1/80 of the period (an eighth of the sized-for entries in increments,
+/// each new key one or more of them). Sixteen since 8 December, with
+/// [`WALK_STALE`] at 5 (measured there); eight covered the segment by the
+/// halving only just.
+const WALK_STEPS: u32 = 16;
 /// An untouched protected id with an estimate below this when the walk
-/// reaches it is demoted to probation: it was counted at most twice in the
-/// sample period about to end (its touches are folded whenever its id
+/// reaches it is demoted to probation: it was counted at most four times in
+/// the sample period about to end (its touches are folded whenever its id
 /// comes round, so an untouched id's count is all the sketch has of it).
 /// Looking at the whole segment at each halving (eight seeds, sharded,
 /// small caches too): ids counted at most three times, `P6`@50k +0.5 but
 /// `zigzag` −0.74 and `P12`@10k −0.33; at most once, `P6`@50k +0.15.
-const WALK_STALE: u8 = 3;
+///
+/// 5 since 8 December (ids counted at most four times), once the walk was
+/// for large caches only, so `zigzag` (a small cache) no longer has a say.
+/// Simulator, sixteen hash seeds in four sets of four, 8 shards, the
+/// fifteen rows of the tuned and held-out suites above 2,048 entries
+/// (the only ones that walk), against 3 with eight steps: 5 with sixteen
+/// steps `P6`@50k +0.30, +0.25, +0.24, +0.15 (the row nearest its target,
+/// 0.15–0.6 behind moka held to its capacity in the comparison bench),
+/// `P3`@50k +0.44 to +0.58, `P12`@10k −0.13 to −0.22, `P3`@10k −0.10 to
+/// −0.19, the Zipf rows within 0.05; the sum of the fifteen rows'
+/// changes +0.30 to +0.54. 5 with eight steps: `P6`@50k +0.15 to +0.30,
+/// sums +0.18 to +0.62; 4 with eight steps `P6`@50k +0.12 (first four
+/// seeds), 6 +0.12, 8 (with the selective window's entry at 4) +0.2.
+/// Also measured and not kept: the selective window's entry at 4 in large
+/// caches as well (`P6`@50k +0.23 to +0.37 and `P6`@10k +0.36 to +0.49,
+/// but Zipf 0.8 at 100k −0.12 to −0.19, where larder is level with
+/// quick_cache), a protected segment of 70% of the main space in large
+/// caches (`P6`@50k +0.16 to +0.21, Zipf 0.8 at 10k −0.17 to −0.19,
+/// `P12` −0.11 to −0.16), and sample periods of 8, 12 or 15 increments
+/// per entry (`P6`@50k +0.24, −0.12, −0.35; `P12`@50k −0.34 at 8).
+const WALK_STALE: u8 = 5;
 
 /// Slot of the previous id in a link pair.
 const PREV: usize = 0;
