@@ -743,11 +743,11 @@
 //! four more seeds the same; small caches now halve every 16 increments
 //! per entry (see `SMALL_SAMPLE_PER_ENTRY` in `sketch.rs`).
 //!
-//! On 8 December the walk's two constants were measured again, now that
-//! only caches of more than 2,048 entries walk and `zigzag` (whose loop
-//! the walk broke) is no longer among the rows it touches: a rows-only
-//! look at what moves `P6`@50k, the row nearest its target (0.15 to 0.6
-//! behind moka held to its capacity over 7 December's comparison runs).
+//! On the night of 7 December the walk's two constants were measured
+//! again, now that only caches of more than 2,048 entries walk and
+//! `zigzag` (whose loop the walk broke) is no longer among the rows it
+//! touches, for `P6`@50k, the row nearest its target (0.15 to 0.6 behind
+//! moka held to its capacity over 7 December's comparison runs).
 //! Demoting ids counted up to four times instead of two, sixteen ids per
 //! new key instead of eight: `P6`@50k +0.24 over sixteen hash seeds,
 //! `P3`@50k +0.5, `P12`@10k −0.17 (see `WALK_STALE` in `tinylfu/mod.rs`
